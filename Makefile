@@ -1,0 +1,70 @@
+# cellops: one command to set up and run everything on the built-in data (`make demo`), one for the tests
+# (`make test`). Every target creates and uses the project's own .venv.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+UI_PORT ?= 5000
+SERVE_PORT ?= 3000
+MLFLOW_URI := sqlite:///$(CURDIR)/mlruns/mlflow.db
+
+# Telemetry off everywhere (entry points set these too).
+export ZENML_ANALYTICS_OPT_IN := false
+export BENTOML_DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export MLFLOW_ENABLE_TELEMETRY := false
+export GX_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := true
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help setup data train deploy demo serve ui test bench lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv, install the lock file, register and activate the `cellops` ZenML stack
+	$(BIN)/python scripts/setup_stack.py
+
+data: $(VENV)/.installed  ## write the built-in datasets under data/ and check them against data.dvc
+	$(BIN)/cellops generate-data --params params.yaml --out data
+	$(BIN)/dvc status data.dvc
+
+train: setup  ## run the U-Net training pipeline (configs/unet.yaml)
+	$(BIN)/zenml pipeline run pipelines.unet.training_pipeline -c configs/unet.yaml
+
+deploy: setup  ## import the champion U-Net into BentoML and build its bento
+	$(BIN)/zenml pipeline run pipelines.unet.deployment_pipeline -c configs/unet_deploy.yaml
+
+demo: setup data train deploy  ## everything, on the built-in data
+	@echo "demo done: 'make ui' for the MLflow UI, 'make serve' to serve the champion U-Net"
+
+serve: $(VENV)/.installed  ## serve the latest cellops-unet bento on $(HOST):$(SERVE_PORT)
+	$(BIN)/bentoml serve cellops-unet:latest --host $(HOST) --port $(SERVE_PORT)
+
+ui: $(VENV)/.installed  ## MLflow UI over the project's store on $(HOST):$(UI_PORT)
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host $(HOST) --port $(UI_PORT)
+
+test: setup  ## set up as for the demo, then run the test suite
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed  ## sliding-window inference benchmark against the naive peer
+	$(BIN)/python benchmarks/unet_inference.py
+
+lock: $(BIN)/python  ## regenerate requirements.lock from the current .venv
+	{ head -3 requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -v '^cellops'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:  ## remove generated data, runs and outputs (not the venv)
+	rm -rf outputs mlruns .zen

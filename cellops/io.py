@@ -1,0 +1,163 @@
+"""Readers and writers for the image formats cellops handles: TIFF stacks and PNG/TIFF uploads.
+
+One reader per format for the whole project: datasets, the command line and the services all go through
+these functions, so every caller gets the same checks and the same error messages.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+#: dtypes the segmentation models accept; everything else is refused with a clear message.
+SUPPORTED_DTYPES: tuple[str, ...] = ("uint8", "uint16", "float32", "float64")
+
+
+class ImageInputError(ValueError):
+    """An image that cannot be used: unreadable, empty, of the wrong shape, size or dtype."""
+
+
+class ImageTooLargeError(ImageInputError):
+    """An image with more pixels than the caller accepts (a service answers 413 to it)."""
+
+
+def write_tiff_stack(path: str | Path, array: np.ndarray) -> Path:
+    """Write a 2-D image or 3-D stack as an uncompressed TIFF, byte for byte reproducibly.
+
+    No timestamp or software tag varies between calls, so the same array always gives the same file
+    (DVC versions datasets by content hash).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.ascontiguousarray(array), photometric="minisblack", metadata=None)
+    return path
+
+
+def read_tiff_stack(path: str | Path) -> np.ndarray:
+    """Read a TIFF file (one page or a stack) into a numpy array.
+
+    Raises
+    ------
+    ImageInputError
+        If the file is missing or not a readable TIFF; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageInputError(f"{path}: no such file")
+    try:
+        return tifffile.imread(path)
+    except (tifffile.TiffFileError, ValueError, OSError) as error:
+        raise ImageInputError(f"{path}: not a readable TIFF file ({error})") from error
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An uploaded image and the format it came in (``"png"`` or ``"tiff"``), to answer in kind."""
+
+    array: np.ndarray
+    format: str
+
+
+def decode_image(data: bytes, *, max_pixels: int, allowed_ndim: tuple[int, ...] = (2, 3)) -> DecodedImage:
+    """Decode PNG or TIFF bytes into a grey-level array and check that a model can use it.
+
+    Parameters
+    ----------
+    data : the raw bytes of the upload.
+    max_pixels : the largest number of pixels (all slices together) accepted.
+    allowed_ndim : 2 for a single image, 3 for a stack of slices.
+
+    Raises
+    ------
+    ImageInputError
+        With a message naming the problem: empty upload, not a PNG or TIFF, RGB/multi-channel, wrong
+        number of dimensions, too many pixels, unsupported dtype, non-finite values.
+
+    Examples
+    --------
+    >>> buf = encode_image(np.zeros((8, 8), np.uint8), "png")
+    >>> decode_image(buf, max_pixels=100).array.shape
+    (8, 8)
+    """
+    if not data:
+        raise ImageInputError("empty upload: the file has no bytes")
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        try:
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                series = tif.series[0]
+                n_pixels = int(np.prod(series.shape))
+                if n_pixels > max_pixels:
+                    raise ImageTooLargeError(f"image too large: {n_pixels} pixels, the limit is {max_pixels}")
+                array = series.asarray()
+        except ImageInputError:
+            raise
+        except Exception as error:  # tifffile raises many types on corrupt files
+            raise ImageInputError(f"corrupt or unreadable TIFF ({error})") from error
+        fmt = "tiff"
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > max_pixels:
+                    raise ImageTooLargeError(
+                        f"image too large: {img.width * img.height} pixels, the limit is {max_pixels}"
+                    )
+                if img.mode not in ("L", "I;16", "I;16B", "I", "F"):
+                    raise ImageInputError(
+                        f"PNG in colour mode {img.mode!r}: send a single-channel grey-level image"
+                    )
+                array = np.asarray(img)
+        except ImageInputError:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise ImageInputError(f"corrupt or unreadable PNG ({error})") from error
+        fmt = "png"
+    else:
+        raise ImageInputError("not an image: expected PNG or TIFF bytes")
+
+    if array.size == 0:
+        raise ImageInputError(f"empty image: shape {array.shape}")
+    if array.ndim not in allowed_ndim:
+        raise ImageInputError(
+            f"wrong dimensionality: got a {array.ndim}-D array of shape {array.shape}, "
+            f"expected {' or '.join(f'{n}-D' for n in allowed_ndim)} (a grey-level image or a stack of slices)"
+        )
+    if array.size > max_pixels:
+        raise ImageTooLargeError(f"image too large: {array.size} pixels, the limit is {max_pixels}")
+    if array.dtype.name not in SUPPORTED_DTYPES:
+        raise ImageInputError(f"unsupported dtype {array.dtype.name}: expected one of {', '.join(SUPPORTED_DTYPES)}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ImageInputError("image contains NaN or infinite values")
+    return DecodedImage(array=array, format=fmt)
+
+
+def encode_image(array: np.ndarray, fmt: str) -> bytes:
+    """Encode a 2-D array as PNG or a 2-D/3-D array as TIFF bytes."""
+    buffer = io.BytesIO()
+    if fmt == "png":
+        if array.ndim != 2:
+            raise ValueError(f"PNG holds one 2-D image, got shape {array.shape}")
+        Image.fromarray(array).save(buffer, format="PNG")
+    elif fmt == "tiff":
+        tifffile.imwrite(buffer, array, photometric="minisblack", metadata=None)
+    else:
+        raise ValueError(f"unknown image format {fmt!r}: expected 'png' or 'tiff'")
+    return buffer.getvalue()
+
+
+def to_unit_range(image: np.ndarray) -> np.ndarray:
+    """Scale an image to float32 in [0, 1] by its dtype's range (floats are taken as already in [0, 1]).
+
+    Training and inference both use this, so a model sees the same scale whatever path the data took.
+    """
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 65535.0
+    if image.dtype.kind == "f":
+        return np.clip(image.astype(np.float32), 0.0, 1.0)
+    raise ImageInputError(f"unsupported dtype {image.dtype.name}: expected one of {', '.join(SUPPORTED_DTYPES)}")

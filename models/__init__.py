@@ -1,0 +1,1 @@
+"""Torch architectures used by cellops. No ZenML, MLflow or BentoML here."""

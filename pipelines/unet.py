@@ -1,0 +1,33 @@
+"""U-Net mitochondria segmentation: training and deployment pipelines.
+
+Run with ``zenml pipeline run pipelines.unet.training_pipeline -c configs/unet.yaml`` and
+``zenml pipeline run pipelines.unet.deployment_pipeline -c configs/unet_deploy.yaml``.
+"""
+
+from zenml import pipeline
+
+from steps.deployment import build_bento, import_champion
+from steps.em_data import load_em_dataset, sample_augmented_patches, split_em_volume
+from steps.registry import register_and_promote
+from steps.unet import evaluate_unet, train_unet
+from steps.validation import require_valid_dataset, validate_segmentation_data
+
+
+@pipeline
+def training_pipeline() -> None:
+    """load -> validate -> split -> augment -> train -> evaluate -> register (promote if better)."""
+    train_image, train_mask, test_image, test_mask, lineage = load_em_dataset()
+    validation_result, _ = validate_segmentation_data(train_image, train_mask, test_image, test_mask)
+    valid = require_valid_dataset(validation_result)
+    fit_image, fit_mask, val_image, val_mask = split_em_volume(train_image, train_mask, after=[valid])
+    patch_images, patch_masks = sample_augmented_patches(fit_image, fit_mask)
+    model = train_unet(patch_images, patch_masks, val_image, val_mask, lineage)
+    test_metrics = evaluate_unet(model, test_image, test_mask)
+    register_and_promote(model, test_metrics, lineage)
+
+
+@pipeline
+def deployment_pipeline() -> None:
+    """champion from the MLflow registry -> BentoML model store -> bento."""
+    bento_model_tag = import_champion()
+    build_bento(bento_model_tag)

@@ -1,0 +1,49 @@
+"""Great Expectations validation of a segmentation dataset, and the gate that stops a bad one."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from zenml import log_metadata, step
+from zenml.logger import get_logger
+from zenml.types import HTMLString
+
+from cellops.validation import SegmentationExpectations, validate_segmentation_dataset
+
+logger = get_logger(__name__)
+
+
+@step
+def validate_segmentation_data(
+    train_image: np.ndarray,
+    train_mask: np.ndarray,
+    test_image: np.ndarray,
+    test_mask: np.ndarray,
+    expectations: dict | None = None,
+) -> tuple[Annotated[dict, "validation_result"], Annotated[HTMLString, "data_docs"]]:
+    """Run the dataset suite; the result and GX's Data Docs page are kept as artifacts, pass or fail."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = validate_segmentation_dataset(
+            {"training": (train_image, train_mask), "testing": (test_image, test_mask)},
+            SegmentationExpectations(**(expectations or {})),
+            data_docs_dir=Path(tmp),
+        )
+        pages = sorted(Path(tmp).rglob("*.html"), key=lambda p: (p.name == "index.html", len(str(p))))
+        # The validation page is the self-contained one worth keeping; the index only links to it.
+        html = pages[0].read_text() if pages else "<p>no Data Docs were built</p>"
+    log_metadata(metadata={"validation_success": report.success, "failed_expectations": report.failures})
+    result = {"success": report.success, "failures": report.failures, "results": report.results}
+    return result, HTMLString(html)
+
+
+@step
+def require_valid_dataset(validation_result: dict) -> Annotated[bool, "dataset_valid"]:
+    """Stop the pipeline when validation failed, naming every failed expectation."""
+    if not validation_result["success"]:
+        failures = "\n  - ".join(validation_result["failures"])
+        raise ValueError(f"dataset validation failed; failed expectations:\n  - {failures}")
+    logger.info("dataset validation passed")
+    return True
