@@ -37,8 +37,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed  ## create .venv, install the lock file, register and activate the `cellops` ZenML stack
 	$(BIN)/python scripts/setup_stack.py
 
-data: $(VENV)/.installed  ## write the built-in datasets under data/ and check them against data.dvc
+data: $(VENV)/.installed  ## write the built-in datasets under data/, cache them in DVC, check them against data.dvc
 	$(BIN)/cellops generate-data --params params.yaml --out data
+	$(BIN)/dvc add -q data
+	@git diff --quiet -- data.dvc 2>/dev/null || { echo "data/ no longer matches the committed data.dvc (generator or params changed?)"; exit 1; }
 	$(BIN)/dvc status data.dvc
 
 train: setup  ## run the U-Net training pipeline (configs/unet.yaml)

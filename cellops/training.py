@@ -19,7 +19,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from cellops.inference import sliding_window_predict
+from cellops.inference import prepare_for_inference, sliding_window_predict
 from cellops.io import to_unit_range
 from cellops.metrics import binary_segmentation_scores
 
@@ -256,7 +256,7 @@ def fit(
     for epoch in range(config.epochs):
         loss = train_one_epoch(model, loss_fn, optimizer, scheduler, loader, device, epoch)
         probabilities = sliding_window_predict(
-            model,
+            prepare_for_inference(model),
             to_unit_range(val_image),
             tile_size=config.tile_size,
             overlap=config.tile_overlap,

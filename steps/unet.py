@@ -13,7 +13,7 @@ import torch
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
-from cellops.inference import sliding_window_predict
+from cellops.inference import prepare_for_inference, sliding_window_predict
 from cellops.io import to_unit_range
 from cellops.metrics import binary_segmentation_scores
 from cellops.plots import segmentation_overlay, training_curves
@@ -77,7 +77,7 @@ def evaluate_unet(
 ) -> Annotated[dict, "test_metrics"]:
     """Sliding-window segmentation of the whole test volume; IoU and Dice over all its voxels."""
     probabilities = sliding_window_predict(
-        model, to_unit_range(test_image), tile_size=tile_size, overlap=tile_overlap, batch_size=batch_size, device=device
+        prepare_for_inference(model), to_unit_range(test_image), tile_size=tile_size, overlap=tile_overlap, batch_size=batch_size, device=device
     )
     prediction = probabilities > threshold
     scores = binary_segmentation_scores(prediction, test_mask > 0).as_dict()

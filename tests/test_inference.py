@@ -64,3 +64,15 @@ def test_bad_settings_are_refused(net, kwargs, match):
 def test_four_dimensional_input_is_refused(net):
     with pytest.raises(ValueError, match="2-D image or 3-D stack"):
         sliding_window_predict(net, np.zeros((1, 1, 64, 64), np.float32))
+
+
+def test_prepared_model_computes_the_same_function(net, rng):
+    from cellops.inference import prepare_for_inference
+
+    fast = prepare_for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # original untouched
+    image = rng.random((2, 96, 80), dtype=np.float32)
+    np.testing.assert_allclose(
+        sliding_window_predict(fast, image, tile_size=32), sliding_window_predict(net, image, tile_size=32), atol=1e-5
+    )

@@ -40,7 +40,10 @@ class UNetSegmenter:
         import torch
 
         torch.set_grad_enabled(False)
-        self.model = mlflow.pytorch.load_model(self.bento_model.path_of("mlflow_model"), map_location="cpu").eval()
+        from cellops.inference import prepare_for_inference
+
+        model = mlflow.pytorch.load_model(self.bento_model.path_of("mlflow_model"), map_location="cpu")
+        self.model = prepare_for_inference(model)
         self.info = dict(self.bento_model.info.metadata)
         self.settings = {**DEFAULTS, **self.info.get("service_settings", {})}
         if "CELLOPS_MAX_PIXELS" in os.environ:  # operators may tighten the limit without a rebuild

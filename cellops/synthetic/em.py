@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from cellops.io import write_tiff_stack
+from cellops.io import encode_image
 
 #: Shape of one Lucchi volume (slices, rows, columns).
 LUCCHI_SHAPE: tuple[int, int, int] = (165, 768, 1024)
@@ -258,24 +258,34 @@ def write_lucchi_dataset(
     seed: int = 0,
     voxel_nm: float = 8.0,
     mitochondria_fraction: float = 0.08,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write a training and a testing volume in the Lucchi file layout.
 
     Files written under ``root``: ``training.tif``, ``training_groundtruth.tif``, ``testing.tif``,
     ``testing_groundtruth.tif`` (8-bit stacks, ground truth 0/255). The testing volume is drawn from a
-    different seed, so no structure is shared with training.
+    different seed, so no structure is shared with training. Files already there with other contents (a
+    lab's own images) are never overwritten unless ``overwrite`` is set: a ``FileExistsError`` names them.
 
     Returns
     -------
     Mapping from the four file stems to the paths written.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
+    contents: dict[Path, bytes] = {}
     for offset, split in enumerate(("training", "testing")):
         vol = generate_em_volume(
             shape, seed=seed * 1000 + offset, voxel_nm=voxel_nm, mitochondria_fraction=mitochondria_fraction
         )
-        paths[split] = write_tiff_stack(root / f"{split}.tif", vol.image)
-        paths[f"{split}_groundtruth"] = write_tiff_stack(root / f"{split}_groundtruth.tif", vol.mask)
-    return paths
+        contents[root / f"{split}.tif"] = encode_image(vol.image, "tiff")
+        contents[root / f"{split}_groundtruth.tif"] = encode_image(vol.mask, "tiff")
+    different = [p for p, data in contents.items() if p.exists() and p.read_bytes() != data]
+    if different and not overwrite:
+        raise FileExistsError(
+            f"{', '.join(map(str, different))} already exist with other contents (your own data?); "
+            "not overwriting them: move them away or pass overwrite=True (--force)"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    for path, data in contents.items():
+        path.write_bytes(data)
+    return {path.stem: path for path in contents}

@@ -1,0 +1,221 @@
+"""End to end, as a user runs it: a fresh project copy with its own ZenML store, MLflow store, DVC and
+BentoML home; data -> validate -> train -> evaluate -> register -> deploy -> a real `bentoml serve` on
+127.0.0.1 answering real HTTP requests. Also: a broken dataset stops the training pipeline."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+from PIL import Image
+
+from cellops.inference import prepare_for_inference, sliding_window_predict
+from cellops.io import to_unit_range
+from cellops.metrics import binary_segmentation_scores
+from cellops.telemetry import TELEMETRY_OFF
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COPIED = ["cellops", "models", "steps", "pipelines", "bento", "configs", "scripts", "tests/configs", "params.yaml",
+          ".dvcignore"]
+TINY_PARAMS = {"em": {"shape": [10, 128, 128], "seed": 7, "voxel_nm": 8.0, "mitochondria_fraction": 0.1}}
+
+
+def _run(args: list[str], cwd: Path, env: dict, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A fresh copy of the project with its own git, DVC, ZenML, MLflow and BentoML state."""
+    root = tmp_path_factory.mktemp("project")
+    state = tmp_path_factory.mktemp("state")
+    for name in COPIED:
+        source, target = ROOT / name, root / name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+    (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    env = {
+        **os.environ,
+        **TELEMETRY_OFF,
+        "ZENML_CONFIG_PATH": str(state / "zenml"),
+        "BENTOML_HOME": str(state / "bentoml"),
+        "PYTHONPATH": str(root),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    _run(["git", "init", "-q"], root, env)
+    _run(["dvc", "init", "-q"], root, env)
+    _run([str(BIN / "cellops"), "generate-data", "--params", "params.yaml", "--out", "data"], root, env)
+    _run(["dvc", "add", "-q", "data"], root, env)
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "fixture"], root, env)
+    _run([str(BIN / "python"), "scripts/setup_stack.py", "--root", str(root)], root, env)
+    return root, env
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    root, env = project
+    result = _run(["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c", "tests/configs/unet_tiny.yaml"],
+                  root, env)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    yield root, env, result
+    mlflow.set_tracking_uri(None)
+
+
+def test_training_pipeline_registers_a_champion_with_lineage(trained):
+    root, _, _ = trained
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("cellops-unet", "champion")
+    dvc_md5 = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    assert champion.tags["lineage.data_version"] == dvc_md5
+    assert len(champion.tags["lineage.git_commit"]) == 40  # committed fixture tree: not dirty
+    run = client.get_run(champion.run_id)
+    assert run.data.tags["lineage.data_version"] == dvc_md5
+    assert run.data.tags["zenml.run_id"] == champion.tags["zenml_run_id"]
+    # Per-epoch losses, final metrics, every config value, overlays and curves.
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3
+    assert {"test_foreground_iou", "test_dice", "test_mean_iou"} <= set(run.data.metrics)
+    assert run.data.params["train_unet.training.epochs"] == "3"
+    assert run.data.params["sample_augmented_patches.augmentation.rotate_degrees"] == "180.0"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"test_overlays", "training"} <= artifacts
+    assert float(champion.tags["metric.foreground_iou"]) == pytest.approx(run.data.metrics["test_foreground_iou"], abs=1e-6)
+
+
+def test_deployed_service_segments_and_refuses_bad_uploads(trained):
+    root, env, _ = trained
+    result = _run(["zenml", "pipeline", "run", "pipelines.unet.deployment_pipeline", "-c", "configs/unet_deploy.yaml"],
+                  root, env)
+    assert "built bento cellops-unet:" in result.stdout + result.stderr
+    champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-unet", "champion")
+    model = prepare_for_inference(mlflow.pytorch.load_model("models:/cellops-unet@champion", map_location="cpu"))
+    test_image = tifffile.imread(root / "data/em/testing.tif")
+    test_mask = tifffile.imread(root / "data/em/testing_groundtruth.tif")
+
+    port = _free_port()
+    server = subprocess.Popen(
+        ["bentoml", "serve", "cellops-unet:latest", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=root, env={**env, "CELLOPS_MAX_PIXELS": str(test_image.size)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read().decode()[-3000:]
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "bentoml serve did not become ready in 120 s"
+            time.sleep(1)
+
+        def post(route: str, name: str, data: bytes) -> httpx.Response:
+            return httpx.post(f"{base}/{route}", files={"image": (name, data, "application/octet-stream")}, timeout=120)
+
+        # A 2-D PNG comes back as a PNG mask equal to the champion's own in-process prediction.
+        png = io.BytesIO()
+        Image.fromarray(test_image[4]).save(png, format="PNG")
+        response = post("segment", "slice.png", png.getvalue())
+        assert response.status_code == 200, response.text
+        served = np.asarray(Image.open(io.BytesIO(response.content)))
+        with torch.inference_mode():
+            expected = sliding_window_predict(model, to_unit_range(test_image[4]), tile_size=128, overlap=0.25) > 0.5
+        assert served.shape == test_image[4].shape and set(np.unique(served)) <= {0, 255}
+        assert np.array_equal(served > 0, expected)
+        assert float(response.headers["x-foreground-fraction"]) == pytest.approx(expected.mean(), abs=1e-5)
+
+        # A 3-D TIFF stack comes back as a TIFF stack; the mask overlaps the ground truth.
+        stack = io.BytesIO()
+        tifffile.imwrite(stack, test_image)
+        response = post("segment", "stack.tif", stack.getvalue())
+        assert response.status_code == 200, response.text
+        mask = tifffile.imread(io.BytesIO(response.content))
+        assert mask.shape == test_image.shape
+        assert binary_segmentation_scores(mask > 0, test_mask > 0).foreground_iou > 0.3
+
+        stats = post("segment_stats", "stack.tif", stack.getvalue()).json()
+        assert stats["foreground_fraction"] == pytest.approx((mask > 0).mean(), abs=1e-6)
+
+        meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
+        assert meta["model_version"] == int(champion.version)
+        assert meta["mlflow_run_id"] == champion.run_id
+        assert meta["zenml_run_id"] == champion.tags["zenml_run_id"]
+        assert meta["data_version"] == champion.tags["lineage.data_version"]
+
+        # Bad uploads: a 4xx naming the problem, never a 500.
+        rgb = io.BytesIO()
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(rgb, format="PNG")
+        four_d = io.BytesIO()
+        tifffile.imwrite(four_d, np.zeros((2, 2, 16, 16), np.uint8))
+        int32 = io.BytesIO()
+        tifffile.imwrite(int32, np.zeros((16, 16), np.int32))
+        huge = io.BytesIO()
+        tifffile.imwrite(huge, np.zeros((test_image.shape[0] + 1, *test_image.shape[1:]), np.uint8))
+        for name, data, status, message in [
+            ("notes.txt", b"not an image at all", 400, "not an image"),
+            ("empty.png", b"", 400, "empty upload"),
+            ("rgb.png", rgb.getvalue(), 400, "colour mode"),
+            ("four_d.tif", four_d.getvalue(), 400, "wrong dimensionality"),
+            ("int32.tif", int32.getvalue(), 400, "unsupported dtype int32"),
+            ("huge.tif", huge.getvalue(), 413, "too large"),
+        ]:
+            response = post("segment", name, data)
+            assert response.status_code == status, (name, response.status_code, response.text)
+            assert message in response.text, (name, response.text)
+        assert server.poll() is None  # bad input never took the server down
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_broken_dataset_stops_the_pipeline_naming_the_expectation(trained):
+    root, env, _ = trained
+    broken = root / "data_broken" / "em"
+    shutil.copytree(root / "data" / "em", broken)
+    mask = tifffile.imread(broken / "training_groundtruth.tif")
+    mask[0, :4, :4] = 7
+    tifffile.imwrite(broken / "training_groundtruth.tif", mask)
+    config = yaml.safe_load((root / "tests/configs/unet_tiny.yaml").read_text())
+    config["steps"]["load_em_dataset"]["parameters"]["data_dir"] = str(broken)
+    (root / "broken.yaml").write_text(yaml.safe_dump(config))
+    versions_before = len(mlflow.MlflowClient().search_model_versions("name='cellops-unet'"))
+    result = _run(["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c", "broken.yaml"], root, env,
+                  check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "dataset validation failed" in output and "mask_is_binary" in output
+    assert len(mlflow.MlflowClient().search_model_versions("name='cellops-unet'")) == versions_before
