@@ -20,7 +20,7 @@ export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup data train deploy demo serve ui test bench lock clean
+.PHONY: help setup data train deploy analyses demo serve ui test bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -49,7 +49,12 @@ train: setup  ## run the U-Net training pipeline (configs/unet.yaml)
 deploy: setup  ## import the champion U-Net into BentoML and build its bento
 	$(BIN)/zenml pipeline run pipelines.unet.deployment_pipeline -c configs/unet_deploy.yaml
 
-demo: setup data train deploy  ## everything, on the built-in data
+analyses: setup  ## run the classical pipelines: colonies, nuclei, calcium
+	$(BIN)/zenml pipeline run pipelines.colonies.colony_pipeline -c configs/colonies.yaml
+	$(BIN)/zenml pipeline run pipelines.nuclei.nuclei_pipeline -c configs/nuclei.yaml
+	$(BIN)/zenml pipeline run pipelines.calcium.calcium_pipeline -c configs/calcium.yaml
+
+demo: setup data train deploy analyses  ## everything, on the built-in data
 	@echo "demo done: 'make ui' for the MLflow UI, 'make serve' to serve the champion U-Net"
 
 serve: $(VENV)/.installed  ## serve the latest cellops-unet bento on $(HOST):$(SERVE_PORT)
@@ -61,8 +66,9 @@ ui: $(VENV)/.installed  ## MLflow UI over the project's store on $(HOST):$(UI_PO
 test: setup  ## set up as for the demo, then run the test suite
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed  ## sliding-window inference benchmark against the naive peer
+bench: $(VENV)/.installed  ## benchmarks: U-Net sliding-window inference, colony analysis
 	$(BIN)/python benchmarks/unet_inference.py
+	$(BIN)/python benchmarks/colonies.py
 
 lock: $(BIN)/python  ## regenerate requirements.lock from the current .venv
 	{ head -3 requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -v '^cellops'; } > requirements.lock.new

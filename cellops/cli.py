@@ -1,6 +1,7 @@
 """The `cellops` command: data generation and analyses of users' own images.
 
-    cellops generate-data [--params params.yaml] [--out data]
+    cellops generate-data [--params params.yaml] [--out data] [--force]
+    cellops analyze colonies|nuclei|calcium INPUT... --out DIR [--group NAME] [--config FILE]
 """
 
 from __future__ import annotations
@@ -15,21 +16,70 @@ from cellops.telemetry import disable_telemetry
 
 
 def generate_data(params_file: Path, out: Path, *, force: bool = False) -> None:
-    """Write the built-in default datasets described in ``params_file`` under ``out``."""
+    """Write the built-in default datasets described in ``params_file`` under ``out``.
+
+    Each dataset is generated whole before any of its files is written, and no file whose contents differ is replaced
+    unless ``force``: a lab's own images in ``out`` are never overwritten silently.
+    """
+    from cellops.synthetic.calcium import write_calcium_dataset
+    from cellops.synthetic.colonies import write_colony_dataset
     from cellops.synthetic.em import write_lucchi_dataset
+    from cellops.synthetic.nuclei import write_nuclei_dataset
 
     params = yaml.safe_load(params_file.read_text())
-    em = params["em"]
-    paths = write_lucchi_dataset(
-        out / "em",
-        tuple(em["shape"]),
-        seed=int(em["seed"]),
-        voxel_nm=float(em["voxel_nm"]),
-        mitochondria_fraction=float(em["mitochondria_fraction"]),
-        overwrite=force,
-    )
-    for path in paths.values():
-        print(f"wrote {path}")
+    writers = {
+        "em": lambda p: write_lucchi_dataset(out / "em", tuple(p["shape"]), seed=int(p["seed"]),
+                                             voxel_nm=float(p["voxel_nm"]),
+                                             mitochondria_fraction=float(p["mitochondria_fraction"]), overwrite=force),
+        "colonies": lambda p: write_colony_dataset(out / "colonies", n_images=int(p["n_images"]),
+                                                   shape=tuple(p["shape"]), seed=int(p["seed"]), overwrite=force),
+        "nuclei": lambda p: write_nuclei_dataset(out / "nuclei", images_per_group=int(p["images_per_group"]),
+                                                 shape=tuple(p["shape"]), seed=int(p["seed"]), overwrite=force),
+        "calcium": lambda p: write_calcium_dataset(out / "calcium", movies_per_group=int(p["movies_per_group"]),
+                                                   shape=tuple(p["shape"]), n_frames=int(p["n_frames"]),
+                                                   seed=int(p["seed"]), overwrite=force),
+    }
+    for name, writer in writers.items():
+        if name in params:
+            paths = writer(params[name])
+            print(f"{name}: wrote {len(paths)} files under {out / name}")
+
+
+ANALYSES = {"colonies": "ColonyParams", "nuclei": "NucleusParams", "calcium": "CalciumParams"}
+
+
+def _analysis_params(kind: str, config: Path | None):
+    """Parameters of ``kind`` from a config file: a pipeline config (``steps.analyse_<kind>.parameters.params``)
+    or a plain mapping of parameter names to values; defaults when no file is given."""
+    from cellops.classical import calcium, colonies, nuclei
+    from cellops.classical.common import params_from_dict
+
+    cls = {"colonies": colonies.ColonyParams, "nuclei": nuclei.NucleusParams, "calcium": calcium.CalciumParams}[kind]
+    if config is None:
+        return cls()
+    values = yaml.safe_load(config.read_text()) or {}
+    if "steps" in values:
+        values = values["steps"].get(f"analyse_{kind}", {}).get("parameters", {}).get("params", {})
+    return params_from_dict(cls, values)
+
+
+def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config: Path | None) -> int:
+    """Run one analysis over ``inputs``; returns 0 when every file was analysed, 1 otherwise."""
+    from cellops import analyze as batch
+
+    params = _analysis_params(kind, config)
+    out.mkdir(parents=True, exist_ok=True)
+    run = {"colonies": batch.analyze_colonies, "nuclei": batch.analyze_nuclei, "calcium": batch.analyze_calcium}[kind]
+    report = run(inputs, out, params, group)
+    if not report.table.empty:
+        report.table.to_csv(out / f"{kind}_all.csv", index=False)
+        if kind == "nuclei" and report.table["group"].nunique() > 1:
+            batch.nuclei_group_report(report.table, out)
+    print(f"{kind}: {len(inputs) - len(report.failures)} of {len(inputs)} files analysed, {len(report.table)} "
+          f"objects; results in {out}")
+    for name, problem in report.failures.items():
+        print(f"  failed: {problem if problem.startswith(name) else f'{name}: {problem}'}", file=sys.stderr)
+    return 1 if report.failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +90,21 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--params", type=Path, default=Path("params.yaml"))
     gen.add_argument("--out", type=Path, default=Path("data"))
     gen.add_argument("--force", action="store_true", help="overwrite files that differ (your own data!)")
+    ana = commands.add_parser("analyze", help="analyse your own PNG/TIFF images")
+    ana.add_argument("kind", choices=sorted(ANALYSES))
+    ana.add_argument("inputs", type=Path, nargs="+", help="image files (calcium: time-lapse TIFF stacks)")
+    ana.add_argument("--out", type=Path, required=True, help="folder for label TIFFs, CSV tables and PNG plots")
+    ana.add_argument("--group", help="culture group of these files (default: each file's folder name)")
+    ana.add_argument("--config", type=Path, help="YAML with the analysis parameters (e.g. configs/nuclei.yaml)")
     args = parser.parse_args(argv)
+    if args.command == "analyze":
+        if args.config is not None and not args.config.is_file():
+            parser.error(f"{args.config}: no such config file")
+        try:
+            return analyze(args.kind, args.inputs, args.out, args.group, args.config)
+        except ValueError as error:  # a bad parameter in the config
+            print(f"cellops analyze: {error}", file=sys.stderr)
+            return 2
     if args.command == "generate-data":
         if not args.params.is_file():
             parser.error(f"{args.params}: no such parameter file")

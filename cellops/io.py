@@ -38,6 +38,25 @@ def write_tiff_stack(path: str | Path, array: np.ndarray) -> Path:
     return path
 
 
+def write_files_safely(contents: dict[Path, bytes], *, overwrite: bool = False) -> list[Path]:
+    """Write each path's bytes, but never replace a file whose contents differ unless ``overwrite``.
+
+    Generators of built-in datasets write where a lab keeps its own images: nothing is written at all
+    when any file would be replaced, and the ``FileExistsError`` names them.
+    """
+    different = [p for p, data in contents.items() if p.exists() and p.read_bytes() != data]
+    if different and not overwrite:
+        shown = ", ".join(map(str, different[:5])) + (f" and {len(different) - 5} more" if len(different) > 5 else "")
+        raise FileExistsError(
+            f"{shown} already exist with other contents (your own data?); not overwriting them: "
+            "move them away or pass overwrite=True (--force)"
+        )
+    for path, data in contents.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return list(contents)
+
+
 def read_tiff_stack(path: str | Path) -> np.ndarray:
     """Read a TIFF file (one page or a stack) into a numpy array.
 
@@ -53,6 +72,28 @@ def read_tiff_stack(path: str | Path) -> np.ndarray:
         return tifffile.imread(path)
     except (tifffile.TiffFileError, ValueError, OSError) as error:
         raise ImageInputError(f"{path}: not a readable TIFF file ({error})") from error
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """Read a PNG, JPEG or TIFF file (one image or a stack) as stored; errors name the file and problem.
+
+    Raises
+    ------
+    ImageInputError
+        Missing, empty, corrupt or unsupported file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageInputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageInputError(f"{path}: empty file")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return read_tiff_stack(path)
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageInputError(f"{path}: not a readable image ({error})") from error
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import tv_tensors
@@ -60,12 +61,16 @@ def sample_patches(
     n_patches: int,
     patch_size: int,
     foreground_bias: float = 0.5,
+    hard_negative_bias: float = 0.0,
+    hard_negative_percentile: float = 10.0,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw square patches from random slices of a (Z, Y, X) stack and its binary mask.
 
-    A fraction ``foreground_bias`` of the patches is centred on a random foreground pixel, the rest lie
-    anywhere, so that sparse structures are seen often enough.
+    A fraction ``foreground_bias`` of the patches is centred near a random foreground pixel, a fraction
+    ``hard_negative_bias`` near a dark background pixel (darker than the ``hard_negative_percentile``-th
+    percentile of the smoothed image: the structures most easily mistaken for mitochondria), the rest lie
+    anywhere, so that sparse structures and their look-alikes are seen often enough.
 
     Returns
     -------
@@ -76,14 +81,23 @@ def sample_patches(
     n_slices, height, width = image.shape
     if patch_size > min(height, width):
         raise ValueError(f"patch_size {patch_size} is larger than the slices ({height}x{width})")
+    if foreground_bias + hard_negative_bias > 1.0:
+        raise ValueError("foreground_bias + hard_negative_bias must not exceed 1")
     rng = np.random.default_rng(seed)
     foreground = np.argwhere(mask > 0)
+    hard_negatives = np.empty((0, 3), int)
+    if hard_negative_bias > 0:
+        smooth = ndimage.uniform_filter(image.astype(np.float32), size=(1, 9, 9))
+        hard_negatives = np.argwhere((smooth < np.percentile(smooth, hard_negative_percentile)) & (mask == 0))
     images = np.empty((n_patches, patch_size, patch_size), dtype=image.dtype)
     masks = np.empty((n_patches, patch_size, patch_size), dtype=mask.dtype)
     half = patch_size // 2
     for i in range(n_patches):
-        if len(foreground) and rng.random() < foreground_bias:
-            z, cy, cx = foreground[rng.integers(len(foreground))]
+        draw = rng.random()
+        centres = foreground if draw < foreground_bias else (
+            hard_negatives if draw < foreground_bias + hard_negative_bias else None)
+        if centres is not None and len(centres):
+            z, cy, cx = centres[rng.integers(len(centres))]
             y = int(np.clip(cy - half + rng.integers(-half // 2, half // 2 + 1), 0, height - patch_size))
             x = int(np.clip(cx - half + rng.integers(-half // 2, half // 2 + 1), 0, width - patch_size))
         else:
@@ -95,7 +109,19 @@ def sample_patches(
     return images, masks
 
 
+def augmentation_margin(rotate_degrees: float, scale: tuple[float, float]) -> float:
+    """How much larger than the output a patch must be sampled so that rotating and zooming it out never
+    brings the outside (zero fill) into the centre crop.
+
+    >>> augmentation_margin(0, (1.0, 1.0)), round(augmentation_margin(45, (0.8, 1.25)), 3)
+    (1.0, 1.768)
+    """
+    angle = np.deg2rad(min(abs(rotate_degrees), 45.0))
+    return float((np.cos(angle) + np.sin(angle)) / min(1.0, scale[0]))
+
+
 def build_augmentation(
+    output_size: int,
     *,
     flip: bool = True,
     rotate_degrees: float = 180.0,
@@ -104,7 +130,8 @@ def build_augmentation(
     contrast: float = 0.2,
     noise_sigma: float = 0.03,
 ) -> v2.Compose:
-    """Geometric transforms applied to image and mask alike, photometric ones to the image only.
+    """Geometric transforms applied to image and mask alike, photometric ones to the image only, then a
+    centre crop to ``output_size`` (patches are sampled with :func:`augmentation_margin` to spare).
 
     torchvision.transforms.v2 dispatches on tv_tensors: a ``Mask`` is resampled with nearest neighbour
     and left alone by colour and noise transforms.
@@ -112,8 +139,9 @@ def build_augmentation(
     transforms: list[nn.Module] = []
     if flip:
         transforms += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-    if rotate_degrees or scale != (1.0, 1.0):
-        transforms.append(v2.RandomAffine(degrees=rotate_degrees, scale=scale))
+    if rotate_degrees or tuple(scale) != (1.0, 1.0):
+        transforms.append(v2.RandomAffine(degrees=rotate_degrees, scale=tuple(scale)))
+    transforms.append(v2.CenterCrop(output_size))
     if brightness or contrast:
         transforms.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
     if noise_sigma:
@@ -131,15 +159,14 @@ def augment_patches(
     (images, masks): float16 tensor (N, 1, P, P) and uint8 tensor (N, 1, P, P) of 0/1.
     """
     torch.manual_seed(seed)
-    out_images = torch.empty((len(images), 1, *images.shape[1:]), dtype=torch.float16)
-    out_masks = torch.empty((len(images), 1, *images.shape[1:]), dtype=torch.uint8)
-    for i, (image, mask) in enumerate(zip(images, masks)):
+    out_images, out_masks = [], []
+    for image, mask in zip(images, masks):
         img = tv_tensors.Image(torch.from_numpy(to_unit_range(image))[None])
         msk = tv_tensors.Mask(torch.from_numpy((mask > 0).astype(np.uint8))[None])
         img, msk = transform(img, msk)
-        out_images[i] = img.to(torch.float16)
-        out_masks[i] = msk
-    return out_images, out_masks
+        out_images.append(img.as_subclass(torch.Tensor).to(torch.float16))
+        out_masks.append(msk.as_subclass(torch.Tensor).to(torch.uint8))
+    return torch.stack(out_images), torch.stack(out_masks)
 
 
 class DiceBCELoss(nn.Module):

@@ -21,6 +21,7 @@ for _name in ("great_expectations", "great_expectations.expectations.registry"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 import great_expectations as gx  # noqa: E402
+from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
 IMAGE_DTYPES = ["uint8", "uint16", "float32"]
 MASK_DTYPES = ["uint8", "bool"]
@@ -100,10 +101,9 @@ def summarise_volumes(volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.D
     return pd.DataFrame(rows)
 
 
-def _suite(expect: SegmentationExpectations) -> gx.ExpectationSuite:
-    suite = gx.ExpectationSuite(name="segmentation_dataset")
+def _segmentation_suite(expect: SegmentationExpectations) -> list:
     e = gx.expectations
-    for expectation in [
+    return [
         e.ExpectTableRowCountToBeBetween(min_value=expect.min_slices),
         e.ExpectColumnValuesToBeInSet(column="ndim", value_set=[3]),
         e.ExpectColumnValuesToBeInSet(column="shape_matches", value_set=[True]),
@@ -118,9 +118,7 @@ def _suite(expect: SegmentationExpectations) -> gx.ExpectationSuite:
             min_value=expect.min_foreground_fraction,
             max_value=expect.max_foreground_fraction,
         ),
-    ]:
-        suite.add_expectation(expectation)
-    return suite
+    ]
 
 
 def _describe_failure(result: dict) -> str:
@@ -150,17 +148,22 @@ def validate_segmentation_dataset(
     -------
     ValidationReport; ``failures`` names every failed expectation.
     """
-    table = summarise_volumes(volumes)
+    return _run_suite(summarise_volumes(volumes), "segmentation_dataset", _segmentation_suite(expectations),
+                      data_docs_dir)
+
+
+def _run_suite(table: pd.DataFrame, name: str, expectations: list, data_docs_dir: Path | None) -> ValidationReport:
+    """Validate ``table`` against ``expectations`` in an ephemeral GX context; optionally build Data Docs."""
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     batch_definition = (
-        context.data_sources.add_pandas("cellops")
-        .add_dataframe_asset("slices")
-        .add_batch_definition_whole_dataframe("all_slices")
+        context.data_sources.add_pandas("cellops").add_dataframe_asset("table").add_batch_definition_whole_dataframe("all")
     )
-    suite = context.suites.add(_suite(expectations))
-    validation = context.validation_definitions.add(
-        gx.ValidationDefinition(name="segmentation_dataset", data=batch_definition, suite=suite)
-    )
+    suite = gx.ExpectationSuite(name=name)
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    suite = context.suites.add(suite)
+    validation = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
     actions = []
     if data_docs_dir is not None:
         site = "cellops_site"
@@ -174,7 +177,7 @@ def validate_segmentation_dataset(
         )
         actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[site]))
     checkpoint = context.checkpoints.add(
-        gx.Checkpoint(name="dataset_checkpoint", validation_definitions=[validation], actions=actions)
+        gx.Checkpoint(name=f"{name}_checkpoint", validation_definitions=[validation], actions=actions)
     )
     run = checkpoint.run(batch_parameters={"dataframe": table})
     result = next(iter(run.run_results.values())).to_json_dict()
@@ -186,3 +189,57 @@ def validate_segmentation_dataset(
         results=result,
         data_docs=index if index is not None and index.exists() else None,
     )
+
+
+@dataclass(frozen=True)
+class ImageSetExpectations:
+    """Thresholds of the image-folder suite used by the classical analyses (all from the YAML config)."""
+
+    allowed_ndim: tuple[int, ...] = (2,)
+    allowed_dtypes: tuple[str, ...] = ("uint8", "uint16", "float32")
+    min_images: int = 1
+    min_side: int = 32
+    min_std: float = 1e-6
+    require_ground_truth: bool = True
+
+
+def summarise_image_files(files: list[Path], ground_truth: dict[str, bool] | None = None) -> pd.DataFrame:
+    """One row per file: readable, ndim, dtype, smallest side, std, finite, whether ground truth exists."""
+    from cellops.io import ImageInputError, read_image_file
+
+    rows = []
+    for path in files:
+        row = {"file": str(path), "readable": True, "ndim": 0, "dtype": "", "min_side": 0, "std": 0.0,
+               "finite": False, "has_ground_truth": bool((ground_truth or {}).get(str(path), True))}
+        try:
+            image = read_image_file(path)
+        except ImageInputError:
+            row["readable"] = False
+        else:
+            values = image.astype(np.float64)
+            row.update(ndim=image.ndim, dtype=image.dtype.name, min_side=int(min(image.shape[-2:])),
+                       std=float(np.nanstd(values)), finite=bool(np.isfinite(values).all()))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def validate_image_files(
+    files: list[Path],
+    expectations: ImageSetExpectations = ImageSetExpectations(),
+    ground_truth: dict[str, bool] | None = None,
+    data_docs_dir: Path | None = None,
+) -> ValidationReport:
+    """Great Expectations suite over a set of image files (one row per file)."""
+    e = gx.expectations
+    suite = [
+        e.ExpectTableRowCountToBeBetween(min_value=expectations.min_images),
+        e.ExpectColumnValuesToBeInSet(column="readable", value_set=[True]),
+        e.ExpectColumnValuesToBeInSet(column="ndim", value_set=list(expectations.allowed_ndim)),
+        e.ExpectColumnValuesToBeInSet(column="dtype", value_set=list(expectations.allowed_dtypes)),
+        e.ExpectColumnValuesToBeBetween(column="min_side", min_value=expectations.min_side),
+        e.ExpectColumnValuesToBeBetween(column="std", min_value=expectations.min_std, strict_min=True),
+        e.ExpectColumnValuesToBeInSet(column="finite", value_set=[True]),
+    ]
+    if expectations.require_ground_truth:
+        suite.append(e.ExpectColumnValuesToBeInSet(column="has_ground_truth", value_set=[True]))
+    return _run_suite(summarise_image_files(files, ground_truth), "image_files", suite, data_docs_dir)

@@ -11,7 +11,7 @@ from zenml.logger import get_logger
 
 from cellops.io import read_tiff_stack
 from cellops.lineage import collect_lineage
-from cellops.training import augment_patches, build_augmentation, sample_patches, split_slices
+from cellops.training import augment_patches, augmentation_margin, build_augmentation, sample_patches, split_slices
 
 logger = get_logger(__name__)
 
@@ -65,14 +65,19 @@ def sample_augmented_patches(
     n_patches: int = 2048,
     patch_size: int = 128,
     foreground_bias: float = 0.5,
+    hard_negative_bias: float = 0.0,
     augmentation: dict | None = None,
     seed: int = 0,
 ) -> tuple[Annotated[np.ndarray, "patch_images"], Annotated[np.ndarray, "patch_masks"]]:
     """Seeded patches of the training block with torchvision v2 augmentation applied to image and mask."""
+    settings = augmentation or {}
+    margin = augmentation_margin(settings.get("rotate_degrees", 180.0), tuple(settings.get("scale", (0.8, 1.25))))
+    sampled_size = min(int(np.ceil(patch_size * margin)), *image.shape[1:])
     images, masks = sample_patches(
-        image, mask, n_patches=n_patches, patch_size=patch_size, foreground_bias=foreground_bias, seed=seed
+        image, mask, n_patches=n_patches, patch_size=sampled_size, foreground_bias=foreground_bias,
+        hard_negative_bias=hard_negative_bias, seed=seed,
     )
-    transform = build_augmentation(**(augmentation or {}))
+    transform = build_augmentation(patch_size, **settings)
     patch_images, patch_masks = augment_patches(images, masks, transform, seed=seed)
     log_metadata(metadata={"n_patches": n_patches, "patch_size": patch_size, "augmentation": str(transform)})
     # float32: ZenML computes artifact statistics, which overflow in float16.

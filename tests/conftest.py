@@ -13,10 +13,64 @@ from cellops.telemetry import TELEMETRY_OFF  # noqa: E402
 
 os.environ.update(TELEMETRY_OFF)
 
+import shutil  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import yaml  # noqa: E402
+from helpers import run_command  # noqa: E402
 
 from cellops.synthetic.em import EMVolume, generate_em_volume  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COPIED = ["cellops", "models", "steps", "pipelines", "bento", "configs", "scripts", "tests/configs", "params.yaml",
+          ".dvcignore"]
+#: Tiny versions of every built-in dataset, for the end-to-end tests.
+TINY_PARAMS = {
+    "em": {"shape": [10, 128, 128], "seed": 7, "voxel_nm": 8.0, "mitochondria_fraction": 0.1},
+    "colonies": {"n_images": 2, "shape": [384, 384], "seed": 7},
+    "nuclei": {"images_per_group": 2, "shape": [256, 256], "seed": 7},
+    "calcium": {"movies_per_group": 1, "shape": [128, 128], "n_frames": 40, "seed": 7},
+}
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    """A fresh copy of the project with tiny data and its own git, DVC, ZenML, MLflow and BentoML state:
+    what a user has after cloning, `make setup` and `make data`."""
+    root = tmp_path_factory.mktemp("project")
+    state = tmp_path_factory.mktemp("state")
+    for name in COPIED:
+        source, target = ROOT / name, root / name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+    (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    env = {
+        **os.environ,
+        **TELEMETRY_OFF,
+        "ZENML_CONFIG_PATH": str(state / "zenml"),
+        "BENTOML_HOME": str(state / "bentoml"),
+        "PYTHONPATH": str(root),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    for command in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        [str(BIN / "cellops"), "generate-data", "--params", "params.yaml", "--out", "data"],
+        ["dvc", "add", "-q", "data"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "fixture"],
+        [str(BIN / "python"), "scripts/setup_stack.py", "--root", str(root)],
+    ):
+        run_command(command, root, env)
+    return root, env
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import mlflow
@@ -26,61 +24,15 @@ from PIL import Image
 from cellops.inference import prepare_for_inference, sliding_window_predict
 from cellops.io import to_unit_range
 from cellops.metrics import binary_segmentation_scores
-from cellops.telemetry import TELEMETRY_OFF
+from helpers import run_command as _run
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-COPIED = ["cellops", "models", "steps", "pipelines", "bento", "configs", "scripts", "tests/configs", "params.yaml",
-          ".dvcignore"]
-TINY_PARAMS = {"em": {"shape": [10, 128, 128], "seed": 7, "voxel_nm": 8.0, "mitochondria_fraction": 0.1}}
-
-
-def _run(args: list[str], cwd: Path, env: dict, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A fresh copy of the project with its own git, DVC, ZenML, MLflow and BentoML state."""
-    root = tmp_path_factory.mktemp("project")
-    state = tmp_path_factory.mktemp("state")
-    for name in COPIED:
-        source, target = ROOT / name, root / name
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, target)
-    (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
-    env = {
-        **os.environ,
-        **TELEMETRY_OFF,
-        "ZENML_CONFIG_PATH": str(state / "zenml"),
-        "BENTOML_HOME": str(state / "bentoml"),
-        "PYTHONPATH": str(root),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    _run(["git", "init", "-q"], root, env)
-    _run(["dvc", "init", "-q"], root, env)
-    _run([str(BIN / "cellops"), "generate-data", "--params", "params.yaml", "--out", "data"], root, env)
-    _run(["dvc", "add", "-q", "data"], root, env)
-    _run(["git", "add", "-A"], root, env)
-    _run(["git", "commit", "-qm", "fixture"], root, env)
-    _run([str(BIN / "python"), "scripts/setup_stack.py", "--root", str(root)], root, env)
-    return root, env
-
-
 @pytest.fixture(scope="module")
 def trained(project):
     root, env = project

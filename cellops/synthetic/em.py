@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from cellops.io import encode_image
+from cellops.io import encode_image, write_files_safely
 
 #: Shape of one Lucchi volume (slices, rows, columns).
 LUCCHI_SHAPE: tuple[int, int, int] = (165, 768, 1024)
@@ -207,8 +207,8 @@ def generate_em_volume(
     filled, attempts = 0.0, 0
     while filled < target and attempts < 2000:
         attempts += 1
-        radius = float(rng.uniform(90, 200)) * px
-        length = float(rng.uniform(0, 1400)) * px
+        radius = float(rng.uniform(70, 180)) * px
+        length = float(rng.uniform(0, 800)) * px
         p0 = rng.uniform(0, 1, 3) * np.array(shape, dtype=np.float64)
         p1 = p0 + _random_direction(rng, 0.35) * length
         if any(_segment_distance(p0, p1, q0, q1) < radius + r + 40 * px for q0, q1, r in placed):
@@ -279,13 +279,5 @@ def write_lucchi_dataset(
         )
         contents[root / f"{split}.tif"] = encode_image(vol.image, "tiff")
         contents[root / f"{split}_groundtruth.tif"] = encode_image(vol.mask, "tiff")
-    different = [p for p, data in contents.items() if p.exists() and p.read_bytes() != data]
-    if different and not overwrite:
-        raise FileExistsError(
-            f"{', '.join(map(str, different))} already exist with other contents (your own data?); "
-            "not overwriting them: move them away or pass overwrite=True (--force)"
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    for path, data in contents.items():
-        path.write_bytes(data)
+    write_files_safely(contents, overwrite=overwrite)
     return {path.stem: path for path in contents}

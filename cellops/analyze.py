@@ -1,0 +1,176 @@
+"""Batch analyses of users' own image files: what ``cellops analyze`` runs.
+
+Each analysis reads files one by one; a file that cannot be analysed (unreadable, wrong dimensionality,
+empty...) is reported with its name and the problem, and the rest of the batch goes on. Outputs per input:
+a label TIFF (16-bit, opens in Fiji and napari), CSV tables and PNG figures; per batch: a summary table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cellops.classical.calcium import CalciumParams, analyse_calcium, group_curves  # noqa: E402
+from cellops.classical.colonies import ColonyParams, colony_overlay, measure_colonies  # noqa: E402
+from cellops.classical.common import to_gray_float  # noqa: E402
+from cellops.classical.nuclei import NucleusParams, nucleus_table, segment_nuclei  # noqa: E402
+from cellops.classical.stats import compare_groups, summarise_groups  # noqa: E402
+from cellops.io import ImageInputError, read_image_file, write_tiff_stack  # noqa: E402
+from cellops.plots import save_png  # noqa: E402
+
+NUCLEUS_FEATURES = ["aspect_ratio_ellipse", "aspect_ratio_rectangle", "area", "circularity", "solidity",
+                    "eccentricity", "feret_max", "feret_min"]
+
+
+@dataclass
+class BatchReport:
+    """What a batch produced: per-object table, the files written, and the files that failed (with why)."""
+
+    table: pd.DataFrame
+    written: list[Path] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def _labels_tiff(path: Path, labels: np.ndarray) -> Path:
+    dtype = np.uint16 if labels.max() < 65536 else np.uint32
+    return write_tiff_stack(path, labels.astype(dtype))
+
+
+def _as_2d(image: np.ndarray, path: Path) -> np.ndarray:
+    try:
+        return to_gray_float(image)
+    except ImageInputError as error:
+        raise ImageInputError(f"{path}: {error}") from error
+
+
+def analyze_colonies(files: list[Path], out: Path, params: ColonyParams = ColonyParams(),
+                     group: str | None = None) -> BatchReport:
+    """Colony table, label image and overlay (upright box red, rotated box green, hull white, contour blue)."""
+    report = BatchReport(table=pd.DataFrame())
+    tables = []
+    for path in files:
+        try:
+            image = _as_2d(read_image_file(path), path)
+            result = measure_colonies(image, params)
+        except (ImageInputError, ValueError) as error:
+            report.failures[str(path)] = str(error)
+            continue
+        stem = out / path.stem
+        report.written += [
+            _labels_tiff(stem.with_name(f"{path.stem}_colonies.tif"), result.labels),
+            save_png(colony_overlay(image, result.contours), stem.with_name(f"{path.stem}_overlay.png")),
+        ]
+        table = result.table.assign(image=path.name, group=group or path.parent.name)
+        table.to_csv(stem.with_name(f"{path.stem}_colonies.csv"), index=False)
+        report.written.append(stem.with_name(f"{path.stem}_colonies.csv"))
+        tables.append(table)
+    report.table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return report
+
+
+def analyze_nuclei(files: list[Path], out: Path, params: NucleusParams = NucleusParams(),
+                   group: str | None = None) -> BatchReport:
+    """Nucleus labels and per-nucleus shape table for each file."""
+    report = BatchReport(table=pd.DataFrame())
+    tables = []
+    for path in files:
+        try:
+            image = _as_2d(read_image_file(path), path)
+            labels = segment_nuclei(image, params)
+        except (ImageInputError, ValueError) as error:
+            report.failures[str(path)] = str(error)
+            continue
+        table = nucleus_table(labels, image).assign(image=path.name, group=group or path.parent.name)
+        report.written.append(_labels_tiff(out / f"{path.stem}_nuclei.tif", labels))
+        table.to_csv(out / f"{path.stem}_nuclei.csv", index=False)
+        report.written.append(out / f"{path.stem}_nuclei.csv")
+        tables.append(table)
+    report.table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return report
+
+
+def analyze_calcium(files: list[Path], out: Path, params: CalciumParams = CalciumParams(),
+                    group: str | None = None) -> BatchReport:
+    """Cell labels, per-cell dF/F0 traces and response metrics for each time-lapse stack; group curves."""
+    report = BatchReport(table=pd.DataFrame())
+    tables = []
+    dff_by_group: dict[str, list[np.ndarray]] = {}
+    for path in files:
+        try:
+            movie = read_image_file(path)
+            if movie.ndim != 3:
+                raise ImageInputError(f"{path}: expected a time-lapse stack (frames, rows, columns), "
+                                      f"got shape {movie.shape}")
+            result = analyse_calcium(movie, params)
+        except (ImageInputError, ValueError) as error:
+            report.failures[str(path)] = str(error)
+            continue
+        report.written.append(_labels_tiff(out / f"{path.stem}_cells.tif", result.labels))
+        traces = pd.DataFrame(result.dff.T, columns=[f"cell_{i}" for i in range(1, len(result.dff) + 1)])
+        traces.insert(0, "time_s", np.arange(len(traces)) * params.frame_interval_s)
+        traces.to_csv(out / f"{path.stem}_dff.csv", index=False)
+        report.written.append(out / f"{path.stem}_dff.csv")
+        tables.append(result.metrics.assign(movie=path.name, group=group or path.parent.name))
+        dff_by_group.setdefault(group or path.parent.name, []).append(result.dff)
+        report.written.append(plot_group_curves(group_curves({path.stem: result.dff}, params.frame_interval_s),
+                                                out / f"{path.stem}_dff.png"))
+    report.table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    if dff_by_group and len({d.shape[1] for ds in dff_by_group.values() for d in ds}) == 1:
+        curves = group_curves({g: np.vstack(ds) for g, ds in dff_by_group.items()}, params.frame_interval_s)
+        curves.to_csv(out / "calcium_group_curves.csv", index=False)
+        report.written += [out / "calcium_group_curves.csv",
+                           plot_group_curves(curves, out / "calcium_group_curves.png")]
+    return report
+
+
+def plot_group_curves(curves: pd.DataFrame, path: Path) -> Path:
+    """Mean dF/F0 +- SEM per group over time, one line per group (the lab's figure)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for group, frame in curves.groupby("group", sort=False):
+        ax.plot(frame["time_s"], frame["mean_dff"], label=f"{group} (n={int(frame['n_cells'].max())})")
+        ax.fill_between(frame["time_s"], frame["mean_dff"] - frame["sem_dff"], frame["mean_dff"] + frame["sem_dff"],
+                        alpha=0.25)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("dF/F0")
+    ax.legend(frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_feature_by_group(table: pd.DataFrame, features: list[str], path: Path, group_column: str = "group") -> Path:
+    """Box plot with points of each feature, one box per group."""
+    groups = list(dict.fromkeys(table[group_column]))
+    fig, axes = plt.subplots(1, len(features), figsize=(3.2 * len(features), 3.4), squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, feature in zip(axes[0], features):
+        data = [table.loc[table[group_column] == g, feature].dropna().to_numpy() for g in groups]
+        ax.boxplot(data, tick_labels=groups, showfliers=False)
+        for i, values in enumerate(data, start=1):
+            ax.scatter(i + rng.uniform(-0.15, 0.15, len(values)), values, s=4, alpha=0.4)
+        ax.set_title(feature.replace("_", " "))
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def nuclei_group_report(table: pd.DataFrame, out: Path, features: list[str] = NUCLEUS_FEATURES) -> list[Path]:
+    """Summary table, statistics table and box plots of nuclear shape across groups."""
+    out.mkdir(parents=True, exist_ok=True)
+    summarise_groups(table, features).to_csv(out / "nuclei_summary.csv", index=False)
+    compare_groups(table, features).to_csv(out / "nuclei_statistics.csv", index=False)
+    plot = plot_feature_by_group(table, features[:4], out / "nuclei_by_group.png")
+    return [out / "nuclei_summary.csv", out / "nuclei_statistics.csv", plot]

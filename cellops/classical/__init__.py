@@ -1,0 +1,1 @@
+"""Classical (non-learned) analyses: OpenCV, scikit-image and scipy on numpy arrays."""

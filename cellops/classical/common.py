@@ -1,0 +1,69 @@
+"""Helpers shared by the classical analyses."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import TypeVar
+
+import numpy as np
+
+from cellops.io import ImageInputError
+
+T = TypeVar("T")
+
+
+def to_gray_float(image: np.ndarray) -> np.ndarray:
+    """A 2-D float64 image: RGB/RGBA converted to luminance, any integer or float dtype accepted.
+
+    Raises
+    ------
+    ImageInputError
+        For an empty image, a non-finite one, or one that is neither 2-D nor 2-D with 3/4 channels.
+    """
+    if image.size == 0:
+        raise ImageInputError(f"empty image: shape {image.shape}")
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = image[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    elif image.ndim != 2:
+        raise ImageInputError(f"expected a 2-D grey-level or RGB image, got shape {image.shape}")
+    image = image.astype(np.float64)
+    if not np.isfinite(image).all():
+        raise ImageInputError("image contains NaN or infinite values")
+    return image
+
+
+def to_uint8_gray(image: np.ndarray) -> np.ndarray:
+    """A 2-D uint8 image; 16-bit and float images are stretched from their own min to max.
+
+    Examples
+    --------
+    >>> to_uint8_gray(np.array([[0, 1000], [2000, 4000]], np.uint16)).tolist()
+    [[0, 64], [128, 255]]
+    """
+    if image.dtype == np.uint8 and image.ndim == 2:
+        return image
+    gray = to_gray_float(image)
+    low, high = float(gray.min()), float(gray.max())
+    if high <= low:
+        return np.zeros(gray.shape, np.uint8)
+    return np.clip(np.rint((gray - low) / (high - low) * 255), 0, 255).astype(np.uint8)
+
+
+def params_from_dict(cls: type[T], values: dict | None) -> T:
+    """Build a parameter dataclass from a config mapping, naming any key it does not know.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class P:
+    ...     sigma: float = 1.0
+    >>> params_from_dict(P, {"sigma": 2.0})
+    P(sigma=2.0)
+    >>> params_from_dict(P, {"sigmaa": 2.0})
+    Traceback (most recent call last):
+    ValueError: unknown P parameters ['sigmaa']; known: ['sigma']
+    """
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = set(values or {}) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} parameters {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**(values or {}))

@@ -1,0 +1,83 @@
+"""`cellops analyze` on users' files: every readable file analysed, every bad one named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import tifffile
+from PIL import Image
+
+from cellops.cli import main
+from cellops.synthetic.calcium import generate_calcium_movie
+from cellops.synthetic.colonies import generate_colony_image
+from cellops.synthetic.nuclei import generate_nuclei_image
+
+
+def test_colonies_batch_goes_on_past_bad_files(tmp_path, capsys):
+    sample = generate_colony_image((384, 384), seed=1)
+    good = tmp_path / "in" / "good.png"
+    good.parent.mkdir()
+    Image.fromarray(sample.image).save(good)
+    rgb = tmp_path / "in" / "rgb.png"
+    Image.fromarray(np.stack([sample.image] * 3, axis=-1)).save(rgb)  # converted to grey, not refused
+    sixteen = tmp_path / "in" / "sixteen.tif"
+    tifffile.imwrite(sixteen, sample.image.astype(np.uint16) * 257)
+    corrupt = tmp_path / "in" / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    empty = tmp_path / "in" / "empty.tif"
+    empty.write_bytes(b"")
+    stack = tmp_path / "in" / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((3, 64, 64), np.uint8))
+    out = tmp_path / "out"
+    code = main(["analyze", "colonies", str(good), str(rgb), str(sixteen), str(corrupt), str(empty), str(stack),
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "corrupt.png: not a readable image" in err
+    assert "empty.tif: empty file" in err
+    assert "stack.tif: expected a 2-D grey-level or RGB image, got shape (3, 64, 64)" in err
+    table = pd.read_csv(out / "colonies_all.csv")
+    counts = table.groupby("image").size()
+    assert counts["good.png"] == counts["rgb.png"] == counts["sixteen.tif"] == sample.labels.max()
+    labels = tifffile.imread(out / "good_colonies.tif")
+    assert labels.dtype == np.uint16 and labels.max() == sample.labels.max()
+    assert (out / "good_overlay.png").is_file()
+
+
+def test_nuclei_groups_from_folders_get_statistics(tmp_path):
+    files = []
+    for group in ("Control", "Film"):
+        for i in range(2):
+            path = tmp_path / group / f"n{i}.tif"
+            path.parent.mkdir(exist_ok=True)
+            tifffile.imwrite(path, generate_nuclei_image(group, (256, 256), seed=i, n_nuclei=15).image)
+            files.append(str(path))
+    assert main(["analyze", "nuclei", *files, "--out", str(tmp_path / "out")]) == 0
+    stats = pd.read_csv(tmp_path / "out" / "nuclei_statistics.csv")
+    row = stats[(stats.feature == "aspect_ratio_ellipse") & (stats.comparison == "Control vs Film")].iloc[0]
+    assert row.p_holm < 0.01
+    assert (tmp_path / "out" / "nuclei_by_group.png").is_file()
+
+
+def test_calcium_refuses_a_single_image_and_reads_a_stack(tmp_path, capsys):
+    movie = generate_calcium_movie("Film", (128, 128), n_frames=40, n_cells=6, seed=2)
+    stack = tmp_path / "Film" / "movie.tif"
+    stack.parent.mkdir()
+    tifffile.imwrite(stack, movie.movie)
+    single = tmp_path / "single.tif"
+    tifffile.imwrite(single, movie.movie[0])
+    code = main(["analyze", "calcium", str(stack), str(single), "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert "single.tif: expected a time-lapse stack" in capsys.readouterr().err
+    dff = pd.read_csv(tmp_path / "out" / "movie_dff.csv")
+    assert dff.shape == (40, 1 + movie.labels.max())
+    assert (tmp_path / "out" / "calcium_group_curves.png").is_file()
+
+
+def test_bad_config_key_is_named(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("blur_sigma: 2\nnot_a_parameter: 1\n")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(image)
+    assert main(["analyze", "colonies", str(image), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
+    assert "not_a_parameter" in capsys.readouterr().err

@@ -1,0 +1,40 @@
+"""End to end: the three classical pipelines on tiny data, in a fresh project copy (see conftest.project)."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+from helpers import run_command
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize(
+    "module,pipeline,experiment,metric,minimum",
+    [
+        ("colonies", "colony_pipeline", "cellops-colonies", "detection_f1", 0.9),
+        ("nuclei", "nuclei_pipeline", "cellops-nuclei", "nucleus_f1", 0.85),
+        ("calcium", "calcium_pipeline", "cellops-calcium", "median_trace_correlation", 0.95),
+    ],
+)
+def test_pipeline_runs_logs_and_scores(project, module, pipeline, experiment, metric, minimum):
+    root, env = project
+    run_command(["zenml", "pipeline", "run", f"pipelines.{module}.{pipeline}", "-c", f"configs/{module}.yaml"],
+                root, env)
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.metrics[metric] >= minimum
+    assert run.data.tags["lineage.data_version"].endswith(".dir")
+    assert any(k.startswith("analysis.") for k in run.data.params)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "tables" in artifacts
+    if module == "nuclei":
+        stats = pd.read_csv(root / "outputs/nuclei/nuclei_statistics.csv")
+        assert {"Kruskal-Wallis", "Mann-Whitney U"} <= set(stats["test"])
+        assert (root / "outputs/nuclei/nuclei_by_group.png").is_file()
+    if module == "calcium":
+        curves = pd.read_csv(root / "outputs/calcium/calcium_group_curves.csv")
+        assert set(curves["group"]) == {"Control", "Coating", "Film"}

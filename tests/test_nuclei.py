@@ -1,0 +1,74 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellops.classical.nuclei import NucleusParams, nucleus_table, segment_nuclei
+from cellops.classical.stats import compare_groups, holm_correction
+from cellops.metrics import match_instances
+from cellops.synthetic.nuclei import GROUP_SHAPES, generate_nuclei_image
+
+
+@pytest.fixture(scope="module")
+def per_group():
+    return {g: [generate_nuclei_image(g, (384, 384), seed=200 + i, n_nuclei=30) for i in range(2)] for g in GROUP_SHAPES}
+
+
+def test_segmentation_f1_and_aspect_ratio_error(per_group):
+    f1s, errors = [], []
+    for samples in per_group.values():
+        for sample in samples:
+            labels = segment_nuclei(sample.image)
+            match = match_instances(sample.labels, labels)
+            f1s.append(match.f1)
+            table = nucleus_table(labels).set_index("label")
+            truth = sample.ellipses.set_index("label")
+            errors += [abs(table.loc[p, "aspect_ratio_ellipse"] / truth.loc[t, "aspect_ratio"] - 1)
+                       for t, p, _ in match.pairs]
+    assert np.mean(f1s) >= 0.90
+    assert np.median(errors) < 0.05
+
+
+def test_group_ordering_is_recovered(per_group):
+    tables = [nucleus_table(segment_nuclei(s.image)).assign(group=g) for g, ss in per_group.items() for s in ss]
+    table = pd.concat(tables)
+    medians = table.groupby("group")["aspect_ratio_ellipse"].median()
+    assert medians["Control"] < medians["Coating"] < medians["Film"]
+    result = compare_groups(table, ["aspect_ratio_ellipse"]).set_index("comparison")
+    assert result.loc["all groups", "p_value"] < 0.01
+    assert result.loc["Control vs Film", "p_holm"] < 0.01
+    assert result.loc["Control vs Film", "effect_size"] < -0.5  # Film larger
+
+
+def test_table_of_a_hand_drawn_ellipse():
+    yy, xx = np.mgrid[:100, :100]
+    labels = (((xx - 50) / 30.0) ** 2 + ((yy - 50) / 15.0) ** 2 <= 1).astype(np.int32)
+    row = nucleus_table(labels).iloc[0]
+    assert row.aspect_ratio_ellipse == pytest.approx(2.0, rel=0.02)
+    assert row.aspect_ratio_rectangle == pytest.approx(2.0, rel=0.05)
+    assert row.area == pytest.approx(np.pi * 30 * 15, rel=0.02)
+    assert row.feret_max == pytest.approx(61, abs=2) and row.feret_min == pytest.approx(31, abs=2)
+    # An ellipse of aspect ratio 2 has circularity 0.84 (Ramanujan perimeter); digitised, a bit less.
+    assert 0.72 < row.circularity < 0.86 and row.solidity > 0.95
+
+
+def test_sizes_scale_with_the_configured_diameter():
+    sample = generate_nuclei_image("Control", (256, 256), seed=9, n_nuclei=12)
+    # The same image at twice the resolution, with the diameter doubled: about the same nuclei.
+    big = np.kron(sample.image, np.ones((2, 2), sample.image.dtype))
+    n_small = segment_nuclei(sample.image).max()
+    n_big = segment_nuclei(big, NucleusParams(nucleus_diameter_px=60)).max()
+    assert abs(int(n_big) - int(n_small)) <= 1
+
+
+def test_local_threshold_handles_strong_illumination_gradient():
+    sample = generate_nuclei_image("Coating", (256, 256), seed=4, n_nuclei=15)
+    ramp = np.linspace(0.3, 1.7, 256)[None, :]
+    image = np.clip(sample.image * ramp, 0, 65535).astype(np.uint16)
+    labels = segment_nuclei(image, NucleusParams(threshold="local"))
+    assert match_instances(sample.labels, labels).f1 >= 0.8
+
+
+def test_holm_and_unknown_threshold():
+    assert holm_correction([0.01, 0.02, 0.5]).tolist() == pytest.approx([0.03, 0.04, 0.5])
+    with pytest.raises(ValueError, match="unknown threshold method 'li'"):
+        segment_nuclei(np.ones((10, 10)), NucleusParams(threshold="li"))
