@@ -49,11 +49,11 @@ def skimage_colonies(image: np.ndarray, params: ColonyParams) -> list[dict]:
     footprint = morphology.disk(params.kernel_size // 2)
     grown = edges
     for _ in range(params.dilate_iterations):
-        grown = morphology.binary_dilation(grown, footprint)
+        grown = morphology.dilation(grown, footprint)
     filled = ndimage.binary_fill_holes(grown)
     shrunk = filled
     for _ in range(params.erode_iterations):
-        shrunk = morphology.binary_erosion(shrunk, footprint)
+        shrunk = morphology.erosion(shrunk, footprint)
     rows = []
     for region in measure.regionprops(measure.label(shrunk)):
         if region.area < params.min_area:
@@ -78,12 +78,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/colonies.json"))
     args = parser.parse_args()
-    scale = args.size / 512
-    images = [generate_colony_image((args.size, args.size), seed=i, radius=(35 * scale, 90 * scale),
-                                    n_single_cells=int(25 * scale**2), n_debris=int(60 * scale**2)).image
+    # A larger field of view at the same magnification as the default data: same colony sizes, more of them.
+    area = (args.size / 512) ** 2
+    images = [generate_colony_image((args.size, args.size), seed=i, n_colonies=(int(3 * area), int(7 * area)),
+                                    n_single_cells=int(25 * area), n_debris=int(60 * area)).image
               for i in range(args.images)]
-    # Sizes scale with the image: blur, kernel and minimum area as if the 512 px field were imaged at 2048.
-    params = ColonyParams(blur_sigma=2.0 * scale, kernel_size=int(5 * scale) | 1, min_area=1500 * scale**2)
+    params = ColonyParams()
 
     def run_cellops() -> list[int]:
         return [len(measure_colonies(image, params).contours) for image in images]

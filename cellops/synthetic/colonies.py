@@ -89,13 +89,17 @@ def generate_colony_image(
         r = rng.uniform(*radius)
         centre = rng.uniform([r * 0.9, r * 0.9], [height - r * 0.9, width - r * 0.9])
         poly = _colony_polygon(rng, centre, r)
-        candidate = np.zeros(shape, np.uint8)
-        cv2.fillPoly(candidate, [np.round(poly).astype(np.int32)], 1)
-        grown = cv2.dilate(candidate, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (61, 61)))
-        if candidate.sum() < 200 or (grown.astype(bool) & (labels > 0)).any():
+        # Work in the polygon's bounding box (plus the required gap), not the whole image.
+        gap = 30
+        x0, y0 = np.maximum(np.floor(poly.min(axis=0)).astype(int) - gap, 0)
+        x1, y1 = np.minimum(np.ceil(poly.max(axis=0)).astype(int) + gap + 1, [width, height])
+        candidate = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(candidate, [np.round(poly - [x0, y0]).astype(np.int32)], 1)
+        grown = cv2.dilate(candidate, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1, 2 * gap + 1)))
+        if candidate.sum() < 200 or (grown.astype(bool) & (labels[y0:y1, x0:x1] > 0)).any():
             continue
         polygons.append(poly)
-        labels[candidate.astype(bool)] = len(polygons)
+        labels[y0:y1, x0:x1][candidate.astype(bool)] = len(polygons)
 
     inside = (labels > 0).astype(np.float32)
     # Cobblestone interior: small cells with bright borders, at cell scale (~8 px).
@@ -114,10 +118,12 @@ def generate_colony_image(
         if labels[int(c[0]), int(c[1])]:
             continue
         r = rng.uniform(3, 7)
-        yy, xx = np.ogrid[:height, :width]
+        y0, x0 = max(0, int(c[0]) - 15), max(0, int(c[1]) - 15)
+        yy, xx = np.ogrid[y0 : min(height, int(c[0]) + 16), x0 : min(width, int(c[1]) + 16)]
         d = np.sqrt((yy - c[0]) ** 2 + (xx - c[1]) ** 2)
-        image -= 0.15 * (d < r)
-        image += 0.25 * np.exp(-((d - r - 1.5) / 1.5) ** 2)
+        window = image[y0 : y0 + d.shape[0], x0 : x0 + d.shape[1]]
+        window -= 0.15 * (d < r)
+        window += 0.25 * np.exp(-((d - r - 1.5) / 1.5) ** 2)
     for _ in range(n_debris):
         y, x = rng.integers(0, height), rng.integers(0, width)
         image[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] += rng.choice([-0.25, 0.3])
