@@ -32,6 +32,7 @@ from cellops.metrics import match_instances
 from cellops.synthetic.colonies import coco_to_labels
 from cellops.validation import ImageSetExpectations, validate_image_files
 from steps.tracking import log_run_config
+from steps.validation import data_docs_page
 
 logger = get_logger(__name__)
 
@@ -82,11 +83,10 @@ def validate_image_folder(
         truth = {str(f): f.with_name(f.stem + ground_truth_suffix).exists() for f in files}
     with tempfile.TemporaryDirectory() as tmp:
         report = validate_image_files(files, ImageSetExpectations(**settings), truth, data_docs_dir=Path(tmp))
-        pages = sorted(Path(tmp).rglob("*.html"), key=lambda p: (p.name == "index.html", len(str(p))))
-        html = pages[0].read_text() if pages else "<p>no Data Docs were built</p>"
+        html = data_docs_page(Path(tmp))
     log_metadata(metadata={"validation_success": report.success, "failed_expectations": report.failures,
                            "n_files": len(files)})
-    return {"success": report.success, "failures": report.failures, "results": report.results}, HTMLString(html)
+    return {"success": report.success, "failures": report.failures, "results": report.results}, html
 
 
 @step

@@ -47,7 +47,9 @@ def register_and_maybe_promote(
         raise KeyError(f"promotion metric {promotion_metric!r} is not among the metrics {sorted(metrics)}")
     champion_version, champion_value = champion_score(client, registered_model_name, alias, promotion_metric)
     version = mlflow.register_model(model_uri, registered_model_name).version
-    all_tags = {**{f"metric.{k}": f"{float(v):.6f}" for k, v in metrics.items()}, **tags}
+    # Full precision: the next run compares against this very number, and a rounded tag would let an equal
+    # retrain look better than the champion.
+    all_tags = {**{f"metric.{k}": repr(float(v)) for k, v in metrics.items()}, **tags}
     for key, value in all_tags.items():
         client.set_model_version_tag(registered_model_name, version, key, value)
     candidate = float(metrics[promotion_metric])

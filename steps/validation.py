@@ -16,6 +16,12 @@ from cellops.validation import SegmentationExpectations, validate_segmentation_d
 logger = get_logger(__name__)
 
 
+def data_docs_page(directory: Path) -> HTMLString:
+    """The validation page of the Data Docs built in ``directory`` (self-contained; the index only links)."""
+    pages = sorted(directory.rglob("*.html"), key=lambda p: (p.name == "index.html", len(str(p))))
+    return HTMLString(pages[0].read_text() if pages else "<p>no Data Docs were built</p>")
+
+
 @step
 def validate_segmentation_data(
     train_image: np.ndarray,
@@ -31,12 +37,10 @@ def validate_segmentation_data(
             SegmentationExpectations(**(expectations or {})),
             data_docs_dir=Path(tmp),
         )
-        pages = sorted(Path(tmp).rglob("*.html"), key=lambda p: (p.name == "index.html", len(str(p))))
-        # The validation page is the self-contained one worth keeping; the index only links to it.
-        html = pages[0].read_text() if pages else "<p>no Data Docs were built</p>"
+        html = data_docs_page(Path(tmp))
     log_metadata(metadata={"validation_success": report.success, "failed_expectations": report.failures})
     result = {"success": report.success, "failures": report.failures, "results": report.results}
-    return result, HTMLString(html)
+    return result, html
 
 
 @step

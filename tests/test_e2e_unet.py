@@ -63,6 +63,24 @@ def test_training_pipeline_registers_a_champion_with_lineage(trained):
     assert float(champion.tags["metric.foreground_iou"]) == pytest.approx(run.data.metrics["test_foreground_iou"], abs=1e-6)
 
 
+def test_an_equal_retrain_is_registered_but_not_promoted(trained):
+    root, env, _ = trained
+    client = mlflow.MlflowClient()
+    champion_before = client.get_model_version_by_alias("cellops-unet", "champion")
+    _run(["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c", "tests/configs/unet_tiny.yaml"],
+         root, env)
+    versions = client.search_model_versions("name='cellops-unet'")
+    newest = max(versions, key=lambda v: int(v.version))
+    assert int(newest.version) == int(champion_before.version) + 1
+    # Same data, same seeds: the same score, which does not beat the champion.
+    assert newest.tags["metric.foreground_iou"] == champion_before.tags["metric.foreground_iou"]
+    assert client.get_model_version_by_alias("cellops-unet", "champion").version == champion_before.version
+    run = client.get_run(newest.run_id)
+    assert run.data.tags["promoted_to_champion"] == "False"
+    # Not a cache hit: the new run trained and logged every epoch itself.
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3
+
+
 def test_deployed_service_segments_and_refuses_bad_uploads(trained):
     root, env, _ = trained
     result = _run(["zenml", "pipeline", "run", "pipelines.unet.deployment_pipeline", "-c", "configs/unet_deploy.yaml"],

@@ -38,9 +38,16 @@ def test_worse_model_never_becomes_champion(client):
     assert better["promoted"] and better["champion_score_before"] == 0.8
     champion = client.get_model_version_by_alias("cellops-test", "champion")
     assert champion.version == better["version"]
-    assert champion.tags["metric.foreground_iou"] == "0.900000" and champion.tags["lineage.data_version"] == "x"
+    assert champion.tags["metric.foreground_iou"] == "0.9" and champion.tags["lineage.data_version"] == "x"
     # Every version is registered, promoted or not.
     assert len(client.search_model_versions("name='cellops-test'")) == 4
+
+
+def test_an_equal_retrain_is_not_promoted_whatever_its_digits(client):
+    score = 0.8575004644108986
+    assert _register(client, score)["promoted"]
+    again = _register(client, score)
+    assert not again["promoted"] and again["champion_score_before"] == score
 
 
 def test_unknown_promotion_metric_is_refused(client):
