@@ -34,7 +34,7 @@ def write_tiff_stack(path: str | Path, array: np.ndarray) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, np.ascontiguousarray(array), photometric="minisblack", metadata=None)
+    path.write_bytes(encode_image(np.ascontiguousarray(array), "tiff"))
     return path
 
 

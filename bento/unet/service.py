@@ -59,8 +59,6 @@ class UNetSegmenter:
             raise PayloadTooLarge(str(error)) from error
         except ImageInputError as error:
             raise InvalidArgument(str(error)) from error
-        if decoded.format == "png" and image.ndim != 2:
-            raise InvalidArgument(f"PNG holds one 2-D image, got shape {image.shape}")
         probabilities = sliding_window_predict(
             self.model,
             image,
