@@ -151,9 +151,13 @@ def plot_group_curves(curves: pd.DataFrame, path: Path) -> Path:
 def plot_feature_by_group(table: pd.DataFrame, features: list[str], path: Path, group_column: str = "group") -> Path:
     """Box plot with points of each feature, one box per group."""
     groups = list(dict.fromkeys(table[group_column]))
-    fig, axes = plt.subplots(1, len(features), figsize=(3.2 * len(features), 3.4), squeeze=False)
+    n_cols = min(4, len(features))
+    n_rows = -(-len(features) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 3.4 * n_rows), squeeze=False)
+    for ax in axes.ravel()[len(features):]:
+        ax.set_visible(False)
     rng = np.random.default_rng(0)
-    for ax, feature in zip(axes[0], features):
+    for ax, feature in zip(axes.ravel(), features):
         data = [table.loc[table[group_column] == g, feature].dropna().to_numpy() for g in groups]
         ax.boxplot(data, tick_labels=groups, showfliers=False)
         for i, values in enumerate(data, start=1):
@@ -172,5 +176,5 @@ def nuclei_group_report(table: pd.DataFrame, out: Path, features: list[str] = NU
     out.mkdir(parents=True, exist_ok=True)
     summarise_groups(table, features).to_csv(out / "nuclei_summary.csv", index=False)
     compare_groups(table, features).to_csv(out / "nuclei_statistics.csv", index=False)
-    plot = plot_feature_by_group(table, features[:4], out / "nuclei_by_group.png")
+    plot = plot_feature_by_group(table, features, out / "nuclei_by_group.png")
     return [out / "nuclei_summary.csv", out / "nuclei_statistics.csv", plot]

@@ -16,6 +16,7 @@ from typing import Annotated
 import mlflow
 import numpy as np
 import pandas as pd
+from PIL import Image
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 from zenml.types import HTMLString
@@ -97,7 +98,8 @@ def analyse_colonies(
     params: dict | None = None,
     out_dir: str = "outputs/colonies",
     iou_threshold: float = 0.5,
-) -> tuple[Annotated[pd.DataFrame, "colony_table"], Annotated[dict, "colony_accuracy"]]:
+) -> tuple[Annotated[pd.DataFrame, "colony_table"], Annotated[dict, "colony_accuracy"],
+           Annotated[Image.Image, "colony_overlay"]]:
     """Measure every colony of every image; score detection (F1 at IoU) and area against the COCO ground truth."""
     colony_params = params_from_dict(ColonyParams, params)
     _start(lineage, colony_params)
@@ -119,11 +121,12 @@ def analyse_colonies(
         accuracy.update(detection_f1=float(np.mean(f1s)), median_relative_area_error=float(np.median(errors)))
     mlflow.log_metrics({k: float(v) for k, v in accuracy.items()})
     _log_tables({"colonies": report.table}, "tables")
-    for overlay in sorted(Path(out_dir).glob("*_overlay.png"))[:4]:
+    overlays = sorted(Path(out_dir).glob("*_overlay.png"))
+    for overlay in overlays[:4]:
         mlflow.log_artifact(str(overlay), artifact_path="overlays")
     log_metadata(metadata={"accuracy": accuracy})
     logger.info("colonies: %s", accuracy)
-    return report.table, accuracy
+    return report.table, accuracy, Image.open(overlays[0]).copy()
 
 
 @step
@@ -136,7 +139,7 @@ def analyse_nuclei(
     features: list[str] | None = None,
     iou_threshold: float = 0.5,
 ) -> tuple[Annotated[pd.DataFrame, "nucleus_table"], Annotated[pd.DataFrame, "group_statistics"],
-           Annotated[dict, "nucleus_accuracy"]]:
+           Annotated[dict, "nucleus_accuracy"], Annotated[Image.Image, "shape_by_group_plot"]]:
     """Segment and measure nuclei per group, compare groups, and score against the shipped ground truth."""
     nucleus_params = params_from_dict(NucleusParams, params)
     _start(lineage, nucleus_params)
@@ -177,12 +180,11 @@ def analyse_nuclei(
         accuracy["aspect_ratio_kruskal_p"] = float(kruskal["p_value"].iloc[0])
     mlflow.log_metrics({k: float(v) for k, v in accuracy.items()})
     _log_tables({"nuclei": table, "group_statistics": statistics, "group_summary": summary}, "tables")
-    for path in report_files:
-        if path.suffix == ".png":
-            mlflow.log_artifact(str(path), artifact_path="plots")
+    plot = next(path for path in report_files if path.suffix == ".png")
+    mlflow.log_artifact(str(plot), artifact_path="plots")
     log_metadata(metadata={"accuracy": accuracy})
     logger.info("nuclei: %s", accuracy)
-    return table, statistics, accuracy
+    return table, statistics, accuracy, Image.open(plot).copy()
 
 
 @step
@@ -194,7 +196,7 @@ def analyse_calcium(
     out_dir: str = "outputs/calcium",
     iou_threshold: float = 0.5,
 ) -> tuple[Annotated[pd.DataFrame, "cell_responses"], Annotated[pd.DataFrame, "group_curves"],
-           Annotated[dict, "calcium_accuracy"]]:
+           Annotated[dict, "calcium_accuracy"], Annotated[Image.Image, "group_curves_plot"]]:
     """dF/F0 traces and responses per cell and group; traces scored against the ground-truth traces."""
     calcium_params = params_from_dict(CalciumParams, params)
     _start(lineage, calcium_params)
@@ -221,7 +223,8 @@ def analyse_calcium(
         accuracy["median_trace_correlation"] = float(np.median(correlations))
     mlflow.log_metrics({k: float(v) for k, v in accuracy.items()})
     _log_tables({"cell_responses": report.table, "group_curves": curves}, "tables")
-    mlflow.log_artifact(str(Path(out_dir) / "calcium_group_curves.png"), artifact_path="plots")
+    plot = Path(out_dir) / "calcium_group_curves.png"
+    mlflow.log_artifact(str(plot), artifact_path="plots")
     log_metadata(metadata={"accuracy": accuracy})
     logger.info("calcium: %s", accuracy)
-    return report.table, curves, accuracy
+    return report.table, curves, accuracy, Image.open(plot).copy()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pandas as pd
 import pytest
@@ -31,6 +33,14 @@ def test_pipeline_runs_logs_and_scores(project, module, pipeline, experiment, me
     assert any(k.startswith("analysis.") for k in run.data.params)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "tables" in artifacts
+    # Tables and figures are ZenML artifacts too (asked of the project's own ZenML store).
+    listing = run_command(["python", "-c", "import json; from zenml.client import Client; "
+                           f"run = Client().get_pipeline('{pipeline}').last_run; "
+                           "print(json.dumps([n for s in run.steps.values() for n in s.outputs]))"], root, env)
+    outputs = set(json.loads(listing.stdout.strip().splitlines()[-1]))
+    expected = {"colonies": {"colony_table", "colony_overlay"}, "nuclei": {"nucleus_table", "shape_by_group_plot"},
+                "calcium": {"cell_responses", "group_curves_plot"}}[module]
+    assert expected <= outputs
     if module == "nuclei":
         stats = pd.read_csv(root / "outputs/nuclei/nuclei_statistics.csv")
         assert {"Kruskal-Wallis", "Mann-Whitney U"} <= set(stats["test"])
