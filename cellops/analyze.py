@@ -171,10 +171,17 @@ def plot_feature_by_group(table: pd.DataFrame, features: list[str], path: Path, 
     return path
 
 
-def nuclei_group_report(table: pd.DataFrame, out: Path, features: list[str] = NUCLEUS_FEATURES) -> list[Path]:
-    """Summary table, statistics table and box plots of nuclear shape across groups."""
+def nuclei_group_report(table: pd.DataFrame, out: Path,
+                        features: list[str] = NUCLEUS_FEATURES) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """Summary table, statistics table (both also written as CSV) and box plots of nuclear shape by group.
+
+    Returns
+    -------
+    (summary, statistics, plot path)
+    """
     out.mkdir(parents=True, exist_ok=True)
-    summarise_groups(table, features).to_csv(out / "nuclei_summary.csv", index=False)
-    compare_groups(table, features).to_csv(out / "nuclei_statistics.csv", index=False)
-    plot = plot_feature_by_group(table, features, out / "nuclei_by_group.png")
-    return [out / "nuclei_summary.csv", out / "nuclei_statistics.csv", plot]
+    summary = summarise_groups(table, features)
+    statistics = compare_groups(table, features)
+    summary.to_csv(out / "nuclei_summary.csv", index=False)
+    statistics.to_csv(out / "nuclei_statistics.csv", index=False)
+    return summary, statistics, plot_feature_by_group(table, features, out / "nuclei_by_group.png")

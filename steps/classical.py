@@ -7,14 +7,12 @@ MLflow and returns the tables as ZenML artifacts.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import mlflow
-import numpy as np
 import pandas as pd
 from PIL import Image
 from zenml import log_metadata, step
@@ -26,11 +24,8 @@ from cellops.classical.calcium import CalciumParams
 from cellops.classical.colonies import ColonyParams
 from cellops.classical.common import params_from_dict
 from cellops.classical.nuclei import NucleusParams
-from cellops.classical.stats import compare_groups, summarise_groups
-from cellops.io import read_tiff_stack
 from cellops.lineage import collect_lineage
-from cellops.metrics import match_instances
-from cellops.synthetic.colonies import coco_to_labels
+from cellops.scoring import score_calcium, score_colonies, score_nuclei
 from cellops.validation import ImageSetExpectations, validate_image_files
 from steps.tracking import log_run_config
 from steps.validation import data_docs_page
@@ -110,15 +105,7 @@ def analyse_colonies(
     coco_path = Path(data_dir) / annotations
     accuracy: dict = {"n_images": len(files), "n_colonies": len(report.table)}
     if coco_path.is_file():
-        coco = json.loads(coco_path.read_text())
-        f1s, errors = [], []
-        for path in files:
-            truth = coco_to_labels(coco, path.name)
-            found = read_tiff_stack(Path(out_dir) / f"{path.stem}_colonies.tif").astype(np.int32)
-            match = match_instances(truth, found, iou_threshold=iou_threshold)
-            f1s.append(match.f1)
-            errors += [abs((found == p).sum() / (truth == t).sum() - 1) for t, p, _ in match.pairs]
-        accuracy.update(detection_f1=float(np.mean(f1s)), median_relative_area_error=float(np.median(errors)))
+        accuracy.update(score_colonies(files, Path(out_dir), coco_path, iou_threshold=iou_threshold))
     mlflow.log_metrics({k: float(v) for k, v in accuracy.items()})
     _log_tables({"colonies": report.table}, "tables")
     overlays = sorted(Path(out_dir).glob("*_overlay.png"))
@@ -145,42 +132,24 @@ def analyse_nuclei(
     _start(lineage, nucleus_params)
     features = features or batch.NUCLEUS_FEATURES
     groups = groups or sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir())
-    tables, f1s, errors = [], [], []
-    ellipses_file = Path(data_dir) / "ellipses.csv"
-    ellipses = pd.read_csv(ellipses_file) if ellipses_file.is_file() else None
-    for group in groups:
-        files = _files(str(Path(data_dir) / group), "*.tif")
+    files_by_group = {group: _files(str(Path(data_dir) / group), "*.tif") for group in groups}
+    tables = []
+    for group, files in files_by_group.items():
         report = batch.analyze_nuclei(files, Path(out_dir) / group, nucleus_params, group)
         if report.failures:
             raise ValueError(f"nucleus analysis failed on {len(report.failures)} files: {report.failures}")
         tables.append(report.table)
-        for path in files:
-            truth_file = path.with_name(f"{path.stem}_labels.tif")
-            if not truth_file.is_file():
-                continue
-            truth = read_tiff_stack(truth_file).astype(np.int32)
-            found = read_tiff_stack(Path(out_dir) / group / f"{path.stem}_nuclei.tif").astype(np.int32)
-            match = match_instances(truth, found, iou_threshold=iou_threshold)
-            f1s.append(match.f1)
-            if ellipses is not None:
-                drawn = ellipses[ellipses["image"] == f"{group}/{path.name}"].set_index("label")["aspect_ratio"]
-                measured = report.table[report.table["image"] == path.name].set_index("label")["aspect_ratio_ellipse"]
-                errors += [abs(measured[p] / drawn[t] - 1) for t, p, _ in match.pairs if t in drawn.index]
     table = pd.concat(tables, ignore_index=True)
-    statistics = compare_groups(table, features)
-    summary = summarise_groups(table, features)
-    report_files = batch.nuclei_group_report(table, Path(out_dir), features)
-    accuracy: dict = {"n_nuclei": len(table), **{f"n_{g}": int((table["group"] == g).sum()) for g in groups}}
-    if f1s:
-        accuracy["nucleus_f1"] = float(np.mean(f1s))
-    if errors:
-        accuracy["median_relative_aspect_ratio_error"] = float(np.median(errors))
+    summary, statistics, plot = batch.nuclei_group_report(table, Path(out_dir), features)
+    ellipses_file = Path(data_dir) / "ellipses.csv"
+    ellipses = pd.read_csv(ellipses_file) if ellipses_file.is_file() else None
+    accuracy: dict = {"n_nuclei": len(table), **{f"n_{g}": int((table["group"] == g).sum()) for g in groups},
+                      **score_nuclei(files_by_group, Path(out_dir), table, ellipses, iou_threshold=iou_threshold)}
     kruskal = statistics[(statistics["feature"] == "aspect_ratio_ellipse") & (statistics["comparison"] == "all groups")]
     if len(kruskal):
         accuracy["aspect_ratio_kruskal_p"] = float(kruskal["p_value"].iloc[0])
     mlflow.log_metrics({k: float(v) for k, v in accuracy.items()})
     _log_tables({"nuclei": table, "group_statistics": statistics, "group_summary": summary}, "tables")
-    plot = next(path for path in report_files if path.suffix == ".png")
     mlflow.log_artifact(str(plot), artifact_path="plots")
     log_metadata(metadata={"accuracy": accuracy})
     logger.info("nuclei: %s", accuracy)
@@ -205,22 +174,10 @@ def analyse_calcium(
     report = batch.analyze_calcium(files, Path(out_dir), calcium_params)
     if report.failures:
         raise ValueError(f"calcium analysis failed on {len(report.failures)} files: {report.failures}")
-    correlations = []
-    for path in files:
-        truth_file, traces_file = path.with_name(f"{path.stem}_labels.tif"), path.with_name(f"{path.stem}_traces.csv")
-        if not (truth_file.is_file() and traces_file.is_file()):
-            continue
-        truth = read_tiff_stack(truth_file).astype(np.int32)
-        found = read_tiff_stack(Path(out_dir) / f"{path.stem}_cells.tif").astype(np.int32)
-        true_traces = pd.read_csv(traces_file).drop(columns="frame")
-        dff = pd.read_csv(Path(out_dir) / f"{path.stem}_dff.csv").drop(columns="time_s")
-        for t, p, _ in match_instances(truth, found, iou_threshold=iou_threshold).pairs:
-            correlations.append(float(np.corrcoef(dff[f"cell_{p}"], true_traces[f"cell_{t}"])[0, 1]))
     curves = pd.read_csv(Path(out_dir) / "calcium_group_curves.csv")
     accuracy: dict = {"n_cells": len(report.table),
-                      "responder_fraction": float(report.table["responder"].mean()) if len(report.table) else 0.0}
-    if correlations:
-        accuracy["median_trace_correlation"] = float(np.median(correlations))
+                      "responder_fraction": float(report.table["responder"].mean()) if len(report.table) else 0.0,
+                      **score_calcium(files, Path(out_dir), iou_threshold=iou_threshold)}
     mlflow.log_metrics({k: float(v) for k, v in accuracy.items()})
     _log_tables({"cell_responses": report.table, "group_curves": curves}, "tables")
     plot = Path(out_dir) / "calcium_group_curves.png"
