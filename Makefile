@@ -20,7 +20,7 @@ export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup data train deploy analyses demo serve ui test bench lock clean
+.PHONY: help setup data train deploy analyses reports demo serve ui test bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -54,6 +54,10 @@ analyses: setup  ## run the classical pipelines: colonies, nuclei, calcium
 	$(BIN)/zenml pipeline run pipelines.nuclei.nuclei_pipeline -c configs/nuclei.yaml
 	$(BIN)/zenml pipeline run pipelines.calcium.calcium_pipeline -c configs/calcium.yaml
 
+reports: $(VENV)/.installed  ## dvc repro: classical reports from data/ and configs/, then their metrics
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
 demo: setup data train deploy analyses  ## everything, on the built-in data
 	@echo "demo done: 'make ui' for the MLflow UI, 'make serve' to serve the champion U-Net"
 
@@ -74,5 +78,5 @@ lock: $(BIN)/python  ## regenerate requirements.lock from the current .venv
 	{ head -3 requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -v '^cellops'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
-clean:  ## remove generated data, runs and outputs (not the venv)
+clean:  ## remove runs and outputs (not data/, not the venv)
 	rm -rf outputs mlruns .zen

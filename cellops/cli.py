@@ -2,11 +2,13 @@
 
     cellops generate-data [--params params.yaml] [--out data] [--force]
     cellops analyze colonies|nuclei|calcium INPUT... --out DIR [--group NAME] [--config FILE]
+    cellops report colonies|nuclei|calcium [--config configs/<kind>.yaml] [--out reports/<kind>]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -82,6 +84,28 @@ def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config:
     return 1 if report.failures else 0
 
 
+def report(kind: str, config: Path, out: Path) -> int:
+    """Whole-dataset report of ``kind`` as the pipeline config describes it (data folder, groups, parameters);
+    writes tables, figures and ``metrics.json`` under ``out`` (what the DVC stages run)."""
+    from cellops import reports
+
+    step = (yaml.safe_load(config.read_text()) or {}).get("steps", {}).get(f"analyse_{kind}", {}).get("parameters", {})
+    params = _analysis_params(kind, config)
+    data_dir = Path(step.get("data_dir", f"data/{kind}"))
+    iou = float(step.get("iou_threshold", 0.5))
+    if kind == "colonies":
+        result = reports.colony_report(data_dir, out, params, annotations=step.get("annotations", "annotations.json"),
+                                       iou_threshold=iou)
+    elif kind == "nuclei":
+        result = reports.nuclei_report(data_dir, out, params, groups=step.get("groups"), features=step.get("features"),
+                                       iou_threshold=iou)
+    else:
+        result = reports.calcium_report(data_dir, out, params, groups=step.get("groups"), iou_threshold=iou)
+    metrics = result.write(out)
+    print(f"{kind}: {json.dumps(result.accuracy)}; written to {metrics}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     disable_telemetry()
     parser = argparse.ArgumentParser(prog="cellops", description="cellops: MLOps for cell imaging")
@@ -96,7 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     ana.add_argument("--out", type=Path, required=True, help="folder for label TIFFs, CSV tables and PNG plots")
     ana.add_argument("--group", help="culture group of these files (default: each file's folder name)")
     ana.add_argument("--config", type=Path, help="YAML with the analysis parameters (e.g. configs/nuclei.yaml)")
+    rep = commands.add_parser("report", help="whole-dataset report with accuracy, as in the pipeline config")
+    rep.add_argument("kind", choices=sorted(ANALYSES))
+    rep.add_argument("--config", type=Path, help="pipeline config (default configs/<kind>.yaml)")
+    rep.add_argument("--out", type=Path, help="output folder (default reports/<kind>)")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        config = args.config or Path(f"configs/{args.kind}.yaml")
+        if not config.is_file():
+            parser.error(f"{config}: no such config file")
+        try:
+            return report(args.kind, config, args.out or Path(f"reports/{args.kind}"))
+        except (FileNotFoundError, ValueError) as error:
+            print(f"cellops report: {error}", file=sys.stderr)
+            return 2
     if args.command == "analyze":
         if args.config is not None and not args.config.is_file():
             parser.error(f"{args.config}: no such config file")

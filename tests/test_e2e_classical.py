@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from helpers import run_command
 
+from conftest import ROOT
+
 pytestmark = pytest.mark.e2e
 
 
@@ -48,3 +50,16 @@ def test_pipeline_runs_logs_and_scores(project, module, pipeline, experiment, me
     if module == "calcium":
         curves = pd.read_csv(root / "outputs/calcium/calcium_group_curves.csv")
         assert set(curves["group"]) == {"Control", "Coating", "Film"}
+
+
+def test_dvc_repro_reproduces_the_reports(project):
+    root, env = project
+    run_command(["cp", "-r", str(ROOT / "dvc.yaml"), str(root / "dvc.yaml")], root, env)
+    run_command(["dvc", "repro", "-q", "colonies_report", "calcium_report"], root, env)
+    shown = run_command(["dvc", "metrics", "show"], root, env).stdout
+    assert "reports/colonies/metrics.json" in shown and "detection_f1" in shown
+    colonies = json.loads((root / "reports/colonies/metrics.json").read_text())
+    calcium = json.loads((root / "reports/calcium/metrics.json").read_text())
+    assert colonies["detection_f1"] >= 0.9 and calcium["median_trace_correlation"] >= 0.95
+    status = run_command(["dvc", "status", "colonies_report"], root, env).stdout
+    assert "up to date" in status

@@ -1,0 +1,104 @@
+"""Whole-dataset reports of the classical analyses: analyse every file of a dataset folder, compare groups,
+score against the shipped ground truth. The ZenML steps and ``cellops report`` (the DVC stages) both call
+these, so a pipeline run and ``dvc repro`` produce the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cellops import analyze as batch
+from cellops.classical.calcium import CalciumParams
+from cellops.classical.colonies import ColonyParams
+from cellops.classical.nuclei import NucleusParams
+from cellops.scoring import score_calcium, score_colonies, score_nuclei
+
+
+@dataclass
+class DatasetReport:
+    """Tables by name, accuracy and summary figures (the first is the headline figure)."""
+
+    tables: dict[str, pd.DataFrame]
+    accuracy: dict[str, float]
+    figures: list[Path] = field(default_factory=list)
+
+    def write(self, out_dir: Path) -> Path:
+        """Write ``metrics.json`` and one CSV per table under ``out_dir``; returns the metrics file."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, table in self.tables.items():
+            table.to_csv(out_dir / f"{name}.csv", index=False)
+        metrics = out_dir / "metrics.json"
+        metrics.write_text(json.dumps(self.accuracy, indent=2, sort_keys=True))
+        return metrics
+
+
+def dataset_files(folder: Path, pattern: str) -> list[Path]:
+    """Image files of a dataset folder, ground-truth label files left out."""
+    files = sorted(p for p in folder.glob(pattern) if not p.stem.endswith("_labels"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no files match {pattern!r}; run `make data` or add your images")
+    return files
+
+
+def _groups(data_dir: Path, groups: list[str] | None) -> list[str]:
+    return groups or sorted(p.name for p in data_dir.iterdir() if p.is_dir())
+
+
+def _raise_failures(kind: str, report: batch.BatchReport) -> None:
+    if report.failures:
+        raise ValueError(f"{kind} analysis failed on {len(report.failures)} files: {report.failures}")
+
+
+def colony_report(data_dir: Path, out_dir: Path, params: ColonyParams = ColonyParams(), *,
+                  annotations: str = "annotations.json", iou_threshold: float = 0.5) -> DatasetReport:
+    """Colonies of ``data_dir/images/*.png``; scored against ``data_dir/annotations`` (COCO) if present."""
+    files = dataset_files(data_dir, "images/*.png")
+    report = batch.analyze_colonies(files, out_dir, params, group="colonies")
+    _raise_failures("colony", report)
+    accuracy: dict = {"n_images": len(files), "n_colonies": len(report.table)}
+    if (data_dir / annotations).is_file():
+        accuracy.update(score_colonies(files, out_dir, data_dir / annotations, iou_threshold=iou_threshold))
+    return DatasetReport({"colonies": report.table}, accuracy, sorted(out_dir.glob("*_overlay.png")))
+
+
+def nuclei_report(data_dir: Path, out_dir: Path, params: NucleusParams = NucleusParams(), *,
+                  groups: list[str] | None = None, features: list[str] | None = None,
+                  iou_threshold: float = 0.5) -> DatasetReport:
+    """Nuclei of ``data_dir/<group>/*.tif``, group statistics, and scores against ``*_labels.tif`` and
+    ``ellipses.csv`` where present."""
+    features = features or batch.NUCLEUS_FEATURES
+    files_by_group = {g: dataset_files(data_dir / g, "*.tif") for g in _groups(data_dir, groups)}
+    tables = []
+    for group, files in files_by_group.items():
+        report = batch.analyze_nuclei(files, out_dir / group, params, group)
+        _raise_failures("nucleus", report)
+        tables.append(report.table)
+    table = pd.concat(tables, ignore_index=True)
+    summary, statistics, plot = batch.nuclei_group_report(table, out_dir, features)
+    ellipses_file = data_dir / "ellipses.csv"
+    ellipses = pd.read_csv(ellipses_file) if ellipses_file.is_file() else None
+    accuracy: dict = {"n_nuclei": len(table), **{f"n_{g}": int((table["group"] == g).sum()) for g in files_by_group},
+                      **score_nuclei(files_by_group, out_dir, table, ellipses, iou_threshold=iou_threshold)}
+    kruskal = statistics[(statistics["feature"] == "aspect_ratio_ellipse") & (statistics["comparison"] == "all groups")]
+    if len(kruskal):
+        accuracy["aspect_ratio_kruskal_p"] = float(kruskal["p_value"].iloc[0])
+    return DatasetReport({"nuclei": table, "group_statistics": statistics, "group_summary": summary}, accuracy, [plot])
+
+
+def calcium_report(data_dir: Path, out_dir: Path, params: CalciumParams = CalciumParams(), *,
+                   groups: list[str] | None = None, iou_threshold: float = 0.5) -> DatasetReport:
+    """Responses of the movies in ``data_dir/<group>/*.tif``, group curves, and trace correlation against
+    ``*_traces.csv`` where present."""
+    files = [f for g in _groups(data_dir, groups) for f in dataset_files(data_dir / g, "*.tif")]
+    report = batch.analyze_calcium(files, out_dir, params)
+    _raise_failures("calcium", report)
+    curves = pd.read_csv(out_dir / "calcium_group_curves.csv")
+    accuracy: dict = {"n_cells": len(report.table),
+                      "responder_fraction": float(report.table["responder"].mean()) if len(report.table) else 0.0,
+                      **score_calcium(files, out_dir, iou_threshold=iou_threshold)}
+    return DatasetReport({"cell_responses": report.table, "group_curves": curves}, accuracy,
+                         [out_dir / "calcium_group_curves.png"])
