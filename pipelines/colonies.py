@@ -5,7 +5,8 @@
 
 from zenml import pipeline
 
-from steps.classical import analyse_colonies, record_lineage, validate_image_folder
+from steps.classical import analyse_colonies, validate_image_folder
+from steps.lineage import record_lineage
 from steps.validation import require_valid_dataset
 
 

@@ -8,6 +8,7 @@ from zenml import pipeline
 
 from steps.deployment import build_bento, import_champion
 from steps.em_data import load_em_dataset, sample_augmented_patches, split_em_volume
+from steps.lineage import record_lineage
 from steps.registry import register_and_promote
 from steps.unet import evaluate_unet, train_unet
 from steps.validation import require_valid_dataset, validate_segmentation_data
@@ -15,8 +16,9 @@ from steps.validation import require_valid_dataset, validate_segmentation_data
 
 @pipeline
 def training_pipeline() -> None:
-    """load -> validate -> split -> augment -> train -> evaluate -> register (promote if better)."""
-    train_image, train_mask, test_image, test_mask, lineage = load_em_dataset()
+    """lineage -> load -> validate -> split -> augment -> train -> evaluate -> register (promote if better)."""
+    lineage = record_lineage()
+    train_image, train_mask, test_image, test_mask = load_em_dataset()
     validation_result, _ = validate_segmentation_data(train_image, train_mask, test_image, test_mask)
     valid = require_valid_dataset(validation_result)
     fit_image, fit_mask, val_image, val_mask = split_em_volume(train_image, train_mask, after=[valid])

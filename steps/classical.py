@@ -23,7 +23,6 @@ from cellops.classical.calcium import CalciumParams
 from cellops.classical.colonies import ColonyParams
 from cellops.classical.common import params_from_dict
 from cellops.classical.nuclei import NucleusParams
-from cellops.lineage import collect_lineage
 from cellops.reports import DatasetReport, calcium_report, colony_report, dataset_files, nuclei_report
 from cellops.validation import ImageSetExpectations, validate_image_files
 from steps.tracking import log_run_config
@@ -43,14 +42,6 @@ def _start(lineage: dict, params: object) -> None:
     log_run_config()
     mlflow.set_tags({f"lineage.{k}": str(v) for k, v in lineage.items()})
     mlflow.log_params({f"analysis.{k}": v for k, v in asdict(params).items()})
-
-
-@step
-def record_lineage(dvc_file: str = "data.dvc") -> Annotated[dict, "lineage"]:
-    """The DVC data version and git commit this run analyses."""
-    lineage = collect_lineage(dvc_file).as_dict()
-    log_metadata(metadata={"lineage": lineage})
-    return lineage
 
 
 @step

@@ -10,7 +10,6 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 
 from cellops.io import read_tiff_stack
-from cellops.lineage import collect_lineage
 from cellops.training import augment_patches, augmentation_margin, build_augmentation, sample_patches, split_slices
 
 logger = get_logger(__name__)
@@ -20,15 +19,14 @@ LUCCHI_FILES = ("training.tif", "training_groundtruth.tif", "testing.tif", "test
 
 @step
 def load_em_dataset(
-    data_dir: str = "data/em", dvc_file: str = "data.dvc"
+    data_dir: str = "data/em",
 ) -> tuple[
     Annotated[np.ndarray, "train_image"],
     Annotated[np.ndarray, "train_mask"],
     Annotated[np.ndarray, "test_image"],
     Annotated[np.ndarray, "test_mask"],
-    Annotated[dict, "lineage"],
 ]:
-    """Read the four Lucchi-layout TIFF stacks and record the data version and git commit."""
+    """Read the four Lucchi-layout TIFF stacks."""
     root = Path(data_dir)
     missing = [name for name in LUCCHI_FILES if not (root / name).is_file()]
     if missing:
@@ -36,11 +34,11 @@ def load_em_dataset(
             f"{root}: missing {', '.join(missing)}; run `make data` for the default dataset or put the Lucchi "
             "files there"
         )
-    stacks = [read_tiff_stack(root / name) for name in LUCCHI_FILES]
-    lineage = collect_lineage(dvc_file).as_dict()
-    logger.info("EM dataset %s: training %s, testing %s; lineage %s", root, stacks[0].shape, stacks[2].shape, lineage)
-    log_metadata(metadata={"lineage": lineage, "training_shape": list(stacks[0].shape)})
-    return (*stacks, lineage)  # type: ignore[return-value]
+    train_image, train_mask, test_image, test_mask = (read_tiff_stack(root / name) for name in LUCCHI_FILES)
+    logger.info("EM dataset %s: training %s, testing %s", root, train_image.shape, test_image.shape)
+    log_metadata(metadata={"training_shape": list(train_image.shape), "testing_shape": list(test_image.shape)})
+    # A tuple literal: ZenML reads the return statement to know the step has four outputs.
+    return train_image, train_mask, test_image, test_mask
 
 
 @step
