@@ -7,6 +7,7 @@ a label TIFF (16-bit, opens in Fiji and napari), CSV tables and PNG figures; per
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,83 +51,84 @@ def _as_2d(image: np.ndarray, path: Path) -> np.ndarray:
         raise ImageInputError(f"{path}: {error}") from error
 
 
-def analyze_colonies(files: list[Path], out: Path, params: ColonyParams = ColonyParams(),
-                     group: str | None = None) -> BatchReport:
-    """Colony table, label image and overlay (upright box red, rotated box green, hull white, contour blue)."""
+def _run_batch(files: list[Path], analyse_one: Callable[[Path], tuple[pd.DataFrame, list[Path]]]) -> BatchReport:
+    """Apply ``analyse_one`` (returning a table and the files it wrote) to every file; a file that cannot be
+    used is recorded with its problem and the batch goes on."""
     report = BatchReport(table=pd.DataFrame())
     tables = []
     for path in files:
         try:
-            image = _as_2d(read_image_file(path), path)
-            result = measure_colonies(image, params)
+            table, written = analyse_one(path)
         except (ImageInputError, ValueError) as error:
             report.failures[str(path)] = str(error)
             continue
-        stem = out / path.stem
-        report.written += [
-            _labels_tiff(stem.with_name(f"{path.stem}_colonies.tif"), result.labels),
-            save_png(colony_overlay(image, result.contours), stem.with_name(f"{path.stem}_overlay.png")),
-        ]
-        table = result.table.assign(image=path.name, group=group or path.parent.name)
-        table.to_csv(stem.with_name(f"{path.stem}_colonies.csv"), index=False)
-        report.written.append(stem.with_name(f"{path.stem}_colonies.csv"))
+        report.written += written
         tables.append(table)
     report.table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return report
+
+
+def analyze_colonies(files: list[Path], out: Path, params: ColonyParams = ColonyParams(),
+                     group: str | None = None) -> BatchReport:
+    """Colony table, label image and overlay (upright box red, rotated box green, hull white, contour blue)."""
+    out.mkdir(parents=True, exist_ok=True)
+
+    def one(path: Path) -> tuple[pd.DataFrame, list[Path]]:
+        image = _as_2d(read_image_file(path), path)
+        result = measure_colonies(image, params)
+        table = result.table.assign(image=path.name, group=group or path.parent.name)
+        table.to_csv(out / f"{path.stem}_colonies.csv", index=False)
+        return table, [
+            _labels_tiff(out / f"{path.stem}_colonies.tif", result.labels),
+            save_png(colony_overlay(image, result.contours), out / f"{path.stem}_overlay.png"),
+            out / f"{path.stem}_colonies.csv",
+        ]
+
+    return _run_batch(files, one)
 
 
 def analyze_nuclei(files: list[Path], out: Path, params: NucleusParams = NucleusParams(),
                    group: str | None = None) -> BatchReport:
     """Nucleus labels and per-nucleus shape table for each file."""
-    report = BatchReport(table=pd.DataFrame())
-    tables = []
-    for path in files:
-        try:
-            image = _as_2d(read_image_file(path), path)
-            labels = segment_nuclei(image, params)
-        except (ImageInputError, ValueError) as error:
-            report.failures[str(path)] = str(error)
-            continue
+    out.mkdir(parents=True, exist_ok=True)
+
+    def one(path: Path) -> tuple[pd.DataFrame, list[Path]]:
+        image = _as_2d(read_image_file(path), path)
+        labels = segment_nuclei(image, params)
         table = nucleus_table(labels, image).assign(image=path.name, group=group or path.parent.name)
-        report.written.append(_labels_tiff(out / f"{path.stem}_nuclei.tif", labels))
         table.to_csv(out / f"{path.stem}_nuclei.csv", index=False)
-        report.written.append(out / f"{path.stem}_nuclei.csv")
-        tables.append(table)
-    report.table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    return report
+        return table, [_labels_tiff(out / f"{path.stem}_nuclei.tif", labels), out / f"{path.stem}_nuclei.csv"]
+
+    return _run_batch(files, one)
 
 
 def analyze_calcium(files: list[Path], out: Path, params: CalciumParams = CalciumParams(),
                     group: str | None = None) -> BatchReport:
     """Cell labels, per-cell dF/F0 traces and response metrics for each time-lapse stack; group curves."""
-    report = BatchReport(table=pd.DataFrame())
-    tables = []
+    out.mkdir(parents=True, exist_ok=True)
     dff_by_group: dict[str, list[np.ndarray]] = {}
-    for path in files:
-        try:
-            movie = read_image_file(path)
-            if movie.ndim != 3:
-                raise ImageInputError(f"{path}: expected a time-lapse stack (frames, rows, columns), "
-                                      f"got shape {movie.shape}")
-            result = analyse_calcium(movie, params)
-        except (ImageInputError, ValueError) as error:
-            report.failures[str(path)] = str(error)
-            continue
-        report.written.append(_labels_tiff(out / f"{path.stem}_cells.tif", result.labels))
+
+    def one(path: Path) -> tuple[pd.DataFrame, list[Path]]:
+        movie = read_image_file(path)
+        if movie.ndim != 3:
+            raise ImageInputError(f"{path}: expected a time-lapse stack (frames, rows, columns), got shape {movie.shape}")
+        result = analyse_calcium(movie, params)
         traces = pd.DataFrame(result.dff.T, columns=[f"cell_{i}" for i in range(1, len(result.dff) + 1)])
         traces.insert(0, "time_s", np.arange(len(traces)) * params.frame_interval_s)
         traces.to_csv(out / f"{path.stem}_dff.csv", index=False)
-        report.written.append(out / f"{path.stem}_dff.csv")
-        tables.append(result.metrics.assign(movie=path.name, group=group or path.parent.name))
         dff_by_group.setdefault(group or path.parent.name, []).append(result.dff)
-        report.written.append(plot_group_curves(group_curves({path.stem: result.dff}, params.frame_interval_s),
-                                                out / f"{path.stem}_dff.png"))
-    report.table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        curves = group_curves({path.stem: result.dff}, params.frame_interval_s)
+        return result.metrics.assign(movie=path.name, group=group or path.parent.name), [
+            _labels_tiff(out / f"{path.stem}_cells.tif", result.labels),
+            out / f"{path.stem}_dff.csv",
+            plot_group_curves(curves, out / f"{path.stem}_dff.png"),
+        ]
+
+    report = _run_batch(files, one)
     if dff_by_group and len({d.shape[1] for ds in dff_by_group.values() for d in ds}) == 1:
         curves = group_curves({g: np.vstack(ds) for g, ds in dff_by_group.items()}, params.frame_interval_s)
         curves.to_csv(out / "calcium_group_curves.csv", index=False)
-        report.written += [out / "calcium_group_curves.csv",
-                           plot_group_curves(curves, out / "calcium_group_curves.png")]
+        report.written += [out / "calcium_group_curves.csv", plot_group_curves(curves, out / "calcium_group_curves.png")]
     return report
 
 
