@@ -25,7 +25,7 @@ from cellops.classical.common import params_from_dict
 from cellops.classical.nuclei import NucleusParams
 from cellops.reports import DatasetReport, calcium_report, colony_report, dataset_files, nuclei_report
 from cellops.validation import ImageSetExpectations, validate_image_files
-from steps.tracking import log_run_config
+from steps.tracking import lineage_tags, log_run_config
 from steps.validation import data_docs_page
 
 logger = get_logger(__name__)
@@ -40,7 +40,7 @@ def _log_tables(tables: dict[str, pd.DataFrame], artifact_path: str) -> None:
 
 def _start(lineage: dict, params: object) -> None:
     log_run_config()
-    mlflow.set_tags({f"lineage.{k}": str(v) for k, v in lineage.items()})
+    mlflow.set_tags(lineage_tags(lineage))
     mlflow.log_params({f"analysis.{k}": v for k, v in asdict(params).items()})
 
 

@@ -12,7 +12,7 @@ from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
 from cellops.promotion import should_promote
-from steps.tracking import active_run_id
+from steps.tracking import active_run_id, lineage_tags
 
 logger = get_logger(__name__)
 
@@ -92,7 +92,7 @@ def register_and_promote(
         registered_model_name,
         test_metrics,
         {
-            **{f"lineage.{k}": str(v) for k, v in lineage.items()},
+            **lineage_tags(lineage),
             "mlflow_run_id": run_id,
             "zenml_run_id": str(get_step_context().pipeline_run.id),
         },

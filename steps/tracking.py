@@ -23,6 +23,11 @@ def stack_tracking_uri() -> str:
     return tracker.get_tracking_uri()
 
 
+def lineage_tags(lineage: dict) -> dict[str, str]:
+    """MLflow tags (``lineage.<key>``) for a run or a model version, from the ``record_lineage`` output."""
+    return {f"lineage.{key}": str(value) for key, value in lineage.items()}
+
+
 def active_run_id() -> str:
     """The MLflow run ZenML opened for this step (steps need ``experiment_tracker`` set in the config)."""
     run = mlflow.active_run()

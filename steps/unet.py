@@ -18,7 +18,7 @@ from cellops.metrics import binary_segmentation_scores
 from cellops.plots import segmentation_overlay, training_curves
 from cellops.training import TrainingConfig, fit
 from models.unet import UNet
-from steps.tracking import log_png, log_run_config
+from steps.tracking import lineage_tags, log_png, log_run_config
 
 logger = get_logger(__name__)
 
@@ -38,7 +38,7 @@ def train_unet(
     config = TrainingConfig(**(training or {}))
     model = UNet(**(architecture or {}))
     log_run_config()
-    mlflow.set_tags({f"lineage.{k}": str(v) for k, v in lineage.items()})
+    mlflow.set_tags(lineage_tags(lineage))
     mlflow.set_tag("zenml.run_id", str(get_step_context().pipeline_run.id))
     run_dir = Path(checkpoint_dir) / str(get_step_context().pipeline_run.id)
     logger.info("training %s parameters on %d patches, checkpoints in %s",
