@@ -19,8 +19,11 @@ export MLFLOW_ENABLE_TELEMETRY := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := true
 export PYTHONUNBUFFERED := 1
+# The venv's tools first on PATH, so that what DVC stages and pipelines call (`cellops`, `dvc`...) is found
+# without activating the venv.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup data train deploy analyses reports demo serve ui test bench lock clean
+.PHONY: help setup data data-accept train deploy analyses reports demo serve ui test bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -37,11 +40,16 @@ $(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed  ## create .venv, install the lock file, register and activate the `cellops` ZenML stack
 	$(BIN)/python scripts/setup_stack.py
 
-data: $(VENV)/.installed  ## write the built-in datasets under data/, cache them in DVC, check them against data.dvc
+data: $(VENV)/.installed  ## write the built-in datasets under data/, check them file by file against data.dvc, cache them in DVC
 	$(BIN)/cellops generate-data --params params.yaml --out data
+	$(BIN)/cellops check-data --data data --manifest data.files.json --dvc-file data.dvc
 	$(BIN)/dvc add -q data
-	@git diff --quiet -- data.dvc 2>/dev/null || { echo "data/ no longer matches the committed data.dvc (generator or params changed?)"; exit 1; }
 	$(BIN)/dvc status data.dvc
+
+data-accept: $(VENV)/.installed  ## after changing params.yaml or a generator on purpose: rewrite data/, data.dvc and data.files.json
+	$(BIN)/cellops generate-data --params params.yaml --out data --force
+	$(BIN)/dvc add -q data
+	$(BIN)/cellops check-data --data data --manifest data.files.json --dvc-file data.dvc --update
 
 train: setup  ## run the U-Net training pipeline (configs/unet.yaml)
 	$(BIN)/zenml pipeline run pipelines.unet.training_pipeline -c configs/unet.yaml

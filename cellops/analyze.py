@@ -23,7 +23,7 @@ from cellops.classical.colonies import ColonyParams, colony_overlay, measure_col
 from cellops.classical.common import to_gray_float  # noqa: E402
 from cellops.classical.nuclei import NucleusParams, nucleus_table, segment_nuclei  # noqa: E402
 from cellops.classical.stats import compare_groups, summarise_groups  # noqa: E402
-from cellops.io import ImageInputError, read_image_file, write_tiff_stack  # noqa: E402
+from cellops.io import ImageInputError, read_image_file, write_table, write_tiff_stack  # noqa: E402
 from cellops.plots import save_png  # noqa: E402
 
 NUCLEUS_FEATURES = ["aspect_ratio_ellipse", "aspect_ratio_rectangle", "area", "circularity", "solidity",
@@ -77,7 +77,7 @@ def analyze_colonies(files: list[Path], out: Path, params: ColonyParams = Colony
         image = _as_2d(read_image_file(path), path)
         result = measure_colonies(image, params)
         table = result.table.assign(image=path.name, group=group or path.parent.name)
-        table.to_csv(out / f"{path.stem}_colonies.csv", index=False)
+        write_table(table, out / f"{path.stem}_colonies.csv")
         return table, [
             _labels_tiff(out / f"{path.stem}_colonies.tif", result.labels),
             save_png(colony_overlay(image, result.contours), out / f"{path.stem}_overlay.png"),
@@ -96,7 +96,7 @@ def analyze_nuclei(files: list[Path], out: Path, params: NucleusParams = Nucleus
         image = _as_2d(read_image_file(path), path)
         labels = segment_nuclei(image, params)
         table = nucleus_table(labels, image).assign(image=path.name, group=group or path.parent.name)
-        table.to_csv(out / f"{path.stem}_nuclei.csv", index=False)
+        write_table(table, out / f"{path.stem}_nuclei.csv")
         return table, [_labels_tiff(out / f"{path.stem}_nuclei.tif", labels), out / f"{path.stem}_nuclei.csv"]
 
     return _run_batch(files, one)
@@ -115,7 +115,7 @@ def analyze_calcium(files: list[Path], out: Path, params: CalciumParams = Calciu
         result = analyse_calcium(movie, params)
         traces = pd.DataFrame(result.dff.T, columns=[f"cell_{i}" for i in range(1, len(result.dff) + 1)])
         traces.insert(0, "time_s", np.arange(len(traces)) * params.frame_interval_s)
-        traces.to_csv(out / f"{path.stem}_dff.csv", index=False)
+        write_table(traces, out / f"{path.stem}_dff.csv")
         dff_by_group.setdefault(group or path.parent.name, []).append(result.dff)
         curves = group_curves({path.stem: result.dff}, params.frame_interval_s)
         return result.metrics.assign(movie=path.name, group=group or path.parent.name), [
@@ -127,7 +127,7 @@ def analyze_calcium(files: list[Path], out: Path, params: CalciumParams = Calciu
     report = _run_batch(files, one)
     if dff_by_group and len({d.shape[1] for ds in dff_by_group.values() for d in ds}) == 1:
         curves = group_curves({g: np.vstack(ds) for g, ds in dff_by_group.items()}, params.frame_interval_s)
-        curves.to_csv(out / "calcium_group_curves.csv", index=False)
+        write_table(curves, out / "calcium_group_curves.csv")
         report.written += [out / "calcium_group_curves.csv", plot_group_curves(curves, out / "calcium_group_curves.png")]
     return report
 
@@ -184,6 +184,6 @@ def nuclei_group_report(table: pd.DataFrame, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise_groups(table, features)
     statistics = compare_groups(table, features)
-    summary.to_csv(out / "nuclei_summary.csv", index=False)
-    statistics.to_csv(out / "nuclei_statistics.csv", index=False)
+    write_table(summary, out / "nuclei_summary.csv")
+    write_table(statistics, out / "nuclei_statistics.csv")
     return summary, statistics, plot_feature_by_group(table, features, out / "nuclei_by_group.png")

@@ -1,6 +1,7 @@
 """The `cellops` command: data generation and analyses of users' own images.
 
     cellops generate-data [--params params.yaml] [--out data] [--force]
+    cellops check-data [--data data] [--manifest data.files.json] [--dvc-file data.dvc] [--update]
     cellops analyze colonies|nuclei|calcium INPUT... --out DIR [--group NAME] [--config FILE]
     cellops report colonies|nuclei|calcium [--config configs/<kind>.yaml] [--out reports/<kind>]
 """
@@ -47,6 +48,45 @@ def generate_data(params_file: Path, out: Path, *, force: bool = False) -> None:
             print(f"{name}: wrote {len(paths)} files under {out / name}")
 
 
+def check_data(data: Path, manifest: Path, dvc_file: Path, *, update: bool = False) -> int:
+    """Compare the files under ``data`` with the committed listing ``manifest`` (the version ``dvc_file`` records).
+
+    Returns 0 when they match; otherwise prints which files differ and what to do, and returns 1. With
+    ``update``, the manifest is rewritten from ``data`` instead, after checking that ``dvc_file`` (just written by
+    ``dvc add``) records the same version, so the two committed files can never disagree.
+    """
+    from cellops import data_version as dv
+
+    actual = dv.hash_folder(data)
+    recorded = dv.dvc_file_md5(dvc_file)
+    if update:
+        if dv.dvc_dir_md5(actual) != recorded:
+            print(f"cellops check-data: {dvc_file} records {recorded} but {data}/ is {dv.dvc_dir_md5(actual)}; "
+                  f"run `dvc add {data}` first", file=sys.stderr)
+            return 1
+        dv.write_manifest(manifest, actual)
+        print(f"{manifest}: {len(actual)} files, version {recorded}; commit it with {dvc_file}")
+        return 0
+    expected = dv.read_manifest(manifest)
+    if dv.dvc_dir_md5(expected) != recorded:
+        print(f"cellops check-data: {manifest} does not list the version {dvc_file} records ({recorded}); "
+              f"restore both from git (`git checkout {manifest} {dvc_file}`)", file=sys.stderr)
+        return 1
+    difference = dv.compare_listings(expected, actual)
+    if not difference:
+        print(f"{data}/: all {len(actual)} files match version {recorded}")
+        return 0
+    print(f"cellops check-data: {data}/ is not the committed default data (version {recorded} of {dvc_file}):\n"
+          f"{difference.describe(data)}\n"
+          "- If you changed params.yaml or a generator on purpose: `make data-accept`, then commit "
+          f"{dvc_file} and {manifest}.\n"
+          "- If not: restore them (`git checkout params.yaml cellops/synthetic`) and run `make data` again.\n"
+          "- If neither changed, this CPU or a package version gives other bytes: please report it with the output "
+          "of `.venv/bin/python -c 'import numpy, threadpoolctl; numpy.show_runtime(); "
+          "print(threadpoolctl.threadpool_info())'`.", file=sys.stderr)
+    return 1
+
+
 ANALYSES = {"colonies": "ColonyParams", "nuclei": "NucleusParams", "calcium": "CalciumParams"}
 
 
@@ -68,13 +108,14 @@ def _analysis_params(kind: str, config: Path | None):
 def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config: Path | None) -> int:
     """Run one analysis over ``inputs``; returns 0 when every file was analysed, 1 otherwise."""
     from cellops import analyze as batch
+    from cellops.io import write_table
 
     params = _analysis_params(kind, config)
     out.mkdir(parents=True, exist_ok=True)
     run = {"colonies": batch.analyze_colonies, "nuclei": batch.analyze_nuclei, "calcium": batch.analyze_calcium}[kind]
     report = run(inputs, out, params, group)
     if not report.table.empty:
-        report.table.to_csv(out / f"{kind}_all.csv", index=False)
+        write_table(report.table, out / f"{kind}_all.csv")
         if kind == "nuclei" and report.table["group"].nunique() > 1:
             batch.nuclei_group_report(report.table, out)
     print(f"{kind}: {len(inputs) - len(report.failures)} of {len(inputs)} files analysed, {len(report.table)} "
@@ -114,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--params", type=Path, default=Path("params.yaml"))
     gen.add_argument("--out", type=Path, default=Path("data"))
     gen.add_argument("--force", action="store_true", help="overwrite files that differ (your own data!)")
+    chk = commands.add_parser("check-data", help="compare data/ with the committed default data, file by file")
+    chk.add_argument("--data", type=Path, default=Path("data"))
+    chk.add_argument("--manifest", type=Path, default=Path("data.files.json"))
+    chk.add_argument("--dvc-file", type=Path, default=Path("data.dvc"))
+    chk.add_argument("--update", action="store_true", help="rewrite the manifest from data/ (after `dvc add`)")
     ana = commands.add_parser("analyze", help="analyse your own PNG/TIFF images")
     ana.add_argument("kind", choices=sorted(ANALYSES))
     ana.add_argument("inputs", type=Path, nargs="+", help="image files (calcium: time-lapse TIFF stacks)")
@@ -142,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:  # a bad parameter in the config
             print(f"cellops analyze: {error}", file=sys.stderr)
             return 2
+    if args.command == "check-data":
+        for path in (args.data, args.dvc_file) + (() if args.update else (args.manifest,)):
+            if not path.exists():
+                parser.error(f"{path}: not found")
+        return check_data(args.data, args.manifest, args.dvc_file, update=args.update)
     if args.command == "generate-data":
         if not args.params.is_file():
             parser.error(f"{args.params}: no such parameter file")

@@ -9,10 +9,14 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: dtypes the segmentation models accept; everything else is refused with a clear message.
 SUPPORTED_DTYPES: tuple[str, ...] = ("uint8", "uint16", "float32", "float64")
@@ -36,6 +40,36 @@ def write_tiff_stack(path: str | Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_image(np.ascontiguousarray(array), "tiff"))
     return path
+
+
+#: Significant digits of floats in written tables: enough for any measurement, few enough that the last-bit
+#: differences between CPUs' SIMD and BLAS kernels never show (tables that DVC hashes stay the same bytes).
+TABLE_SIGNIFICANT_DIGITS = 6
+
+
+def write_table(table: "pd.DataFrame", path: str | Path) -> Path:
+    """Write a table as CSV (no index, floats to :data:`TABLE_SIGNIFICANT_DIGITS` significant digits).
+
+    Examples
+    --------
+    >>> import pandas as pd, tempfile
+    >>> path = write_table(pd.DataFrame({"area": [1 / 3]}), Path(tempfile.mkdtemp()) / "t.csv")
+    >>> path.read_text()
+    'area\n0.333333\n'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False, float_format=f"%.{TABLE_SIGNIFICANT_DIGITS}g")
+    return path
+
+
+def round_significant(value: float, digits: int = TABLE_SIGNIFICANT_DIGITS) -> float:
+    """``value`` rounded to ``digits`` significant digits (for metrics files that DVC hashes).
+
+    >>> round_significant(0.123456789)
+    0.123457
+    """
+    return float(f"{value:.{digits}g}")
 
 
 def write_files_safely(contents: dict[Path, bytes], *, overwrite: bool = False) -> list[Path]:

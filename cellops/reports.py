@@ -13,10 +13,10 @@ import pandas as pd
 
 from cellops import analyze as batch
 from cellops.classical.calcium import CalciumParams
+from cellops.io import round_significant, write_table
 from cellops.classical.colonies import ColonyParams
 from cellops.classical.nuclei import NucleusParams
 from cellops.scoring import score_calcium, score_colonies, score_nuclei
-
 
 @dataclass
 class DatasetReport:
@@ -27,12 +27,18 @@ class DatasetReport:
     figures: list[Path] = field(default_factory=list)
 
     def write(self, out_dir: Path) -> Path:
-        """Write ``metrics.json`` and one CSV per table under ``out_dir``; returns the metrics file."""
+        """Write ``metrics.json`` and one CSV per table under ``out_dir``; returns the metrics file.
+
+        Floats are written to a fixed number of significant digits (:func:`cellops.io.write_table`): DVC hashes
+        these files, and the last bits of a float differ between CPUs, so full precision would make the same
+        analysis a "changed" output on another machine.
+        """
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, table in self.tables.items():
-            table.to_csv(out_dir / f"{name}.csv", index=False)
+            write_table(table, out_dir / f"{name}.csv")
         metrics = out_dir / "metrics.json"
-        metrics.write_text(json.dumps(self.accuracy, indent=2, sort_keys=True))
+        rounded = {k: round_significant(v) if isinstance(v, float) else v for k, v in self.accuracy.items()}
+        metrics.write_text(json.dumps(rounded, indent=2, sort_keys=True))
         return metrics
 
 

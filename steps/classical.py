@@ -23,6 +23,7 @@ from cellops.classical.calcium import CalciumParams
 from cellops.classical.colonies import ColonyParams
 from cellops.classical.common import params_from_dict
 from cellops.classical.nuclei import NucleusParams
+from cellops.io import write_table
 from cellops.reports import DatasetReport, calcium_report, colony_report, dataset_files, nuclei_report
 from cellops.validation import ImageSetExpectations, validate_image_files
 from steps.tracking import lineage_tags, log_run_config
@@ -34,7 +35,7 @@ logger = get_logger(__name__)
 def _log_tables(tables: dict[str, pd.DataFrame], artifact_path: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, table in tables.items():
-            table.to_csv(Path(tmp) / f"{name}.csv", index=False)
+            write_table(table, Path(tmp) / f"{name}.csv")
             mlflow.log_artifact(str(Path(tmp) / f"{name}.csv"), artifact_path=artifact_path)
 
 

@@ -4,7 +4,8 @@ Each cell has a resting fluorescence F0 and a known response trace dF/F0(t): fla
 group-dependent time, exponential rise to a peak, then a plateau or a decay. The movie is the cells'
 F0 * (1 + dF/F0) on a dim background, times a photobleaching decay, with a slow background drift, a
 sub-pixel stage drift and shot and read noise. Ground truth: the cell label image and every cell's
-dF/F0 trace (bleach-free, noise-free).
+dF/F0 trace (bleach-free, noise-free). Computed in float64, so the bytes are the same on every CPU (see
+:mod:`cellops.synthetic.em`).
 """
 
 from __future__ import annotations
@@ -76,9 +77,9 @@ def generate_calcium_movie(
     rng = np.random.default_rng(seed)
     peak_median, responder_fraction, onset_range = GROUP_RESPONSES[group]
     height, width = shape
-    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    yy, xx = np.mgrid[:height, :width].astype(np.float64)
     labels = np.zeros(shape, np.int32)
-    resting = np.zeros(shape, np.float32)
+    resting = np.zeros(shape, np.float64)
     rows, traces = [], []
     for _ in range(n_cells * 30):
         if len(rows) == n_cells:
@@ -105,9 +106,9 @@ def generate_calcium_movie(
     resting = ndimage.gaussian_filter(resting, 1.0)
     background = 0.05 * (1 + 0.2 * (xx / width))
     drift = np.cumsum(rng.normal(0, 0.05, (n_frames, 2)), axis=0)  # sub-pixel stage drift
-    movie = np.empty((n_frames, height, width), np.float32)
+    movie = np.empty((n_frames, height, width), np.float64)
     for t in range(n_frames):
-        gain = np.zeros(shape, np.float32)
+        gain = np.zeros(shape, np.float64)
         gain[labels > 0] = trace_array[labels[labels > 0] - 1, t]
         frame = ndimage.shift(resting * (1 + gain), drift[t], order=1, mode="nearest")
         bleach = np.exp(-bleach_per_frame * t)

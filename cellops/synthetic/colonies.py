@@ -3,7 +3,8 @@
 Colonies are compact, irregular regions packed with small cells (a cobblestone texture), a little darker
 than the medium, wrapped in the bright halo phase contrast puts around thick objects. Single cells (small,
 round, haloed) and debris (specks) are scattered around and are not colonies. Uneven illumination and noise
-are applied last. Everything comes from one seeded generator.
+are applied last. Everything comes from one seeded generator and is computed in float64, so the bytes are the
+same on every CPU (see :mod:`cellops.synthetic.em`).
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ def _colony_polygon(rng: np.random.Generator, centre: np.ndarray, radius: float,
     x, y = r * np.cos(theta) * stretch, r * np.sin(theta) / stretch
     xr = x * np.cos(angle) - y * np.sin(angle)
     yr = x * np.sin(angle) + y * np.cos(angle)
-    return np.stack([centre[1] + xr, centre[0] + yr], axis=1).astype(np.float32)  # (x, y) for OpenCV
+    return np.stack([centre[1] + xr, centre[0] + yr], axis=1)  # (x, y), float64: rounded to pixels once
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    field = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma)
+    field = ndimage.gaussian_filter(rng.normal(size=shape), sigma)
     return field / max(1e-6, float(field.std()))
 
 
@@ -101,7 +102,7 @@ def generate_colony_image(
         polygons.append(poly)
         labels[y0:y1, x0:x1][candidate.astype(bool)] = len(polygons)
 
-    inside = (labels > 0).astype(np.float32)
+    inside = (labels > 0).astype(np.float64)
     # Cobblestone interior: small cells with bright borders, at cell scale (~8 px).
     cells = _smooth_noise(rng, shape, 1.6)
     texture = 0.10 * cells + 0.05 * _smooth_noise(rng, shape, 0.8)

@@ -5,7 +5,9 @@ cell membranes, clusters of synaptic vesicles, dark lysosome-like bodies and tub
 close to that of mitochondria (the distractors a segmenter must learn to reject), and mitochondria drawn
 as 3-D capsules in random orientations with a double membrane and cristae. Uneven illumination, a point
 spread and noise are applied last. Everything is drawn from one seeded generator, so a call with the same
-arguments returns the same bytes on the same library versions.
+arguments returns the same bytes on the same library versions, on any CPU: everything is computed in
+float64 with elementwise arithmetic (no BLAS products, no float32), so the last-bit differences between
+the SIMD and BLAS kernels of different CPUs stay about 1e-16 and cannot move a stored byte.
 """
 
 from __future__ import annotations
@@ -54,22 +56,33 @@ class EMVolume:
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], cell: int) -> np.ndarray:
     """Low-frequency random field in [-1, 1] with features about `cell` voxels wide."""
     coarse_shape = tuple(max(2, s // cell + 2) for s in shape)
-    coarse = rng.uniform(-1.0, 1.0, size=coarse_shape).astype(np.float32)
+    coarse = rng.uniform(-1.0, 1.0, size=coarse_shape)
     zoom = [s / c for s, c in zip(shape, coarse_shape)]
     field = ndimage.zoom(coarse, zoom, order=3, mode="reflect", grid_mode=True)
     field = field[tuple(slice(0, s) for s in shape)]
     return np.clip(field / max(1e-6, float(np.abs(field).max())), -1.0, 1.0)
 
 
+def _dot3(points: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """Dot product of (..., 3) points with a 3-vector, written out: a BLAS product sums in a kernel-dependent order."""
+    return points[..., 0] * vector[0] + points[..., 1] * vector[1] + points[..., 2] * vector[2]
+
+
+def _norm3(vectors: np.ndarray) -> np.ndarray:
+    """Euclidean length of (..., 3) vectors, written out for the same reason as :func:`_dot3`."""
+    return np.sqrt(vectors[..., 0] ** 2 + vectors[..., 1] ** 2 + vectors[..., 2] ** 2)
+
+
 def _capsule_sdf(coords: np.ndarray, p0: np.ndarray, p1: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Signed distance to a capsule (negative inside) and the position along its axis, per point."""
     axis = p1 - p0
-    length_sq = float(axis @ axis)
+    length_sq = float(_dot3(axis, axis))
     rel = coords - p0
-    t = np.clip((rel @ axis) / max(length_sq, 1e-6), 0.0, 1.0)
+    projection = _dot3(rel, axis)
+    t = np.clip(projection / max(length_sq, 1e-6), 0.0, 1.0)
     closest = p0 + t[..., None] * axis
-    dist = np.linalg.norm(coords - closest, axis=-1)
-    along = (rel @ axis) / max(np.sqrt(length_sq), 1e-6)
+    dist = _norm3(coords - closest)
+    along = projection / max(np.sqrt(length_sq), 1e-6)
     return dist - radius, along
 
 
@@ -84,7 +97,7 @@ def _bbox(points: np.ndarray, margin: float, shape: tuple[int, int, int]) -> tup
 
 
 def _grid(box: tuple[slice, slice, slice]) -> np.ndarray:
-    zz, yy, xx = np.meshgrid(*(np.arange(s.start, s.stop, dtype=np.float32) for s in box), indexing="ij")
+    zz, yy, xx = np.meshgrid(*(np.arange(s.start, s.stop, dtype=np.float64) for s in box), indexing="ij")
     return np.stack([zz, yy, xx], axis=-1)
 
 
@@ -98,13 +111,13 @@ def _segment_distance(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.nda
     t = np.linspace(0.0, 1.0, samples)[:, None]
     pa = a0 + t * (a1 - a0)
     pb = b0 + t * (b1 - b0)
-    return float(np.min(np.linalg.norm(pa[:, None, :] - pb[None, :, :], axis=-1)))
+    return float(np.min(_norm3(pa[:, None, :] - pb[None, :, :])))
 
 
 def _random_direction(rng: np.random.Generator, z_squash: float) -> np.ndarray:
     v = rng.normal(size=3)
     v[0] *= z_squash  # FIB-SEM mitochondria in CA1 run mostly along the sectioning plane
-    return v / np.linalg.norm(v)
+    return v / _norm3(v)
 
 
 def generate_em_volume(
@@ -145,11 +158,11 @@ def generate_em_volume(
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
     px = 1.0 / voxel_nm  # pixels per nanometre
-    volume = np.full(shape, _CYTOPLASM, dtype=np.float32)
+    volume = np.full(shape, _CYTOPLASM, dtype=np.float64)
     n_voxels = float(np.prod(shape))
 
     # Granular cytoplasm: ribosomes and fine texture.
-    grain = rng.normal(0.0, 1.0, size=shape).astype(np.float32)
+    grain = rng.normal(0.0, 1.0, size=shape)
     grain = ndimage.gaussian_filter(grain, sigma=(0.6, 1.2, 1.2))
     volume += 0.09 * grain / max(1e-6, float(grain.std()))
     volume += 0.05 * _smooth_field(rng, shape, cell=max(4, int(300 * px)))
@@ -164,7 +177,7 @@ def generate_em_volume(
     for z in range(shape[0]):
         plane[:, 0] = z
         dist, _ = tree.query(plane, k=2)
-        gap = (dist[:, 1] - dist[:, 0]).reshape(shape[1:]).astype(np.float32)
+        gap = (dist[:, 1] - dist[:, 0]).reshape(shape[1:])
         alpha = np.exp(-((gap / (2.0 * membrane_width)) ** 2))
         volume[z] += alpha * (_MEMBRANE - volume[z])
 
@@ -178,7 +191,7 @@ def generate_em_volume(
             box = _bbox(c[None], radius + 2, shape)
             if box is None:
                 continue
-            d = np.linalg.norm(_grid(box) - c, axis=-1) - radius
+            d = _norm3(_grid(box) - c) - radius
             rim = np.exp(-((d / max(0.7, 4 * px)) ** 2))
             _paint(volume, box, _MEMBRANE, 0.8 * rim)
 
@@ -196,7 +209,7 @@ def generate_em_volume(
             continue
         sdf, _ = _capsule_sdf(_grid(box), c0, c1, radius)
         inside = 1.0 / (1.0 + np.exp(np.clip(sdf / 0.6, -30, 30)))
-        speckle = rng.normal(0.0, 0.05, size=sdf.shape).astype(np.float32)
+        speckle = rng.normal(0.0, 0.05, size=sdf.shape)
         _paint(volume, box, _DARK_BODY + speckle, inside)
         _paint(volume, box, _MITO_MEMBRANE, 0.6 * np.exp(-((sdf + 0.5) / max(0.8, 6 * px)) ** 2))
 
@@ -227,7 +240,7 @@ def generate_em_volume(
 
         # Matrix, then outer and inner membranes a few nm apart, then cristae folding in from the inner one.
         soft_inside = 1.0 / (1.0 + np.exp(np.clip(sdf / 0.5, -30, 30)))
-        matrix = _MITO_MATRIX + rng.uniform(-0.03, 0.06) + rng.normal(0.0, 0.03, size=sdf.shape).astype(np.float32)
+        matrix = _MITO_MATRIX + rng.uniform(-0.03, 0.06) + rng.normal(0.0, 0.03, size=sdf.shape)
         _paint(volume, box, matrix, soft_inside)
         mem_w = max(0.6, 7 * px)
         gap = max(1.6, 20 * px)
@@ -237,7 +250,7 @@ def generate_em_volume(
         _paint(volume, box, _MITO_MEMBRANE, 0.75 * inner)
         period = float(rng.uniform(60, 110)) * px
         tilt = rng.normal(0, 0.35, 3)
-        phase = (along + coords @ tilt.astype(np.float32) * 0.3) / period * 2 * np.pi + rng.uniform(0, 2 * np.pi)
+        phase = (along + _dot3(coords, tilt) * 0.3) / period * 2 * np.pi + rng.uniform(0, 2 * np.pi)
         crista_width = float(rng.uniform(0.88, 0.95))
         cristae = np.clip((np.cos(phase) - crista_width) / (1 - crista_width), 0, 1)
         deep = np.clip(-(sdf + mem_w + gap) / max(1.0, 10 * px), 0, 1)
@@ -246,7 +259,7 @@ def generate_em_volume(
     # Imaging: point spread, uneven illumination, noise.
     volume = ndimage.gaussian_filter(volume, sigma=(0.4, 0.8, 0.8))
     volume *= 1.0 + illumination_amplitude * _smooth_field(rng, shape, cell=max(16, shape[1] // 2))
-    volume += rng.normal(0.0, noise_sigma, size=shape).astype(np.float32)
+    volume += rng.normal(0.0, noise_sigma, size=shape)
     image = np.clip(np.rint(volume * 255.0), 0, 255).astype(np.uint8)
     return EMVolume(image=image, mask=(mask.astype(np.uint8) * 255), n_mitochondria=len(placed))
 

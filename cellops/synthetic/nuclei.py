@@ -3,7 +3,8 @@
 Each nucleus is an ellipse whose size and aspect ratio are drawn from a group-specific distribution (PDA
 film clearly more elongated than control, coating in between), with chromatin texture, its own brightness
 and focus. Nuclei touch and some overlap; background, uneven illumination, blur and noise are added. The
-ground truth is an instance label image plus each nucleus's drawn ellipse parameters.
+ground truth is an instance label image plus each nucleus's drawn ellipse parameters. Computed in float64,
+so the bytes are the same on every CPU (see :mod:`cellops.synthetic.em`).
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def generate_nuclei_image(
     rng = np.random.default_rng(seed)
     ar_median, ar_spread, area_median = GROUP_SHAPES[group]
     height, width = shape
-    yy, xx = np.mgrid[:height, :width].astype(np.float32)
-    signal = np.zeros(shape, np.float32)
+    yy, xx = np.mgrid[:height, :width].astype(np.float64)
+    signal = np.zeros(shape, np.float64)
     labels = np.zeros(shape, np.int32)
     rows: list[dict] = []
     centres: list[tuple[float, float, float]] = []
@@ -101,21 +102,21 @@ def generate_nuclei_image(
         label = len(rows) + 1
         labels[inside] = label
         brightness = rng.uniform(0.45, 0.9)
-        chromatin = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), 1.5)
+        chromatin = ndimage.gaussian_filter(rng.normal(size=shape), 1.5)
         texture = 1.0 + 0.25 * chromatin / max(1e-6, float(chromatin.std()))
-        edge = np.clip(1.0 - ((u / major) ** 2 + (v / minor) ** 2), 0, 1) ** 0.3  # brighter core, soft rim
+        edge = np.power(np.clip(1.0 - ((u / major) ** 2 + (v / minor) ** 2), 0, 1), 0.3)  # brighter core, soft rim
         signal = np.where(inside, np.maximum(signal, brightness * texture * edge), signal)
         centres.append((cy, cx, (major + minor) / 2))
         rows.append({"label": label, "centroid_y": cy, "centroid_x": cx, "major_axis": 2 * major,
                      "minor_axis": 2 * minor, "angle_rad": angle, "aspect_ratio": aspect, "group": group})
 
     # Out-of-focus: a smooth field mixes a sharp and a blurred rendering.
-    focus = ndimage.gaussian_filter(rng.random(shape).astype(np.float32), 60)
+    focus = ndimage.gaussian_filter(rng.random(shape), 60)
     focus = (focus - focus.min()) / max(1e-6, float(np.ptp(focus)))
     image = (1 - focus) * ndimage.gaussian_filter(signal, 1.0) + focus * ndimage.gaussian_filter(signal, 2.5)
     illumination = 1.0 + 0.25 * ((xx / width - 0.5) * rng.uniform(-1, 1) + (yy / height - 0.5) * rng.uniform(-1, 1))
     image = (0.06 + image) * illumination
-    image = rng.poisson(image * 800).astype(np.float32) / 800 + rng.normal(0, noise_sigma, shape)
+    image = rng.poisson(image * 800) / 800 + rng.normal(0, noise_sigma, shape)
     image16 = np.clip(np.rint(image * 40000), 0, 65535).astype(np.uint16)
     table = pd.DataFrame(rows)
     visible = set(np.unique(labels).tolist()) - {0}
