@@ -23,7 +23,7 @@ export PYTHONUNBUFFERED := 1
 # without activating the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup data data-accept train deploy analyses reports demo serve ui test bench lock clean
+.PHONY: help setup configs data data-accept train deploy analyses reports demo serve ui test bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ data: $(VENV)/.installed  ## write the built-in datasets under data/, check them
 	$(BIN)/cellops check-data --data data --manifest data.files.json --dvc-file data.dvc
 	$(BIN)/dvc add -q data
 	$(BIN)/dvc status data.dvc
+
+configs: $(VENV)/.installed  ## write the derived configs (configs/unet_full.yaml, tests/configs/unet_tiny.yaml) from their overrides
+	$(BIN)/cellops configs
 
 data-accept: $(VENV)/.installed  ## after changing params.yaml or a generator on purpose: rewrite data/, data.dvc and data.files.json
 	$(BIN)/cellops generate-data --params params.yaml --out data --force

@@ -23,7 +23,8 @@ import torch
 import yaml
 
 from cellops.inference import gaussian_weight_map, prepare_for_inference, sliding_window_predict, tile_starts
-from models.unet import UNet
+from cellops.unet.predict import InferenceSettings
+from cellops.unet.train import Architecture, build_model
 
 
 @torch.inference_mode()
@@ -66,19 +67,19 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=768)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--tile-size", type=int, help="override the config's evaluation tile size")
-    parser.add_argument("--batch-size", type=int, help="override the config's evaluation batch size")
+    parser.add_argument("--tile-size", type=int, help="override the config's inference tile size")
+    parser.add_argument("--batch-size", type=int, help="override the config's inference batch size")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/unet_inference.json"))
     args = parser.parse_args()
 
-    steps = yaml.safe_load(args.config.read_text())["steps"]
-    architecture = steps["train_unet"]["parameters"]["architecture"]
-    evaluation = steps["evaluate_unet"]["parameters"]
-    tile = args.tile_size or evaluation["tile_size"]
-    batch = args.batch_size or evaluation["batch_size"]
-    overlap = evaluation["tile_overlap"]
-    torch.manual_seed(0)
-    model = UNet(**architecture).eval()
+    config = yaml.safe_load(args.config.read_text())
+    architecture = config["parameters"]["architecture"]
+    # The settings evaluation and serving use (the config's one `inference` block, stored with each model).
+    settings = InferenceSettings.from_dict(config["parameters"]["inference"])
+    tile = args.tile_size or settings.tile_size
+    batch = args.batch_size or settings.batch_size
+    overlap = settings.tile_overlap
+    model = build_model(Architecture.from_dict(architecture), seed=0).eval()
     volume = np.random.default_rng(0).random((args.slices, args.height, args.width), dtype=np.float32)
     voxels = volume.size
 

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cellops.classical.calcium import CalciumParams, analyse_calcium, group_curves  # noqa: E402
+from cellops.classical.calcium import CalciumParams, group_curves, measure_calcium_movie  # noqa: E402
 from cellops.classical.colonies import ColonyParams, colony_overlay, measure_colonies  # noqa: E402
 from cellops.classical.common import to_gray_float  # noqa: E402
 from cellops.classical.nuclei import NucleusParams, nucleus_table, segment_nuclei  # noqa: E402
@@ -68,8 +68,8 @@ def _run_batch(files: list[Path], analyse_one: Callable[[Path], tuple[pd.DataFra
     return report
 
 
-def analyze_colonies(files: list[Path], out: Path, params: ColonyParams = ColonyParams(),
-                     group: str | None = None) -> BatchReport:
+def analyze_colony_files(files: list[Path], out: Path, params: ColonyParams = ColonyParams(),
+                         group: str | None = None) -> BatchReport:
     """Colony table, label image and overlay (upright box red, rotated box green, hull white, contour blue)."""
     out.mkdir(parents=True, exist_ok=True)
 
@@ -87,7 +87,7 @@ def analyze_colonies(files: list[Path], out: Path, params: ColonyParams = Colony
     return _run_batch(files, one)
 
 
-def analyze_nuclei(files: list[Path], out: Path, params: NucleusParams = NucleusParams(),
+def analyze_nucleus_files(files: list[Path], out: Path, params: NucleusParams = NucleusParams(),
                    group: str | None = None) -> BatchReport:
     """Nucleus labels and per-nucleus shape table for each file."""
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def analyze_nuclei(files: list[Path], out: Path, params: NucleusParams = Nucleus
     return _run_batch(files, one)
 
 
-def analyze_calcium(files: list[Path], out: Path, params: CalciumParams = CalciumParams(),
+def analyze_calcium_files(files: list[Path], out: Path, params: CalciumParams = CalciumParams(),
                     group: str | None = None) -> BatchReport:
     """Cell labels, per-cell dF/F0 traces and response metrics for each time-lapse stack; group curves."""
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def analyze_calcium(files: list[Path], out: Path, params: CalciumParams = Calciu
         movie = read_image_file(path)
         if movie.ndim != 3:
             raise ImageInputError(f"{path}: expected a time-lapse stack (frames, rows, columns), got shape {movie.shape}")
-        result = analyse_calcium(movie, params)
+        result = measure_calcium_movie(movie, params)
         traces = pd.DataFrame(result.dff.T, columns=[f"cell_{i}" for i in range(1, len(result.dff) + 1)])
         traces.insert(0, "time_s", np.arange(len(traces)) * params.frame_interval_s)
         write_table(traces, out / f"{path.stem}_dff.csv")
@@ -187,3 +187,19 @@ def nuclei_group_report(table: pd.DataFrame, out: Path,
     write_table(summary, out / "nuclei_summary.csv")
     write_table(statistics, out / "nuclei_statistics.csv")
     return summary, statistics, plot_feature_by_group(table, features, out / "nuclei_by_group.png")
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One classical analysis: its parameter class and the function that runs it over a batch of files."""
+
+    params: type
+    run: Callable[..., BatchReport]
+
+
+#: The classical analyses by name: the CLI, the reports and the pipelines all dispatch through this table.
+ANALYSES: dict[str, Analysis] = {
+    "colonies": Analysis(ColonyParams, analyze_colony_files),
+    "nuclei": Analysis(NucleusParams, analyze_nucleus_files),
+    "calcium": Analysis(CalciumParams, analyze_calcium_files),
+}

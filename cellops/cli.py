@@ -1,9 +1,12 @@
 """The `cellops` command: data generation and analyses of users' own images.
 
     cellops generate-data [--params params.yaml] [--out data] [--force]
+    cellops configs [--check]
     cellops check-data [--data data] [--manifest data.files.json] [--dvc-file data.dvc] [--update]
     cellops analyze colonies|nuclei|calcium INPUT... --out DIR [--group NAME] [--config FILE]
     cellops report colonies|nuclei|calcium [--config configs/<kind>.yaml] [--out reports/<kind>]
+    cellops models [FAMILY]                       (registered versions, metrics, data versions, champion)
+    cellops lineage MODEL[:VERSION|@ALIAS]        (a version's lineage from the registry, no server)
 """
 
 from __future__ import annotations
@@ -87,22 +90,46 @@ def check_data(data: Path, manifest: Path, dvc_file: Path, *, update: bool = Fal
     return 1
 
 
-ANALYSES = {"colonies": "ColonyParams", "nuclei": "NucleusParams", "calcium": "CalciumParams"}
+def render_configs(root: Path, *, check: bool = False) -> int:
+    """Write every derived config (``configs/unet_full.yaml`` ...) from its override; with ``check``, only say
+    which are out of date (exit 1)."""
+    from cellops.config import derived_configs, render_text
+
+    stale = []
+    for override, target in derived_configs(root).items():
+        text = render_text(override, root)
+        if target.is_file() and target.read_text() == text:
+            continue
+        stale.append(target)
+        if not check:
+            target.write_text(text)
+            print(f"wrote {target}")
+    if check and stale:
+        print(f"out of date: {', '.join(map(str, stale))}; run `make configs`", file=sys.stderr)
+        return 1
+    return 0
+
+
+KINDS = ("calcium", "colonies", "nuclei")
+
+
+def _pipeline_parameters(config: Path) -> dict:
+    """The ``parameters`` block of a pipeline config (what the pipeline, this CLI and the DVC stages share)."""
+    return (yaml.safe_load(config.read_text()) or {}).get("parameters") or {}
 
 
 def _analysis_params(kind: str, config: Path | None):
-    """Parameters of ``kind`` from a config file: a pipeline config (``steps.analyse_<kind>.parameters.params``)
-    or a plain mapping of parameter names to values; defaults when no file is given."""
-    from cellops.classical import calcium, colonies, nuclei
-    from cellops.classical.common import params_from_dict
+    """Parameters of ``kind``: from a pipeline config (its ``parameters.analysis``) or a plain mapping of parameter
+    names to values; the defaults when no file is given."""
+    from cellops.analyze import ANALYSES
+    from cellops.config import from_mapping
 
-    cls = {"colonies": colonies.ColonyParams, "nuclei": nuclei.NucleusParams, "calcium": calcium.CalciumParams}[kind]
     if config is None:
-        return cls()
+        return ANALYSES[kind].params()
     values = yaml.safe_load(config.read_text()) or {}
-    if "steps" in values:
-        values = values["steps"].get(f"analyse_{kind}", {}).get("parameters", {}).get("params", {})
-    return params_from_dict(cls, values)
+    if "parameters" in values:
+        values = values["parameters"].get("analysis") or {}
+    return from_mapping(ANALYSES[kind].params, values)
 
 
 def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config: Path | None) -> int:
@@ -112,8 +139,7 @@ def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config:
 
     params = _analysis_params(kind, config)
     out.mkdir(parents=True, exist_ok=True)
-    run = {"colonies": batch.analyze_colonies, "nuclei": batch.analyze_nuclei, "calcium": batch.analyze_calcium}[kind]
-    report = run(inputs, out, params, group)
+    report = batch.ANALYSES[kind].run(inputs, out, params, group)
     if not report.table.empty:
         write_table(report.table, out / f"{kind}_all.csv")
         if kind == "nuclei" and report.table["group"].nunique() > 1:
@@ -126,48 +152,56 @@ def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config:
 
 
 def report(kind: str, config: Path, out: Path) -> int:
-    """Whole-dataset report of ``kind`` as the pipeline config describes it (data folder, groups, parameters);
-    writes tables, figures and ``metrics.json`` under ``out`` (what the DVC stages run)."""
-    from cellops import reports
+    """Whole-dataset report of ``kind`` as the pipeline config's ``parameters`` describe it (data folder, analysis
+    parameters, report options); writes tables, figures and ``metrics.json`` under ``out`` (the DVC stages)."""
+    from cellops.reports import run_report
 
-    step = (yaml.safe_load(config.read_text()) or {}).get("steps", {}).get(f"analyse_{kind}", {}).get("parameters", {})
-    params = _analysis_params(kind, config)
-    data_dir = Path(step.get("data_dir", f"data/{kind}"))
-    iou = float(step.get("iou_threshold", 0.5))
-    if kind == "colonies":
-        result = reports.colony_report(data_dir, out, params, annotations=step.get("annotations", "annotations.json"),
-                                       iou_threshold=iou)
-    elif kind == "nuclei":
-        result = reports.nuclei_report(data_dir, out, params, groups=step.get("groups"), features=step.get("features"),
-                                       iou_threshold=iou)
-    else:
-        result = reports.calcium_report(data_dir, out, params, groups=step.get("groups"), iou_threshold=iou)
+    parameters = _pipeline_parameters(config)
+    missing = [key for key in ("data_dir", "analysis", "report") if key not in parameters]
+    if missing:
+        raise ValueError(f"{config}: `parameters` lacks {missing}")
+    result = run_report(kind, parameters["data_dir"], out, parameters["analysis"], parameters["report"])
     metrics = result.write(out)
     print(f"{kind}: {json.dumps(result.accuracy)}; written to {metrics}")
     return 0
 
 
+#: Commands that read the model registry; they live with the MLflow/ZenML helpers (tracking/), not in this
+#: library, and are loaded only when asked for.
+REGISTRY_COMMANDS = ("models", "lineage")
+
+
 def main(argv: list[str] | None = None) -> int:
     disable_telemetry()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in REGISTRY_COMMANDS:
+        import importlib
+
+        return importlib.import_module("tracking.cli").main(argv)
     parser = argparse.ArgumentParser(prog="cellops", description="cellops: MLOps for cell imaging")
     commands = parser.add_subparsers(dest="command", required=True)
+    for name in REGISTRY_COMMANDS:
+        commands.add_parser(name, help=f"see `cellops {name} --help`")
     gen = commands.add_parser("generate-data", help="write the deterministic built-in datasets")
     gen.add_argument("--params", type=Path, default=Path("params.yaml"))
     gen.add_argument("--out", type=Path, default=Path("data"))
     gen.add_argument("--force", action="store_true", help="overwrite files that differ (your own data!)")
+    cfg = commands.add_parser("configs", help="write the configs derived from overrides (configs/overrides/)")
+    cfg.add_argument("--root", type=Path, default=Path("."))
+    cfg.add_argument("--check", action="store_true", help="only check that they are up to date")
     chk = commands.add_parser("check-data", help="compare data/ with the committed default data, file by file")
     chk.add_argument("--data", type=Path, default=Path("data"))
     chk.add_argument("--manifest", type=Path, default=Path("data.files.json"))
     chk.add_argument("--dvc-file", type=Path, default=Path("data.dvc"))
     chk.add_argument("--update", action="store_true", help="rewrite the manifest from data/ (after `dvc add`)")
     ana = commands.add_parser("analyze", help="analyse your own PNG/TIFF images")
-    ana.add_argument("kind", choices=sorted(ANALYSES))
+    ana.add_argument("kind", choices=KINDS)
     ana.add_argument("inputs", type=Path, nargs="+", help="image files (calcium: time-lapse TIFF stacks)")
     ana.add_argument("--out", type=Path, required=True, help="folder for label TIFFs, CSV tables and PNG plots")
     ana.add_argument("--group", help="culture group of these files (default: each file's folder name)")
     ana.add_argument("--config", type=Path, help="YAML with the analysis parameters (e.g. configs/nuclei.yaml)")
     rep = commands.add_parser("report", help="whole-dataset report with accuracy, as in the pipeline config")
-    rep.add_argument("kind", choices=sorted(ANALYSES))
+    rep.add_argument("kind", choices=KINDS)
     rep.add_argument("--config", type=Path, help="pipeline config (default configs/<kind>.yaml)")
     rep.add_argument("--out", type=Path, help="output folder (default reports/<kind>)")
     args = parser.parse_args(argv)
@@ -188,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:  # a bad parameter in the config
             print(f"cellops analyze: {error}", file=sys.stderr)
             return 2
+    if args.command == "configs":
+        return render_configs(args.root, check=args.check)
     if args.command == "check-data":
         for path in (args.data, args.dvc_file) + (() if args.update else (args.manifest,)):
             if not path.exists():

@@ -1,4 +1,5 @@
-"""Readers and writers for the image formats cellops handles: TIFF stacks and PNG/TIFF uploads.
+"""Readers and writers for the formats cellops handles: TIFF stacks, PNG/TIFF uploads, CSV tables and COCO
+instance annotations.
 
 One reader per format for the whole project: datasets, the command line and the services all go through
 these functions, so every caller gets the same checks and the same error messages.
@@ -54,8 +55,8 @@ def write_table(table: "pd.DataFrame", path: str | Path) -> Path:
     --------
     >>> import pandas as pd, tempfile
     >>> path = write_table(pd.DataFrame({"area": [1 / 3]}), Path(tempfile.mkdtemp()) / "t.csv")
-    >>> path.read_text()
-    'area\n0.333333\n'
+    >>> path.read_text().splitlines()
+    ['area', '0.333333']
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,3 +237,47 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
     if image.dtype.kind == "f":
         return np.clip(image.astype(np.float32), 0.0, 1.0)
     raise ImageInputError(f"unsupported dtype {image.dtype.name}: expected one of {', '.join(SUPPORTED_DTYPES)}")
+
+
+def labels_to_coco(labels_per_image: dict[str, np.ndarray], category: str = "colony") -> dict:
+    """COCO instance annotations (RLE masks, boxes, areas) from label images keyed by file name.
+
+    >>> coco = labels_to_coco({"a.png": np.array([[0, 1], [2, 2]])})
+    >>> [a["area"] for a in coco["annotations"]], coco_to_labels(coco, "a.png").tolist()
+    ([1.0, 2.0], [[0, 1], [2, 2]])
+    """
+    from pycocotools import mask as coco_mask
+
+    images, annotations = [], []
+    for image_id, (file_name, labels) in enumerate(sorted(labels_per_image.items()), start=1):
+        images.append({"id": image_id, "file_name": file_name, "height": int(labels.shape[0]),
+                       "width": int(labels.shape[1])})
+        for label in range(1, int(labels.max()) + 1):
+            mask = np.asfortranarray((labels == label).astype(np.uint8))
+            if not mask.any():
+                continue
+            rle = coco_mask.encode(mask)
+            rle["counts"] = rle["counts"].decode("ascii")
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "segmentation": rle,
+                "area": float(coco_mask.area(rle)), "bbox": [float(v) for v in coco_mask.toBbox(rle)], "iscrowd": 0,
+            })
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": category}]}
+
+
+def coco_to_labels(coco: dict, file_name: str) -> np.ndarray:
+    """The label image of ``file_name`` rebuilt from COCO annotations (instance ``i`` labelled ``i``)."""
+    matches = [img for img in coco["images"] if img["file_name"] == file_name]
+    if not matches:
+        raise KeyError(f"{file_name} is not among the images of the annotation file")
+    from pycocotools import mask as coco_mask
+
+    info = matches[0]
+    labels = np.zeros((info["height"], info["width"]), np.int32)
+    for i, ann in enumerate(a for a in coco["annotations"] if a["image_id"] == info["id"]):
+        segmentation = ann["segmentation"]
+        if isinstance(segmentation, list):  # polygons
+            rles = coco_mask.frPyObjects(segmentation, info["height"], info["width"])
+            segmentation = coco_mask.merge(rles)
+        labels[coco_mask.decode(segmentation).astype(bool)] = i + 1
+    return labels

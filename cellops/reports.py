@@ -13,6 +13,7 @@ import pandas as pd
 
 from cellops import analyze as batch
 from cellops.classical.calcium import CalciumParams
+from cellops.config import from_mapping
 from cellops.io import round_significant, write_table
 from cellops.classical.colonies import ColonyParams
 from cellops.classical.nuclei import NucleusParams
@@ -42,9 +43,10 @@ class DatasetReport:
         return metrics
 
 
-def dataset_files(folder: Path, pattern: str) -> list[Path]:
-    """Image files of a dataset folder, ground-truth label files left out."""
-    files = sorted(p for p in folder.glob(pattern) if not p.stem.endswith("_labels"))
+def dataset_files(folder: Path, pattern: str, ground_truth_suffix: str | None = None) -> list[Path]:
+    """Image files of a dataset folder; files ending in ``ground_truth_suffix`` (e.g. ``_labels.tif``) are the
+    ground truth of others and are left out."""
+    files = sorted(p for p in folder.glob(pattern) if not (ground_truth_suffix and p.name.endswith(ground_truth_suffix)))
     if not files:
         raise FileNotFoundError(f"{folder}: no files match {pattern!r}; run `make data` or add your images")
     return files
@@ -59,11 +61,11 @@ def _raise_failures(kind: str, report: batch.BatchReport) -> None:
         raise ValueError(f"{kind} analysis failed on {len(report.failures)} files: {report.failures}")
 
 
-def colony_report(data_dir: Path, out_dir: Path, params: ColonyParams = ColonyParams(), *,
-                  annotations: str = "annotations.json", iou_threshold: float = 0.5) -> DatasetReport:
-    """Colonies of ``data_dir/images/*.png``; scored against ``data_dir/annotations`` (COCO) if present."""
-    files = dataset_files(data_dir, "images/*.png")
-    report = batch.analyze_colonies(files, out_dir, params, group="colonies")
+def colony_report(data_dir: Path, out_dir: Path, params: ColonyParams, *, pattern: str, annotations: str,
+                  iou_threshold: float) -> DatasetReport:
+    """Colonies of ``data_dir/<pattern>``; scored against ``data_dir/annotations`` (COCO) if present."""
+    files = dataset_files(data_dir, pattern)
+    report = batch.analyze_colony_files(files, out_dir, params, group="colonies")
     _raise_failures("colony", report)
     accuracy: dict = {"n_images": len(files), "n_colonies": len(report.table)}
     if (data_dir / annotations).is_file():
@@ -71,16 +73,14 @@ def colony_report(data_dir: Path, out_dir: Path, params: ColonyParams = ColonyPa
     return DatasetReport({"colonies": report.table}, accuracy, sorted(out_dir.glob("*_overlay.png")))
 
 
-def nuclei_report(data_dir: Path, out_dir: Path, params: NucleusParams = NucleusParams(), *,
-                  groups: list[str] | None = None, features: list[str] | None = None,
-                  iou_threshold: float = 0.5) -> DatasetReport:
-    """Nuclei of ``data_dir/<group>/*.tif``, group statistics, and scores against ``*_labels.tif`` and
-    ``ellipses.csv`` where present."""
-    features = features or batch.NUCLEUS_FEATURES
-    files_by_group = {g: dataset_files(data_dir / g, "*.tif") for g in _groups(data_dir, groups)}
+def nuclei_report(data_dir: Path, out_dir: Path, params: NucleusParams, *, pattern: str, groups: list[str] | None,
+                  features: list[str], ground_truth_suffix: str, iou_threshold: float) -> DatasetReport:
+    """Nuclei of ``data_dir/<group>/<pattern>``, group statistics, and scores against the ``ground_truth_suffix``
+    label images and ``ellipses.csv`` where present."""
+    files_by_group = {g: dataset_files(data_dir / g, pattern, ground_truth_suffix) for g in _groups(data_dir, groups)}
     tables = []
     for group, files in files_by_group.items():
-        report = batch.analyze_nuclei(files, out_dir / group, params, group)
+        report = batch.analyze_nucleus_files(files, out_dir / group, params, group)
         _raise_failures("nucleus", report)
         tables.append(report.table)
     table = pd.concat(tables, ignore_index=True)
@@ -88,23 +88,39 @@ def nuclei_report(data_dir: Path, out_dir: Path, params: NucleusParams = Nucleus
     ellipses_file = data_dir / "ellipses.csv"
     ellipses = pd.read_csv(ellipses_file) if ellipses_file.is_file() else None
     accuracy: dict = {"n_nuclei": len(table), **{f"n_{g}": int((table["group"] == g).sum()) for g in files_by_group},
-                      **score_nuclei(files_by_group, out_dir, table, ellipses, iou_threshold=iou_threshold)}
+                      **score_nuclei(files_by_group, out_dir, table, ellipses, ground_truth_suffix=ground_truth_suffix,
+                                     iou_threshold=iou_threshold)}
     kruskal = statistics[(statistics["feature"] == "aspect_ratio_ellipse") & (statistics["comparison"] == "all groups")]
     if len(kruskal):
         accuracy["aspect_ratio_kruskal_p"] = float(kruskal["p_value"].iloc[0])
     return DatasetReport({"nuclei": table, "group_statistics": statistics, "group_summary": summary}, accuracy, [plot])
 
 
-def calcium_report(data_dir: Path, out_dir: Path, params: CalciumParams = CalciumParams(), *,
-                   groups: list[str] | None = None, iou_threshold: float = 0.5) -> DatasetReport:
-    """Responses of the movies in ``data_dir/<group>/*.tif``, group curves, and trace correlation against
-    ``*_traces.csv`` where present."""
-    files = [f for g in _groups(data_dir, groups) for f in dataset_files(data_dir / g, "*.tif")]
-    report = batch.analyze_calcium(files, out_dir, params)
+def calcium_report(data_dir: Path, out_dir: Path, params: CalciumParams, *, pattern: str, groups: list[str] | None,
+                   ground_truth_suffix: str, iou_threshold: float) -> DatasetReport:
+    """Responses of the movies in ``data_dir/<group>/<pattern>``, group curves, and trace correlation against
+    the ``ground_truth_suffix`` label images and ``*_traces.csv`` where present."""
+    files = [f for g in _groups(data_dir, groups) for f in dataset_files(data_dir / g, pattern, ground_truth_suffix)]
+    report = batch.analyze_calcium_files(files, out_dir, params)
     _raise_failures("calcium", report)
     curves = pd.read_csv(out_dir / "calcium_group_curves.csv")
     accuracy: dict = {"n_cells": len(report.table),
                       "responder_fraction": float(report.table["responder"].mean()) if len(report.table) else 0.0,
-                      **score_calcium(files, out_dir, iou_threshold=iou_threshold)}
+                      **score_calcium(files, out_dir, ground_truth_suffix=ground_truth_suffix,
+                                      iou_threshold=iou_threshold)}
     return DatasetReport({"cell_responses": report.table, "group_curves": curves}, accuracy,
                          [out_dir / "calcium_group_curves.png"])
+
+
+#: Report function of each analysis; the keyword arguments are the ``report`` block of its pipeline config.
+REPORTS = {"colonies": colony_report, "nuclei": nuclei_report, "calcium": calcium_report}
+
+
+def run_report(kind: str, data_dir: str | Path, out_dir: str | Path, analysis: dict, report: dict) -> DatasetReport:
+    """The whole-dataset report of ``kind`` as a pipeline config's ``parameters`` describe it: ``analysis`` are
+    the analysis parameters, ``report`` the report options. The pipeline step and ``cellops report`` (the DVC
+    stages) both call this."""
+    if kind not in REPORTS:
+        raise ValueError(f"unknown analysis {kind!r}; expected one of {sorted(REPORTS)}")
+    params = from_mapping(batch.ANALYSES[kind].params, analysis)
+    return REPORTS[kind](Path(data_dir), Path(out_dir), params, **report)

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellops.io import read_tiff_stack
+from cellops.io import coco_to_labels, read_tiff_stack
 from cellops.metrics import match_instances
-from cellops.synthetic.colonies import coco_to_labels
 
 
 def _labels(path: Path) -> np.ndarray:
@@ -37,13 +36,14 @@ def score_colonies(files: list[Path], out_dir: Path, annotations: Path, *, iou_t
 
 
 def score_nuclei(files_by_group: dict[str, list[Path]], out_dir: Path, table: pd.DataFrame,
-                 ellipses: pd.DataFrame | None, *, iou_threshold: float = 0.5) -> dict:
-    """Mean nucleus F1 against ``<stem>_labels.tif`` and median relative error of the ellipse aspect ratio
+                 ellipses: pd.DataFrame | None, *, ground_truth_suffix: str = "_labels.tif",
+                 iou_threshold: float = 0.5) -> dict:
+    """Mean nucleus F1 against ``<stem><ground_truth_suffix>`` and median relative error of the ellipse aspect ratio
     against the drawn one (``ellipses``: columns image, label, aspect_ratio). Files without labels are skipped."""
     f1s, errors = [], []
     for group, files in files_by_group.items():
         for path in files:
-            truth_file = path.with_name(f"{path.stem}_labels.tif")
+            truth_file = path.with_name(path.stem + ground_truth_suffix)
             if not truth_file.is_file():
                 continue
             match = match_instances(_labels(truth_file), _labels(out_dir / group / f"{path.stem}_nuclei.tif"),
@@ -63,11 +63,13 @@ def score_nuclei(files_by_group: dict[str, list[Path]], out_dir: Path, table: pd
     return scores
 
 
-def score_calcium(files: list[Path], out_dir: Path, *, iou_threshold: float = 0.5) -> dict:
-    """Median Pearson correlation of recovered and true dF/F0 over matched cells (``<stem>_traces.csv``)."""
+def score_calcium(files: list[Path], out_dir: Path, *, ground_truth_suffix: str = "_labels.tif",
+                  iou_threshold: float = 0.5) -> dict:
+    """Median Pearson correlation of recovered and true dF/F0 over matched cells (labels
+    ``<stem><ground_truth_suffix>``, traces ``<stem>_traces.csv``)."""
     correlations = []
     for path in files:
-        truth_file, traces_file = path.with_name(f"{path.stem}_labels.tif"), path.with_name(f"{path.stem}_traces.csv")
+        truth_file, traces_file = path.with_name(path.stem + ground_truth_suffix), path.with_name(f"{path.stem}_traces.csv")
         if not (truth_file.is_file() and traces_file.is_file()):
             continue
         true_traces = pd.read_csv(traces_file).drop(columns="frame")

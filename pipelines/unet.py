@@ -15,17 +15,22 @@ from steps.validation import require_valid_dataset, validate_segmentation_data
 
 
 @pipeline
-def training_pipeline() -> None:
-    """lineage -> load -> validate -> split -> augment -> train -> evaluate -> register (promote if better)."""
+def training_pipeline(inference: dict, architecture: dict) -> None:
+    """lineage -> load -> validate -> split -> augment -> train -> evaluate -> register (promote if better).
+
+    ``inference`` (tile, overlap, batch, threshold) is set once for the run: validation during training,
+    evaluation and the registered model (hence the service) all use it.
+    """
     lineage = record_lineage()
     train_image, train_mask, test_image, test_mask = load_em_dataset()
     validation_result, _ = validate_segmentation_data(train_image, train_mask, test_image, test_mask)
     valid = require_valid_dataset(validation_result)
     fit_image, fit_mask, val_image, val_mask = split_em_volume(train_image, train_mask, after=[valid])
     patch_images, patch_masks = sample_augmented_patches(fit_image, fit_mask)
-    model = train_unet(patch_images, patch_masks, val_image, val_mask, lineage)
-    test_metrics = evaluate_unet(model, test_image, test_mask)
-    register_and_promote(model, test_metrics, lineage)
+    model = train_unet(patch_images, patch_masks, val_image, val_mask, lineage, architecture=architecture,
+                       inference=inference)
+    test_metrics = evaluate_unet(model, test_image, test_mask, inference=inference)
+    register_and_promote(model, test_metrics, lineage, test_image, test_mask, inference=inference)
 
 
 @pipeline

@@ -1,8 +1,8 @@
-"""Steps of the classical analyses (colonies, nuclei, calcium): lineage, validation, analysis + MLflow logging.
+"""Steps of the classical analyses (colonies, nuclei, calcium): validation of the image folder, and the dataset
+report (analysis, group statistics, accuracy against the shipped ground truth) logged to MLflow.
 
-Each analysis step reads the versioned data folder, calls the cellops functions, scores the result against
-the ground truth shipped with the data (when there is some), logs parameters, metrics, tables and figures to
-MLflow and returns the tables as ZenML artifacts.
+Both are thin adapters: :func:`cellops.reports.run_report` does the work, for `cellops report` (the DVC stages)
+exactly as here.
 """
 
 from __future__ import annotations
@@ -19,119 +19,85 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 from zenml.types import HTMLString
 
-from cellops.classical.calcium import CalciumParams
-from cellops.classical.colonies import ColonyParams
-from cellops.classical.common import params_from_dict
-from cellops.classical.nuclei import NucleusParams
+from cellops.analyze import ANALYSES
+from cellops.config import from_mapping
 from cellops.io import write_table
-from cellops.reports import DatasetReport, calcium_report, colony_report, dataset_files, nuclei_report
+from cellops.reports import DatasetReport, dataset_files, run_report
 from cellops.validation import ImageSetExpectations, validate_image_files
-from steps.tracking import lineage_tags, log_run_config
 from steps.validation import data_docs_page
+from tracking.runs import log_run_config
+from tracking.tags import lineage_to_tags
 
 logger = get_logger(__name__)
-
-
-def _log_tables(tables: dict[str, pd.DataFrame], artifact_path: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, table in tables.items():
-            write_table(table, Path(tmp) / f"{name}.csv")
-            mlflow.log_artifact(str(Path(tmp) / f"{name}.csv"), artifact_path=artifact_path)
-
-
-def _start(lineage: dict, params: object) -> None:
-    log_run_config()
-    mlflow.set_tags(lineage_tags(lineage))
-    mlflow.log_params({f"analysis.{k}": v for k, v in asdict(params).items()})
 
 
 @step
 def validate_image_folder(
     data_dir: str,
     pattern: str,
-    ground_truth_suffix: str | None = None,
-    expectations: dict | None = None,
+    ground_truth_suffix: str | None,
+    expectations: dict,
 ) -> tuple[Annotated[dict, "validation_result"], Annotated[HTMLString, "data_docs"]]:
     """Great Expectations suite over the images of a folder (kept as artifacts, pass or fail)."""
-    files = dataset_files(Path(data_dir), pattern)
-    settings = dict(expectations or {})
-    for key in ("allowed_ndim", "allowed_dtypes"):
-        if key in settings:
-            settings[key] = tuple(settings[key])
-    truth = None
-    if ground_truth_suffix:
-        truth = {str(f): f.with_name(f.stem + ground_truth_suffix).exists() for f in files}
+    files = dataset_files(Path(data_dir), pattern, ground_truth_suffix)
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in expectations.items()}
+    truth = {str(f): f.with_name(f.stem + ground_truth_suffix).exists() for f in files} if ground_truth_suffix else None
     with tempfile.TemporaryDirectory() as tmp:
-        report = validate_image_files(files, ImageSetExpectations(**settings), truth, data_docs_dir=Path(tmp))
+        report = validate_image_files(files, from_mapping(ImageSetExpectations, settings), truth,
+                                      data_docs_dir=Path(tmp))
         html = data_docs_page(Path(tmp))
     log_metadata(metadata={"validation_success": report.success, "failed_expectations": report.failures,
                            "n_files": len(files)})
     return {"success": report.success, "failures": report.failures, "results": report.results}, html
 
 
-def _log_report(report: DatasetReport, n_figures: int = 4) -> Image.Image:
-    """Log a dataset report to the step's MLflow run; returns its headline figure for ZenML."""
-    mlflow.log_metrics({k: float(v) for k, v in report.accuracy.items()})
-    _log_tables(report.tables, "tables")
-    for figure in report.figures[:n_figures]:
+def _report(kind: str, lineage: dict, data_dir: str, out_dir: str, analysis: dict, report: dict) -> DatasetReport:
+    """Run the dataset report and log it (parameters with their defaults, metrics, tables, figures) to MLflow."""
+    log_run_config()
+    mlflow.set_tags(lineage_to_tags(lineage))
+    result = run_report(kind, data_dir, out_dir, analysis, report)
+    resolved = from_mapping(ANALYSES[kind].params, analysis)
+    mlflow.log_params({f"analysis.{k}": v for k, v in asdict(resolved).items()})
+    mlflow.log_metrics({k: float(v) for k, v in result.accuracy.items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, table in result.tables.items():
+            mlflow.log_artifact(str(write_table(table, Path(tmp) / f"{name}.csv")), artifact_path="tables")
+    for figure in result.figures[:4]:
         mlflow.log_artifact(str(figure), artifact_path="figures")
-    log_metadata(metadata={"accuracy": report.accuracy})
-    logger.info("accuracy: %s", report.accuracy)
-    return Image.open(report.figures[0]).copy()
+    log_metadata(metadata={"accuracy": result.accuracy})
+    logger.info("accuracy: %s", result.accuracy)
+    return result
+
+
+def _figure(result: DatasetReport) -> Image.Image:
+    return Image.open(result.figures[0]).copy()
 
 
 @step
-def analyse_colonies(
-    lineage: dict,
-    data_dir: str = "data/colonies",
-    annotations: str = "annotations.json",
-    params: dict | None = None,
-    out_dir: str = "outputs/colonies",
-    iou_threshold: float = 0.5,
+def report_colonies(
+    lineage: dict, data_dir: str, out_dir: str, analysis: dict, report: dict,
 ) -> tuple[Annotated[pd.DataFrame, "colony_table"], Annotated[dict, "colony_accuracy"],
            Annotated[Image.Image, "colony_overlay"]]:
     """Measure every colony of every image; score detection (F1 at IoU) and area against the COCO ground truth."""
-    colony_params = params_from_dict(ColonyParams, params)
-    _start(lineage, colony_params)
-    report = colony_report(Path(data_dir), Path(out_dir), colony_params, annotations=annotations,
-                           iou_threshold=iou_threshold)
-    figure = _log_report(report)
-    return report.tables["colonies"], report.accuracy, figure
+    result = _report("colonies", lineage, data_dir, out_dir, analysis, report)
+    return result.tables["colonies"], result.accuracy, _figure(result)
 
 
 @step
-def analyse_nuclei(
-    lineage: dict,
-    data_dir: str = "data/nuclei",
-    groups: list[str] | None = None,
-    params: dict | None = None,
-    out_dir: str = "outputs/nuclei",
-    features: list[str] | None = None,
-    iou_threshold: float = 0.5,
+def report_nuclei(
+    lineage: dict, data_dir: str, out_dir: str, analysis: dict, report: dict,
 ) -> tuple[Annotated[pd.DataFrame, "nucleus_table"], Annotated[pd.DataFrame, "group_statistics"],
            Annotated[dict, "nucleus_accuracy"], Annotated[Image.Image, "shape_by_group_plot"]]:
     """Segment and measure nuclei per group, compare groups, and score against the shipped ground truth."""
-    nucleus_params = params_from_dict(NucleusParams, params)
-    _start(lineage, nucleus_params)
-    report = nuclei_report(Path(data_dir), Path(out_dir), nucleus_params, groups=groups, features=features,
-                           iou_threshold=iou_threshold)
-    figure = _log_report(report)
-    return report.tables["nuclei"], report.tables["group_statistics"], report.accuracy, figure
+    result = _report("nuclei", lineage, data_dir, out_dir, analysis, report)
+    return result.tables["nuclei"], result.tables["group_statistics"], result.accuracy, _figure(result)
 
 
 @step
-def analyse_calcium(
-    lineage: dict,
-    data_dir: str = "data/calcium",
-    groups: list[str] | None = None,
-    params: dict | None = None,
-    out_dir: str = "outputs/calcium",
-    iou_threshold: float = 0.5,
+def report_calcium(
+    lineage: dict, data_dir: str, out_dir: str, analysis: dict, report: dict,
 ) -> tuple[Annotated[pd.DataFrame, "cell_responses"], Annotated[pd.DataFrame, "group_curves"],
            Annotated[dict, "calcium_accuracy"], Annotated[Image.Image, "group_curves_plot"]]:
     """dF/F0 traces and responses per cell and group; traces scored against the ground-truth traces."""
-    calcium_params = params_from_dict(CalciumParams, params)
-    _start(lineage, calcium_params)
-    report = calcium_report(Path(data_dir), Path(out_dir), calcium_params, groups=groups, iou_threshold=iou_threshold)
-    figure = _log_report(report)
-    return report.tables["cell_responses"], report.tables["group_curves"], report.accuracy, figure
+    result = _report("calcium", lineage, data_dir, out_dir, analysis, report)
+    return result.tables["cell_responses"], result.tables["group_curves"], result.accuracy, _figure(result)

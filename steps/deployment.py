@@ -10,7 +10,9 @@ from mlflow import MlflowClient
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-from steps.tracking import stack_tracking_uri
+from tracking import tags
+from tracking.registry import resolve_version
+from tracking.runs import require_own_store
 
 logger = get_logger(__name__)
 
@@ -19,36 +21,31 @@ logger = get_logger(__name__)
 def import_champion(
     registered_model_name: str,
     bento_model_name: str,
-    alias: str = "champion",
-    service_settings: dict | None = None,
+    alias: str,
+    service_limits: dict,
 ) -> Annotated[str, "bento_model_tag"]:
-    """Import ``models:/<name>@<alias>`` into the BentoML model store with its lineage as metadata."""
-    mlflow.set_tracking_uri(stack_tracking_uri())
-    version = MlflowClient().get_model_version_by_alias(registered_model_name, alias)
-    metadata = {
-        "registered_model": registered_model_name,
-        "model_version": version.version,
-        "alias": alias,
-        "mlflow_run_id": version.run_id,
-        "zenml_run_id": version.tags.get("zenml_run_id", "unknown"),
-        "data_version": version.tags.get("lineage.data_version", "unknown"),
-        "git_commit": version.tags.get("lineage.git_commit", "unknown"),
-        "metrics": {k.removeprefix("metric."): float(v) for k, v in version.tags.items() if k.startswith("metric.")},
-        "service_settings": service_settings or {},
-    }
+    """Import ``models:/<name>@<alias>`` into the BentoML model store. Its metadata is the registry's record of
+    the version (lineage, metrics and the inference settings they were measured with, which the service
+    uses) plus the service's own limits."""
+    mlflow.set_tracking_uri(require_own_store())
+    record = resolve_version(MlflowClient(), registered_model_name, f"@{alias}")
+    if not record[tags.INFERENCE_SETTINGS]:
+        raise ValueError(f"{registered_model_name} v{record['model_version']} was registered without inference "
+                         "settings; retrain it with the current pipeline before deploying")
+    metadata = {**record, "alias": alias, "service_limits": service_limits}
     bento_model = bentoml.mlflow.import_model(
         bento_model_name,
         f"models:/{registered_model_name}@{alias}",
-        labels={"registered_model": registered_model_name, "model_version": str(version.version)},
+        labels={"registered_model": registered_model_name, "model_version": record["model_version"]},
         metadata=metadata,
     )
-    log_metadata(metadata={"bento_model": str(bento_model.tag), "model_version": version.version})
-    logger.info("imported %s v%s as %s", registered_model_name, version.version, bento_model.tag)
+    log_metadata(metadata={"bento_model": str(bento_model.tag), "model_version": record["model_version"]})
+    logger.info("imported %s v%s as %s", registered_model_name, record["model_version"], bento_model.tag)
     return str(bento_model.tag)
 
 
 @step(enable_cache=False)
-def build_bento(bento_model_tag: str, bentofile: str, build_ctx: str = ".") -> Annotated[str, "bento_tag"]:
+def build_bento(bento_model_tag: str, bentofile: str, build_ctx: str) -> Annotated[str, "bento_tag"]:
     """Build the service's bento; fails if the bento does not embed the model just imported."""
     bento = bentoml.bentos.build_bentofile(bentofile, build_ctx=build_ctx)
     embedded = [str(model.tag) for model in bento.info.all_models]

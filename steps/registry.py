@@ -1,71 +1,24 @@
-"""Register a trained model in the MLflow registry and move the champion alias only when it is better."""
+"""The step that registers a trained U-Net in the MLflow registry and promotes it when it is better (thin adapter
+over tracking.registry); ZenML's Model Control Plane follows the same decision."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import mlflow
+import numpy as np
 import torch
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from zenml import get_step_context, log_metadata, step
+from zenml.enums import ModelStages
 from zenml.logger import get_logger
 
-from cellops.promotion import should_promote
-from steps.tracking import active_run_id, lineage_tags
+from cellops.unet.predict import InferenceSettings, load_for_inference, score
+from tracking import tags
+from tracking.registry import register_and_maybe_promote
+from tracking.runs import active_run_id
 
 logger = get_logger(__name__)
-
-
-def champion_score(client: MlflowClient, name: str, alias: str, metric: str) -> tuple[str | None, float | None]:
-    """Version and recorded ``metric`` of the model holding ``alias``; (None, None) when there is none."""
-    try:
-        version = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None, None  # no registered model or no champion yet
-    value = version.tags.get(f"metric.{metric}")
-    return version.version, (float(value) if value is not None else None)
-
-
-def register_and_maybe_promote(
-    client: MlflowClient,
-    model_uri: str,
-    registered_model_name: str,
-    metrics: dict[str, float],
-    tags: dict[str, str],
-    *,
-    promotion_metric: str,
-    alias: str = "champion",
-    min_improvement: float = 0.0,
-) -> dict:
-    """Register ``model_uri`` as a new version (tagged with its metrics) and move ``alias`` if it is better.
-
-    The comparison reads the champion's own recorded metric, so it holds across runs, data versions and
-    machines that share the registry.
-    """
-    if promotion_metric not in metrics:
-        raise KeyError(f"promotion metric {promotion_metric!r} is not among the metrics {sorted(metrics)}")
-    champion_version, champion_value = champion_score(client, registered_model_name, alias, promotion_metric)
-    version = mlflow.register_model(model_uri, registered_model_name).version
-    # Full precision: the next run compares against this very number, and a rounded tag would let an equal
-    # retrain look better than the champion.
-    all_tags = {**{f"metric.{k}": repr(float(v)) for k, v in metrics.items()}, **tags}
-    for key, value in all_tags.items():
-        client.set_model_version_tag(registered_model_name, version, key, value)
-    candidate = float(metrics[promotion_metric])
-    promoted = should_promote(candidate, champion_value, min_improvement=min_improvement)
-    if promoted:
-        client.set_registered_model_alias(registered_model_name, alias, version)
-    return {
-        "registered_model": registered_model_name,
-        "version": version,
-        "promoted": promoted,
-        "promotion_metric": promotion_metric,
-        "candidate_score": candidate,
-        "champion_version_before": champion_version,
-        "champion_score_before": champion_value,
-        "champion_version": version if promoted else champion_version,
-    }
 
 
 @step(enable_cache=False)  # a side effect: a cache hit would silently skip the registration
@@ -73,35 +26,55 @@ def register_and_promote(
     model: torch.nn.Module,
     test_metrics: dict,
     lineage: dict,
+    test_image: np.ndarray,
+    test_mask: np.ndarray,
+    inference: dict,
     registered_model_name: str,
-    promotion_metric: str = "foreground_iou",
-    alias: str = "champion",
-    min_improvement: float = 0.0,
-    code_paths: list[str] | None = None,
+    promotion_metric: str,
+    alias: str,
+    min_improvement: float,
+    code_paths: list[str],
 ) -> Annotated[dict, "registration"]:
-    """Log the model to the step's MLflow run, register it, and promote it if it beats the champion."""
+    """Log the model to the step's MLflow run, register it with its metrics, lineage and inference settings,
+    and move ``alias`` to it if it beats the champion on the same test data."""
     run_id = active_run_id()
-    # Pickle + bundled source (code_paths): loads anywhere the architecture's module ships, without the
-    # input example and export constraints of MLflow 3's default pt2 format.
-    model_info = mlflow.pytorch.log_model(
-        model.cpu().eval(), name="model", serialization_format="pickle", code_paths=code_paths or ["models"]
-    )
+    zenml_run_id = str(get_step_context().pipeline_run.id)
+
+    def rescore(champion) -> dict[str, float]:
+        # The champion's own inference settings: it is judged as it is served.
+        settings = InferenceSettings.from_dict(tags.inference_from_tags(champion.tags) or inference)
+        old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")
+        return score(load_for_inference(old), test_image, test_mask, settings)[0].as_dict()
+
+    # Pickle + bundled source (code_paths): loads anywhere the architecture's module ships, without the input
+    # example and export constraints of MLflow 3's default pt2 format.
+    model_info = mlflow.pytorch.log_model(model.cpu().eval(), name="model", serialization_format="pickle",
+                                          code_paths=code_paths)
     decision = register_and_maybe_promote(
-        MlflowClient(),
-        model_info.model_uri,
-        registered_model_name,
-        test_metrics,
-        {
-            **lineage_tags(lineage),
-            "mlflow_run_id": run_id,
-            "zenml_run_id": str(get_step_context().pipeline_run.id),
-        },
-        promotion_metric=promotion_metric,
-        alias=alias,
-        min_improvement=min_improvement,
+        MlflowClient(), model_info.model_uri, registered_model_name, test_metrics,
+        {**tags.lineage_to_tags(lineage), **tags.inference_to_tags(inference),
+         tags.MLFLOW_RUN_ID: run_id, tags.ZENML_RUN_ID: zenml_run_id},
+        promotion_metric=promotion_metric, alias=alias, min_improvement=min_improvement, rescore=rescore,
     )
     mlflow.set_tags({"registered_model_version": decision["version"], f"promoted_to_{alias}": str(decision["promoted"])})
     mlflow.log_metric("promoted", float(decision["promoted"]))
-    log_metadata(metadata={"registration": decision})
+    for key in ("champion_recorded_score", "champion_rescored_score"):
+        if decision[key] is not None:
+            mlflow.log_metric(f"{key.removesuffix('_score')}_{promotion_metric}", decision[key])
+    _follow_in_model_control_plane(decision)
+    log_metadata(metadata={"registration": {k: v for k, v in decision.items() if v is not None}})
     logger.info("registration: %s", decision)
     return decision
+
+
+def _follow_in_model_control_plane(decision: dict) -> None:
+    """Record the MLflow version on the run's ZenML model version, and keep ZenML's ``production`` stage on the
+    version that holds MLflow's champion alias."""
+    zenml_model = get_step_context().model
+    if zenml_model is None:
+        return
+    log_metadata(metadata={"mlflow_registered_model": decision["registered_model"],
+                           "mlflow_model_version": decision["version"], "promoted": decision["promoted"]},
+                 infer_model=True)
+    if decision["promoted"]:
+        zenml_model.set_stage(ModelStages.PRODUCTION, force=True)

@@ -1,4 +1,5 @@
-"""Steps that train and evaluate the U-Net mitochondria segmenter, logging to MLflow."""
+"""Steps that train and evaluate the U-Net mitochondria segmenter, logging to MLflow (thin adapters over
+cellops.unet)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,11 @@ import torch
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
-from cellops.inference import prepare_for_inference, sliding_window_predict
-from cellops.io import to_unit_range
-from cellops.metrics import binary_segmentation_scores
 from cellops.plots import segmentation_overlay, training_curves
-from cellops.training import TrainingConfig, fit
-from models.unet import UNet
-from steps.tracking import lineage_tags, log_png, log_run_config
+from cellops.unet.predict import InferenceSettings, load_for_inference, score
+from cellops.unet.train import Architecture, TrainingConfig, build_model, fit
+from tracking import tags
+from tracking.runs import log_png, log_run_config
 
 logger = get_logger(__name__)
 
@@ -30,35 +29,30 @@ def train_unet(
     val_image: np.ndarray,
     val_mask: np.ndarray,
     lineage: dict,
-    architecture: dict | None = None,
-    training: dict | None = None,
-    checkpoint_dir: str = "outputs/checkpoints/unet",
+    architecture: dict,
+    training: dict,
+    inference: dict,
+    checkpoint_dir: str,
 ) -> Annotated[torch.nn.Module, "model"]:
     """Train a U-Net on the augmented patches, validating on whole slices; returns the best weights."""
-    config = TrainingConfig(**(training or {}))
-    model = UNet(**(architecture or {}))
+    config = TrainingConfig.from_dict(training)
+    model = build_model(Architecture.from_dict(architecture), seed=config.seed)
     log_run_config()
-    mlflow.set_tags(lineage_tags(lineage))
-    mlflow.set_tag("zenml.run_id", str(get_step_context().pipeline_run.id))
-    run_dir = Path(checkpoint_dir) / str(get_step_context().pipeline_run.id)
+    zenml_run_id = str(get_step_context().pipeline_run.id)
+    mlflow.set_tags({**tags.lineage_to_tags(lineage), tags.ZENML_RUN_ID: zenml_run_id})
+    run_dir = Path(checkpoint_dir) / zenml_run_id
     logger.info("training %s parameters on %d patches, checkpoints in %s",
                 sum(p.numel() for p in model.parameters()), len(patch_images), run_dir)
-    history = fit(
-        model,
-        (torch.from_numpy(patch_images), torch.from_numpy(patch_masks)),
-        (val_image, val_mask),
-        config,
-        run_dir,
-        on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
-    )
+    history = fit(model, (torch.from_numpy(patch_images), torch.from_numpy(patch_masks)), (val_image, val_mask),
+                  config, InferenceSettings.from_dict(inference), run_dir,
+                  on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
     with tempfile.TemporaryDirectory() as tmp:
-        curves = training_curves(
-            {"train loss": history.train_loss, "val foreground IoU": history.val_foreground_iou}, Path(tmp) / "curves.png"
-        )
+        curves = training_curves({"train loss": history.train_loss, "val foreground IoU": history.val_foreground_iou,
+                                  "val Dice": history.val_dice}, Path(tmp) / "curves.png")
         mlflow.log_artifact(str(curves), artifact_path="training")
-    mlflow.log_metric("best_epoch", history.best_epoch)
+    mlflow.log_metrics({"best_epoch": history.best_epoch, "best_val_foreground_iou": history.best_val_foreground_iou})
     log_metadata(metadata={"best_epoch": history.best_epoch, "train_loss": history.train_loss,
-                           "val_foreground_iou": history.val_foreground_iou})
+                           "val_foreground_iou": history.val_foreground_iou, "val_dice": history.val_dice})
     return model
 
 
@@ -67,23 +61,18 @@ def evaluate_unet(
     model: torch.nn.Module,
     test_image: np.ndarray,
     test_mask: np.ndarray,
-    tile_size: int = 128,
-    tile_overlap: float = 0.25,
-    batch_size: int = 8,
-    threshold: float = 0.5,
-    overlay_slices: int = 3,
-    device: str = "cpu",
+    inference: dict,
+    overlay_slices: int,
+    device: str,
 ) -> Annotated[dict, "test_metrics"]:
-    """Sliding-window segmentation of the whole test volume; IoU and Dice over all its voxels."""
-    probabilities = sliding_window_predict(
-        prepare_for_inference(model), to_unit_range(test_image), tile_size=tile_size, overlap=tile_overlap, batch_size=batch_size, device=device
-    )
-    prediction = probabilities > threshold
-    scores = binary_segmentation_scores(prediction, test_mask > 0).as_dict()
-    mlflow.log_metrics({f"test_{name}": value for name, value in scores.items()})
+    """Sliding-window segmentation of the whole test volume with the run's inference settings; IoU and Dice
+    over all its voxels."""
+    scores, prediction = score(load_for_inference(model), test_image, test_mask, InferenceSettings.from_dict(inference),
+                               device)
+    metrics = scores.as_dict()
+    mlflow.log_metrics({f"test_{name}": value for name, value in metrics.items()})
     for z in np.linspace(0, len(test_image) - 1, overlay_slices).round().astype(int):
-        overlay = segmentation_overlay(test_image[z], test_mask[z] > 0, prediction[z])
-        log_png(overlay, "test_overlays", f"slice_{z:03d}.png")
-    log_metadata(metadata={"test_metrics": scores})
-    logger.info("test volume: %s", ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
-    return scores
+        log_png(segmentation_overlay(test_image[z], test_mask[z] > 0, prediction[z]), "test_overlays", f"slice_{z:03d}.png")
+    log_metadata(metadata={"test_metrics": metrics}, infer_model=True)
+    logger.info("test volume: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return metrics

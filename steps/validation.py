@@ -11,6 +11,7 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 from zenml.types import HTMLString
 
+from cellops.config import from_mapping
 from cellops.validation import SegmentationExpectations, validate_segmentation_dataset
 
 logger = get_logger(__name__)
@@ -28,13 +29,13 @@ def validate_segmentation_data(
     train_mask: np.ndarray,
     test_image: np.ndarray,
     test_mask: np.ndarray,
-    expectations: dict | None = None,
+    expectations: dict,
 ) -> tuple[Annotated[dict, "validation_result"], Annotated[HTMLString, "data_docs"]]:
     """Run the dataset suite; the result and GX's Data Docs page are kept as artifacts, pass or fail."""
     with tempfile.TemporaryDirectory() as tmp:
         report = validate_segmentation_dataset(
             {"training": (train_image, train_mask), "testing": (test_image, test_mask)},
-            SegmentationExpectations(**(expectations or {})),
+            from_mapping(SegmentationExpectations, expectations),
             data_docs_dir=Path(tmp),
         )
         html = data_docs_page(Path(tmp))

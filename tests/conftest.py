@@ -26,7 +26,7 @@ from cellops.synthetic.em import EMVolume, generate_em_volume  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COPIED = ["cellops", "models", "steps", "pipelines", "bento", "configs", "scripts", "tests/configs", "params.yaml",
+COPIED = ["cellops", "models", "steps", "pipelines", "tracking", "bento", "configs", "scripts", "tests/configs", "params.yaml",
           ".dvcignore"]
 #: Tiny versions of every built-in dataset, for the end-to-end tests.
 TINY_PARAMS = {

@@ -3,7 +3,7 @@ import pytest
 
 from cellops.classical.calcium import (
     CalciumParams,
-    analyse_calcium,
+    measure_calcium_movie,
     bleach_curve,
     delta_f_over_f0,
     group_curves,
@@ -23,7 +23,7 @@ def movies():
 def test_recovered_traces_correlate_with_ground_truth(movies):
     correlations = []
     for movie in movies:
-        result = analyse_calcium(movie.movie)
+        result = measure_calcium_movie(movie.movie)
         match = match_instances(movie.labels, result.labels)
         assert match.f1 >= 0.9
         correlations += [np.corrcoef(result.dff[p - 1], movie.traces[t - 1])[0, 1] for t, p, _ in match.pairs]
@@ -60,4 +60,4 @@ def test_response_metrics_and_group_curves():
 
 def test_a_single_image_is_not_a_movie():
     with pytest.raises(ImageInputError, match="time-lapse stack"):
-        analyse_calcium(np.zeros((32, 32), np.uint16))
+        measure_calcium_movie(np.zeros((32, 32), np.uint16))

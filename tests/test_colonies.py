@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 
 from cellops.classical.colonies import ColonyParams, colony_overlay, colony_properties, measure_colonies
-from cellops.classical.common import params_from_dict
+from cellops.config import from_mapping
 from cellops.metrics import match_instances
-from cellops.synthetic.colonies import coco_to_labels, generate_colony_image, labels_to_coco
+from cellops.io import coco_to_labels, labels_to_coco
+from cellops.synthetic.colonies import generate_colony_image
 
 
 @pytest.fixture(scope="module")
@@ -72,5 +73,5 @@ def test_sixteen_bit_and_rgb_inputs_are_handled(samples):
 
 
 def test_unknown_parameter_is_named():
-    with pytest.raises(ValueError, match=r"unknown ColonyParams parameters \['canny_hi'\]"):
-        params_from_dict(ColonyParams, {"canny_hi": 10})
+    with pytest.raises(ValueError, match=r"ColonyParams: unknown keys \['canny_hi'\]"):
+        from_mapping(ColonyParams, {"canny_hi": 10})

@@ -5,7 +5,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from steps.registry import champion_score, register_and_maybe_promote
+from tracking import tags
+from tracking.registry import champion_version, describe_versions, register_and_maybe_promote, resolve_version
 
 
 @pytest.fixture
@@ -18,12 +19,13 @@ def client(tmp_path):
     mlflow.set_tracking_uri(None)
 
 
-def _register(client, iou):
+def _register(client, iou, *, data_version="x", metrics=None, rescore=None):
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
         return register_and_maybe_promote(
-            client, info.model_uri, "cellops-test", {"foreground_iou": iou, "dice": 0.5}, {"lineage.data_version": "x"},
-            promotion_metric="foreground_iou",
+            client, info.model_uri, "cellops-test", metrics or {"foreground_iou": iou, "dice": 0.5},
+            {**tags.lineage_to_tags({"data_version": data_version}), **tags.inference_to_tags({"tile_size": 64})},
+            promotion_metric="foreground_iou", alias="champion", min_improvement=0.0, rescore=rescore,
         )
 
 
@@ -33,11 +35,12 @@ def test_worse_model_never_becomes_champion(client):
     worse = _register(client, 0.70)
     tie = _register(client, 0.80)
     assert not worse["promoted"] and not tie["promoted"]
-    assert champion_score(client, "cellops-test", "champion", "foreground_iou") == (first["version"], 0.8)
+    assert str(champion_version(client, "cellops-test", "champion").version) == first["version"]
     better = _register(client, 0.90)
     assert better["promoted"] and better["champion_score_before"] == 0.8
+    assert better["champion_rescored_score"] is None  # same data version: the recorded score is comparable
     champion = client.get_model_version_by_alias("cellops-test", "champion")
-    assert champion.version == better["version"]
+    assert str(champion.version) == better["version"]
     assert champion.tags["metric.foreground_iou"] == "0.9" and champion.tags["lineage.data_version"] == "x"
     # Every version is registered, promoted or not.
     assert len(client.search_model_versions("name='cellops-test'")) == 4
@@ -50,6 +53,48 @@ def test_an_equal_retrain_is_not_promoted_whatever_its_digits(client):
     assert not again["promoted"] and again["champion_score_before"] == score
 
 
+def test_a_champion_scored_on_other_data_is_rescored_on_the_candidates_test_data(client):
+    _register(client, 0.95, data_version="old")  # a high score on easier (other) data
+    seen = []
+    decision = _register(client, 0.85, data_version="new",
+                         rescore=lambda champion: seen.append(champion.version) or {"foreground_iou": 0.80})
+    assert [str(v) for v in seen] == ["1"]
+    assert decision["promoted"] and decision["champion_recorded_score"] == 0.95
+    assert decision["champion_rescored_score"] == 0.80 and decision["champion_score_before"] == 0.80
+
+
+def test_a_champion_without_the_promotion_metric_is_rescored_not_ignored(client):
+    _register(client, 0.0, metrics={"dice": 0.9, "foreground_iou": 0.9})
+    # The promotion metric changes: the champion recorded no "recall", so it is measured, not skipped.
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
+        decision = register_and_maybe_promote(
+            client, info.model_uri, "cellops-test", {"recall": 0.5}, tags.lineage_to_tags({"data_version": "x"}),
+            promotion_metric="recall", alias="champion", min_improvement=0.0, rescore=lambda c: {"recall": 0.7})
+    assert not decision["promoted"] and decision["champion_score_before"] == 0.7
+
+
+def test_incomparable_champion_without_a_way_to_rescore_is_an_error(client):
+    _register(client, 0.9, data_version="old")
+    with pytest.raises(ValueError, match="no foreground_iou measured on data version new"):
+        _register(client, 0.5, data_version="new")
+
+
 def test_unknown_promotion_metric_is_refused(client):
     with pytest.raises(KeyError, match="'accuracy' is not among"):
-        register_and_maybe_promote(client, "runs:/x/model", "m", {"dice": 1.0}, {}, promotion_metric="accuracy")
+        register_and_maybe_promote(client, "runs:/x/model", "m", {"dice": 1.0}, {}, promotion_metric="accuracy",
+                                   alias="champion", min_improvement=0.0)
+
+
+def test_versions_are_described_with_lineage_metrics_and_settings(client):
+    _register(client, 0.8)
+    _register(client, 0.7)
+    records = describe_versions(client, "cellops-test")
+    assert [r["model_version"] for r in records] == ["2", "1"]
+    assert records[1]["aliases"] == ["champion"] and records[0]["aliases"] == []
+    assert records[1]["metrics"]["foreground_iou"] == 0.8 and records[1]["data_version"] == "x"
+    assert records[1]["inference_settings"] == {"tile_size": 64}
+    assert resolve_version(client, "cellops-test", None)["model_version"] == "1"
+    assert resolve_version(client, "cellops-test", "2")["metrics"]["foreground_iou"] == 0.7
+    with pytest.raises(LookupError, match="no version 9"):
+        resolve_version(client, "cellops-test", "9")

@@ -7,7 +7,7 @@ import pandas as pd
 
 from cellops.io import write_tiff_stack
 from cellops.scoring import score_calcium, score_colonies, score_nuclei
-from cellops.synthetic.colonies import labels_to_coco
+from cellops.io import labels_to_coco
 
 
 def test_colony_scores_of_a_perfect_and_a_grown_result(tmp_path):

@@ -137,7 +137,7 @@ def response_metrics(dff: np.ndarray, params: CalciumParams = CalciumParams()) -
     })
 
 
-def analyse_calcium(movie: np.ndarray, params: CalciumParams = CalciumParams(),
+def measure_calcium_movie(movie: np.ndarray, params: CalciumParams = CalciumParams(),
                     labels: np.ndarray | None = None) -> CalciumResult:
     """Segment (unless ``labels`` are given), extract traces, normalise and measure one movie."""
     if labels is None:

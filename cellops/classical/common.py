@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import TypeVar
-
 import numpy as np
 
 from cellops.io import ImageInputError
-
-T = TypeVar("T")
 
 
 def to_gray_float(image: np.ndarray) -> np.ndarray:
@@ -47,23 +42,3 @@ def to_uint8_gray(image: np.ndarray) -> np.ndarray:
     if high <= low:
         return np.zeros(gray.shape, np.uint8)
     return np.clip(np.rint((gray - low) / (high - low) * 255), 0, 255).astype(np.uint8)
-
-
-def params_from_dict(cls: type[T], values: dict | None) -> T:
-    """Build a parameter dataclass from a config mapping, naming any key it does not know.
-
-    >>> from dataclasses import dataclass
-    >>> @dataclass
-    ... class P:
-    ...     sigma: float = 1.0
-    >>> params_from_dict(P, {"sigma": 2.0})
-    P(sigma=2.0)
-    >>> params_from_dict(P, {"sigmaa": 2.0})
-    Traceback (most recent call last):
-    ValueError: unknown P parameters ['sigmaa']; known: ['sigma']
-    """
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = set(values or {}) - known
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} parameters {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**(values or {}))

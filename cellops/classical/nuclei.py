@@ -35,6 +35,8 @@ class NucleusParams:
     marker_depth_fraction : h of the h-maxima, as a fraction of the diameter: a neck between two nuclei must
         be at least this much narrower than their radii for them to be split.
     exclude_border : drop nuclei touching the image border (their shape is cut).
+    nucleus_diameter_um, pixel_size_um : the diameter in micrometres and the pixel size; when given, they
+        replace ``nucleus_diameter_px`` (see :attr:`diameter_px`).
     """
 
     nucleus_diameter_px: float = 30.0
@@ -43,6 +45,25 @@ class NucleusParams:
     min_area_fraction: float = 0.15
     marker_depth_fraction: float = 0.06
     exclude_border: bool = False
+    nucleus_diameter_um: float | None = None
+    pixel_size_um: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.nucleus_diameter_um is None) != (self.pixel_size_um is None):
+            raise ValueError("give nucleus_diameter_um and pixel_size_um together (or neither, and nucleus_diameter_px)")
+        if self.diameter_px <= 0:
+            raise ValueError(f"the nucleus diameter must be positive, got {self.diameter_px} px")
+
+    @property
+    def diameter_px(self) -> float:
+        """The typical nucleus diameter in pixels, from micrometres when those are given.
+
+        >>> NucleusParams(nucleus_diameter_um=12.0, pixel_size_um=0.4).diameter_px
+        30.0
+        """
+        if self.nucleus_diameter_um is not None and self.pixel_size_um is not None:
+            return nucleus_diameter_in_pixels(self.nucleus_diameter_um, self.pixel_size_um)
+        return float(self.nucleus_diameter_px)
 
 
 def nucleus_diameter_in_pixels(diameter_um: float, pixel_size_um: float) -> float:
@@ -68,7 +89,7 @@ def segment_nuclei(image: np.ndarray, params: NucleusParams = NucleusParams()) -
     (True, True)
     """
     gray = to_gray_float(image)
-    diameter = params.nucleus_diameter_px
+    diameter = params.diameter_px
     smooth = ndimage.gaussian_filter(gray, max(0.5, params.smoothing_fraction * diameter))
     if params.threshold == "otsu":
         foreground = smooth > filters.threshold_otsu(smooth)

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pycocotools import mask as coco_mask
 from scipy import ndimage
 
-from cellops.io import encode_image, write_files_safely
+from cellops.io import encode_image, labels_to_coco, write_files_safely
 
 
 @dataclass(frozen=True)
@@ -137,41 +136,6 @@ def generate_colony_image(
     return ColonyImage(
         image=np.clip(np.rint(image * 255), 0, 255).astype(np.uint8), labels=labels, polygons=polygons
     )
-
-
-def labels_to_coco(labels_per_image: dict[str, np.ndarray], category: str = "colony") -> dict:
-    """COCO instance annotations (RLE masks, boxes, areas) from label images keyed by file name."""
-    images, annotations = [], []
-    for image_id, (file_name, labels) in enumerate(sorted(labels_per_image.items()), start=1):
-        images.append({"id": image_id, "file_name": file_name, "height": int(labels.shape[0]),
-                       "width": int(labels.shape[1])})
-        for label in range(1, int(labels.max()) + 1):
-            mask = np.asfortranarray((labels == label).astype(np.uint8))
-            if not mask.any():
-                continue
-            rle = coco_mask.encode(mask)
-            rle["counts"] = rle["counts"].decode("ascii")
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "segmentation": rle,
-                "area": float(coco_mask.area(rle)), "bbox": [float(v) for v in coco_mask.toBbox(rle)], "iscrowd": 0,
-            })
-    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": category}]}
-
-
-def coco_to_labels(coco: dict, file_name: str) -> np.ndarray:
-    """The label image of ``file_name`` rebuilt from COCO annotations (instance ``i`` labelled ``i``)."""
-    matches = [img for img in coco["images"] if img["file_name"] == file_name]
-    if not matches:
-        raise KeyError(f"{file_name} is not among the images of the annotation file")
-    info = matches[0]
-    labels = np.zeros((info["height"], info["width"]), np.int32)
-    for i, ann in enumerate(a for a in coco["annotations"] if a["image_id"] == info["id"]):
-        segmentation = ann["segmentation"]
-        if isinstance(segmentation, list):  # polygons
-            rles = coco_mask.frPyObjects(segmentation, info["height"], info["width"])
-            segmentation = coco_mask.merge(rles)
-        labels[coco_mask.decode(segmentation).astype(bool)] = i + 1
-    return labels
 
 
 def write_colony_dataset(root: str | Path, *, n_images: int = 12, shape: tuple[int, int] = (512, 512),

@@ -5,6 +5,7 @@ BentoML home; data -> validate -> train -> evaluate -> register -> deploy -> a r
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -21,9 +22,9 @@ import torch
 import yaml
 from PIL import Image
 
-from cellops.inference import prepare_for_inference, sliding_window_predict
-from cellops.io import to_unit_range
 from cellops.metrics import binary_segmentation_scores
+from cellops.unet.predict import InferenceSettings, load_for_inference, segment
+from tracking import tags
 from helpers import run_command as _run
 
 pytestmark = pytest.mark.e2e
@@ -52,7 +53,7 @@ def test_training_pipeline_registers_a_champion_with_lineage(trained):
     assert len(champion.tags["lineage.git_commit"]) == 40  # committed fixture tree: not dirty
     run = client.get_run(champion.run_id)
     assert run.data.tags["lineage.data_version"] == dvc_md5
-    assert run.data.tags["zenml.run_id"] == champion.tags["zenml_run_id"]
+    assert run.data.tags[tags.ZENML_RUN_ID] == champion.tags[tags.ZENML_RUN_ID]
     # Per-epoch losses, final metrics, every config value, overlays and curves.
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3
     assert {"test_foreground_iou", "test_dice", "test_mean_iou"} <= set(run.data.metrics)
@@ -61,6 +62,23 @@ def test_training_pipeline_registers_a_champion_with_lineage(trained):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"test_overlays", "training"} <= artifacts
     assert float(champion.tags["metric.foreground_iou"]) == pytest.approx(run.data.metrics["test_foreground_iou"], abs=1e-6)
+
+
+def test_model_control_plane_and_cellops_models_follow_the_champion(trained):
+    root, env, _ = trained
+    champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-unet", "champion")
+    # ZenML's production version of the model is the one that registered MLflow's champion.
+    production = _run(["python", "-c", "from zenml.client import Client; from zenml.enums import ModelStages; "
+                       "v = Client().get_model_version('cellops-unet', ModelStages.PRODUCTION); "
+                       "print(v.run_metadata['mlflow_model_version'])"], root, env).stdout
+    assert production.strip().splitlines()[-1] == str(champion.version)
+    listing = _run(["cellops", "models"], root, env).stdout
+    assert "cellops-unet" in listing and "champion" in listing and "foreground_iou" in listing
+    record = json.loads(_run(["cellops", "lineage", "cellops-unet@champion"], root, env).stdout)
+    assert record["model_version"] == str(champion.version) and record["aliases"] == ["champion"]
+    assert record["inference_settings"] == tags.inference_from_tags(champion.tags)
+    missing = _run(["cellops", "lineage", "cellops-unet:999"], root, env, check=False)
+    assert missing.returncode == 1 and "no version 999" in missing.stdout
 
 
 def test_an_equal_retrain_is_registered_but_not_promoted(trained):
@@ -87,7 +105,11 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
                   root, env)
     assert "built bento cellops-unet:" in result.stdout + result.stderr
     champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-unet", "champion")
-    model = prepare_for_inference(mlflow.pytorch.load_model("models:/cellops-unet@champion", map_location="cpu"))
+    model = load_for_inference(mlflow.pytorch.load_model("models:/cellops-unet@champion", map_location="cpu"))
+    # The service must apply the settings stored with the model: those of the run's config, its test metrics.
+    stored = tags.inference_from_tags(champion.tags)
+    assert stored == yaml.safe_load((root / "tests/configs/unet_tiny.yaml").read_text())["parameters"]["inference"]
+    settings = InferenceSettings.from_dict(stored)
     test_image = tifffile.imread(root / "data/em/testing.tif")
     test_mask = tifffile.imread(root / "data/em/testing_groundtruth.tif")
 
@@ -120,7 +142,7 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
         assert response.status_code == 200, response.text
         served = np.asarray(Image.open(io.BytesIO(response.content)))
         with torch.inference_mode():
-            expected = sliding_window_predict(model, to_unit_range(test_image[4]), tile_size=128, overlap=0.25) > 0.5
+            expected = segment(model, test_image[4], settings)
         assert served.shape == test_image[4].shape and set(np.unique(served)) <= {0, 255}
         assert np.array_equal(served > 0, expected)
         assert float(response.headers["x-foreground-fraction"]) == pytest.approx(expected.mean(), abs=1e-5)
@@ -138,10 +160,11 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
         assert stats["foreground_fraction"] == pytest.approx((mask > 0).mean(), abs=1e-6)
 
         meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
-        assert meta["model_version"] == int(champion.version)
+        assert meta["model_version"] == str(champion.version)
         assert meta["mlflow_run_id"] == champion.run_id
-        assert meta["zenml_run_id"] == champion.tags["zenml_run_id"]
+        assert meta["zenml_run_id"] == champion.tags[tags.ZENML_RUN_ID]
         assert meta["data_version"] == champion.tags["lineage.data_version"]
+        assert meta["inference_settings"] == stored and meta["metrics"] == tags.metrics_from_tags(champion.tags)
 
         # Bad uploads: a 4xx naming the problem, never a 500.
         rgb = io.BytesIO()

@@ -1,28 +1,44 @@
-"""Data splitting, patch sampling, augmentation and the training loop for segmentation models.
-
-Shaped after torchvision's ``references/detection/engine.py``: short, explicit functions
-(:func:`train_one_epoch`, :func:`fit`) that anyone can step through, no framework hiding the loop.
-"""
+"""The EM mitochondria dataset: reading the Lucchi layout, splitting, patch sampling and augmentation."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
-from cellops.inference import prepare_for_inference, sliding_window_predict
-from cellops.io import to_unit_range
-from cellops.metrics import binary_segmentation_scores
+from cellops.io import read_tiff_stack, to_unit_range
+
+#: The four files of the EPFL/Lucchi layout, in the order :func:`load_lucchi` returns them.
+LUCCHI_FILES = ("training.tif", "training_groundtruth.tif", "testing.tif", "testing_groundtruth.tif")
+
+
+@dataclass(frozen=True)
+class EMDataset:
+    """Training and testing stacks (Z, Y, X) with their ground-truth masks (non-zero = mitochondrion)."""
+
+    train_image: np.ndarray
+    train_mask: np.ndarray
+    test_image: np.ndarray
+    test_mask: np.ndarray
+
+
+def load_lucchi(data_dir: str | Path) -> EMDataset:
+    """Read the four Lucchi-layout TIFF stacks of ``data_dir``; a missing file is named with what to do."""
+    root = Path(data_dir)
+    missing = [name for name in LUCCHI_FILES if not (root / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{root}: missing {', '.join(missing)}; run `make data` for the default dataset or put the Lucchi "
+            "files there"
+        )
+    return EMDataset(*(read_tiff_stack(root / name) for name in LUCCHI_FILES))
 
 
 @dataclass(frozen=True)
@@ -169,143 +185,27 @@ def augment_patches(
     return torch.stack(out_images), torch.stack(out_masks)
 
 
-class DiceBCELoss(nn.Module):
-    """Binary cross-entropy plus soft Dice: BCE for calibrated pixels, Dice against class imbalance."""
+def training_patches(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    n_patches: int,
+    patch_size: int,
+    foreground_bias: float,
+    hard_negative_bias: float,
+    augmentation: dict,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Seeded, augmented training patches of a (Z, Y, X) stack: sampled larger than ``patch_size`` (by
+    :func:`augmentation_margin`), transformed, centre-cropped.
 
-    def __init__(self, dice_weight: float = 1.0, smooth: float = 1.0) -> None:
-        super().__init__()
-        self.dice_weight = dice_weight
-        self.smooth = smooth
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
-        prob = torch.sigmoid(logits)
-        inter = (prob * target).sum(dim=(1, 2, 3))
-        union = prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
-        dice = 1 - (2 * inter + self.smooth) / (union + self.smooth)
-        return bce + self.dice_weight * dice.mean()
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    data_loader: DataLoader,
-    device: torch.device,
-    epoch: int,
-) -> float:
-    """One pass over ``data_loader``; returns the mean training loss. Stops on a non-finite loss."""
-    model.train()
-    total, count = 0.0, 0
-    progress = tqdm(data_loader, desc=f"epoch {epoch}", leave=False, mininterval=5.0)
-    for images, masks in progress:
-        images = images.to(device, torch.float32)
-        masks = masks.to(device, torch.float32)
-        loss = loss_fn(model(images), masks)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, stopping training")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total += loss.item() * len(images)
-        count += len(images)
-        progress.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-    return total / max(count, 1)
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Optimisation settings (every field comes from the YAML config)."""
-
-    epochs: int = 5
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    dice_weight: float = 1.0
-    warmup_fraction: float = 0.1
-    seed: int = 0
-    device: str = "cpu"
-    threads: int = 0  # 0: leave torch's default
-    tile_size: int = 128
-    tile_overlap: float = 0.25
-    inference_batch_size: int = 8
-
-
-@dataclass
-class TrainingHistory:
-    """Per-epoch figures and where the best checkpoint went."""
-
-    train_loss: list[float] = field(default_factory=list)
-    val_foreground_iou: list[float] = field(default_factory=list)
-    val_dice: list[float] = field(default_factory=list)
-    best_epoch: int = -1
-    best_checkpoint: Path | None = None
-
-
-def fit(
-    model: nn.Module,
-    patches: tuple[torch.Tensor, torch.Tensor],
-    val_volume: tuple[np.ndarray, np.ndarray],
-    config: TrainingConfig,
-    checkpoint_dir: Path,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-) -> TrainingHistory:
-    """Train on augmented patches, validate on whole validation slices each epoch, keep the best weights.
-
-    A checkpoint is written after every epoch (``epoch_NNN.pt``) and the best by validation foreground
-    IoU is copied to ``best.pt``; on return ``model`` holds the best weights.
+    Returns float32 images (N, 1, P, P) in [0, 1], uint8 masks (N, 1, P, P) of 0/1, and the transform's
+    description.
     """
-    torch.manual_seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
-    model.to(device)
-    loader = DataLoader(
-        TensorDataset(*patches),
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(patches[0]) > config.batch_size,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    loss_fn = DiceBCELoss(dice_weight=config.dice_weight)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    total_steps = max(1, config.epochs * len(loader))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.learning_rate, total_steps=total_steps, pct_start=config.warmup_fraction
-    )
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    val_image, val_mask = val_volume
-    history = TrainingHistory()
-    best_iou = -1.0
-    for epoch in range(config.epochs):
-        loss = train_one_epoch(model, loss_fn, optimizer, scheduler, loader, device, epoch)
-        probabilities = sliding_window_predict(
-            prepare_for_inference(model),
-            to_unit_range(val_image),
-            tile_size=config.tile_size,
-            overlap=config.tile_overlap,
-            batch_size=config.inference_batch_size,
-            device=device,
-        )
-        scores = binary_segmentation_scores(probabilities > 0.5, val_mask > 0)
-        history.train_loss.append(loss)
-        history.val_foreground_iou.append(scores.foreground_iou)
-        history.val_dice.append(scores.dice)
-        checkpoint = checkpoint_dir / f"epoch_{epoch:03d}.pt"
-        torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
-        if scores.foreground_iou > best_iou:
-            best_iou = scores.foreground_iou
-            history.best_epoch = epoch
-            history.best_checkpoint = checkpoint_dir / "best.pt"
-            torch.save({"epoch": epoch, "model": model.state_dict()}, history.best_checkpoint)
-        if on_epoch_end is not None:
-            on_epoch_end(
-                epoch,
-                {"train_loss": loss, "val_foreground_iou": scores.foreground_iou, "val_dice": scores.dice},
-            )
-    if history.best_checkpoint is not None:
-        model.load_state_dict(torch.load(history.best_checkpoint, map_location=device)["model"])
-    return history
+    margin = augmentation_margin(augmentation.get("rotate_degrees", 0.0), tuple(augmentation.get("scale", (1.0, 1.0))))
+    sampled_size = min(int(np.ceil(patch_size * margin)), *image.shape[1:])
+    images, masks = sample_patches(image, mask, n_patches=n_patches, patch_size=sampled_size,
+                                   foreground_bias=foreground_bias, hard_negative_bias=hard_negative_bias, seed=seed)
+    transform = build_augmentation(patch_size, **augmentation)
+    patch_images, patch_masks = augment_patches(images, masks, transform, seed=seed)
+    return patch_images.float().numpy(), patch_masks.numpy(), str(transform)

@@ -1,9 +1,11 @@
-"""MLflow helpers shared by the steps: the stack's tracking URI, the active run, artifact logging."""
+"""MLflow run helpers for the steps: the stack's store (and that it belongs to this checkout), the active run,
+logging a pipeline's whole config and PNG artifacts."""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
@@ -23,9 +25,36 @@ def stack_tracking_uri() -> str:
     return tracker.get_tracking_uri()
 
 
-def lineage_tags(lineage: dict) -> dict[str, str]:
-    """MLflow tags (``lineage.<key>``) for a run or a model version, from the ``record_lineage`` output."""
-    return {f"lineage.{key}": str(value) for key, value in lineage.items()}
+def local_store_path(tracking_uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` or ``file:`` tracking URI; None for a server (``http(s)://``, databases)."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        return Path(tracking_uri.removeprefix("sqlite:///"))
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path)
+    return None
+
+
+def check_store_belongs_to(tracking_uri: str, project_root: str | Path) -> None:
+    """Raise when ``tracking_uri`` is a local store outside ``project_root`` (a server is always fine).
+
+    A copied or moved checkout would otherwise log into the original's MLflow store: the URI written by
+    ``make setup`` is absolute.
+    """
+    root = Path(project_root).resolve()
+    store = local_store_path(tracking_uri)
+    if store is not None and not store.resolve().is_relative_to(root):
+        raise RuntimeError(
+            f"this checkout ({root}) would log into the MLflow store of another one ({store}): run `make setup` "
+            "here to point the stack at this checkout's own store"
+        )
+
+
+def require_own_store() -> str:
+    """The active stack's tracking URI, after :func:`check_store_belongs_to` the ZenML repository's root."""
+    uri = stack_tracking_uri()
+    check_store_belongs_to(uri, Client().root or Path.cwd())
+    return uri
 
 
 def active_run_id() -> str:
@@ -59,8 +88,7 @@ def log_run_config() -> dict[str, str]:
     params: dict[str, str] = {}
     for name, step_config in (snapshot.step_configurations if snapshot else {}).items():
         _flatten(name, dict(step_config.config.parameters), params)
-    # MLflow takes at most 100 params per call.
     items = list(params.items())
-    for first in range(0, len(items), 100):
+    for first in range(0, len(items), 100):  # MLflow takes at most 100 params per call
         mlflow.log_params(dict(items[first : first + 100]))
     return params

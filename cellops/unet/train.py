@@ -1,0 +1,216 @@
+"""Training the U-Net: the loss, one epoch, and :func:`fit` with validation, checkpoints and resume.
+
+Shaped after torchvision's ``references/detection/engine.py``: short, explicit functions that anyone can step
+through, no framework hiding the loop. Checkpoints carry model, optimizer, scheduler, epoch, history, random
+states and the resolved config (as torchvision's references do), so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from cellops.config import from_mapping
+from cellops.unet.predict import InferenceSettings, load_for_inference, score
+from models.unet import UNet
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """U-Net shape (see :class:`models.unet.UNet`)."""
+
+    in_channels: int
+    out_channels: int
+    base_channels: int
+    depth: int
+    dropout: float
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Architecture:
+        return from_mapping(cls, values)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation settings; every field comes from the YAML config (no second set of defaults here)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    dice_weight: float
+    warmup_fraction: float
+    seed: int
+    device: str
+    threads: int  # 0: leave torch's default
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainingConfig:
+        return from_mapping(cls, values)
+
+
+def build_model(architecture: Architecture, seed: int) -> UNet:
+    """A U-Net whose initial weights depend on ``seed`` alone, not on the random state left by earlier code.
+
+    >>> a = build_model(Architecture(1, 1, 4, 2, 0.0), seed=1)
+    >>> _ = torch.rand(100)  # other code drawing random numbers in between changes nothing
+    >>> b = build_model(Architecture(1, 1, 4, 2, 0.0), seed=1)
+    >>> all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    True
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet(**asdict(architecture))
+
+
+class DiceBCELoss(nn.Module):
+    """Binary cross-entropy plus soft Dice: BCE for calibrated pixels, Dice against class imbalance."""
+
+    def __init__(self, dice_weight: float = 1.0, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.dice_weight = dice_weight
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
+        prob = torch.sigmoid(logits)
+        inter = (prob * target).sum(dim=(1, 2, 3))
+        union = prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
+        dice = 1 - (2 * inter + self.smooth) / (union + self.smooth)
+        return bce + self.dice_weight * dice.mean()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    data_loader: DataLoader,
+    device: torch.device,
+    epoch: int,
+) -> float:
+    """One pass over ``data_loader``; returns the mean training loss. Stops on a non-finite loss."""
+    model.train()
+    total, count = 0.0, 0
+    progress = tqdm(data_loader, desc=f"epoch {epoch}", leave=False, mininterval=5.0)
+    for images, masks in progress:
+        images = images.to(device, torch.float32)
+        masks = masks.to(device, torch.float32)
+        loss = loss_fn(model(images), masks)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, stopping training")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item() * len(images)
+        count += len(images)
+        progress.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+    return total / max(count, 1)
+
+
+@dataclass
+class TrainingHistory:
+    """Per-epoch figures and which epoch gave the weights that :func:`fit` returns."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_foreground_iou: list[float] = field(default_factory=list)
+    val_dice: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    resumed_from_epoch: int | None = None
+
+    @property
+    def best_val_foreground_iou(self) -> float:
+        return self.val_foreground_iou[self.best_epoch] if self.best_epoch >= 0 else float("nan")
+
+
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    # A kill during torch.save must never leave a truncated checkpoint where the last good one was.
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def fit(
+    model: nn.Module,
+    patches: tuple[torch.Tensor, torch.Tensor],
+    val_volume: tuple[np.ndarray, np.ndarray],
+    config: TrainingConfig,
+    inference: InferenceSettings,
+    checkpoint_dir: Path,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    *,
+    resume: bool = True,
+) -> TrainingHistory:
+    """Train on augmented patches, validate on the whole validation slices after each epoch (segmented with
+    ``inference``, as evaluation and serving do), keep the best weights by validation foreground IoU.
+
+    ``checkpoint_dir/last.pt`` is written after every epoch and ``best.pt`` whenever validation improves. With
+    ``resume`` and a ``last.pt`` of the same config in ``checkpoint_dir``, training continues after its epoch
+    and ends with the weights an uninterrupted run would have. On return ``model`` holds the best weights.
+    """
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    model.to(device)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(TensorDataset(*patches), batch_size=config.batch_size, shuffle=True,
+                        drop_last=len(patches[0]) > config.batch_size, generator=shuffle)
+    loss_fn = DiceBCELoss(dice_weight=config.dice_weight)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.learning_rate, total_steps=max(1, config.epochs * len(loader)),
+        pct_start=config.warmup_fraction,
+    )
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {"training": asdict(config), "inference": inference.as_dict()}
+    history, start = TrainingHistory(), 0
+    last = checkpoint_dir / LAST_CHECKPOINT
+    if resume and last.is_file():
+        state = torch.load(last, map_location=device, weights_only=False)
+        if state["config"] != resolved:
+            raise ValueError(f"{last} was written with another config ({state['config']}); move it away to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        shuffle.set_state(state["shuffle_rng"])
+        history = TrainingHistory(**{**state["history"], "resumed_from_epoch": state["epoch"]})
+        start = state["epoch"] + 1
+    val_image, val_mask = val_volume
+    for epoch in range(start, config.epochs):
+        loss = train_one_epoch(model, loss_fn, optimizer, scheduler, loader, device, epoch)
+        scores, _ = score(load_for_inference(model), val_image, val_mask, inference, device)
+        history.train_loss.append(loss)
+        history.val_foreground_iou.append(scores.foreground_iou)
+        history.val_dice.append(scores.dice)
+        if history.best_epoch < 0 or scores.foreground_iou > history.best_val_foreground_iou:
+            history.best_epoch = epoch
+            _save_atomically({"epoch": epoch, "model": model.state_dict(), "config": resolved},
+                             checkpoint_dir / BEST_CHECKPOINT)
+        _save_atomically({
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "shuffle_rng": shuffle.get_state(),
+            "history": {k: v for k, v in asdict(history).items() if k != "resumed_from_epoch"}, "config": resolved,
+        }, last)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, {"train_loss": loss, "val_foreground_iou": scores.foreground_iou, "val_dice": scores.dice})
+    if history.best_epoch >= 0:
+        best = torch.load(checkpoint_dir / BEST_CHECKPOINT, map_location=device, weights_only=False)
+        model.load_state_dict(best["model"])
+    return history

@@ -1,0 +1,159 @@
+"""The rules every model family and analysis relies on: library boundaries, configs without drift, DVC stages
+that know what they depend on, bentos that install what they import."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import subprocess
+import sys
+from fnmatch import fnmatch
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cellops.config import derived_configs, key_paths, render_derived, render_text
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAMEWORKS = ("zenml", "mlflow", "bentoml")
+
+
+def _modules(path: Path) -> set[str]:
+    """Full names of every module a Python file imports (absolute imports, nested ones included)."""
+    tree = ast.parse(path.read_text())
+    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and
+                 getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:  # `if TYPE_CHECKING:` imports never run
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level names of every module a Python file imports."""
+    return {name.split(".")[0] for name in _modules(path)}
+
+
+@pytest.mark.parametrize("package", ["cellops", "models"])
+def test_the_library_never_imports_zenml_mlflow_bentoml_or_the_adapters(package):
+    offenders = {str(p.relative_to(ROOT)): sorted(_imports(p) & {*FRAMEWORKS, "tracking", "steps", "pipelines", "bento"})
+                 for p in (ROOT / package).rglob("*.py")}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_importing_the_whole_library_loads_no_framework():
+    modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "cellops").rglob("*.py")
+                     if p.name != "__init__.py")
+    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            f"print([m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS!r}])")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_derived_configs_are_up_to_date_and_have_the_keys_of_their_base():
+    overrides = derived_configs(ROOT)
+    assert {p.relative_to(ROOT).as_posix() for p in overrides.values()} >= {"configs/unet_full.yaml",
+                                                                            "tests/configs/unet_tiny.yaml"}
+    for override, target in overrides.items():
+        assert target.read_text() == render_text(override, ROOT), f"{target} is stale: run `make configs`"
+        base = ROOT / "configs" / "unet.yaml"
+        assert key_paths(yaml.safe_load(target.read_text())) == key_paths(yaml.safe_load(base.read_text())), target
+
+
+def test_an_override_of_a_key_the_base_lacks_is_refused(tmp_path):
+    (tmp_path / "base.yaml").write_text("steps: {train: {parameters: {epochs: 3}}}\n")
+    (tmp_path / "over.yaml").write_text("derive_from: base.yaml\nsteps: {train: {parameters: {epoch: 5}}}\n")
+    with pytest.raises(ValueError, match="steps.train.parameters.epoch"):
+        render_derived(tmp_path / "over.yaml")
+
+
+def _steps():
+    import steps.classical
+    import steps.deployment
+    import steps.em_data
+    import steps.lineage
+    import steps.registry
+    import steps.unet
+    import steps.validation
+
+    modules = [steps.classical, steps.deployment, steps.em_data, steps.lineage, steps.registry, steps.unet,
+               steps.validation]
+    return {name: obj for module in modules for name, obj in vars(module).items() if hasattr(obj, "entrypoint")}
+
+
+def test_no_step_parameter_has_a_second_default_outside_the_configs():
+    with_defaults = {name: [p.name for p in inspect.signature(step.entrypoint).parameters.values()
+                            if p.default is not inspect.Parameter.empty]
+                     for name, step in _steps().items()}
+    assert not {k: v for k, v in with_defaults.items() if v}
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_step_parameter_in_a_config_exists(config):
+    steps = _steps()
+    for name, block in (yaml.safe_load((ROOT / "configs" / config).read_text()).get("steps") or {}).items():
+        assert name in steps, f"{config}: no step named {name}"
+        known = set(inspect.signature(steps[name].entrypoint).parameters)
+        assert set((block or {}).get("parameters", {})) <= known, f"{config}: {name}"
+
+
+def test_dvc_stages_depend_on_every_cellops_module_a_report_imports():
+    code = ("import json, sys, cellops.cli, cellops.reports\n"
+            "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() if n.startswith('cellops') and m.__file__)))")
+    files = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                                      check=True).stdout)
+    imported = {Path(f).resolve().relative_to(ROOT).as_posix() for f in files}
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        deps = stage["deps"]
+        uncovered = [f for f in imported if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
+        assert not uncovered, f"{name} does not depend on {uncovered}"
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def test_each_bento_installs_what_its_files_import_at_the_locked_versions():
+    distributions = packages_distributions()
+    stdlib = set(sys.stdlib_module_names)
+    for bentofile in sorted(ROOT.glob("bento/*/bentofile.yaml")):
+        spec = yaml.safe_load(bentofile.read_text())
+        files = [p for p in ROOT.rglob("*.py") if ".venv" not in p.parts and
+                 any(fnmatch(p.relative_to(ROOT).as_posix(), pattern.replace("**/", "*")) for pattern in spec["include"])]
+        assert files, bentofile
+        local = {"bento", "cellops", "models", "__future__"}
+        third_party = set().union(*map(_imports, files)) - stdlib - local
+        packages = {p.split("==")[0].lower() for p in spec["python"]["packages"]} | {"bentoml"}  # bentoml: its own
+        missing = {name for name in third_party if not {d.lower() for d in distributions[name]} & packages}
+        assert not missing, f"{bentofile}: no package installs {sorted(missing)}"
+        lock = _lock()
+        for pin in spec["python"]["packages"]:
+            name, version = pin.split("==")
+            assert lock[name.lower()] == version, f"{bentofile}: {pin} but requirements.lock has {lock[name.lower()]}"
+        # Every project module the bundled files import is bundled too (else serving fails at run time only).
+        bundled = {p.relative_to(ROOT).as_posix() for p in files}
+        for path in files:
+            for module in (m for m in _modules(path) if m.split(".")[0] in local - {"__future__"}):
+                stem = module.replace(".", "/")
+                assert {f"{stem}.py", f"{stem}/__init__.py"} & bundled, f"{bentofile}: {path.name} imports {module}"
+
+
+def test_the_cli_offers_exactly_the_analyses_there_are():
+    from cellops.analyze import ANALYSES
+    from cellops.cli import KINDS
+    from cellops.reports import REPORTS
+
+    assert sorted(ANALYSES) == list(KINDS) == sorted(REPORTS)

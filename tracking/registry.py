@@ -1,0 +1,108 @@
+"""The MLflow model registry: register a version with its metrics and lineage, and move the champion alias only
+when the new version is better on the same test data.
+
+Scores measured on different data versions are not comparable: when the champion was scored on another data
+version (or never recorded the promotion metric), it is re-scored on the candidate's test data before deciding,
+as ZenML's e2e template does, and both of its numbers are returned for the run's record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from cellops.promotion import should_promote
+from tracking import tags as names
+
+
+def champion_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding ``alias``, or None when there is no such model or alias yet."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register_and_maybe_promote(
+    client: MlflowClient,
+    model_uri: str,
+    registered_model_name: str,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    *,
+    promotion_metric: str,
+    alias: str,
+    min_improvement: float,
+    rescore: Callable[[ModelVersion], dict[str, float]] | None = None,
+) -> dict:
+    """Register ``model_uri`` as a new version (tagged with its metrics and ``tags``, which carry its lineage and
+    inference settings) and move ``alias`` to it if it beats the champion by more than ``min_improvement``.
+
+    The champion's score is its recorded tag when it was measured on the candidate's data version; otherwise
+    ``rescore(champion)`` measures it on the candidate's test data (without ``rescore`` that is an error rather
+    than a comparison of incomparable numbers).
+    """
+    if promotion_metric not in metrics:
+        raise KeyError(f"promotion metric {promotion_metric!r} is not among the metrics {sorted(metrics)}")
+    champion = champion_version(client, registered_model_name, alias)
+    recorded = rescored = None
+    if champion is not None:
+        recorded = names.metrics_from_tags(champion.tags).get(promotion_metric)
+        candidate_data = names.lineage_from_tags(tags).get("data_version")
+        champion_data = names.lineage_from_tags(champion.tags).get("data_version")
+        if recorded is None or champion_data != candidate_data:
+            if rescore is None:
+                raise ValueError(
+                    f"{registered_model_name} v{champion.version} ({alias}) has no {promotion_metric} measured on data "
+                    f"version {candidate_data} (it has {recorded} on {champion_data}) and no way to re-score it was given")
+            rescored = float(rescore(champion)[promotion_metric])
+    champion_score = rescored if rescored is not None else recorded
+    version = mlflow.register_model(model_uri, registered_model_name).version
+    all_tags = {**names.metrics_to_tags(metrics), **tags, names.PROMOTION_METRIC: promotion_metric}
+    for key, value in all_tags.items():
+        client.set_model_version_tag(registered_model_name, version, key, value)
+    candidate = float(metrics[promotion_metric])
+    promoted = should_promote(candidate, champion_score, min_improvement=min_improvement)
+    if promoted:
+        client.set_registered_model_alias(registered_model_name, alias, version)
+    return {
+        "registered_model": registered_model_name,
+        "version": str(version),
+        "promoted": promoted,
+        "promotion_metric": promotion_metric,
+        "candidate_score": candidate,
+        "champion_version_before": str(champion.version) if champion is not None else None,
+        "champion_score_before": champion_score,
+        "champion_recorded_score": recorded,
+        "champion_rescored_score": rescored,
+        "champion_version": str(version) if promoted else (str(champion.version) if champion is not None else None),
+    }
+
+
+def describe_versions(client: MlflowClient, name: str) -> list[dict]:
+    """Every version of ``name`` as :func:`tracking.tags.version_record`, newest first."""
+    versions = client.search_model_versions(f"name='{name}'")
+    records = []
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        full = client.get_model_version(name, v.version)  # search results omit aliases in some stores
+        records.append(names.version_record(name, full.version, full.run_id, full.tags, list(full.aliases or [])))
+    return records
+
+
+def resolve_version(client: MlflowClient, name: str, ref: str | None) -> dict:
+    """One version by number, by ``@alias``, or the champion when ``ref`` is None."""
+    if ref is None or ref.startswith("@"):
+        alias = (ref or "@champion")[1:]
+        version = champion_version(client, name, alias)
+        if version is None:
+            raise LookupError(f"{name} has no version with alias {alias!r}")
+    else:
+        try:
+            version = client.get_model_version(name, ref)
+        except MlflowException as error:
+            raise LookupError(f"{name} has no version {ref}") from error
+    return names.version_record(name, version.version, version.run_id, version.tags, list(version.aliases or []))

@@ -1,0 +1,81 @@
+"""The names under which lineage, metrics and inference settings are stored on MLflow runs and model versions.
+
+One module owns the names: writers call ``*_to_tags``, readers call ``*_from_tags``, nobody spells a prefix by
+hand. The same keys appear in a bento's metadata and in ``cellops lineage`` output.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+LINEAGE_PREFIX = "lineage."
+METRIC_PREFIX = "metric."
+INFERENCE_SETTINGS = "inference_settings"  # JSON of the settings the metrics were measured with
+MLFLOW_RUN_ID = "mlflow_run_id"
+ZENML_RUN_ID = "zenml_run_id"
+PROMOTION_METRIC = "promotion_metric"
+
+
+def lineage_to_tags(lineage: Mapping[str, object]) -> dict[str, str]:
+    """``{"data_version": ..., "git_commit": ...}`` -> ``{"lineage.data_version": ..., ...}``.
+
+    >>> lineage_to_tags({"git_commit": "abc"})
+    {'lineage.git_commit': 'abc'}
+    """
+    return {f"{LINEAGE_PREFIX}{key}": str(value) for key, value in lineage.items()}
+
+
+def lineage_from_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """The inverse of :func:`lineage_to_tags` (other tags are ignored).
+
+    >>> lineage_from_tags({"lineage.git_commit": "abc", "other": "x"})
+    {'git_commit': 'abc'}
+    """
+    return {key.removeprefix(LINEAGE_PREFIX): value for key, value in tags.items() if key.startswith(LINEAGE_PREFIX)}
+
+
+def metrics_to_tags(metrics: Mapping[str, float]) -> dict[str, str]:
+    """Metrics as tags at full precision: the next run compares against this very number, and a rounded tag
+    would let an equal retrain look better than the champion.
+
+    >>> metrics_to_tags({"foreground_iou": 0.1 + 0.2})
+    {'metric.foreground_iou': '0.30000000000000004'}
+    """
+    return {f"{METRIC_PREFIX}{key}": repr(float(value)) for key, value in metrics.items()}
+
+
+def metrics_from_tags(tags: Mapping[str, str]) -> dict[str, float]:
+    """The inverse of :func:`metrics_to_tags`.
+
+    >>> metrics_from_tags({"metric.dice": "0.5", "x": "1"})
+    {'dice': 0.5}
+    """
+    return {key.removeprefix(METRIC_PREFIX): float(value) for key, value in tags.items() if key.startswith(METRIC_PREFIX)}
+
+
+def inference_to_tags(settings: Mapping[str, object]) -> dict[str, str]:
+    return {INFERENCE_SETTINGS: json.dumps(dict(settings), sort_keys=True)}
+
+
+def inference_from_tags(tags: Mapping[str, str]) -> dict | None:
+    """The inference settings stored with a model version, or None for a version registered without them."""
+    text = tags.get(INFERENCE_SETTINGS)
+    return json.loads(text) if text else None
+
+
+def version_record(name: str, version: str, run_id: str | None, tags: Mapping[str, str],
+                   aliases: list[str] | None = None) -> dict:
+    """Everything known about one registered model version, in the shape a service's metadata and
+    ``cellops lineage`` print: model, run ids, lineage, metrics and the settings they were measured with."""
+    return {
+        "registered_model": name,
+        "model_version": str(version),
+        "aliases": sorted(aliases or []),
+        MLFLOW_RUN_ID: run_id or tags.get(MLFLOW_RUN_ID),
+        ZENML_RUN_ID: tags.get(ZENML_RUN_ID),
+        **lineage_from_tags(tags),
+        "metrics": metrics_from_tags(tags),
+        "promotion_metric": tags.get(PROMOTION_METRIC),
+        INFERENCE_SETTINGS: inference_from_tags(tags),
+    }
