@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 from cellops.config import from_mapping
@@ -29,12 +30,18 @@ class InferenceSettings:
     tile_overlap : fraction of a tile shared with its neighbour, in [0, 1).
     batch_size : tiles per forward pass.
     threshold : foreground probability above which a pixel is mitochondrion.
+    flip_averaging : average the probabilities of the image and its three flips (test-time augmentation; the
+        U-Net is trained on flipped patches, so the four views are equally valid; four times the compute).
+    z_smoothing : for stacks, average each slice's probabilities with its neighbours over this many slices
+        (odd; 1 = off): mitochondria are 3-D, a 2-D U-Net's slice-to-slice noise is not.
     """
 
     tile_size: int
     tile_overlap: float
     batch_size: int
     threshold: float
+    flip_averaging: bool = False  # defaults only so that versions registered before these existed still load
+    z_smoothing: int = 1
 
     def __post_init__(self) -> None:
         if self.tile_size < 8:
@@ -45,6 +52,8 @@ class InferenceSettings:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.z_smoothing < 1 or self.z_smoothing % 2 == 0:
+            raise ValueError(f"z_smoothing must be an odd number of slices (1 = off), got {self.z_smoothing}")
 
     @classmethod
     def from_dict(cls, values: dict) -> InferenceSettings:
@@ -61,8 +70,21 @@ def predict_probabilities(model: nn.Module, image: np.ndarray, settings: Inferen
 
     ``model`` should come from :func:`cellops.inference.prepare_for_inference` (done once, not per call).
     """
-    return sliding_window_predict(model, to_unit_range(image), tile_size=settings.tile_size,
-                                  overlap=settings.tile_overlap, batch_size=settings.batch_size, device=device)
+    unit = to_unit_range(image)
+
+    def predict(view: np.ndarray) -> np.ndarray:
+        return sliding_window_predict(model, np.ascontiguousarray(view), tile_size=settings.tile_size,
+                                      overlap=settings.tile_overlap, batch_size=settings.batch_size, device=device)
+
+    probabilities = predict(unit)
+    if settings.flip_averaging:
+        axes = (unit.ndim - 1, unit.ndim - 2)  # columns, rows
+        for flip in ((axes[0],), (axes[1],), axes):
+            probabilities += np.flip(predict(np.flip(unit, flip)), flip)
+        probabilities /= 4.0
+    if settings.z_smoothing > 1 and probabilities.ndim == 3:
+        probabilities = ndimage.uniform_filter1d(probabilities, settings.z_smoothing, axis=0, mode="nearest")
+    return probabilities
 
 
 def segment(model: nn.Module, image: np.ndarray, settings: InferenceSettings,

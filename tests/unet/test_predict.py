@@ -1,0 +1,56 @@
+"""The one way a U-Net is applied: settings validated, flips and z-smoothing behave, segment = threshold of
+probabilities."""
+
+import numpy as np
+import pytest
+import torch
+
+from cellops.inference import prepare_for_inference
+from cellops.unet.predict import InferenceSettings, predict_probabilities, score, segment
+
+BASE = dict(tile_size=16, tile_overlap=0.25, batch_size=4, threshold=0.5)
+
+
+def _pointwise_model() -> torch.nn.Module:
+    # sigmoid(4x - 2): a per-pixel model, so flips cannot change its output.
+    conv = torch.nn.Conv2d(1, 1, 1)
+    torch.nn.init.constant_(conv.weight, 4.0)
+    torch.nn.init.constant_(conv.bias, -2.0)
+    return prepare_for_inference(conv)
+
+
+def test_settings_refuse_impossible_values_and_name_keys():
+    with pytest.raises(ValueError, match="tile_overlap"):
+        InferenceSettings(**{**BASE, "tile_overlap": 1.0})
+    with pytest.raises(ValueError, match="odd number"):
+        InferenceSettings(**BASE, z_smoothing=2)
+    with pytest.raises(ValueError, match=r"missing keys \['threshold'\]"):
+        InferenceSettings.from_dict({k: v for k, v in BASE.items() if k != "threshold"})
+    assert InferenceSettings.from_dict(BASE).as_dict() == {**BASE, "flip_averaging": False, "z_smoothing": 1}
+
+
+def test_flip_averaging_is_exact_for_a_flip_equivariant_model(rng):
+    image = rng.random((2, 40, 36)).astype(np.float32)
+    plain = predict_probabilities(_pointwise_model(), image, InferenceSettings(**BASE))
+    flipped = predict_probabilities(_pointwise_model(), image, InferenceSettings(**BASE, flip_averaging=True))
+    np.testing.assert_allclose(plain, flipped, atol=1e-6)
+
+
+def test_z_smoothing_averages_neighbouring_slices_of_a_stack_only(rng):
+    stack = np.zeros((5, 16, 16), np.float32)
+    stack[2] = 1.0
+    smooth = predict_probabilities(_pointwise_model(), stack, InferenceSettings(**BASE, z_smoothing=3))
+    plain = predict_probabilities(_pointwise_model(), stack, InferenceSettings(**BASE))
+    np.testing.assert_allclose(smooth[1], (plain[0] + plain[1] + plain[2]) / 3, atol=1e-6)
+    single = predict_probabilities(_pointwise_model(), stack[2], InferenceSettings(**BASE, z_smoothing=3))
+    np.testing.assert_allclose(single, plain[2], atol=1e-6)  # a 2-D image has no neighbours
+
+
+def test_segment_thresholds_and_score_counts_every_voxel():
+    image = np.zeros((2, 16, 16), np.uint8)
+    image[:, :8] = 255  # unit range 1.0 -> sigmoid(2) = 0.88 > 0.5; 0 -> sigmoid(-2) = 0.12
+    settings = InferenceSettings(**BASE)
+    mask = segment(_pointwise_model(), image, settings)
+    assert mask.dtype == bool and mask[:, :8].all() and not mask[:, 8:].any()
+    scores, prediction = score(_pointwise_model(), image, (image > 0).astype(np.uint8) * 255, settings)
+    assert scores.foreground_iou == 1.0 and np.array_equal(prediction, mask)
