@@ -26,7 +26,7 @@ def _zenml_stages(model_name: str) -> dict[str, str]:
         from zenml.client import Client
 
         stages = {}
-        for version in Client().list_model_versions(model_name_or_id=model_name, size=1000):
+        for version in Client().list_model_versions(model=model_name, size=1000):
             mlflow_version = version.run_metadata.get("mlflow_model_version")
             if mlflow_version is not None:
                 stages[str(mlflow_version)] = str(version.stage or "-")
