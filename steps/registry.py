@@ -16,7 +16,7 @@ from zenml.logger import get_logger
 from cellops.unet.predict import InferenceSettings, load_for_inference, score
 from tracking import tags
 from tracking.registry import register_and_maybe_promote
-from tracking.runs import active_run_id
+from tracking.runs import active_run_id, current_zenml_model
 
 logger = get_logger(__name__)
 
@@ -70,7 +70,7 @@ def register_and_promote(
 def _follow_in_model_control_plane(decision: dict) -> None:
     """Record the MLflow version on the run's ZenML model version, and keep ZenML's ``production`` stage on the
     version that holds MLflow's champion alias."""
-    zenml_model = get_step_context().model
+    zenml_model = current_zenml_model()
     if zenml_model is None:
         return
     log_metadata(metadata={"mlflow_registered_model": decision["registered_model"],

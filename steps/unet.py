@@ -17,7 +17,7 @@ from cellops.plots import segmentation_overlay, training_curves
 from cellops.unet.predict import InferenceSettings, load_for_inference, score
 from cellops.unet.train import Architecture, TrainingConfig, build_model, fit
 from tracking import tags
-from tracking.runs import log_png, log_run_config
+from tracking.runs import current_zenml_model, log_png, log_run_config
 
 logger = get_logger(__name__)
 
@@ -73,6 +73,8 @@ def evaluate_unet(
     mlflow.log_metrics({f"test_{name}": value for name, value in metrics.items()})
     for z in np.linspace(0, len(test_image) - 1, overlay_slices).round().astype(int):
         log_png(segmentation_overlay(test_image[z], test_mask[z] > 0, prediction[z]), "test_overlays", f"slice_{z:03d}.png")
-    log_metadata(metadata={"test_metrics": metrics}, infer_model=True)
+    log_metadata(metadata={"test_metrics": metrics})
+    if current_zenml_model() is not None:  # the run's ZenML model version carries its test metrics too
+        log_metadata(metadata={"test_metrics": metrics}, infer_model=True)
     logger.info("test volume: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics

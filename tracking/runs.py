@@ -57,6 +57,14 @@ def require_own_store() -> str:
     return uri
 
 
+def current_zenml_model():
+    """The ZenML Model of the running step's pipeline (its config's ``model:`` block), or None without one."""
+    from zenml import get_step_context
+
+    context = get_step_context()
+    return context.model if context.model_version is not None else None
+
+
 def active_run_id() -> str:
     """The MLflow run ZenML opened for this step (steps need ``experiment_tracker`` set in the config)."""
     run = mlflow.active_run()
