@@ -55,9 +55,13 @@ def test_pipeline_runs_logs_and_scores(project, module, pipeline, experiment, me
         assert set(curves["group"]) == {"Control", "Coating", "Film"}
 
 
-def test_make_reports_reproduces_the_reports_without_an_activated_venv(project):
-    """`make reports` as a user types it on a fresh clone: the venv's tools are not on PATH."""
-    root, env = project
+def test_make_reports_reproduces_the_reports_without_an_activated_venv(project, tmp_path):
+    """`make reports` as a user types it on a fresh clone: the venv's tools are not on PATH. It runs in its own
+    copy of the project, so the shared fixture stays as the other tests expect it."""
+    shared, env = project
+    root = tmp_path / "clone"
+    shutil.copytree(shared, root, symlinks=True)
+    env = {**env, "PYTHONPATH": str(root)}
     for name in ("dvc.yaml", "Makefile", "requirements.lock", "pyproject.toml"):
         shutil.copy2(ROOT / name, root / name)  # copy2 keeps mtimes: make must not reinstall the venv
     (root / ".venv").symlink_to(ROOT / ".venv")
