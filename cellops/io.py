@@ -281,3 +281,55 @@ def coco_to_labels(coco: dict, file_name: str) -> np.ndarray:
             segmentation = coco_mask.merge(rles)
         labels[coco_mask.decode(segmentation).astype(bool)] = i + 1
     return labels
+
+
+#: Image file types a class-folder dataset may hold (what microscopes and labs export).
+CLASS_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class ClassFolderDataset:
+    """Image files labelled by the folder they sit in (``root/<class>/<image>``), the layout labs keep.
+
+    ``files[i]`` has label ``labels[i]``, an index into ``classes`` (folder names, sorted).
+    """
+
+    files: list[Path]
+    labels: list[int]
+    classes: list[str]
+
+    def counts(self) -> dict[str, int]:
+        return {name: self.labels.count(i) for i, name in enumerate(self.classes)}
+
+
+def list_class_folders(root: str | Path) -> ClassFolderDataset:
+    """The images of every class folder under ``root`` (any number of classes; PNG, TIFF or JPEG files).
+
+    Raises a ``FileNotFoundError`` naming the problem when ``root`` is missing, holds fewer than two class folders,
+    or a class folder holds no image (other files, such as notes, are ignored).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ("non_ec/a.png", "ec/b.tif", "ec/c.jpg", "ec/notes.txt"):
+    ...     (root / name).parent.mkdir(exist_ok=True); _ = (root / name).write_bytes(b"x")
+    >>> data = list_class_folders(root)
+    >>> data.classes, data.counts()
+    (['ec', 'non_ec'], {'ec': 2, 'non_ec': 1})
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder (expected one sub-folder of images per class)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise FileNotFoundError(f"{root}: found {len(classes)} class folder(s) {classes}; a classifier needs at least two")
+    files: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(classes):
+        images = sorted(p for p in (root / name).iterdir() if p.is_file() and p.suffix.lower() in CLASS_IMAGE_SUFFIXES)
+        if not images:
+            raise FileNotFoundError(f"{root / name}: no images ({', '.join(CLASS_IMAGE_SUFFIXES)}) in class {name!r}")
+        files += images
+        labels += [index] * len(images)
+    return ClassFolderDataset(files=files, labels=labels, classes=classes)
