@@ -47,8 +47,12 @@ def generate_data(params_file: Path, out: Path, *, force: bool = False) -> None:
     }
     for name, writer in writers.items():
         if name in params:
-            paths = writer(params[name])
-            print(f"{name}: wrote {len(paths)} files under {out / name}")
+            written = {Path(p).resolve() for p in writer(params[name]).values()}
+            print(f"{name}: wrote {len(written)} files under {out / name}")
+            if force:  # a replaced dataset keeps no file of the old one (DVC's cache still has them)
+                for stale in sorted(p for p in (out / name).rglob("*") if p.is_file() and p.resolve() not in written):
+                    stale.unlink()
+                    print(f"{name}: removed {stale}, which the generator no longer writes")
 
 
 def check_data(data: Path, manifest: Path, dvc_file: Path, *, update: bool = False) -> int:
@@ -83,7 +87,10 @@ def check_data(data: Path, manifest: Path, dvc_file: Path, *, update: bool = Fal
           f"{difference.describe(data)}\n"
           "- If you changed params.yaml or a generator on purpose: `make data-accept`, then commit "
           f"{dvc_file} and {manifest}.\n"
-          "- If not: restore them (`git checkout params.yaml cellops/synthetic`) and run `make data` again.\n"
+          "- If not: restore them (`git checkout params.yaml cellops/synthetic`), then rewrite the data with "
+          "`cellops generate-data --force` and run `make data` again.\n"
+          "- If data/ holds your own images: `dvc add data`, then `cellops check-data --update` and commit "
+          f"{dvc_file} and {manifest} (`make data` is for the built-in data only).\n"
           "- If neither changed, this CPU or a package version gives other bytes: please report it with the output "
           "of `.venv/bin/python -c 'import numpy, threadpoolctl; numpy.show_runtime(); "
           "print(threadpoolctl.threadpool_info())'`.", file=sys.stderr)

@@ -35,7 +35,7 @@ def import_champion(
     metadata = {**record, "alias": alias, "service_limits": service_limits}
     bento_model = bentoml.mlflow.import_model(
         bento_model_name,
-        f"models:/{registered_model_name}@{alias}",
+        f"models:/{registered_model_name}/{record['model_version']}",  # the version the record describes
         labels={"registered_model": registered_model_name, "model_version": record["model_version"]},
         metadata=metadata,
     )

@@ -52,7 +52,7 @@ def register_and_promote(
                                           code_paths=code_paths)
     decision = register_and_maybe_promote(
         MlflowClient(), model_info.model_uri, registered_model_name, test_metrics,
-        {**tags.lineage_to_tags(lineage), **tags.inference_to_tags(inference),
+        {**tags.lineage_to_tags(lineage), **tags.inference_to_tags(InferenceSettings.from_dict(inference).as_dict()),
          tags.MLFLOW_RUN_ID: run_id, tags.ZENML_RUN_ID: zenml_run_id},
         promotion_metric=promotion_metric, alias=alias, min_improvement=min_improvement, rescore=rescore,
     )

@@ -257,3 +257,14 @@ def test_report_files_that_dvc_hashes_are_the_same_bytes_under_other_kernels(tmp
         outputs[i] = {k: v for k, v in dv.hash_folder(tmp_path / f"reports{i}").items() if k.endswith((".csv", ".json"))}
     assert len(outputs[0]) >= 8
     assert not dv.compare_listings(outputs[0], outputs[1]), dv.compare_listings(outputs[0], outputs[1]).describe()
+
+
+def test_forced_regeneration_leaves_no_file_of_the_old_dataset(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("colonies: {n_images: 3, shape: [256, 256], seed: 0}\n")
+    assert main(["generate-data", "--params", str(params), "--out", str(tmp_path / "data")]) == 0
+    params.write_text("colonies: {n_images: 2, shape: [256, 256], seed: 0}\n")
+    assert main(["generate-data", "--params", str(params), "--out", str(tmp_path / "data"), "--force"]) == 0
+    assert sorted(p.name for p in (tmp_path / "data/colonies/images").iterdir()) == ["colony_000.png", "colony_001.png"]
+    out = capsys.readouterr().out
+    assert "removed" in out and "colony_002.png" in out

@@ -19,7 +19,7 @@ def client(tmp_path):
     mlflow.set_tracking_uri(None)
 
 
-def _register(client, iou, *, data_version="x", metrics=None, rescore=None):
+def _register(client, iou, *, data_version="x.dir", metrics=None, rescore=None):
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
         return register_and_maybe_promote(
@@ -41,7 +41,7 @@ def test_worse_model_never_becomes_champion(client):
     assert better["champion_rescored_score"] is None  # same data version: the recorded score is comparable
     champion = client.get_model_version_by_alias("cellops-test", "champion")
     assert str(champion.version) == better["version"]
-    assert champion.tags["metric.foreground_iou"] == "0.9" and champion.tags["lineage.data_version"] == "x"
+    assert champion.tags["metric.foreground_iou"] == "0.9" and champion.tags["lineage.data_version"] == "x.dir"
     # Every version is registered, promoted or not.
     assert len(client.search_model_versions("name='cellops-test'")) == 4
 
@@ -69,7 +69,7 @@ def test_a_champion_without_the_promotion_metric_is_rescored_not_ignored(client)
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
         decision = register_and_maybe_promote(
-            client, info.model_uri, "cellops-test", {"recall": 0.5}, tags.lineage_to_tags({"data_version": "x"}),
+            client, info.model_uri, "cellops-test", {"recall": 0.5}, tags.lineage_to_tags({"data_version": "x.dir"}),
             promotion_metric="recall", alias="champion", min_improvement=0.0, rescore=lambda c: {"recall": 0.7})
     assert not decision["promoted"] and decision["champion_score_before"] == 0.7
 
@@ -92,9 +92,16 @@ def test_versions_are_described_with_lineage_metrics_and_settings(client):
     records = describe_versions(client, "cellops-test")
     assert [r["model_version"] for r in records] == ["2", "1"]
     assert records[1]["aliases"] == ["champion"] and records[0]["aliases"] == []
-    assert records[1]["metrics"]["foreground_iou"] == 0.8 and records[1]["data_version"] == "x"
+    assert records[1]["metrics"]["foreground_iou"] == 0.8 and records[1]["data_version"] == "x.dir"
     assert records[1]["inference_settings"] == {"tile_size": 64}
     assert resolve_version(client, "cellops-test", None)["model_version"] == "1"
     assert resolve_version(client, "cellops-test", "2")["metrics"]["foreground_iou"] == 0.7
     with pytest.raises(LookupError, match="no version 9"):
         resolve_version(client, "cellops-test", "9")
+
+
+def test_scores_recorded_on_edited_data_are_never_compared_as_equal(client):
+    # Two runs on differently edited data both record "<md5>+modified": the same string, not the same data.
+    _register(client, 0.95, data_version="abc.dir+modified")
+    decision = _register(client, 0.85, data_version="abc.dir+modified", rescore=lambda c: {"foreground_iou": 0.80})
+    assert decision["champion_rescored_score"] == 0.80 and decision["promoted"]

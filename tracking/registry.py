@@ -19,6 +19,12 @@ from cellops.promotion import should_promote
 from tracking import tags as names
 
 
+def _identifies_data(version: str | None) -> bool:
+    """Whether a recorded data version names one content: ``<md5>+modified``, ``untracked`` or ``unknown`` do not
+    (two runs on differently edited data share them), so scores recorded under them are never compared."""
+    return bool(version) and version.endswith(".dir") and "+" not in version
+
+
 def champion_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """The version holding ``alias``, or None when there is no such model or alias yet."""
     try:
@@ -54,7 +60,7 @@ def register_and_maybe_promote(
         recorded = names.metrics_from_tags(champion.tags).get(promotion_metric)
         candidate_data = names.lineage_from_tags(tags).get("data_version")
         champion_data = names.lineage_from_tags(champion.tags).get("data_version")
-        if recorded is None or champion_data != candidate_data:
+        if recorded is None or champion_data != candidate_data or not _identifies_data(candidate_data):
             if rescore is None:
                 raise ValueError(
                     f"{registered_model_name} v{champion.version} ({alias}) has no {promotion_metric} measured on data "

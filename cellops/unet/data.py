@@ -202,7 +202,10 @@ def training_patches(
     Returns float32 images (N, 1, P, P) in [0, 1], uint8 masks (N, 1, P, P) of 0/1, and the transform's
     description.
     """
-    margin = augmentation_margin(augmentation.get("rotate_degrees", 0.0), tuple(augmentation.get("scale", (1.0, 1.0))))
+    missing = [key for key in ("rotate_degrees", "scale") if key not in augmentation]
+    if missing:  # the sampling margin must use the very values the transform will apply
+        raise ValueError(f"augmentation lacks {missing}: give them (0 and [1, 1] for none)")
+    margin = augmentation_margin(augmentation["rotate_degrees"], tuple(augmentation["scale"]))
     sampled_size = min(int(np.ceil(patch_size * margin)), *image.shape[1:])
     images, masks = sample_patches(image, mask, n_patches=n_patches, patch_size=sampled_size,
                                    foreground_bias=foreground_bias, hard_negative_bias=hard_negative_bias, seed=seed)

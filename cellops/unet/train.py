@@ -178,8 +178,11 @@ def fit(
         pct_start=config.warmup_fraction,
     )
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {"training": asdict(config), "inference": inference.as_dict()}
-    history, start = TrainingHistory(), 0
+    # What a checkpoint must match to be resumed: the settings, the model's shape and the training data's size.
+    resolved = {"training": asdict(config), "inference": inference.as_dict(), "model": type(model).__name__,
+                "parameters": {k: list(v.shape) for k, v in model.state_dict().items()},
+                "patches": list(patches[0].shape)}
+    history, start, best_weights = TrainingHistory(), 0, None
     last = checkpoint_dir / LAST_CHECKPOINT
     if resume and last.is_file():
         state = torch.load(last, map_location=device, weights_only=False)
@@ -189,7 +192,10 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         shuffle.set_state(state["shuffle_rng"])
+        best_weights = state["best_model"]
         history = TrainingHistory(**{**state["history"], "resumed_from_epoch": state["epoch"]})
         start = state["epoch"] + 1
     val_image, val_mask = val_volume
@@ -199,18 +205,22 @@ def fit(
         history.train_loss.append(loss)
         history.val_foreground_iou.append(scores.foreground_iou)
         history.val_dice.append(scores.dice)
-        if history.best_epoch < 0 or scores.foreground_iou > history.best_val_foreground_iou:
+        improved = history.best_epoch < 0 or scores.foreground_iou > history.best_val_foreground_iou
+        if improved:
             history.best_epoch = epoch
-            _save_atomically({"epoch": epoch, "model": model.state_dict(), "config": resolved},
-                             checkpoint_dir / BEST_CHECKPOINT)
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # The best weights travel inside last.pt: one atomic write, so a kill can never leave them out of step
+        # with the history; best.pt is a copy for people who want just the model.
         _save_atomically({
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "shuffle_rng": shuffle.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, "best_model": best_weights,
             "history": {k: v for k, v in asdict(history).items() if k != "resumed_from_epoch"}, "config": resolved,
         }, last)
+        if improved:
+            _save_atomically({"epoch": epoch, "model": best_weights, "config": resolved}, checkpoint_dir / BEST_CHECKPOINT)
         if on_epoch_end is not None:
             on_epoch_end(epoch, {"train_loss": loss, "val_foreground_iou": scores.foreground_iou, "val_dice": scores.dice})
-    if history.best_epoch >= 0:
-        best = torch.load(checkpoint_dir / BEST_CHECKPOINT, map_location=device, weights_only=False)
-        model.load_state_dict(best["model"])
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
     return history

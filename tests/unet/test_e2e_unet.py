@@ -108,7 +108,8 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
     model = load_for_inference(mlflow.pytorch.load_model("models:/cellops-unet@champion", map_location="cpu"))
     # The service must apply the settings stored with the model: those of the run's config, its test metrics.
     stored = tags.inference_from_tags(champion.tags)
-    assert stored == yaml.safe_load((root / "tests/configs/unet_tiny.yaml").read_text())["parameters"]["inference"]
+    configured = yaml.safe_load((root / "tests/configs/unet_tiny.yaml").read_text())["parameters"]["inference"]
+    assert stored == InferenceSettings.from_dict(configured).as_dict()  # every setting, resolved
     settings = InferenceSettings.from_dict(stored)
     test_image = tifffile.imread(root / "data/em/testing.tif")
     test_mask = tifffile.imread(root / "data/em/testing_groundtruth.tif")

@@ -126,3 +126,11 @@ def test_training_settings_name_missing_and_unknown_keys():
         TrainingConfig.from_dict({k: v for k, v in vars(_config()).items() if k != "threads"})
     with pytest.raises(ValueError, match=r"unknown keys \['tile_size'\]"):
         TrainingConfig.from_dict({**vars(_config()), "tile_size": 128})
+
+
+def test_patch_sampling_needs_the_augmentation_it_leaves_room_for(small_volume):
+    from cellops.unet.data import training_patches
+
+    with pytest.raises(ValueError, match=r"augmentation lacks \['rotate_degrees', 'scale'\]"):
+        training_patches(small_volume.image, small_volume.mask, n_patches=2, patch_size=32, foreground_bias=0.5,
+                         hard_negative_bias=0.0, augmentation={"flip": True}, seed=0)
