@@ -67,8 +67,9 @@ def check_data(data: Path, manifest: Path, dvc_file: Path, *, update: bool = Fal
     actual = dv.hash_folder(data)
     recorded = dv.dvc_file_md5(dvc_file)
     if update:
-        if dv.dvc_dir_md5(actual) != recorded:
-            print(f"cellops check-data: {dvc_file} records {recorded} but {data}/ is {dv.dvc_dir_md5(actual)}; "
+        version = dv.dvc_dir_md5(actual)
+        if version != recorded:
+            print(f"cellops check-data: {dvc_file} records {recorded} but {data}/ is {version}; "
                   f"run `dvc add {data}` first", file=sys.stderr)
             return 1
         dv.write_manifest(manifest, actual)

@@ -101,12 +101,17 @@ def compare_listings(expected: dict[str, str], actual: dict[str, str]) -> DataDi
     )
 
 
-def dvc_file_md5(dvc_file: str | Path) -> str:
-    """The version id (``md5`` of the first output) recorded in a ``.dvc`` file."""
+def dvc_file_output(dvc_file: str | Path) -> dict:
+    """The first output recorded in a ``.dvc`` file (``md5``, ``nfiles``, ``path``...; empty when none)."""
     import yaml
 
     outs = (yaml.safe_load(Path(dvc_file).read_text()) or {}).get("outs") or [{}]
-    md5 = outs[0].get("md5")
+    return dict(outs[0])
+
+
+def dvc_file_md5(dvc_file: str | Path) -> str:
+    """The version id (``md5`` of the first output) recorded in a ``.dvc`` file."""
+    md5 = dvc_file_output(dvc_file).get("md5")
     if not md5:
         raise ValueError(f"{dvc_file} records no md5 for its output")
     return str(md5)

@@ -283,6 +283,16 @@ def coco_to_labels(coco: dict, file_name: str) -> np.ndarray:
     return labels
 
 
+def ground_truth_file(image: str | Path, suffix: str) -> Path:
+    """The ground-truth file that goes with ``image``: its stem plus ``suffix`` (e.g. ``_labels.tif``).
+
+    >>> ground_truth_file("Control/nuclei_000.tif", "_labels.tif").as_posix()
+    'Control/nuclei_000_labels.tif'
+    """
+    image = Path(image)
+    return image.with_name(image.stem + suffix)
+
+
 #: Image file types a class-folder dataset may hold (what microscopes and labs export).
 CLASS_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
+from cellops.data_version import dvc_file_output
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ def dvc_data_version(dvc_file: str | Path, *, check_workspace: bool = True) -> t
     dvc_file = Path(dvc_file)
     if not dvc_file.is_file():
         return "untracked", -1
-    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
-    md5 = str(outs[0].get("md5", "unknown"))
-    n_files = int(outs[0].get("nfiles", -1))
+    output = dvc_file_output(dvc_file)
+    md5 = str(output.get("md5", "unknown"))
+    n_files = int(output.get("nfiles", -1))
     if check_workspace and _dvc_workspace_matches(dvc_file.resolve().parent, dvc_file) is False:
         md5 += "+modified"
     return md5, n_files

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellops.io import coco_to_labels, read_tiff_stack
+from cellops.io import coco_to_labels, ground_truth_file, read_tiff_stack
 from cellops.metrics import match_instances
 
 
@@ -43,7 +43,7 @@ def score_nuclei(files_by_group: dict[str, list[Path]], out_dir: Path, table: pd
     f1s, errors = [], []
     for group, files in files_by_group.items():
         for path in files:
-            truth_file = path.with_name(path.stem + ground_truth_suffix)
+            truth_file = ground_truth_file(path, ground_truth_suffix)
             if not truth_file.is_file():
                 continue
             match = match_instances(_labels(truth_file), _labels(out_dir / group / f"{path.stem}_nuclei.tif"),
@@ -69,7 +69,7 @@ def score_calcium(files: list[Path], out_dir: Path, *, ground_truth_suffix: str 
     ``<stem><ground_truth_suffix>``, traces ``<stem>_traces.csv``)."""
     correlations = []
     for path in files:
-        truth_file, traces_file = path.with_name(path.stem + ground_truth_suffix), path.with_name(f"{path.stem}_traces.csv")
+        truth_file, traces_file = ground_truth_file(path, ground_truth_suffix), ground_truth_file(path, "_traces.csv")
         if not (truth_file.is_file() and traces_file.is_file()):
             continue
         true_traces = pd.read_csv(traces_file).drop(columns="frame")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cellops.telemetry import disable_telemetry  # noqa: E402
+from tracking.runs import PROJECT_STORE, project_tracking_uri  # noqa: E402
 
 disable_telemetry()
 
@@ -26,7 +27,7 @@ def mlflow_uris(root: Path, mlflow_dir: str) -> tuple[str, str]:
     """Tracking URI (SQLite) and artifact location of the project's MLflow store."""
     store = (root / mlflow_dir).resolve()
     store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+    return project_tracking_uri(root, mlflow_dir), (store / "artifacts").as_uri()
 
 
 def _upsert_component(client: Client, kind: StackComponentType, name: str, flavor: str, config: dict) -> None:
@@ -43,7 +44,7 @@ def _upsert_component(client: Client, kind: StackComponentType, name: str, flavo
         print(f"updated {kind.value} {name!r}")
 
 
-def setup_stack(root: Path, *, stack_name: str = "cellops", mlflow_dir: str = "mlruns") -> str:
+def setup_stack(root: Path, *, stack_name: str = "cellops", mlflow_dir: str = PROJECT_STORE) -> str:
     """Create or repair the stack; returns the MLflow tracking URI it uses."""
     root = root.resolve()
     if not (root / ".zen").is_dir():
@@ -85,6 +86,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=Path.cwd())
     parser.add_argument("--stack", default="cellops")
-    parser.add_argument("--mlflow-dir", default="mlruns")
+    parser.add_argument("--mlflow-dir", default=PROJECT_STORE)
     args = parser.parse_args()
     setup_stack(args.root, stack_name=args.stack, mlflow_dir=args.mlflow_dir)

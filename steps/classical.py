@@ -21,7 +21,7 @@ from zenml.types import HTMLString
 
 from cellops.analyze import ANALYSES
 from cellops.config import from_mapping
-from cellops.io import write_table
+from cellops.io import ground_truth_file, write_table
 from cellops.reports import DatasetReport, dataset_files, run_report
 from cellops.validation import ImageSetExpectations, validate_image_files
 from steps.validation import data_docs_page
@@ -41,7 +41,7 @@ def validate_image_folder(
     """Great Expectations suite over the images of a folder (kept as artifacts, pass or fail)."""
     files = dataset_files(Path(data_dir), pattern, ground_truth_suffix)
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in expectations.items()}
-    truth = {str(f): f.with_name(f.stem + ground_truth_suffix).exists() for f in files} if ground_truth_suffix else None
+    truth = {str(f): ground_truth_file(f, ground_truth_suffix).exists() for f in files} if ground_truth_suffix else None
     with tempfile.TemporaryDirectory() as tmp:
         report = validate_image_files(files, from_mapping(ImageSetExpectations, settings), truth,
                                       data_docs_dir=Path(tmp))

@@ -13,11 +13,12 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from tracking.registry import describe_versions, resolve_version
+from tracking.runs import project_tracking_uri
 
 
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else this checkout's own store (what `make setup` configures)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or project_tracking_uri(Path.cwd())
 
 
 def _zenml_stages(model_name: str) -> dict[str, str]:

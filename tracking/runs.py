@@ -25,6 +25,19 @@ def stack_tracking_uri() -> str:
     return tracker.get_tracking_uri()
 
 
+#: Folder of a checkout's own MLflow store (SQLite database + artifacts), as `make setup` creates it.
+PROJECT_STORE = "mlruns"
+
+
+def project_tracking_uri(root: str | Path, store: str = PROJECT_STORE) -> str:
+    """The tracking URI of the MLflow store that belongs to the checkout at ``root``.
+
+    >>> project_tracking_uri("/lab/cellops")
+    'sqlite:////lab/cellops/mlruns/mlflow.db'
+    """
+    return f"sqlite:///{Path(root).resolve() / store / 'mlflow.db'}"
+
+
 def local_store_path(tracking_uri: str) -> Path | None:
     """The file of a ``sqlite:///`` or ``file:`` tracking URI; None for a server (``http(s)://``, databases)."""
     parsed = urlparse(tracking_uri)
