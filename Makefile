@@ -23,10 +23,11 @@ export PYTHONUNBUFFERED := 1
 # without activating the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup configs data data-accept train deploy analyses reports demo serve ui test bench lock clean
+.PHONY: help setup configs data data-accept train deploy train-classifier deploy-classifier analyses reports demo serve \
+	serve-classifier ui test bench lock clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +47,7 @@ data: $(VENV)/.installed  ## write the built-in datasets under data/, check them
 	$(BIN)/dvc add -q data
 	$(BIN)/dvc status data.dvc
 
-configs: $(VENV)/.installed  ## write the derived configs (configs/unet_full.yaml, tests/configs/unet_tiny.yaml) from their overrides
+configs: $(VENV)/.installed  ## write the derived configs (configs/unet_full.yaml, tests/configs/*_tiny.yaml) from their overrides
 	$(BIN)/cellops configs
 
 data-accept: $(VENV)/.installed  ## after changing params.yaml or a generator on purpose: rewrite data/, data.dvc and data.files.json
@@ -60,6 +61,12 @@ train: setup  ## run the U-Net training pipeline (configs/unet.yaml)
 deploy: setup  ## import the champion U-Net into BentoML and build its bento
 	$(BIN)/zenml pipeline run pipelines.unet.deployment_pipeline -c configs/unet_deploy.yaml
 
+train-classifier: setup  ## train and compare the endothelial-cell classifiers (configs/classifier.yaml)
+	$(BIN)/zenml pipeline run pipelines.classifier.training_pipeline -c configs/classifier.yaml
+
+deploy-classifier: setup  ## import the champion classifier into BentoML and build its bento
+	$(BIN)/zenml pipeline run pipelines.classifier.deployment_pipeline -c configs/classifier_deploy.yaml
+
 analyses: setup  ## run the classical pipelines: colonies, nuclei, calcium
 	$(BIN)/zenml pipeline run pipelines.colonies.colony_pipeline -c configs/colonies.yaml
 	$(BIN)/zenml pipeline run pipelines.nuclei.nuclei_pipeline -c configs/nuclei.yaml
@@ -69,11 +76,14 @@ reports: $(VENV)/.installed  ## dvc repro: classical reports from data/ and conf
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-demo: setup data train deploy analyses  ## everything, on the built-in data
-	@echo "demo done: 'make ui' for the MLflow UI, 'make serve' to serve the champion U-Net"
+demo: setup data train deploy train-classifier deploy-classifier analyses  ## everything, on the built-in data
+	@echo "demo done: 'make ui' for the MLflow UI, 'make serve' / 'make serve-classifier' to serve the champions"
 
 serve: $(VENV)/.installed  ## serve the latest cellops-unet bento on $(HOST):$(SERVE_PORT)
 	$(BIN)/bentoml serve cellops-unet:latest --host $(HOST) --port $(SERVE_PORT)
+
+serve-classifier: $(VENV)/.installed  ## serve the latest cellops-classifier bento on $(HOST):$(SERVE_PORT)
+	$(BIN)/bentoml serve cellops-classifier:latest --host $(HOST) --port $(SERVE_PORT)
 
 ui: $(VENV)/.installed  ## MLflow UI over the project's store on $(HOST):$(UI_PORT)
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host $(HOST) --port $(UI_PORT)
@@ -81,9 +91,10 @@ ui: $(VENV)/.installed  ## MLflow UI over the project's store on $(HOST):$(UI_PO
 test: setup  ## set up as for the demo, then run the test suite
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed  ## benchmarks: U-Net sliding-window inference, colony analysis
+bench: $(VENV)/.installed  ## benchmarks: U-Net inference, colony analysis, classifier vs DenseNet121 (after the demo)
 	$(BIN)/python benchmarks/unet_inference.py
 	$(BIN)/python benchmarks/colonies.py
+	$(BIN)/python benchmarks/classifier.py
 
 lock: $(BIN)/python  ## regenerate requirements.lock from the current .venv
 	{ head -3 requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -v '^cellops'; } > requirements.lock.new

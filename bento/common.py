@@ -9,7 +9,7 @@ from http import HTTPStatus
 import bentoml
 from bentoml.exceptions import BentoMLException, InvalidArgument
 
-from cellops.io import DecodedImage, ImageInputError, ImageTooLargeError, decode_image
+from cellops.io import DecodedImage, ImageInputError, ImageTooLargeError, decode_image, decode_picture
 
 #: Environment variable with which an operator tightens a service's pixel limit without rebuilding the bento.
 MAX_PIXELS_ENV = "CELLOPS_MAX_PIXELS"
@@ -37,6 +37,17 @@ def decode_upload(data: bytes, limit: int, allowed_ndim: tuple[int, ...] = (2, 3
         raise PayloadTooLarge(str(error)) from error
     except ImageInputError as error:
         raise InvalidArgument(str(error)) from error
+
+
+def decode_picture_upload(data: bytes, limit: int, name: str) -> "np.ndarray":
+    """Decode one uploaded picture (PNG, TIFF or JPEG; grey or colour) as stored: 413 for too many pixels, 400
+    naming ``name`` and the problem for anything else unusable."""
+    try:
+        return decode_picture(data, max_pixels=limit)
+    except ImageTooLargeError as error:
+        raise PayloadTooLarge(f"{name}: {error}") from error
+    except ImageInputError as error:
+        raise InvalidArgument(f"{name}: {error}") from error
 
 
 def model_metadata(bento_model: bentoml.Model) -> dict:

@@ -7,7 +7,9 @@ these functions, so every caller gets the same checks and the same error message
 
 from __future__ import annotations
 
+import hashlib
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,9 +128,21 @@ def read_image_file(path: str | Path) -> np.ndarray:
         return read_tiff_stack(path)
     try:
         with Image.open(path) as img:
-            return np.asarray(img)
+            return np.asarray(_intensities(img))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageInputError(f"{path}: not a readable image ({error})") from error
+
+
+def _intensities(img: Image.Image) -> Image.Image:
+    """Palette, CMYK and 1-bit images as the intensities they show (their raw values are palette indices, ink
+    amounts or booleans)."""
+    if img.mode == "P":
+        return img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return img.convert("RGB")
+    if img.mode == "1":
+        return img.convert("L")
+    return img
 
 
 @dataclass(frozen=True)
@@ -337,9 +351,217 @@ def list_class_folders(root: str | Path) -> ClassFolderDataset:
     files: list[Path] = []
     labels: list[int] = []
     for index, name in enumerate(classes):
-        images = sorted(p for p in (root / name).iterdir() if p.is_file() and p.suffix.lower() in CLASS_IMAGE_SUFFIXES)
+        images = sorted(p for p in (root / name).iterdir()
+                        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in CLASS_IMAGE_SUFFIXES)
         if not images:
             raise FileNotFoundError(f"{root / name}: no images ({', '.join(CLASS_IMAGE_SUFFIXES)}) in class {name!r}")
         files += images
         labels += [index] * len(images)
     return ClassFolderDataset(files=files, labels=labels, classes=classes)
+
+
+#: ITU-R BT.601 luma weights of red, green and blue: the grey level :func:`to_model_input` makes of a colour image.
+LUMA_WEIGHTS_BT601 = (0.299, 0.587, 0.114)
+
+#: Float images whose values all lie in [0, 1] give or take this much are taken as already scaled (and clipped);
+#: any other float image is rescaled by its own minimum and maximum.
+FLOAT_UNIT_TOLERANCE = 0.01
+
+
+def image_geometry(image: np.ndarray, *, source: str = "") -> tuple[int, int, int]:
+    """Height, width and number of channels of one decoded image, or an ``ImageInputError`` naming ``source``.
+
+    A 2-D array is one grey image (1 channel); a 3-D array is one image when its last axis has at most 4 entries
+    (channel-last: 1 grey, 3 RGB, 4 RGBA, 2 grey + alpha) or its first axis has one (a one-plane stack). Any
+    other 3-D array is a stack of planes (a z-stack, a time series or a channel-first colour TIFF) and is
+    refused, as are empty arrays and arrays of other dimensionality. The channel count is not checked here.
+
+    Examples
+    --------
+    >>> image_geometry(np.zeros((20, 30, 3), np.uint8)), image_geometry(np.zeros((1, 20, 30), np.uint16))
+    ((20, 30, 3), (20, 30, 1))
+    >>> image_geometry(np.zeros((3, 20, 30), np.uint8), source="stack.tif")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    cellops.io.ImageInputError: stack.tif: a stack of 3 planes (shape (3, 20, 30)), not one image; expected ...
+    """
+    name = source or "image"
+    if image.size == 0:
+        raise ImageInputError(f"{name}: empty image (shape {image.shape})")
+    if image.ndim == 2:
+        return int(image.shape[0]), int(image.shape[1]), 1
+    if image.ndim == 3:
+        if image.shape[-1] <= 4:
+            return int(image.shape[0]), int(image.shape[1]), int(image.shape[2])
+        if image.shape[0] == 1:
+            return int(image.shape[1]), int(image.shape[2]), 1
+        raise ImageInputError(
+            f"{name}: a stack of {image.shape[0]} planes (shape {image.shape}), not one image; expected a 2-D grey "
+            "image or a channel-last RGB(A) image (save a channel-first colour TIFF channel-last)"
+        )
+    raise ImageInputError(
+        f"{name}: a {image.ndim}-D array (shape {image.shape}), not one image; expected a 2-D grey image or a "
+        "channel-last RGB(A) image"
+    )
+
+
+def _unit_scaled(pixels: np.ndarray, name: str) -> np.ndarray:
+    """``pixels`` as float64 in [0, 1]: integers by their dtype's maximum, floats as :func:`to_model_input` says."""
+    if pixels.dtype.kind == "u" and pixels.dtype.itemsize in (1, 2):  # 8- or 16-bit, either byte order
+        return pixels.astype(np.float64) / float(np.iinfo(pixels.dtype).max)
+    if pixels.dtype.kind != "f":
+        raise ImageInputError(f"{name}: unsupported dtype {pixels.dtype.name}; expected uint8, uint16 or a float type")
+    values = pixels.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ImageInputError(f"{name}: image contains NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if low >= -FLOAT_UNIT_TOLERANCE and high <= 1.0 + FLOAT_UNIT_TOLERANCE:
+        return np.clip(values, 0.0, 1.0)
+    if high == low:
+        return np.zeros_like(values)
+    return (values - low) / (high - low)
+
+
+def to_model_input(image: np.ndarray, *, channels: int, size: int, source: str = "") -> np.ndarray:
+    """One decoded image as a classifier's input: float32 of shape ``(channels, size, size)`` in [0, 1].
+
+    Parameters
+    ----------
+    image : a 2-D grey image, an ``HxWx3`` (RGB) or ``HxWx4`` (RGBA) colour image, or a one-plane stack; uint8,
+        uint16 or float (as :func:`read_image_file` returns it).
+    channels : 1 gives grey: a colour image becomes its ITU-R BT.601 luma
+        ``0.299 R + 0.587 G + 0.114 B`` (:data:`LUMA_WEIGHTS_BT601`, in float64); 3 gives RGB: a grey image is
+        repeated in the three channels. An alpha channel is dropped (not composited).
+    size : side of the square output. A non-square image is first cropped to its centred largest square (the
+        cells at the borders of the long side are lost, none is stretched); then it is resized with area
+        averaging (``cv2.INTER_AREA``; bilinear when enlarging) if its side differs from ``size``.
+    source : named in every error message (the file the image came from).
+
+    Integer images are divided by their dtype's maximum (255 for 8-bit, 65535 for 16-bit), so that a grey level
+    means the same in every file of a dataset, whatever its bit depth. Float images must be finite; when all
+    their values lie in [0, 1] (up to :data:`FLOAT_UNIT_TOLERANCE`) they are taken as already scaled and
+    clipped, otherwise each image is rescaled by its own minimum and maximum (a constant one becomes 0): such
+    files carry no common intensity scale, so their absolute intensities are not comparable across files.
+
+    Raises
+    ------
+    ImageInputError
+        Naming ``source`` and the problem: empty image, a stack of several planes or a 4-D array (see
+        :func:`image_geometry`), a channel count other than 1, 3 or 4, an unsupported dtype, NaN or infinity.
+    ValueError
+        ``channels`` other than 1 or 3, or ``size`` below 1 (a caller's mistake, not the file's).
+
+    Examples
+    --------
+    >>> red = np.zeros((4, 6, 3), np.uint8); red[..., 0] = 255
+    >>> to_model_input(red, channels=1, size=2).astype(float).round(3).tolist()
+    [[[0.299, 0.299], [0.299, 0.299]]]
+    >>> to_model_input(np.full((8, 8), 65535, np.uint16), channels=3, size=4).shape
+    (3, 4, 4)
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if size < 1:
+        raise ValueError(f"size must be at least 1 pixel, got {size}")
+    name = source or "image"
+    height, width, n_channels = image_geometry(image, source=source)
+    if n_channels not in (1, 3, 4):
+        raise ImageInputError(
+            f"{name}: {n_channels} channels (shape {image.shape}); supported: 1 (grey), 3 (RGB) or 4 (RGBA)"
+        )
+    values = _unit_scaled(image.reshape(height, width, n_channels), name)
+    if n_channels == 1:
+        planes = values if channels == 1 else np.repeat(values, 3, axis=2)
+    elif channels == 1:
+        red, green, blue = LUMA_WEIGHTS_BT601
+        planes = (red * values[..., 0] + green * values[..., 1] + blue * values[..., 2])[..., None]
+    else:
+        planes = values[..., :3]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    planes = planes[top:top + side, left:left + side]
+    if side != size:
+        import cv2
+
+        planes = cv2.resize(np.ascontiguousarray(planes), (size, size), interpolation=cv2.INTER_AREA)
+        planes = planes.reshape(size, size, channels)  # cv2 drops a last axis of one channel
+    return np.ascontiguousarray(planes.transpose(2, 0, 1), dtype=np.float32)
+
+
+def load_class_images(paths: Sequence[Path], *, channels: int, size: int) -> tuple[np.ndarray, list[tuple[Path, str]]]:
+    """Read image files into one float32 batch ``(N, channels, size, size)`` for a classifier.
+
+    Each file goes through :func:`read_image_file` and :func:`to_model_input` (same ``channels`` and ``size``).
+    A file that cannot be used does not stop the batch: it is left out of the array and listed with its error
+    message instead, so the caller decides whether a bad file is fatal. The rows of the array follow ``paths``
+    with the failed files left out.
+
+    Returns
+    -------
+    images : float32 array ``(N, channels, size, size)``, values in [0, 1]; ``N`` is 0 when no file was usable.
+    errors : ``(path, message)`` for every file that was not usable; each message names the file and the problem.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> good = write_tiff_stack(folder / "a.tif", np.zeros((6, 8), np.uint16))
+    >>> _ = (folder / "b.png").write_text("not an image")
+    >>> images, errors = load_class_images([good, folder / "b.png"], channels=1, size=4)
+    >>> images.shape, [path.name for path, _ in errors]
+    ((1, 1, 4, 4), ['b.png'])
+    """
+    images: list[np.ndarray] = []
+    errors: list[tuple[Path, str]] = []
+    for path in map(Path, paths):
+        try:
+            images.append(to_model_input(read_image_file(path), channels=channels, size=size, source=str(path)))
+        except ImageInputError as error:
+            errors.append((path, str(error)))
+    batch = np.stack(images) if images else np.zeros((0, channels, size, size), np.float32)
+    return batch, errors
+
+
+def content_md5(path: str | Path) -> str:
+    """MD5 hex digest of a file's bytes: the same picture saved twice under other names has the same digest.
+
+    Meant to find duplicate files (a picture in both the training and the test split), not for security.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "a.png"; _ = path.write_bytes(b"abc")
+    >>> content_md5(path)
+    '900150983cd24fb0d6963f7d28e17f72'
+    """
+    digest = hashlib.md5(usedforsecurity=False)
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decode_picture(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode one uploaded picture as stored: PNG, JPEG or TIFF, grey or colour (RGB/RGBA, channel-last), 8/16-bit
+    or float (what :func:`to_model_input` takes). Errors name the problem; too many pixels raise
+    :class:`ImageTooLargeError`.
+
+    >>> decode_picture(encode_image(np.zeros((8, 8), np.uint8), "png"), max_pixels=100).shape
+    (8, 8)
+    """
+    if not data:
+        raise ImageInputError("empty upload: the file has no bytes")
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return decode_image(data, max_pixels=max_pixels, allowed_ndim=(2, 3)).array
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in ("PNG", "JPEG"):
+                raise ImageInputError(f"unsupported image format {img.format}: send PNG, JPEG or TIFF")
+            if img.width * img.height > max_pixels:
+                raise ImageTooLargeError(f"image too large: {img.width * img.height} pixels, the limit is {max_pixels}")
+            return np.asarray(_intensities(img))
+    except ImageInputError:
+        raise
+    except UnidentifiedImageError as error:
+        raise ImageInputError("not an image: expected PNG, JPEG or TIFF bytes") from error
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"image too large ({error})") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageInputError(f"corrupt or truncated image ({error})") from error

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 
-def should_promote(candidate: float, champion: float | None, *, min_improvement: float = 0.0) -> bool:
+
+def should_promote(candidate: float | Sequence[float], champion: float | Sequence[float] | None, *,
+                   min_improvement: float = 0.0) -> bool:
     """True when ``candidate`` beats ``champion`` by more than ``min_improvement`` (higher is better).
 
-    A first model (no champion) is always promoted; a tie never is, so re-running the same training does
-    not churn the alias. Non-finite scores are never promoted.
+    Scores may be tuples ``(main metric, tie-breaker, ...)``: the main metric must improve by more than
+    ``min_improvement``; when it is exactly equal, the tie-breakers decide in order (higher is better). A first
+    model (no champion) is always promoted; a full tie never is, so re-running the same training does not churn
+    the alias. A non-finite main score is never promoted.
 
     Examples
     --------
@@ -17,9 +23,19 @@ def should_promote(candidate: float, champion: float | None, *, min_improvement:
     False
     >>> should_promote(0.85, 0.85)
     False
+    >>> should_promote((0.95, 0.97), (0.95, 0.93)), should_promote((0.95, 0.99), (0.96, 0.90))
+    (True, False)
     """
-    if candidate != candidate or candidate in (float("inf"), float("-inf")):
+    candidate = tuple(candidate) if isinstance(candidate, Sequence) else (candidate,)
+    if not math.isfinite(candidate[0]):
         return False
     if champion is None:
         return True
-    return candidate > champion + min_improvement
+    champion = tuple(champion) if isinstance(champion, Sequence) else (champion,)
+    if len(champion) != len(candidate):
+        raise ValueError(f"cannot compare scores {candidate} and {champion}: different numbers of metrics")
+    if candidate[0] > champion[0] + min_improvement:
+        return True
+    if candidate[0] != champion[0]:
+        return False
+    return candidate[1:] > champion[1:]

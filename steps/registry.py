@@ -61,13 +61,13 @@ def register_and_promote(
     for key in ("champion_recorded_score", "champion_rescored_score"):
         if decision[key] is not None:
             mlflow.log_metric(f"{key.removesuffix('_score')}_{promotion_metric}", decision[key])
-    _follow_in_model_control_plane(decision)
+    follow_in_model_control_plane(decision)
     log_metadata(metadata={"registration": {k: v for k, v in decision.items() if v is not None}})
     logger.info("registration: %s", decision)
     return decision
 
 
-def _follow_in_model_control_plane(decision: dict) -> None:
+def follow_in_model_control_plane(decision: dict) -> None:
     """Record the MLflow version on the run's ZenML model version, and keep ZenML's ``production`` stage on the
     version that holds MLflow's champion alias."""
     zenml_model = current_zenml_model()

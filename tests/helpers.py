@@ -14,3 +14,58 @@ def run_command(args: list[str], cwd: Path, env: dict, check: bool = True, timeo
             f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class served_bento:
+    """``with served_bento("cellops-x:latest", root, env) as base_url:`` — a real ``bentoml serve`` on a free
+    local port, ready (``/readyz``) before the block runs, killed with its workers afterwards."""
+
+    def __init__(self, tag: str, cwd: Path, env: dict, ready_timeout: float = 180) -> None:
+        self.tag, self.cwd, self.env, self.ready_timeout = tag, cwd, env, ready_timeout
+
+    def __enter__(self) -> str:
+        import time
+
+        import httpx
+
+        port = free_port()
+        self.server = subprocess.Popen(
+            ["bentoml", "serve", self.tag, "--host", "127.0.0.1", "--port", str(port)], cwd=self.cwd, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self.server.poll() is not None:
+                raise AssertionError(self.server.stdout.read().decode()[-3000:])
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    return base
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise AssertionError(f"bentoml serve {self.tag} was not ready in {self.ready_timeout} s")
+            time.sleep(1)
+
+    def alive(self) -> bool:
+        return self.server.poll() is None
+
+    def __exit__(self, *exc) -> None:
+        import os
+        import signal
+
+        try:
+            os.killpg(self.server.pid, signal.SIGTERM)
+            self.server.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.server.pid, signal.SIGKILL)

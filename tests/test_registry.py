@@ -105,3 +105,20 @@ def test_scores_recorded_on_edited_data_are_never_compared_as_equal(client):
     _register(client, 0.95, data_version="abc.dir+modified")
     decision = _register(client, 0.85, data_version="abc.dir+modified", rescore=lambda c: {"foreground_iou": 0.80})
     assert decision["champion_rescored_score"] == 0.80 and decision["promoted"]
+
+
+def test_equal_sensitivity_is_decided_by_specificity(client):
+    def register(sensitivity, specificity):
+        with mlflow.start_run():
+            info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
+            return register_and_maybe_promote(
+                client, info.model_uri, "cellops-cls", {"sensitivity": sensitivity, "specificity": specificity},
+                tags.lineage_to_tags({"data_version": "x.dir"}), promotion_metric="sensitivity", alias="champion",
+                min_improvement=0.0, tie_breakers=["specificity"])
+
+    assert register(0.95, 0.90)["promoted"]
+    assert not register(0.95, 0.90)["promoted"]  # a full tie keeps the champion
+    assert not register(0.94, 0.99)["promoted"]  # a better tie-breaker cannot make up for lower sensitivity
+    decided = register(0.95, 0.93)
+    assert decided["promoted"] and decided["tie_breakers"] == ["specificity"]
+    assert str(client.get_model_version_by_alias("cellops-cls", "champion").version) == decided["version"]

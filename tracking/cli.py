@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from tracking import tags as names
 from tracking.registry import describe_versions, resolve_version
 from tracking.runs import project_tracking_uri
 
@@ -73,6 +74,65 @@ def lineage(tracking_uri: str, reference: str) -> dict:
     return resolve_version(MlflowClient(tracking_uri), name, ref)
 
 
+def parse_model_uri(uri: str) -> tuple[str, str | None]:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, ref for :func:`resolve_version`).
+
+    >>> parse_model_uri("models:/cellops-classifier@champion"), parse_model_uri("models:/cellops-classifier/3")
+    (('cellops-classifier', '@champion'), ('cellops-classifier', '3'))
+    """
+    if not uri.startswith("models:/"):
+        raise LookupError(f"{uri}: give a registry URI, models:/NAME@ALIAS or models:/NAME/VERSION")
+    path = uri.removeprefix("models:/")
+    if "@" in path:
+        name, alias = path.split("@", 1)
+        return name, f"@{alias}"
+    if "/" in path:
+        name, version = path.split("/", 1)
+        return name, version
+    return path, None
+
+
+def predict_classifier(tracking_uri: str, model_uri: str, images: list[Path], out: Path, *, cams: bool) -> int:
+    """Label and probabilities of every image in ``out/predictions.csv`` (unreadable files get a row with the
+    reason, and the batch goes on) and, with ``cams``, each image's CAM overlay as ``out/cams/<name>.png``.
+    Returns 0 when every file was classified, 1 otherwise."""
+    import csv
+    import sys
+
+    import mlflow
+
+    from cellops.classifier.predict import ClassifierSettings, cam_overlay, classify_files
+    from cellops.plots import save_png
+
+    name, ref = parse_model_uri(model_uri)
+    record = resolve_version(MlflowClient(tracking_uri), name, ref)
+    if not record[names.INFERENCE_SETTINGS]:
+        raise LookupError(f"{name} v{record['model_version']} was registered without input settings; retrain it")
+    settings = ClassifierSettings.from_dict(record[names.INFERENCE_SETTINGS])
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pytorch.load_model(f"models:/{name}/{record['model_version']}", map_location="cpu").eval()
+    rows, failures, maps, inputs = classify_files(model, images, settings, with_cams=cams)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = ["file", "label", *(f"p_{c}" for c in settings.classes), "error"]
+    with open(out / "predictions.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({**row, "error": ""} for row in rows)
+        writer.writerows({"file": str(path), "error": why} for path, why in failures)
+    if cams and maps is not None:
+        used: set[str] = set()
+        for row, image, cam in zip(rows, inputs, maps):
+            stem = Path(row["file"]).stem
+            while stem in used:  # same file name from two folders: keep both
+                stem += "_"
+            used.add(stem)
+            save_png(cam_overlay(image, cam), out / "cams" / f"{stem}.png")
+    print(f"{len(rows)} images classified with {name} v{record['model_version']} -> {out / 'predictions.csv'}")
+    for path, why in failures:
+        print(f"cellops predict: skipped {path}: {why}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
@@ -84,14 +144,25 @@ def main(argv: list[str]) -> int:
     lin = commands.add_parser("lineage", help="the lineage of one model version, from the registry")
     lin.add_argument("reference", help="MODEL, MODEL:VERSION or MODEL@ALIAS (e.g. cellops-unet@champion)")
     lin.add_argument("--tracking-uri", default=None)
+    pred = commands.add_parser("predict", help="classify image files with a registered model")
+    pred.add_argument("family", choices=["classifier"])
+    pred.add_argument("images", type=Path, nargs="+", help="PNG, TIFF or JPEG files (grey or RGB, 8/16-bit)")
+    pred.add_argument("--out", type=Path, required=True, help="folder for predictions.csv and cams/")
+    pred.add_argument("--model", default=None, help="models:/NAME@ALIAS or models:/NAME/VERSION "
+                      "(default: models:/cellops-<family>@champion)")
+    pred.add_argument("--no-cams", action="store_true", help="skip the class-activation-map PNGs")
+    pred.add_argument("--tracking-uri", default=None)
     args = parser.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
     try:
+        if args.command == "predict":
+            model_uri = args.model or f"models:/cellops-{args.family}@champion"
+            return predict_classifier(uri, model_uri, args.images, args.out, cams=not args.no_cams)
         if args.command == "models":
             print(list_models(uri, args.family))
         else:
             print(json.dumps(lineage(uri, args.reference), indent=2, sort_keys=True))
     except LookupError as error:
         print(f"cellops {args.command}: {error}")
-        return 1
+        return 1 if args.command != "predict" else 2
     return 0

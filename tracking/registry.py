@@ -8,7 +8,7 @@ as ZenML's e2e template does, and both of its numbers are returned for the run's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import mlflow
 from mlflow import MlflowClient
@@ -44,35 +44,45 @@ def register_and_maybe_promote(
     alias: str,
     min_improvement: float,
     rescore: Callable[[ModelVersion], dict[str, float]] | None = None,
+    tie_breakers: Sequence[str] = (),
 ) -> dict:
     """Register ``model_uri`` as a new version (tagged with its metrics and ``tags``, which carry its lineage and
     inference settings) and move ``alias`` to it if it beats the champion by more than ``min_improvement``.
 
     The champion's score is its recorded tag when it was measured on the candidate's data version; otherwise
     ``rescore(champion)`` measures it on the candidate's test data (without ``rescore`` that is an error rather
-    than a comparison of incomparable numbers).
+    than a comparison of incomparable numbers). ``tie_breakers`` are metrics compared in order when the
+    promotion metric is exactly equal (see :func:`cellops.promotion.should_promote`).
     """
-    if promotion_metric not in metrics:
-        raise KeyError(f"promotion metric {promotion_metric!r} is not among the metrics {sorted(metrics)}")
+    ranked = [promotion_metric, *tie_breakers]
+    absent = [m for m in ranked if m not in metrics]
+    if absent:
+        raise KeyError(f"promotion metric {', '.join(map(repr, absent))} is not among the metrics {sorted(metrics)}")
     champion = champion_version(client, registered_model_name, alias)
     recorded = rescored = None
+    champion_scores: tuple[float, ...] | None = None
     if champion is not None:
-        recorded = names.metrics_from_tags(champion.tags).get(promotion_metric)
+        champion_metrics = names.metrics_from_tags(champion.tags)
+        recorded = champion_metrics.get(promotion_metric)
         candidate_data = names.lineage_from_tags(tags).get("data_version")
         champion_data = names.lineage_from_tags(champion.tags).get("data_version")
-        if recorded is None or champion_data != candidate_data or not _identifies_data(candidate_data):
+        if (any(m not in champion_metrics for m in ranked) or champion_data != candidate_data
+                or not _identifies_data(candidate_data)):
             if rescore is None:
                 raise ValueError(
                     f"{registered_model_name} v{champion.version} ({alias}) has no {promotion_metric} measured on data "
                     f"version {candidate_data} (it has {recorded} on {champion_data}) and no way to re-score it was given")
-            rescored = float(rescore(champion)[promotion_metric])
+            champion_metrics = rescore(champion)
+            rescored = float(champion_metrics[promotion_metric])
+        champion_scores = tuple(float(champion_metrics[m]) for m in ranked)
     champion_score = rescored if rescored is not None else recorded
     version = mlflow.register_model(model_uri, registered_model_name).version
     all_tags = {**names.metrics_to_tags(metrics), **tags, names.PROMOTION_METRIC: promotion_metric}
     for key, value in all_tags.items():
         client.set_model_version_tag(registered_model_name, version, key, value)
     candidate = float(metrics[promotion_metric])
-    promoted = should_promote(candidate, champion_score, min_improvement=min_improvement)
+    promoted = should_promote(tuple(float(metrics[m]) for m in ranked), champion_scores,
+                              min_improvement=min_improvement)
     if promoted:
         client.set_registered_model_alias(registered_model_name, alias, version)
     return {
@@ -80,6 +90,7 @@ def register_and_maybe_promote(
         "version": str(version),
         "promoted": promoted,
         "promotion_metric": promotion_metric,
+        "tie_breakers": list(tie_breakers),
         "candidate_score": candidate,
         "champion_version_before": str(champion.version) if champion is not None else None,
         "champion_score_before": champion_score,

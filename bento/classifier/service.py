@@ -1,0 +1,128 @@
+"""BentoML services: the champion classifier of hiPSC-derived endothelial cells.
+
+Two services, as BentoML recommends for adaptive batching: ``ClassifierModel`` holds the network and batches
+concurrent requests (``predict`` is batchable); ``Classifier``, the one clients talk to, decodes and checks
+uploads first, so that a bad file is answered with a 4xx naming it and never fails other clients' batch.
+
+``POST /classify`` (multipart field ``image``): label and class probabilities; ``POST /classify_batch`` (field
+``images``, several files): one answer per file, in order; ``POST /explain`` (``image``): the class-activation
+map of the predicted class over the image as a PNG (significant regions red, trivial ones blue), label and
+probability in headers; ``POST /metadata``: which model answers, its lineage, metrics and input settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import InvalidArgument
+
+from bento.common import decode_picture_upload, max_pixels, model_metadata
+from cellops.telemetry import disable_telemetry
+
+disable_telemetry()
+
+BENTO_MODEL = "cellops-classifier:latest"
+
+
+@bentoml.service(name="cellops-classifier-model", traffic={"timeout": 120})
+class ClassifierModel:
+    """The network: batched probabilities and class-activation maps of prepared inputs (N, C, S, S)."""
+
+    bento_model = bentoml.models.BentoModel(BENTO_MODEL)
+
+    def __init__(self) -> None:
+        import mlflow.pytorch
+        import torch
+
+        torch.set_grad_enabled(False)
+        self.model = mlflow.pytorch.load_model(self.bento_model.path_of("mlflow_model"), map_location="cpu").eval()
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=100)
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) of a batch; BentoML merges concurrent requests into one batch."""
+        from cellops.classifier.train import predict_probabilities
+
+        return predict_probabilities(self.model, inputs.astype(np.float32), batch_size=64)
+
+    @bentoml.api
+    def explain(self, inputs: np.ndarray) -> dict:
+        """Probabilities and the CAM of the predicted class of each input."""
+        from cellops.classifier.predict import explain
+
+        probabilities, cams = explain(self.model, inputs.astype(np.float32), batch_size=64)
+        return {"probabilities": probabilities.tolist(), "cams": cams.astype(np.float32).tolist()}
+
+
+@bentoml.service(name="cellops-classifier", traffic={"timeout": 120})
+class Classifier:
+    bento_model = bentoml.models.BentoModel(BENTO_MODEL)
+    network = bentoml.depends(ClassifierModel)
+
+    def __init__(self) -> None:
+        from cellops.classifier.predict import ClassifierSettings
+
+        self.info = model_metadata(self.bento_model)
+        self.settings = ClassifierSettings.from_dict(self.info["inference_settings"])
+        limits = self.info["service_limits"]
+        self.max_pixels = max_pixels(limits)
+        self.max_batch_files = int(limits["max_batch_files"])
+
+    def _prepare(self, data: bytes, name: str) -> np.ndarray:
+        from cellops.io import ImageInputError, to_model_input
+
+        picture = decode_picture_upload(data, self.max_pixels, name)
+        try:
+            return to_model_input(picture, channels=self.settings.channels, size=self.settings.size, source=name)
+        except ImageInputError as error:
+            raise InvalidArgument(str(error)) from error
+
+    def _answer(self, probabilities: np.ndarray) -> dict:
+        best = int(np.argmax(probabilities))
+        return {"label": self.settings.classes[best],
+                "probabilities": {c: round(float(p), 6) for c, p in zip(self.settings.classes, probabilities)},
+                "model_version": self.info.get("model_version")}
+
+    @bentoml.api
+    async def classify(self, image: Path) -> dict:
+        """Label and class probabilities of one uploaded image (PNG, TIFF or JPEG; grey or RGB; 8/16-bit)."""
+        x = self._prepare(Path(image).read_bytes(), "image")
+        return self._answer(np.asarray(await self.network.to_async.predict(x[None]))[0])
+
+    @bentoml.api
+    async def classify_batch(self, images: list[Path]) -> list[dict]:
+        """One answer per uploaded file, in the order sent; any bad file fails the request, naming it."""
+        if not images:
+            raise InvalidArgument("no images: send one or more files in the 'images' field")
+        if len(images) > self.max_batch_files:
+            raise InvalidArgument(f"{len(images)} images in one request; the limit is {self.max_batch_files}")
+        batch = np.stack([self._prepare(Path(p).read_bytes(), f"images[{i}] ({Path(p).name})")
+                          for i, p in enumerate(images)])
+        probabilities = np.asarray(await self.network.to_async.predict(batch))
+        return [self._answer(p) for p in probabilities]
+
+    @bentoml.api
+    async def explain(self, image: Path, ctx: bentoml.Context) -> Path:
+        """The CAM overlay PNG of the predicted class; label and probability in X-Label / X-Probability."""
+        from cellops.classifier.predict import cam_overlay
+        from cellops.io import encode_image
+
+        x = self._prepare(Path(image).read_bytes(), "image")
+        result = await self.network.to_async.explain(x[None])
+        probabilities = np.asarray(result["probabilities"][0])
+        answer = self._answer(probabilities)
+        ctx.response.headers["X-Label"] = answer["label"]
+        ctx.response.headers["X-Probability"] = f"{float(probabilities.max()):.6f}"
+        ctx.response.headers["X-Model-Version"] = str(self.info.get("model_version", "unknown"))
+        out = Path(ctx.temp_dir) / "cam.png"  # removed after the response
+        overlay = cam_overlay(x, np.asarray(result["cams"][0]))
+        from PIL import Image
+
+        Image.fromarray(overlay).save(out)
+        return out
+
+    @bentoml.api
+    def metadata(self) -> dict:
+        """Model version, MLflow run, ZenML run, data version, git commit, metrics and input settings."""
+        return self.info

@@ -1,0 +1,102 @@
+"""Class-folder data for the classifier: a stratified split that keeps identical images together, and the seeded
+augmentation (torchvision.transforms.v2) every model of a run sees identically."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from cellops.config import from_mapping
+
+SPLITS = ("train", "val", "test")
+
+
+def stratified_split(labels: Sequence[int], groups: Sequence[str], *, val_fraction: float, test_fraction: float,
+                     seed: int) -> np.ndarray:
+    """The split ("train", "val" or "test") of every image: per class, the same fractions in each split.
+
+    ``groups`` (e.g. the content hash of each file) keep images that are the same picture in one split, so no
+    test image is also a training image. Each class gets at least one group in val and test when it has three
+    or more and the fraction is positive.
+
+    Examples
+    --------
+    >>> split = stratified_split([0] * 10 + [1] * 10, [str(i) for i in range(20)], val_fraction=0.2,
+    ...                          test_fraction=0.2, seed=0)
+    >>> [int(np.sum(split[:10] == s)) for s in SPLITS], [int(np.sum(split[10:] == s)) for s in SPLITS]
+    ([6, 2, 2], [6, 2, 2])
+    """
+    labels = np.asarray(labels)
+    groups = np.asarray(groups)
+    if len(labels) != len(groups):
+        raise ValueError(f"{len(labels)} labels but {len(groups)} groups")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must leave images to train on")
+    split = np.full(len(labels), "train", dtype=object)
+    rng = np.random.default_rng(seed)
+    for label in np.unique(labels):
+        # A group goes with the first label it appears under (validation reports conflicting labels).
+        members = np.unique(groups[labels == label])
+        members = np.array([g for g in members if labels[groups == g][0] == label])
+        members = members[rng.permutation(len(members))]
+        n = len(members)
+        n_test = max(1, round(test_fraction * n)) if test_fraction > 0 and n >= 3 else round(test_fraction * n)
+        n_val = max(1, round(val_fraction * n)) if val_fraction > 0 and n >= 3 else round(val_fraction * n)
+        split[np.isin(groups, members[:n_test])] = "test"
+        split[np.isin(groups, members[n_test:n_test + n_val])] = "val"
+    return split.astype(str)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random changes applied to each training image (all from the YAML config; 0 or false turns one off)."""
+
+    flip: bool  # horizontal and vertical flips
+    rotate90: bool  # quarter turns: micrographs have no "up"
+    brightness: float  # ColorJitter brightness factor range 1 +- this
+    contrast: float
+    blur_sigma: float  # Gaussian blur up to this sigma (px), half of the time
+    noise_sigma: float  # additive Gaussian noise, 0..1 scale
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Augmentation:
+        return from_mapping(cls, values)
+
+
+def build_augmentation(aug: Augmentation) -> v2.Compose:
+    """The torchvision.transforms.v2 pipeline of ``aug`` for one float image (C, H, W) in [0, 1]."""
+    transforms: list = []
+    if aug.flip:
+        transforms += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    if aug.rotate90:
+        transforms.append(v2.RandomApply([v2.RandomRotation((90, 90))], p=0.5))
+    if aug.brightness or aug.contrast:
+        transforms.append(v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast))
+    if aug.blur_sigma > 0:
+        transforms.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, aug.blur_sigma))], p=0.5))
+    if aug.noise_sigma > 0:
+        transforms.append(v2.GaussianNoise(sigma=aug.noise_sigma, clip=True))
+    transforms.append(v2.Lambda(lambda x: x.clamp(0.0, 1.0)))
+    return v2.Compose(transforms)
+
+
+def augment_batch(images: torch.Tensor, transform: v2.Compose, seed: int) -> torch.Tensor:
+    """Each image of the batch transformed on its own, from a random state set by ``seed`` alone (the global
+    generator is left as it was), so that every model of a run sees the very same augmented images."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([transform(image) for image in images])
+
+
+def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(batch number, indices) of one shuffled epoch; the order depends on (seed, epoch) only. A last batch of one
+    image is dropped (batch normalisation cannot train on it)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    for number, start in enumerate(range(0, n, batch_size)):
+        batch = order[start:start + batch_size]
+        if len(batch) > 1:
+            yield number, batch

@@ -1,0 +1,105 @@
+"""Applying a trained classifier: the settings stored with it, labels and probabilities of image files, and
+class-activation-map overlays (significant regions red, trivial ones blue)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cellops.config import from_mapping
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """How images reach the model, stored with every registered version (so the CLI and the service prepare
+    images exactly as training did)."""
+
+    classes: tuple[str, ...]
+    positive_class: str
+    channels: int
+    size: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.positive_class not in self.classes:
+            raise ValueError(f"positive class {self.positive_class!r} is not one of the classes {list(self.classes)}")
+        if self.channels not in (1, 3) or self.size < 8 or self.batch_size < 1:
+            raise ValueError(f"channels must be 1 or 3, size >= 8 and batch_size >= 1 (got {self.channels}, "
+                             f"{self.size}, {self.batch_size})")
+
+    @property
+    def positive(self) -> int:
+        return self.classes.index(self.positive_class)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ClassifierSettings:
+        values = dict(values)
+        values["classes"] = tuple(values.get("classes", ()))
+        return from_mapping(cls, values)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "classes": list(self.classes)}
+
+
+def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """An RGB uint8 picture of ``image`` ((C, H, W) or (H, W), floats in [0, 1]) under the class-activation map
+    ``cam`` ((H, W) in [0, 1]) in the jet colours: significant regions red, trivial ones blue.
+
+    >>> cam_overlay(np.zeros((1, 4, 4)), np.ones((4, 4))).shape
+    (4, 4, 3)
+    """
+    from matplotlib import colormaps
+
+    grey = np.asarray(image, dtype=np.float64)
+    if grey.ndim == 3:
+        grey = grey.mean(axis=0)
+    heat = colormaps["jet"](np.clip(np.asarray(cam, dtype=np.float64), 0.0, 1.0))[..., :3]
+    mixed = (1 - alpha) * grey[..., None] + alpha * heat
+    return np.round(np.clip(mixed, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def explain(model: nn.Module, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, classes) and the CAM of each image's predicted class (N, H, W), batch by batch, one
+    forward pass per batch (see :func:`models.cam.class_activation_maps`)."""
+    from models.cam import class_activation_maps
+
+    model.eval()
+    probabilities, maps = [], []
+    for start in range(0, len(images), batch_size):
+        cams, logits = class_activation_maps(model, torch.as_tensor(images[start:start + batch_size]))
+        maps.append(cams.cpu().numpy())
+        probabilities.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+    if not maps:
+        return np.zeros((0, 0)), np.zeros((0,) + tuple(images.shape[-2:]))
+    return np.concatenate(probabilities), np.concatenate(maps)
+
+
+def classify_files(model: nn.Module, paths: Sequence[Path], settings: ClassifierSettings, *,
+                   with_cams: bool = False) -> tuple[list[dict], list[tuple[Path, str]], np.ndarray | None, np.ndarray]:
+    """Label and class probabilities of every readable file (one row each); unreadable files are returned with
+    the reason, and the batch goes on. With ``with_cams`` also the CAMs (N, size, size) of the readable files;
+    the prepared model inputs are returned last (for overlays)."""
+    from cellops.io import load_class_images
+
+    images, failures = load_class_images(list(paths), channels=settings.channels, size=settings.size)
+    failed = {Path(p) for p, _ in failures}
+    readable = [Path(p) for p in paths if Path(p) not in failed]
+    if len(readable) == 0:
+        return [], failures, None, images
+    if with_cams:
+        probabilities, cams = explain(model, images, settings.batch_size)
+    else:
+        from cellops.classifier.train import predict_probabilities
+
+        probabilities, cams = predict_probabilities(model, images, settings.batch_size), None
+    rows = []
+    for path, p in zip(readable, probabilities):
+        row = {"file": str(path), "label": settings.classes[int(np.argmax(p))]}
+        row.update({f"p_{name}": float(p[i]) for i, name in enumerate(settings.classes)})
+        rows.append(row)
+    return rows, failures, cams, images

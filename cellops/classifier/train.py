@@ -1,0 +1,141 @@
+"""Training a classifier: one epoch over seeded augmented batches, then :func:`fit` with per-epoch validation,
+keeping the best weights (highest validation accuracy, ties to the lower loss).
+
+Every model of a run gets the same batches in the same order with the same augmentation (see
+:func:`cellops.classifier.data.augment_batch`), so their curves compare like for like.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cellops.classifier.data import augment_batch, epoch_batches
+from cellops.classifier.metrics import ClassificationScores, classification_scores
+from cellops.config import from_mapping
+
+
+@dataclass(frozen=True)
+class ClassifierTraining:
+    """Optimisation settings; every field comes from the YAML config."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    label_smoothing: float
+    warmup_fraction: float
+    seed: int
+    device: str
+    threads: int  # 0: leave torch's default
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ClassifierTraining:
+        return from_mapping(cls, values)
+
+
+@dataclass
+class ClassifierHistory:
+    """Per-epoch curves (train figures are measured on the augmented batches while training) and the epoch whose
+    weights :func:`fit` returns."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    train_sensitivity: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    val_sensitivity: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+
+    def curves(self) -> dict[str, list[float]]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, list)}
+
+
+@torch.inference_mode()
+def predict_probabilities(model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int,
+                          device: str | torch.device = "cpu") -> np.ndarray:
+    """Softmax probabilities (N, classes) of ``images`` (N, C, H, W) float in [0, 1], in eval mode, batch by batch."""
+    was_training = model.training
+    model.eval()
+    images = torch.as_tensor(images)
+    out = [F.softmax(model(images[i:i + batch_size].to(device)), dim=1).double().cpu()
+           for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, images: torch.Tensor,
+                    labels: torch.Tensor, transform, config: ClassifierTraining, epoch: int, positive: int,
+                    device: torch.device) -> ClassificationScores:
+    """One pass over shuffled, augmented batches; returns the scores of the predictions made while training."""
+    model.train()
+    probabilities, seen = [], []
+    for number, batch in epoch_batches(len(images), config.batch_size, seed=config.seed, epoch=epoch):
+        x = augment_batch(images[batch], transform, seed=config.seed * 1_000_003 + epoch * 10_007 + number).to(device)
+        y = labels[batch].to(device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training diverged at epoch {epoch}, batch {number} (loss {loss.item()})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        probabilities.append(F.softmax(logits.detach(), dim=1).double().cpu())
+        seen.append(labels[batch])
+    return classification_scores(torch.cat(probabilities).numpy(), torch.cat(seen).numpy(), positive)
+
+
+def fit(
+    model: nn.Module,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    config: ClassifierTraining,
+    transform,
+    positive: int,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> ClassifierHistory:
+    """Train ``model`` on ``train`` (images (N, C, H, W) float in [0, 1], labels (N,)), validating on ``val`` after
+    each epoch; on return it holds the best weights by validation accuracy (then loss).
+
+    AdamW with a one-cycle schedule (``warmup_fraction`` of the steps rising to ``learning_rate``).
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    model.to(device)
+    images, labels = torch.as_tensor(train[0]), torch.as_tensor(train[1], dtype=torch.long)
+    steps = sum(1 for _ in epoch_batches(len(images), config.batch_size, seed=config.seed, epoch=0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate,
+                                                    total_steps=max(1, config.epochs * steps),
+                                                    pct_start=config.warmup_fraction)
+    history, best = ClassifierHistory(), None
+    best_key = (-1.0, 0.0)
+    for epoch in range(config.epochs):
+        start = time.perf_counter()
+        fitted = train_one_epoch(model, optimizer, scheduler, images, labels, transform, config, epoch, positive,
+                                 device)
+        checked = classification_scores(predict_probabilities(model, val[0], config.batch_size * 2, device),
+                                        np.asarray(val[1]), positive)
+        history.epoch_seconds.append(time.perf_counter() - start)
+        for split, scores in (("train", fitted), ("val", checked)):
+            for name in ("loss", "accuracy", "sensitivity"):
+                getattr(history, f"{split}_{name}").append(getattr(scores, name))
+        key = (checked.accuracy, -checked.loss)
+        if key > best_key:
+            best_key, history.best_epoch = key, epoch
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, {k: v[-1] for k, v in history.curves().items()})
+    if best is not None:
+        model.load_state_dict(best)
+    return history

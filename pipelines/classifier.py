@@ -1,0 +1,54 @@
+"""Endothelial-cell classifier: one training pipeline comparing every configured model, and deployment.
+
+Run with ``zenml pipeline run pipelines.classifier.training_pipeline -c configs/classifier.yaml`` and
+``zenml pipeline run pipelines.classifier.deployment_pipeline -c configs/classifier_deploy.yaml``.
+"""
+
+from zenml import pipeline
+
+from cellops.classifier.models import parse_models
+from steps.classifier import (
+    compare_classifiers,
+    index_class_folders,
+    load_classifier_images,
+    pretrain_source_backbone,
+    register_classifiers,
+    train_and_evaluate_classifier,
+    validate_classification_data,
+)
+from steps.deployment import build_bento, import_champion
+from steps.lineage import record_lineage
+from steps.validation import require_valid_dataset
+
+
+@pipeline
+def training_pipeline(input: dict, positive_class: str, models: dict, training: dict, augmentation: dict,
+                      gallery_size: int, latency_batch_size: int) -> None:
+    """lineage -> index + split -> validate -> load -> [pretrain on the source task] -> train and evaluate each
+    model (same split, same seeded augmentation, one MLflow run each) -> compare -> register, promote the best."""
+    specs = parse_models(models)  # a bad model entry fails here, before anything runs
+    lineage = record_lineage()
+    dataset_index = index_class_folders()
+    validation_result, _ = validate_classification_data(dataset_index)
+    valid = require_valid_dataset(validation_result)
+    images, labels = load_classifier_images(dataset_index, input=input, after=[valid])
+    backbone = None
+    if any(spec.init == "source" for spec in specs.values()):
+        backbone = pretrain_source_backbone(lineage, input=input, training=training, augmentation=augmentation,
+                                            after=[valid])
+    evaluations = []
+    for name, spec in models.items():
+        _, evaluation = train_and_evaluate_classifier(
+            images, labels, dataset_index, lineage, backbone, name=name, spec=spec, input=input,
+            positive_class=positive_class, training=training, augmentation=augmentation, gallery_size=gallery_size,
+            latency_batch_size=latency_batch_size, id=f"train_{name}")
+        evaluations.append(evaluation)
+    compare_classifiers(evaluations)
+    register_classifiers(evaluations, images, labels, dataset_index, lineage)
+
+
+@pipeline
+def deployment_pipeline() -> None:
+    """champion from the MLflow registry -> BentoML model store -> bento."""
+    bento_model_tag = import_champion()
+    build_bento(bento_model_tag)

@@ -1,0 +1,320 @@
+"""Steps of the classifier pipeline (thin adapters over cellops.classifier, models and tracking): index and split
+the class folders, validate them, load the images, pretrain a backbone on the project's own source task, train
+and evaluate each configured model in its own MLflow run, compare them, register them and promote the best."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from torch import nn
+from zenml import get_step_context, log_metadata, step
+from zenml.logger import get_logger
+from zenml.types import HTMLString
+
+from cellops.classifier.cost import count_macs, count_parameters, cpu_latency_ms
+from cellops.classifier.data import Augmentation, build_augmentation, stratified_split
+from cellops.classifier.metrics import classification_scores, positive_roc
+from cellops.classifier.models import ModelSpec, parse_models
+from cellops.classifier.plots import cam_gallery, comparison_bars, roc_curves
+from cellops.classifier.predict import ClassifierSettings, cam_overlay, explain
+from cellops.classifier.source_task import source_task_patches
+from cellops.classifier.train import ClassifierTraining, fit, predict_probabilities
+from cellops.config import deep_merge, from_mapping
+from cellops.io import content_md5, list_class_folders, load_class_images
+from cellops.plots import training_curves
+from cellops.validation import ClassificationExpectations, summarise_class_images, validate_classification_dataset
+from models.classifier import build_classifier, imagenet_weights_file, transfer_features
+from steps.registry import follow_in_model_control_plane
+from steps.validation import data_docs_page
+from tracking import tags
+from tracking.registry import register_and_maybe_promote
+from tracking.runs import active_run_id, current_zenml_model, log_run_config
+
+logger = get_logger(__name__)
+
+#: Scores in the comparison table, bar chart and registry, in this order.
+SCORE_COLUMNS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "loss")
+
+
+def _settings(dataset_index: dict, input: dict, positive_class: str) -> ClassifierSettings:
+    return ClassifierSettings.from_dict({**input, "classes": dataset_index["classes"], "positive_class": positive_class})
+
+
+def _subset(images: np.ndarray, labels: np.ndarray, dataset_index: dict, split: str) -> tuple[np.ndarray, np.ndarray]:
+    chosen = np.asarray(dataset_index["splits"]) == split
+    return images[chosen], labels[chosen]
+
+
+@step
+def index_class_folders(data_dir: str, split: dict) -> Annotated[dict, "dataset_index"]:
+    """Every image of ``data_dir/<class>/``, its label, content hash and split (stratified per class; identical
+    pictures stay in one split)."""
+    dataset = list_class_folders(data_dir)
+    hashes = [content_md5(path) for path in dataset.files]
+    splits = stratified_split(dataset.labels, hashes, val_fraction=float(split["val_fraction"]),
+                              test_fraction=float(split["test_fraction"]), seed=int(split["seed"]))
+    counts = {name: {s: int(np.sum((np.asarray(dataset.labels) == i) & (splits == s))) for s in ("train", "val", "test")}
+              for i, name in enumerate(dataset.classes)}
+    log_metadata(metadata={"classes": dataset.classes, "images": len(dataset.files), "split_counts": counts})
+    logger.info("%d images in %d classes: %s", len(dataset.files), len(dataset.classes), counts)
+    return {"root": str(data_dir), "classes": dataset.classes, "files": [str(p) for p in dataset.files],
+            "labels": list(dataset.labels), "md5": hashes, "splits": splits.tolist()}
+
+
+@step
+def validate_classification_data(
+    dataset_index: dict, expectations: dict,
+) -> tuple[Annotated[dict, "validation_result"], Annotated[HTMLString, "data_docs"]]:
+    """The Great Expectations suite over the files: readable, consistent sizes and channels, every class in every
+    split, balance within bounds, no picture in two splits. Result and Data Docs are kept, pass or fail."""
+    table = summarise_class_images([Path(p) for p in dataset_index["files"]],
+                                   [dataset_index["classes"][i] for i in dataset_index["labels"]],
+                                   dataset_index["splits"])
+    with tempfile.TemporaryDirectory() as tmp:
+        report = validate_classification_dataset(table, dataset_index["classes"],
+                                                 from_mapping(ClassificationExpectations, expectations),
+                                                 data_docs_dir=Path(tmp))
+        html = data_docs_page(Path(tmp))
+    log_metadata(metadata={"validation_success": report.success, "failed_expectations": report.failures})
+    return {"success": report.success, "failures": report.failures, "results": report.results}, html
+
+
+@step
+def load_classifier_images(
+    dataset_index: dict, input: dict,
+) -> tuple[Annotated[np.ndarray, "images"], Annotated[np.ndarray, "labels"]]:
+    """The images as model inputs (N, channels, size, size) float32 in [0, 1], and their labels."""
+    images, failures = load_class_images([Path(p) for p in dataset_index["files"]], channels=int(input["channels"]),
+                                         size=int(input["size"]))
+    if failures:  # validation passed, so this means a file changed in between
+        raise ValueError("unreadable images: " + "; ".join(f"{p}: {why}" for p, why in failures))
+    return images, np.asarray(dataset_index["labels"], dtype=np.int64)
+
+
+@step
+def pretrain_source_backbone(
+    lineage: dict,
+    input: dict,
+    architecture: dict,
+    source_task: dict,
+    training: dict,
+    augmentation: dict,
+    registered_model_name: str,
+) -> Annotated[nn.Module, "source_backbone"]:
+    """Pretrain ``architecture`` on the source task built from the project's other datasets (see
+    :mod:`cellops.classifier.source_task`), in its own MLflow run; registered as ``registered_model_name``."""
+    spec = ModelSpec.from_dict(architecture)
+    config = ClassifierTraining.from_dict(deep_merge(training, spec.training))
+    images, labels, classes = source_task_patches(source_task["data_root"], size=int(input["size"]),
+                                                  crop=int(source_task["crop"]),
+                                                  patches_per_class=int(source_task["patches_per_class"]),
+                                                  seed=int(source_task["seed"]))
+    if int(input["channels"]) == 3:
+        images = np.repeat(images, 3, axis=1)
+    chosen = np.random.default_rng(int(source_task["seed"])).permutation(len(images))
+    n_val = max(len(classes), int(0.1 * len(images)))
+    val, train = chosen[:n_val], chosen[n_val:]
+    model = build_classifier(spec.architecture, num_classes=len(classes), in_channels=int(input["channels"]),
+                             options=spec.options, seed=config.seed)
+    mlflow.set_tags({**tags.lineage_to_tags(lineage), "source_classes": ",".join(classes), "role": "source_backbone"})
+    mlflow.log_params({"source.patches": len(images), "source.classes": len(classes)})
+    logger.info("pretraining %s on %d source patches of %s", spec.architecture, len(images), classes)
+    history = fit(model, (images[train], labels[train]), (images[val], labels[val]), config,
+                  build_augmentation(Augmentation.from_dict(augmentation)), positive=0,
+                  on_epoch_end=lambda epoch, m: mlflow.log_metrics(
+                      {k: v for k, v in m.items() if "sensitivity" not in k}, step=epoch))
+    mlflow.log_metrics({"source_val_accuracy": history.val_accuracy[history.best_epoch]})
+    info = mlflow.pytorch.log_model(model.cpu().eval(), name="model", serialization_format="pickle",
+                                    code_paths=["models"])
+    version = mlflow.register_model(info.model_uri, registered_model_name).version
+    for key, value in {**tags.lineage_to_tags(lineage), "source_classes": ",".join(classes),
+                       "metric.source_val_accuracy": repr(history.val_accuracy[history.best_epoch])}.items():
+        MlflowClient().set_model_version_tag(registered_model_name, version, key, value)
+    log_metadata(metadata={"source_val_accuracy": history.val_accuracy[history.best_epoch],
+                           "registered_model": registered_model_name, "model_version": str(version)})
+    return model
+
+
+def _gallery(model: nn.Module, images: np.ndarray, labels: np.ndarray, settings: ClassifierSettings,
+             per_gallery: int, folder: Path) -> list[Path]:
+    """CAM overlays of correctly and wrongly classified test images, one PNG each."""
+    probabilities, cams = explain(model, images, settings.batch_size)
+    predicted = probabilities.argmax(axis=1)
+    paths = []
+    for name, chosen in (("correct", np.flatnonzero(predicted == labels)), ("wrong", np.flatnonzero(predicted != labels))):
+        chosen = chosen[:per_gallery]
+        titles = [f"true {settings.classes[labels[i]]}\nsaid {settings.classes[predicted[i]]} "
+                  f"{probabilities[i, predicted[i]]:.2f}" for i in chosen]
+        paths.append(cam_gallery([cam_overlay(images[i], cams[i]) for i in chosen], titles, folder / f"{name}.png"))
+    return paths
+
+
+@step(experiment_tracker=True)  # the stack's tracker: one invocation per model, each its own nested MLflow run
+def train_and_evaluate_classifier(
+    images: np.ndarray,
+    labels: np.ndarray,
+    dataset_index: dict,
+    lineage: dict,
+    source_backbone: Optional[nn.Module],
+    name: str,
+    spec: dict,
+    input: dict,
+    positive_class: str,
+    training: dict,
+    augmentation: dict,
+    gallery_size: int,
+    latency_batch_size: int,
+) -> tuple[Annotated[nn.Module, "classifier"], Annotated[dict, "evaluation"]]:
+    """Train one configured model on the shared split with the shared seeded augmentation, evaluate it on the
+    test split, and log curves, scores, costs and a CAM gallery to its own MLflow run."""
+    model_spec = ModelSpec.from_dict(spec)
+    config = ClassifierTraining.from_dict(deep_merge(training, model_spec.training))
+    settings = _settings(dataset_index, input, positive_class)
+    weights = None
+    init_used = model_spec.init
+    if model_spec.init == "imagenet":
+        weights = imagenet_weights_file(model_spec.architecture, model_spec.weights_file)
+        if weights is None:
+            init_used = "scratch"
+            logger.warning("%s: no local ImageNet weights for %s (set weights_file, or put torchvision's file in "
+                           "$TORCH_HOME/hub/checkpoints); training from random weights (weights=None)",
+                           name, model_spec.architecture)
+    model = build_classifier(model_spec.architecture, num_classes=len(settings.classes), in_channels=settings.channels,
+                             options=model_spec.options, imagenet_weights=weights, seed=config.seed)
+    if model_spec.init == "source":
+        if source_backbone is None:
+            raise ValueError(f"{name}: init 'source' needs the pretrained source backbone, which this run did not train")
+        transfer_features(model, source_backbone)
+    log_run_config()
+    mlflow.set_tags({**tags.lineage_to_tags(lineage), tags.ZENML_RUN_ID: str(get_step_context().pipeline_run.id),
+                     "model_name": name, "architecture": model_spec.architecture, "init": model_spec.init,
+                     "init_used": init_used, "imagenet_weights": str(weights) if weights else "none"})
+    mlflow.log_params({"model.epochs": config.epochs, "model.learning_rate": config.learning_rate})
+    train, val = _subset(images, labels, dataset_index, "train"), _subset(images, labels, dataset_index, "val")
+    test_images, test_labels = _subset(images, labels, dataset_index, "test")
+    logger.info("%s: %s from %s, %d parameters; %d train / %d val / %d test images", name, model_spec.architecture,
+                init_used, count_parameters(model), len(train[0]), len(val[0]), len(test_images))
+    history = fit(model, train, val, config, build_augmentation(Augmentation.from_dict(augmentation)),
+                  settings.positive, on_epoch_end=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
+    model = model.cpu().eval()
+    probabilities = predict_probabilities(model, test_images, settings.batch_size)
+    scores = classification_scores(probabilities, test_labels, settings.positive)
+    input_shape = (settings.channels, settings.size, settings.size)
+    costs = {"parameters": count_parameters(model), "macs": count_macs(model, input_shape),
+             "cpu_latency_ms": cpu_latency_ms(model, input_shape, batch_size=latency_batch_size),
+             "train_seconds": float(sum(history.epoch_seconds)), "epochs": config.epochs}
+    mlflow.log_metrics({**{f"test_{k}": v for k, v in scores.as_dict().items()}, **costs,
+                        "best_epoch": history.best_epoch})
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        training_curves({k: v for k, v in history.curves().items() if k != "epoch_seconds"}, folder / "curves.png")
+        mlflow.log_artifact(str(folder / "curves.png"), artifact_path="training")
+        for path in _gallery(model, test_images, test_labels, settings, gallery_size, folder / "cam_gallery"):
+            mlflow.log_artifact(str(path), artifact_path="cam_gallery")
+        (folder / "confusion.json").write_text(json.dumps({"classes": list(settings.classes),
+                                                           "confusion": scores.confusion}))
+        mlflow.log_artifact(str(folder / "confusion.json"), artifact_path="evaluation")
+    # Logged in the model's own run, so its registered version points at the run with its curves and gallery.
+    info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", code_paths=["models"])
+    fpr, tpr = positive_roc(probabilities, test_labels, settings.positive)
+    evaluation = {"name": name, "architecture": model_spec.architecture, "init": model_spec.init, "init_used": init_used,
+                  "model_uri": info.model_uri, "mlflow_run_id": active_run_id(), "scores": scores.as_dict(),
+                  "confusion": scores.confusion, "costs": costs, "settings": settings.as_dict(),
+                  "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}}
+    log_metadata(metadata={"scores": scores.as_dict(), "costs": costs})
+    logger.info("%s test: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in scores.as_dict().items()))
+    return model, evaluation
+
+
+def _parent_run_id() -> str | None:
+    run = mlflow.active_run()
+    return run.data.tags.get("mlflow.parentRunId") if run is not None else None
+
+
+@step
+def compare_classifiers(evaluations: list[dict]) -> Annotated[dict, "comparison"]:
+    """The comparison table (CSV and markdown), the grouped score bars and the ROC curves of every model, logged
+    to the pipeline's parent MLflow run (and this step's)."""
+    import pandas as pd
+
+    rows = []
+    for e in evaluations:
+        rows.append({"model": e["name"], "architecture": e["architecture"], "init": e["init_used"],
+                     **{k: e["scores"][k] for k in SCORE_COLUMNS}, **e["costs"]})
+    table = pd.DataFrame(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        table.to_csv(folder / "comparison.csv", index=False, float_format="%.6g")
+        (folder / "comparison.md").write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
+        comparison_bars({e["name"]: e["scores"] for e in evaluations},
+                        ["accuracy", "sensitivity", "specificity", "f1", "roc_auc"], folder / "comparison.png")
+        roc_curves({e["name"]: (np.asarray(e["roc"]["fpr"]), np.asarray(e["roc"]["tpr"]), e["scores"]["roc_auc"])
+                    for e in evaluations}, folder / "roc.png")
+        targets = [None] + ([_parent_run_id()] if _parent_run_id() else [])
+        for run_id in targets:
+            for name in ("comparison.csv", "comparison.md", "comparison.png", "roc.png"):
+                if run_id is None:
+                    mlflow.log_artifact(str(folder / name), artifact_path="comparison")
+                else:
+                    MlflowClient().log_artifact(run_id, str(folder / name), artifact_path="comparison")
+    logger.info("comparison on the test split:\n%s", table.to_string(index=False))
+    comparison = {"rows": json.loads(table.to_json(orient="records"))}
+    log_metadata(metadata={"comparison": comparison})
+    return comparison
+
+
+@step(enable_cache=False)  # a side effect: a cache hit would silently skip the registration
+def register_classifiers(
+    evaluations: list[dict],
+    images: np.ndarray,
+    labels: np.ndarray,
+    dataset_index: dict,
+    lineage: dict,
+    registered_model_name: str,
+    promotion_metric: str,
+    tie_breakers: list[str],
+    alias: str,
+    min_improvement: float,
+) -> Annotated[dict, "registration"]:
+    """Register every trained model (best first) and move ``alias`` to one only if it beats the champion on the
+    same test data; a champion scored on another data version is re-scored on this run's test split."""
+    test_images, test_labels = _subset(images, labels, dataset_index, "test")
+    zenml_run_id = str(get_step_context().pipeline_run.id)
+    ranked = [promotion_metric, *tie_breakers]
+
+    def rescore(champion) -> dict[str, float]:
+        settings = ClassifierSettings.from_dict(tags.inference_from_tags(champion.tags))
+        if list(settings.classes) != list(dataset_index["classes"]):
+            raise ValueError(f"the champion classifies {list(settings.classes)}, this data has "
+                             f"{dataset_index['classes']}: not comparable")
+        old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")
+        probabilities = predict_probabilities(old.eval(), test_images, settings.batch_size)
+        return classification_scores(probabilities, test_labels, settings.positive).as_dict()
+
+    decisions = []
+    for e in sorted(evaluations, key=lambda e: tuple(e["scores"][m] for m in ranked), reverse=True):
+        decision = register_and_maybe_promote(
+            MlflowClient(), e["model_uri"], registered_model_name, e["scores"],
+            {**tags.lineage_to_tags(lineage), **tags.inference_to_tags(e["settings"]), tags.MLFLOW_RUN_ID: e["mlflow_run_id"],
+             tags.ZENML_RUN_ID: zenml_run_id, "model_name": e["name"], "architecture": e["architecture"],
+             "init": e["init_used"]},
+            promotion_metric=promotion_metric, tie_breakers=tie_breakers, alias=alias,
+            min_improvement=min_improvement, rescore=rescore)
+        decisions.append({**decision, "model_name": e["name"]})
+        logger.info("%s -> %s v%s, promoted: %s", e["name"], registered_model_name, decision["version"],
+                    decision["promoted"])
+    promoted = [d for d in decisions if d["promoted"]]
+    summary = {"versions": decisions, "promoted": promoted[-1] if promoted else None,
+               "champion_version": decisions[-1]["champion_version"]}
+    mlflow.set_tags({"champion_version": str(summary["champion_version"])})
+    # The run's best model stands for the run in ZenML's Model Control Plane (production if it was promoted).
+    follow_in_model_control_plane(decisions[0])
+    log_metadata(metadata={"registration": json.loads(json.dumps(summary, default=str))})
+    return summary

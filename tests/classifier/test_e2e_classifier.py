@@ -1,0 +1,218 @@
+"""End to end, as a user runs it, on a fresh project copy with tiny data: the classifier pipeline trains every
+configured model (and the source backbone) in nested MLflow runs, compares and registers them and promotes the
+best; `cellops predict classifier` labels files; the deployed bento answers real HTTP and refuses bad uploads;
+a dataset with one picture under two classes stops the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import shutil
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+import tifffile
+import yaml
+from PIL import Image
+
+from cellops.classifier.predict import ClassifierSettings
+from cellops.classifier.train import predict_probabilities
+from cellops.io import load_class_images
+from helpers import run_command as _run
+from helpers import served_bento
+from tracking import tags
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = "tests/configs/classifier_tiny.yaml"
+MODELS = {"efficientcellnet", "efficientcellnet_transfer", "resnet18", "densenet121"}
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    root, env = project
+    _run(["zenml", "pipeline", "run", "pipelines.classifier.training_pipeline", "-c", CONFIG], root, env)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    yield root, env
+    mlflow.set_tracking_uri(None)
+
+
+def _runs_by_name(client):
+    experiment = client.get_experiment_by_name("cellops-classifier")
+    return {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+
+
+def test_every_model_has_its_own_run_with_curves_scores_costs_and_cam_gallery(trained):
+    root, _ = trained
+    client = mlflow.MlflowClient()
+    runs = _runs_by_name(client)
+    parents = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    config = yaml.safe_load((root / CONFIG).read_text())["parameters"]
+    for name in MODELS:
+        run = runs[f"train_{name}"]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        epochs = config["models"][name].get("training", {}).get("epochs", config["training"]["epochs"])
+        for curve in ("train_loss", "train_accuracy", "train_sensitivity", "val_loss", "val_accuracy",
+                      "val_sensitivity"):
+            assert len(client.get_metric_history(run.info.run_id, curve)) == epochs, (name, curve)
+        assert {"test_accuracy", "test_loss", "test_sensitivity", "test_specificity", "test_precision", "test_f1",
+                "test_roc_auc", "parameters", "macs", "cpu_latency_ms"} <= set(run.data.metrics)
+        gallery = {a.path for a in client.list_artifacts(run.info.run_id, "cam_gallery")}
+        assert gallery == {"cam_gallery/correct.png", "cam_gallery/wrong.png"}
+        assert run.data.tags["init"] == config["models"][name]["init"]
+    # No local ImageNet weights here: the torchvision models say they started from random weights.
+    assert runs["train_densenet121"].data.tags["init_used"] == "scratch"
+    assert runs["train_densenet121"].data.tags["imagenet_weights"] == "none"
+    assert runs["train_efficientcellnet_transfer"].data.tags["init_used"] == "source"
+    comparison = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert comparison == {f"comparison/{n}" for n in ("comparison.csv", "comparison.md", "comparison.png", "roc.png")}
+    table = client.download_artifacts(parent.info.run_id, "comparison/comparison.csv")
+    rows = list(csv.DictReader(open(table)))
+    assert {r["model"] for r in rows} == MODELS
+    custom = next(r for r in rows if r["model"] == "efficientcellnet")
+    dense = next(r for r in rows if r["model"] == "densenet121")
+    assert int(custom["parameters"]) < 1_000_000 < int(dense["parameters"]) and float(custom["macs"]) < float(dense["macs"])
+
+
+def test_all_models_are_registered_and_the_best_by_sensitivity_then_specificity_is_champion(trained):
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions("name='cellops-classifier'")
+    assert {v.tags["model_name"] for v in versions} == MODELS and len(versions) == 4
+    champion = client.get_model_version_by_alias("cellops-classifier", "champion")
+
+    def rank(v):
+        metrics = tags.metrics_from_tags(v.tags)
+        return metrics["sensitivity"], metrics["specificity"]
+
+    assert rank(champion) == max(rank(v) for v in versions)
+    assert champion.tags[tags.PROMOTION_METRIC] == "sensitivity"
+    settings = tags.inference_from_tags(champion.tags)
+    assert settings["classes"] == ["hipsc_ec", "non_ec"] and settings["positive_class"] == "hipsc_ec"
+    # The source backbone is a registered artifact of its own.
+    backbone = client.search_model_versions("name='cellops-classifier-backbone'")
+    assert len(backbone) == 1 and "nuclei_film" in backbone[0].tags["source_classes"]
+
+
+def test_cellops_predict_writes_labels_probabilities_and_cams_and_names_bad_files(trained, tmp_path):
+    root, env = trained
+    good = sorted((root / "data/endothelial/hipsc_ec").iterdir())[:2] + sorted((root / "data/endothelial/non_ec").iterdir())[:1]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    result = _run(["cellops", "predict", "classifier", *map(str, good), str(bad), "--out", str(out)], root, env,
+                  check=False)
+    assert result.returncode == 1 and "broken.png" in result.stderr
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["file"] for r in rows[:3]] == [str(p) for p in good] and rows[3]["file"] == str(bad) and rows[3]["error"]
+    for row in rows[:3]:
+        assert row["label"] in ("hipsc_ec", "non_ec")
+        assert float(row["p_hipsc_ec"]) + float(row["p_non_ec"]) == pytest.approx(1, abs=1e-6)
+    assert sorted(p.name for p in (out / "cams").iterdir()) == sorted(f"{p.stem}.png" for p in good)
+    # Any registered version by URI; a missing one is named.
+    other = _run(["cellops", "predict", "classifier", str(good[0]), "--out", str(tmp_path / "v2"), "--no-cams",
+                  "--model", "models:/cellops-classifier/2"], root, env)
+    assert "cellops-classifier v2" in other.stdout and not (tmp_path / "v2" / "cams").exists()
+    missing = _run(["cellops", "predict", "classifier", str(good[0]), "--out", str(tmp_path / "x"), "--model",
+                    "models:/cellops-classifier/99"], root, env, check=False)
+    assert missing.returncode == 2 and "no version 99" in missing.stdout
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
+    root, env = trained
+    result = _run(["zenml", "pipeline", "run", "pipelines.classifier.deployment_pipeline", "-c",
+                   "configs/classifier_deploy.yaml"], root, env)
+    assert "built bento cellops-classifier:" in result.stdout + result.stderr
+    champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-classifier", "champion")
+    settings = ClassifierSettings.from_dict(tags.inference_from_tags(champion.tags))
+    model = mlflow.pytorch.load_model("models:/cellops-classifier@champion", map_location="cpu").eval()
+    files = sorted((root / "data/endothelial/hipsc_ec").iterdir())[:3] + sorted((root / "data/endothelial/non_ec").iterdir())[:3]
+    images, _ = load_class_images(files, channels=settings.channels, size=settings.size)
+    expected = predict_probabilities(model, images, 8)
+
+    with served_bento("cellops-classifier:latest", root, {**env, "CELLOPS_MAX_PIXELS": "20000"}) as base:
+        def post(route, name, data, field="image"):
+            return httpx.post(f"{base}/{route}", files=[(field, (name, data, "application/octet-stream"))], timeout=60)
+
+        one = post("classify", files[0].name, files[0].read_bytes())
+        assert one.status_code == 200, one.text
+        answer = one.json()
+        assert answer["probabilities"]["hipsc_ec"] == pytest.approx(expected[0, 0], abs=1e-4)
+        assert answer["label"] == settings.classes[int(expected[0].argmax())]
+        assert answer["model_version"] == str(champion.version)
+
+        batch = httpx.post(f"{base}/classify_batch", timeout=60,
+                           files=[("images", (p.name, p.read_bytes(), "image/png")) for p in files])
+        assert batch.status_code == 200, batch.text
+        served = np.array([[a["probabilities"][c] for c in settings.classes] for a in batch.json()])
+        assert np.allclose(served, expected, atol=1e-4)
+
+        # Concurrent single requests (adaptive batching may merge them) get each its own answer.
+        async def concurrent():
+            async with httpx.AsyncClient(timeout=60) as client:
+                return await asyncio.gather(*[client.post(f"{base}/classify", files={"image": (p.name, p.read_bytes())})
+                                              for p in files])
+        answers = [r.json()["probabilities"]["hipsc_ec"] for r in asyncio.run(concurrent())]
+        assert np.allclose(answers, expected[:, 0], atol=1e-4)
+
+        # RGB and 16-bit versions of the same picture are accepted.
+        grey = np.asarray(Image.open(files[0]))
+        assert post("classify", "rgb.png", _png(np.stack([grey] * 3, axis=-1))).status_code == 200
+        sixteen = io.BytesIO()
+        tifffile.imwrite(sixteen, grey.astype(np.uint16) * 257)
+        sixteen_answer = post("classify", "16bit.tif", sixteen.getvalue()).json()
+        assert sixteen_answer["probabilities"]["hipsc_ec"] == pytest.approx(answer["probabilities"]["hipsc_ec"], abs=1e-3)
+
+        cam = post("explain", files[0].name, files[0].read_bytes())
+        assert cam.status_code == 200 and cam.headers["content-type"] == "image/png"
+        overlay = np.asarray(Image.open(io.BytesIO(cam.content)))
+        assert overlay.shape == (settings.size, settings.size, 3) and cam.headers["x-label"] == answer["label"]
+
+        meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
+        assert meta["model_version"] == str(champion.version) and meta["mlflow_run_id"] == champion.run_id
+        assert meta["inference_settings"] == settings.as_dict()
+
+        stack = io.BytesIO()
+        tifffile.imwrite(stack, np.zeros((3, 32, 32), np.uint8))
+        for name, data, status, message in [
+            ("notes.txt", b"not an image at all", 400, "not an image"),
+            ("empty.png", b"", 400, "empty upload"),
+            ("stack.tif", stack.getvalue(), 400, "stack"),
+            ("huge.png", _png(np.zeros((200, 200), np.uint8)), 413, "too large"),
+        ]:
+            response = post("classify", name, data)
+            assert response.status_code == status, (name, response.status_code, response.text)
+            assert message in response.text, (name, response.text)
+        mixed = httpx.post(f"{base}/classify_batch", timeout=60, files=[
+            ("images", (files[0].name, files[0].read_bytes())), ("images", ("bad.png", b"garbage"))])
+        assert mixed.status_code == 400 and "images[1]" in mixed.text and "bad.png" in mixed.text
+        assert post("explain", "notes.txt", b"nope").status_code == 400
+
+
+def test_the_same_picture_under_two_classes_stops_the_pipeline_naming_it(trained):
+    root, env = trained
+    broken = root / "data_broken" / "endothelial"
+    shutil.copytree(root / "data" / "endothelial", broken)
+    source = sorted((broken / "hipsc_ec").iterdir())[0]
+    shutil.copy(source, broken / "non_ec" / "copy_0.png")  # a labelling mistake: one picture, two classes
+    config = yaml.safe_load((root / CONFIG).read_text())
+    config["steps"]["index_class_folders"]["parameters"]["data_dir"] = str(broken)
+    (root / "broken_classifier.yaml").write_text(yaml.safe_dump(config))
+    before = len(mlflow.MlflowClient().search_model_versions("name='cellops-classifier'"))
+    result = _run(["zenml", "pipeline", "run", "pipelines.classifier.training_pipeline", "-c", "broken_classifier.yaml"],
+                  root, env, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "dataset validation failed" in output
+    assert "duplicate_conflicting_label" in output and "copy_0.png" in output
+    assert len(mlflow.MlflowClient().search_model_versions("name='cellops-classifier'")) == before
