@@ -30,6 +30,7 @@ def generate_data(params_file: Path, out: Path, *, force: bool = False) -> None:
     from cellops.synthetic.calcium import write_calcium_dataset
     from cellops.synthetic.colonies import write_colony_dataset
     from cellops.synthetic.em import write_lucchi_dataset
+    from cellops.synthetic.endothelial import write_endothelial_dataset
     from cellops.synthetic.nuclei import write_nuclei_dataset
 
     params = yaml.safe_load(params_file.read_text())
@@ -44,6 +45,9 @@ def generate_data(params_file: Path, out: Path, *, force: bool = False) -> None:
         "calcium": lambda p: write_calcium_dataset(out / "calcium", movies_per_group=int(p["movies_per_group"]),
                                                    shape=tuple(p["shape"]), n_frames=int(p["n_frames"]),
                                                    seed=int(p["seed"]), overwrite=force),
+        "endothelial": lambda p: write_endothelial_dataset(out / "endothelial",
+                                                           images_per_class=int(p["images_per_class"]),
+                                                           size=int(p["size"]), seed=int(p["seed"]), overwrite=force),
     }
     for name, writer in writers.items():
         if name in params:

@@ -34,6 +34,7 @@ TINY_PARAMS = {
     "colonies": {"n_images": 2, "shape": [384, 384], "seed": 7},
     "nuclei": {"images_per_group": 2, "shape": [256, 256], "seed": 7},
     "calcium": {"movies_per_group": 1, "shape": [128, 128], "n_frames": 40, "seed": 7},
+    "endothelial": {"images_per_class": 24, "size": 64, "seed": 7},
 }
 
 

@@ -26,6 +26,7 @@ from cellops.cli import main
 from cellops.synthetic.calcium import generate_calcium_movie
 from cellops.synthetic.colonies import generate_colony_image
 from cellops.synthetic.em import generate_em_volume
+from cellops.synthetic.endothelial import CLASSES, generate_cell_image
 from cellops.synthetic.nuclei import generate_nuclei_image
 from cellops.telemetry import TELEMETRY_OFF
 
@@ -150,6 +151,7 @@ GENERATORS = {
     "nuclei": lambda: (lambda n: (n.image, n.labels, n.ellipses.to_csv(float_format="%.6g").encode()))(
         generate_nuclei_image("Film", (256, 256), seed=3, n_nuclei=20)),
     "calcium": lambda: (lambda m: (m.movie, m.labels))(generate_calcium_movie("Film", (128, 128), n_frames=24, n_cells=8, seed=3)),
+    "endothelial": lambda: tuple(generate_cell_image(label, 96, seed=seed) for label in CLASSES for seed in range(8)),
 }
 
 
