@@ -3,7 +3,7 @@ in one run: test accuracy on the same split and images per second on the same CP
 
     python benchmarks/classifier.py [--config configs/classifier.yaml] [--threads 2] [--repeats 5]
 
-Reads the newest registered version of each (``cellops-classifier``, tags ``model_name``) from this checkout's
+Reads both from the newest pipeline run that registered both (``cellops-classifier``, tag ``model_name``) in this checkout's
 MLflow store, so run ``make train-classifier`` (or ``make demo``) first. Targets (issue 8): the custom network at
 least 3x faster than DenseNet121, its accuracy at most 1 point lower.
 """
@@ -32,11 +32,16 @@ from tracking import tags
 from tracking.runs import project_tracking_uri
 
 
-def newest_version(client: MlflowClient, registered: str, model_name: str):
-    versions = [v for v in client.search_model_versions(f"name='{registered}'") if v.tags.get("model_name") == model_name]
-    if not versions:
-        raise SystemExit(f"no version of {registered} with model_name={model_name}: run the classifier pipeline first")
-    return max(versions, key=lambda v: int(v.version))
+def versions_of_one_run(client: MlflowClient, registered: str, model_names: list[str]) -> dict:
+    """The versions named ``model_names`` registered by the newest pipeline run that trained all of them (same
+    split, same data, same budget)."""
+    by_run: dict[str, dict] = {}
+    for v in client.search_model_versions(f"name='{registered}'"):
+        by_run.setdefault(v.tags.get(tags.ZENML_RUN_ID), {})[v.tags.get(tags.MODEL_NAME)] = v
+    complete = [found for found in by_run.values() if all(name in found for name in model_names)]
+    if not complete:
+        raise SystemExit(f"no run registered {model_names} in {registered}: run the classifier pipeline first")
+    return max(complete, key=lambda found: max(int(v.version) for v in found.values()))
 
 
 def test_split(config: dict) -> tuple[list[Path], np.ndarray]:
@@ -79,8 +84,9 @@ def main() -> None:
     client = MlflowClient()
     files, labels = test_split(config)
     results = {}
+    versions = versions_of_one_run(client, registered, [args.custom, args.reference])
     for role, model_name in (("custom", args.custom), ("reference", args.reference)):
-        version = newest_version(client, registered, model_name)
+        version = versions[model_name]
         settings = ClassifierSettings.from_dict(tags.inference_from_tags(version.tags))
         images, failures = load_class_images(files, channels=settings.channels, size=settings.size)
         assert not failures, failures

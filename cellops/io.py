@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageSequence, UnidentifiedImageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,8 +107,14 @@ def read_tiff_stack(path: str | Path) -> np.ndarray:
         raise ImageInputError(f"{path}: no such file")
     try:
         return tifffile.imread(path)
-    except (tifffile.TiffFileError, ValueError, OSError) as error:
-        raise ImageInputError(f"{path}: not a readable TIFF file ({error})") from error
+    except Exception as tiff_error:  # tifffile raises many types (zlib.error, missing codecs...) on such files
+        # LZW/PackBits/JPEG-compressed TIFFs need the imagecodecs package in tifffile; Pillow decodes them itself.
+        try:
+            with Image.open(path) as img:
+                pages = [np.asarray(_intensities(page.copy())) for page in ImageSequence.Iterator(img)]
+            return pages[0] if len(pages) == 1 else np.stack(pages)
+        except Exception:
+            raise ImageInputError(f"{path}: not a readable TIFF file ({tiff_error})") from tiff_error
 
 
 def read_image_file(path: str | Path) -> np.ndarray:
@@ -129,6 +135,8 @@ def read_image_file(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.asarray(_intensities(img))
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"{path}: image too large ({error})") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageInputError(f"{path}: not a readable image ({error})") from error
 
@@ -142,6 +150,8 @@ def _intensities(img: Image.Image) -> Image.Image:
         return img.convert("RGB")
     if img.mode == "1":
         return img.convert("L")
+    if img.mode in ("LA", "La"):  # grey + alpha: the alpha is not an intensity
+        return img.getchannel(0)
     return img
 
 

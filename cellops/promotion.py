@@ -25,6 +25,8 @@ def should_promote(candidate: float | Sequence[float], champion: float | Sequenc
     False
     >>> should_promote((0.95, 0.97), (0.95, 0.93)), should_promote((0.95, 0.99), (0.96, 0.90))
     (True, False)
+    >>> should_promote(0.1, float("nan")), should_promote(float("nan"), None)
+    (True, False)
     """
     candidate = tuple(candidate) if isinstance(candidate, Sequence) else (candidate,)
     if not math.isfinite(candidate[0]):
@@ -34,8 +36,31 @@ def should_promote(candidate: float | Sequence[float], champion: float | Sequenc
     champion = tuple(champion) if isinstance(champion, Sequence) else (champion,)
     if len(champion) != len(candidate):
         raise ValueError(f"cannot compare scores {candidate} and {champion}: different numbers of metrics")
+    # A champion's undefined score (NaN: e.g. precision when it never said "positive") is beaten by any number.
+    candidate, champion = ranking_key(candidate), ranking_key(champion)
     if candidate[0] > champion[0] + min_improvement:
         return True
     if candidate[0] != champion[0]:
         return False
     return candidate[1:] > champion[1:]
+
+
+def ranking_key(scores: Sequence[float]) -> tuple[float, ...]:
+    """Scores as a sort key where an undefined (NaN) score ranks below every number.
+
+    >>> sorted([(0.9,), (float("nan"),), (0.5,)], key=ranking_key, reverse=True)
+    [(0.9,), (0.5,), (nan,)]
+    """
+    return tuple(float("-inf") if value != value else float(value) for value in scores)
+
+
+#: Scores where lower is better; promotion compares higher-is-better scores only.
+LOWER_IS_BETTER = frozenset({"loss"})
+
+
+def check_promotion_metrics(metrics: Sequence[str]) -> None:
+    """Refuse a lower-is-better score as a promotion metric or tie-breaker (it would promote the worst model)."""
+    wrong = [m for m in metrics if m in LOWER_IS_BETTER or m.endswith("_loss")]
+    if wrong:
+        raise ValueError(f"{wrong}: lower is better for these scores; promote on a higher-is-better one "
+                         "(accuracy, sensitivity, specificity, f1, roc_auc...)")

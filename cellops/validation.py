@@ -385,7 +385,7 @@ def _duplicate_groups(table: pd.DataFrame, flag: str) -> str:
 
 
 def _explain_classification(check: str, table: pd.DataFrame, classes: Sequence[str],
-                            expect: ClassificationExpectations) -> str:
+                            expect: ClassificationExpectations, splits: Sequence[str]) -> str:
     """Plain words for a failed check of the classification suite, naming the files, classes or splits at fault."""
     readable = table[table["readable"]]
     counts = table["label"].value_counts()
@@ -418,7 +418,6 @@ def _explain_classification(check: str, table: pd.DataFrame, classes: Sequence[s
         return "; ".join(words)
     if check == "class_in_every_split":
         present = set(table["label_split"])
-        splits = sorted(table["split"].unique())
         missing = [(c, s) for c in classes for s in splits if f"{c}|{s}" not in present]
         return "; ".join(f"class {c!r} has no images in split {s!r}" for c, s in missing)
     if check == "min_images_per_class":
@@ -441,9 +440,9 @@ def _explain_classification(check: str, table: pd.DataFrame, classes: Sequence[s
     raise KeyError(check)
 
 
-def _classification_suite(table: pd.DataFrame, classes: Sequence[str], expect: ClassificationExpectations) -> list:
+def _classification_suite(table: pd.DataFrame, classes: Sequence[str], expect: ClassificationExpectations,
+                          splits: Sequence[str]) -> list:
     e = gx.expectations
-    splits = sorted(table["split"].unique())
     checks = [
         ("readable", e.ExpectColumnValuesToBeInSet(column="readable", value_set=[True])),
         ("channels", e.ExpectColumnValuesToBeInSet(column="channels", value_set=list(expect.allowed_channels))),
@@ -483,8 +482,12 @@ def validate_classification_dataset(
     classes: Sequence[str],
     expectations: ClassificationExpectations,
     data_docs_dir: Path | None = None,
+    splits: Sequence[str] | None = None,
 ) -> ValidationReport:
     """Run the classification dataset suite on a :func:`summarise_class_images` table.
+
+    ``splits`` names the splits every class must appear in (e.g. train, val, test: an empty split fails);
+    by default, those the table holds.
 
     The suite expects: every file readable; channel counts in ``allowed_channels``; both sides at least
     ``min_side``; no blank image (std above ``min_std``); with ``require_consistent_size`` one image size and
@@ -512,8 +515,9 @@ def validate_classification_dataset(
     if not classes:
         raise ValueError("no classes given: pass the class names the dataset must hold")
     derived = _with_class_columns(table)
-    report = _run_suite(derived, "classification_dataset", _classification_suite(derived, classes, expectations),
-                        data_docs_dir)
+    splits = list(splits) if splits else sorted(table["split"].unique())
+    report = _run_suite(derived, "classification_dataset",
+                        _classification_suite(derived, classes, expectations, splits), data_docs_dir)
     failures = []
     for result in report.results["results"]:
         if result["success"]:
@@ -525,6 +529,6 @@ def validate_classification_dataset(
             continue
         column = config["kwargs"].get("column")
         failures.append(f"{config['type']} on column '{column}' failed: "
-                        f"{_explain_classification(check, derived, classes, expectations)}")
+                        f"{_explain_classification(check, derived, classes, expectations, splits)}")
     report.failures = failures
     return report

@@ -44,7 +44,7 @@ def training_pipeline(input: dict, positive_class: str, models: dict, training: 
             latency_batch_size=latency_batch_size, id=f"train_{name}")
         evaluations.append(evaluation)
     compare_classifiers(evaluations)
-    register_classifiers(evaluations, images, labels, dataset_index, lineage)
+    register_classifiers(evaluations, dataset_index, lineage)
 
 
 @pipeline

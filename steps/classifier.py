@@ -19,18 +19,20 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from cellops.classifier.cost import count_macs, count_parameters, cpu_latency_ms
-from cellops.classifier.data import Augmentation, build_augmentation, stratified_split
+from cellops.classifier.data import (SPLITS, Augmentation, SplitSettings, build_augmentation, stratified_split,
+                                     test_set_fingerprint)
 from cellops.classifier.metrics import classification_scores, positive_roc
-from cellops.classifier.models import ModelSpec, parse_models
-from cellops.classifier.plots import cam_gallery, comparison_bars, roc_curves
-from cellops.classifier.predict import ClassifierSettings, cam_overlay, explain
-from cellops.classifier.source_task import source_task_patches
+from cellops.classifier.models import ModelSpec, initial_weights
+from cellops.classifier.plots import cam_galleries, comparison_bars, roc_curves
+from cellops.classifier.predict import ClassifierSettings
+from cellops.classifier.source_task import SourceTask, source_task_patches
 from cellops.classifier.train import ClassifierTraining, fit, predict_probabilities
 from cellops.config import deep_merge, from_mapping
 from cellops.io import content_md5, list_class_folders, load_class_images
 from cellops.plots import training_curves
 from cellops.validation import ClassificationExpectations, summarise_class_images, validate_classification_dataset
-from models.classifier import build_classifier, imagenet_weights_file, transfer_features
+from cellops.promotion import check_promotion_metrics, ranking_key
+from models.classifier import build_classifier, transfer_features
 from steps.registry import follow_in_model_control_plane
 from steps.validation import data_docs_page
 from tracking import tags
@@ -56,10 +58,11 @@ def _subset(images: np.ndarray, labels: np.ndarray, dataset_index: dict, split: 
 def index_class_folders(data_dir: str, split: dict) -> Annotated[dict, "dataset_index"]:
     """Every image of ``data_dir/<class>/``, its label, content hash and split (stratified per class; identical
     pictures stay in one split)."""
+    settings = SplitSettings.from_dict(split)
     dataset = list_class_folders(data_dir)
     hashes = [content_md5(path) for path in dataset.files]
-    splits = stratified_split(dataset.labels, hashes, val_fraction=float(split["val_fraction"]),
-                              test_fraction=float(split["test_fraction"]), seed=int(split["seed"]))
+    splits = stratified_split(dataset.labels, hashes, val_fraction=settings.val_fraction,
+                              test_fraction=settings.test_fraction, seed=settings.seed)
     counts = {name: {s: int(np.sum((np.asarray(dataset.labels) == i) & (splits == s))) for s in ("train", "val", "test")}
               for i, name in enumerate(dataset.classes)}
     log_metadata(metadata={"classes": dataset.classes, "images": len(dataset.files), "split_counts": counts})
@@ -80,7 +83,7 @@ def validate_classification_data(
     with tempfile.TemporaryDirectory() as tmp:
         report = validate_classification_dataset(table, dataset_index["classes"],
                                                  from_mapping(ClassificationExpectations, expectations),
-                                                 data_docs_dir=Path(tmp))
+                                                 data_docs_dir=Path(tmp), splits=SPLITS)
         html = data_docs_page(Path(tmp))
     log_metadata(metadata={"validation_success": report.success, "failed_expectations": report.failures})
     return {"success": report.success, "failures": report.failures, "results": report.results}, html
@@ -111,15 +114,14 @@ def pretrain_source_backbone(
     """Pretrain ``architecture`` on the source task built from the project's other datasets (see
     :mod:`cellops.classifier.source_task`), in its own MLflow run; registered as ``registered_model_name``."""
     spec = ModelSpec.from_dict(architecture)
+    task = SourceTask.from_dict(source_task)
     config = ClassifierTraining.from_dict(deep_merge(training, spec.training))
-    images, labels, classes = source_task_patches(source_task["data_root"], size=int(input["size"]),
-                                                  crop=int(source_task["crop"]),
-                                                  patches_per_class=int(source_task["patches_per_class"]),
-                                                  seed=int(source_task["seed"]))
+    images, labels, classes = source_task_patches(task.data_root, size=int(input["size"]), crop=task.crop,
+                                                  patches_per_class=task.patches_per_class, seed=task.seed)
     if int(input["channels"]) == 3:
         images = np.repeat(images, 3, axis=1)
-    chosen = np.random.default_rng(int(source_task["seed"])).permutation(len(images))
-    n_val = max(len(classes), int(0.1 * len(images)))
+    chosen = np.random.default_rng(task.seed).permutation(len(images))
+    n_val = max(len(classes), round(task.val_fraction * len(images)))
     val, train = chosen[:n_val], chosen[n_val:]
     model = build_classifier(spec.architecture, num_classes=len(classes), in_channels=int(input["channels"]),
                              options=spec.options, seed=config.seed)
@@ -135,25 +137,11 @@ def pretrain_source_backbone(
                                     code_paths=["models"])
     version = mlflow.register_model(info.model_uri, registered_model_name).version
     for key, value in {**tags.lineage_to_tags(lineage), "source_classes": ",".join(classes),
-                       "metric.source_val_accuracy": repr(history.val_accuracy[history.best_epoch])}.items():
+                       **tags.metrics_to_tags({"source_val_accuracy": history.val_accuracy[history.best_epoch]})}.items():
         MlflowClient().set_model_version_tag(registered_model_name, version, key, value)
     log_metadata(metadata={"source_val_accuracy": history.val_accuracy[history.best_epoch],
                            "registered_model": registered_model_name, "model_version": str(version)})
     return model
-
-
-def _gallery(model: nn.Module, images: np.ndarray, labels: np.ndarray, settings: ClassifierSettings,
-             per_gallery: int, folder: Path) -> list[Path]:
-    """CAM overlays of correctly and wrongly classified test images, one PNG each."""
-    probabilities, cams = explain(model, images, settings.batch_size)
-    predicted = probabilities.argmax(axis=1)
-    paths = []
-    for name, chosen in (("correct", np.flatnonzero(predicted == labels)), ("wrong", np.flatnonzero(predicted != labels))):
-        chosen = chosen[:per_gallery]
-        titles = [f"true {settings.classes[labels[i]]}\nsaid {settings.classes[predicted[i]]} "
-                  f"{probabilities[i, predicted[i]]:.2f}" for i in chosen]
-        paths.append(cam_gallery([cam_overlay(images[i], cams[i]) for i in chosen], titles, folder / f"{name}.png"))
-    return paths
 
 
 @step(experiment_tracker=True)  # the stack's tracker: one invocation per model, each its own nested MLflow run
@@ -177,15 +165,11 @@ def train_and_evaluate_classifier(
     model_spec = ModelSpec.from_dict(spec)
     config = ClassifierTraining.from_dict(deep_merge(training, model_spec.training))
     settings = _settings(dataset_index, input, positive_class)
-    weights = None
-    init_used = model_spec.init
-    if model_spec.init == "imagenet":
-        weights = imagenet_weights_file(model_spec.architecture, model_spec.weights_file)
-        if weights is None:
-            init_used = "scratch"
-            logger.warning("%s: no local ImageNet weights for %s (set weights_file, or put torchvision's file in "
+    weights, init_used = initial_weights(model_spec)
+    if model_spec.init == "imagenet" and weights is None:
+        logger.warning("%s: no local ImageNet weights for %s (set weights_file, or put torchvision's file in "
                            "$TORCH_HOME/hub/checkpoints); training from random weights (weights=None)",
-                           name, model_spec.architecture)
+                       name, model_spec.architecture)
     model = build_classifier(model_spec.architecture, num_classes=len(settings.classes), in_channels=settings.channels,
                              options=model_spec.options, imagenet_weights=weights, seed=config.seed)
     if model_spec.init == "source":
@@ -194,8 +178,8 @@ def train_and_evaluate_classifier(
         transfer_features(model, source_backbone)
     log_run_config()
     mlflow.set_tags({**tags.lineage_to_tags(lineage), tags.ZENML_RUN_ID: str(get_step_context().pipeline_run.id),
-                     "model_name": name, "architecture": model_spec.architecture, "init": model_spec.init,
-                     "init_used": init_used, "imagenet_weights": str(weights) if weights else "none"})
+                     tags.MODEL_NAME: name, tags.ARCHITECTURE: model_spec.architecture, tags.INIT: model_spec.init,
+                     tags.INIT_USED: init_used, tags.IMAGENET_WEIGHTS: str(weights) if weights else "none"})
     mlflow.log_params({"model.epochs": config.epochs, "model.learning_rate": config.learning_rate})
     train, val = _subset(images, labels, dataset_index, "train"), _subset(images, labels, dataset_index, "val")
     test_images, test_labels = _subset(images, labels, dataset_index, "test")
@@ -216,7 +200,8 @@ def train_and_evaluate_classifier(
         folder = Path(tmp)
         training_curves({k: v for k, v in history.curves().items() if k != "epoch_seconds"}, folder / "curves.png")
         mlflow.log_artifact(str(folder / "curves.png"), artifact_path="training")
-        for path in _gallery(model, test_images, test_labels, settings, gallery_size, folder / "cam_gallery"):
+        for path in cam_galleries(model, test_images, test_labels, settings.classes, settings.batch_size, gallery_size,
+                                  folder / "cam_gallery"):
             mlflow.log_artifact(str(path), artifact_path="cam_gallery")
         (folder / "confusion.json").write_text(json.dumps({"classes": list(settings.classes),
                                                            "confusion": scores.confusion}))
@@ -273,8 +258,6 @@ def compare_classifiers(evaluations: list[dict]) -> Annotated[dict, "comparison"
 @step(enable_cache=False)  # a side effect: a cache hit would silently skip the registration
 def register_classifiers(
     evaluations: list[dict],
-    images: np.ndarray,
-    labels: np.ndarray,
     dataset_index: dict,
     lineage: dict,
     registered_model_name: str,
@@ -285,26 +268,38 @@ def register_classifiers(
 ) -> Annotated[dict, "registration"]:
     """Register every trained model (best first) and move ``alias`` to one only if it beats the champion on the
     same test data; a champion scored on another data version is re-scored on this run's test split."""
-    test_images, test_labels = _subset(images, labels, dataset_index, "test")
-    zenml_run_id = str(get_step_context().pipeline_run.id)
     ranked = [promotion_metric, *tie_breakers]
+    check_promotion_metrics(ranked)
+    zenml_run_id = str(get_step_context().pipeline_run.id)
+    positive_class = evaluations[0]["settings"]["positive_class"]
+    test_files = [Path(f) for f, s in zip(dataset_index["files"], dataset_index["splits"]) if s == "test"]
+    test_labels = np.asarray(dataset_index["labels"])[np.asarray(dataset_index["splits"]) == "test"]
+    # The test set by content and labels: a champion scored on another one (other split, folder or positive
+    # class, same DVC version or not) is re-scored before the comparison.
+    test_set = test_set_fingerprint(dataset_index["md5"], [dataset_index["classes"][i] for i in dataset_index["labels"]],
+                                    dataset_index["splits"], positive_class)
 
     def rescore(champion) -> dict[str, float]:
         settings = ClassifierSettings.from_dict(tags.inference_from_tags(champion.tags))
-        if list(settings.classes) != list(dataset_index["classes"]):
-            raise ValueError(f"the champion classifies {list(settings.classes)}, this data has "
-                             f"{dataset_index['classes']}: not comparable")
+        if list(settings.classes) != list(dataset_index["classes"]) or settings.positive_class != positive_class:
+            raise ValueError(f"the champion classifies {list(settings.classes)} (positive {settings.positive_class!r}), "
+                             f"this run {dataset_index['classes']} (positive {positive_class!r}): not comparable; "
+                             "register under another name")
+        # The champion's own input settings: it is judged on these images as it is served.
+        prepared, failures = load_class_images(test_files, channels=settings.channels, size=settings.size)
+        if failures:
+            raise ValueError(f"test images became unreadable: {failures}")
         old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")
-        probabilities = predict_probabilities(old.eval(), test_images, settings.batch_size)
+        probabilities = predict_probabilities(old.eval(), prepared, settings.batch_size)
         return classification_scores(probabilities, test_labels, settings.positive).as_dict()
 
     decisions = []
-    for e in sorted(evaluations, key=lambda e: tuple(e["scores"][m] for m in ranked), reverse=True):
+    for e in sorted(evaluations, key=lambda e: ranking_key([e["scores"][m] for m in ranked]), reverse=True):
         decision = register_and_maybe_promote(
             MlflowClient(), e["model_uri"], registered_model_name, e["scores"],
-            {**tags.lineage_to_tags(lineage), **tags.inference_to_tags(e["settings"]), tags.MLFLOW_RUN_ID: e["mlflow_run_id"],
-             tags.ZENML_RUN_ID: zenml_run_id, "model_name": e["name"], "architecture": e["architecture"],
-             "init": e["init_used"]},
+            {**tags.lineage_to_tags({**lineage, tags.TEST_SET: test_set}), **tags.inference_to_tags(e["settings"]),
+             tags.MLFLOW_RUN_ID: e["mlflow_run_id"], tags.ZENML_RUN_ID: zenml_run_id, tags.MODEL_NAME: e["name"],
+             tags.ARCHITECTURE: e["architecture"], tags.INIT_USED: e["init_used"]},
             promotion_metric=promotion_metric, tie_breakers=tie_breakers, alias=alias,
             min_improvement=min_improvement, rescore=rescore)
         decisions.append({**decision, "model_name": e["name"]})

@@ -122,3 +122,24 @@ def test_equal_sensitivity_is_decided_by_specificity(client):
     decided = register(0.95, 0.93)
     assert decided["promoted"] and decided["tie_breakers"] == ["specificity"]
     assert str(client.get_model_version_by_alias("cellops-cls", "champion").version) == decided["version"]
+
+
+def test_a_lower_is_better_promotion_metric_is_refused(client):
+    with pytest.raises(ValueError, match="lower is better"):
+        register_and_maybe_promote(client, "runs:/x/model", "m", {"loss": 0.1, "accuracy": 0.9}, {},
+                                   promotion_metric="accuracy", tie_breakers=["loss"], alias="champion",
+                                   min_improvement=0.0)
+
+
+def test_a_champion_scored_on_another_test_set_of_the_same_data_version_is_rescored(client):
+    def register(score, test_set, rescore=None):
+        with mlflow.start_run():
+            info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
+            return register_and_maybe_promote(
+                client, info.model_uri, "cellops-split", {"accuracy": score},
+                tags.lineage_to_tags({"data_version": "x.dir", tags.TEST_SET: test_set}), promotion_metric="accuracy",
+                alias="champion", min_improvement=0.0, rescore=rescore)
+
+    register(0.99, "easy-split")
+    decision = register(0.90, "other-split", rescore=lambda champion: {"accuracy": 0.85})
+    assert decision["champion_rescored_score"] == 0.85 and decision["promoted"]

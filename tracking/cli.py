@@ -81,7 +81,7 @@ def parse_model_uri(uri: str) -> tuple[str, str | None]:
     (('cellops-classifier', '@champion'), ('cellops-classifier', '3'))
     """
     if not uri.startswith("models:/"):
-        raise LookupError(f"{uri}: give a registry URI, models:/NAME@ALIAS or models:/NAME/VERSION")
+        raise LookupError(f"{uri}: give a registry URI, models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest")
     path = uri.removeprefix("models:/")
     if "@" in path:
         name, alias = path.split("@", 1)
@@ -113,20 +113,17 @@ def predict_classifier(tracking_uri: str, model_uri: str, images: list[Path], ou
     model = mlflow.pytorch.load_model(f"models:/{name}/{record['model_version']}", map_location="cpu").eval()
     rows, failures, maps, inputs = classify_files(model, images, settings, with_cams=cams)
     out.mkdir(parents=True, exist_ok=True)
-    columns = ["file", "label", *(f"p_{c}" for c in settings.classes), "error"]
+    if cams and maps is not None:
+        for number, (row, image, cam) in enumerate(zip(rows, inputs, maps)):
+            # Numbered: two files of the same name in different folders keep a CAM each.
+            row["cam"] = f"cams/{number:04d}_{Path(row['file']).stem}.png"
+            save_png(cam_overlay(image, cam), out / row["cam"])
+    columns = ["file", "label", *(f"p_{c}" for c in settings.classes), "cam", "error"]
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({**row, "error": ""} for row in rows)
+        writer.writerows({"cam": "", **row, "error": ""} for row in rows)
         writer.writerows({"file": str(path), "error": why} for path, why in failures)
-    if cams and maps is not None:
-        used: set[str] = set()
-        for row, image, cam in zip(rows, inputs, maps):
-            stem = Path(row["file"]).stem
-            while stem in used:  # same file name from two folders: keep both
-                stem += "_"
-            used.add(stem)
-            save_png(cam_overlay(image, cam), out / "cams" / f"{stem}.png")
     print(f"{len(rows)} images classified with {name} v{record['model_version']} -> {out / 'predictions.csv'}")
     for path, why in failures:
         print(f"cellops predict: skipped {path}: {why}", file=sys.stderr)
@@ -148,7 +145,7 @@ def main(argv: list[str]) -> int:
     pred.add_argument("family", choices=["classifier"])
     pred.add_argument("images", type=Path, nargs="+", help="PNG, TIFF or JPEG files (grey or RGB, 8/16-bit)")
     pred.add_argument("--out", type=Path, required=True, help="folder for predictions.csv and cams/")
-    pred.add_argument("--model", default=None, help="models:/NAME@ALIAS or models:/NAME/VERSION "
+    pred.add_argument("--model", default=None, help="models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest "
                       "(default: models:/cellops-<family>@champion)")
     pred.add_argument("--no-cams", action="store_true", help="skip the class-activation-map PNGs")
     pred.add_argument("--tracking-uri", default=None)

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from cellops.promotion import should_promote
+from cellops.promotion import check_promotion_metrics, should_promote
 from tracking import tags as names
 
 
@@ -55,6 +55,7 @@ def register_and_maybe_promote(
     promotion metric is exactly equal (see :func:`cellops.promotion.should_promote`).
     """
     ranked = [promotion_metric, *tie_breakers]
+    check_promotion_metrics(ranked)
     absent = [m for m in ranked if m not in metrics]
     if absent:
         raise KeyError(f"promotion metric {', '.join(map(repr, absent))} is not among the metrics {sorted(metrics)}")
@@ -64,10 +65,15 @@ def register_and_maybe_promote(
     if champion is not None:
         champion_metrics = names.metrics_from_tags(champion.tags)
         recorded = champion_metrics.get(promotion_metric)
-        candidate_data = names.lineage_from_tags(tags).get("data_version")
-        champion_data = names.lineage_from_tags(champion.tags).get("data_version")
+        candidate_lineage, champion_lineage = names.lineage_from_tags(tags), names.lineage_from_tags(champion.tags)
+        candidate_data = candidate_lineage.get("data_version")
+        champion_data = champion_lineage.get("data_version")
+        # A family that names its test set (files and labels) must share it too: one data version can be split
+        # differently (another seed or fraction, another folder outside DVC).
+        other_test_set = (names.TEST_SET in candidate_lineage
+                          and champion_lineage.get(names.TEST_SET) != candidate_lineage[names.TEST_SET])
         if (any(m not in champion_metrics for m in ranked) or champion_data != candidate_data
-                or not _identifies_data(candidate_data)):
+                or not _identifies_data(candidate_data) or other_test_set):
             if rescore is None:
                 raise ValueError(
                     f"{registered_model_name} v{champion.version} ({alias}) has no {promotion_metric} measured on data "
@@ -111,7 +117,12 @@ def describe_versions(client: MlflowClient, name: str) -> list[dict]:
 
 
 def resolve_version(client: MlflowClient, name: str, ref: str | None) -> dict:
-    """One version by number, by ``@alias``, or the champion when ``ref`` is None."""
+    """One version by number, by ``@alias``, ``latest`` (the newest), or the champion when ``ref`` is None."""
+    if ref == "latest":
+        versions = client.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise LookupError(f"{name} has no versions")
+        ref = str(max(int(v.version) for v in versions))
     if ref is None or ref.startswith("@"):
         alias = (ref or "@champion")[1:]
         version = champion_version(client, name, alias)

@@ -15,6 +15,15 @@ INFERENCE_SETTINGS = "inference_settings"  # JSON of the settings the metrics we
 MLFLOW_RUN_ID = "mlflow_run_id"
 ZENML_RUN_ID = "zenml_run_id"
 PROMOTION_METRIC = "promotion_metric"
+#: Lineage key of the test set a model was scored on (hash of its files' contents and labels), for families whose
+#: test set is not fixed by the data version alone.
+TEST_SET = "test_set"
+# What a classifier run or version is: the config's model name, its architecture, how it started.
+MODEL_NAME = "model_name"
+ARCHITECTURE = "architecture"
+INIT = "init"  # configured: scratch, imagenet or source
+INIT_USED = "init_used"  # what really happened (imagenet without a local weights file: scratch)
+IMAGENET_WEIGHTS = "imagenet_weights"
 
 
 def lineage_to_tags(lineage: Mapping[str, object]) -> dict[str, str]:

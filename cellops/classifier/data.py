@@ -38,10 +38,12 @@ def stratified_split(labels: Sequence[int], groups: Sequence[str], *, val_fracti
         raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must leave images to train on")
     split = np.full(len(labels), "train", dtype=object)
     rng = np.random.default_rng(seed)
+    # A group goes with the first label it appears under (validation reports conflicting labels).
+    first_label: dict[str, int] = {}
+    for group, label in zip(groups.tolist(), labels.tolist()):
+        first_label.setdefault(group, label)
     for label in np.unique(labels):
-        # A group goes with the first label it appears under (validation reports conflicting labels).
-        members = np.unique(groups[labels == label])
-        members = np.array([g for g in members if labels[groups == g][0] == label])
+        members = np.array(sorted(g for g, first in first_label.items() if first == label))
         members = members[rng.permutation(len(members))]
         n = len(members)
         n_test = max(1, round(test_fraction * n)) if test_fraction > 0 and n >= 3 else round(test_fraction * n)
@@ -49,6 +51,35 @@ def stratified_split(labels: Sequence[int], groups: Sequence[str], *, val_fracti
         split[np.isin(groups, members[:n_test])] = "test"
         split[np.isin(groups, members[n_test:n_test + n_val])] = "val"
     return split.astype(str)
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """Fractions of each class held out for validation and test, and the seed that picks them."""
+
+    val_fraction: float
+    test_fraction: float
+    seed: int
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SplitSettings:
+        return from_mapping(cls, values)
+
+
+def test_set_fingerprint(content_hashes: Sequence[str], labels: Sequence[str], splits: Sequence[str],
+                         positive_class: str) -> str:
+    """One md5 naming a test set: the contents and labels of its files and the class called positive. Scores
+    measured on the same fingerprint are comparable, whatever the file names or the order.
+
+    >>> a = test_set_fingerprint(["x", "y"], ["ec", "non"], ["test", "test"], "ec")
+    >>> a == test_set_fingerprint(["y", "x"], ["non", "ec"], ["test", "test"], "ec"), a == test_set_fingerprint(
+    ...     ["x", "y"], ["ec", "non"], ["test", "train"], "ec")
+    (True, False)
+    """
+    import hashlib
+
+    items = sorted(f"{h}:{label}" for h, label, split in zip(content_hashes, labels, splits) if split == "test")
+    return hashlib.md5("\n".join([f"positive:{positive_class}", *items]).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

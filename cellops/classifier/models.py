@@ -4,9 +4,10 @@ from a local file, or the backbone pretrained in the project) and its own option
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cellops.config import from_mapping
-from models.classifier import ARCHITECTURES
+from models.classifier import ARCHITECTURES, imagenet_weights_file
 
 INITS = ("scratch", "imagenet", "source")
 
@@ -52,3 +53,12 @@ def parse_models(models: dict[str, dict]) -> dict[str, ModelSpec]:
         except ValueError as error:
             raise ValueError(f"models.{name}: {error}") from error
     return specs
+
+
+def initial_weights(spec: ModelSpec) -> tuple[Path | None, str]:
+    """The local ImageNet weights file a spec starts from (None otherwise) and the init that really applies:
+    ``imagenet`` without a local file falls back to ``scratch`` (nothing is downloaded)."""
+    if spec.init != "imagenet":
+        return None, spec.init
+    weights = imagenet_weights_file(spec.architecture, spec.weights_file)
+    return weights, ("imagenet" if weights is not None else "scratch")

@@ -68,3 +68,20 @@ def cam_gallery(overlays: Sequence[np.ndarray], titles: Sequence[str], path: str
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def cam_galleries(model, images: np.ndarray, labels: np.ndarray, classes: Sequence[str], batch_size: int,
+                  per_gallery: int, folder: str | Path) -> list[Path]:
+    """``correct.png`` and ``wrong.png`` in ``folder``: CAM overlays of up to ``per_gallery`` correctly and wrongly
+    classified images, each titled with its true class, the predicted one and its probability."""
+    from cellops.classifier.predict import cam_overlay, explain
+
+    probabilities, cams = explain(model, images, batch_size)
+    predicted = probabilities.argmax(axis=1)
+    paths = []
+    for name, chosen in (("correct", np.flatnonzero(predicted == labels)), ("wrong", np.flatnonzero(predicted != labels))):
+        chosen = chosen[:per_gallery]
+        titles = [f"true {classes[labels[i]]}\nsaid {classes[predicted[i]]} {probabilities[i, predicted[i]]:.2f}"
+                  for i in chosen]
+        paths.append(cam_gallery([cam_overlay(images[i], cams[i]) for i in chosen], titles, Path(folder) / f"{name}.png"))
+    return paths

@@ -8,12 +8,29 @@ of three culture groups that differ in nuclear shape, calcium-imaging frames). P
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from cellops.io import read_image_file
+from cellops.config import from_mapping
+from cellops.io import image_geometry, read_image_file
+
+
+@dataclass(frozen=True)
+class SourceTask:
+    """Where the source patches come from and how many (all from the YAML config)."""
+
+    data_root: str
+    crop: int  # patch side cut from the source images, resized to the classifier's input size
+    patches_per_class: int
+    val_fraction: float  # held out to pick the best pretraining epoch
+    seed: int
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SourceTask:
+        return from_mapping(cls, values)
 
 #: Source class -> files under the data root (glob patterns) it draws patches from.
 SOURCE_CLASSES: dict[str, tuple[str, ...]] = {
@@ -29,7 +46,9 @@ SOURCE_CLASSES: dict[str, tuple[str, ...]] = {
 def _planes(path: Path) -> np.ndarray:
     """The 2-D planes of an image file as (planes, H, W)."""
     image = read_image_file(path)
-    return image.reshape(-1, *image.shape[-2:]) if image.ndim >= 2 else image[None]
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and image_geometry(image, source=str(path))[2] > 1:
+        image = image[..., :3].mean(axis=-1)  # a colour picture is one plane, not rows of pixels
+    return image.reshape(-1, *image.shape[-2:])
 
 
 def source_task_patches(data_root: str | Path, *, size: int, crop: int, patches_per_class: int,

@@ -52,7 +52,8 @@ def odd_files(tmp_path):
         "text": tmp_path / "notes_renamed.png",
         "stack": _tif(tmp_path / "stack.tif", rng.integers(0, 255, (3, 16, 16), dtype=np.uint8)),
         "nan": _tif(tmp_path / "nan.tif", np.full((16, 16), np.nan, np.float32)),
-        "grey_alpha": _png(tmp_path / "grey_alpha.png", np.zeros((16, 16, 2), np.uint8)),
+        "grey_alpha": _png(tmp_path / "grey_alpha.png", np.stack([np.full((16, 16), 102, np.uint8),
+                                                                  np.full((16, 16), 9, np.uint8)], axis=-1)),
     }
     files["empty"].write_bytes(b"")
     files["text"].write_text("these are my notes, not a picture")
@@ -63,8 +64,9 @@ def odd_files(tmp_path):
 def test_every_usable_format_becomes_float_model_input_and_the_rest_is_named(odd_files):
     files, luma = odd_files
     images, errors = load_class_images(list(files.values()), channels=1, size=16)
-    assert images.dtype == np.float32 and images.shape == (6, 1, 16, 16)
-    grey8, grey16, rgb, rgba, float_unit, float_wide = images[:, 0]
+    assert images.dtype == np.float32 and images.shape == (7, 1, 16, 16)
+    grey8, grey16, rgb, rgba, float_unit, float_wide, grey_alpha = images[:, 0]
+    np.testing.assert_allclose(grey_alpha, 0.4, atol=1e-6)  # grey + alpha: the grey, alpha dropped
     np.testing.assert_allclose(grey8, 0.2, atol=1e-6)  # 51 / 255
     np.testing.assert_allclose(grey16, 0.2, atol=1e-6)  # 13107 / 65535: the same grey level at 16 bit
     np.testing.assert_allclose(rgb, luma, atol=1e-6)  # ITU-R 601 luma
@@ -72,14 +74,13 @@ def test_every_usable_format_becomes_float_model_input_and_the_rest_is_named(odd
     np.testing.assert_allclose(float_unit, 0.25)  # already in [0, 1]: kept
     assert float_wide.min() == 0.0 and float_wide.max() == 1.0  # out of range: min-max rescaled
     failed = {path.name: message for path, message in errors}
-    assert list(failed) == ["empty.png", "notes_renamed.png", "stack.tif", "nan.tif", "grey_alpha.png"]
+    assert list(failed) == ["empty.png", "notes_renamed.png", "stack.tif", "nan.tif"]
     for name, message in failed.items():
         assert name in message  # every message names its file
     assert "empty file" in failed["empty.png"]
     assert "not a readable image" in failed["notes_renamed.png"]
     assert "stack of 3 planes" in failed["stack.tif"]
     assert "NaN or infinite" in failed["nan.tif"]
-    assert "2 channels" in failed["grey_alpha.png"]
 
 
 def test_grey_is_repeated_and_colour_kept_for_three_channels(odd_files):

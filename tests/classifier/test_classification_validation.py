@@ -150,3 +150,11 @@ def test_an_unreadable_file_is_named(clean, tmp_path):
     failures = _failures(files + [broken], labels + ["non_ec"], splits + ["train"])
     assert len(failures) == 1, failures
     assert "'readable'" in failures[0] and f"1 file cannot be used: {broken}: not a readable image" in failures[0]
+
+
+def test_an_empty_required_split_is_named(clean):
+    files, labels, splits = clean  # train and test only: no validation images at all
+    report = validate_classification_dataset(summarise_class_images(files, labels, splits), CLASSES, EXPECT,
+                                             splits=["train", "val", "test"])
+    assert not report.success
+    assert any("class 'ec' has no images in split 'val'" in f for f in report.failures), report.failures

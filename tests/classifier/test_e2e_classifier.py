@@ -113,11 +113,12 @@ def test_cellops_predict_writes_labels_probabilities_and_cams_and_names_bad_file
     for row in rows[:3]:
         assert row["label"] in ("hipsc_ec", "non_ec")
         assert float(row["p_hipsc_ec"]) + float(row["p_non_ec"]) == pytest.approx(1, abs=1e-6)
-    assert sorted(p.name for p in (out / "cams").iterdir()) == sorted(f"{p.stem}.png" for p in good)
+    assert [r["cam"] for r in rows[:3]] == [f"cams/{i:04d}_{p.stem}.png" for i, p in enumerate(good)]
+    assert all((out / r["cam"]).is_file() for r in rows[:3]) and len(list((out / "cams").iterdir())) == 3
     # Any registered version by URI; a missing one is named.
     other = _run(["cellops", "predict", "classifier", str(good[0]), "--out", str(tmp_path / "v2"), "--no-cams",
-                  "--model", "models:/cellops-classifier/2"], root, env)
-    assert "cellops-classifier v2" in other.stdout and not (tmp_path / "v2" / "cams").exists()
+                  "--model", "models:/cellops-classifier/latest"], root, env)
+    assert "cellops-classifier v4" in other.stdout and not (tmp_path / "v2" / "cams").exists()
     missing = _run(["cellops", "predict", "classifier", str(good[0]), "--out", str(tmp_path / "x"), "--model",
                     "models:/cellops-classifier/99"], root, env, check=False)
     assert missing.returncode == 2 and "no version 99" in missing.stdout
