@@ -47,7 +47,7 @@ data: $(VENV)/.installed  ## write the built-in datasets under data/, check them
 	$(BIN)/dvc add -q data
 	$(BIN)/dvc status data.dvc
 
-configs: $(VENV)/.installed  ## write the derived configs (configs/unet_full.yaml, tests/configs/*_tiny.yaml) from their overrides
+configs: $(VENV)/.installed  ## write the derived configs (configs/*_full.yaml, tests/configs/*_tiny.yaml) from their overrides
 	$(BIN)/cellops configs
 
 data-accept: $(VENV)/.installed  ## after changing params.yaml or a generator on purpose: rewrite data/, data.dvc and data.files.json
