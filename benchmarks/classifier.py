@@ -23,11 +23,11 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from cellops.classifier.data import stratified_split
+from cellops.classifier.data import SplitSettings, index_class_folder
 from cellops.classifier.metrics import classification_scores
 from cellops.classifier.predict import ClassifierSettings
 from cellops.classifier.train import predict_probabilities
-from cellops.io import content_md5, list_class_folders, load_class_images
+from cellops.io import load_class_images
 from tracking import tags
 from tracking.runs import project_tracking_uri
 
@@ -45,14 +45,11 @@ def versions_of_one_run(client: MlflowClient, registered: str, model_names: list
 
 
 def test_split(config: dict) -> tuple[list[Path], np.ndarray]:
-    """The pipeline's test split, rebuilt from its config (same folders, hashes, fractions and seed)."""
+    """The pipeline's test split, rebuilt from its config by the pipeline's own indexing."""
     steps = config["steps"]["index_class_folders"]["parameters"]
-    dataset = list_class_folders(steps["data_dir"])
-    split = stratified_split(dataset.labels, [content_md5(p) for p in dataset.files],
-                             val_fraction=steps["split"]["val_fraction"], test_fraction=steps["split"]["test_fraction"],
-                             seed=steps["split"]["seed"])
-    chosen = np.flatnonzero(split == "test")
-    return [dataset.files[i] for i in chosen], np.asarray(dataset.labels)[chosen]
+    index = index_class_folder(steps["data_dir"], SplitSettings.from_dict(steps["split"]))
+    chosen = np.flatnonzero(np.asarray(index["splits"]) == "test")
+    return [Path(index["files"][i]) for i in chosen], np.asarray(index["labels"])[chosen]
 
 
 def images_per_second(model: torch.nn.Module, images: torch.Tensor, batch_size: int, repeats: int) -> float:

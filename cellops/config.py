@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import yaml
 
@@ -43,6 +43,15 @@ def from_mapping(cls: type[T], values: dict | None) -> T:
             [f"missing keys {missing}"] if missing else [])
         raise ValueError(f"{cls.__name__}: {'; '.join(problems)}")
     return cls(**values)
+
+
+class FromMapping:
+    """Mixin for settings dataclasses: ``Settings.from_dict(values)`` is :func:`from_mapping` (unknown and missing
+    keys named), the one way configs become typed settings."""
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> Self:
+        return from_mapping(cls, values)
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -7,7 +7,6 @@ these functions, so every caller gets the same checks and the same error message
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -529,23 +528,6 @@ def load_class_images(paths: Sequence[Path], *, channels: int, size: int) -> tup
             errors.append((path, str(error)))
     batch = np.stack(images) if images else np.zeros((0, channels, size, size), np.float32)
     return batch, errors
-
-
-def content_md5(path: str | Path) -> str:
-    """MD5 hex digest of a file's bytes: the same picture saved twice under other names has the same digest.
-
-    Meant to find duplicate files (a picture in both the training and the test split), not for security.
-
-    >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "a.png"; _ = path.write_bytes(b"abc")
-    >>> content_md5(path)
-    '900150983cd24fb0d6963f7d28e17f72'
-    """
-    digest = hashlib.md5(usedforsecurity=False)
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def decode_picture(data: bytes, *, max_pixels: int) -> np.ndarray:

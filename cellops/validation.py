@@ -288,7 +288,8 @@ CLASS_IMAGE_COLUMNS = ["file", "label", "split", "readable", "problem", "height"
                        "content_md5", "duplicate_across_splits", "duplicate_conflicting_label"]
 
 
-def summarise_class_images(files: Sequence[Path], labels: Sequence[str], splits: Sequence[str]) -> pd.DataFrame:
+def summarise_class_images(files: Sequence[Path], labels: Sequence[str], splits: Sequence[str],
+                           content_hashes: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per image file of a classification dataset, with the figures the classification suite checks.
 
     Parameters
@@ -296,6 +297,8 @@ def summarise_class_images(files: Sequence[Path], labels: Sequence[str], splits:
     files : the image files.
     labels : the class name of each file.
     splits : the split of each file (e.g. ``"train"``, ``"val"``, ``"test"``).
+    content_hashes : the md5 of each file when the caller has them already (the split needs them too);
+        computed here otherwise.
 
     Returns
     -------
@@ -318,15 +321,18 @@ def summarise_class_images(files: Sequence[Path], labels: Sequence[str], splits:
     >>> table[["height", "channels", "duplicate_across_splits", "duplicate_conflicting_label"]].values.tolist()
     [[8, 1, True, False], [8, 1, True, False]]
     """
-    from cellops.io import ImageInputError, content_md5, image_geometry, read_image_file
+    from cellops.data_version import file_md5
+    from cellops.io import ImageInputError, image_geometry, read_image_file
 
     if not len(files) == len(labels) == len(splits):
         raise ValueError(f"got {len(files)} files, {len(labels)} labels and {len(splits)} splits: one of each per file")
+    if content_hashes is None:
+        content_hashes = [file_md5(p) if Path(p).is_file() else None for p in files]
     rows = []
-    for path, label, split in zip(map(Path, files), labels, splits):
+    for path, label, split, digest in zip(map(Path, files), labels, splits, content_hashes):
         row = {"file": str(path), "label": str(label), "split": str(split), "readable": False, "problem": "",
                "height": None, "width": None, "channels": None, "dtype": None, "std": np.nan,
-               "content_md5": content_md5(path) if path.is_file() else None}
+               "content_md5": digest}
         try:
             image = read_image_file(path)
             height, width, channels = image_geometry(image, source=str(path))

@@ -11,7 +11,6 @@ from typing import Annotated, Optional
 
 import mlflow
 import numpy as np
-import torch
 from mlflow import MlflowClient
 from torch import nn
 from zenml import get_step_context, log_metadata, step
@@ -19,7 +18,7 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from cellops.classifier.cost import count_macs, count_parameters, cpu_latency_ms
-from cellops.classifier.data import (SPLITS, Augmentation, SplitSettings, build_augmentation, stratified_split,
+from cellops.classifier.data import (SPLITS, Augmentation, SplitSettings, build_augmentation, index_class_folder,
                                      test_set_fingerprint)
 from cellops.classifier.metrics import classification_scores, positive_roc
 from cellops.classifier.models import ModelSpec, initial_weights
@@ -28,7 +27,7 @@ from cellops.classifier.predict import ClassifierSettings
 from cellops.classifier.source_task import SourceTask, source_task_patches
 from cellops.classifier.train import ClassifierTraining, fit, predict_probabilities
 from cellops.config import deep_merge, from_mapping
-from cellops.io import content_md5, list_class_folders, load_class_images
+from cellops.io import load_class_images
 from cellops.plots import training_curves
 from cellops.validation import ClassificationExpectations, summarise_class_images, validate_classification_dataset
 from cellops.promotion import check_promotion_metrics, ranking_key
@@ -37,11 +36,11 @@ from steps.registry import follow_in_model_control_plane
 from steps.validation import data_docs_page
 from tracking import tags
 from tracking.registry import register_and_maybe_promote
-from tracking.runs import active_run_id, current_zenml_model, log_run_config
+from tracking.runs import active_run_id, log_run_config
 
 logger = get_logger(__name__)
 
-#: Scores in the comparison table, bar chart and registry, in this order.
+#: Scores in the comparison table, in this order.
 SCORE_COLUMNS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "loss")
 
 
@@ -58,17 +57,13 @@ def _subset(images: np.ndarray, labels: np.ndarray, dataset_index: dict, split: 
 def index_class_folders(data_dir: str, split: dict) -> Annotated[dict, "dataset_index"]:
     """Every image of ``data_dir/<class>/``, its label, content hash and split (stratified per class; identical
     pictures stay in one split)."""
-    settings = SplitSettings.from_dict(split)
-    dataset = list_class_folders(data_dir)
-    hashes = [content_md5(path) for path in dataset.files]
-    splits = stratified_split(dataset.labels, hashes, val_fraction=settings.val_fraction,
-                              test_fraction=settings.test_fraction, seed=settings.seed)
-    counts = {name: {s: int(np.sum((np.asarray(dataset.labels) == i) & (splits == s))) for s in ("train", "val", "test")}
-              for i, name in enumerate(dataset.classes)}
-    log_metadata(metadata={"classes": dataset.classes, "images": len(dataset.files), "split_counts": counts})
-    logger.info("%d images in %d classes: %s", len(dataset.files), len(dataset.classes), counts)
-    return {"root": str(data_dir), "classes": dataset.classes, "files": [str(p) for p in dataset.files],
-            "labels": list(dataset.labels), "md5": hashes, "splits": splits.tolist()}
+    index = index_class_folder(data_dir, SplitSettings.from_dict(split))
+    labels, splits = np.asarray(index["labels"]), np.asarray(index["splits"])
+    counts = {name: {s: int(np.sum((labels == i) & (splits == s))) for s in SPLITS}
+              for i, name in enumerate(index["classes"])}
+    log_metadata(metadata={"classes": index["classes"], "images": len(labels), "split_counts": counts})
+    logger.info("%d images in %d classes: %s", len(labels), len(index["classes"]), counts)
+    return index
 
 
 @step
@@ -79,7 +74,7 @@ def validate_classification_data(
     split, balance within bounds, no picture in two splits. Result and Data Docs are kept, pass or fail."""
     table = summarise_class_images([Path(p) for p in dataset_index["files"]],
                                    [dataset_index["classes"][i] for i in dataset_index["labels"]],
-                                   dataset_index["splits"])
+                                   dataset_index["splits"], content_hashes=dataset_index["md5"])
     with tempfile.TemporaryDirectory() as tmp:
         report = validate_classification_dataset(table, dataset_index["classes"],
                                                  from_mapping(ClassificationExpectations, expectations),
@@ -168,7 +163,7 @@ def train_and_evaluate_classifier(
     weights, init_used = initial_weights(model_spec)
     if model_spec.init == "imagenet" and weights is None:
         logger.warning("%s: no local ImageNet weights for %s (set weights_file, or put torchvision's file in "
-                           "$TORCH_HOME/hub/checkpoints); training from random weights (weights=None)",
+                       "$TORCH_HOME/hub/checkpoints); training from random weights (weights=None)",
                        name, model_spec.architecture)
     model = build_classifier(model_spec.architecture, num_classes=len(settings.classes), in_channels=settings.channels,
                              options=model_spec.options, imagenet_weights=weights, seed=config.seed)
@@ -242,13 +237,10 @@ def compare_classifiers(evaluations: list[dict]) -> Annotated[dict, "comparison"
                         ["accuracy", "sensitivity", "specificity", "f1", "roc_auc"], folder / "comparison.png")
         roc_curves({e["name"]: (np.asarray(e["roc"]["fpr"]), np.asarray(e["roc"]["tpr"]), e["scores"]["roc_auc"])
                     for e in evaluations}, folder / "roc.png")
-        targets = [None] + ([_parent_run_id()] if _parent_run_id() else [])
-        for run_id in targets:
-            for name in ("comparison.csv", "comparison.md", "comparison.png", "roc.png"):
-                if run_id is None:
-                    mlflow.log_artifact(str(folder / name), artifact_path="comparison")
-                else:
-                    MlflowClient().log_artifact(run_id, str(folder / name), artifact_path="comparison")
+        mlflow.log_artifacts(str(folder), artifact_path="comparison")
+        parent = _parent_run_id()
+        if parent:
+            MlflowClient().log_artifacts(parent, str(folder), artifact_path="comparison")
     logger.info("comparison on the test split:\n%s", table.to_string(index=False))
     comparison = {"rows": json.loads(table.to_json(orient="records"))}
     log_metadata(metadata={"comparison": comparison})

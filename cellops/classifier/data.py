@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from cellops.config import from_mapping
+from cellops.config import FromMapping
 
 SPLITS = ("train", "val", "test")
 
@@ -54,16 +55,12 @@ def stratified_split(labels: Sequence[int], groups: Sequence[str], *, val_fracti
 
 
 @dataclass(frozen=True)
-class SplitSettings:
+class SplitSettings(FromMapping):
     """Fractions of each class held out for validation and test, and the seed that picks them."""
 
     val_fraction: float
     test_fraction: float
     seed: int
-
-    @classmethod
-    def from_dict(cls, values: dict) -> SplitSettings:
-        return from_mapping(cls, values)
 
 
 def test_set_fingerprint(content_hashes: Sequence[str], labels: Sequence[str], splits: Sequence[str],
@@ -82,8 +79,25 @@ def test_set_fingerprint(content_hashes: Sequence[str], labels: Sequence[str], s
     return hashlib.md5("\n".join([f"positive:{positive_class}", *items]).encode()).hexdigest()
 
 
+def index_class_folder(data_dir: str | Path, split: SplitSettings) -> dict:
+    """Every image of ``data_dir/<class>/`` with its label (index into ``classes``), content md5 and split: the
+    dataset index the pipeline passes between steps and the benchmark rebuilds the test split from.
+
+    Returns ``{"root", "classes", "files", "labels", "md5", "splits"}`` (lists, one entry per file).
+    """
+    from cellops.data_version import file_md5
+    from cellops.io import list_class_folders
+
+    dataset = list_class_folders(data_dir)
+    hashes = [file_md5(path) for path in dataset.files]
+    splits = stratified_split(dataset.labels, hashes, val_fraction=split.val_fraction,
+                              test_fraction=split.test_fraction, seed=split.seed)
+    return {"root": str(data_dir), "classes": dataset.classes, "files": [str(p) for p in dataset.files],
+            "labels": list(dataset.labels), "md5": hashes, "splits": splits.tolist()}
+
+
 @dataclass(frozen=True)
-class Augmentation:
+class Augmentation(FromMapping):
     """Random changes applied to each training image (all from the YAML config; 0 or false turns one off)."""
 
     flip: bool  # horizontal and vertical flips
@@ -92,10 +106,6 @@ class Augmentation:
     contrast: float
     blur_sigma: float  # Gaussian blur up to this sigma (px), half of the time
     noise_sigma: float  # additive Gaussian noise, 0..1 scale
-
-    @classmethod
-    def from_dict(cls, values: dict) -> Augmentation:
-        return from_mapping(cls, values)
 
 
 def build_augmentation(aug: Augmentation) -> v2.Compose:

@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cellops.config import from_mapping
+from cellops.config import FromMapping
 from models.classifier import ARCHITECTURES, imagenet_weights_file
 
 INITS = ("scratch", "imagenet", "source")
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(FromMapping):
     """One entry of the config's ``models`` mapping.
 
     ``init``: ``scratch`` (random weights), ``imagenet`` (torchvision architectures; the local file
@@ -36,10 +36,6 @@ class ModelSpec:
             raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
         if self.init == "imagenet" and self.architecture == "efficientcellnet":
             raise ValueError("efficientcellnet has no ImageNet weights; use init: source (in-project pretraining)")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ModelSpec:
-        return from_mapping(cls, values)
 
 
 def parse_models(models: dict[str, dict]) -> dict[str, ModelSpec]:

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from cellops.config import from_mapping
+from cellops.config import FromMapping
 from cellops.io import image_geometry, read_image_file
 
 
 @dataclass(frozen=True)
-class SourceTask:
+class SourceTask(FromMapping):
     """Where the source patches come from and how many (all from the YAML config)."""
 
     data_root: str
@@ -27,10 +27,6 @@ class SourceTask:
     patches_per_class: int
     val_fraction: float  # held out to pick the best pretraining epoch
     seed: int
-
-    @classmethod
-    def from_dict(cls, values: dict) -> SourceTask:
-        return from_mapping(cls, values)
 
 #: Source class -> files under the data root (glob patterns) it draws patches from.
 SOURCE_CLASSES: dict[str, tuple[str, ...]] = {

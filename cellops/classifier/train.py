@@ -19,11 +19,11 @@ from torch.nn import functional as F
 
 from cellops.classifier.data import augment_batch, epoch_batches
 from cellops.classifier.metrics import ClassificationScores, classification_scores
-from cellops.config import from_mapping
+from cellops.config import FromMapping
 
 
 @dataclass(frozen=True)
-class ClassifierTraining:
+class ClassifierTraining(FromMapping):
     """Optimisation settings; every field comes from the YAML config."""
 
     epochs: int
@@ -35,10 +35,6 @@ class ClassifierTraining:
     seed: int
     device: str
     threads: int  # 0: leave torch's default
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ClassifierTraining:
-        return from_mapping(cls, values)
 
 
 @dataclass

@@ -19,13 +19,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from cellops.config import from_mapping
+from cellops.config import FromMapping
 from cellops.unet.predict import InferenceSettings, load_for_inference, score
 from models.unet import UNet
 
 
 @dataclass(frozen=True)
-class Architecture:
+class Architecture(FromMapping):
     """U-Net shape (see :class:`models.unet.UNet`)."""
 
     in_channels: int
@@ -34,13 +34,9 @@ class Architecture:
     depth: int
     dropout: float
 
-    @classmethod
-    def from_dict(cls, values: dict) -> Architecture:
-        return from_mapping(cls, values)
-
 
 @dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(FromMapping):
     """Optimisation settings; every field comes from the YAML config (no second set of defaults here)."""
 
     epochs: int
@@ -52,10 +48,6 @@ class TrainingConfig:
     seed: int
     device: str
     threads: int  # 0: leave torch's default
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainingConfig:
-        return from_mapping(cls, values)
 
 
 def build_model(architecture: Architecture, seed: int) -> UNet:

@@ -7,9 +7,9 @@ import pytest
 import tifffile
 from PIL import Image
 
+from cellops.data_version import file_md5
 from cellops.io import (
     ImageInputError,
-    content_md5,
     list_class_folders,
     load_class_images,
     to_model_input,
@@ -141,13 +141,13 @@ def test_caller_mistakes_are_value_errors():
         to_model_input(np.zeros((8, 8), np.int32), channels=1, size=8)
 
 
-def test_content_md5_finds_the_same_picture_under_another_name(tmp_path):
+def test_file_md5_finds_the_same_picture_under_another_name(tmp_path):
     a = _png(tmp_path / "a.png", _picture().astype(np.uint16))
     b = tmp_path / "copy" / "b.png"
     b.parent.mkdir()
     b.write_bytes(a.read_bytes())
     c = _png(tmp_path / "c.png", _picture()[::-1].copy())
-    assert content_md5(a) == content_md5(b) != content_md5(c)
+    assert file_md5(a) == file_md5(b) != file_md5(c)
 
 
 def test_class_folders_ignore_hidden_folders_and_notes(tmp_path):
