@@ -1,0 +1,1 @@
+"""Mask R-CNN instance segmentation: annotations, data, training, evaluation and prediction."""

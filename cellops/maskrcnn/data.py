@@ -1,0 +1,184 @@
+"""Instance-segmentation data for Mask R-CNN: an image-level split that keeps identical pictures together, images
+with their instances as torchvision tv_tensors, and seeded torchvision.transforms.v2 augmentation that moves
+boxes and masks together with the image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
+from torchvision.transforms import v2
+
+from cellops.classifier.data import SPLITS, stratified_split
+from cellops.config import FromMapping
+from cellops.data_version import file_md5
+from cellops.io import read_image_file, to_unit_range
+from cellops.maskrcnn.annotations import annotation_masks
+
+
+@dataclass(frozen=True)
+class ImageSplitSettings(FromMapping):
+    """Fractions of the images held out for validation and test, and the seed that picks them."""
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    seed: int = 0
+
+
+def split_images(coco: dict, images_dir: str | Path, settings: ImageSplitSettings) -> dict:
+    """The dataset index: every image of ``coco`` with its path, content hash and split.
+
+    Images are split, never instances, so no test image has instances in training; the same picture under two
+    names stays in one split.
+    """
+    images_dir = Path(images_dir)
+    files = [images_dir / img["file_name"] for img in coco["images"]]
+    hashes = [file_md5(f) if f.is_file() else f"missing:{f}" for f in files]
+    split = stratified_split([0] * len(files), hashes, val_fraction=settings.val_fraction,
+                             test_fraction=settings.test_fraction, seed=settings.seed)
+    return {"images_dir": str(images_dir), "files": [str(f) for f in files], "md5": hashes, "splits": split.tolist(),
+            "image_ids": [int(img["id"]) for img in coco["images"]]}
+
+
+def subset_coco(coco: dict, image_ids: list[int]) -> dict:
+    """The images ``image_ids`` of ``coco`` and their annotations (e.g. one split, as its own ground truth)."""
+    keep = set(int(i) for i in image_ids)
+    return {"images": [img for img in coco["images"] if int(img["id"]) in keep],
+            "annotations": [a for a in coco["annotations"] if int(a["image_id"]) in keep],
+            "categories": coco["categories"]}
+
+
+def model_image(image: np.ndarray) -> torch.Tensor:
+    """A picture as Mask R-CNN input: float32 (3, H, W) in [0, 1]; grey is repeated into three channels and an
+    alpha channel is dropped.
+
+    >>> model_image(np.zeros((4, 5), np.uint8)).shape
+    torch.Size([3, 4, 5])
+    """
+    pixels = to_unit_range(image)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[None], 3, axis=0)
+    elif pixels.ndim == 3:
+        channels_last = pixels.shape[-1] in (1, 3, 4) and pixels.shape[0] not in (1, 3, 4)
+        pixels = np.moveaxis(pixels, -1, 0) if channels_last else pixels
+        pixels = pixels[:3] if pixels.shape[0] >= 3 else np.repeat(pixels[:1], 3, axis=0)
+    else:
+        raise ValueError(f"expected a 2-D or 3-D picture, got shape {image.shape}")
+    return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+
+
+def load_instance_samples(coco: dict, index: dict, split: str) -> list[tuple[torch.Tensor, dict]]:
+    """The images of ``split`` with their targets (boxes XYXY, masks, labels and image id), as tv_tensors."""
+    samples = []
+    for file, split_of, image_id in zip(index["files"], index["splits"], index["image_ids"]):
+        if split_of != split:
+            continue
+        image = tv_tensors.Image(model_image(read_image_file(file)))
+        masks, categories, _ = annotation_masks(coco, image_id)
+        masks_t = torch.from_numpy(masks.astype(np.uint8))
+        boxes = masks_to_boxes(masks_t) if len(masks_t) else torch.zeros((0, 4))
+        height, width = image.shape[-2:]
+        samples.append((image, {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
+            "masks": tv_tensors.Mask(masks_t), "labels": torch.from_numpy(categories), "image_id": image_id}))
+    return samples
+
+
+@dataclass(frozen=True)
+class InstanceAugmentation(FromMapping):
+    """Training-set augmentation (from the YAML config); geometric ones move image, boxes and masks together.
+
+    Attributes
+    ----------
+    flip : random horizontal and vertical flips.
+    rotate90 : random multiples of 90 degrees (square images; other shapes skip it).
+    scale : range of random zoom (e.g. [0.8, 1.25]; [1, 1] disables it).
+    crop : side of a random crop taken after zooming (0: none); smaller crops are faster steps.
+    brightness, contrast : ColorJitter strengths.
+    blur_sigma : upper bound of a random Gaussian blur (0: none).
+    noise_sigma : standard deviation of added Gaussian noise (0: none).
+    """
+
+    flip: bool = True
+    rotate90: bool = True
+    scale: tuple[float, float] = (1.0, 1.0)
+    crop: int = 0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    blur_sigma: float = 0.0
+    noise_sigma: float = 0.0
+
+
+class RandomRotate90(v2.Transform):
+    """Rotate by a random multiple of 90 degrees (exact for square images: no interpolation, no cropping)."""
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"angle": 90 * int(torch.randint(0, 4, ()))}
+
+    def transform(self, inpt, params: dict):
+        if params["angle"] == 0:
+            return inpt
+        return self._call_kernel(v2.functional.rotate, inpt, angle=params["angle"], expand=True)
+
+
+def build_instance_augmentation(settings: InstanceAugmentation) -> v2.Compose:
+    """The v2 pipeline for (image, target) pairs. Boxes are recomputed from the masks afterwards
+    (:func:`tidy_target`), so they stay tight around each instance after any geometric change."""
+    steps: list = []
+    if settings.flip:
+        steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    if settings.rotate90:
+        steps.append(RandomRotate90())
+    if tuple(settings.scale) != (1.0, 1.0):
+        steps.append(v2.RandomAffine(degrees=0, scale=tuple(settings.scale)))
+    if settings.crop:
+        steps.append(v2.RandomCrop(settings.crop, pad_if_needed=True))
+    if settings.brightness or settings.contrast:
+        steps.append(v2.ColorJitter(brightness=settings.brightness, contrast=settings.contrast))
+    if settings.blur_sigma > 0:
+        steps.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, settings.blur_sigma))], p=0.5))
+    if settings.noise_sigma > 0:
+        steps.append(v2.GaussianNoise(sigma=settings.noise_sigma, clip=True))
+    return v2.Compose(steps)
+
+
+def tidy_target(target: dict, min_pixels: int = 4) -> dict:
+    """Drop instances with fewer than ``min_pixels`` mask pixels left (e.g. cropped away) and make every box the
+    tight box of its mask (XYXY, exclusive right/bottom edge as torchvision's detection models expect)."""
+    masks = target["masks"]
+    keep = masks.flatten(1).sum(1) >= min_pixels if len(masks) else torch.zeros(0, dtype=torch.bool)
+    masks = masks[keep]
+    boxes = masks_to_boxes(masks) + torch.tensor([0, 0, 1, 1]) if len(masks) else torch.zeros((0, 4))
+    return {**target, "masks": tv_tensors.Mask(masks), "labels": target["labels"][keep],
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(masks.shape[-2:]))}
+
+
+class InstanceDataset(torch.utils.data.Dataset):
+    """Samples from :func:`load_instance_samples` with an optional augmentation, as (image, target) pairs for
+    torchvision's detection models."""
+
+    def __init__(self, samples: list[tuple[torch.Tensor, dict]], augmentation: v2.Transform | None = None) -> None:
+        self.samples = samples
+        self.augmentation = augmentation
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
+        image, target = self.samples[i]
+        if self.augmentation is not None:
+            image, target = self.augmentation(image, target)
+        return image.as_subclass(torch.Tensor), tidy_target(target)
+
+
+def collate(batch: list) -> tuple:
+    """Detection batches are lists (images differ in size and instance count)."""
+    return tuple(zip(*batch))
+
+
+__all__ = ["SPLITS", "ImageSplitSettings", "split_images", "subset_coco", "model_image", "load_instance_samples",
+           "InstanceAugmentation", "build_instance_augmentation", "tidy_target", "InstanceDataset", "collate"]
