@@ -99,8 +99,9 @@ def render_derived(path: str | Path) -> dict:
     base_path = path.parent / derived.pop(BASE_KEY)
     base = render_derived(base_path)
     unknown = sorted(key_paths(derived) - key_paths(base))
-    # Lists and free-form blocks (tags, model-card fields) may hold new keys; settings may not.
-    unknown = [k for k in unknown if not k.startswith(("model.", "tags"))]
+    # Lists and free-form blocks (tags, model-card fields, the named models of a comparison) may hold new keys;
+    # settings may not.
+    unknown = [k for k in unknown if not k.startswith(("model.", "tags", "parameters.models."))]
     if unknown:
         raise ValueError(f"{path}: keys not in {base_path.name}: {unknown}")
     return deep_merge(base, derived)

@@ -130,6 +130,62 @@ def predict_classifier(tracking_uri: str, model_uri: str, images: list[Path], ou
     return 1 if failures else 0
 
 
+def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out: Path) -> int:
+    """Segment every image with a registered Mask R-CNN: ``out/<stem>_labels.tif`` (16-bit label image),
+    ``out/<stem>_instances.csv`` (label, category, score, area, box, centroid) and ``out/<stem>_overlay.png`` per
+    image, tiled when larger than the training images; ``out/summary.csv`` lists every file with its instance
+    count or why it was skipped. Returns 0 when every file was segmented, 1 otherwise."""
+    import csv
+    import sys
+
+    import mlflow
+
+    from cellops.io import ImageInputError, read_image_file, write_tiff_stack
+    from cellops.maskrcnn.predict import PredictionSettings, instance_table, label_image, overlay, predict_image
+    from cellops.plots import save_png
+
+    name, ref = parse_model_uri(model_uri)
+    record = resolve_version(MlflowClient(tracking_uri), name, ref)
+    inference = record[names.INFERENCE_SETTINGS]
+    if not inference or "categories" not in inference:
+        raise LookupError(f"{name} v{record['model_version']} is not a Mask R-CNN registered with its prediction "
+                          "settings; retrain it with pipelines.maskrcnn")
+    settings = PredictionSettings.from_dict({k: v for k, v in inference.items()
+                                             if k not in ("max_detections", "categories")})
+    categories = {int(k): v for k, v in inference["categories"].items()}
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pytorch.load_model(f"models:/{name}/{record['model_version']}", map_location="cpu").eval()
+    out.mkdir(parents=True, exist_ok=True)
+    summary, used = [], set()
+    for path in images:
+        try:
+            image = read_image_file(path)
+            if image.ndim not in (2, 3):
+                raise ImageInputError(f"expected a 2-D picture, got shape {image.shape}")
+        except (ImageInputError, OSError) as error:
+            summary.append({"file": str(path), "instances": "", "error": str(error)})
+            print(f"cellops predict: skipped {path}: {error}", file=sys.stderr)
+            continue
+        instances = predict_image(model, image, settings)
+        stem, number = path.stem, 1
+        while stem in used:  # two files of the same name in different folders keep an output each
+            number += 1
+            stem = f"{path.stem}_{number}"
+        used.add(stem)
+        shape = image.shape[:2]
+        write_tiff_stack(out / f"{stem}_labels.tif", label_image(instances, shape))
+        instance_table(instances, categories).to_csv(out / f"{stem}_instances.csv", index=False)
+        save_png(overlay(image, instances, categories), out / f"{stem}_overlay.png")
+        summary.append({"file": str(path), "instances": len(instances), "error": "", "outputs": stem})
+    with open(out / "summary.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "instances", "outputs", "error"])
+        writer.writeheader()
+        writer.writerows({"outputs": "", **row} for row in summary)
+    done = sum(1 for row in summary if not row["error"])
+    print(f"{done} images segmented with {name} v{record['model_version']} -> {out}")
+    return 0 if done == len(summary) else 1
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
@@ -141,19 +197,22 @@ def main(argv: list[str]) -> int:
     lin = commands.add_parser("lineage", help="the lineage of one model version, from the registry")
     lin.add_argument("reference", help="MODEL, MODEL:VERSION or MODEL@ALIAS (e.g. cellops-unet@champion)")
     lin.add_argument("--tracking-uri", default=None)
-    pred = commands.add_parser("predict", help="classify image files with a registered model")
-    pred.add_argument("family", choices=["classifier"])
+    pred = commands.add_parser("predict", help="classify or segment image files with a registered model")
+    pred.add_argument("family", choices=["classifier", "maskrcnn"])
     pred.add_argument("images", type=Path, nargs="+", help="PNG, TIFF or JPEG files (grey or RGB, 8/16-bit)")
-    pred.add_argument("--out", type=Path, required=True, help="folder for predictions.csv and cams/")
+    pred.add_argument("--out", type=Path, required=True, help="output folder (classifier: predictions.csv and "
+                      "cams/; maskrcnn: label TIFF, instance CSV and overlay PNG per image, summary.csv)")
     pred.add_argument("--model", default=None, help="models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest "
                       "(default: models:/cellops-<family>@champion)")
-    pred.add_argument("--no-cams", action="store_true", help="skip the class-activation-map PNGs")
+    pred.add_argument("--no-cams", action="store_true", help="classifier: skip the class-activation-map PNGs")
     pred.add_argument("--tracking-uri", default=None)
     args = parser.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
     try:
         if args.command == "predict":
             model_uri = args.model or f"models:/cellops-{args.family}@champion"
+            if args.family == "maskrcnn":
+                return predict_maskrcnn(uri, model_uri, args.images, args.out)
             return predict_classifier(uri, model_uri, args.images, args.out, cams=not args.no_cams)
         if args.command == "models":
             print(list_models(uri, args.family))

@@ -285,17 +285,21 @@ def segmentation_mask(segmentation: list | dict, height: int, width: int) -> np.
     """A COCO segmentation (polygons, compressed or uncompressed RLE) as a (H, W) bool mask."""
     from pycocotools import mask as coco_mask
 
+    if isinstance(segmentation, list) and not segmentation:
+        return np.zeros((height, width), bool)
+    return coco_mask.decode(to_rle(segmentation, height, width)).astype(bool)
+
+
+def to_rle(segmentation: list | dict, height: int, width: int) -> dict:
+    """Any COCO segmentation (polygons, uncompressed or compressed RLE) as compressed RLE (bytes counts)."""
+    from pycocotools import mask as coco_mask
+
     if isinstance(segmentation, list):
-        rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width)) if segmentation else None
-        if rle is None:
-            return np.zeros((height, width), bool)
-    elif isinstance(segmentation.get("counts"), list):
-        rle = coco_mask.frPyObjects(segmentation, height, width)
-    else:
-        rle = dict(segmentation)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-    return coco_mask.decode(rle).astype(bool)
+        return coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation.get("counts"), list):
+        return coco_mask.frPyObjects(segmentation, height, width)
+    counts = segmentation["counts"]
+    return {"size": list(segmentation["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:

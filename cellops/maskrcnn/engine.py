@@ -108,7 +108,7 @@ def fit(model: torch.nn.Module, train: InstanceDataset, val_samples: list, val_g
 
     With ``checkpoint_dir``, the model, optimiser, scaler, history and random states are saved after every epoch
     (atomically); a rerun with the same settings (``config`` plus ``checkpoint_key``) resumes after the last saved
-    epoch, and one with other settings starts afresh. Loss that turns NaN stops training with an error.
+    epoch, and one with other settings starts afresh. The checkpoint is removed once training completes. Loss that turns NaN stops training with an error.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -206,6 +206,9 @@ def fit(model: torch.nn.Module, train: InstanceDataset, val_samples: list, val_g
                         "torch_rng": torch.get_rng_state()}, partial)
             partial.replace(checkpoint)  # never a half-written checkpoint
     model.load_state_dict(best_state)
+    if checkpoint is not None:
+        # Finished: the caller keeps the model; a rerun trains afresh rather than "resuming" a finished run.
+        checkpoint.unlink(missing_ok=True)
     return history
 
 

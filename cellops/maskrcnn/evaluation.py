@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cellops.maskrcnn.annotations import to_rle
+
 
 @dataclass(frozen=True)
 class InstanceScores:
@@ -42,6 +44,9 @@ def coco_ap(ground_truth: dict, detections: list[dict], iou_type: str, max_detec
 
     if not detections:
         return 0.0, 0.0, 0.0
+    sizes = {img["id"]: (img["height"], img["width"]) for img in ground_truth["images"]}
+    if iou_type == "segm":
+        detections = [{**d, "segmentation": to_rle(d["segmentation"], *sizes[d["image_id"]])} for d in detections]
     gt = {"info": {}, "licenses": [], **ground_truth,
           "annotations": [{**a, "iscrowd": a.get("iscrowd", 0),
                            "area": a.get("area") or float(a["bbox"][2] * a["bbox"][3])}
@@ -56,9 +61,17 @@ def coco_ap(ground_truth: dict, detections: list[dict], iou_type: str, max_detec
         evaluator.params.maxDets = [1, 10, int(max_detections)]
         evaluator.evaluate()
         evaluator.accumulate()
-        evaluator.summarize()
-    stats = [max(0.0, float(v)) for v in evaluator.stats[:3]]  # -1 means "no ground truth": count as 0
-    return stats[0], stats[1], stats[2]
+    # Read AP off the accumulated precision table at the configured cap: COCOeval.summarize() asks for 100
+    # detections for its headline AP whatever maxDets holds, and reports -1 when 100 is not among them.
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # IoU thresholds x recall x category, all areas
+
+    def mean_ap(values: np.ndarray) -> float:
+        valid = values[values > -1]  # -1: a category without ground truth
+        return float(valid.mean()) if valid.size else 0.0
+
+    thresholds = evaluator.params.iouThrs
+    return (mean_ap(precision), mean_ap(precision[np.isclose(thresholds, 0.5)]),
+            mean_ap(precision[np.isclose(thresholds, 0.75)]))
 
 
 def match_f1(ground_truth: dict, detections: list[dict], *, iou_threshold: float = 0.5,
@@ -78,13 +91,7 @@ def match_f1(ground_truth: dict, detections: list[dict], *, iou_threshold: float
     sizes = {img["id"]: (img["height"], img["width"]) for img in ground_truth["images"]}
 
     def rle(segmentation, image_id):
-        h, w = sizes[image_id]
-        if isinstance(segmentation, list):
-            return coco_mask.merge(coco_mask.frPyObjects(segmentation, h, w))
-        if isinstance(segmentation.get("counts"), list):
-            return coco_mask.frPyObjects(segmentation, h, w)
-        return {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")
-                if isinstance(segmentation["counts"], str) else segmentation["counts"]}
+        return to_rle(segmentation, *sizes[image_id])
 
     true_positives = n_detections = n_truth = 0
     keys = {(a["image_id"], a["category_id"]) for a in ground_truth["annotations"] if not a.get("iscrowd", 0)}

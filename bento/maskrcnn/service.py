@@ -1,0 +1,85 @@
+"""BentoML service: the champion Mask R-CNN (hiPSC colonies by default; any registered Mask R-CNN).
+
+``POST /segment`` (multipart field ``image``): every instance as JSON (mask as COCO RLE, box, score, area,
+centroid, category), tiled when the image is larger than the training images; ``POST /overlay`` (``image``): the
+image with each instance's outline, box and score drawn, as a PNG (instance count in ``X-Instances``);
+``POST /metadata``: which model answers, its lineage, metrics and prediction settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import bentoml
+import numpy as np
+
+from bento.common import decode_picture_upload, max_pixels, model_metadata
+from cellops.telemetry import disable_telemetry
+
+disable_telemetry()
+
+BENTO_MODEL = "cellops-maskrcnn:latest"
+
+
+@bentoml.service(name="cellops-maskrcnn", traffic={"timeout": 300})
+class MaskRCNN:
+    bento_model = bentoml.models.BentoModel(BENTO_MODEL)
+
+    def __init__(self) -> None:
+        import mlflow.pytorch
+        import torch
+
+        from cellops.maskrcnn.predict import PredictionSettings
+
+        torch.set_grad_enabled(False)
+        self.model = mlflow.pytorch.load_model(self.bento_model.path_of("mlflow_model"), map_location="cpu").eval()
+        self.info = model_metadata(self.bento_model)
+        inference = self.info["inference_settings"]
+        self.settings = PredictionSettings.from_dict({k: v for k, v in inference.items()
+                                                      if k not in ("max_detections", "categories")})
+        self.categories = {int(k): v for k, v in inference["categories"].items()}
+        self.max_pixels = max_pixels(self.info["service_limits"])
+        self.lock = threading.Lock()  # one forward pass at a time: the model uses every core already
+
+    def _segment(self, data: bytes) -> tuple[np.ndarray, list]:
+        from cellops.maskrcnn.predict import predict_image
+
+        picture = decode_picture_upload(data, self.max_pixels, "image")
+        with self.lock:
+            return picture, predict_image(self.model, picture, self.settings)
+
+    @bentoml.api
+    async def segment(self, image: Path) -> dict:
+        """Instances of one uploaded image (PNG, TIFF or JPEG; grey or RGB; 8/16-bit), highest score first."""
+        from cellops.maskrcnn.annotations import mask_to_rle
+
+        # Decoding and the forward pass run in a worker thread: other requests (metadata) stay answered.
+        picture, instances = await asyncio.to_thread(self._segment, Path(image).read_bytes())
+        shape = picture.shape[:2]
+        answer = []
+        for label, instance in enumerate(instances, start=1):
+            ys, xs = np.nonzero(instance.mask)
+            answer.append({"label": label, "category": self.categories.get(instance.category, str(instance.category)),
+                           "score": round(instance.score, 6), "area": instance.area, "box": list(instance.box),
+                           "centroid": [round(float(xs.mean()) + instance.x0, 2), round(float(ys.mean()) + instance.y0, 2)],
+                           "mask": mask_to_rle(instance.full_mask(shape))})
+        return {"height": int(shape[0]), "width": int(shape[1]), "count": len(answer), "instances": answer,
+                "model_version": self.info.get("model_version")}
+
+    @bentoml.api
+    async def overlay(self, image: Path, ctx: bentoml.Context) -> Path:
+        """The image with every instance drawn, as a PNG."""
+        from cellops.maskrcnn.predict import overlay
+        from cellops.plots import save_png
+
+        picture, instances = await asyncio.to_thread(self._segment, Path(image).read_bytes())
+        ctx.response.headers["X-Instances"] = str(len(instances))
+        ctx.response.headers["X-Model-Version"] = str(self.info.get("model_version", "unknown"))
+        return save_png(overlay(picture, instances, self.categories), Path(ctx.temp_dir) / "overlay.png")
+
+    @bentoml.api
+    def metadata(self) -> dict:
+        """Model version, MLflow run, ZenML run, data version, git commit, metrics and prediction settings."""
+        return self.info

@@ -1,0 +1,83 @@
+"""Typed settings of a Mask R-CNN run, parsed from the YAML config: where the annotations are, and each model to
+train (its initialisation and its overrides of the shared model and training settings)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from cellops.config import FromMapping, deep_merge
+from models.maskrcnn import MaskRCNNSettings
+
+INITS = ("scratch", "source", "imagenet", "coco")
+
+
+@dataclass(frozen=True)
+class AnnotationSource(FromMapping):
+    """Where the instance annotations are (see :func:`cellops.maskrcnn.annotations.load_annotations`).
+
+    Attributes
+    ----------
+    format : coco, via, labelme or label_images.
+    images_dir : the folder the annotations' file names are relative to.
+    path : the COCO or VIA JSON file, or the folder of LabelMe files (unused for label images).
+    category : category name of label images and of VIA regions without a label attribute.
+    label_suffix : label images are ``<image stem><label_suffix>`` next to their image.
+    """
+
+    format: str
+    images_dir: str
+    path: str = ""
+    category: str = "object"
+    label_suffix: str = "_labels.tif"
+
+
+@dataclass(frozen=True)
+class MaskRCNNModelSpec(FromMapping):
+    """One model of the comparison: how it starts (``init``: scratch, source = pretrained on the source dataset
+    in this run, imagenet or coco = a local weights file) and its overrides of the shared settings."""
+
+    init: str = "scratch"
+    weights_file: str | None = None
+    model: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init {self.init!r}: choose one of {list(INITS)}")
+
+    def settings(self, shared_model: dict) -> MaskRCNNSettings:
+        return MaskRCNNSettings.from_dict(deep_merge(shared_model, self.model))
+
+
+def parse_models(models: dict, shared_model: dict) -> dict[str, MaskRCNNModelSpec]:
+    """Every configured model, checked before anything runs (unknown keys, backbones and inits are named)."""
+    if not models:
+        raise ValueError("no models configured: add at least one entry under parameters.models")
+    specs = {}
+    for name, values in models.items():
+        try:
+            specs[name] = MaskRCNNModelSpec.from_dict(values)
+            specs[name].settings(shared_model)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"models.{name}: {error}") from None
+    return specs
+
+
+def instance_test_fingerprint(coco: dict, index: dict) -> str:
+    """A hash of the test split by content: each test image's bytes (md5) with its annotations (categories and
+    segmentations). Two runs scored on the same fingerprint are comparable; otherwise the champion is re-scored.
+
+    >>> coco = {"images": [{"id": 1}], "annotations": [], "categories": [{"id": 1, "name": "colony"}]}
+    >>> len(instance_test_fingerprint(coco, {"image_ids": [1], "md5": ["abc"], "splits": ["test"]}))
+    16
+    """
+    test = {i: md5 for i, md5, s in zip(index["image_ids"], index["md5"], index["splits"]) if s == "test"}
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    content = sorted(
+        (test[a["image_id"]], names.get(a["category_id"], str(a["category_id"])), json.dumps(a["segmentation"],
+                                                                                            sort_keys=True))
+        for a in coco["annotations"] if a["image_id"] in test)
+    payload = json.dumps({"images": sorted(test.values()), "annotations": content})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

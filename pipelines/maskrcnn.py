@@ -1,0 +1,48 @@
+"""Mask R-CNN instance segmentation (hiPSC colonies by default, nuclei with configs/maskrcnn_nuclei.yaml): one
+training pipeline comparing every configured model, and deployment.
+
+Run with ``zenml pipeline run pipelines.maskrcnn.training_pipeline -c configs/maskrcnn.yaml`` and
+``zenml pipeline run pipelines.maskrcnn.deployment_pipeline -c configs/maskrcnn_deploy.yaml``.
+"""
+
+from zenml import pipeline
+
+from cellops.maskrcnn.specs import parse_models
+from steps.deployment import build_bento, import_champion
+from steps.lineage import record_lineage
+from steps.maskrcnn import (compare_maskrcnn, load_instance_annotations, pretrain_on_source, register_maskrcnn,
+                            train_and_evaluate_maskrcnn, validate_instance_annotations)
+from steps.validation import require_valid_dataset
+
+
+@pipeline
+def training_pipeline(models: dict, model: dict, training: dict, augmentation: dict, prediction: dict,
+                      max_detections: int, overlays: int, checkpoint_dir: str) -> None:
+    """lineage -> annotations (any format, as COCO) + image split -> validate -> [pretrain on the source dataset]
+    -> train and evaluate each model (same split, same seeded augmentation, one MLflow run each) -> compare ->
+    register, promote the best."""
+    specs = parse_models(models, model)  # a bad model entry fails here, before anything runs
+    lineage = record_lineage()
+    annotations, dataset_index = load_instance_annotations()
+    validation_result, _ = validate_instance_annotations(annotations, dataset_index)
+    valid = require_valid_dataset(validation_result)
+    shared = dict(model=model, training=training, augmentation=augmentation, prediction=prediction,
+                  max_detections=max_detections, checkpoint_dir=checkpoint_dir)
+    source_model = None
+    if any(spec.init == "source" for spec in specs.values()):
+        source_model = pretrain_on_source(lineage, **shared, after=[valid])
+    evaluations = []
+    for name, spec in models.items():
+        _, evaluation = train_and_evaluate_maskrcnn(annotations, dataset_index, lineage, source_model, name=name,
+                                                    spec=spec, overlays=overlays, **shared, id=f"train_{name}",
+                                                    after=[valid])
+        evaluations.append(evaluation)
+    compare_maskrcnn(evaluations)
+    register_maskrcnn(evaluations, annotations, dataset_index, lineage)
+
+
+@pipeline
+def deployment_pipeline() -> None:
+    """champion from the MLflow registry -> BentoML model store -> bento."""
+    bento_model_tag = import_champion()
+    build_bento(bento_model_tag)

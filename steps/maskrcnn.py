@@ -1,0 +1,284 @@
+"""Steps of the Mask R-CNN pipeline (thin adapters over cellops.maskrcnn, models and tracking): read and split the
+annotations, validate them, pretrain on the source dataset, train and evaluate each configured model in its own
+MLflow run, compare them, register them and promote the best."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from zenml import get_step_context, log_metadata, step
+from zenml.logger import get_logger
+from zenml.types import HTMLString
+
+from cellops.config import deep_merge
+from cellops.maskrcnn.annotations import load_annotations
+from cellops.maskrcnn.data import (SPLITS, ImageSplitSettings, InstanceAugmentation, InstanceDataset,
+                                   build_instance_augmentation, load_instance_samples, split_images, subset_coco)
+from cellops.maskrcnn.engine import MaskRCNNTraining, evaluate_model, fit, loss_curves
+from cellops.maskrcnn.predict import PredictionSettings, overlay, predict_image
+from cellops.maskrcnn.specs import AnnotationSource, MaskRCNNModelSpec, instance_test_fingerprint, parse_models
+from cellops.maskrcnn.validation import AnnotationExpectations, summarise_annotations, validate_annotation_dataset
+from cellops.plots import save_png, training_curves
+from cellops.promotion import check_promotion_metrics, ranking_key
+from models.maskrcnn import build_maskrcnn, find_initial_weights, transfer_weights
+from steps.registry import follow_in_model_control_plane
+from steps.validation import data_docs_page
+from tracking import tags
+from tracking.registry import register_and_maybe_promote
+from tracking.runs import active_run_id, log_run_config
+
+logger = get_logger(__name__)
+
+#: Scores in the comparison table, in this order.
+SCORE_COLUMNS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "f1_50", "precision_50", "recall_50")
+
+
+def _read(annotations: dict, split: dict) -> tuple[dict, dict]:
+    source = AnnotationSource.from_dict(annotations)
+    coco = load_annotations(source.format, source.path, source.images_dir, label_suffix=source.label_suffix,
+                            category=source.category)
+    return coco, split_images(coco, source.images_dir, ImageSplitSettings.from_dict(split))
+
+
+def _ids(index: dict, split: str) -> list[int]:
+    return [i for i, s in zip(index["image_ids"], index["splits"]) if s == split]
+
+
+def _inference_settings(coco: dict, prediction: dict, max_detections: int) -> dict:
+    return {**PredictionSettings.from_dict(prediction).__dict__, "max_detections": int(max_detections),
+            "categories": {str(c["id"]): c["name"] for c in coco["categories"]}}
+
+
+def _prediction(inference: dict) -> PredictionSettings:
+    return PredictionSettings.from_dict({k: v for k, v in inference.items()
+                                         if k not in ("max_detections", "categories")})
+
+
+@step
+def load_instance_annotations(annotations: dict, split: dict) -> tuple[Annotated[dict, "annotations"],
+                                                                      Annotated[dict, "dataset_index"]]:
+    """Read the annotations (COCO, VIA, LabelMe or label images) as COCO, and split the images (not the
+    instances) into train, val and test; identical pictures stay in one split."""
+    coco, index = _read(annotations, split)
+    counts = {s: index["splits"].count(s) for s in SPLITS}
+    instances = {s: sum(1 for a in coco["annotations"] if a["image_id"] in set(_ids(index, s))) for s in SPLITS}
+    log_metadata(metadata={"images": counts, "instances": instances,
+                           "categories": [c["name"] for c in coco["categories"]]})
+    logger.info("%d images %s, %d instances %s", len(index["files"]), counts, len(coco["annotations"]), instances)
+    return coco, index
+
+
+@step
+def validate_instance_annotations(
+    annotations: dict, dataset_index: dict, expectations: dict,
+) -> tuple[Annotated[dict, "validation_result"], Annotated[HTMLString, "data_docs"]]:
+    """The Great Expectations suite over the annotations: files exist and read at the annotated size, known
+    categories, valid polygons inside the image, boxes matching masks, unique ids, instance counts within bounds,
+    no picture in two splits. Result and Data Docs are kept, pass or fail."""
+    expect = AnnotationExpectations.from_dict(expectations)
+    table = summarise_annotations(annotations, dataset_index["images_dir"], dataset_index, expect)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = validate_annotation_dataset(table, expect, data_docs_dir=Path(tmp))
+        html = data_docs_page(Path(tmp))
+    log_metadata(metadata={"validation_success": report.success, "failed_expectations": report.failures})
+    return {"success": report.success, "failures": report.failures, "results": report.results}, html
+
+
+def _train(name: str, model: torch.nn.Module, coco: dict, index: dict, training: dict, augmentation: dict,
+           inference: dict, checkpoint_dir: str, checkpoint_key: dict) -> tuple[object, list, list]:
+    config = MaskRCNNTraining.from_dict(training)
+    train = load_instance_samples(coco, index, "train")
+    val = load_instance_samples(coco, index, "val")
+    torch.manual_seed(config.seed)
+    history = fit(model, InstanceDataset(train, build_instance_augmentation(InstanceAugmentation.from_dict(augmentation))),
+                  val, subset_coco(coco, _ids(index, "val")), config, _prediction(inference),
+                  max_detections=inference["max_detections"],
+                  checkpoint_dir=Path(checkpoint_dir) / name if checkpoint_dir else None,
+                  checkpoint_key=checkpoint_key,
+                  on_epoch_end=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
+    return history, train, val
+
+
+@step
+def pretrain_on_source(
+    lineage: dict, model: dict, training: dict, augmentation: dict, prediction: dict, max_detections: int,
+    source: dict, checkpoint_dir: str,
+) -> Annotated[torch.nn.Module, "source_model"]:
+    """Train the shared model settings on the source dataset (e.g. nuclei: many instances per image), in its own
+    MLflow run; models with ``init: source`` start from it."""
+    coco, index = _read(source["annotations"], source["split"])
+    settings = MaskRCNNModelSpec(model=source.get("model", {})).settings(model)
+    config = deep_merge(training, source.get("training", {}))
+    net = build_maskrcnn(settings, len(coco["categories"]) + 1, seed=int(config.get("seed", 0)))
+    inference = _inference_settings(coco, prediction, max_detections)
+    mlflow.set_tags({**tags.lineage_to_tags(lineage), "role": "source_model",
+                     "source_images": source["annotations"]["images_dir"]})
+    mlflow.log_params({"source.images": len(index["files"]), "source.instances": len(coco["annotations"])})
+    history, _, _ = _train("source", net, coco, index, config, augmentation, inference, checkpoint_dir,
+                           {"data": index["md5"], "model": settings.as_dict(), "role": "source"})
+    best = history.validation[-1] if history.validation else {}
+    mlflow.log_metrics({f"source_best_val_{k}": v for k, v in best.items() if k != "epoch"})
+    mlflow.pytorch.log_model(net.cpu().eval(), name="model", serialization_format="pickle", code_paths=["models"])
+    log_metadata(metadata={"source_val": best, "source_mlflow_run_id": active_run_id()})
+    return net.cpu().eval()
+
+
+@step(experiment_tracker=True)  # the stack's tracker: one invocation per model, each its own nested MLflow run
+def train_and_evaluate_maskrcnn(
+    annotations: dict,
+    dataset_index: dict,
+    lineage: dict,
+    source_model: Optional[torch.nn.Module],
+    name: str,
+    spec: dict,
+    model: dict,
+    training: dict,
+    augmentation: dict,
+    prediction: dict,
+    max_detections: int,
+    overlays: int,
+    checkpoint_dir: str,
+) -> tuple[Annotated[torch.nn.Module, "maskrcnn"], Annotated[dict, "evaluation"]]:
+    """Train one configured model on the shared split with the shared seeded augmentation, evaluate it on the
+    test images as it would be served, and log curves, scores, speed and test overlays to its own MLflow run."""
+    coco, index = annotations, dataset_index
+    model_spec = MaskRCNNModelSpec.from_dict(spec)
+    settings = model_spec.settings(model)
+    config = deep_merge(training, model_spec.training)
+    weights = find_initial_weights(model_spec.init, settings.backbone, model_spec.weights_file)
+    for note in weights.notes:
+        logger.warning("%s: %s", name, note)
+    net = build_maskrcnn(settings, len(coco["categories"]) + 1, imagenet_weights=weights.imagenet,
+                         coco_weights=weights.coco, seed=int(config.get("seed", 0)))
+    if model_spec.init == "source":
+        if source_model is None:
+            raise ValueError(f"{name}: init 'source' needs the model pretrained on the source dataset, which this "
+                             "run did not train (set steps.pretrain_on_source)")
+        skipped = transfer_weights(net, source_model)
+        logger.info("%s: initialised from the source model (not transferred: %s)", name, skipped or "nothing")
+    inference = _inference_settings(coco, prediction, max_detections)
+    log_run_config()
+    mlflow.set_tags({**tags.lineage_to_tags(lineage), tags.ZENML_RUN_ID: str(get_step_context().pipeline_run.id),
+                     tags.MODEL_NAME: name, tags.ARCHITECTURE: f"maskrcnn_{settings.backbone}_fpn",
+                     tags.INIT: model_spec.init, tags.INIT_USED: weights.kind})
+    mlflow.log_params({f"model.{k}": v for k, v in settings.as_dict().items()})
+    parameters = sum(p.numel() for p in net.parameters())
+    logger.info("%s: Mask R-CNN %s-FPN from %s, %d parameters; %s images", name, settings.backbone, weights.kind,
+                parameters, {s: index["splits"].count(s) for s in SPLITS})
+    history, _, _ = _train(name, net, coco, index, config, augmentation, inference, checkpoint_dir,
+                           {"data": index["md5"], "splits": index["splits"], "spec": spec, "model": settings.as_dict(),
+                            "augmentation": augmentation, "source": model_spec.init == "source"})
+    net = net.cpu().eval()
+    test = load_instance_samples(coco, index, "test")
+    started = time.perf_counter()
+    scores, _ = evaluate_model(net, test, subset_coco(coco, _ids(index, "test")), _prediction(inference),
+                               max_detections)
+    seconds_per_image = (time.perf_counter() - started) / max(1, len(test))
+    costs = {"parameters": parameters, "train_seconds": float(sum(history.epoch_seconds)),
+             "epochs": len(history.losses), "cpu_seconds_per_image": seconds_per_image}
+    mlflow.log_metrics({**{f"test_{k}": v for k, v in scores.as_dict().items()}, **costs,
+                        "best_epoch": history.best_epoch})
+    categories = {int(k): v for k, v in inference["categories"].items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        training_curves(loss_curves(history), folder / "curves.png")
+        mlflow.log_artifact(str(folder / "curves.png"), artifact_path="training")
+        for image, target in test[:overlays]:
+            picture = image[0].numpy()
+            drawn = overlay(picture, predict_image(net, picture, _prediction(inference)), categories)
+            path = save_png(drawn, folder / f"test_{target['image_id']:04d}.png")
+            mlflow.log_artifact(str(path), artifact_path="test_overlays")
+    info = mlflow.pytorch.log_model(net, name="model", serialization_format="pickle", code_paths=["models"])
+    evaluation = {"name": name, "architecture": f"maskrcnn_{settings.backbone}_fpn", "init": model_spec.init,
+                  "init_used": weights.kind, "model_uri": info.model_uri, "mlflow_run_id": active_run_id(),
+                  "scores": scores.as_dict(), "costs": costs, "settings": inference,
+                  "resumed_from_epoch": history.resumed_from_epoch}
+    log_metadata(metadata={"scores": scores.as_dict(), "costs": costs})
+    logger.info("%s test: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in scores.as_dict().items()))
+    return net, evaluation
+
+
+def _parent_run_id() -> str | None:
+    run = mlflow.active_run()
+    return run.data.tags.get("mlflow.parentRunId") if run is not None else None
+
+
+@step
+def compare_maskrcnn(evaluations: list[dict]) -> Annotated[dict, "comparison"]:
+    """The comparison table (CSV and markdown) of every model on the test images, logged to the pipeline's
+    parent MLflow run (and this step's): e.g. from-scratch vs transferred at equal budget."""
+    import pandas as pd
+
+    table = pd.DataFrame([{"model": e["name"], "architecture": e["architecture"], "init": e["init_used"],
+                           **{k: e["scores"][k] for k in SCORE_COLUMNS}, **e["costs"]} for e in evaluations])
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        table.to_csv(folder / "comparison.csv", index=False, float_format="%.6g")
+        (folder / "comparison.md").write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
+        mlflow.log_artifacts(str(folder), artifact_path="comparison")
+        parent = _parent_run_id()
+        if parent:
+            MlflowClient().log_artifacts(parent, str(folder), artifact_path="comparison")
+    logger.info("comparison on the test images:\n%s", table.to_string(index=False))
+    comparison = {"rows": json.loads(table.to_json(orient="records"))}
+    log_metadata(metadata={"comparison": comparison})
+    return comparison
+
+
+@step(enable_cache=False)  # a side effect: a cache hit would silently skip the registration
+def register_maskrcnn(
+    evaluations: list[dict],
+    annotations: dict,
+    dataset_index: dict,
+    lineage: dict,
+    registered_model_name: str,
+    promotion_metric: str,
+    tie_breakers: list[str],
+    alias: str,
+    min_improvement: float,
+) -> Annotated[dict, "registration"]:
+    """Register every trained model (best first) and move ``alias`` to one only if it beats the champion on the
+    same test images and annotations; a champion scored on another test set is re-scored on this one."""
+    ranked = [promotion_metric, *tie_breakers]
+    check_promotion_metrics(ranked)
+    zenml_run_id = str(get_step_context().pipeline_run.id)
+    test_set = instance_test_fingerprint(annotations, dataset_index)
+    test = load_instance_samples(annotations, dataset_index, "test")
+    truth = subset_coco(annotations, _ids(dataset_index, "test"))
+
+    def rescore(champion) -> dict[str, float]:
+        inference = tags.inference_from_tags(champion.tags) or {}
+        if sorted(inference.get("categories", {}).values()) != sorted(c["name"] for c in annotations["categories"]):
+            raise ValueError(f"the champion segments {sorted(inference.get('categories', {}).values())}, this run "
+                             f"{sorted(c['name'] for c in annotations['categories'])}: not comparable; register "
+                             "under another name")
+        old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")
+        return evaluate_model(old.eval(), test, truth, _prediction(inference), inference["max_detections"])[0].as_dict()
+
+    decisions = []
+    for e in sorted(evaluations, key=lambda e: ranking_key([e["scores"][m] for m in ranked]), reverse=True):
+        decision = register_and_maybe_promote(
+            MlflowClient(), e["model_uri"], registered_model_name, e["scores"],
+            {**tags.lineage_to_tags({**lineage, tags.TEST_SET: test_set}), **tags.inference_to_tags(e["settings"]),
+             tags.MLFLOW_RUN_ID: e["mlflow_run_id"], tags.ZENML_RUN_ID: zenml_run_id, tags.MODEL_NAME: e["name"],
+             tags.ARCHITECTURE: e["architecture"], tags.INIT_USED: e["init_used"]},
+            promotion_metric=promotion_metric, tie_breakers=tie_breakers, alias=alias,
+            min_improvement=min_improvement, rescore=rescore)
+        decisions.append({**decision, "model_name": e["name"]})
+        logger.info("%s -> %s v%s, promoted: %s", e["name"], registered_model_name, decision["version"],
+                    decision["promoted"])
+    promoted = [d for d in decisions if d["promoted"]]
+    summary = {"versions": decisions, "promoted": promoted[-1] if promoted else None,
+               "champion_version": decisions[-1]["champion_version"]}
+    mlflow.set_tags({"champion_version": str(summary["champion_version"])})
+    follow_in_model_control_plane(decisions[0])
+    log_metadata(metadata={"registration": json.loads(json.dumps(summary, default=str))})
+    return summary
+
