@@ -23,11 +23,11 @@ export PYTHONUNBUFFERED := 1
 # without activating the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup configs data data-accept train deploy train-classifier deploy-classifier analyses reports demo serve \
-	serve-classifier ui test bench lock clean
+.PHONY: help setup configs data data-accept train deploy train-classifier deploy-classifier train-maskrcnn \
+	train-maskrcnn-nuclei deploy-maskrcnn analyses reports demo serve serve-classifier serve-maskrcnn ui test bench lock clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,15 @@ train-classifier: setup  ## train and compare the endothelial-cell classifiers (
 deploy-classifier: setup  ## import the champion classifier into BentoML and build its bento
 	$(BIN)/zenml pipeline run pipelines.classifier.deployment_pipeline -c configs/classifier_deploy.yaml
 
+train-maskrcnn: setup  ## train Mask R-CNN on the colonies, from scratch vs pretrained on nuclei (configs/maskrcnn.yaml)
+	$(BIN)/zenml pipeline run pipelines.maskrcnn.training_pipeline -c configs/maskrcnn.yaml
+
+train-maskrcnn-nuclei: setup  ## train the nuclei Mask R-CNN, registered as cellops-maskrcnn-nuclei (configs/maskrcnn_nuclei.yaml)
+	$(BIN)/zenml pipeline run pipelines.maskrcnn.training_pipeline -c configs/maskrcnn_nuclei.yaml
+
+deploy-maskrcnn: setup  ## import the champion colony Mask R-CNN into BentoML and build its bento
+	$(BIN)/zenml pipeline run pipelines.maskrcnn.deployment_pipeline -c configs/maskrcnn_deploy.yaml
+
 analyses: setup  ## run the classical pipelines: colonies, nuclei, calcium
 	$(BIN)/zenml pipeline run pipelines.colonies.colony_pipeline -c configs/colonies.yaml
 	$(BIN)/zenml pipeline run pipelines.nuclei.nuclei_pipeline -c configs/nuclei.yaml
@@ -76,8 +85,8 @@ reports: $(VENV)/.installed  ## dvc repro: classical reports from data/ and conf
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-demo: setup data train deploy train-classifier deploy-classifier analyses  ## everything, on the built-in data
-	@echo "demo done: 'make ui' for the MLflow UI, 'make serve' / 'make serve-classifier' to serve the champions"
+demo: setup data train deploy train-classifier deploy-classifier train-maskrcnn deploy-maskrcnn analyses  ## everything, on the built-in data
+	@echo "demo done: 'make ui' for the MLflow UI, 'make serve' / 'make serve-classifier' / 'make serve-maskrcnn' to serve the champions"
 
 serve: $(VENV)/.installed  ## serve the latest cellops-unet bento on $(HOST):$(SERVE_PORT)
 	$(BIN)/bentoml serve cellops-unet:latest --host $(HOST) --port $(SERVE_PORT)
@@ -85,16 +94,20 @@ serve: $(VENV)/.installed  ## serve the latest cellops-unet bento on $(HOST):$(S
 serve-classifier: $(VENV)/.installed  ## serve the latest cellops-classifier bento on $(HOST):$(SERVE_PORT)
 	$(BIN)/bentoml serve cellops-classifier:latest --host $(HOST) --port $(SERVE_PORT)
 
+serve-maskrcnn: $(VENV)/.installed  ## serve the latest cellops-maskrcnn bento on $(HOST):$(SERVE_PORT)
+	$(BIN)/bentoml serve cellops-maskrcnn:latest --host $(HOST) --port $(SERVE_PORT)
+
 ui: $(VENV)/.installed  ## MLflow UI over the project's store on $(HOST):$(UI_PORT)
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host $(HOST) --port $(UI_PORT)
 
 test: setup  ## set up as for the demo, then run the test suite
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed  ## benchmarks: U-Net inference, colony analysis, classifier vs DenseNet121 (after the demo)
+bench: $(VENV)/.installed  ## benchmarks: U-Net inference, colony analysis, classifier vs DenseNet121, Mask R-CNN backbones (after the demo)
 	$(BIN)/python benchmarks/unet_inference.py
 	$(BIN)/python benchmarks/colonies.py
 	$(BIN)/python benchmarks/classifier.py
+	$(BIN)/python benchmarks/maskrcnn.py
 
 lock: $(BIN)/python  ## regenerate requirements.lock from the current .venv
 	{ head -3 requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -v '^cellops'; } > requirements.lock.new

@@ -203,11 +203,12 @@ def load_matching(model: nn.Module, state_dict: dict) -> list[str]:
 def transfer_weights(model: nn.Module, source: nn.Module) -> list[str]:
     """Initialise ``model`` from another Mask R-CNN (e.g. pretrained on nuclei): backbone, FPN, RPN and heads,
     all but the class-specific predictors when the class counts differ. Returns what was not transferred."""
-    skipped = load_matching(model, source.state_dict())
-    transferred = set(model.state_dict()) - set(skipped)
-    if not any(name.startswith("backbone.") for name in transferred):
-        raise ValueError("the source model's backbone does not fit this model's (another backbone or FPN width)")
-    return skipped
+    own, theirs = model.state_dict(), source.state_dict()
+    misfits = [k for k in own if k.startswith("backbone.") and (k not in theirs or theirs[k].shape != own[k].shape)]
+    if misfits:
+        raise ValueError(f"the source model's backbone does not fit this model's (another backbone or FPN width): "
+                         f"{len(misfits)} tensors differ, e.g. {misfits[0]}")
+    return load_matching(model, theirs)
 
 
 @dataclass(frozen=True)

@@ -61,11 +61,15 @@ def test_importing_the_whole_library_loads_no_framework():
 def test_derived_configs_are_up_to_date_and_have_the_keys_of_their_base():
     overrides = derived_configs(ROOT)
     assert {p.relative_to(ROOT).as_posix() for p in overrides.values()} >= {
-        "configs/unet_full.yaml", "tests/configs/unet_tiny.yaml", "tests/configs/classifier_tiny.yaml"}
+        "configs/unet_full.yaml", "tests/configs/unet_tiny.yaml", "tests/configs/classifier_tiny.yaml",
+        "configs/maskrcnn_full.yaml", "tests/configs/maskrcnn_tiny.yaml"}
     for override, target in overrides.items():
         assert target.read_text() == render_text(override, ROOT), f"{target} is stale: run `make configs`"
         base = (override.parent / yaml.safe_load(override.read_text())["derive_from"]).resolve()
-        assert key_paths(yaml.safe_load(target.read_text())) == key_paths(yaml.safe_load(base.read_text())), target
+        # Same keys, except that a derived config may add named models to a comparison (parameters.models).
+        added = key_paths(yaml.safe_load(target.read_text())) - key_paths(yaml.safe_load(base.read_text()))
+        assert key_paths(yaml.safe_load(base.read_text())) <= key_paths(yaml.safe_load(target.read_text())), target
+        assert all(k.startswith("parameters.models.") for k in added), (target, added)
 
 
 def test_an_override_of_a_key_the_base_lacks_is_refused(tmp_path):
@@ -81,12 +85,13 @@ def _steps():
     import steps.deployment
     import steps.em_data
     import steps.lineage
+    import steps.maskrcnn
     import steps.registry
     import steps.unet
     import steps.validation
 
-    modules = [steps.classical, steps.classifier, steps.deployment, steps.em_data, steps.lineage, steps.registry, steps.unet,
-               steps.validation]
+    modules = [steps.classical, steps.classifier, steps.deployment, steps.em_data, steps.lineage, steps.maskrcnn,
+               steps.registry, steps.unet, steps.validation]
     return {name: obj for module in modules for name, obj in vars(module).items() if hasattr(obj, "entrypoint")}
 
 

@@ -140,7 +140,7 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
 
     import mlflow
 
-    from cellops.io import ImageInputError, read_image_file, write_tiff_stack
+    from cellops.io import ImageInputError, image_geometry, read_image_file, write_tiff_stack
     from cellops.maskrcnn.predict import PredictionSettings, instance_table, label_image, overlay, predict_image
     from cellops.plots import save_png
 
@@ -160,8 +160,7 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
     for path in images:
         try:
             image = read_image_file(path)
-            if image.ndim not in (2, 3):
-                raise ImageInputError(f"expected a 2-D picture, got shape {image.shape}")
+            image_geometry(image, source=str(path))
         except (ImageInputError, OSError) as error:
             summary.append({"file": str(path), "instances": "", "error": str(error)})
             print(f"cellops predict: skipped {path}: {error}", file=sys.stderr)

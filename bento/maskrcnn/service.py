@@ -46,7 +46,15 @@ class MaskRCNN:
     def _segment(self, data: bytes) -> tuple[np.ndarray, list]:
         from cellops.maskrcnn.predict import predict_image
 
+        from bentoml.exceptions import InvalidArgument
+
+        from cellops.io import ImageInputError, image_geometry
+
         picture = decode_picture_upload(data, self.max_pixels, "image")
+        try:
+            image_geometry(picture, source="image")
+        except ImageInputError as error:
+            raise InvalidArgument(str(error)) from error
         with self.lock:
             return picture, predict_image(self.model, picture, self.settings)
 

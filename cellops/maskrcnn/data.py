@@ -16,7 +16,7 @@ from torchvision.transforms import v2
 from cellops.classifier.data import SPLITS, stratified_split
 from cellops.config import FromMapping
 from cellops.data_version import file_md5
-from cellops.io import read_image_file, to_unit_range
+from cellops.io import image_geometry, read_image_file, to_unit_range
 from cellops.maskrcnn.annotations import annotation_masks
 
 
@@ -52,23 +52,22 @@ def subset_coco(coco: dict, image_ids: list[int]) -> dict:
             "categories": coco["categories"]}
 
 
-def model_image(image: np.ndarray) -> torch.Tensor:
-    """A picture as Mask R-CNN input: float32 (3, H, W) in [0, 1]; grey is repeated into three channels and an
-    alpha channel is dropped.
+def model_image(image: np.ndarray, source: str = "") -> torch.Tensor:
+    """A picture as Mask R-CNN input: float32 (3, H, W) in [0, 1]. Grey (and grey + alpha) is repeated into three
+    channels, alpha dropped; stacks of planes are refused with an ``ImageInputError`` naming ``source``.
 
     >>> model_image(np.zeros((4, 5), np.uint8)).shape
     torch.Size([3, 4, 5])
     """
+    image_geometry(image, source=source)
+    if image.ndim == 3 and image.shape[-1] > 4:  # a one-plane stack (1, H, W)
+        image = image[0]
     pixels = to_unit_range(image)
+    if pixels.ndim == 3:
+        pixels = pixels[..., :3] if pixels.shape[-1] >= 3 else pixels[..., 0]
     if pixels.ndim == 2:
-        pixels = np.repeat(pixels[None], 3, axis=0)
-    elif pixels.ndim == 3:
-        channels_last = pixels.shape[-1] in (1, 3, 4) and pixels.shape[0] not in (1, 3, 4)
-        pixels = np.moveaxis(pixels, -1, 0) if channels_last else pixels
-        pixels = pixels[:3] if pixels.shape[0] >= 3 else np.repeat(pixels[:1], 3, axis=0)
-    else:
-        raise ValueError(f"expected a 2-D or 3-D picture, got shape {image.shape}")
-    return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0), dtype=np.float32))
 
 
 def load_instance_samples(coco: dict, index: dict, split: str) -> list[tuple[torch.Tensor, dict]]:

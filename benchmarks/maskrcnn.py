@@ -1,0 +1,88 @@
+"""CPU inference speed of Mask R-CNN backbones in one run: the light ones (ResNet-18-FPN as in the demo config,
+MobileNetV3-Large-FPN) against the lab's ResNet-50-FPN, on the same images and CPU threads.
+
+    python benchmarks/maskrcnn.py [--config configs/maskrcnn.yaml] [--threads 2] [--repeats 3]
+
+Every architecture is timed with the same workload: the demo config's input scale, 100 detections per image
+forced through the mask head (score threshold 0), so speed reflects the network, not how many objects a randomly
+initialised model happens to report. Results go to stdout and outputs/benchmarks/maskrcnn.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from cellops.io import read_image_file
+from cellops.maskrcnn.data import model_image
+from models.maskrcnn import MaskRCNNSettings, build_maskrcnn
+
+#: Backbone -> its settings on top of the config's shared model settings (ResNet-50 as torchvision ships it).
+ARCHITECTURES = {
+    "resnet18_fpn (demo)": {},
+    "mobilenet_v3_large_fpn": {"backbone": "mobilenet_v3_large", "anchor_sizes": [32, 64, 128]},
+    "resnet50_fpn (paper heads)": {"backbone": "resnet50", "fpn_channels": 256, "representation_size": 1024,
+                                   "mask_head_layers": 4},
+}
+
+
+@torch.no_grad()
+def images_per_second(model: torch.nn.Module, images: list[torch.Tensor], repeats: int) -> float:
+    """Best of ``repeats`` passes over ``images`` one at a time (after one warm-up pass)."""
+    model.eval()
+    model(images[:1])
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for image in images:
+            model([image])
+        best = min(best, time.perf_counter() - started)
+    return len(images) / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/maskrcnn.yaml")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=4)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = yaml.safe_load(Path(args.config).read_text())
+    shared = config["parameters"]["model"]
+    images_dir = Path(config["steps"]["load_instance_annotations"]["parameters"]["annotations"]["images_dir"])
+    files = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in (".png", ".tif", ".tiff", ".jpg"))
+    images = [model_image(read_image_file(p)) for p in files[: args.images]]
+    if not images:
+        raise SystemExit(f"no images under {images_dir}: run `make data` first")
+    results = {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+               "image_size": list(images[0].shape[-2:]), "model_input": shared["min_size"], "architectures": {}}
+    for name, overrides in ARCHITECTURES.items():
+        settings = MaskRCNNSettings.from_dict({**shared, **overrides, "score_threshold": 0.0,
+                                               "detections_per_image": 100})
+        model = build_maskrcnn(settings, 2)
+        speed = images_per_second(model, images, args.repeats)
+        parameters = sum(p.numel() for p in model.parameters())
+        results["architectures"][name] = {"images_per_second": round(speed, 3), "parameters": parameters}
+        print(f"{name:28s} {speed:7.2f} images/s  {parameters / 1e6:6.1f} M parameters", flush=True)
+    light = results["architectures"]["resnet18_fpn (demo)"]["images_per_second"]
+    heavy = results["architectures"]["resnet50_fpn (paper heads)"]["images_per_second"]
+    results["speedup_resnet18_vs_resnet50"] = round(light / heavy, 2)
+    print(f"ResNet-18-FPN (demo) is {light / heavy:.1f}x faster than ResNet-50-FPN on {args.threads} threads")
+    out = Path("outputs/benchmarks/maskrcnn.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    main()

@@ -1,0 +1,162 @@
+"""End to end, as a user runs it, on a fresh project copy with tiny data: the Mask R-CNN pipeline pretrains on the
+nuclei label images, trains both configured models in nested MLflow runs, compares and registers them and
+promotes the best; `cellops predict maskrcnn` writes label images, tables and overlays (tiling a large image);
+the deployed bento answers real HTTP and refuses bad uploads; broken annotations stop the pipeline."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import yaml
+from PIL import Image
+
+from helpers import run_command as _run
+from helpers import served_bento
+from tracking import tags
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = "tests/configs/maskrcnn_tiny.yaml"
+MODELS = {"resnet18_scratch", "resnet18_nuclei"}
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    root, env = project
+    _run(["zenml", "pipeline", "run", "pipelines.maskrcnn.training_pipeline", "-c", CONFIG], root, env)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    yield root, env
+    mlflow.set_tracking_uri(None)
+
+
+def test_each_model_has_its_own_run_with_losses_scores_and_test_overlays(trained):
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("cellops-maskrcnn")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    parent = next(r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags)
+    for name in MODELS:
+        run = runs[f"train_{name}"]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert {"test_mask_ap", "test_mask_ap50", "test_mask_ap75", "test_box_ap", "test_f1_50", "parameters",
+                "train_seconds", "cpu_seconds_per_image"} <= set(run.data.metrics)
+        assert len(client.get_metric_history(run.info.run_id, "loss_mask")) == 1  # one epoch in the tiny config
+        overlays = {a.path for a in client.list_artifacts(run.info.run_id, "test_overlays")}
+        assert len(overlays) == 2 and all(p.endswith(".png") for p in overlays)
+        assert run.data.params["model.detections_per_image"] == "300"
+    assert runs["train_resnet18_nuclei"].data.tags["init_used"] == "source"
+    assert runs["train_resnet18_scratch"].data.tags["init_used"] == "scratch"
+    source = runs["pretrain_on_source"]
+    assert source.data.tags["role"] == "source_model" and int(source.data.params["source.images"]) == 6
+    table = client.download_artifacts(parent.info.run_id, "comparison/comparison.csv")
+    assert {r["model"] for r in csv.DictReader(open(table))} == MODELS
+
+
+def test_both_models_are_registered_and_the_champion_is_the_best_on_the_same_test_set(trained):
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions("name='cellops-maskrcnn'")
+    assert {v.tags["model_name"] for v in versions} == MODELS
+    champion = client.get_model_version_by_alias("cellops-maskrcnn", "champion")
+
+    def rank(v):
+        metrics = tags.metrics_from_tags(v.tags)
+        return metrics["mask_ap50"], metrics["mask_ap"], metrics["f1_50"]
+
+    assert rank(champion) == max(rank(v) for v in versions)
+    assert len({v.tags[f"{tags.LINEAGE_PREFIX}{tags.TEST_SET}"] for v in versions}) == 1
+    settings = tags.inference_from_tags(champion.tags)
+    assert settings["categories"] == {"1": "colony"} and settings["max_detections"] == 300
+
+
+def test_cellops_predict_maskrcnn_writes_labels_tables_overlays_tiles_and_names_bad_files(trained, tmp_path):
+    root, env = trained
+    image = root / "data/colonies/images/colony_000.png"
+    picture = np.asarray(Image.open(image))
+    large = tmp_path / "large.tif"
+    tifffile.imwrite(large, np.tile(picture, (3, 3)))  # 768 px: above the 512-px tile size, so tiled
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    result = _run(["cellops", "predict", "maskrcnn", str(image), str(large), str(bad), "--out", str(out)], root, env,
+                  check=False)
+    assert result.returncode == 1 and "broken.png" in result.stderr, result.stdout + result.stderr
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["file"] for r in summary] == [str(image), str(large), str(bad)] and summary[2]["error"]
+    for row, shape in zip(summary[:2], [picture.shape, (768, 768)]):
+        labels = tifffile.imread(out / f"{row['outputs']}_labels.tif")
+        assert labels.dtype == np.uint16 and labels.shape == shape
+        table = pd.read_csv(out / f"{row['outputs']}_instances.csv")
+        assert len(table) == int(row["instances"]) and set(np.unique(labels)) - {0} <= set(table["label"])
+        assert list(table.columns)[:4] == ["label", "category", "score", "area"]
+        assert np.asarray(Image.open(out / f"{row['outputs']}_overlay.png")).shape == (*shape, 3)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
+    root, env = trained
+    result = _run(["zenml", "pipeline", "run", "pipelines.maskrcnn.deployment_pipeline", "-c",
+                   "configs/maskrcnn_deploy.yaml"], root, env)
+    assert "built bento cellops-maskrcnn:" in result.stdout + result.stderr
+    champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-maskrcnn", "champion")
+    image = root / "data/colonies/images/colony_001.png"
+    with served_bento("cellops-maskrcnn:latest", root, {**env, "CELLOPS_MAX_PIXELS": "300000"}) as base:
+        def post(route, name, data):
+            return httpx.post(f"{base}/{route}", files=[("image", (name, data, "application/octet-stream"))], timeout=120)
+
+        answer = post("segment", image.name, image.read_bytes())
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert (body["height"], body["width"]) == (256, 256) and body["count"] == len(body["instances"])
+        assert body["model_version"] == str(champion.version)
+        for instance in body["instances"]:
+            assert set(instance) == {"label", "category", "score", "area", "box", "centroid", "mask"}
+            assert instance["mask"]["size"] == [256, 256] and isinstance(instance["mask"]["counts"], str)
+        drawn = post("overlay", image.name, image.read_bytes())
+        assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/png"
+        assert int(drawn.headers["x-instances"]) == body["count"]
+        assert np.asarray(Image.open(io.BytesIO(drawn.content))).shape == (256, 256, 3)
+        meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
+        assert meta["model_version"] == str(champion.version) and meta["inference_settings"]["categories"] == {"1": "colony"}
+        stack = io.BytesIO()
+        tifffile.imwrite(stack, np.zeros((3, 32, 32), np.uint8))
+        for name, data, status, message in [
+            ("notes.txt", b"not an image at all", 400, "not an image"),
+            ("empty.png", b"", 400, "empty upload"),
+            ("stack.tif", stack.getvalue(), 400, "stack"),
+            ("huge.png", _png(np.zeros((600, 600), np.uint8)), 413, "too large"),
+        ]:
+            response = post("segment", name, data)
+            assert response.status_code == status, (name, response.status_code, response.text)
+            assert message in response.text, (name, response.text)
+        assert post("overlay", "notes.txt", b"nope").status_code == 400
+
+
+def test_broken_annotations_stop_the_pipeline_naming_image_and_annotation(trained):
+    root, env = trained
+    coco = json.loads((root / "data/colonies/annotations.json").read_text())
+    coco["annotations"][0]["category_id"] = 9
+    coco["annotations"][1]["segmentation"] = [[1, 2, 3, 4]]
+    (root / "broken.json").write_text(json.dumps(coco))
+    config = yaml.safe_load((root / CONFIG).read_text())
+    config["steps"]["load_instance_annotations"]["parameters"]["annotations"]["path"] = "broken.json"
+    (root / "broken_maskrcnn.yaml").write_text(yaml.safe_dump(config))
+    before = len(mlflow.MlflowClient().search_model_versions("name='cellops-maskrcnn'"))
+    result = _run(["zenml", "pipeline", "run", "pipelines.maskrcnn.training_pipeline", "-c", "broken_maskrcnn.yaml"],
+                  root, env, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "dataset validation failed" in output
+    assert "has category 9" in output and "at least 3 (x, y) points" in output
+    assert f"annotation {coco['annotations'][0]['id']}" in output
+    assert len(mlflow.MlflowClient().search_model_versions("name='cellops-maskrcnn'")) == before
