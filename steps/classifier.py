@@ -30,12 +30,10 @@ from cellops.config import deep_merge, from_mapping
 from cellops.io import load_class_images
 from cellops.plots import training_curves
 from cellops.validation import ClassificationExpectations, summarise_class_images, validate_classification_dataset
-from cellops.promotion import check_promotion_metrics, ranking_key
 from models.classifier import build_classifier, transfer_features
-from steps.registry import follow_in_model_control_plane
+from steps.registry import log_comparison, register_ranked
 from steps.validation import data_docs_page
 from tracking import tags
-from tracking.registry import register_and_maybe_promote
 from tracking.runs import active_run_id, log_run_config
 
 logger = get_logger(__name__)
@@ -213,11 +211,6 @@ def train_and_evaluate_classifier(
     return model, evaluation
 
 
-def _parent_run_id() -> str | None:
-    run = mlflow.active_run()
-    return run.data.tags.get("mlflow.parentRunId") if run is not None else None
-
-
 @step
 def compare_classifiers(evaluations: list[dict]) -> Annotated[dict, "comparison"]:
     """The comparison table (CSV and markdown), the grouped score bars and the ROC curves of every model, logged
@@ -237,10 +230,7 @@ def compare_classifiers(evaluations: list[dict]) -> Annotated[dict, "comparison"
                         ["accuracy", "sensitivity", "specificity", "f1", "roc_auc"], folder / "comparison.png")
         roc_curves({e["name"]: (np.asarray(e["roc"]["fpr"]), np.asarray(e["roc"]["tpr"]), e["scores"]["roc_auc"])
                     for e in evaluations}, folder / "roc.png")
-        mlflow.log_artifacts(str(folder), artifact_path="comparison")
-        parent = _parent_run_id()
-        if parent:
-            MlflowClient().log_artifacts(parent, str(folder), artifact_path="comparison")
+        log_comparison(folder)
     logger.info("comparison on the test split:\n%s", table.to_string(index=False))
     comparison = {"rows": json.loads(table.to_json(orient="records"))}
     log_metadata(metadata={"comparison": comparison})
@@ -260,9 +250,6 @@ def register_classifiers(
 ) -> Annotated[dict, "registration"]:
     """Register every trained model (best first) and move ``alias`` to one only if it beats the champion on the
     same test data; a champion scored on another data version is re-scored on this run's test split."""
-    ranked = [promotion_metric, *tie_breakers]
-    check_promotion_metrics(ranked)
-    zenml_run_id = str(get_step_context().pipeline_run.id)
     positive_class = evaluations[0]["settings"]["positive_class"]
     test_files = [Path(f) for f, s in zip(dataset_index["files"], dataset_index["splits"]) if s == "test"]
     test_labels = np.asarray(dataset_index["labels"])[np.asarray(dataset_index["splits"]) == "test"]
@@ -285,23 +272,6 @@ def register_classifiers(
         probabilities = predict_probabilities(old.eval(), prepared, settings.batch_size)
         return classification_scores(probabilities, test_labels, settings.positive).as_dict()
 
-    decisions = []
-    for e in sorted(evaluations, key=lambda e: ranking_key([e["scores"][m] for m in ranked]), reverse=True):
-        decision = register_and_maybe_promote(
-            MlflowClient(), e["model_uri"], registered_model_name, e["scores"],
-            {**tags.lineage_to_tags({**lineage, tags.TEST_SET: test_set}), **tags.inference_to_tags(e["settings"]),
-             tags.MLFLOW_RUN_ID: e["mlflow_run_id"], tags.ZENML_RUN_ID: zenml_run_id, tags.MODEL_NAME: e["name"],
-             tags.ARCHITECTURE: e["architecture"], tags.INIT_USED: e["init_used"]},
-            promotion_metric=promotion_metric, tie_breakers=tie_breakers, alias=alias,
-            min_improvement=min_improvement, rescore=rescore)
-        decisions.append({**decision, "model_name": e["name"]})
-        logger.info("%s -> %s v%s, promoted: %s", e["name"], registered_model_name, decision["version"],
-                    decision["promoted"])
-    promoted = [d for d in decisions if d["promoted"]]
-    summary = {"versions": decisions, "promoted": promoted[-1] if promoted else None,
-               "champion_version": decisions[-1]["champion_version"]}
-    mlflow.set_tags({"champion_version": str(summary["champion_version"])})
-    # The run's best model stands for the run in ZenML's Model Control Plane (production if it was promoted).
-    follow_in_model_control_plane(decisions[0])
-    log_metadata(metadata={"registration": json.loads(json.dumps(summary, default=str))})
-    return summary
+    return register_ranked(evaluations, lineage, test_set, rescore, registered_model_name=registered_model_name,
+                           promotion_metric=promotion_metric, tie_breakers=tie_breakers, alias=alias,
+                           min_improvement=min_improvement)

@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 
 import mlflow
 import torch
-from mlflow import MlflowClient
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 from zenml.types import HTMLString
@@ -23,15 +22,13 @@ from cellops.maskrcnn.data import (SPLITS, ImageSplitSettings, InstanceAugmentat
                                    build_instance_augmentation, load_instance_samples, split_images, subset_coco)
 from cellops.maskrcnn.engine import MaskRCNNTraining, evaluate_model, fit, loss_curves
 from cellops.maskrcnn.predict import PredictionSettings, overlay, predict_image
-from cellops.maskrcnn.specs import AnnotationSource, MaskRCNNModelSpec, instance_test_fingerprint, parse_models
+from cellops.maskrcnn.specs import AnnotationSource, MaskRCNNModelSpec, instance_test_fingerprint
 from cellops.maskrcnn.validation import AnnotationExpectations, summarise_annotations, validate_annotation_dataset
 from cellops.plots import save_png, training_curves
-from cellops.promotion import check_promotion_metrics, ranking_key
 from models.maskrcnn import build_maskrcnn, find_initial_weights, transfer_weights
-from steps.registry import follow_in_model_control_plane
+from steps.registry import log_comparison, register_ranked
 from steps.validation import data_docs_page
 from tracking import tags
-from tracking.registry import register_and_maybe_promote
 from tracking.runs import active_run_id, log_run_config
 
 logger = get_logger(__name__)
@@ -112,7 +109,8 @@ def pretrain_on_source(
     source: dict, checkpoint_dir: str,
 ) -> Annotated[torch.nn.Module, "source_model"]:
     """Train the shared model settings on the source dataset (e.g. nuclei: many instances per image), in its own
-    MLflow run; models with ``init: source`` start from it."""
+    MLflow run; models with ``init: source`` start from it. ``source`` holds its annotations, split and overrides
+    of the shared model, training and augmentation settings (e.g. crops that keep small nuclei at full size)."""
     coco, index = _read(source["annotations"], source["split"])
     settings = MaskRCNNModelSpec(model=source.get("model", {})).settings(model)
     config = deep_merge(training, source.get("training", {}))
@@ -121,9 +119,11 @@ def pretrain_on_source(
     mlflow.set_tags({**tags.lineage_to_tags(lineage), "role": "source_model",
                      "source_images": source["annotations"]["images_dir"]})
     mlflow.log_params({"source.images": len(index["files"]), "source.instances": len(coco["annotations"])})
+    augmentation = deep_merge(augmentation, source.get("augmentation", {}))
     history, _, _ = _train("source", net, coco, index, config, augmentation, inference, checkpoint_dir,
-                           {"data": index["md5"], "model": settings.as_dict(), "role": "source"})
-    best = history.validation[-1] if history.validation else {}
+                           {"data": index["md5"], "model": settings.as_dict(), "role": "source",
+                            "augmentation": augmentation})
+    best = next((v for v in history.validation if v["epoch"] == history.best_epoch), {})
     mlflow.log_metrics({f"source_best_val_{k}": v for k, v in best.items() if k != "epoch"})
     mlflow.pytorch.log_model(net.cpu().eval(), name="model", serialization_format="pickle", code_paths=["models"])
     log_metadata(metadata={"source_val": best, "source_mlflow_run_id": active_run_id()})
@@ -205,11 +205,6 @@ def train_and_evaluate_maskrcnn(
     return net, evaluation
 
 
-def _parent_run_id() -> str | None:
-    run = mlflow.active_run()
-    return run.data.tags.get("mlflow.parentRunId") if run is not None else None
-
-
 @step
 def compare_maskrcnn(evaluations: list[dict]) -> Annotated[dict, "comparison"]:
     """The comparison table (CSV and markdown) of every model on the test images, logged to the pipeline's
@@ -222,10 +217,7 @@ def compare_maskrcnn(evaluations: list[dict]) -> Annotated[dict, "comparison"]:
         folder = Path(tmp)
         table.to_csv(folder / "comparison.csv", index=False, float_format="%.6g")
         (folder / "comparison.md").write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
-        mlflow.log_artifacts(str(folder), artifact_path="comparison")
-        parent = _parent_run_id()
-        if parent:
-            MlflowClient().log_artifacts(parent, str(folder), artifact_path="comparison")
+        log_comparison(folder)
     logger.info("comparison on the test images:\n%s", table.to_string(index=False))
     comparison = {"rows": json.loads(table.to_json(orient="records"))}
     log_metadata(metadata={"comparison": comparison})
@@ -246,9 +238,6 @@ def register_maskrcnn(
 ) -> Annotated[dict, "registration"]:
     """Register every trained model (best first) and move ``alias`` to one only if it beats the champion on the
     same test images and annotations; a champion scored on another test set is re-scored on this one."""
-    ranked = [promotion_metric, *tie_breakers]
-    check_promotion_metrics(ranked)
-    zenml_run_id = str(get_step_context().pipeline_run.id)
     test_set = instance_test_fingerprint(annotations, dataset_index)
     test = load_instance_samples(annotations, dataset_index, "test")
     truth = subset_coco(annotations, _ids(dataset_index, "test"))
@@ -262,23 +251,7 @@ def register_maskrcnn(
         old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")
         return evaluate_model(old.eval(), test, truth, _prediction(inference), inference["max_detections"])[0].as_dict()
 
-    decisions = []
-    for e in sorted(evaluations, key=lambda e: ranking_key([e["scores"][m] for m in ranked]), reverse=True):
-        decision = register_and_maybe_promote(
-            MlflowClient(), e["model_uri"], registered_model_name, e["scores"],
-            {**tags.lineage_to_tags({**lineage, tags.TEST_SET: test_set}), **tags.inference_to_tags(e["settings"]),
-             tags.MLFLOW_RUN_ID: e["mlflow_run_id"], tags.ZENML_RUN_ID: zenml_run_id, tags.MODEL_NAME: e["name"],
-             tags.ARCHITECTURE: e["architecture"], tags.INIT_USED: e["init_used"]},
-            promotion_metric=promotion_metric, tie_breakers=tie_breakers, alias=alias,
-            min_improvement=min_improvement, rescore=rescore)
-        decisions.append({**decision, "model_name": e["name"]})
-        logger.info("%s -> %s v%s, promoted: %s", e["name"], registered_model_name, decision["version"],
-                    decision["promoted"])
-    promoted = [d for d in decisions if d["promoted"]]
-    summary = {"versions": decisions, "promoted": promoted[-1] if promoted else None,
-               "champion_version": decisions[-1]["champion_version"]}
-    mlflow.set_tags({"champion_version": str(summary["champion_version"])})
-    follow_in_model_control_plane(decisions[0])
-    log_metadata(metadata={"registration": json.loads(json.dumps(summary, default=str))})
-    return summary
+    return register_ranked(evaluations, lineage, test_set, rescore, registered_model_name=registered_model_name,
+                           promotion_metric=promotion_metric, tie_breakers=tie_breakers, alias=alias,
+                           min_improvement=min_improvement)
 

@@ -3,6 +3,9 @@ over tracking.registry); ZenML's Model Control Plane follows the same decision."
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import mlflow
@@ -13,6 +16,7 @@ from zenml import get_step_context, log_metadata, step
 from zenml.enums import ModelStages
 from zenml.logger import get_logger
 
+from cellops.promotion import check_promotion_metrics, ranking_key
 from cellops.unet.predict import InferenceSettings, load_for_inference, score
 from tracking import tags
 from tracking.registry import register_and_maybe_promote
@@ -78,3 +82,55 @@ def follow_in_model_control_plane(decision: dict) -> None:
                  infer_model=True)
     if decision["promoted"]:
         zenml_model.set_stage(ModelStages.PRODUCTION, force=True)
+
+
+def register_ranked(
+    evaluations: list[dict],
+    lineage: dict,
+    test_set: str,
+    rescore: Callable,
+    *,
+    registered_model_name: str,
+    promotion_metric: str,
+    tie_breakers: list[str],
+    alias: str,
+    min_improvement: float,
+) -> dict:
+    """Register every evaluated model of a comparison run, best first, each with its lineage, test-set
+    fingerprint, scores and inference settings; ``alias`` moves only to one that beats the champion on the same
+    test set (``rescore`` scores a champion measured on another). For the families that compare several models
+    (classifier, Mask R-CNN); each ``evaluation`` holds name, architecture, init_used, model_uri, mlflow_run_id,
+    scores and settings."""
+    ranked = [promotion_metric, *tie_breakers]
+    check_promotion_metrics(ranked)
+    zenml_run_id = str(get_step_context().pipeline_run.id)
+    decisions = []
+    for e in sorted(evaluations, key=lambda e: ranking_key([e["scores"][m] for m in ranked]), reverse=True):
+        decision = register_and_maybe_promote(
+            MlflowClient(), e["model_uri"], registered_model_name, e["scores"],
+            {**tags.lineage_to_tags({**lineage, tags.TEST_SET: test_set}), **tags.inference_to_tags(e["settings"]),
+             tags.MLFLOW_RUN_ID: e["mlflow_run_id"], tags.ZENML_RUN_ID: zenml_run_id, tags.MODEL_NAME: e["name"],
+             tags.ARCHITECTURE: e["architecture"], tags.INIT_USED: e["init_used"]},
+            promotion_metric=promotion_metric, tie_breakers=tie_breakers, alias=alias,
+            min_improvement=min_improvement, rescore=rescore)
+        decisions.append({**decision, "model_name": e["name"]})
+        logger.info("%s -> %s v%s, promoted: %s", e["name"], registered_model_name, decision["version"],
+                    decision["promoted"])
+    promoted = [d for d in decisions if d["promoted"]]
+    summary = {"versions": decisions, "promoted": promoted[-1] if promoted else None,
+               "champion_version": decisions[-1]["champion_version"]}
+    mlflow.set_tags({"champion_version": str(summary["champion_version"])})
+    # The run's best model stands for the run in ZenML's Model Control Plane (production if it was promoted).
+    follow_in_model_control_plane(decisions[0])
+    log_metadata(metadata={"registration": json.loads(json.dumps(summary, default=str))})
+    return summary
+
+
+def log_comparison(folder: Path) -> None:
+    """Log a comparison folder (tables, plots) as ``comparison/`` to this step's MLflow run and to the pipeline's
+    parent run, where the side-by-side view of all models belongs."""
+    mlflow.log_artifacts(str(folder), artifact_path="comparison")
+    run = mlflow.active_run()
+    parent = run.data.tags.get("mlflow.parentRunId") if run is not None else None
+    if parent:
+        MlflowClient().log_artifacts(parent, str(folder), artifact_path="comparison")

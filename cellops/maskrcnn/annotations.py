@@ -266,8 +266,6 @@ def load_annotations(format: str, path: str | Path, images_dir: str | Path, *,
 def annotation_masks(coco: dict, image_id: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """The instances of one image: masks (N, H, W) bool, category ids (N,), annotation ids. Crowd regions are
     left out (they are not instances)."""
-    from pycocotools import mask as coco_mask
-
     info = next(img for img in coco["images"] if img["id"] == image_id)
     height, width = int(info["height"]), int(info["width"])
     masks, categories, ids = [], [], []

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from cellops.maskrcnn.annotations import (AnnotationError, annotation_masks, label_images_to_coco, labelme_to_coco,
+from cellops.maskrcnn.annotations import (AnnotationError, annotation_masks, label_images_to_coco,
                                           load_annotations, mask_to_rle, read_coco, segmentation_mask, via_to_coco)
 from cellops.maskrcnn.data import ImageSplitSettings, split_images
 from cellops.maskrcnn.validation import AnnotationExpectations, summarise_annotations, validate_annotation_dataset
