@@ -21,7 +21,9 @@ import torch
 import yaml
 
 from cellops.io import read_image_file
+from cellops.maskrcnn.annotations import AnnotationError
 from cellops.maskrcnn.data import model_image
+from cellops.maskrcnn.specs import AnnotationSource
 from models.maskrcnn import MaskRCNNSettings, build_maskrcnn
 
 #: Backbone -> its settings on top of the config's shared model settings (ResNet-50 as torchvision ships it).
@@ -57,11 +59,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = yaml.safe_load(Path(args.config).read_text())
     shared = config["parameters"]["model"]
-    images_dir = Path(config["steps"]["load_instance_annotations"]["parameters"]["annotations"]["images_dir"])
-    files = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in (".png", ".tif", ".tiff", ".jpg"))
+    source = AnnotationSource.from_dict(config["steps"]["load_instance_annotations"]["parameters"]["annotations"])
+    try:
+        coco = source.load()
+    except (AnnotationError, OSError) as error:
+        raise SystemExit(f"{error}: run `make data` first") from None
+    files = [Path(source.images_dir) / img["file_name"] for img in coco["images"]]
     images = [model_image(read_image_file(p)) for p in files[: args.images]]
-    if not images:
-        raise SystemExit(f"no images under {images_dir}: run `make data` first")
     results = {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                "image_size": list(images[0].shape[-2:]), "model_input": shared["min_size"], "architectures": {}}
     for name, overrides in ARCHITECTURES.items():

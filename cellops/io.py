@@ -275,10 +275,8 @@ def labels_to_coco(labels_per_image: dict[str, np.ndarray], category: str = "col
     for image_id, (file_name, labels) in enumerate(sorted(labels_per_image.items()), start=1):
         images.append({"id": image_id, "file_name": file_name, "height": int(labels.shape[0]),
                        "width": int(labels.shape[1])})
-        for label in range(1, int(labels.max()) + 1):
+        for label in np.unique(labels[labels > 0]):  # only the labels present: ids may be sparse (32-bit)
             mask = np.asfortranarray((labels == label).astype(np.uint8))
-            if not mask.any():
-                continue
             rle = coco_mask.encode(mask)
             rle["counts"] = rle["counts"].decode("ascii")
             annotations.append({

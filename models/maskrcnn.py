@@ -178,7 +178,10 @@ def build_maskrcnn(settings: MaskRCNNSettings, num_classes: int, *, imagenet_wei
         mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
     )
     if coco_weights is not None:
-        load_matching(model, torch.load(coco_weights, map_location="cpu", weights_only=True))
+        skipped = load_matching(model, torch.load(coco_weights, map_location="cpu", weights_only=True))
+        if any(name.startswith("backbone.") for name in skipped):
+            raise ValueError(f"{coco_weights} is not torchvision's COCO Mask R-CNN checkpoint: its backbone does not "
+                             f"fit (e.g. {next(n for n in skipped if n.startswith('backbone.'))})")
     return model
 
 

@@ -4,6 +4,7 @@ MLflow run, compare them, register them and promote the best."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
@@ -17,12 +18,11 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from cellops.config import deep_merge
-from cellops.maskrcnn.annotations import load_annotations
 from cellops.maskrcnn.data import (SPLITS, ImageSplitSettings, InstanceAugmentation, InstanceDataset,
                                    build_instance_augmentation, load_instance_samples, split_images, subset_coco)
 from cellops.maskrcnn.engine import MaskRCNNTraining, evaluate_model, fit, loss_curves
 from cellops.maskrcnn.predict import PredictionSettings, overlay, predict_image
-from cellops.maskrcnn.specs import AnnotationSource, MaskRCNNModelSpec, instance_test_fingerprint
+from cellops.maskrcnn.specs import AnnotationSource, MaskRCNNModelSpec, SourceSettings, instance_test_fingerprint
 from cellops.maskrcnn.validation import AnnotationExpectations, summarise_annotations, validate_annotation_dataset
 from cellops.plots import save_png, training_curves
 from models.maskrcnn import build_maskrcnn, find_initial_weights, transfer_weights
@@ -39,9 +39,13 @@ SCORE_COLUMNS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "f1_
 
 def _read(annotations: dict, split: dict) -> tuple[dict, dict]:
     source = AnnotationSource.from_dict(annotations)
-    coco = load_annotations(source.format, source.path, source.images_dir, label_suffix=source.label_suffix,
-                            category=source.category)
+    coco = source.load()
     return coco, split_images(coco, source.images_dir, ImageSplitSettings.from_dict(split))
+
+
+def _content_key(coco: dict) -> str:
+    """A hash of the annotations (a rerun after fixing labels must not resume from a checkpoint of the old ones)."""
+    return hashlib.sha256(json.dumps(coco, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _ids(index: dict, split: str) -> list[int]:
@@ -103,6 +107,15 @@ def _train(name: str, model: torch.nn.Module, coco: dict, index: dict, training:
     return history, train, val
 
 
+def _weights_key(model: torch.nn.Module) -> str:
+    """A fingerprint of a model's initial weights (a transferred model's checkpoint belongs to its source model)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 @step
 def pretrain_on_source(
     lineage: dict, model: dict, training: dict, augmentation: dict, prediction: dict, max_detections: int,
@@ -111,18 +124,23 @@ def pretrain_on_source(
     """Train the shared model settings on the source dataset (e.g. nuclei: many instances per image), in its own
     MLflow run; models with ``init: source`` start from it. ``source`` holds its annotations, split and overrides
     of the shared model, training and augmentation settings (e.g. crops that keep small nuclei at full size)."""
-    coco, index = _read(source["annotations"], source["split"])
-    settings = MaskRCNNModelSpec(model=source.get("model", {})).settings(model)
-    config = deep_merge(training, source.get("training", {}))
+    source_settings = SourceSettings.from_dict(source)
+    coco, index = _read(source_settings.annotations, source_settings.split)
+    expect = AnnotationExpectations.from_dict(source_settings.expectations)
+    report = validate_annotation_dataset(summarise_annotations(coco, index["images_dir"], index, expect), expect)
+    if not report.success:
+        raise ValueError("source dataset validation failed; failed expectations:\n  - " + "\n  - ".join(report.failures))
+    settings = MaskRCNNModelSpec(model=source_settings.model).settings(model)
+    config = deep_merge(training, source_settings.training)
     net = build_maskrcnn(settings, len(coco["categories"]) + 1, seed=int(config.get("seed", 0)))
     inference = _inference_settings(coco, prediction, max_detections)
     mlflow.set_tags({**tags.lineage_to_tags(lineage), "role": "source_model",
-                     "source_images": source["annotations"]["images_dir"]})
+                     "source_images": source_settings.annotations["images_dir"]})
     mlflow.log_params({"source.images": len(index["files"]), "source.instances": len(coco["annotations"])})
-    augmentation = deep_merge(augmentation, source.get("augmentation", {}))
+    augmentation = deep_merge(augmentation, source_settings.augmentation)
     history, _, _ = _train("source", net, coco, index, config, augmentation, inference, checkpoint_dir,
-                           {"data": index["md5"], "model": settings.as_dict(), "role": "source",
-                            "augmentation": augmentation})
+                           {"data": index["md5"], "annotations": _content_key(coco), "splits": index["splits"],
+                            "model": settings.as_dict(), "role": "source", "augmentation": augmentation})
     best = next((v for v in history.validation if v["epoch"] == history.best_epoch), {})
     mlflow.log_metrics({f"source_best_val_{k}": v for k, v in best.items() if k != "epoch"})
     mlflow.pytorch.log_model(net.cpu().eval(), name="model", serialization_format="pickle", code_paths=["models"])
@@ -173,8 +191,9 @@ def train_and_evaluate_maskrcnn(
     logger.info("%s: Mask R-CNN %s-FPN from %s, %d parameters; %s images", name, settings.backbone, weights.kind,
                 parameters, {s: index["splits"].count(s) for s in SPLITS})
     history, _, _ = _train(name, net, coco, index, config, augmentation, inference, checkpoint_dir,
-                           {"data": index["md5"], "splits": index["splits"], "spec": spec, "model": settings.as_dict(),
-                            "augmentation": augmentation, "source": model_spec.init == "source"})
+                           {"data": index["md5"], "annotations": _content_key(coco), "splits": index["splits"],
+                            "spec": spec, "model": settings.as_dict(), "augmentation": augmentation,
+                            "init_used": weights.kind, "source": _weights_key(net) if model_spec.init == "source" else None})
     net = net.cpu().eval()
     test = load_instance_samples(coco, index, "test")
     started = time.perf_counter()
@@ -191,7 +210,7 @@ def train_and_evaluate_maskrcnn(
         training_curves(loss_curves(history), folder / "curves.png")
         mlflow.log_artifact(str(folder / "curves.png"), artifact_path="training")
         for image, target in test[:overlays]:
-            picture = image[0].numpy()
+            picture = image.permute(1, 2, 0).numpy()  # as scored (colour kept)
             drawn = overlay(picture, predict_image(net, picture, _prediction(inference)), categories)
             path = save_png(drawn, folder / f"test_{target['image_id']:04d}.png")
             mlflow.log_artifact(str(path), artifact_path="test_overlays")
@@ -244,10 +263,10 @@ def register_maskrcnn(
 
     def rescore(champion) -> dict[str, float]:
         inference = tags.inference_from_tags(champion.tags) or {}
-        if sorted(inference.get("categories", {}).values()) != sorted(c["name"] for c in annotations["categories"]):
-            raise ValueError(f"the champion segments {sorted(inference.get('categories', {}).values())}, this run "
-                             f"{sorted(c['name'] for c in annotations['categories'])}: not comparable; register "
-                             "under another name")
+        ours = {str(c["id"]): c["name"] for c in annotations["categories"]}
+        if inference.get("categories") != ours:  # same names under the same ids, or its labels mean other classes
+            raise ValueError(f"the champion's categories {inference.get('categories')} are not this run's {ours}: "
+                             "not comparable; register under another name")
         old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")
         return evaluate_model(old.eval(), test, truth, _prediction(inference), inference["max_detections"])[0].as_dict()
 

@@ -31,7 +31,7 @@ COPIED = ["cellops", "models", "steps", "pipelines", "tracking", "bento", "confi
 #: Tiny versions of every built-in dataset, for the end-to-end tests.
 TINY_PARAMS = {
     "em": {"shape": [10, 128, 128], "seed": 7, "voxel_nm": 8.0, "mitochondria_fraction": 0.1},
-    "colonies": {"n_images": 6, "shape": [256, 256], "seed": 7},  # 6: Mask R-CNN needs train, val and test images
+    "colonies": {"n_images": 6, "shape": [384, 384], "seed": 7},  # 6: Mask R-CNN needs train, val and test images
     "nuclei": {"images_per_group": 2, "shape": [256, 256], "seed": 7},
     "calcium": {"movies_per_group": 1, "shape": [128, 128], "n_frames": 40, "seed": 7},
     "endothelial": {"images_per_class": 24, "size": 64, "seed": 7},

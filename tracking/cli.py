@@ -140,8 +140,9 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
 
     import mlflow
 
-    from cellops.io import ImageInputError, image_geometry, read_image_file, write_tiff_stack
-    from cellops.maskrcnn.predict import PredictionSettings, instance_table, label_image, overlay, predict_image
+    from cellops.io import ImageInputError, read_image_file, write_tiff_stack
+    from cellops.maskrcnn.predict import (PredictionSettings, as_picture, instance_table, label_image, overlay,
+                                          predict_image)
     from cellops.plots import save_png
 
     name, ref = parse_model_uri(model_uri)
@@ -159,13 +160,12 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
     summary, used = [], set()
     for path in images:
         try:
-            image = read_image_file(path)
-            image_geometry(image, source=str(path))
+            image = as_picture(read_image_file(path), source=str(path))
+            instances = predict_image(model, image, settings)
         except (ImageInputError, OSError) as error:
             summary.append({"file": str(path), "instances": "", "error": str(error)})
             print(f"cellops predict: skipped {path}: {error}", file=sys.stderr)
             continue
-        instances = predict_image(model, image, settings)
         stem, number = path.stem, 1
         while stem in used:  # two files of the same name in different folders keep an output each
             number += 1

@@ -48,11 +48,12 @@ class MaskRCNN:
 
         from bentoml.exceptions import InvalidArgument
 
-        from cellops.io import ImageInputError, image_geometry
+        from cellops.io import ImageInputError
+        from cellops.maskrcnn.predict import as_picture
 
         picture = decode_picture_upload(data, self.max_pixels, "image")
         try:
-            image_geometry(picture, source="image")
+            picture = as_picture(picture, source="image")
         except ImageInputError as error:
             raise InvalidArgument(str(error)) from error
         with self.lock:
@@ -61,7 +62,7 @@ class MaskRCNN:
     @bentoml.api
     async def segment(self, image: Path) -> dict:
         """Instances of one uploaded image (PNG, TIFF or JPEG; grey or RGB; 8/16-bit), highest score first."""
-        from cellops.maskrcnn.annotations import mask_to_rle
+        from cellops.maskrcnn.predict import instance_rle
 
         # Decoding and the forward pass run in a worker thread: other requests (metadata) stay answered.
         picture, instances = await asyncio.to_thread(self._segment, Path(image).read_bytes())
@@ -72,7 +73,7 @@ class MaskRCNN:
             answer.append({"label": label, "category": self.categories.get(instance.category, str(instance.category)),
                            "score": round(instance.score, 6), "area": instance.area, "box": list(instance.box),
                            "centroid": [round(float(xs.mean()) + instance.x0, 2), round(float(ys.mean()) + instance.y0, 2)],
-                           "mask": mask_to_rle(instance.full_mask(shape))})
+                           "mask": instance_rle(instance, shape)})
         return {"height": int(shape[0]), "width": int(shape[1]), "count": len(answer), "instances": answer,
                 "model_version": self.info.get("model_version")}
 

@@ -13,6 +13,7 @@ pycocotools) sees one format whatever tool the lab annotated with:
 
 from __future__ import annotations
 
+import glob
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,7 +59,33 @@ def read_coco(path: str | Path) -> dict:
         missing = [k for k in ("id", "image_id", "category_id", "segmentation") if k not in entry]
         if missing:
             raise AnnotationError(f"{path}: annotation {entry.get('id', '?')!r} lacks {missing}")
-    return coco
+    return _complete(coco)
+
+
+def _complete(coco: dict) -> dict:
+    """Category ids made 1..K (exports from Roboflow or CVAT may start at 0 or have gaps; the model's labels must be
+    contiguous with 0 the background), and ``bbox``/``area`` filled in from the segmentation where a file omits
+    them. When an annotation has an unknown category nothing is renumbered: validation names it."""
+    from pycocotools import mask as coco_mask
+
+    order = sorted(c["id"] for c in coco["categories"])
+    remap = {old: new for new, old in enumerate(order, start=1)}
+    if any(a["category_id"] not in remap for a in coco["annotations"]):
+        remap = {old: old for old in order}  # unknown categories: left for validation to name, nothing renumbered
+    categories = [{**c, "id": remap[c["id"]]} for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    sizes = {img["id"]: (img["height"], img["width"]) for img in coco["images"]}
+    annotations = []
+    for ann in coco["annotations"]:
+        ann = {**ann, "category_id": remap.get(ann["category_id"], ann["category_id"])}
+        if ("bbox" not in ann or "area" not in ann) and ann["image_id"] in sizes:
+            try:
+                rle = to_rle(ann["segmentation"], *sizes[ann["image_id"]])
+                ann.setdefault("bbox", [float(v) for v in coco_mask.toBbox(rle)])
+                ann.setdefault("area", float(coco_mask.area(rle)))
+            except Exception:  # an invalid segmentation: validation names it
+                pass
+        annotations.append(ann)
+    return {**coco, "categories": categories, "annotations": annotations}
 
 
 def _polygon_entry(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
@@ -151,7 +178,9 @@ def via_to_coco(path: str | Path, images_dir: str | Path, *, label_attribute: st
                 name = attributes[label_attribute]
             else:
                 name = next(iter(attributes.values())) if len(attributes) == 1 else default_category
-            name = next(iter(k for k, v in name.items() if v)) if isinstance(name, dict) else str(name)
+            if isinstance(name, dict):  # a checkbox attribute: the first ticked option
+                name = next((k for k, v in name.items() if v), default_category)
+            name = str(name)
             kind = shape.get("name")
             try:
                 if kind == "polygon" or kind == "polyline":
@@ -183,8 +212,8 @@ def labelme_to_coco(paths: Sequence[str | Path], images_dir: str | Path | None =
         data = _load_json(path)
         if not isinstance(data, dict) or "shapes" not in data or "imagePath" not in data:
             raise AnnotationError(f"{path}: not a LabelMe file (expected 'shapes' and 'imagePath')")
-        file_name = Path(data["imagePath"]).name if images_dir is not None else str(
-            (path.parent / data["imagePath"]).relative_to(path.parent))
+        image_path = str(data["imagePath"]).replace("\\", "/")  # LabelMe on Windows writes backslashes
+        file_name = Path(image_path).name if images_dir is not None else image_path
         root = Path(images_dir) if images_dir is not None else path.parent
         if data.get("imageHeight") and data.get("imageWidth"):
             height, width = int(data["imageHeight"]), int(data["imageWidth"])
@@ -229,7 +258,7 @@ def label_images_to_coco(label_files: dict[str, str | Path], category: str = "ob
 
 def load_annotations(format: str, path: str | Path, images_dir: str | Path, *,
                      label_suffix: str = "_labels.tif", category: str = "object",
-                     categories: Sequence[str] | None = None) -> dict:
+                     categories: Sequence[str] | None = None, label_attribute: str | None = None) -> dict:
     """One entry point for every format (``format`` in :data:`FORMATS`); returns COCO with file names relative to
     ``images_dir``.
 
@@ -242,7 +271,8 @@ def load_annotations(format: str, path: str | Path, images_dir: str | Path, *,
     if format == "coco":
         return read_coco(path)
     if format == "via":
-        return via_to_coco(path, images_dir, categories=categories, default_category=category)
+        return via_to_coco(path, images_dir, label_attribute=label_attribute, categories=categories,
+                           default_category=category)
     if format == "labelme":
         files = sorted(Path(path).glob("*.json"))
         if not files:
@@ -252,7 +282,7 @@ def load_annotations(format: str, path: str | Path, images_dir: str | Path, *,
         pairs = {}
         for label_file in sorted(images_dir.rglob(f"*{label_suffix}")):
             stem = label_file.name[: -len(label_suffix)]
-            matches = [p for p in label_file.parent.glob(f"{stem}.*") if p != label_file]
+            matches = [p for p in label_file.parent.glob(f"{glob.escape(stem)}.*") if p != label_file]
             if len(matches) != 1:
                 raise AnnotationError(f"{label_file}: expected one image named {stem}.* next to it, found "
                                       f"{[p.name for p in matches]}")

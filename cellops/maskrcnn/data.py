@@ -94,7 +94,7 @@ class InstanceAugmentation(FromMapping):
     Attributes
     ----------
     flip : random horizontal and vertical flips.
-    rotate90 : random multiples of 90 degrees (square images; other shapes skip it).
+    rotate90 : random multiples of 90 degrees.
     scale : range of random zoom (e.g. [0.8, 1.25]; [1, 1] disables it).
     crop : side of a random crop taken after zooming (0: none); smaller crops are faster steps.
     brightness, contrast : ColorJitter strengths.
@@ -113,7 +113,8 @@ class InstanceAugmentation(FromMapping):
 
 
 class RandomRotate90(v2.Transform):
-    """Rotate by a random multiple of 90 degrees (exact for square images: no interpolation, no cropping)."""
+    """Rotate by a random multiple of 90 degrees (exact: no interpolation, no cropping; a non-square image swaps
+    its height and width)."""
 
     def make_params(self, flat_inputs: list) -> dict:
         return {"angle": 90 * int(torch.randint(0, 4, ()))}
@@ -170,6 +171,10 @@ class InstanceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
         image, target = self.samples[i]
         if self.augmentation is not None:
+            if not len(target["masks"]):
+                # No instances: an empty box list would keep its canvas size through a rotation of a non-square
+                # image and then disagree with it; tidy_target rebuilds the boxes from the masks anyway.
+                target = {k: v for k, v in target.items() if k != "boxes"}
             image, target = self.augmentation(image, target)
         return image.as_subclass(torch.Tensor), tidy_target(target)
 

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,12 +89,17 @@ def _fingerprint(config: MaskRCNNTraining, extra: dict) -> str:
 
 def evaluate_model(model: torch.nn.Module, samples: list, ground_truth: dict, settings: PredictionSettings,
                    max_detections: int) -> tuple[InstanceScores, list[dict]]:
-    """Predict every (image, target) sample as it would be served and score it against ``ground_truth`` (COCO)."""
+    """Predict every (image, target) sample as it would be served and score it against ``ground_truth`` (COCO).
+
+    AP ranks every detection the model reports (its own low ``score_threshold``), as COCO AP is defined: cutting
+    at the serving threshold would truncate the precision-recall curve. F1 counts only detections at or above
+    ``settings.score_threshold``, i.e. what a user gets."""
     model.eval()
     detections = []
+    every = replace(settings, score_threshold=0.0)
     for image, target in samples:
         picture = image.permute(1, 2, 0).cpu().numpy()
-        instances = predict_image(model, picture, settings)
+        instances = predict_image(model, picture, every)
         detections += coco_results(instances, target["image_id"], picture.shape[:2])
     return evaluate_instances(ground_truth, detections, max_detections=max_detections,
                               f1_score_threshold=settings.score_threshold), detections
@@ -130,14 +135,15 @@ def fit(model: torch.nn.Module, train: InstanceDataset, val_samples: list, val_g
     fingerprint = _fingerprint(config, checkpoint_key or {})
     checkpoint = checkpoint_dir / "last.pt" if checkpoint_dir is not None else None
     if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        # On the CPU: random-number states must stay CPU tensors; load_state_dict moves weights to the model's device.
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if saved.get("fingerprint") == fingerprint:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             if scaler is not None and saved.get("scaler"):
                 scaler.load_state_dict(saved["scaler"])
             history = saved["history"]
-            best_state = saved["best_state"]
+            best_state = {k: v.to(device) for k, v in saved["best_state"].items()}
             generator.set_state(saved["generator"])
             torch.set_rng_state(saved["torch_rng"])
             start_epoch = saved["epoch"] + 1

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from cellops.config import FromMapping
-from cellops.maskrcnn.annotations import mask_to_rle
 from cellops.maskrcnn.data import model_image
 
 if TYPE_CHECKING:
@@ -100,7 +99,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of side ``tile`` covering ``length`` with at least ``overlap`` between neighbours.
 
     >>> tile_starts(1000, 512, 128)
-    [0, 488]
+    [0, 244, 488]
     """
     if length <= tile:
         return [0]
@@ -109,11 +108,33 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return np.linspace(0, length - tile, n).round().astype(int).tolist()
 
 
+def mask_iou(a: Instance, b: Instance) -> float:
+    """Intersection over union of two instances' masks (computed on their boxes' overlap only)."""
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.box, b.box
+    x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+    if x0 >= x1 or y0 >= y1:
+        return 0.0
+    inter = int(np.sum(a.mask[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0] & b.mask[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]))
+    return inter / (a.area + b.area - inter)
+
+
+def suppress_duplicates(instances: list[Instance], iou_threshold: float = 0.5) -> list[Instance]:
+    """Greedy mask non-maximum suppression, highest score first: an instance overlapping a kept one of its category
+    by more than ``iou_threshold`` is dropped (the same object seen by two tiles)."""
+    kept: list[Instance] = []
+    for instance in sorted(instances, key=lambda i: -i.score):
+        if all(k.category != instance.category or mask_iou(k, instance) <= iou_threshold for k in kept):
+            kept.append(instance)
+    return kept
+
+
 def predict_tiled(predict: Callable[[np.ndarray], list[Instance]], image: np.ndarray, tile: int,
                   overlap: int) -> list[Instance]:
     """Run ``predict`` on overlapping tiles and keep each instance from the one tile whose core holds the centre
     of its box (cores split each overlap in half), so nothing is counted twice and nothing near a seam is cut,
-    as long as objects are at most about ``overlap / 2`` across. An image that fits one tile is predicted whole.
+    as long as objects are at most about ``overlap`` across; an object seen by two tiles whose boxes' centres fall
+    on either side of a seam is kept once (:func:`suppress_duplicates`). An image that fits one tile is predicted
+    whole.
 
     >>> def blobs(img):
     ...     from scipy import ndimage
@@ -143,15 +164,47 @@ def predict_tiled(predict: Callable[[np.ndarray], list[Instance]], image: np.nda
                 cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
                 if ylo <= cy < yhi and xlo <= cx < xhi:
                     kept.append(moved)
-    return sorted(kept, key=lambda i: -i.score)
+    return suppress_duplicates(kept)
 
 
 def predict_image(model: torch.nn.Module, image: np.ndarray, settings: PredictionSettings) -> list[Instance]:
-    """Instances of ``image``, tiled when a side exceeds ``settings.tile_size``; highest score first."""
-    def whole(part: np.ndarray) -> list[Instance]:
-        return predict_instances(model, part, settings)
+    """Instances of ``image``, tiled when a side exceeds ``settings.tile_size``; highest score first.
 
-    return sorted(predict_tiled(whole, image, settings.tile_size, settings.tile_overlap), key=lambda i: -i.score)
+    Every tile is shown to the model at ``tile_size`` (smaller images and edge tiles are padded with the image's
+    median): the model scales each input to its ``min_size``, so this keeps objects at the scale it was trained
+    on (training images are ``tile_size`` across)."""
+    image = as_picture(image)
+    fill = np.median(image, axis=(0, 1)).astype(image.dtype)
+    tile = settings.tile_size
+
+    def padded(part: np.ndarray) -> list[Instance]:
+        height, width = part.shape[:2]
+        if (height, width) == (tile, tile):
+            return predict_instances(model, part, settings)
+        canvas = np.empty((tile, tile, *part.shape[2:]), part.dtype)
+        canvas[...] = fill
+        canvas[:height, :width] = part
+        inside = []
+        for instance in predict_instances(model, canvas, settings):
+            mask = instance.full_mask((tile, tile))[:height, :width]
+            if (cropped := crop_instance(mask, instance.category, instance.score)) is not None:
+                inside.append(cropped)
+        return inside
+
+    return sorted(predict_tiled(padded, image, tile, settings.tile_overlap), key=lambda i: -i.score)
+
+
+def as_picture(image: np.ndarray, source: str = "") -> np.ndarray:
+    """One picture as (H, W) or (H, W, C): a one-plane stack (1, H, W) is squeezed; stacks of planes and pictures
+    with a side under 16 pixels are refused with an ``ImageInputError`` naming ``source``."""
+    from cellops.io import ImageInputError, image_geometry
+
+    height, width, _ = image_geometry(image, source=source)
+    if image.ndim == 3 and image.shape[-1] > 4:
+        image = image[0]
+    if min(height, width) < 16:
+        raise ImageInputError(f"{source or 'image'}: {width}x{height} pixels is too small to segment (16 at least)")
+    return image
 
 
 def label_image(instances: list[Instance], shape: tuple[int, int]) -> np.ndarray:
@@ -182,13 +235,37 @@ def instance_table(instances: list[Instance], categories: dict[int, str]) -> "pd
                                        "centroid_x", "centroid_y"])
 
 
+def instance_rle(instance: Instance, shape: tuple[int, int]) -> dict:
+    """The instance's mask as COCO compressed RLE of the whole ``shape``, from its crop alone (no full-size mask:
+    O(area), not O(image), per instance), with a JSON-ready ``counts`` string.
+
+    >>> from cellops.maskrcnn.annotations import mask_to_rle
+    >>> inst = crop_instance(np.pad(np.ones((2, 3), bool), ((1, 2), (2, 0))), 1, 0.9)
+    >>> instance_rle(inst, (5, 5)) == mask_to_rle(inst.full_mask((5, 5)))
+    True
+    """
+    from pycocotools import mask as coco_mask
+
+    height, width = shape
+    columns, rows = np.nonzero(instance.mask.T)  # column-major order, as COCO's runs go down the columns
+    linear = (columns + instance.x0) * height + rows + instance.y0
+    breaks = np.flatnonzero(np.diff(linear) != 1)
+    starts = np.r_[linear[0], linear[breaks + 1]]
+    ends = np.r_[linear[breaks] + 1, linear[-1] + 1]
+    counts = np.empty(2 * len(starts) + 1, np.int64)
+    counts[0::2] = np.r_[starts, height * width] - np.r_[0, ends]  # background runs, the last to the end
+    counts[1::2] = ends - starts
+    rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
 def coco_results(instances: list[Instance], image_id: int, shape: tuple[int, int]) -> list[dict]:
     """The instances as COCO result entries (mask RLE, box XYWH, score, category) for pycocotools."""
     results = []
     for instance in instances:
         x0, y0, x1, y1 = instance.box
         results.append({"image_id": int(image_id), "category_id": int(instance.category), "score": instance.score,
-                        "segmentation": mask_to_rle(instance.full_mask(shape)),
+                        "segmentation": instance_rle(instance, shape),
                         "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]})
     return results
 

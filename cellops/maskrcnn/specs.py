@@ -24,6 +24,9 @@ class AnnotationSource(FromMapping):
     path : the COCO or VIA JSON file, or the folder of LabelMe files (unused for label images).
     category : category name of label images and of VIA regions without a label attribute.
     label_suffix : label images are ``<image stem><label_suffix>`` next to their image.
+    label_attribute : VIA: the region attribute holding the category (needed when regions have several).
+    categories : VIA and LabelMe: the allowed category names, in id order (others are refused); by default, in
+        order of first appearance.
     """
 
     format: str
@@ -31,6 +34,29 @@ class AnnotationSource(FromMapping):
     path: str = ""
     category: str = "object"
     label_suffix: str = "_labels.tif"
+    label_attribute: str | None = None
+    categories: list[str] | None = None
+
+    def load(self) -> dict:
+        """The annotations as COCO (see :func:`cellops.maskrcnn.annotations.load_annotations`)."""
+        from cellops.maskrcnn.annotations import load_annotations
+
+        return load_annotations(self.format, self.path, self.images_dir, label_suffix=self.label_suffix,
+                                category=self.category, categories=self.categories,
+                                label_attribute=self.label_attribute)
+
+
+@dataclass(frozen=True)
+class SourceSettings(FromMapping):
+    """The source dataset models with ``init: source`` are pretrained on, and its overrides of the shared model,
+    training and augmentation settings; ``expectations`` are its annotation suite's thresholds."""
+
+    annotations: dict
+    split: dict
+    expectations: dict
+    model: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    augmentation: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

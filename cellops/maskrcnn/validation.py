@@ -81,8 +81,9 @@ def summarise_annotations(coco: dict, images_dir: str | Path, index: dict,
     """One row per image of ``coco`` (plus one per unknown image id that annotations refer to), with the columns
     the suite checks and a ``problems`` column (JSON list of ``check: detail``) the failure messages quote.
     ``index`` is :func:`cellops.maskrcnn.data.split_images`'s (paths, content hashes and splits)."""
-    from cellops.io import ImageInputError, read_image_file
+    from cellops.io import ImageInputError, read_image_file, to_unit_range
     from cellops.maskrcnn.annotations import segmentation_mask
+    from cellops.maskrcnn.predict import as_picture
 
     images_dir = Path(images_dir)
     categories = {c["id"] for c in coco["categories"]}
@@ -107,7 +108,9 @@ def summarise_annotations(coco: dict, images_dir: str | Path, index: dict,
             problems.append(f"file_exists: {img['file_name']} is not in {images_dir}")
         else:
             try:
-                shape = read_image_file(path).shape
+                image = as_picture(read_image_file(path), source=str(img["file_name"]))
+                to_unit_range(image)  # a pixel type the model can take
+                shape = image.shape
                 row["readable"] = True
                 row["size_matches"] = tuple(shape[:2]) == (img["height"], img["width"])
                 if not row["size_matches"]:

@@ -182,3 +182,37 @@ def test_the_same_picture_in_two_splits_is_named(tmp_path):
     expectations = AnnotationExpectations(min_images=2)
     report = validate_annotation_dataset(summarise_annotations(coco, images, index, expectations), expectations)
     assert not report.success and "copy.png" in "\n".join(report.failures) and "i0.png" in "\n".join(report.failures)
+
+
+def test_coco_exports_with_zero_based_or_gapped_ids_and_no_boxes_are_completed(tmp_path):
+    # Roboflow/CVAT style: categories 0 and 7, no bbox or area: ids become 1..K, boxes come from the masks.
+    coco = {"images": [{"id": 1, "file_name": "a.png", "height": 40, "width": 60}],
+            "categories": [{"id": 7, "name": "debris"}, {"id": 0, "name": "colony"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 0, "segmentation": [[5, 10, 25, 10, 25, 20, 5, 20]]},
+                            {"id": 2, "image_id": 1, "category_id": 7, "segmentation": [[30, 5, 40, 5, 40, 13, 30, 13]]}]}
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(coco))
+    read = read_coco(path)
+    assert read["categories"] == [{"id": 1, "name": "colony"}, {"id": 2, "name": "debris"}]
+    assert [a["category_id"] for a in read["annotations"]] == [1, 2]
+    assert read["annotations"][0]["bbox"] == [5.0, 10.0, 20.0, 10.0] and read["annotations"][0]["area"] > 150
+    # An unknown category renumbers nothing: validation names it.
+    coco["annotations"][1]["category_id"] = 3
+    path.write_text(json.dumps(coco))
+    assert [a["category_id"] for a in read_coco(path)["annotations"]] == [0, 3]
+
+
+def test_via_checkbox_without_a_tick_and_windows_labelme_paths(tmp_path):
+    images = tmp_path / "images"
+    _image(images, "a.png")
+    via = {"a.png1": {"filename": "a.png", "size": 1, "regions": [
+        {"shape_attributes": {"name": "rect", "x": 1, "y": 1, "width": 5, "height": 5},
+         "region_attributes": {"kind": {"colony": False, "cell": False}}}]}}
+    (tmp_path / "via.json").write_text(json.dumps(via))
+    assert via_to_coco(tmp_path / "via.json", images, default_category="colony")["categories"][0]["name"] == "colony"
+    labelme = {"imagePath": "..\\images\\a.png", "shapes": [
+        {"label": "colony", "points": [[2, 2], [12, 2], [12, 12]], "shape_type": "polygon"}]}
+    (tmp_path / "labelme").mkdir()
+    (tmp_path / "labelme" / "a.json").write_text(json.dumps(labelme))
+    coco = load_annotations("labelme", tmp_path / "labelme", images)
+    assert coco["images"][0]["file_name"] == "a.png" and coco["images"][0]["height"] == 40

@@ -80,7 +80,7 @@ def test_cellops_predict_maskrcnn_writes_labels_tables_overlays_tiles_and_names_
     image = root / "data/colonies/images/colony_000.png"
     picture = np.asarray(Image.open(image))
     large = tmp_path / "large.tif"
-    tifffile.imwrite(large, np.tile(picture, (3, 3)))  # 768 px: above the 512-px tile size, so tiled
+    tifffile.imwrite(large, np.tile(picture, (2, 2)))  # 768 px: above the 512-px tile size, so tiled
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
@@ -89,7 +89,7 @@ def test_cellops_predict_maskrcnn_writes_labels_tables_overlays_tiles_and_names_
     assert result.returncode == 1 and "broken.png" in result.stderr, result.stdout + result.stderr
     summary = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["file"] for r in summary] == [str(image), str(large), str(bad)] and summary[2]["error"]
-    for row, shape in zip(summary[:2], [picture.shape, (768, 768)]):
+    for row, shape in zip(summary[:2], [picture.shape, (2 * picture.shape[0], 2 * picture.shape[1])]):
         labels = tifffile.imread(out / f"{row['outputs']}_labels.tif")
         assert labels.dtype == np.uint16 and labels.shape == shape
         table = pd.read_csv(out / f"{row['outputs']}_instances.csv")
@@ -118,11 +118,14 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
         answer = post("segment", image.name, image.read_bytes())
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        assert (body["height"], body["width"]) == (256, 256) and body["count"] == len(body["instances"])
+        assert (body["height"], body["width"]) == (384, 384) and body["count"] == len(body["instances"])
         assert body["model_version"] == str(champion.version)
         for instance in body["instances"]:
             assert set(instance) == {"label", "category", "score", "area", "box", "centroid", "mask"}
-            assert instance["mask"]["size"] == [256, 256] and isinstance(instance["mask"]["counts"], str)
+            assert instance["mask"]["size"] == [384, 384] and isinstance(instance["mask"]["counts"], str)
+        plane = io.BytesIO()  # a one-plane TIFF stack (1, H, W) is one picture
+        tifffile.imwrite(plane, np.asarray(Image.open(image))[None])
+        assert post("segment", "plane.tif", plane.getvalue()).json()["count"] == body["count"]
         drawn = post("overlay", image.name, image.read_bytes())
         assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/png"
         assert int(drawn.headers["x-instances"]) == body["count"]
@@ -136,6 +139,7 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
             ("empty.png", b"", 400, "empty upload"),
             ("stack.tif", stack.getvalue(), 400, "stack"),
             ("huge.png", _png(np.zeros((600, 600), np.uint8)), 413, "too large"),
+            ("strip.png", _png(np.zeros((1, 600), np.uint8)), 400, "too small"),
         ]:
             response = post("segment", name, data)
             assert response.status_code == status, (name, response.status_code, response.text)

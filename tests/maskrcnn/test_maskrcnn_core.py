@@ -207,3 +207,31 @@ def test_training_resumes_from_its_checkpoint_and_removes_it_when_done(tmp_path)
     history = fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, other, PredictionSettings(),
                   max_detections=100, checkpoint_dir=tmp_path, on_epoch_end=lambda e, m: epochs.append(e))
     assert history.resumed_from_epoch is None and epochs == [0, 1, 2]
+
+
+def test_the_same_object_from_two_tiles_is_kept_once_and_pictures_are_checked():
+    from cellops.io import ImageInputError
+    from cellops.maskrcnn.predict import as_picture, suppress_duplicates
+
+    whole = np.zeros((40, 40), bool)
+    whole[10:30, 10:30] = True
+    shifted = np.roll(whole, 1, axis=1)
+    kept = suppress_duplicates([crop_instance(whole, 1, 0.9), crop_instance(shifted, 1, 0.95),
+                                crop_instance(shifted, 2, 0.5)])  # another category is not a duplicate
+    assert [(k.score, k.category) for k in kept] == [(0.95, 1), (0.5, 2)]
+    assert as_picture(np.zeros((1, 30, 40), np.uint16)).shape == (30, 40)  # a one-plane TIFF stack
+    with pytest.raises(ImageInputError, match="too small"):
+        as_picture(np.zeros((1, 600), np.uint8), source="strip.png")
+
+
+def test_small_images_are_padded_to_the_tile_size_so_the_scale_stays_the_trained_one():
+    model = build_maskrcnn(TINY, 2).eval()
+    settings = PredictionSettings(score_threshold=0.0, tile_size=64, tile_overlap=16)
+    image = (np.random.default_rng(2).random((40, 50)) * 255).astype(np.uint8)
+    canvas = np.full((64, 64), np.median(image), np.uint8)
+    canvas[:40, :50] = image
+    expected = [i for i in (crop_instance(i.full_mask((64, 64))[:40, :50], i.category, i.score)
+                            for i in predict_instances(model, canvas, settings)) if i is not None]
+    got = predict_image(model, image, settings)
+    assert sorted((i.box, round(i.score, 5)) for i in got) == sorted((i.box, round(i.score, 5)) for i in expected)
+    assert all(i.box[2] <= 50 and i.box[3] <= 40 for i in got)
