@@ -129,7 +129,7 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
         drawn = post("overlay", image.name, image.read_bytes())
         assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/png"
         assert int(drawn.headers["x-instances"]) == body["count"]
-        assert np.asarray(Image.open(io.BytesIO(drawn.content))).shape == (256, 256, 3)
+        assert np.asarray(Image.open(io.BytesIO(drawn.content))).shape == (384, 384, 3)
         meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
         assert meta["model_version"] == str(champion.version) and meta["inference_settings"]["categories"] == {"1": "colony"}
         stack = io.BytesIO()
