@@ -469,11 +469,35 @@ def _classification_suite(table: pd.DataFrame, classes: Sequence[str], expect: C
             ("size", e.ExpectColumnUniqueValueCountToBeBetween(column="size", max_value=1)),
             ("channel_count", e.ExpectColumnUniqueValueCountToBeBetween(column="channels", max_value=1)),
         ]
+    return tagged(checks)
+
+
+def tagged(checks: Sequence[tuple[str, object]]) -> list:
+    """The expectations of ``(check name, expectation)`` pairs, each carrying its check name (see
+    :func:`explained_failures`)."""
     suite = []
     for check, expectation in checks:
         expectation.meta = {"cellops_check": check}
         suite.append(expectation)
     return suite
+
+
+def explained_failures(report: ValidationReport, explain) -> list[str]:
+    """One line per failed expectation of ``report``: for one tagged by :func:`tagged`, its type, column and
+    ``explain(check)`` in plain words; for any other, or one GX could not evaluate, GX's own description."""
+    failures = []
+    for result in report.results["results"]:
+        if result["success"]:
+            continue
+        config = result["expectation_config"]
+        check = (config.get("meta") or {}).get("cellops_check")
+        if check is None or _raised(result):
+            failures.append(_describe_failure(result))
+            continue
+        column = config["kwargs"].get("column")
+        where = f" on column '{column}'" if column else ""
+        failures.append(f"{config['type']}{where} failed: {explain(check)}")
+    return failures
 
 
 def _raised(result: dict) -> bool:
@@ -524,17 +548,6 @@ def validate_classification_dataset(
     splits = list(splits) if splits else sorted(table["split"].unique())
     report = _run_suite(derived, "classification_dataset",
                         _classification_suite(derived, classes, expectations, splits), data_docs_dir)
-    failures = []
-    for result in report.results["results"]:
-        if result["success"]:
-            continue
-        config = result["expectation_config"]
-        check = (config.get("meta") or {}).get("cellops_check")
-        if check is None or _raised(result):
-            failures.append(_describe_failure(result))
-            continue
-        column = config["kwargs"].get("column")
-        failures.append(f"{config['type']} on column '{column}' failed: "
-                        f"{_explain_classification(check, derived, classes, expectations, splits)}")
-    report.failures = failures
+    report.failures = explained_failures(
+        report, lambda check: _explain_classification(check, derived, classes, expectations, splits))
     return report

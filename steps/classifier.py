@@ -215,26 +215,13 @@ def train_and_evaluate_classifier(
 def compare_classifiers(evaluations: list[dict]) -> Annotated[dict, "comparison"]:
     """The comparison table (CSV and markdown), the grouped score bars and the ROC curves of every model, logged
     to the pipeline's parent MLflow run (and this step's)."""
-    import pandas as pd
-
-    rows = []
-    for e in evaluations:
-        rows.append({"model": e["name"], "architecture": e["architecture"], "init": e["init_used"],
-                     **{k: e["scores"][k] for k in SCORE_COLUMNS}, **e["costs"]})
-    table = pd.DataFrame(rows)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        table.to_csv(folder / "comparison.csv", index=False, float_format="%.6g")
-        (folder / "comparison.md").write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
+    def plots(folder: Path) -> None:
         comparison_bars({e["name"]: e["scores"] for e in evaluations},
                         ["accuracy", "sensitivity", "specificity", "f1", "roc_auc"], folder / "comparison.png")
         roc_curves({e["name"]: (np.asarray(e["roc"]["fpr"]), np.asarray(e["roc"]["tpr"]), e["scores"]["roc_auc"])
                     for e in evaluations}, folder / "roc.png")
-        log_comparison(folder)
-    logger.info("comparison on the test split:\n%s", table.to_string(index=False))
-    comparison = {"rows": json.loads(table.to_json(orient="records"))}
-    log_metadata(metadata={"comparison": comparison})
-    return comparison
+
+    return log_comparison(evaluations, SCORE_COLUMNS, plots)
 
 
 @step(enable_cache=False)  # a side effect: a cache hit would silently skip the registration

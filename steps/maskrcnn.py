@@ -228,19 +228,7 @@ def train_and_evaluate_maskrcnn(
 def compare_maskrcnn(evaluations: list[dict]) -> Annotated[dict, "comparison"]:
     """The comparison table (CSV and markdown) of every model on the test images, logged to the pipeline's
     parent MLflow run (and this step's): e.g. from-scratch vs transferred at equal budget."""
-    import pandas as pd
-
-    table = pd.DataFrame([{"model": e["name"], "architecture": e["architecture"], "init": e["init_used"],
-                           **{k: e["scores"][k] for k in SCORE_COLUMNS}, **e["costs"]} for e in evaluations])
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        table.to_csv(folder / "comparison.csv", index=False, float_format="%.6g")
-        (folder / "comparison.md").write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
-        log_comparison(folder)
-    logger.info("comparison on the test images:\n%s", table.to_string(index=False))
-    comparison = {"rows": json.loads(table.to_json(orient="records"))}
-    log_metadata(metadata={"comparison": comparison})
-    return comparison
+    return log_comparison(evaluations, SCORE_COLUMNS)
 
 
 @step(enable_cache=False)  # a side effect: a cache hit would silently skip the registration

@@ -4,7 +4,8 @@ over tracking.registry); ZenML's Model Control Plane follows the same decision."
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -126,11 +127,27 @@ def register_ranked(
     return summary
 
 
-def log_comparison(folder: Path) -> None:
-    """Log a comparison folder (tables, plots) as ``comparison/`` to this step's MLflow run and to the pipeline's
-    parent run, where the side-by-side view of all models belongs."""
-    mlflow.log_artifacts(str(folder), artifact_path="comparison")
-    run = mlflow.active_run()
-    parent = run.data.tags.get("mlflow.parentRunId") if run is not None else None
-    if parent:
-        MlflowClient().log_artifacts(parent, str(folder), artifact_path="comparison")
+def log_comparison(evaluations: list[dict], score_columns: Sequence[str],
+                   plots: Callable[[Path], None] | None = None) -> dict:
+    """The comparison table of a run's models (name, architecture, init, ``score_columns``, costs) as CSV and
+    markdown, plus whatever ``plots`` draws into the folder, logged as ``comparison/`` to this step's MLflow run and
+    to the pipeline's parent run, where the side-by-side view of all models belongs. Returns the table's rows."""
+    import pandas as pd
+
+    table = pd.DataFrame([{"model": e["name"], "architecture": e["architecture"], "init": e["init_used"],
+                           **{k: e["scores"][k] for k in score_columns}, **e["costs"]} for e in evaluations])
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        table.to_csv(folder / "comparison.csv", index=False, float_format="%.6g")
+        (folder / "comparison.md").write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
+        if plots is not None:
+            plots(folder)
+        mlflow.log_artifacts(str(folder), artifact_path="comparison")
+        run = mlflow.active_run()
+        parent = run.data.tags.get("mlflow.parentRunId") if run is not None else None
+        if parent:
+            MlflowClient().log_artifacts(parent, str(folder), artifact_path="comparison")
+    logger.info("comparison on the test split:\n%s", table.to_string(index=False))
+    comparison = {"rows": json.loads(table.to_json(orient="records"))}
+    log_metadata(metadata={"comparison": comparison})
+    return comparison

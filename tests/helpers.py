@@ -16,6 +16,33 @@ def run_command(args: list[str], cwd: Path, env: dict, check: bool = True, timeo
     return result
 
 
+def png_bytes(array) -> bytes:
+    """``array`` encoded as a PNG file's bytes."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bad_uploads(too_large_side: int) -> list[tuple[str, bytes, int, str]]:
+    """(name, bytes, expected status, expected message) of uploads every service must refuse: not an image, empty,
+    a stack of planes, and a picture of ``too_large_side`` squared pixels (above the service's pixel limit)."""
+    import io
+
+    import numpy as np
+    import tifffile
+
+    stack = io.BytesIO()
+    tifffile.imwrite(stack, np.zeros((3, 32, 32), np.uint8))
+    return [("notes.txt", b"not an image at all", 400, "not an image"),
+            ("empty.png", b"", 400, "empty upload"),
+            ("stack.tif", stack.getvalue(), 400, "stack"),
+            ("huge.png", png_bytes(np.zeros((too_large_side, too_large_side), np.uint8)), 413, "too large")]
+
+
 def free_port() -> int:
     import socket
 

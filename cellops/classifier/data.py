@@ -108,6 +108,19 @@ class Augmentation(FromMapping):
     noise_sigma: float  # additive Gaussian noise, 0..1 scale
 
 
+def photometric_transforms(brightness: float, contrast: float, blur_sigma: float, noise_sigma: float) -> list:
+    """Intensity changes every model family shares (image only; boxes and masks pass through), in this order:
+    ColorJitter, a random Gaussian blur (half the time), Gaussian noise; zero strengths leave each out."""
+    transforms: list = []
+    if brightness or contrast:
+        transforms.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
+    if blur_sigma > 0:
+        transforms.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, blur_sigma))], p=0.5))
+    if noise_sigma > 0:
+        transforms.append(v2.GaussianNoise(sigma=noise_sigma, clip=True))
+    return transforms
+
+
 def build_augmentation(aug: Augmentation) -> v2.Compose:
     """The torchvision.transforms.v2 pipeline of ``aug`` for one float image (C, H, W) in [0, 1]."""
     transforms: list = []
@@ -115,12 +128,7 @@ def build_augmentation(aug: Augmentation) -> v2.Compose:
         transforms += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
     if aug.rotate90:
         transforms.append(v2.RandomApply([v2.RandomRotation((90, 90))], p=0.5))
-    if aug.brightness or aug.contrast:
-        transforms.append(v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast))
-    if aug.blur_sigma > 0:
-        transforms.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, aug.blur_sigma))], p=0.5))
-    if aug.noise_sigma > 0:
-        transforms.append(v2.GaussianNoise(sigma=aug.noise_sigma, clip=True))
+    transforms += photometric_transforms(aug.brightness, aug.contrast, aug.blur_sigma, aug.noise_sigma)
     transforms.append(v2.Lambda(lambda x: x.clamp(0.0, 1.0)))
     return v2.Compose(transforms)
 

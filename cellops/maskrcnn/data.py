@@ -13,7 +13,7 @@ from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 
-from cellops.classifier.data import SPLITS, stratified_split
+from cellops.classifier.data import SPLITS, photometric_transforms, stratified_split
 from cellops.config import FromMapping
 from cellops.data_version import file_md5
 from cellops.io import image_geometry, read_image_file, to_unit_range
@@ -137,12 +137,8 @@ def build_instance_augmentation(settings: InstanceAugmentation) -> v2.Compose:
         steps.append(v2.RandomAffine(degrees=0, scale=tuple(settings.scale)))
     if settings.crop:
         steps.append(v2.RandomCrop(settings.crop, pad_if_needed=True))
-    if settings.brightness or settings.contrast:
-        steps.append(v2.ColorJitter(brightness=settings.brightness, contrast=settings.contrast))
-    if settings.blur_sigma > 0:
-        steps.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, settings.blur_sigma))], p=0.5))
-    if settings.noise_sigma > 0:
-        steps.append(v2.GaussianNoise(sigma=settings.noise_sigma, clip=True))
+    steps += photometric_transforms(settings.brightness, settings.contrast, settings.blur_sigma,
+                                    settings.noise_sigma)
     return v2.Compose(steps)
 
 

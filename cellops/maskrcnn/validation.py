@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cellops.config import FromMapping
-from cellops.validation import ValidationReport, _describe_failure, _raised, _run_suite, gx
+from cellops.validation import ValidationReport, _run_suite, explained_failures, gx, tagged
 
 
 @dataclass(frozen=True)
@@ -193,11 +193,7 @@ def _suite(expect: AnnotationExpectations) -> list:
         ("duplicate_across_splits", e.ExpectColumnValuesToBeInSet(column="duplicate_across_splits",
                                                                   value_set=[False])),
     ]
-    suite = [e.ExpectTableRowCountToBeBetween(min_value=expect.min_images)]
-    for check, expectation in checks:
-        expectation.meta = {"cellops_check": check}
-        suite.append(expectation)
-    return suite
+    return tagged([("min_images", e.ExpectTableRowCountToBeBetween(min_value=expect.min_images)), *checks])
 
 
 def validate_annotation_dataset(table: pd.DataFrame, expectations: AnnotationExpectations,
@@ -206,18 +202,13 @@ def validate_annotation_dataset(table: pd.DataFrame, expectations: AnnotationExp
     expectation, its column and the first offending images and annotations in plain words."""
     report = _run_suite(table.drop(columns=["problems"]), "instance_annotations", _suite(expectations), data_docs_dir)
     problems = [p for cell in table["problems"] for p in json.loads(cell)]
-    failures = []
-    for result in report.results["results"]:
-        if result["success"]:
-            continue
-        config = result["expectation_config"]
-        check = (config.get("meta") or {}).get("cellops_check")
-        if check is None or _raised(result):
-            failures.append(_describe_failure(result) if check is not None or _raised(result) else
-                            f"{config['type']} failed: {len(table)} images, at least {expectations.min_images} needed")
-            continue
+
+    def explain(check: str) -> str:
+        if check == "min_images":
+            return f"{len(table)} images, at least {expectations.min_images} needed"
         found = [p.split(": ", 1)[1] for p in problems if p.startswith(f"{check}: ")]
         more = f" (and {len(found) - 10} more)" if len(found) > 10 else ""
-        failures.append(f"{config['type']} on column '{check}' failed: {'; '.join(found[:10])}{more}")
-    report.failures = failures
+        return "; ".join(found[:10]) + more
+
+    report.failures = explained_failures(report, explain)
     return report

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import shutil
 
 import httpx
@@ -23,7 +22,7 @@ from cellops.classifier.predict import ClassifierSettings
 from cellops.classifier.train import predict_probabilities
 from cellops.io import load_class_images
 from helpers import run_command as _run
-from helpers import served_bento
+from helpers import bad_uploads, png_bytes, served_bento
 from tracking import tags
 
 pytestmark = pytest.mark.e2e
@@ -124,12 +123,6 @@ def test_cellops_predict_writes_labels_probabilities_and_cams_and_names_bad_file
     assert missing.returncode == 2 and "no version 99" in missing.stdout
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
     root, env = trained
     result = _run(["zenml", "pipeline", "run", "pipelines.classifier.deployment_pipeline", "-c",
@@ -169,7 +162,7 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
 
         # RGB and 16-bit versions of the same picture are accepted.
         grey = np.asarray(Image.open(files[0]))
-        assert post("classify", "rgb.png", _png(np.stack([grey] * 3, axis=-1))).status_code == 200
+        assert post("classify", "rgb.png", png_bytes(np.stack([grey] * 3, axis=-1))).status_code == 200
         sixteen = io.BytesIO()
         tifffile.imwrite(sixteen, grey.astype(np.uint16) * 257)
         sixteen_answer = post("classify", "16bit.tif", sixteen.getvalue()).json()
@@ -184,14 +177,7 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
         assert meta["model_version"] == str(champion.version) and meta["mlflow_run_id"] == champion.run_id
         assert meta["inference_settings"] == settings.as_dict()
 
-        stack = io.BytesIO()
-        tifffile.imwrite(stack, np.zeros((3, 32, 32), np.uint8))
-        for name, data, status, message in [
-            ("notes.txt", b"not an image at all", 400, "not an image"),
-            ("empty.png", b"", 400, "empty upload"),
-            ("stack.tif", stack.getvalue(), 400, "stack"),
-            ("huge.png", _png(np.zeros((200, 200), np.uint8)), 413, "too large"),
-        ]:
+        for name, data, status, message in bad_uploads(200):
             response = post("classify", name, data)
             assert response.status_code == status, (name, response.status_code, response.text)
             assert message in response.text, (name, response.text)

@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from helpers import run_command as _run
-from helpers import served_bento
+from helpers import bad_uploads, png_bytes, served_bento
 from tracking import tags
 
 pytestmark = pytest.mark.e2e
@@ -98,12 +98,6 @@ def test_cellops_predict_maskrcnn_writes_labels_tables_overlays_tiles_and_names_
         assert np.asarray(Image.open(out / f"{row['outputs']}_overlay.png")).shape == (*shape, 3)
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
     root, env = trained
     result = _run(["zenml", "pipeline", "run", "pipelines.maskrcnn.deployment_pipeline", "-c",
@@ -132,14 +126,8 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
         assert np.asarray(Image.open(io.BytesIO(drawn.content))).shape == (384, 384, 3)
         meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
         assert meta["model_version"] == str(champion.version) and meta["inference_settings"]["categories"] == {"1": "colony"}
-        stack = io.BytesIO()
-        tifffile.imwrite(stack, np.zeros((3, 32, 32), np.uint8))
-        for name, data, status, message in [
-            ("notes.txt", b"not an image at all", 400, "not an image"),
-            ("empty.png", b"", 400, "empty upload"),
-            ("stack.tif", stack.getvalue(), 400, "stack"),
-            ("huge.png", _png(np.zeros((600, 600), np.uint8)), 413, "too large"),
-            ("strip.png", _png(np.zeros((1, 600), np.uint8)), 400, "too small"),
+        for name, data, status, message in bad_uploads(600) + [
+            ("strip.png", png_bytes(np.zeros((1, 600), np.uint8)), 400, "too small"),
         ]:
             response = post("segment", name, data)
             assert response.status_code == status, (name, response.status_code, response.text)
