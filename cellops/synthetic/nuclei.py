@@ -28,7 +28,7 @@ GROUP_SHAPES: dict[str, tuple[float, float, float]] = {
 
 @dataclass(frozen=True)
 class NucleiImage:
-    """``image`` uint16 (H, W); ``labels`` int32 (H, W), nucleus ``i`` labelled ``i``; ``ellipses`` one row per
+    """``image`` uint16 (H, W) (uint8 with ``bit_depth=8``); ``labels`` int32 (H, W), nucleus ``i`` labelled ``i``; ``ellipses`` one row per
     nucleus with its drawn centre, axes, angle and aspect ratio (labels whose pixels were all covered by
     others stay in the table with ``visible`` False)."""
 
@@ -45,6 +45,14 @@ def generate_nuclei_image(
     n_nuclei: int = 45,
     touching_fraction: float = 0.3,
     noise_sigma: float = 0.02,
+    diameter_scale: float = 1.0,
+    brightness: tuple[float, float] = (0.45, 0.9),
+    mitotic_fraction: float = 0.0,
+    flat_fraction: float = 0.0,
+    illumination_gradient: float = 0.25,
+    defocus_sigma: float = 2.5,
+    photons: float = 800.0,
+    bit_depth: int = 16,
 ) -> NucleiImage:
     """Draw one nuclear-stain image of ``group`` (a key of :data:`GROUP_SHAPES`).
 
@@ -56,6 +64,14 @@ def generate_nuclei_image(
     n_nuclei : nuclei to attempt to place.
     touching_fraction : fraction of nuclei placed against a neighbour (touching or slightly overlapping).
     noise_sigma : Gaussian read noise on the 0..1 scale (shot noise is added too).
+    diameter_scale : nucleus size relative to the default (about 30 px across): 0.27 gives 8 px, 2 gives 60.
+    brightness : range of the nuclei's brightness (a wide range puts dim nuclei beside bright ones).
+    mitotic_fraction : share of small (0.55 x diameter), round, bright nuclei (mitotic figures).
+    flat_fraction : share of large (1.7 x diameter), dim, flat nuclei.
+    illumination_gradient : peak-to-peak illumination change across the field (0.25: +-12 %).
+    defocus_sigma : blur of the out-of-focus parts of the field (a smooth field mixes it with a sharp one).
+    photons : photons per unit brightness (shot noise: fewer photons, noisier image).
+    bit_depth : 16 or 8 (the image is stored in that many bits).
 
     Examples
     --------
@@ -65,8 +81,13 @@ def generate_nuclei_image(
     """
     if group not in GROUP_SHAPES:
         raise ValueError(f"unknown group {group!r}; expected one of {sorted(GROUP_SHAPES)}")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     rng = np.random.default_rng(seed)
+    # Draws for the optional nucleus kinds come from their own stream: the default images stay byte-identical.
+    kinds = np.random.default_rng([seed, 1])
     ar_median, ar_spread, area_median = GROUP_SHAPES[group]
+    area_median *= diameter_scale**2
     height, width = shape
     yy, xx = np.mgrid[:height, :width].astype(np.float64)
     signal = np.zeros(shape, np.float64)
@@ -78,6 +99,13 @@ def generate_nuclei_image(
             break
         aspect = float(np.clip(ar_median * np.exp(rng.normal(0, ar_spread)), 1.0, 4.0))
         area = float(area_median * np.exp(rng.normal(0, 0.2)))
+        kind, gain = "interphase", 1.0
+        if mitotic_fraction or flat_fraction:
+            draw = kinds.random()
+            if draw < mitotic_fraction:
+                kind, gain, area, aspect = "mitotic", 1.6, area * 0.3, min(aspect, 1.15)
+            elif draw < mitotic_fraction + flat_fraction:
+                kind, gain, area = "flat", 0.45, area * 2.9
         minor = np.sqrt(area / (np.pi * aspect))
         major = minor * aspect
         angle = float(rng.uniform(0, np.pi))
@@ -97,31 +125,39 @@ def generate_nuclei_image(
         inside = (u / major) ** 2 + (v / minor) ** 2 <= 1.0
         # At most a sliver of overlap with nuclei already drawn (touching is fine, stacking is not).
         overlap = float((inside & (labels > 0)).sum()) / max(1, int(inside.sum()))
-        if overlap > 0.08 or inside.sum() < 30:
+        if overlap > 0.08 or inside.sum() < max(6.0, 30 * diameter_scale**2):
             continue
         label = len(rows) + 1
         labels[inside] = label
-        brightness = rng.uniform(0.45, 0.9)
-        chromatin = ndimage.gaussian_filter(rng.normal(size=shape), 1.5)
+        level = rng.uniform(*brightness) * gain
+        chromatin = ndimage.gaussian_filter(rng.normal(size=shape), 1.5 * max(diameter_scale, 0.4))
         texture = 1.0 + 0.25 * chromatin / max(1e-6, float(chromatin.std()))
         edge = np.power(np.clip(1.0 - ((u / major) ** 2 + (v / minor) ** 2), 0, 1), 0.3)  # brighter core, soft rim
-        signal = np.where(inside, np.maximum(signal, brightness * texture * edge), signal)
+        signal = np.where(inside, np.maximum(signal, level * texture * edge), signal)
         centres.append((cy, cx, (major + minor) / 2))
         rows.append({"label": label, "centroid_y": cy, "centroid_x": cx, "major_axis": 2 * major,
-                     "minor_axis": 2 * minor, "angle_rad": angle, "aspect_ratio": aspect, "group": group})
+                     "minor_axis": 2 * minor, "angle_rad": angle, "aspect_ratio": aspect, "group": group,
+                     **({"kind": kind} if mitotic_fraction or flat_fraction else {})})
 
     # Out-of-focus: a smooth field mixes a sharp and a blurred rendering.
     focus = ndimage.gaussian_filter(rng.random(shape), 60)
     focus = (focus - focus.min()) / max(1e-6, float(np.ptp(focus)))
-    image = (1 - focus) * ndimage.gaussian_filter(signal, 1.0) + focus * ndimage.gaussian_filter(signal, 2.5)
-    illumination = 1.0 + 0.25 * ((xx / width - 0.5) * rng.uniform(-1, 1) + (yy / height - 0.5) * rng.uniform(-1, 1))
+    # The optics blur a fixed distance in micrometres: fewer pixels when nuclei are smaller (lower magnification).
+    optics = float(np.clip(diameter_scale, 0.5, 1.0))
+    image = ((1 - focus) * ndimage.gaussian_filter(signal, 1.0 * optics)
+             + focus * ndimage.gaussian_filter(signal, defocus_sigma * optics))
+    illumination = 1.0 + illumination_gradient * ((xx / width - 0.5) * rng.uniform(-1, 1)
+                                                  + (yy / height - 0.5) * rng.uniform(-1, 1))
     image = (0.06 + image) * illumination
-    image = rng.poisson(image * 800) / 800 + rng.normal(0, noise_sigma, shape)
-    image16 = np.clip(np.rint(image * 40000), 0, 65535).astype(np.uint16)
+    image = rng.poisson(image * photons) / photons + rng.normal(0, noise_sigma, shape)
+    if bit_depth == 8:
+        stored = np.clip(np.rint(image * 40000 * 255 / 65535), 0, 255).astype(np.uint8)
+    else:
+        stored = np.clip(np.rint(image * 40000), 0, 65535).astype(np.uint16)
     table = pd.DataFrame(rows)
     visible = set(np.unique(labels).tolist()) - {0}
     table["visible"] = table["label"].isin(visible)
-    return NucleiImage(image=image16, labels=labels, ellipses=table)
+    return NucleiImage(image=stored, labels=labels, ellipses=table)
 
 
 def write_nuclei_dataset(root: str | Path, *, images_per_group: int = 4, shape: tuple[int, int] = (512, 512),
