@@ -10,36 +10,91 @@ equivalent diameter.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import pandas as pd
+from scipy import ndimage
+from skimage import filters, measure, morphology, segmentation
 
 from cellops.classical.common import to_uint8_gray
+
+log = logging.getLogger(__name__)
+
+
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
 class ColonyParams:
-    """Every tunable of the colony detector (all set from the YAML config).
+    """Every tunable of the colony detector (all set from the YAML config); ``"auto"`` derives a value from the
+    image (see :func:`colony_settings`), a number overrides it.
 
     Attributes
     ----------
-    blur_sigma : Gaussian blur before Canny, in pixels.
-    canny_low, canny_high : Canny hysteresis thresholds on the 8-bit gradient magnitude.
+    colony_diameter_px : typical colony width (twice its largest inscribed radius: touching colonies do not
+        inflate it); by default measured from a first, scale-free detection (the area-weighted median over what
+        it finds), so 4x and 10x images both work.
+    blur_sigma : Gaussian blur before Canny, in pixels (auto: 1/60 of the colony diameter, 0.8 to 3).
+    canny_low, canny_high : Canny hysteresis thresholds on the 8-bit gradient magnitude (auto: Otsu's
+        threshold of the gradient magnitude, which separates textured colonies from smooth medium, and half).
     kernel_size : side of the elliptical structuring element for dilation and erosion.
-    dilate_iterations, erode_iterations : how far edges are grown into regions and shrunk back.
-    min_area : smallest colony kept, in pixels (single cells and debris are smaller).
+    dilate_iterations, erode_iterations : how far edges are grown into regions and shrunk back (auto: in
+        proportion to the colony diameter).
+    min_area : smallest colony kept, in pixels (auto: a fifth of the area of a disk as wide as the typical
+        colony; single cells and debris are far smaller).
+    split_touching : separate touching colonies by a watershed on the distance transform.
+    refine_edges : move each outline onto the strongest intensity edge nearby (the colony's rim, between its
+        dark border and the bright halo), by a watershed on the gradient magnitude.
+    exclude_border : drop colonies touching the image border (the table flags them either way).
+    min_colony_diameter_px : a measured width below this means no colony was seen (only single cells and
+        debris): the 10x sizes are used then.
     """
 
-    blur_sigma: float = 2.0
-    canny_low: float = 30.0
-    canny_high: float = 80.0
+    colony_diameter_px: float | str = AUTO
+    blur_sigma: float | str = AUTO
+    canny_low: float | str = AUTO
+    canny_high: float | str = AUTO
     kernel_size: int = 5
-    dilate_iterations: int = 2
+    dilate_iterations: int | str = AUTO
     # More erosion than dilation: the edges found lie on the halo, just outside the colony.
-    erode_iterations: int = 5
-    min_area: float = 1500.0
+    erode_iterations: int | str = AUTO
+    min_area: float | str = AUTO
+    split_touching: bool = True
+    refine_edges: bool = True
+    exclude_border: bool = False
+    min_colony_diameter_px: float = 24.0
+
+    def __post_init__(self) -> None:
+        for name in ("colony_diameter_px", "blur_sigma", "canny_low", "canny_high", "dilate_iterations",
+                     "erode_iterations", "min_area"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value != AUTO:
+                raise ValueError(f"{name} must be a number or 'auto', got {value!r}")
+            if not isinstance(value, str) and value < 0:
+                raise ValueError(f"{name} must not be negative, got {value}")
+
+
+#: Colony width (px, twice the largest inscribed radius) the fixed defaults were designed for (10x, the built-in data).
+REFERENCE_DIAMETER = 80.0
+
+
+@dataclass(frozen=True)
+class ColonySettings:
+    """The numbers one image was analysed with, measured or given (one row of the per-image settings table)."""
+
+    colony_diameter_px: float
+    blur_sigma: float
+    canny_low: float
+    canny_high: float
+    dilate_iterations: int
+    erode_iterations: int
+    min_area: float
+
+    def settings(self) -> dict[str, float]:
+        return {k: round(float(v), 2) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -50,28 +105,168 @@ class ColonyResult:
     ----------
     contours : one (N, 1, 2) int32 OpenCV contour per colony, in the table's order.
     labels : int32 image, colony ``i`` (1-based, table row ``i - 1``) labelled ``i``.
-    table : one row per colony (see :func:`colony_properties`).
+    table : one row per colony (see :func:`colony_properties`), with ``touches_border``.
+    settings : the numbers used (see :class:`ColonySettings`).
     """
 
     contours: list[np.ndarray]
     labels: np.ndarray
     table: pd.DataFrame
+    settings: ColonySettings | None = None
+
+
+def _auto(value: float | str, default: float) -> float:
+    return default if value == AUTO else float(value)
+
+
+def _canny_thresholds(blurred: np.ndarray) -> tuple[float, float]:
+    """Otsu's threshold of the L1 gradient magnitude (what cv2.Canny thresholds), and half of it."""
+    gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1)
+    magnitude = np.abs(gx) + np.abs(gy)
+    high = float(filters.threshold_otsu(magnitude[::2, ::2]))
+    return 0.5 * high, high
+
+
+def _edge_regions(gray: np.ndarray, blur_sigma: float, low: float, high: float, kernel_size: int,
+                  dilate_iterations: int, erode_iterations: int) -> np.ndarray:
+    """Blur, Canny, dilation, hole filling, erosion: the uint8 mask of textured regions."""
+    blurred = cv2.GaussianBlur(gray, (0, 0), blur_sigma) if blur_sigma > 0 else gray
+    edges = cv2.Canny(blurred, low, high)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_size, kernel_size))
+    grown = cv2.dilate(edges, kernel, iterations=dilate_iterations)
+    outer, _ = cv2.findContours(grown, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(grown)
+    cv2.drawContours(filled, outer, -1, 255, thickness=cv2.FILLED)
+    return cv2.erode(filled, kernel, iterations=erode_iterations)
+
+
+def colony_settings(image: np.ndarray, params: ColonyParams = ColonyParams()) -> ColonySettings:
+    """The numbers to analyse ``image`` with: the given ones, and for each ``"auto"`` one derived from the image.
+
+    The colony diameter comes from a first detection with scale-free settings (a light blur, Otsu Canny
+    thresholds, a small closing): the area-weighted median of the widths (twice the largest inscribed radius)
+    of what it finds, so that colonies, which cover far more area than single cells and debris, set it, and
+    touching colonies count at their own width. Every size then scales
+    with that diameter relative to :data:`REFERENCE_DIAMETER`.
+
+    Examples
+    --------
+    >>> from cellops.synthetic.colonies import generate_colony_image
+    >>> at_4x = generate_colony_image((384, 384), seed=2, magnification=4.0)
+    >>> at_10x = generate_colony_image((384, 384), seed=2)
+    >>> bool(colony_settings(at_4x.image).min_area < colony_settings(at_10x.image).min_area / 3)
+    True
+    """
+    gray = to_uint8_gray(image)
+    if params.colony_diameter_px == AUTO:
+        low, high = _canny_thresholds(cv2.GaussianBlur(gray, (0, 0), 1.0))
+        regions = _edge_regions(gray, 1.0, low, high, 5, 1, 2)
+        components, count = ndimage.label(regions > 0)
+        index = np.arange(1, count + 1)
+        areas = np.asarray(ndimage.sum_labels(regions > 0, components, index), np.float64)
+        # Twice the largest inscribed radius: unlike the area, it does not grow when colonies touch.
+        widths = 2 * np.asarray(ndimage.maximum(ndimage.distance_transform_edt(regions), components, index), np.float64)
+        big = areas >= 50
+        diameter = _weighted_median(widths[big], areas[big]) if big.any() else 0.0
+        if diameter < params.min_colony_diameter_px:
+            # Only single cells and debris (or nothing) were found: keep the 10x sizes, so they stay out.
+            diameter = REFERENCE_DIAMETER
+    else:
+        diameter = float(params.colony_diameter_px)
+    scale = diameter / REFERENCE_DIAMETER
+    blur = _auto(params.blur_sigma, float(np.clip(2.0 * scale, 0.8, 3.0)))
+    if params.canny_low == AUTO or params.canny_high == AUTO:
+        low, high = _canny_thresholds(cv2.GaussianBlur(gray, (0, 0), blur) if blur > 0 else gray)
+    else:
+        low, high = 0.0, 0.0
+    return ColonySettings(
+        colony_diameter_px=diameter, blur_sigma=blur,
+        canny_low=_auto(params.canny_low, low), canny_high=_auto(params.canny_high, high),
+        dilate_iterations=int(_auto(params.dilate_iterations, max(1, round(2 * scale)))),
+        erode_iterations=int(_auto(params.erode_iterations, max(1, round(5 * scale)))),
+        min_area=_auto(params.min_area, 0.2 * np.pi / 4 * diameter**2),
+    )
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+
+
+def detect_colony_labels(image: np.ndarray, params: ColonyParams = ColonyParams()) -> tuple[np.ndarray, ColonySettings]:
+    """Colony label image (int32, 0 background, largest colony first) and the settings used."""
+    gray = to_uint8_gray(image)
+    settings = colony_settings(gray, params)
+    mask = _edge_regions(gray, settings.blur_sigma, settings.canny_low, settings.canny_high, params.kernel_size,
+                         settings.dilate_iterations, settings.erode_iterations) > 0
+    mask = morphology.remove_small_objects(mask, max_size=int(settings.min_area * 0.5))
+    radius = settings.colony_diameter_px / 2
+    if params.split_touching:
+        labels = split_touching_colonies(mask, radius)
+    else:
+        labels = measure.label(mask).astype(np.int32)
+    if params.refine_edges and labels.max():
+        labels = refine_colony_edges(gray, labels, band=max(2, int(round(0.06 * radius))))
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    keep = np.flatnonzero(sizes >= settings.min_area)
+    if params.exclude_border:
+        keep = np.setdiff1d(keep, _border_labels(labels))
+    order = keep[np.argsort(-sizes[keep], kind="stable")]
+    lookup = np.zeros(len(sizes), np.int32)
+    lookup[order] = np.arange(1, len(order) + 1)
+    log.info("colony diameter %.0f px, blur %.1f, Canny %.0f/%.0f, min area %.0f px: %d colonies",
+             settings.colony_diameter_px, settings.blur_sigma, settings.canny_low, settings.canny_high,
+             settings.min_area, len(order))
+    return lookup[labels], settings
+
+
+def split_touching_colonies(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Labels of ``mask`` with touching colonies apart: a watershed on the distance transform from its h-maxima
+    (h = a tenth of the typical colony radius: a neck must be that much narrower than the colonies)."""
+    distance = ndimage.distance_transform_edt(mask)
+    distance = ndimage.gaussian_filter(distance, max(1.0, 0.05 * radius))
+    markers = measure.label(morphology.h_maxima(distance, max(2.0, 0.1 * radius)))
+    return segmentation.watershed(-distance, markers, mask=mask).astype(np.int32)
+
+
+def refine_colony_edges(gray: np.ndarray, labels: np.ndarray, band: int) -> np.ndarray:
+    """Move each outline onto the strongest edge within ``band`` px: markers are the colonies shrunk by ``band``
+    and the background beyond ``band``; a watershed on the gradient magnitude settles the ring between."""
+    smooth = cv2.GaussianBlur(gray.astype(np.float32), (0, 0), 1.0)
+    gradient = np.hypot(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    inner = np.zeros_like(labels)
+    for label in range(1, int(labels.max()) + 1):
+        core = cv2.erode((labels == label).astype(np.uint8), kernel)
+        inner[core > 0] = label
+    outside = cv2.dilate((labels > 0).astype(np.uint8), kernel) == 0
+    background = int(labels.max()) + 1
+    markers = np.where(outside, background, inner)
+    flooded = segmentation.watershed(gradient, markers)
+    flooded[flooded == background] = 0
+    return flooded.astype(np.int32)
+
+
+def _border_labels(labels: np.ndarray) -> np.ndarray:
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    return np.setdiff1d(np.unique(edge), [0])
 
 
 def detect_colony_contours(image: np.ndarray, params: ColonyParams = ColonyParams()) -> list[np.ndarray]:
     """External contours of the colonies in a phase-contrast image, largest first."""
-    gray = to_uint8_gray(image)
-    blurred = cv2.GaussianBlur(gray, (0, 0), params.blur_sigma)
-    edges = cv2.Canny(blurred, params.canny_low, params.canny_high)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (params.kernel_size, params.kernel_size))
-    grown = cv2.dilate(edges, kernel, iterations=params.dilate_iterations)
-    outer, _ = cv2.findContours(grown, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    filled = np.zeros_like(grown)
-    cv2.drawContours(filled, outer, -1, 255, thickness=cv2.FILLED)
-    shrunk = cv2.erode(filled, kernel, iterations=params.erode_iterations)
-    contours, _ = cv2.findContours(shrunk, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    kept = [c for c in contours if cv2.contourArea(c) >= params.min_area]
-    return sorted(kept, key=cv2.contourArea, reverse=True)
+    labels, _ = detect_colony_labels(image, params)
+    return _contours(labels)
+
+
+def _contours(labels: np.ndarray) -> list[np.ndarray]:
+    contours = []
+    for label in range(1, int(labels.max()) + 1):
+        found, _ = cv2.findContours((labels == label).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        contours.append(max(found, key=cv2.contourArea))
+    return contours
 
 
 def colony_properties(contour: np.ndarray) -> dict[str, float]:
@@ -122,13 +317,12 @@ def measure_colonies(image: np.ndarray, params: ColonyParams = ColonyParams()) -
     >>> len(result.contours), int(result.labels.max())
     (2, 2)
     """
-    contours = detect_colony_contours(image, params)
-    labels = np.zeros(image.shape[:2], np.int32)
-    for i, contour in enumerate(contours, start=1):
-        cv2.drawContours(labels, [contour], -1, i, thickness=cv2.FILLED)
-    rows = [{"colony": i, **colony_properties(c)} for i, c in enumerate(contours, start=1)]
-    table = pd.DataFrame(rows, columns=["colony", *colony_properties(_UNIT_SQUARE).keys()])
-    return ColonyResult(contours=contours, labels=labels, table=table)
+    labels, settings = detect_colony_labels(image, params)
+    contours = _contours(labels)
+    border = set(_border_labels(labels).tolist())
+    rows = [{"colony": i, **colony_properties(c), "touches_border": i in border} for i, c in enumerate(contours, start=1)]
+    table = pd.DataFrame(rows, columns=["colony", *colony_properties(_UNIT_SQUARE).keys(), "touches_border"])
+    return ColonyResult(contours=contours, labels=labels, table=table, settings=settings)
 
 
 _UNIT_SQUARE = np.array([[[0, 0]], [[0, 1]], [[1, 1]], [[1, 0]]], np.int32)

@@ -49,7 +49,7 @@ def normalise_intensity(image: np.ndarray, low: float = 0.5, high: float = 99.9)
     """A float32 copy scaled so that the ``low`` and ``high`` percentiles map to 0 and 1 (bit depth and
     exposure no longer matter).
 
-    >>> normalise_intensity(np.array([[0, 100], [200, 4000]], np.uint16), 0, 100).round(3).tolist()
+    >>> normalise_intensity(np.array([[0, 100], [200, 4000]], np.uint16), 0, 100).astype(float).round(3).tolist()
     [[0.0, 0.025], [0.05, 1.0]]
     """
     values = image.astype(np.float32)
