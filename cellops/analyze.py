@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cellops.classical.calcium import CalciumParams, group_curves, measure_calcium_movie  # noqa: E402
+from cellops.classical.calcium import (CalciumParams, check_cell_masks, group_curves,  # noqa: E402
+                                      measure_calcium_movie)
 from cellops.classical.colonies import ColonyParams, colony_overlay, measure_colonies  # noqa: E402
 from cellops.classical.common import to_gray_float  # noqa: E402
 from cellops.classical.nuclei import NucleusParams, nucleus_table, segment_nuclei  # noqa: E402
@@ -103,8 +104,11 @@ def analyze_nucleus_files(files: list[Path], out: Path, params: NucleusParams = 
 
 
 def analyze_calcium_files(files: list[Path], out: Path, params: CalciumParams = CalciumParams(),
-                    group: str | None = None) -> BatchReport:
-    """Cell labels, per-cell dF/F0 traces and response metrics for each time-lapse stack; group curves."""
+                          group: str | None = None, masks: dict[Path, Path] | None = None) -> BatchReport:
+    """Cell labels, per-cell dF/F0 traces and response metrics for each time-lapse stack; group curves.
+
+    ``masks`` maps a movie to a label TIFF of its cells drawn elsewhere (Fiji, napari, Cellpose): those cells
+    are measured, with their own ids, instead of segmenting the movie."""
     out.mkdir(parents=True, exist_ok=True)
     dff_by_group: dict[str, list[np.ndarray]] = {}
 
@@ -112,8 +116,11 @@ def analyze_calcium_files(files: list[Path], out: Path, params: CalciumParams = 
         movie = read_image_file(path)
         if movie.ndim != 3:
             raise ImageInputError(f"{path}: expected a time-lapse stack (frames, rows, columns), got shape {movie.shape}")
-        result = measure_calcium_movie(movie, params)
-        traces = pd.DataFrame(result.dff.T, columns=[f"cell_{i}" for i in range(1, len(result.dff) + 1)])
+        labels = None
+        if masks and path in masks:
+            labels = check_cell_masks(read_image_file(masks[path]), movie.shape, source=str(masks[path]))
+        result = measure_calcium_movie(movie, params, labels)
+        traces = pd.DataFrame(result.dff.T, columns=[f"cell_{i}" for i in result.cell_ids])
         traces.insert(0, "time_s", np.arange(len(traces)) * params.frame_interval_s)
         write_table(traces, out / f"{path.stem}_dff.csv")
         dff_by_group.setdefault(group or path.parent.name, []).append(result.dff)

@@ -95,7 +95,8 @@ def _calcium_score(condition: dict, seed: int, params: CalciumParams) -> dict[st
     movie = generate_calcium_movie("Film", (256, 256), n_frames=120, seed=seed, **condition)
     result = measure_calcium_movie(movie.movie, params)
     match = match_instances(movie.labels, result.labels, iou_threshold=0.5)
-    correlations = [float(np.corrcoef(result.dff[p - 1], movie.traces[t - 1])[0, 1]) for t, p, _ in match.pairs]
+    row = {int(cell): i for i, cell in enumerate(result.cell_ids)}
+    correlations = [float(np.corrcoef(result.dff[row[p]], movie.traces[t - 1])[0, 1]) for t, p, _ in match.pairs]
     return {"median_r": float(np.median(correlations)) if correlations else float("nan"),
             "f1": match.f1, "objects": int(movie.labels.max())}
 

@@ -26,8 +26,9 @@ class CalciumParams:
     Attributes
     ----------
     projection : image the cells are segmented on: ``"mean"``, ``"max"`` or ``"first"`` (reference frame).
-    cell_diameter_px : typical cell diameter in pixels (drives the segmenter's sizes).
-    threshold : ``"otsu"`` or ``"local"``, as for nuclei.
+    cell_diameter_px : typical cell diameter in pixels (drives the segmenter's sizes), or ``"auto"`` to measure
+        it on the projection (as for nuclei).
+    threshold : ``"auto"``, ``"otsu"`` or ``"local"``, as for nuclei.
     baseline_frames : frames ``[0, baseline_frames)`` before stimulation, used for F0 and bleaching.
     f0_method : ``"baseline"`` (mean of the baseline frames) or ``"percentile"``.
     f0_percentile : percentile of the trace taken as F0 with ``f0_method="percentile"``.
@@ -35,25 +36,41 @@ class CalciumParams:
         of all cells, extrapolated over the recording and divided out).
     frame_interval_s : seconds between frames, for times and areas in seconds.
     responder_threshold : peak dF/F0 above which a cell counts as responding.
+    cell_diameter_um, pixel_size_um : the diameter in micrometres and the pixel size; when given, they
+        replace ``cell_diameter_px``.
+    motion_correction : register every frame to the baseline (rigid, sub-pixel phase correlation) before
+        anything else, so stage drift does not move cells out of their masks.
     """
 
     projection: str = "mean"
-    cell_diameter_px: float = 24.0
-    threshold: str = "otsu"
+    cell_diameter_px: float | str = "auto"
+    threshold: str = "auto"
     baseline_frames: int = 15
     f0_method: str = "baseline"
     f0_percentile: float = 10.0
     bleach_correction: str = "baseline_exponential"
     frame_interval_s: float = 1.0
     responder_threshold: float = 0.3
+    cell_diameter_um: float | None = None
+    pixel_size_um: float | None = None
+    motion_correction: bool = True
+
+    def segmenter(self) -> NucleusParams:
+        """The nucleus segmenter's settings for these cells (the same checks apply)."""
+        return NucleusParams(nucleus_diameter_px=self.cell_diameter_px, threshold=self.threshold,
+                             nucleus_diameter_um=self.cell_diameter_um, pixel_size_um=self.pixel_size_um)
+
+    def __post_init__(self) -> None:
+        self.segmenter()
 
 
 @dataclass
 class CalciumResult:
-    """``labels`` (H, W) cell labels; ``raw`` (n_cells, T) background-subtracted mean intensities;
-    ``dff`` (n_cells, T) dF/F0; ``metrics`` one row per cell."""
+    """``labels`` (H, W) cell labels; ``cell_ids`` (n_cells,) the label of each row below; ``raw`` (n_cells, T)
+    background-subtracted mean intensities; ``dff`` (n_cells, T) dF/F0; ``metrics`` one row per cell."""
 
     labels: np.ndarray
+    cell_ids: np.ndarray
     raw: np.ndarray
     dff: np.ndarray
     metrics: pd.DataFrame
@@ -67,26 +84,109 @@ def segment_cells(movie: np.ndarray, params: CalciumParams = CalciumParams()) ->
     if params.projection not in projections:
         raise ValueError(f"unknown projection {params.projection!r}: expected one of {sorted(projections)}")
     reference = projections[params.projection](movie.astype(np.float32))
-    return segment_nuclei(reference, NucleusParams(nucleus_diameter_px=params.cell_diameter_px,
-                                                   threshold=params.threshold))
+    return segment_nuclei(reference, params.segmenter())
 
 
-def cell_mean_traces(movie: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _vertex(values: np.ndarray, row: int, col: int, axis: int) -> float:
+    """Sub-pixel offset of a peak along ``axis``: the vertex of a parabola through it and its two neighbours."""
+    index = [row, col]
+    if not 0 < index[axis] < values.shape[axis] - 1:
+        return 0.0
+    before, after = list(index), list(index)
+    before[axis] -= 1
+    after[axis] += 1
+    a, b, c = values[tuple(before)], values[row, col], values[tuple(after)]
+    curvature = a - 2 * b + c
+    return float(np.clip(0.5 * (a - c) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0
+
+
+def register_frames(movie: np.ndarray, reference_frames: int = 15,
+                    max_shift_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Movie with stage drift undone, and each frame's (dy, dx) shift: every frame is registered to the mean
+    of the first ``reference_frames`` by cross-correlation of band-passed images (sub-pixel; shifts up to
+    ``max_shift_fraction`` of the frame) and shifted back with bilinear interpolation.
+
+    >>> frame = np.zeros((64, 64), np.float32); frame[20:30, 20:30] = 1
+    >>> moved = np.stack([frame] + [np.roll(frame, (2, -3), axis=(0, 1))] * 4)
+    >>> _, shifts = register_frames(moved, reference_frames=1)
+    >>> np.round(shifts[3]).tolist()
+    [2.0, -3.0]
+    """
+    import cv2
+
+    frames = movie.astype(np.float32)
+
+    def band(image: np.ndarray) -> np.ndarray:
+        # Band-pass: slow background changes and pixel noise do not pull the correlation.
+        smooth = cv2.GaussianBlur(image, (0, 0), 1.0)
+        return smooth - cv2.GaussianBlur(smooth, (0, 0), 8.0)
+
+    reference = np.fft.rfft2(band(frames[: max(1, min(reference_frames, len(frames)))].mean(axis=0)))
+    height, width = frames.shape[1:]
+    limit = max(2, int(max_shift_fraction * min(height, width)))
+    shifts = np.zeros((len(frames), 2))
+    for t, frame in enumerate(frames):
+        correlation = np.fft.irfft2(np.fft.rfft2(band(frame)) * np.conj(reference), s=(height, width))
+        # Only shifts within the limit: a calcium wave must not be mistaken for a jump of the stage.
+        window = np.roll(correlation, (limit, limit), axis=(0, 1))[: 2 * limit + 1, : 2 * limit + 1]
+        py, px = np.unravel_index(int(np.argmax(window)), window.shape)
+        shifts[t] = py - limit + _vertex(window, py, px, 0), px - limit + _vertex(window, py, px, 1)
+    # Drift is slow: a running median over frames rejects the odd failed correlation.
+    shifts = ndimage.median_filter(shifts, size=(min(9, len(frames)), 1), mode="nearest")
+    registered = np.empty_like(frames)
+    for t, frame in enumerate(frames):
+        back = np.float32([[1, 0, -shifts[t, 1]], [0, 1, -shifts[t, 0]]])
+        registered[t] = cv2.warpAffine(frame, back, frame.shape[::-1], flags=cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_REPLICATE)
+    return registered, shifts
+
+
+def check_cell_masks(labels: np.ndarray, movie_shape: tuple[int, ...], source: str = "masks") -> np.ndarray:
+    """Cell masks drawn elsewhere (Fiji, napari, Cellpose) as an int64 label image, or a clear error.
+
+    A label image has one integer per pixel, 0 for background and one value per cell (gaps allowed: the
+    values are kept as cell ids); a stack of one frame is accepted.
+
+    >>> check_cell_masks(np.array([[0, 3], [3, 7]], np.uint16), (5, 2, 2)).tolist()
+    [[0, 3], [3, 7]]
+    >>> check_cell_masks(np.zeros((2, 2), np.uint8), (5, 2, 2))
+    Traceback (most recent call last):
+    cellops.io.ImageInputError: masks: no cell (every pixel is 0)
+    """
+    if labels.ndim == 3 and labels.shape[0] == 1:
+        labels = labels[0]
+    if labels.ndim != 2:
+        raise ImageInputError(f"{source}: a label image has 2 dimensions (rows, columns), got shape {labels.shape}")
+    if labels.shape != tuple(movie_shape[-2:]):
+        raise ImageInputError(f"{source}: masks are {labels.shape[0]}x{labels.shape[1]} but the movie's frames are "
+                              f"{movie_shape[-2]}x{movie_shape[-1]}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise ImageInputError(f"{source}: a label image holds whole numbers (cell ids), got {labels.dtype} values "
+                                  "with fractions (is this an intensity image?)")
+    if labels.min() < 0:
+        raise ImageInputError(f"{source}: negative label {int(labels.min())}; labels are 0 (background) or a cell id")
+    if not labels.any():
+        raise ImageInputError(f"{source}: no cell (every pixel is 0)")
+    return labels.astype(np.int64)
+
+
+def cell_mean_traces(movie: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean intensity of every cell in every frame, and the per-frame background (median outside cells).
 
     Returns
     -------
-    (traces, background): (n_cells, T) and (T,) float64.
+    (cell_ids, traces, background): (n_cells,) the labels present, (n_cells, T) and (T,) float64.
     """
-    n_cells = int(labels.max())
-    index = np.arange(1, n_cells + 1)
+    index = np.setdiff1d(np.unique(labels), [0])
+    n_cells = len(index)
     outside = labels == 0
     traces = np.empty((n_cells, movie.shape[0]))
     background = np.empty(movie.shape[0])
     for t, frame in enumerate(movie):
         traces[:, t] = ndimage.mean(frame, labels, index) if n_cells else []
         background[t] = float(np.median(frame[outside])) if outside.any() else 0.0
-    return traces, background
+    return index, traces, background
 
 
 def bleach_curve(traces: np.ndarray, baseline_frames: int) -> np.ndarray:
@@ -122,14 +222,15 @@ def delta_f_over_f0(traces: np.ndarray, params: CalciumParams = CalciumParams())
     return (traces - f0) / np.where(np.abs(f0) > 1e-12, f0, np.nan)
 
 
-def response_metrics(dff: np.ndarray, params: CalciumParams = CalciumParams()) -> pd.DataFrame:
+def response_metrics(dff: np.ndarray, params: CalciumParams = CalciumParams(),
+                     cell_ids: np.ndarray | None = None) -> pd.DataFrame:
     """Per cell: peak dF/F0, time to peak (after the baseline), area under the curve, responder."""
     after = dff[:, params.baseline_frames :]
     peak_index = np.nanargmax(after, axis=1) if after.size else np.zeros(len(dff), int)
     peak = after[np.arange(len(dff)), peak_index] if after.size else np.zeros(len(dff))
     auc = np.trapezoid(np.nan_to_num(after), dx=params.frame_interval_s, axis=1)
     return pd.DataFrame({
-        "cell": np.arange(1, len(dff) + 1),
+        "cell": np.arange(1, len(dff) + 1) if cell_ids is None else cell_ids,
         "peak_dff": peak,
         "time_to_peak_s": (peak_index + 1) * params.frame_interval_s,
         "auc_dff_s": auc,
@@ -139,13 +240,18 @@ def response_metrics(dff: np.ndarray, params: CalciumParams = CalciumParams()) -
 
 def measure_calcium_movie(movie: np.ndarray, params: CalciumParams = CalciumParams(),
                     labels: np.ndarray | None = None) -> CalciumResult:
-    """Segment (unless ``labels`` are given), extract traces, normalise and measure one movie."""
-    if labels is None:
-        labels = segment_cells(movie, params)
-    traces, background = cell_mean_traces(movie.astype(np.float64), labels)
+    """Segment (unless ``labels``, the user's own cell masks, are given), extract traces, normalise and measure
+    one movie."""
+    if movie.ndim != 3 or movie.shape[0] < 2:
+        raise ImageInputError(f"expected a time-lapse stack (frames, rows, columns), got shape {movie.shape}")
+    if params.motion_correction:
+        movie, _ = register_frames(movie, params.baseline_frames)
+    labels = segment_cells(movie, params) if labels is None else check_cell_masks(labels, movie.shape)
+    cell_ids, traces, background = cell_mean_traces(movie.astype(np.float64), labels)
     raw = traces - background[None, :]
     dff = delta_f_over_f0(raw, params)
-    return CalciumResult(labels=labels, raw=raw, dff=dff, metrics=response_metrics(dff, params))
+    return CalciumResult(labels=labels, cell_ids=cell_ids, raw=raw, dff=dff,
+                         metrics=response_metrics(dff, params, cell_ids))
 
 
 def group_curves(dff_by_group: dict[str, np.ndarray], frame_interval_s: float = 1.0) -> pd.DataFrame:

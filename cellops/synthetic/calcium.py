@@ -63,8 +63,18 @@ def generate_calcium_movie(
     n_cells: int = 24,
     bleach_per_frame: float = 0.0015,
     noise_sigma: float = 0.01,
+    size_scale: float = 1.0,
+    size_spread: float = 0.0,
+    drift_px: float = 0.0,
+    background_drift: float = 0.0,
+    photons: float = 2000.0,
 ) -> CalciumMovie:
     """Draw one calcium time-lapse of ``group`` (a key of :data:`GROUP_RESPONSES`).
+
+    ``size_scale`` scales the cells (semi-axes 9-16 by 7-12 px by default); ``size_spread`` mixes sizes (the
+    standard deviation of each cell's log size factor); ``drift_px`` moves the stage slowly in one direction
+    by that many pixels over the recording (on top of the sub-pixel jitter); ``background_drift`` raises the
+    background by that fraction over the recording; ``photons`` per unit brightness sets the shot noise.
 
     Examples
     --------
@@ -75,6 +85,8 @@ def generate_calcium_movie(
     if group not in GROUP_RESPONSES:
         raise ValueError(f"unknown group {group!r}; expected one of {sorted(GROUP_RESPONSES)}")
     rng = np.random.default_rng(seed)
+    # Draws for the optional features come from their own stream: default movies stay byte-identical.
+    extra = np.random.default_rng([seed, 1])
     peak_median, responder_fraction, onset_range = GROUP_RESPONSES[group]
     height, width = shape
     yy, xx = np.mgrid[:height, :width].astype(np.float64)
@@ -85,6 +97,9 @@ def generate_calcium_movie(
         if len(rows) == n_cells:
             break
         a, b = rng.uniform(9, 16), rng.uniform(7, 12)
+        if size_scale != 1.0 or size_spread:
+            factor = size_scale * float(np.exp(extra.normal(0, size_spread))) if size_spread else size_scale
+            a, b = a * factor, b * factor
         angle = rng.uniform(0, np.pi)
         cy, cx = rng.uniform(a + 2, height - a - 2), rng.uniform(a + 2, width - a - 2)
         u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
@@ -106,14 +121,17 @@ def generate_calcium_movie(
     resting = ndimage.gaussian_filter(resting, 1.0)
     background = 0.05 * (1 + 0.2 * (xx / width))
     drift = np.cumsum(rng.normal(0, 0.05, (n_frames, 2)), axis=0)  # sub-pixel stage drift
+    if drift_px:
+        heading = extra.uniform(0, 2 * np.pi)
+        drift = drift + np.outer(np.linspace(0, drift_px, n_frames), [np.sin(heading), np.cos(heading)])
     movie = np.empty((n_frames, height, width), np.float64)
     for t in range(n_frames):
         gain = np.zeros(shape, np.float64)
         gain[labels > 0] = trace_array[labels[labels > 0] - 1, t]
         frame = ndimage.shift(resting * (1 + gain), drift[t], order=1, mode="nearest")
         bleach = np.exp(-bleach_per_frame * t)
-        frame = (frame * bleach + background * (1 + 0.001 * t)) * 2000
-        movie[t] = rng.poisson(frame) + rng.normal(0, noise_sigma * 2000, shape)
+        frame = (frame * bleach + background * (1 + 0.001 * t + background_drift * t / max(1, n_frames - 1))) * photons
+        movie[t] = (rng.poisson(frame) + rng.normal(0, noise_sigma * photons, shape)) * (2000 / photons)
     return CalciumMovie(
         movie=np.clip(np.rint(movie * 10), 0, 65535).astype(np.uint16),
         labels=labels,
