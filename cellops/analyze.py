@@ -22,8 +22,8 @@ from cellops.classical.calcium import (CalciumParams, check_cell_masks, group_cu
                                       measure_calcium_movie)
 from cellops.classical.colonies import ColonyParams, colony_overlay, measure_colonies  # noqa: E402
 from cellops.classical.common import to_gray_float  # noqa: E402
-from cellops.classical.nuclei import NucleusParams, nucleus_table, segment_nuclei  # noqa: E402
-from cellops.classical.stats import compare_groups, summarise_groups  # noqa: E402
+from cellops.classical.nuclei import NucleusParams, nucleus_table, segment_nuclei_with_settings  # noqa: E402
+from cellops.classical.stats import compare_groups, compare_replicates, summarise_groups  # noqa: E402
 from cellops.io import ImageInputError, read_image_file, write_table, write_tiff_stack  # noqa: E402
 from cellops.plots import save_png  # noqa: E402
 
@@ -77,7 +77,8 @@ def analyze_colony_files(files: list[Path], out: Path, params: ColonyParams = Co
     def one(path: Path) -> tuple[pd.DataFrame, list[Path]]:
         image = _as_2d(read_image_file(path), path)
         result = measure_colonies(image, params)
-        table = result.table.assign(image=path.name, group=group or path.parent.name)
+        table = result.table.assign(image=path.name, group=group or path.parent.name,
+                                    colony_width_px=round(result.settings.colony_diameter_px, 2))
         write_table(table, out / f"{path.stem}_colonies.csv")
         return table, [
             _labels_tiff(out / f"{path.stem}_colonies.tif", result.labels),
@@ -95,8 +96,12 @@ def analyze_nucleus_files(files: list[Path], out: Path, params: NucleusParams = 
 
     def one(path: Path) -> tuple[pd.DataFrame, list[Path]]:
         image = _as_2d(read_image_file(path), path)
-        labels = segment_nuclei(image, params)
-        table = nucleus_table(labels, image).assign(image=path.name, group=group or path.parent.name)
+        found = segment_nuclei_with_settings(image, params)
+        labels = found.labels
+        # The diameter and threshold each image was segmented with (measured or given), for the record.
+        table = nucleus_table(labels, image).assign(image=path.name, group=group or path.parent.name,
+                                                    segmented_diameter_px=round(found.diameter_px, 2),
+                                                    segmented_threshold=found.threshold)
         write_table(table, out / f"{path.stem}_nuclei.csv")
         return table, [_labels_tiff(out / f"{path.stem}_nuclei.tif", labels), out / f"{path.stem}_nuclei.csv"]
 
@@ -180,20 +185,68 @@ def plot_feature_by_group(table: pd.DataFrame, features: list[str], path: Path, 
     return path
 
 
-def nuclei_group_report(table: pd.DataFrame, out: Path,
-                        features: list[str] = NUCLEUS_FEATURES) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
-    """Summary table, statistics table (both also written as CSV) and box plots of nuclear shape by group.
+def plot_superplot(table: pd.DataFrame, features: list[str], path: Path, group_column: str = "group",
+                   replicate_column: str = "image") -> Path:
+    """SuperPlots (Lord et al., J Cell Biol 2020): every object as a small point coloured by its replicate,
+    each replicate's mean as a large point of the same colour, and the mean +- SD of the replicate means as
+    a bar: the spread between replicates, what the tests are about, is in plain sight."""
+    groups = list(dict.fromkeys(table[group_column]))
+    n_cols = min(4, len(features))
+    n_rows = -(-len(features) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 3.4 * n_rows), squeeze=False)
+    for ax in axes.ravel()[len(features):]:
+        ax.set_visible(False)
+    rng = np.random.default_rng(0)
+    colours = plt.get_cmap("tab10")
+    for ax, feature in zip(axes.ravel(), features):
+        for x, group in enumerate(groups):
+            rows = table[table[group_column] == group]
+            replicates = list(dict.fromkeys(rows[replicate_column]))
+            means = []
+            for k, replicate in enumerate(replicates):
+                values = rows.loc[rows[replicate_column] == replicate, feature].dropna().to_numpy()
+                ax.scatter(x + rng.uniform(-0.25, 0.25, len(values)), values, s=3, alpha=0.3, color=colours(k % 10))
+                if len(values):
+                    means.append(values.mean())
+                    ax.scatter(x + (k - (len(replicates) - 1) / 2) * 0.08, means[-1], s=40, color=colours(k % 10),
+                               edgecolor="black", linewidth=0.6, zorder=3)
+            if means:
+                ax.errorbar(x, np.mean(means), yerr=np.std(means, ddof=1) if len(means) > 1 else 0, color="black",
+                            capsize=6, marker="_", markersize=20, zorder=4)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_title(feature.replace("_", " "))
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"points: objects; large points: {replicate_column} means; bars: mean +- SD of those", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def group_statistics(table: pd.DataFrame, features: list[str], replicate_column: str) -> pd.DataFrame:
+    """Replicate-level tests (the inference) followed by object-level tests (the description)."""
+    replicate = compare_replicates(table, features, replicate_column=replicate_column)
+    return pd.concat([replicate, compare_groups(table, features)], ignore_index=True)
+
+
+def nuclei_group_report(table: pd.DataFrame, out: Path, features: list[str] = NUCLEUS_FEATURES,
+                        replicate_column: str = "image") -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """Summary table, statistics table (both also written as CSV), SuperPlots and box plots of nuclear shape by
+    group; tests on replicate means (``replicate_column``: image by default) come first.
 
     Returns
     -------
-    (summary, statistics, plot path)
+    (summary, statistics, SuperPlot path)
     """
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise_groups(table, features)
-    statistics = compare_groups(table, features)
+    statistics = group_statistics(table, features, replicate_column)
     write_table(summary, out / "nuclei_summary.csv")
     write_table(statistics, out / "nuclei_statistics.csv")
-    return summary, statistics, plot_feature_by_group(table, features, out / "nuclei_by_group.png")
+    plot_feature_by_group(table, features, out / "nuclei_by_group.png")
+    return summary, statistics, plot_superplot(table, features, out / "nuclei_superplot.png",
+                                               replicate_column=replicate_column)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
     cellops generate-data [--params params.yaml] [--out data] [--force]
     cellops configs [--check]
     cellops check-data [--data data] [--manifest data.files.json] [--dvc-file data.dvc] [--update]
-    cellops analyze colonies|nuclei|calcium INPUT... --out DIR [--group NAME] [--config FILE]
+    cellops analyze colonies|nuclei|calcium INPUT... --out DIR [--group NAME] [--config FILE] [--masks LABELS.tif...]
     cellops report colonies|nuclei|calcium [--config configs/<kind>.yaml] [--out reports/<kind>]
     cellops models [FAMILY]                       (registered versions, metrics, data versions, champion)
     cellops lineage MODEL[:VERSION|@ALIAS]        (a version's lineage from the registry, no server)
@@ -144,14 +144,26 @@ def _analysis_params(kind: str, config: Path | None):
     return from_mapping(ANALYSES[kind].params, values)
 
 
-def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config: Path | None) -> int:
-    """Run one analysis over ``inputs``; returns 0 when every file was analysed, 1 otherwise."""
+def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config: Path | None,
+            masks: list[Path] | None = None) -> int:
+    """Run one analysis over ``inputs``; returns 0 when every file was analysed, 1 otherwise. ``masks`` (calcium
+    only): one label TIFF per movie, in the same order, measured instead of segmenting."""
     from cellops import analyze as batch
     from cellops.io import write_table
 
     params = _analysis_params(kind, config)
+    extra = {}
+    if masks:
+        if kind != "calcium":
+            raise ValueError(f"--masks is for calcium movies (cells drawn elsewhere), not {kind}")
+        if len(masks) != len(inputs):
+            raise ValueError(f"--masks needs one label image per movie: {len(inputs)} movies, {len(masks)} masks")
+        missing = [str(m) for m in masks if not m.is_file()]
+        if missing:
+            raise ValueError(f"mask files not found: {missing}")
+        extra["masks"] = dict(zip(inputs, masks))
     out.mkdir(parents=True, exist_ok=True)
-    report = batch.ANALYSES[kind].run(inputs, out, params, group)
+    report = batch.ANALYSES[kind].run(inputs, out, params, group, **extra)
     if not report.table.empty:
         write_table(report.table, out / f"{kind}_all.csv")
         if kind == "nuclei" and report.table["group"].nunique() > 1:
@@ -212,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     ana.add_argument("--out", type=Path, required=True, help="folder for label TIFFs, CSV tables and PNG plots")
     ana.add_argument("--group", help="culture group of these files (default: each file's folder name)")
     ana.add_argument("--config", type=Path, help="YAML with the analysis parameters (e.g. configs/nuclei.yaml)")
+    ana.add_argument("--masks", type=Path, nargs="+", metavar="LABELS.tif",
+                     help="calcium: cell masks drawn elsewhere (Fiji, napari, Cellpose), one label TIFF per movie")
     rep = commands.add_parser("report", help="whole-dataset report with accuracy, as in the pipeline config")
     rep.add_argument("kind", choices=KINDS)
     rep.add_argument("--config", type=Path, help="pipeline config (default configs/<kind>.yaml)")
@@ -230,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.config is not None and not args.config.is_file():
             parser.error(f"{args.config}: no such config file")
         try:
-            return analyze(args.kind, args.inputs, args.out, args.group, args.config)
+            return analyze(args.kind, args.inputs, args.out, args.group, args.config, args.masks)
         except ValueError as error:  # a bad parameter in the config
             print(f"cellops analyze: {error}", file=sys.stderr)
             return 2

@@ -74,7 +74,8 @@ def colony_report(data_dir: Path, out_dir: Path, params: ColonyParams, *, patter
 
 
 def nuclei_report(data_dir: Path, out_dir: Path, params: NucleusParams, *, pattern: str, groups: list[str] | None,
-                  features: list[str], ground_truth_suffix: str, iou_threshold: float) -> DatasetReport:
+                  features: list[str], ground_truth_suffix: str, iou_threshold: float,
+                  replicate: str = "image") -> DatasetReport:
     """Nuclei of ``data_dir/<group>/<pattern>``, group statistics, and scores against the ``ground_truth_suffix``
     label images and ``ellipses.csv`` where present."""
     files_by_group = {g: dataset_files(data_dir / g, pattern, ground_truth_suffix) for g in _groups(data_dir, groups)}
@@ -84,20 +85,23 @@ def nuclei_report(data_dir: Path, out_dir: Path, params: NucleusParams, *, patte
         _raise_failures("nucleus", report)
         tables.append(report.table)
     table = pd.concat(tables, ignore_index=True)
-    summary, statistics, plot = batch.nuclei_group_report(table, out_dir, features)
+    summary, statistics, plot = batch.nuclei_group_report(table, out_dir, features, replicate)
     ellipses_file = data_dir / "ellipses.csv"
     ellipses = pd.read_csv(ellipses_file) if ellipses_file.is_file() else None
     accuracy: dict = {"n_nuclei": len(table), **{f"n_{g}": int((table["group"] == g).sum()) for g in files_by_group},
                       **score_nuclei(files_by_group, out_dir, table, ellipses, ground_truth_suffix=ground_truth_suffix,
                                      iou_threshold=iou_threshold)}
-    kruskal = statistics[(statistics["feature"] == "aspect_ratio_ellipse") & (statistics["comparison"] == "all groups")]
-    if len(kruskal):
-        accuracy["aspect_ratio_kruskal_p"] = float(kruskal["p_value"].iloc[0])
+    across = statistics[(statistics["feature"] == "aspect_ratio_ellipse") & (statistics["comparison"] == "all groups")]
+    for level, name in (("replicate", "aspect_ratio_replicate_anova_p"), ("object", "aspect_ratio_object_kruskal_p")):
+        chosen = across[across["level"] == level]
+        if len(chosen):
+            accuracy[name] = float(chosen["p_value"].iloc[0])
     return DatasetReport({"nuclei": table, "group_statistics": statistics, "group_summary": summary}, accuracy, [plot])
 
 
 def calcium_report(data_dir: Path, out_dir: Path, params: CalciumParams, *, pattern: str, groups: list[str] | None,
-                   ground_truth_suffix: str, iou_threshold: float) -> DatasetReport:
+                   ground_truth_suffix: str, iou_threshold: float, replicate: str = "movie",
+                   features: list[str] | None = None) -> DatasetReport:
     """Responses of the movies in ``data_dir/<group>/<pattern>``, group curves, and trace correlation against
     the ``ground_truth_suffix`` label images and ``*_traces.csv`` where present."""
     files = [f for g in _groups(data_dir, groups) for f in dataset_files(data_dir / g, pattern, ground_truth_suffix)]
@@ -108,8 +112,16 @@ def calcium_report(data_dir: Path, out_dir: Path, params: CalciumParams, *, patt
                       "responder_fraction": float(report.table["responder"].mean()) if len(report.table) else 0.0,
                       **score_calcium(files, out_dir, ground_truth_suffix=ground_truth_suffix,
                                       iou_threshold=iou_threshold)}
-    return DatasetReport({"cell_responses": report.table, "group_curves": curves}, accuracy,
-                         [out_dir / "calcium_group_curves.png"])
+    features = features or ["peak_dff", "auc_dff_s", "time_to_peak_s"]
+    statistics = batch.group_statistics(report.table, features, replicate)
+    superplot = batch.plot_superplot(report.table, features, out_dir / "calcium_superplot.png",
+                                     replicate_column=replicate)
+    across = statistics[(statistics["feature"] == "peak_dff") & (statistics["comparison"] == "all groups")
+                        & (statistics["level"] == "replicate")]
+    if len(across):
+        accuracy["peak_dff_replicate_anova_p"] = float(across["p_value"].iloc[0])
+    return DatasetReport({"cell_responses": report.table, "group_curves": curves, "response_statistics": statistics},
+                         accuracy, [out_dir / "calcium_group_curves.png", superplot])
 
 
 #: Report function of each analysis; the keyword arguments are the ``report`` block of its pipeline config.

