@@ -1,0 +1,92 @@
+"""Sizes and thresholds measured from the image, the robustness sweep on a few hard conditions, and
+statistics at the level of the experimental unit."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellops.classical.colonies import ColonyParams, colony_settings, measure_colonies
+from cellops.classical.nuclei import NucleusParams, segment_nuclei_with_settings
+from cellops.classical.scale import choose_threshold, estimate_blob_diameter
+from cellops.classical.stats import compare_groups, compare_replicates
+from cellops.metrics import match_instances
+from cellops.robustness import SweepSettings, robustness_sweep, summarise_sweep
+from cellops.synthetic.colonies import generate_colony_image
+from cellops.synthetic.nuclei import generate_nuclei_image
+
+
+@pytest.mark.parametrize("scale", [0.4, 1.0, 2.0])
+def test_nucleus_diameter_is_measured_within_a_quarter(scale):
+    sample = generate_nuclei_image("Control", (384, 384), seed=7, n_nuclei=int(30 / scale**2 * 0.6),
+                                   diameter_scale=scale)
+    truth = float(np.median(np.sqrt(sample.ellipses["major_axis"] * sample.ellipses["minor_axis"])))
+    measured = estimate_blob_diameter(sample.image).diameter_px
+    assert 0.7 * truth < measured < 1.15 * truth
+
+
+def test_an_empty_field_has_no_size():
+    with pytest.raises(ValueError, match="cannot be estimated"):
+        estimate_blob_diameter(np.random.default_rng(0).normal(100, 1, (128, 128)))
+
+
+def test_threshold_turns_local_for_vignetting_and_dim_nuclei_and_stays_global_otherwise():
+    def choice(haze: float = 0.0, **settings):
+        image = generate_nuclei_image("Control", (384, 384), seed=3, n_nuclei=30, **settings).image
+        # Out-of-focus haze rising across the field: an uneven background under the nuclei.
+        image = image + haze * float(image.max()) * np.linspace(0, 1, image.shape[1])[None, :]
+        return segment_nuclei_with_settings(image)
+
+    assert choice().threshold == "otsu"
+    assert choice(brightness=(0.05, 1.0)).threshold == "local"
+    hazy = choice(haze=0.5)
+    assert hazy.threshold == "local" and "unevenness" in hazy.threshold_reason
+
+
+def test_explicit_values_override_and_bad_ones_are_named():
+    image = generate_nuclei_image("Control", (256, 256), seed=1, n_nuclei=12).image
+    given = segment_nuclei_with_settings(image, NucleusParams(nucleus_diameter_um=12.0, pixel_size_um=0.5,
+                                                              threshold="local"))
+    assert (given.diameter_px, given.diameter_source, given.threshold) == (24.0, "given", "local")
+    with pytest.raises(ValueError, match="'automatic'"):
+        NucleusParams(nucleus_diameter_px="automatic")
+    with pytest.raises(ValueError, match="unknown threshold method 'mean'"):
+        NucleusParams(threshold="mean")
+    with pytest.raises(ValueError, match="canny_high must be a number or 'auto'"):
+        ColonyParams(canny_high="high")
+    fixed = colony_settings(generate_colony_image((256, 256), seed=1).image, ColonyParams(min_area=10.0, blur_sigma=1.5))
+    assert (fixed.min_area, fixed.blur_sigma) == (10.0, 1.5)
+
+
+def test_colonies_at_4x_and_touching_colonies_are_found_with_the_defaults():
+    for sample in (generate_colony_image((512, 512), seed=101, magnification=4.0),
+                   generate_colony_image((512, 512), seed=101, gap=(0.0, 3.0))):
+        result = measure_colonies(sample.image)
+        assert match_instances(sample.labels, result.labels).f1 >= 0.9
+        assert "touches_border" in result.table
+
+
+def test_sweep_on_hard_conditions_meets_the_targets():
+    settings = SweepSettings(images_per_condition=1)
+    nuclei = summarise_sweep(robustness_sweep("nuclei", ["diameter 8 px", "dim beside bright", "low light"], settings))
+    assert (nuclei["f1"] >= 0.85).all(), nuclei
+    calcium = summarise_sweep(robustness_sweep("calcium", ["slow drift", "mixed sizes"], settings))
+    assert (calcium["median_r"] >= 0.98).all(), calcium
+    with pytest.raises(ValueError, match="unknown nuclei conditions"):
+        robustness_sweep("nuclei", ["sunny"], settings)
+
+
+def test_replicate_tests_do_not_pseudoreplicate():
+    # Two groups with no real difference; each image has its own offset (culture-to-culture variation).
+    rng = np.random.default_rng(1)
+    images = np.repeat(np.arange(8), 400)
+    offsets = rng.normal(0, 1, 8)
+    table = pd.DataFrame({"group": np.where(images < 4, "A", "B"), "image": images,
+                          "x": offsets[images] + rng.normal(0, 1, len(images))})
+    objects = compare_groups(table, ["x"])
+    replicates = compare_replicates(table, ["x"])
+    # Object-level tests treat 3200 nuclei as independent: a "highly significant" difference from 8 images.
+    assert objects["p_value"].iloc[0] < 1e-6
+    assert replicates["p_value"].iloc[0] > 0.01
+    assert set(replicates["level"]) == {"replicate"} and replicates["n"].iloc[0] == 8
+    with pytest.raises(ValueError, match="no column \\['well'\\]"):
+        compare_replicates(table, ["x"], replicate_column="well")
