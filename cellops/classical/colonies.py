@@ -162,11 +162,15 @@ def colony_settings(image: np.ndarray, params: ColonyParams = ColonyParams()) ->
     if params.colony_diameter_px == AUTO:
         low, high = _canny_thresholds(cv2.GaussianBlur(gray, (0, 0), 1.0))
         regions = _edge_regions(gray, 1.0, low, high, 5, 1, 2)
-        components, count = ndimage.label(regions > 0)
-        index = np.arange(1, count + 1)
-        areas = np.asarray(ndimage.sum_labels(regions > 0, components, index), np.float64)
+        count, components, stats, _ = cv2.connectedComponentsWithStats((regions > 0).astype(np.uint8), connectivity=8)
+        areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
         # Twice the largest inscribed radius: unlike the area, it does not grow when colonies touch.
-        widths = 2 * np.asarray(ndimage.maximum(ndimage.distance_transform_edt(regions), components, index), np.float64)
+        distance = cv2.distanceTransform((regions > 0).astype(np.uint8), cv2.DIST_L2, 5)
+        widths = np.zeros(count - 1)
+        for i in np.flatnonzero(areas >= 50):
+            x, y, w, h = stats[i + 1, :4]
+            box = components[y:y + h, x:x + w] == i + 1
+            widths[i] = 2 * float(distance[y:y + h, x:x + w][box].max())
         big = areas >= 50
         diameter = _weighted_median(widths[big], areas[big]) if big.any() else 0.0
         if diameter < params.min_colony_diameter_px:
@@ -226,28 +230,48 @@ def detect_colony_labels(image: np.ndarray, params: ColonyParams = ColonyParams(
 def split_touching_colonies(mask: np.ndarray, radius: float) -> np.ndarray:
     """Labels of ``mask`` with touching colonies apart: a watershed on the distance transform from its h-maxima
     (h = a tenth of the typical colony radius: a neck must be that much narrower than the colonies)."""
-    distance = ndimage.distance_transform_edt(mask)
-    distance = ndimage.gaussian_filter(distance, max(1.0, 0.05 * radius))
+    # On a grid a few pixels coarse (colonies are tens of pixels wide): the watershed and the h-maxima
+    # reconstruction cost grows with the pixel count.
+    factor = max(1, int(radius // 12))
+    small = cv2.resize(mask.astype(np.uint8), (mask.shape[1] // factor or 1, mask.shape[0] // factor or 1),
+                       interpolation=cv2.INTER_NEAREST) > 0
+    distance = ndimage.distance_transform_edt(small) * factor
+    distance = ndimage.gaussian_filter(distance, max(1.0, 0.05 * radius) / factor)
     markers = measure.label(morphology.h_maxima(distance, max(2.0, 0.1 * radius)))
-    return segmentation.watershed(-distance, markers, mask=mask).astype(np.int32)
+    coarse = segmentation.watershed(-distance, markers, mask=small).astype(np.int32)
+    labels = cv2.resize(coarse, mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    labels[~mask] = 0
+    # Mask pixels the coarse grid missed take the label of the nearest labelled pixel.
+    missed = mask & (labels == 0)
+    if missed.any() and labels.any():
+        nearest = ndimage.distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
+        labels[missed] = labels[nearest[0][missed], nearest[1][missed]]
+    return labels
 
 
 def refine_colony_edges(gray: np.ndarray, labels: np.ndarray, band: int) -> np.ndarray:
-    """Move each outline onto the strongest edge within ``band`` px: markers are the colonies shrunk by ``band``
-    and the background beyond ``band``; a watershed on the gradient magnitude settles the ring between."""
+    """Move each outline onto the strongest edge within ``band`` px: markers are the colony shrunk by ``band``
+    (inside) and everything beyond ``band`` or in another colony (outside); a watershed on the gradient
+    magnitude settles the ring between. Done colony by colony in its own box, so the cost follows the
+    colonies' area, not the image's."""
     smooth = cv2.GaussianBlur(gray.astype(np.float32), (0, 0), 1.0)
     gradient = np.hypot(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
-    inner = np.zeros_like(labels)
-    for label in range(1, int(labels.max()) + 1):
-        core = cv2.erode((labels == label).astype(np.uint8), kernel)
-        inner[core > 0] = label
-    outside = cv2.dilate((labels > 0).astype(np.uint8), kernel) == 0
-    background = int(labels.max()) + 1
-    markers = np.where(outside, background, inner)
-    flooded = segmentation.watershed(gradient, markers)
-    flooded[flooded == background] = 0
-    return flooded.astype(np.int32)
+    refined = np.zeros_like(labels)
+    pad = 2 * band + 2
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        rows = slice(max(0, box[0].start - pad), min(labels.shape[0], box[0].stop + pad))
+        cols = slice(max(0, box[1].start - pad), min(labels.shape[1], box[1].stop + pad))
+        crop = labels[rows, cols]
+        own = (crop == label).astype(np.uint8)
+        inner = cv2.erode(np.pad(own, 1), kernel)[1:-1, 1:-1] > 0
+        outside = (cv2.dilate(own, kernel) == 0) | ((crop > 0) & (crop != label))
+        markers = np.where(inner, 1, np.where(outside, 2, 0))
+        flooded = segmentation.watershed(gradient[rows, cols], markers)
+        refined[rows, cols][(flooded == 1) & (refined[rows, cols] == 0)] = label
+    return refined
 
 
 def _border_labels(labels: np.ndarray) -> np.ndarray:
@@ -262,9 +286,11 @@ def detect_colony_contours(image: np.ndarray, params: ColonyParams = ColonyParam
 
 
 def _contours(labels: np.ndarray) -> list[np.ndarray]:
+    """The outer contour of each label 1..max, in image coordinates (each traced within its own box)."""
     contours = []
-    for label in range(1, int(labels.max()) + 1):
-        found, _ = cv2.findContours((labels == label).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        found, _ = cv2.findContours((labels[box] == label).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                    cv2.CHAIN_APPROX_NONE, offset=(box[1].start, box[0].start))
         contours.append(max(found, key=cv2.contourArea))
     return contours
 
