@@ -162,16 +162,22 @@ def plot_group_curves(curves: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def _feature_axes(n_features: int) -> tuple[plt.Figure, np.ndarray]:
+    """A figure with one panel per feature, four to a row (unused panels hidden); the axes in reading order."""
+    n_cols = min(4, n_features)
+    n_rows = -(-n_features // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 3.4 * n_rows), squeeze=False)
+    for ax in axes.ravel()[n_features:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()
+
+
 def plot_feature_by_group(table: pd.DataFrame, features: list[str], path: Path, group_column: str = "group") -> Path:
     """Box plot with points of each feature, one box per group."""
     groups = list(dict.fromkeys(table[group_column]))
-    n_cols = min(4, len(features))
-    n_rows = -(-len(features) // n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 3.4 * n_rows), squeeze=False)
-    for ax in axes.ravel()[len(features):]:
-        ax.set_visible(False)
+    fig, axes = _feature_axes(len(features))
     rng = np.random.default_rng(0)
-    for ax, feature in zip(axes.ravel(), features):
+    for ax, feature in zip(axes, features):
         data = [table.loc[table[group_column] == g, feature].dropna().to_numpy() for g in groups]
         ax.boxplot(data, tick_labels=groups, showfliers=False)
         for i, values in enumerate(data, start=1):
@@ -191,14 +197,10 @@ def plot_superplot(table: pd.DataFrame, features: list[str], path: Path, group_c
     each replicate's mean as a large point of the same colour, and the mean +- SD of the replicate means as
     a bar: the spread between replicates, what the tests are about, is in plain sight."""
     groups = list(dict.fromkeys(table[group_column]))
-    n_cols = min(4, len(features))
-    n_rows = -(-len(features) // n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 3.4 * n_rows), squeeze=False)
-    for ax in axes.ravel()[len(features):]:
-        ax.set_visible(False)
+    fig, axes = _feature_axes(len(features))
     rng = np.random.default_rng(0)
     colours = plt.get_cmap("tab10")
-    for ax, feature in zip(axes.ravel(), features):
+    for ax, feature in zip(axes, features):
         for x, group in enumerate(groups):
             rows = table[table[group_column] == group]
             replicates = list(dict.fromkeys(rows[replicate_column]))

@@ -7,7 +7,7 @@ import pytest
 
 from cellops.classical.colonies import ColonyParams, colony_settings, measure_colonies
 from cellops.classical.nuclei import NucleusParams, segment_nuclei_with_settings
-from cellops.classical.scale import choose_threshold, estimate_blob_diameter
+from cellops.classical.scale import estimate_blob_diameter
 from cellops.classical.stats import compare_groups, compare_replicates
 from cellops.metrics import match_instances
 from cellops.robustness import SweepSettings, robustness_sweep, summarise_sweep

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import pandas as pd
 from scipy import ndimage
@@ -76,10 +77,14 @@ class CalciumResult:
     metrics: pd.DataFrame
 
 
-def segment_cells(movie: np.ndarray, params: CalciumParams = CalciumParams()) -> np.ndarray:
-    """Cell labels from a projection of a (T, H, W) movie."""
+def _check_movie(movie: np.ndarray) -> None:
     if movie.ndim != 3 or movie.shape[0] < 2:
         raise ImageInputError(f"expected a time-lapse stack (frames, rows, columns), got shape {movie.shape}")
+
+
+def segment_cells(movie: np.ndarray, params: CalciumParams = CalciumParams()) -> np.ndarray:
+    """Cell labels from a projection of a (T, H, W) movie."""
+    _check_movie(movie)
     projections = {"mean": lambda m: m.mean(axis=0), "max": lambda m: m.max(axis=0), "first": lambda m: m[0]}
     if params.projection not in projections:
         raise ValueError(f"unknown projection {params.projection!r}: expected one of {sorted(projections)}")
@@ -112,8 +117,6 @@ def register_frames(movie: np.ndarray, reference_frames: int = 15,
     >>> np.round(shifts[3]).tolist()
     [2.0, -3.0]
     """
-    import cv2
-
     frames = movie.astype(np.float32)
 
     def band(image: np.ndarray) -> np.ndarray:
@@ -242,8 +245,7 @@ def measure_calcium_movie(movie: np.ndarray, params: CalciumParams = CalciumPara
                     labels: np.ndarray | None = None) -> CalciumResult:
     """Segment (unless ``labels``, the user's own cell masks, are given), extract traces, normalise and measure
     one movie."""
-    if movie.ndim != 3 or movie.shape[0] < 2:
-        raise ImageInputError(f"expected a time-lapse stack (frames, rows, columns), got shape {movie.shape}")
+    _check_movie(movie)
     if params.motion_correction:
         movie, _ = register_frames(movie, params.baseline_frames)
     labels = segment_cells(movie, params) if labels is None else check_cell_masks(labels, movie.shape)

@@ -20,6 +20,7 @@ from scipy import ndimage
 from skimage import filters, measure, morphology, segmentation
 
 from cellops.classical.common import to_uint8_gray
+from cellops.classical.scale import weighted_median
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ REFERENCE_DIAMETER = 80.0
 
 @dataclass(frozen=True)
 class ColonySettings:
-    """The numbers one image was analysed with, measured or given (one row of the per-image settings table)."""
+    """The numbers one image was analysed with, measured or given."""
 
     colony_diameter_px: float
     blur_sigma: float
@@ -92,9 +93,6 @@ class ColonySettings:
     dilate_iterations: int
     erode_iterations: int
     min_area: float
-
-    def settings(self) -> dict[str, float]:
-        return {k: round(float(v), 2) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -172,7 +170,7 @@ def colony_settings(image: np.ndarray, params: ColonyParams = ColonyParams()) ->
             box = components[y:y + h, x:x + w] == i + 1
             widths[i] = 2 * float(distance[y:y + h, x:x + w][box].max())
         big = areas >= 50
-        diameter = _weighted_median(widths[big], areas[big]) if big.any() else 0.0
+        diameter = weighted_median(widths[big], areas[big]) if big.any() else 0.0
         if diameter < params.min_colony_diameter_px:
             # Only single cells and debris (or nothing) were found: keep the 10x sizes, so they stay out.
             diameter = REFERENCE_DIAMETER
@@ -191,12 +189,6 @@ def colony_settings(image: np.ndarray, params: ColonyParams = ColonyParams()) ->
         erode_iterations=int(_auto(params.erode_iterations, max(1, round(5 * scale)))),
         min_area=_auto(params.min_area, 0.2 * np.pi / 4 * diameter**2),
     )
-
-
-def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    order = np.argsort(values)
-    cumulative = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
 
 
 def detect_colony_labels(image: np.ndarray, params: ColonyParams = ColonyParams()) -> tuple[np.ndarray, ColonySettings]:

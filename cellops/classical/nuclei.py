@@ -22,7 +22,7 @@ from skimage import filters, measure, morphology, segmentation
 
 from cellops.classical.common import to_gray_float
 from cellops.classical.scale import (ThresholdChoice, background_map, choose_threshold, estimate_blob_diameter,
-                                    noise_sigma)
+                                    noise_sigma, normalise_intensity)
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,6 @@ class NucleusSegmentation:
     threshold: str
     threshold_reason: str
 
-    def settings(self) -> dict[str, object]:
-        """The settings as one table row."""
-        return {"diameter_px": round(self.diameter_px, 2), "diameter_source": self.diameter_source,
-                "threshold": self.threshold, "threshold_reason": self.threshold_reason}
-
 
 def nucleus_diameter_in_pixels(diameter_um: float, pixel_size_um: float) -> float:
     """Convert a nucleus diameter from micrometres to pixels.
@@ -145,9 +140,7 @@ def segment_nuclei_with_settings(image: np.ndarray, params: NucleusParams = Nucl
     >>> result.diameter_source, 10 < result.diameter_px < 18
     ('measured', True)
     """
-    gray = to_gray_float(image)
-    lo, hi = np.percentile(gray, [0.5, 99.9])
-    gray = ((gray - lo) / (hi - lo) if hi > lo else np.zeros_like(gray)).astype(np.float32)
+    gray = normalise_intensity(to_gray_float(image))
     blobs = None
     if params.diameter_px is None:
         blobs = estimate_blob_diameter(gray)

@@ -4,7 +4,7 @@
   scale-normalised Laplacian-of-Gaussian (Lindeberg 1998): a disk of radius r answers most strongly at
   sigma = r / sqrt(2), so each blob's best scale gives its size. The scale space is built on an image pyramid
   (octaves of four scales), which keeps a 2048 x 2048 image under a second for diameters from 6 to 200 px.
-* :func:`illumination_unevenness` and :func:`choose_threshold`: whether one global (Otsu) threshold can
+* :func:`choose_threshold`: whether one global (Otsu) threshold can
   serve the whole field, judged from how much the background varies against the objects' contrast and from
   how many detected blobs a global threshold would lose (dim nuclei beside bright ones).
 """
@@ -128,7 +128,7 @@ def estimate_blob_diameter(image: np.ndarray, *, min_diameter: float = 6.0, max_
                          "(give the diameter explicitly)")
     # Weighted by response: faint texture and noise blobs count little, well-contrasted objects much.
     strong = responses >= 0.25 * np.percentile(responses, 90)
-    return BlobScale(diameter_px=_weighted_median(diameters[strong], responses[strong]), n_blobs=int(strong.sum()),
+    return BlobScale(diameter_px=weighted_median(diameters[strong], responses[strong]), n_blobs=int(strong.sum()),
                      centres=centres[strong], diameters=diameters[strong], responses=responses[strong])
 
 
@@ -185,7 +185,12 @@ def _not_inside_stronger(centres: np.ndarray, sigmas: np.ndarray, responses: np.
     return keep
 
 
-def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value below which half of the total weight lies.
+
+    >>> weighted_median(np.array([1.0, 2.0, 10.0]), np.array([1.0, 1.0, 5.0]))
+    10.0
+    """
     order = np.argsort(values)
     cumulative = np.cumsum(weights[order])
     return float(values[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
@@ -238,16 +243,3 @@ def choose_threshold(smooth: np.ndarray, blobs: BlobScale, *, max_unevenness: fl
     dim = float(np.mean(smooth[rows, cols] <= otsu)) if len(rows) else 0.0
     method = "local" if unevenness > max_unevenness or dim > max_dim_fraction else "otsu"
     return ThresholdChoice(method=method, unevenness=unevenness, dim_fraction=dim)
-
-
-def illumination_unevenness(image: np.ndarray, object_diameter: float) -> float:
-    """Relative spread (5th to 95th percentile over the median) of the background under objects of
-    ``object_diameter`` px: 0 for even light, 0.5 when one corner gets half the light of another.
-
-    >>> yy, xx = np.mgrid[:128, :128]
-    >>> round(illumination_unevenness(np.ones((128, 128)), 10.0), 2), illumination_unevenness(1 + xx / 128, 10.0) > 0.5
-    (0.0, True)
-    """
-    background = background_map(image.astype(np.float32), object_diameter)
-    low, high, middle = np.percentile(background, [5, 95, 50])
-    return float((high - low) / middle) if middle > 0 else 0.0

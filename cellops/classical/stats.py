@@ -132,9 +132,9 @@ def compare_replicates(table: pd.DataFrame, features: list[str], group_column: s
         n_total = sum(len(samples[g]) for g in present)
         if len(present) >= 2:
             f, p = stats.f_oneway(*(samples[g] for g in present))
-            ss_between = sum(len(samples[g]) * (samples[g].mean() - np.concatenate([samples[k] for k in present]).mean()) ** 2
-                             for g in present)
-            ss_total = float(np.var(np.concatenate([samples[g] for g in present])) * n_total)
+            pooled = np.concatenate([samples[g] for g in present])
+            ss_between = sum(len(samples[g]) * (samples[g].mean() - pooled.mean()) ** 2 for g in present)
+            ss_total = float(np.var(pooled) * n_total)
             rows.append({"feature": feature, "comparison": "all groups", "test": "one-way ANOVA", "statistic": f,
                          "p_value": p, "p_holm": np.nan, "effect_size": ss_between / ss_total if ss_total else np.nan,
                          "effect_measure": "eta squared", "n": n_total})
