@@ -103,9 +103,10 @@ ui: $(VENV)/.installed  ## MLflow UI over the project's store on $(HOST):$(UI_PO
 test: setup  ## set up as for the demo, then run the test suite
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed  ## benchmarks: U-Net inference, colony analysis, classifier vs DenseNet121, Mask R-CNN backbones (after the demo)
+bench: $(VENV)/.installed  ## benchmarks: U-Net inference, colony analysis, classical robustness sweep, classifier vs DenseNet121, Mask R-CNN backbones (after the demo)
 	$(BIN)/python benchmarks/unet_inference.py
 	$(BIN)/python benchmarks/colonies.py
+	$(BIN)/python benchmarks/robustness.py
 	$(BIN)/python benchmarks/classifier.py
 	$(BIN)/python benchmarks/maskrcnn.py
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellops.classical.colonies import ColonyParams, measure_colonies
+from cellops.classical.colonies import FIXED_10X, ColonyParams, measure_colonies
 from cellops.classical.nuclei import NucleusParams, nucleus_table, segment_nuclei
 from cellops.robustness import SweepSettings, robustness_sweep, summarise_sweep
 from cellops.synthetic.colonies import generate_colony_image
@@ -28,9 +28,6 @@ TARGETS = {"nuclei": {"f1": 0.85}, "colonies": {"f1": 0.90, "median_area_error":
            "calcium": {"median_r": 0.98}}
 
 FIXED_NUCLEI = NucleusParams(nucleus_diameter_px=30.0, threshold="otsu")
-FIXED_COLONIES = ColonyParams(colony_diameter_px=80.0, blur_sigma=2.0, canny_low=30.0, canny_high=80.0,
-                              dilate_iterations=2, erode_iterations=5, min_area=1500.0, split_touching=False,
-                              refine_edges=False)
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -48,7 +45,7 @@ def timing(repeats: int = 2) -> dict[str, float]:
     result = {}
     for name, params in (("nuclei_auto_s", NucleusParams()), ("nuclei_fixed_s", FIXED_NUCLEI)):
         result[name] = _best_time(lambda: nucleus_table(segment_nuclei(nuclei, params), nuclei), repeats)
-    for name, params in (("colonies_auto_s", ColonyParams()), ("colonies_fixed_s", FIXED_COLONIES)):
+    for name, params in (("colonies_auto_s", ColonyParams()), ("colonies_fixed_s", FIXED_10X)):
         result[name] = _best_time(lambda: measure_colonies(colonies, params), repeats)
     return result
 
