@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import pandas as pd
 from scipy import ndimage
@@ -108,39 +107,40 @@ def _vertex(values: np.ndarray, row: int, col: int, axis: int) -> float:
 def register_frames(movie: np.ndarray, reference_frames: int = 15,
                     max_shift_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Movie with stage drift undone, and each frame's (dy, dx) shift: every frame is registered to the mean
-    of the first ``reference_frames`` by cross-correlation of band-passed images (sub-pixel; shifts up to
-    ``max_shift_fraction`` of the frame) and shifted back with bilinear interpolation.
+    of the first ``reference_frames`` by cross-correlation of band-passed images (shifts up to
+    ``max_shift_fraction`` of the frame) and moved back by whole pixels.
 
-    >>> frame = np.zeros((64, 64), np.float32); frame[20:30, 20:30] = 1
+    Whole pixels keep the movie's own values (and dtype): sub-pixel interpolation would make every later
+    figure depend on the CPU's floating-point kernels in the last digits (the reports are hashed by DVC),
+    and half a pixel is well inside a cell. The estimate is in float64 with SciPy and NumPy, whose results do
+    not depend on the CPU's SIMD level.
+
+    >>> frame = np.zeros((64, 64), np.uint16); frame[20:30, 20:30] = 100
     >>> moved = np.stack([frame] + [np.roll(frame, (2, -3), axis=(0, 1))] * 4)
-    >>> _, shifts = register_frames(moved, reference_frames=1)
-    >>> np.round(shifts[3]).tolist()
-    [2.0, -3.0]
+    >>> registered, shifts = register_frames(moved, reference_frames=1)
+    >>> shifts[3].tolist(), registered.dtype, bool((registered[3] == frame).all())
+    ([2.0, -3.0], dtype('uint16'), True)
     """
-    frames = movie.astype(np.float32)
-
     def band(image: np.ndarray) -> np.ndarray:
         # Band-pass: slow background changes and pixel noise do not pull the correlation.
-        smooth = cv2.GaussianBlur(image, (0, 0), 1.0)
-        return smooth - cv2.GaussianBlur(smooth, (0, 0), 8.0)
+        smooth = ndimage.gaussian_filter(image, 1.0)
+        return smooth - ndimage.gaussian_filter(smooth, 8.0)
 
-    reference = np.fft.rfft2(band(frames[: max(1, min(reference_frames, len(frames)))].mean(axis=0)))
-    height, width = frames.shape[1:]
+    reference = np.fft.rfft2(band(movie[: max(1, min(reference_frames, len(movie)))].astype(np.float64).mean(axis=0)))
+    height, width = movie.shape[1:]
     limit = max(2, int(max_shift_fraction * min(height, width)))
-    shifts = np.zeros((len(frames), 2))
-    for t, frame in enumerate(frames):
-        correlation = np.fft.irfft2(np.fft.rfft2(band(frame)) * np.conj(reference), s=(height, width))
+    shifts = np.zeros((len(movie), 2))
+    for t, frame in enumerate(movie):
+        correlation = np.fft.irfft2(np.fft.rfft2(band(frame.astype(np.float64))) * np.conj(reference), s=(height, width))
         # Only shifts within the limit: a calcium wave must not be mistaken for a jump of the stage.
         window = np.roll(correlation, (limit, limit), axis=(0, 1))[: 2 * limit + 1, : 2 * limit + 1]
         py, px = np.unravel_index(int(np.argmax(window)), window.shape)
         shifts[t] = py - limit + _vertex(window, py, px, 0), px - limit + _vertex(window, py, px, 1)
     # Drift is slow: a running median over frames rejects the odd failed correlation.
-    shifts = ndimage.median_filter(shifts, size=(min(9, len(frames)), 1), mode="nearest")
-    registered = np.empty_like(frames)
-    for t, frame in enumerate(frames):
-        back = np.float32([[1, 0, -shifts[t, 1]], [0, 1, -shifts[t, 0]]])
-        registered[t] = cv2.warpAffine(frame, back, frame.shape[::-1], flags=cv2.INTER_LINEAR,
-                                       borderMode=cv2.BORDER_REPLICATE)
+    shifts = np.round(ndimage.median_filter(shifts, size=(min(9, len(movie)), 1), mode="nearest"))
+    registered = np.empty_like(movie)
+    for t, frame in enumerate(movie):
+        registered[t] = ndimage.shift(frame, -shifts[t], order=0, mode="nearest")
     return registered, shifts
 
 
