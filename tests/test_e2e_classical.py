@@ -48,8 +48,10 @@ def test_pipeline_runs_logs_and_scores(project, module, pipeline, experiment, me
     assert expected <= outputs
     if module == "nuclei":
         stats = pd.read_csv(root / "outputs/nuclei/nuclei_statistics.csv")
-        assert {"Kruskal-Wallis", "Mann-Whitney U"} <= set(stats["test"])
+        assert {"one-way ANOVA", "Welch t-test", "Kruskal-Wallis", "Mann-Whitney U"} <= set(stats["test"])
+        assert set(stats.loc[stats["test"] == "one-way ANOVA", "level"]) == {"replicate"}
         assert (root / "outputs/nuclei/nuclei_by_group.png").is_file()
+        assert (root / "outputs/nuclei/nuclei_superplot.png").is_file()
     if module == "calcium":
         curves = pd.read_csv(root / "outputs/calcium/calcium_group_curves.csv")
         assert set(curves["group"]) == {"Control", "Coating", "Film"}
