@@ -4,6 +4,7 @@ statistics at the level of the experimental unit."""
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
 from cellops.classical.colonies import ColonyParams, colony_settings, measure_colonies
 from cellops.classical.nuclei import NucleusParams, segment_nuclei_with_settings
@@ -63,6 +64,38 @@ def test_colonies_at_4x_and_touching_colonies_are_found_with_the_defaults():
         result = measure_colonies(sample.image)
         assert match_instances(sample.labels, result.labels).f1 >= 0.9
         assert "touches_border" in result.table
+
+
+def _square_pair(seam: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Two textured squares side by side (one rectangle: no neck), bright halo around, optionally a seam."""
+    rng = np.random.default_rng(0)
+    truth = np.zeros((200, 300), np.int32)
+    truth[40:160, 30:150] = 1
+    truth[40:160, 150:270] = 2
+    image = np.where(truth > 0, 0.45 + 0.08 * rng.normal(size=truth.shape), 0.55)
+    outside = ndimage.distance_transform_edt(truth == 0)
+    image += 0.3 * np.exp(-((outside - 2) / 2.5) ** 2) * (truth == 0)
+    if seam:
+        image[:, 149:151] += 0.3 * (truth[:, 149:151] > 0)
+    return np.clip(ndimage.gaussian_filter(image, 0.7) * 255, 0, 255).astype(np.uint8), truth
+
+
+def test_a_bright_seam_splits_colonies_that_meet_along_a_wide_front():
+    with_seam, truth = _square_pair(seam=True)
+    assert match_instances(truth, measure_colonies(with_seam).labels).f1 == 1.0
+    # No neck and no seam: one colony, as anyone would see it.
+    without, _ = _square_pair(seam=False)
+    assert measure_colonies(without).labels.max() == 1
+
+
+def test_outlines_reach_a_paler_differentiated_rim():
+    sample = generate_colony_image((512, 512), seed=102, differentiated_fraction=1.0)
+    refined = measure_colonies(sample.image).labels
+    unrefined = measure_colonies(sample.image, ColonyParams(refine_edges=False)).labels
+    def area_error(found):
+        return np.median([abs((found == p).sum() / (sample.labels == t).sum() - 1)
+                          for t, p, _ in match_instances(sample.labels, found).pairs])
+    assert area_error(refined) < 0.05 < area_error(unrefined)
 
 
 def test_sweep_on_hard_conditions_meets_the_targets():

@@ -210,11 +210,14 @@ def detect_colony_labels(image: np.ndarray, params: ColonyParams = ColonyParams(
     big[0] = False
     radius = settings.colony_diameter_px / 2
     if params.split_touching:
-        labels = split_touching_colonies(big[components], radius)
+        mask = big[components]
+        labels = split_touching_colonies(mask, radius, bright_seams(gray, mask, radius, 0.5 * settings.min_area))
     else:
         labels = np.where(big[components], components, 0).astype(np.int32)
     if params.refine_edges and labels.max():
-        labels = refine_colony_edges(gray, labels, band=max(2, int(round(0.06 * radius))))
+        labels = refine_colony_edges(gray, labels, inner_band=max(2, int(round(0.06 * radius))),
+                                     outer_band=max(3, int(round(0.2 * radius))),
+                                     opening=max(2, int(round(0.15 * radius))))
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     keep = np.flatnonzero(sizes >= settings.min_area)
@@ -229,51 +232,109 @@ def detect_colony_labels(image: np.ndarray, params: ColonyParams = ColonyParams(
     return lookup[labels], settings
 
 
-def split_touching_colonies(mask: np.ndarray, radius: float) -> np.ndarray:
+def bright_seams(gray: np.ndarray, mask: np.ndarray, radius: float, min_area: float) -> np.ndarray:
+    """Bright lines that cut a region of ``mask`` into colonies: where two colonies touch, each keeps its
+    compacted edge and a thin line of halo shows between them. A candidate is a piece of pixels that, lightly
+    smoothed, are nearer the brightness of the halo around the colonies than of their interior, a few pixels
+    inside the mask (not its own outer halo) and at least a fifth of the colony radius long; it is a seam
+    if, drawn out to the mask's edge, it leaves two parts of at least ``min_area`` pixels (a bright texture
+    speckle inside a colony cuts nothing off)."""
+    seams = np.zeros_like(mask)
+    blurred = cv2.GaussianBlur(gray, (0, 0), 1.0)
+    mask8 = mask.astype(np.uint8)
+    ring = (cv2.dilate(mask8, _disk(3)) > 0) & ~mask
+    if not ring.any() or not mask.any():
+        return seams
+    halo = float(np.percentile(blurred[ring], 90))
+    interior = float(np.median(blurred[mask]))
+    margin = max(3, int(round(0.05 * radius)))
+    core = cv2.erode(mask8, _disk(margin), borderValue=1) > 0
+    bright = ((blurred > 0.5 * (halo + interior)) & core).astype(np.uint8)
+    count, pieces, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
+    _, regions, region_stats, _ = cv2.connectedComponentsWithStats(mask8, connectivity=8)
+    for piece in range(1, count):
+        x, y, w, h = stats[piece, :4]
+        if max(w, h) < 0.2 * radius:
+            continue
+        inside = pieces[y:y + h, x:x + w] == piece
+        region = regions[y:y + h, x:x + w][inside][0]
+        rx, ry, rw, rh = region_stats[region, :4]
+        box = (slice(ry, ry + rh), slice(rx, rx + rw))
+        line = cv2.dilate((pieces[box] == piece).astype(np.uint8), _disk(margin + 1)) > 0
+        rest = ((regions[box] == region) & ~line).astype(np.uint8)
+        _, _, part_stats, _ = cv2.connectedComponentsWithStats(rest, connectivity=8)
+        if (part_stats[1:, cv2.CC_STAT_AREA] >= min_area).sum() >= 2:
+            seams[box] |= line & (regions[box] == region)
+    return seams
+
+
+def split_touching_colonies(mask: np.ndarray, radius: float, seams: np.ndarray | None = None) -> np.ndarray:
     """Labels of ``mask`` with touching colonies apart: a watershed on the distance transform from its h-maxima
-    (h = a tenth of the typical colony radius: a neck must be that much narrower than the colonies)."""
+    (h = a tenth of the typical colony radius: a neck must be that much narrower than the colonies). ``seams``
+    (see :func:`bright_seams`) are cut out of the mask before the distance transform, so colonies that meet
+    along a wide front are split too."""
     # On a grid a few pixels coarse (colonies are tens of pixels wide): the watershed and the h-maxima
-    # reconstruction cost grows with the pixel count.
+    # reconstruction cost grows with the pixel count. A coarse cell is in the mask if any of its pixels is,
+    # so every mask pixel gets a label when the grid is brought back to full size.
     factor = max(1, int(radius // 12))
-    small = cv2.resize(mask.astype(np.uint8), (mask.shape[1] // factor or 1, mask.shape[0] // factor or 1),
-                       interpolation=cv2.INTER_NEAREST) > 0
-    distance = ndimage.distance_transform_edt(small) * factor
+    rows, cols = -(-mask.shape[0] // factor), -(-mask.shape[1] // factor)
+
+    def coarse_grid(full: np.ndarray, reduce) -> np.ndarray:
+        padded = np.zeros((rows * factor, cols * factor), bool)
+        padded[:full.shape[0], :full.shape[1]] = full
+        return reduce(padded.reshape(rows, factor, cols, factor), axis=(1, 3))
+
+    small = coarse_grid(mask, np.any)
+    # A coarse cell is cut if any of its pixels is on a seam: seams are a pixel or two wide.
+    cut = small & ~coarse_grid(seams, np.any) if seams is not None and seams.any() else small
+    distance = ndimage.distance_transform_edt(cut) * factor
     distance = ndimage.gaussian_filter(distance, max(1.0, 0.05 * radius) / factor)
     markers = measure.label(morphology.h_maxima(distance, max(2.0, 0.1 * radius)))
     coarse = segmentation.watershed(-distance, markers, mask=small).astype(np.int32)
-    labels = cv2.resize(coarse, mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
-    labels[~mask] = 0
-    # Mask pixels the coarse grid missed take the label of the nearest labelled pixel.
-    missed = mask & (labels == 0)
-    if missed.any() and labels.any():
-        nearest = ndimage.distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
-        labels[missed] = labels[nearest[0][missed], nearest[1][missed]]
-    return labels
+    labels = np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[:mask.shape[0], :mask.shape[1]]
+    return np.where(mask, labels, 0).astype(np.int32)
 
 
-def refine_colony_edges(gray: np.ndarray, labels: np.ndarray, band: int) -> np.ndarray:
-    """Move each outline onto the strongest edge within ``band`` px: markers are the colony shrunk by ``band``
-    (inside) and everything beyond ``band`` or in another colony (outside); a watershed on the gradient
-    magnitude settles the ring between. Done colony by colony in its own box, so the cost follows the
-    colonies' area, not the image's."""
+def refine_colony_edges(gray: np.ndarray, labels: np.ndarray, inner_band: int, outer_band: int,
+                        opening: int = 0) -> np.ndarray:
+    """Move each outline onto the strongest edge nearby: up to ``inner_band`` px inwards and ``outer_band`` px
+    outwards (a flattened, paler rim of differentiating cells is weakly textured, so detection stops short of
+    the colony's true edge, its phase-dark border against the bright halo). One watershed on the gradient
+    magnitude from markers: each colony shrunk by ``inner_band``, and the background beyond ``outer_band``;
+    colonies meet each other on the strongest edge between them. Only the ring between the markers is
+    flooded, so the cost follows the colonies' outlines, not the image's area."""
     smooth = cv2.GaussianBlur(gray.astype(np.float32), (0, 0), 1.0)
     gradient = np.hypot(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
-    refined = np.zeros_like(labels)
-    pad = 2 * band + 2
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        rows = slice(max(0, box[0].start - pad), min(labels.shape[0], box[0].stop + pad))
-        cols = slice(max(0, box[1].start - pad), min(labels.shape[1], box[1].stop + pad))
-        crop = labels[rows, cols]
-        own = (crop == label).astype(np.uint8)
-        inner = cv2.erode(np.pad(own, 1), kernel)[1:-1, 1:-1] > 0
-        outside = (cv2.dilate(own, kernel) == 0) | ((crop > 0) & (crop != label))
-        markers = np.where(inner, 1, np.where(outside, 2, 0))
-        flooded = segmentation.watershed(gradient[rows, cols], markers)
-        refined[rows, cols][(flooded == 1) & (refined[rows, cols] == 0)] = label
-    return refined
+    # The flooding order follows the gradient: quantised to integers, ties and order do not depend on the
+    # CPU's float kernels.
+    landscape = np.rint(gradient * 4).astype(np.int32)
+    mask = labels > 0
+    # A colony's marker: its pixels with only its own label within inner_band (the interface between two
+    # touching colonies is unsettled as well as the outer edge). Labels are exact in float32.
+    as_float = labels.astype(np.float32)
+    settled = cv2.erode(as_float, _disk(inner_band), borderValue=float(labels.max() + 1)) == \
+        cv2.dilate(as_float, _disk(inner_band), borderValue=0)
+    near = cv2.dilate(mask.astype(np.uint8), _disk(outer_band)) > 0
+    markers = np.where(settled & mask, labels, 0)
+    background = labels.max() + 1
+    markers[~near] = background
+    unsettled = (markers == 0).astype(np.uint8)
+    if not unsettled.any():
+        return labels
+    # Only the ring and the markers' pixels along it take part (a watershed's cost follows its mask).
+    ring = cv2.dilate(unsettled, _disk(1)) > 0
+    refined = segmentation.watershed(landscape, markers, mask=ring)
+    refined = np.where(ring, refined, markers)
+    refined[refined == background] = 0
+    # Growth outwards must be colony rim, not single cells hanging on by the halo: what an opening at the
+    # inner band's scale removes beyond the first outline goes.
+    opened = cv2.morphologyEx((refined > 0).astype(np.uint8), cv2.MORPH_OPEN, _disk(opening)) > 0
+    refined[~opened] = 0
+    return refined.astype(np.int32)
+
+
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
 def _border_labels(labels: np.ndarray) -> np.ndarray:
