@@ -3,13 +3,17 @@ metadata a service reports about the model it serves."""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from http import HTTPStatus
 
 import bentoml
+import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument
 
-from cellops.io import DecodedImage, ImageInputError, ImageTooLargeError, decode_image, decode_picture
+from cellops.io import DecodedImage, ImageInputError, ImageTooLargeError, _clean, decode_image, decode_picture
 
 #: Environment variable with which an operator tightens a service's pixel limit without rebuilding the bento.
 MAX_PIXELS_ENV = "CELLOPS_MAX_PIXELS"
@@ -39,7 +43,7 @@ def decode_upload(data: bytes, limit: int, allowed_ndim: tuple[int, ...] = (2, 3
         raise InvalidArgument(str(error)) from error
 
 
-def decode_picture_upload(data: bytes, limit: int, name: str) -> "np.ndarray":
+def decode_picture_upload(data: bytes, limit: int, name: str) -> np.ndarray:
     """Decode one uploaded picture (PNG, TIFF or JPEG; grey or colour) as stored: 413 for too many pixels, 400
     naming ``name`` and the problem for anything else unusable."""
     try:
@@ -54,3 +58,231 @@ def model_metadata(bento_model: bentoml.Model) -> dict:
     """The served model's registry record (model version, run ids, lineage, metrics and the inference settings
     they were measured with) as the deployment stored it, plus the BentoML model tag."""
     return {"bento_model": str(bento_model.tag), **dict(bento_model.info.metadata)}
+
+
+#: Environment variable with which an operator tightens a service's request byte limit without rebuilding.
+MAX_BYTES_ENV = "CELLOPS_MAX_REQUEST_BYTES"
+
+#: Longest upload file name accepted (most file systems stop at 255 bytes).
+MAX_FILE_NAME = 255
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What one endpoint takes: the multipart field holding its file(s), and whether several are allowed."""
+
+    field: str
+    many: bool = False
+
+
+@dataclass
+class _Part:
+    name: str | None = None
+    filename: str | None = None
+    size: int = 0
+    headers: dict[str, str] = dataclass_field(default_factory=dict)
+
+
+class RequestProblem(Exception):
+    """A request refused before the service sees it: HTTP status and a message naming the problem."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def max_request_bytes(limits: dict) -> int:
+    """The request byte limit stored with the bento model (``max_request_bytes``, 64 MiB when absent),
+    tightened (never loosened) by ``CELLOPS_MAX_REQUEST_BYTES``."""
+    limit = int(limits.get("max_request_bytes", 64 * 2**20))
+    if os.environ.get(MAX_BYTES_ENV):
+        limit = min(limit, int(os.environ[MAX_BYTES_ENV]))
+    return limit
+
+
+def check_file_name(name: str) -> None:
+    """Refuse upload file names a file system or a log would choke on (the name itself is never used as a path).
+
+    >>> check_file_name("cells.png")
+    >>> check_file_name("../../etc/passwd")
+    Traceback (most recent call last):
+    bento.common.RequestProblem: file name '../../etc/passwd' holds a path: send a plain file name
+    """
+    if len(name) > MAX_FILE_NAME:
+        raise RequestProblem(400, f"file name of {len(name)} characters; the limit is {MAX_FILE_NAME}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise RequestProblem(400, f"file name {name.encode('unicode_escape').decode()[:80]!r} holds control "
+                                  "characters")
+    if "/" in name or "\\" in name:
+        raise RequestProblem(400, f"file name {name[:80]!r} holds a path: send a plain file name")
+
+
+def check_multipart(body: bytes, content_type: str, upload: Upload) -> None:
+    """Check a multipart/form-data body against what the endpoint takes, or raise :class:`RequestProblem`: the
+    right content type with a boundary, well-formed parts, only ``upload.field``, files (not text values) with
+    bytes in them, usable file names, one file unless ``upload.many``."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    wanted = f"{'one or more files' if upload.many else 'one file'} in the multipart/form-data field {upload.field!r}"
+    media_type, options = parse_options_header(content_type)
+    if media_type != b"multipart/form-data":
+        raise RequestProblem(415, f"Content-Type {content_type[:100]!r}: send {wanted}")
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise RequestProblem(400, "multipart/form-data without a boundary in its Content-Type")
+    parts: list[_Part] = []
+    header: list[bytes] = [b"", b""]
+
+    def begin() -> None:
+        parts.append(_Part())
+
+    def header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def header_end() -> None:
+        parts[-1].headers[header[0].decode("latin-1").lower()] = header[1].decode("utf-8", "replace")
+        header[0], header[1] = b"", b""
+
+    def headers_done() -> None:
+        _, disposition = parse_options_header(parts[-1].headers.get("content-disposition", ""))
+        part = parts[-1]
+        part.name = disposition[b"name"].decode("utf-8", "replace") if b"name" in disposition else None
+        part.filename = disposition[b"filename"].decode("utf-8", "replace") if b"filename" in disposition else None
+
+    def data(chunk: bytes, start: int, end: int) -> None:
+        parts[-1].size += end - start
+
+    parser = MultipartParser(boundary, callbacks={
+        "on_part_begin": begin, "on_header_field": header_field, "on_header_value": header_value,
+        "on_header_end": header_end, "on_headers_finished": headers_done, "on_part_data": data})
+    try:
+        parser.write(body)
+        parser.finalize()
+    except Exception as error:  # python-multipart's errors name the byte offset, nothing else of ours
+        raise RequestProblem(400, f"malformed multipart body ({error})") from error
+    if not parts or parser.state.name != "END":
+        raise RequestProblem(400, f"malformed or incomplete multipart body: send {wanted}")
+    for part in parts:
+        if part.name != upload.field:
+            raise RequestProblem(400, f"unexpected field {str(part.name)[:80]!r}: send {wanted}")
+        if part.filename is None:
+            raise RequestProblem(400, f"field {upload.field!r} holds a text value, not a file: send {wanted}")
+        check_file_name(part.filename)
+        if part.size == 0:
+            raise RequestProblem(400, f"empty upload: the file {part.filename[:80]!r} has no bytes")
+    if len(parts) > 1 and not upload.many:
+        raise RequestProblem(400, f"{len(parts)} files in field {upload.field!r}: send one")
+
+
+class RequestGuard:
+    """ASGI middleware in front of a cellops service: refuses, with a JSON ``{"error": message}`` naming the
+    problem, what the framework would answer with a 500 or let through: bodies over the byte limit (checked
+    while they arrive, so an oversize upload is never held whole), query parameters, and multipart bodies that
+    are not what the endpoint takes (see :func:`check_multipart`). It also gives every error answer of the
+    service the same shape, ``{"error": message}`` (BentoML 1.4 answers a service's own 4xx as a one-element
+    list), with memory addresses and file paths removed.
+
+    Parameters
+    ----------
+    app : the ASGI app (BentoML passes it).
+    uploads : route (``"/segment"``) -> :class:`Upload` for each endpoint taking files.
+    limits : the service limits (``max_request_bytes``: the largest request body accepted), or the served bento
+        model, whose metadata holds them.
+    """
+
+    #: Framework routes passed through untouched.
+    OPEN_ROUTES = ("/readyz", "/livez", "/healthz", "/metrics", "/docs.json", "/schema.json", "/")
+
+    def __init__(self, app, uploads: dict[str, Upload], limits: dict | bentoml.models.BentoModel) -> None:
+        if not isinstance(limits, dict):  # the served model's stored limits, read when the worker starts
+            limits = dict(limits.stored.info.metadata).get("service_limits", {})
+        self.app, self.uploads, self.max_bytes = app, uploads, max_request_bytes(limits)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN_ROUTES or scope["path"].startswith("/docs"):
+            return await self.app(scope, receive, send)
+        try:
+            body = await self._checked_body(scope, receive)
+        except RequestProblem as problem:
+            return await _reply(send, problem.status, str(problem))
+        if body is None:  # the client left before sending its request
+            return None
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, _uniform_errors(send))
+
+    async def _checked_body(self, scope, receive) -> bytes | None:
+        if scope.get("query_string"):
+            raise RequestProblem(400, f"unexpected query parameters {scope['query_string'][:100].decode('latin-1')!r}:"
+                                      " the endpoints take none")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            raise RequestProblem(413, f"request body of {declared[:20]} bytes; the limit is {self.max_bytes}")
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_bytes:
+                raise RequestProblem(413, f"request body over {self.max_bytes} bytes (the limit)")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        upload = self.uploads.get(scope["path"])
+        if upload is not None and scope["method"] == "POST":
+            check_multipart(body, headers.get("content-type", ""), upload)
+        return body
+
+
+def _uniform_errors(send):
+    """``send`` that rewrites error answers as ``{"error": message}`` without addresses or paths."""
+    state: dict = {}
+
+    async def wrapped(message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            state["start"], state["body"] = message, b""
+            return None
+        if "start" not in state:
+            return await send(message)
+        state["body"] += message.get("body", b"")
+        if message.get("more_body"):
+            return None
+        status = state["start"]["status"]
+        try:
+            detail = json.loads(state["body"] or b"null")
+        except ValueError:
+            detail = state["body"].decode("utf-8", "replace")
+        while isinstance(detail, list) and len(detail) == 1:
+            detail = detail[0]
+        text = detail.get("error", detail) if isinstance(detail, dict) else detail
+        if status >= 500 and status not in (503, 504):
+            text = "internal error: the server log has the details"
+        await _reply(send, status, _clean(text or HTTPStatus(status).phrase))
+
+    return wrapped
+
+
+async def _reply(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def guard(service, uploads: dict[str, Upload], limits: dict | bentoml.models.BentoModel) -> None:
+    """Put a :class:`RequestGuard` in front of a BentoML service (``limits``: see :class:`RequestGuard`)."""
+    service.add_asgi_middleware(RequestGuard, uploads=uploads, limits=limits)

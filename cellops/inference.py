@@ -161,3 +161,18 @@ def sliding_window_predict(
             accumulated[z, y : y + tile_size, x : x + tile_size] += tile
     result = (accumulated / plan.normaliser.to(device))[:, :height, :width].cpu().numpy()
     return result[0] if image.ndim == 2 else result
+
+
+def tile_count(shape: tuple[int, ...], tile_size: int, overlap: float) -> int:
+    """How many tiles :func:`sliding_window_predict` runs over an image or stack of ``shape`` (the work a
+    request causes: a slice smaller than a tile still costs a whole one).
+
+    >>> tile_count((3, 100, 100), tile_size=64, overlap=0.25), tile_count((10, 10), tile_size=64, overlap=0.25)
+    (12, 1)
+    """
+    stride = max(1, int(tile_size * (1.0 - overlap)))
+    height, width = shape[-2:]
+    slices = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    per_slice = len(tile_starts(max(height, tile_size), tile_size, stride)) * \
+        len(tile_starts(max(width, tile_size), tile_size, stride))
+    return slices * per_slice

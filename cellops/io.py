@@ -8,6 +8,8 @@ these functions, so every caller gets the same checks and the same error message
 from __future__ import annotations
 
 import io
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,27 +95,99 @@ def write_files_safely(contents: dict[Path, bytes], *, overwrite: bool = False) 
     return list(contents)
 
 
+def _check_input_file(path: Path) -> None:
+    """Raise ``ImageInputError`` naming ``path`` unless it is a non-empty regular file this process may read: a
+    directory, a symbolic-link loop, a broken link, a pipe or device (reading one could block forever) are each
+    named as such rather than as "no such file"."""
+    import errno
+    import os
+    import stat
+
+    try:
+        info = path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ImageInputError(f"{path}: symbolic link loop (the link leads back to itself)") from None
+        if path.is_symlink():
+            raise ImageInputError(f"{path}: broken symbolic link (it points to {os.readlink(path)}, which does not "
+                                  "exist)") from None
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise ImageInputError(f"{path}: no such file") from None
+        raise ImageInputError(f"{path}: cannot be opened ({error.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageInputError(f"{path}: is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageInputError(f"{path}: not a regular file (a pipe, socket or device)")
+    if not os.access(path, os.R_OK):
+        raise ImageInputError(f"{path}: permission denied")
+    if info.st_size == 0:
+        raise ImageInputError(f"{path}: empty file")
+
+
 def read_tiff_stack(path: str | Path) -> np.ndarray:
     """Read a TIFF file (one page or a stack) into a numpy array.
+
+    The size of a plane is checked from the header, before anything is decompressed: above Pillow's
+    decompression-bomb limit (``2 * PIL.Image.MAX_IMAGE_PIXELS`` pixels, as for a PNG) the file is refused. A
+    stack that tifffile finds damaged (a page offset past the end of a truncated file) is refused rather than
+    returned short.
 
     Raises
     ------
     ImageInputError
-        If the file is missing or not a readable TIFF; the message names the file.
+        If the file is missing, a directory, a symbolic-link loop, empty, not a readable TIFF, or truncated; the
+        message names the file. ``ImageTooLargeError`` (a subclass) for a plane over the limit.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = write_tiff_stack(Path(tempfile.mkdtemp()) / "s.tif", np.zeros((3, 8, 8), np.uint16))
+    >>> read_tiff_stack(path).shape
+    (3, 8, 8)
+    >>> read_tiff_stack(path.parent)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    cellops.io.ImageInputError: ...: is a directory, not an image file
     """
+    import logging.handlers
+    import queue
+
     path = Path(path)
-    if not path.is_file():
-        raise ImageInputError(f"{path}: no such file")
+    _check_input_file(path)
+    # tifffile logs, rather than raises, what it finds damaged (a truncated stack reads as its first pages).
+    complaints: queue.SimpleQueue = queue.SimpleQueue()
+    collector = logging.handlers.QueueHandler(complaints)
+    collector.setLevel(logging.ERROR)
+    tifffile_log = logging.getLogger("tifffile")
+    tifffile_log.addHandler(collector)
+    expected_planes = None
     try:
-        return tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            plane = int(np.prod([n for n, axis in zip(series.shape, series.axes) if axis in "YX"]))
+            expected_planes = int(np.prod([n for n, axis in zip(series.shape, series.axes) if axis not in "YXS"]))
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and plane > 2 * limit:
+                raise ImageTooLargeError(f"{path}: image too large: {plane} pixels per plane (shape {series.shape}); "
+                                         f"the limit is {2 * limit}")
+            array = tif.asarray()
+    except ImageInputError:
+        raise
     except Exception as tiff_error:  # tifffile raises many types (zlib.error, missing codecs...) on such files
         # LZW/PackBits/JPEG-compressed TIFFs need the imagecodecs package in tifffile; Pillow decodes them itself.
         try:
             with Image.open(path) as img:
                 pages = [np.asarray(_intensities(page.copy())) for page in ImageSequence.Iterator(img)]
-            return pages[0] if len(pages) == 1 else np.stack(pages)
         except Exception:
             raise ImageInputError(f"{path}: not a readable TIFF file ({tiff_error})") from tiff_error
+        if expected_planes is not None and len(pages) != expected_planes:
+            raise ImageInputError(f"{path}: corrupt or truncated TIFF: its header describes {expected_planes} planes, "
+                                  f"{len(pages)} could be read ({tiff_error})") from tiff_error
+        return pages[0] if len(pages) == 1 else np.stack(pages)
+    finally:
+        tifffile_log.removeHandler(collector)
+    if not complaints.empty():
+        raise ImageInputError(f"{path}: corrupt or truncated TIFF ({complaints.get().getMessage()})")
+    return array
 
 
 def read_image_file(path: str | Path) -> np.ndarray:
@@ -122,21 +196,28 @@ def read_image_file(path: str | Path) -> np.ndarray:
     Raises
     ------
     ImageInputError
-        Missing, empty, corrupt or unsupported file.
+        Missing, empty, corrupt or unsupported file, a directory, a symbolic-link loop, a pipe or device.
+        ``ImageTooLargeError`` (a subclass) for a decompression bomb: a header claiming more than
+        ``2 * PIL.Image.MAX_IMAGE_PIXELS`` pixels (refused before decoding).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> read_image_file(folder / "missing.png")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    cellops.io.ImageInputError: ...missing.png: no such file
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageInputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageInputError(f"{path}: empty file")
+    _check_input_file(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         return read_tiff_stack(path)
     try:
         with Image.open(path) as img:
             return np.asarray(_intensities(img))
-    except Image.DecompressionBombError as error:
+    except Image.DecompressionBombError as error:  # not an OSError: Pillow refuses from the header
         raise ImageTooLargeError(f"{path}: image too large ({error})") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageInputError(f"{path}: not a readable image ({error})") from error
 
 
@@ -162,20 +243,128 @@ class DecodedImage:
     format: str
 
 
-def decode_image(data: bytes, *, max_pixels: int, allowed_ndim: tuple[int, ...] = (2, 3)) -> DecodedImage:
+#: Smallest side (pixels) of an image a service or analysis accepts: a 1xN "image" has no neighbourhood to
+#: segment, and every slice costs a whole padded tile.
+MIN_SIDE = 8
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+class _TiffComplaints(logging.Handler):
+    """Collects what tifffile logs while reading: it logs, rather than raises, when a page offset is invalid
+    (a truncated stack), and would otherwise return the pages before the damage as if they were the file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _read_tiff_upload(data: bytes, max_pixels: int, colour: bool) -> np.ndarray:
+    """One TIFF upload: a 2-D image, a stack of equal slices, or (``colour``) a channel-last RGB(A) image."""
+    complaints = _TiffComplaints()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(complaints)
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            n_pages = len(tif.pages)
+            if len(tif.series) > 1:
+                shapes = ", ".join(str(series.shape) for series in tif.series[:4])
+                raise ImageInputError(f"TIFF with {len(tif.series)} images of different shapes ({shapes}"
+                                      f"{', ...' if len(tif.series) > 4 else ''}): send one image or a stack "
+                                      "of slices of one size")
+            series = tif.series[0]
+            n_pixels = int(np.prod(series.shape))
+            if n_pixels > max_pixels:
+                raise ImageTooLargeError(f"image too large: {n_pixels} pixels, the limit is {max_pixels}")
+            if "S" in series.axes and not colour:
+                raise ImageInputError(f"colour TIFF (shape {series.shape}, axes {series.axes}): send a "
+                                      "single-channel grey-level image")
+            array = series.asarray()
+    except ImageInputError:
+        raise
+    except Exception as error:  # tifffile raises many types on corrupt files
+        raise ImageInputError(f"corrupt or unreadable TIFF ({_clean(error)})") from error
+    finally:
+        logger.removeHandler(complaints)
+    if complaints.messages:
+        raise ImageInputError(f"corrupt or truncated TIFF ({_clean(complaints.messages[0])})")
+    slices = int(np.prod([n for n, axis in zip(series.shape, series.axes) if axis not in "YXS"]))
+    if slices != n_pages:
+        raise ImageInputError(f"corrupt or truncated TIFF: its header describes {slices} slices, the file holds "
+                              f"{n_pages} pages")
+    return array
+
+
+def _clean(error: object) -> str:
+    """An exception's message without memory addresses or file paths (an answer must not leak them)."""
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))
+    text = re.sub(r"<[^<>]*>", "", text)
+    return re.sub(r"(/[\w.\-]+){2,}", "<path>", text).strip()[:300]
+
+
+def check_pixels(array: np.ndarray, *, source: str = "", max_pixels: int | None = None,
+                 allowed_ndim: tuple[int, ...] = (2, 3), min_side: int = MIN_SIDE) -> np.ndarray:
+    """Check a decoded grey-level image or stack before analysis, or raise ``ImageInputError`` naming ``source``
+    and the problem: empty, wrong dimensionality, a side under ``min_side``, too many pixels, unsupported dtype
+    (complex, bool, int32...), NaN or infinity, or a float image outside [0, 1] (read as intensities in [0, 1],
+    such an image would be clipped: a 0-255 float image would come out white).
+
+    Examples
+    --------
+    >>> check_pixels(np.zeros((8, 8), np.uint8)).shape
+    (8, 8)
+    >>> check_pixels(np.full((8, 8), 200.0), source="a.tif")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    cellops.io.ImageInputError: a.tif: float image with values from 200 to 200; ...
+    """
+    prefix = f"{source}: " if source else ""
+    if array.size == 0:
+        raise ImageInputError(f"{prefix}empty image: shape {array.shape}")
+    if array.ndim not in allowed_ndim:
+        raise ImageInputError(
+            f"{prefix}wrong dimensionality: got a {array.ndim}-D array of shape {array.shape}, "
+            f"expected {' or '.join(f'{n}-D' for n in allowed_ndim)} (a grey-level image or a stack of slices)"
+        )
+    if min(array.shape[-2:]) < min_side:
+        raise ImageInputError(f"{prefix}image too small: {array.shape[-2]}x{array.shape[-1]} pixels; each side "
+                              f"must be at least {min_side}")
+    if max_pixels is not None and array.size > max_pixels:
+        raise ImageTooLargeError(f"{prefix}image too large: {array.size} pixels, the limit is {max_pixels}")
+    if array.dtype.name not in SUPPORTED_DTYPES:
+        raise ImageInputError(f"{prefix}unsupported dtype {array.dtype.name}: expected one of "
+                              f"{', '.join(SUPPORTED_DTYPES)}")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise ImageInputError(f"{prefix}image contains NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < -FLOAT_UNIT_TOLERANCE or high > 1.0 + FLOAT_UNIT_TOLERANCE:
+            raise ImageInputError(f"{prefix}float image with values from {low:g} to {high:g}; float images are read "
+                                  "as intensities in [0, 1]: scale it to [0, 1] or save it as 8- or 16-bit integers")
+    return array
+
+
+def decode_image(data: bytes, *, max_pixels: int, allowed_ndim: tuple[int, ...] = (2, 3),
+                 min_side: int = MIN_SIDE) -> DecodedImage:
     """Decode PNG or TIFF bytes into a grey-level array and check that a model can use it.
 
     Parameters
     ----------
     data : the raw bytes of the upload.
-    max_pixels : the largest number of pixels (all slices together) accepted.
+    max_pixels : the largest number of pixels (all slices together) accepted; checked from the header, before
+        anything is decompressed.
     allowed_ndim : 2 for a single image, 3 for a stack of slices.
+    min_side : the smallest height and width accepted.
 
     Raises
     ------
     ImageInputError
-        With a message naming the problem: empty upload, not a PNG or TIFF, RGB/multi-channel, wrong
-        number of dimensions, too many pixels, unsupported dtype, non-finite values.
+        With a message naming the problem: empty upload, not a PNG or TIFF, colour (PNG or TIFF), a TIFF
+        holding images of different sizes or fewer pages than its header says (truncated), wrong number of
+        dimensions, a side under ``min_side``, unsupported dtype, non-finite values, floats outside [0, 1]
+        (see :func:`check_pixels`). ``ImageTooLargeError`` (a subclass) for too many pixels.
 
     Examples
     --------
@@ -185,53 +374,38 @@ def decode_image(data: bytes, *, max_pixels: int, allowed_ndim: tuple[int, ...] 
     """
     if not data:
         raise ImageInputError("empty upload: the file has no bytes")
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        try:
-            with tifffile.TiffFile(io.BytesIO(data)) as tif:
-                series = tif.series[0]
-                n_pixels = int(np.prod(series.shape))
-                if n_pixels > max_pixels:
-                    raise ImageTooLargeError(f"image too large: {n_pixels} pixels, the limit is {max_pixels}")
-                array = series.asarray()
-        except ImageInputError:
-            raise
-        except Exception as error:  # tifffile raises many types on corrupt files
-            raise ImageInputError(f"corrupt or unreadable TIFF ({error})") from error
-        fmt = "tiff"
+    if data[:4] in _TIFF_MAGIC:
+        array, fmt = _read_tiff_upload(data, max_pixels, colour=False), "tiff"
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > max_pixels:
-                    raise ImageTooLargeError(
-                        f"image too large: {img.width * img.height} pixels, the limit is {max_pixels}"
-                    )
-                if img.mode not in ("L", "I;16", "I;16B", "I", "F"):
-                    raise ImageInputError(
-                        f"PNG in colour mode {img.mode!r}: send a single-channel grey-level image"
-                    )
-                array = np.asarray(img)
-        except ImageInputError:
-            raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise ImageInputError(f"corrupt or unreadable PNG ({error})") from error
-        fmt = "png"
+        array, fmt = _read_pillow_upload(data, max_pixels, formats=("PNG",), grey_only=True), "png"
     else:
         raise ImageInputError("not an image: expected PNG or TIFF bytes")
+    return DecodedImage(array=check_pixels(array, max_pixels=max_pixels, allowed_ndim=allowed_ndim,
+                                           min_side=min_side), format=fmt)
 
-    if array.size == 0:
-        raise ImageInputError(f"empty image: shape {array.shape}")
-    if array.ndim not in allowed_ndim:
-        raise ImageInputError(
-            f"wrong dimensionality: got a {array.ndim}-D array of shape {array.shape}, "
-            f"expected {' or '.join(f'{n}-D' for n in allowed_ndim)} (a grey-level image or a stack of slices)"
-        )
-    if array.size > max_pixels:
-        raise ImageTooLargeError(f"image too large: {array.size} pixels, the limit is {max_pixels}")
-    if array.dtype.name not in SUPPORTED_DTYPES:
-        raise ImageInputError(f"unsupported dtype {array.dtype.name}: expected one of {', '.join(SUPPORTED_DTYPES)}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ImageInputError("image contains NaN or infinite values")
-    return DecodedImage(array=array, format=fmt)
+
+def _read_pillow_upload(data: bytes, max_pixels: int, formats: tuple[str, ...], grey_only: bool) -> np.ndarray:
+    """A PNG or JPEG upload through Pillow, its size checked from the header before decoding."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in formats:
+                raise ImageInputError(f"unsupported image format {img.format}: send {', '.join(formats)} or TIFF")
+            if img.width * img.height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image too large: {img.width}x{img.height} = {img.width * img.height} pixels, the limit is "
+                    f"{max_pixels}")
+            if grey_only and img.mode not in ("L", "I;16", "I;16B", "I", "F"):
+                raise ImageInputError(f"{img.format} in colour mode {img.mode!r}: send a single-channel grey-level "
+                                      "image")
+            return np.asarray(_intensities(img))
+    except ImageInputError:
+        raise
+    except Image.DecompressionBombError as error:  # not an OSError: Pillow refuses before we can ask the size
+        raise ImageTooLargeError(f"image too large ({_clean(error)})") from error
+    except UnidentifiedImageError as error:
+        raise ImageInputError(f"not a readable image: expected {', '.join(formats)} or TIFF bytes") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageInputError(f"corrupt or truncated image ({_clean(error)})") from error
 
 
 def encode_image(array: np.ndarray, fmt: str) -> bytes:
@@ -528,7 +702,7 @@ def load_class_images(paths: Sequence[Path], *, channels: int, size: int) -> tup
     return batch, errors
 
 
-def decode_picture(data: bytes, *, max_pixels: int) -> np.ndarray:
+def decode_picture(data: bytes, *, max_pixels: int, min_side: int = MIN_SIDE) -> np.ndarray:
     """Decode one uploaded picture as stored: PNG, JPEG or TIFF, grey or colour (RGB/RGBA, channel-last), 8/16-bit
     or float (what :func:`to_model_input` takes). Errors name the problem; too many pixels raise
     :class:`ImageTooLargeError`.
@@ -538,20 +712,13 @@ def decode_picture(data: bytes, *, max_pixels: int) -> np.ndarray:
     """
     if not data:
         raise ImageInputError("empty upload: the file has no bytes")
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return decode_image(data, max_pixels=max_pixels, allowed_ndim=(2, 3)).array
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in ("PNG", "JPEG"):
-                raise ImageInputError(f"unsupported image format {img.format}: send PNG, JPEG or TIFF")
-            if img.width * img.height > max_pixels:
-                raise ImageTooLargeError(f"image too large: {img.width * img.height} pixels, the limit is {max_pixels}")
-            return np.asarray(_intensities(img))
-    except ImageInputError:
-        raise
-    except UnidentifiedImageError as error:
-        raise ImageInputError("not an image: expected PNG, JPEG or TIFF bytes") from error
-    except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"image too large ({error})") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageInputError(f"corrupt or truncated image ({error})") from error
+    if data[:4] in _TIFF_MAGIC:
+        picture = _read_tiff_upload(data, max_pixels, colour=True)
+    else:
+        picture = _read_pillow_upload(data, max_pixels, formats=("PNG", "JPEG"), grey_only=False)
+    height, width, _ = image_geometry(picture)
+    if min(height, width) < min_side:
+        raise ImageInputError(f"image too small: {height}x{width} pixels; each side must be at least {min_side}")
+    if picture.dtype.kind not in "uf" or picture.dtype.itemsize > 8 or picture.dtype.name in ("uint32", "uint64"):
+        raise ImageInputError(f"unsupported dtype {picture.dtype.name}: expected uint8, uint16 or a float type")
+    return picture

@@ -1,52 +1,112 @@
-"""BentoML service: mitochondria segmentation of an uploaded EM image (PNG/TIFF) or TIFF stack.
+"""BentoML services: mitochondria segmentation of an uploaded EM image (PNG/TIFF) or TIFF stack.
 
-``POST /segment`` (multipart field ``image``) answers with the mask in the format sent (PNG or TIFF,
-0/255 uint8) and the foreground fraction in the ``X-Foreground-Fraction`` header; ``POST /segment_stats``
-answers JSON only; ``POST /metadata`` tells which model answers, where it came from and the inference settings
-it applies (those its registered test metrics were measured with). Bad uploads get a 4xx naming the problem.
+Two services, as BentoML recommends for adaptive batching: ``UNetModel`` holds the network and runs tiles,
+merging the tiles of concurrent requests into one batch (``predict_tiles`` is batchable); ``UNetSegmenter``,
+the one clients talk to, checks and decodes uploads, cuts them into tiles and blends the answers with the same
+:func:`cellops.unet.predict.segment` the metrics were measured with, so a bad file is answered with a 4xx
+naming it and never fails other clients' batch.
+
+``POST /segment`` (multipart field ``image``) answers with the mask in the format sent (PNG or TIFF, 0/255
+uint8) and the foreground fraction in the ``X-Foreground-Fraction`` header; ``POST /segment_stats`` answers
+JSON only; ``POST /metadata`` tells which model answers, where it came from and the inference settings it
+applies (those its registered test metrics were measured with). Bad requests get a 4xx naming the problem.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import bentoml
 import numpy as np
+import torch
 
-from bento.common import decode_upload, max_pixels, model_metadata
+from bento.common import PayloadTooLarge, Upload, decode_upload, guard, max_pixels, model_metadata
 from cellops.io import encode_image
 from cellops.telemetry import disable_telemetry
 
 disable_telemetry()
 
+BENTO_MODEL = "cellops-unet:latest"
 
-@bentoml.service(name="cellops-unet", traffic={"timeout": 600})
-class UNetSegmenter:
-    bento_model = bentoml.models.BentoModel("cellops-unet:latest")
+
+@bentoml.service(name="cellops-unet-model", traffic={"timeout": 600})
+class UNetModel:
+    """The network: foreground logits of tiles (N, 1, T, T), batched across requests."""
+
+    bento_model = bentoml.models.BentoModel(BENTO_MODEL)
 
     def __init__(self) -> None:
         import mlflow.pytorch
-        import torch
 
-        from cellops.unet.predict import InferenceSettings, load_for_inference
+        from cellops.unet.predict import load_for_inference
 
         torch.set_grad_enabled(False)
-        self.info = model_metadata(self.bento_model)
-        self.settings = InferenceSettings.from_dict(self.info["inference_settings"])
-        self.max_pixels = max_pixels(self.info["service_limits"])
         self.model = load_for_inference(
             mlflow.pytorch.load_model(self.bento_model.path_of("mlflow_model"), map_location="cpu"))
 
-    def _segment(self, data: bytes) -> tuple[np.ndarray, str]:
-        from cellops.unet.predict import segment
+    # A request's tiles come in chunks of the registered batch size (8 by default); up to 64 tiles from
+    # concurrent requests run in one forward pass. max_latency_ms bounds the wait, forward pass included.
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=20000)
+    def predict_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        """Logits (N, 1, T, T) of float32 tiles (N, 1, T, T) in [0, 1]."""
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))
+            return self.model(batch.contiguous(memory_format=torch.channels_last)).float().numpy()
+
+
+class _RemoteNetwork(torch.nn.Module):
+    """Stands in for the U-Net inside :func:`cellops.unet.predict.segment`, which runs in a worker thread:
+    each forward pass goes to the model service on the event loop, where concurrent requests' tiles meet."""
+
+    def __init__(self, network, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.network, self.loop = network, loop
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        tiles = np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
+        call = self.network.to_async.predict_tiles(tiles)
+        return torch.from_numpy(np.asarray(asyncio.run_coroutine_threadsafe(call, self.loop).result()))
+
+
+@bentoml.service(name="cellops-unet", traffic={"timeout": 600, "max_concurrency": 64})
+class UNetSegmenter:
+    bento_model = bentoml.models.BentoModel(BENTO_MODEL)
+    network = bentoml.depends(UNetModel)
+
+    def __init__(self) -> None:
+        from cellops.unet.predict import InferenceSettings
+
+        self.info = model_metadata(self.bento_model)
+        self.settings = InferenceSettings.from_dict(self.info["inference_settings"])
+        limits = self.info["service_limits"]
+        self.max_pixels = max_pixels(limits)
+        self.max_tiles = int(limits.get("max_tiles", 4096))
+
+    def _decode(self, data: bytes):
+        from cellops.inference import tile_count
 
         decoded = decode_upload(data, self.max_pixels)
-        return segment(self.model, decoded.array, self.settings).astype(np.uint8) * 255, decoded.format
+        tiles = tile_count(decoded.array.shape, self.settings.tile_size, self.settings.tile_overlap)
+        tiles *= 4 if self.settings.flip_averaging else 1
+        if tiles > self.max_tiles:
+            # Pixels alone do not bound the work: every slice costs at least one whole tile.
+            raise PayloadTooLarge(f"image of shape {decoded.array.shape} needs {tiles} tiles of "
+                                  f"{self.settings.tile_size} px; the limit is {self.max_tiles}")
+        return decoded
+
+    async def _segment(self, data: bytes) -> tuple[np.ndarray, str]:
+        from cellops.unet.predict import segment
+
+        decoded = await asyncio.to_thread(self._decode, data)
+        remote = _RemoteNetwork(self.network, asyncio.get_running_loop())
+        mask = await asyncio.to_thread(segment, remote, decoded.array, self.settings)
+        return mask.astype(np.uint8) * 255, decoded.format
 
     @bentoml.api
-    def segment(self, image: Path, ctx: bentoml.Context) -> Path:
+    async def segment(self, image: Path, ctx: bentoml.Context) -> Path:
         """Mask of an uploaded 2-D image or 3-D stack, in the format sent; fraction in a header."""
-        mask, fmt = self._segment(Path(image).read_bytes())
+        mask, fmt = await self._segment(Path(image).read_bytes())
         ctx.response.headers["X-Foreground-Fraction"] = f"{float((mask > 0).mean()):.6f}"
         ctx.response.headers["X-Model-Version"] = str(self.info.get("model_version", "unknown"))
         out = Path(ctx.temp_dir) / ("mask.png" if fmt == "png" else "mask.tif")  # removed after the response
@@ -54,9 +114,9 @@ class UNetSegmenter:
         return out
 
     @bentoml.api
-    def segment_stats(self, image: Path) -> dict:
+    async def segment_stats(self, image: Path) -> dict:
         """Foreground fraction (whole upload and per slice) without sending the mask back."""
-        mask, _ = self._segment(Path(image).read_bytes())
+        mask, _ = await self._segment(Path(image).read_bytes())
         per_slice = (mask > 0).reshape(-1, *mask.shape[-2:]).mean(axis=(1, 2))
         return {
             "shape": list(mask.shape),
@@ -69,3 +129,7 @@ class UNetSegmenter:
     def metadata(self) -> dict:
         """Model version, MLflow run, ZenML run, data version, git commit, metrics and inference settings."""
         return self.info
+
+
+guard(UNetSegmenter, {"/segment": Upload("image"), "/segment_stats": Upload("image")},
+      UNetSegmenter.inner.bento_model)
