@@ -24,7 +24,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help setup configs data data-accept train deploy train-classifier deploy-classifier train-maskrcnn \
-	train-maskrcnn-nuclei deploy-maskrcnn analyses reports demo serve serve-classifier serve-maskrcnn ui test bench lock clean
+	train-maskrcnn-nuclei deploy-maskrcnn analyses reports demo deploy-all serve serve-unet serve-classifier serve-maskrcnn ui test bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ train-maskrcnn-nuclei: setup  ## train the nuclei Mask R-CNN, registered as cell
 deploy-maskrcnn: setup  ## import the champion colony Mask R-CNN into BentoML and build its bento
 	$(BIN)/zenml pipeline run pipelines.maskrcnn.deployment_pipeline -c configs/maskrcnn_deploy.yaml
 
+deploy-all: setup  ## every champion and the classical analyses -> bentos, one pipeline run (configs/deploy.yaml)
+	$(BIN)/zenml pipeline run pipelines.deploy.deploy_pipeline -c configs/deploy.yaml
+
 analyses: setup  ## run the classical pipelines: colonies, nuclei, calcium
 	$(BIN)/zenml pipeline run pipelines.colonies.colony_pipeline -c configs/colonies.yaml
 	$(BIN)/zenml pipeline run pipelines.nuclei.nuclei_pipeline -c configs/nuclei.yaml
@@ -85,10 +88,18 @@ reports: $(VENV)/.installed  ## dvc repro: classical reports from data/ and conf
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-demo: setup data train deploy train-classifier deploy-classifier train-maskrcnn deploy-maskrcnn analyses  ## everything, on the built-in data
-	@echo "demo done: 'make ui' for the MLflow UI, 'make serve' / 'make serve-classifier' / 'make serve-maskrcnn' to serve the champions"
+demo: setup data train train-classifier train-maskrcnn deploy-all analyses  ## everything, on the built-in data
+	@echo "demo done: 'make ui' for the MLflow UI, 'make serve' to serve every champion and the classical analyses"
 
-serve: $(VENV)/.installed  ## serve the latest cellops-unet bento on $(HOST):$(SERVE_PORT)
+serve: $(VENV)/.installed  ## serve every bento on $(HOST): U-Net :3000, classifier :3001, Mask R-CNN :3002, classical :3003 (Ctrl-C stops them all)
+	@trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/bentoml serve cellops-unet:latest --host $(HOST) --port 3000 & \
+	$(BIN)/bentoml serve cellops-classifier:latest --host $(HOST) --port 3001 & \
+	$(BIN)/bentoml serve cellops-maskrcnn:latest --host $(HOST) --port 3002 & \
+	$(BIN)/bentoml serve cellops-classical:latest --host $(HOST) --port 3003 & \
+	wait
+
+serve-unet: $(VENV)/.installed  ## serve the latest cellops-unet bento on $(HOST):$(SERVE_PORT)
 	$(BIN)/bentoml serve cellops-unet:latest --host $(HOST) --port $(SERVE_PORT)
 
 serve-classifier: $(VENV)/.installed  ## serve the latest cellops-classifier bento on $(HOST):$(SERVE_PORT)

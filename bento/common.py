@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from http import HTTPStatus
+from pathlib import Path
 
 import bentoml
 import numpy as np
@@ -54,10 +55,23 @@ def decode_picture_upload(data: bytes, limit: int, name: str) -> np.ndarray:
         raise InvalidArgument(f"{name}: {error}") from error
 
 
+#: Written into the build context by the deployment step just before `bentoml build` (see
+#: :func:`steps.deployment.write_build_info`), and so copied into the bento.
+BUILD_INFO = Path(__file__).with_name("build_info.json")
+
+
+def build_info() -> dict:
+    """How the served bento was built: the git commit of its code and when (``unknown`` for a bento built by
+    hand without the deployment step)."""
+    if BUILD_INFO.is_file():
+        return json.loads(BUILD_INFO.read_text())
+    return {"git_commit": "unknown", "built_at": "unknown"}
+
+
 def model_metadata(bento_model: bentoml.Model) -> dict:
     """The served model's registry record (model version, run ids, lineage, metrics and the inference settings
-    they were measured with) as the deployment stored it, plus the BentoML model tag."""
-    return {"bento_model": str(bento_model.tag), **dict(bento_model.info.metadata)}
+    they were measured with) as the deployment stored it, plus the BentoML model tag and the bento's own build."""
+    return {"bento_model": str(bento_model.tag), **dict(bento_model.info.metadata), "bento_build": build_info()}
 
 
 #: Environment variable with which an operator tightens a service's request byte limit without rebuilding.

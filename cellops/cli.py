@@ -6,7 +6,12 @@
     cellops analyze colonies|nuclei|calcium INPUT... --out DIR [--group NAME] [--config FILE] [--masks LABELS.tif...]
     cellops report colonies|nuclei|calcium [--config configs/<kind>.yaml] [--out reports/<kind>]
     cellops models [FAMILY]                       (registered versions, metrics, data versions, champion)
-    cellops lineage MODEL[:VERSION|@ALIAS]        (a version's lineage from the registry, no server)
+    cellops lineage MODEL[:VERSION|@ALIAS] [--json]  (a version's lineage from the registry, no server)
+    cellops predict classifier|maskrcnn IMAGE... --out DIR [--model models:/NAME@ALIAS]
+
+Batch commands (analyze, predict) share one exit code contract (:func:`batch_exit_code`): 0 every file was
+analysed; 1 some files failed (each named on stderr with its problem, the others analysed and summarised); 2 the
+command could not run at all (bad arguments, config or model, or not one input file could be used).
 """
 
 from __future__ import annotations
@@ -124,6 +129,24 @@ def render_configs(root: Path, *, check: bool = False) -> int:
 
 KINDS = ("calcium", "colonies", "nuclei")
 
+#: Exit codes of the batch commands (``analyze``, ``predict``).
+EXIT_ALL_DONE, EXIT_SOME_FAILED, EXIT_NOT_RUN = 0, 1, 2
+
+BATCH_EXIT_CODES = ("exit codes: 0 every file analysed; 1 some files failed (each is named on stderr with its "
+                    "problem, the rest are analysed and summarised); 2 nothing could be done (bad arguments, config "
+                    "or model, or no input file could be used)")
+
+
+def batch_exit_code(n_files: int, n_failed: int) -> int:
+    """The exit code of a batch of ``n_files`` of which ``n_failed`` failed: 0 none, 1 some, 2 all (or no file).
+
+    >>> batch_exit_code(3, 0), batch_exit_code(3, 1), batch_exit_code(3, 3)
+    (0, 1, 2)
+    """
+    if n_files == 0 or n_failed >= n_files:
+        return EXIT_NOT_RUN
+    return EXIT_SOME_FAILED if n_failed else EXIT_ALL_DONE
+
 
 def _pipeline_parameters(config: Path) -> dict:
     """The ``parameters`` block of a pipeline config (what the pipeline, this CLI and the DVC stages share)."""
@@ -138,20 +161,36 @@ def _analysis_params(kind: str, config: Path | None):
 
     if config is None:
         return ANALYSES[kind].params()
-    values = yaml.safe_load(config.read_text()) or {}
-    if "parameters" in values:
-        values = values["parameters"].get("analysis") or {}
+    try:
+        values = yaml.safe_load(config.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config}: not a readable YAML file ({error})") from error
+    if isinstance(values, dict) and "parameters" in values:  # a pipeline config
+        parameters = values["parameters"] or {}
+        values = (parameters.get("analysis") if isinstance(parameters, dict) else parameters) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{config}: expected a mapping of parameter names to values, got {type(values).__name__}")
     return from_mapping(ANALYSES[kind].params, values)
 
 
 def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config: Path | None,
             masks: list[Path] | None = None) -> int:
-    """Run one analysis over ``inputs``; returns 0 when every file was analysed, 1 otherwise. ``masks`` (calcium
-    only): one label TIFF per movie, in the same order, measured instead of segmenting."""
+    """Run one analysis over ``inputs``; returns :func:`batch_exit_code` (0 all analysed, 1 some failed, 2 none
+    could be). ``masks`` (calcium only): one label TIFF per movie, in the same order, measured instead of
+    segmenting.
+
+    Every file that cannot be analysed is named on stderr with its problem, one line each, and the others are
+    analysed and summarised (``<kind>_all.csv``). Outputs are named after their input; inputs that share a name
+    get the folders that tell them apart (:func:`cellops.analyze.input_names`). A file given twice is analysed
+    once. Raises ``ValueError`` for what stops the whole command (bad config, masks or output folder).
+    """
     from cellops import analyze as batch
     from cellops.io import write_table
 
     params = _analysis_params(kind, config)
+    baseline = getattr(params, "baseline_frames", 1)
+    if isinstance(baseline, bool) or not isinstance(baseline, int) or baseline < 1:
+        raise ValueError(f"{config}: baseline_frames must be a whole number of frames (1 or more), got {baseline!r}")
     extra = {}
     if masks:
         if kind != "calcium":
@@ -161,18 +200,37 @@ def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config:
         missing = [str(m) for m in masks if not m.is_file()]
         if missing:
             raise ValueError(f"mask files not found: {missing}")
-        extra["masks"] = dict(zip(inputs, masks))
-    out.mkdir(parents=True, exist_ok=True)
-    report = batch.ANALYSES[kind].run(inputs, out, params, group, **extra)
-    if not report.table.empty:
+        pairs = {}
+        for movie, mask in zip(inputs, masks):
+            if pairs.setdefault(movie, mask) != mask:
+                raise ValueError(f"{movie} is given twice, with the masks {pairs[movie]} and {mask}")
+        extra["masks"] = pairs
+    inputs, repeats = batch.distinct_files(inputs)
+    for repeat, first in repeats:
+        print(f"cellops analyze: {batch.repeat_note(repeat, first)}; analysed once", file=sys.stderr)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot create the output folder ({error.strerror})") from error
+    report = batch.ANALYSES[kind].run(inputs, out, params, group, names=batch.input_names(inputs), **extra)
+    if len(report.table.columns):  # some file was analysed (perhaps with no object in it)
         write_table(report.table, out / f"{kind}_all.csv")
         if kind == "nuclei" and report.table["group"].nunique() > 1:
             batch.nuclei_group_report(report.table, out)
-    print(f"{kind}: {len(inputs) - len(report.failures)} of {len(inputs)} files analysed, {len(report.table)} "
-          f"objects; results in {out}")
+    done = len(inputs) - len(report.failures)
+    print(f"{kind}: {done} of {len(inputs)} files analysed" + (f", {len(report.table)} objects; results in {out}"
+                                                                  if done else ""))
     for name, problem in report.failures.items():
         print(f"  failed: {problem if problem.startswith(name) else f'{name}: {problem}'}", file=sys.stderr)
-    return 1 if report.failures else 0
+    code = batch_exit_code(len(inputs), len(report.failures))
+    if code == EXIT_SOME_FAILED:
+        print(f"cellops analyze {kind}: some files failed ({len(report.failures)} of {len(inputs)}); the others "
+              "were analysed", file=sys.stderr)
+    elif code == EXIT_NOT_RUN:
+        print(f"cellops analyze {kind}: no file could be analysed", file=sys.stderr)
+    return code
 
 
 def report(kind: str, config: Path, out: Path) -> int:
@@ -218,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     chk.add_argument("--manifest", type=Path, default=Path("data.files.json"))
     chk.add_argument("--dvc-file", type=Path, default=Path("data.dvc"))
     chk.add_argument("--update", action="store_true", help="rewrite the manifest from data/ (after `dvc add`)")
-    ana = commands.add_parser("analyze", help="analyse your own PNG/TIFF images")
+    ana = commands.add_parser("analyze", help="analyse your own PNG/TIFF images", epilog=BATCH_EXIT_CODES)
     ana.add_argument("kind", choices=KINDS)
-    ana.add_argument("inputs", type=Path, nargs="+", help="image files (calcium: time-lapse TIFF stacks)")
+    ana.add_argument("inputs", type=Path, nargs="+",
+                     help="image files, not folders (calcium: grey-level time-lapse TIFF stacks (frames, rows, "
+                          "columns) longer than the config's baseline_frames); outputs are named after each file, "
+                          "inside sub-folders named like their folders when two files share a name")
     ana.add_argument("--out", type=Path, required=True, help="folder for label TIFFs, CSV tables and PNG plots")
     ana.add_argument("--group", help="culture group of these files (default: each file's folder name)")
     ana.add_argument("--config", type=Path, help="YAML with the analysis parameters (e.g. configs/nuclei.yaml)")
@@ -245,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.config}: no such config file")
         try:
             return analyze(args.kind, args.inputs, args.out, args.group, args.config, args.masks)
-        except ValueError as error:  # a bad parameter in the config
+        except ValueError as error:  # a bad config, bad masks or an unusable output folder
             print(f"cellops analyze: {error}", file=sys.stderr)
             return 2
     if args.command == "configs":

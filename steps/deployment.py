@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Annotated
 
 import bentoml
@@ -10,6 +13,7 @@ from mlflow import MlflowClient
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
+from cellops.lineage import git_commit
 from tracking import tags
 from tracking.registry import resolve_version
 from tracking.runs import require_own_store
@@ -44,13 +48,32 @@ def import_champion(
     return str(bento_model.tag)
 
 
+def write_build_info(build_ctx: str) -> dict:
+    """Record the commit the bento is built from in ``bento/build_info.json`` (copied into every bento; the
+    services report it in their metadata), and return it."""
+    info = {"git_commit": git_commit(build_ctx), "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (Path(build_ctx) / "bento" / "build_info.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
 @step(enable_cache=False)
 def build_bento(bento_model_tag: str, bentofile: str, build_ctx: str) -> Annotated[str, "bento_tag"]:
     """Build the service's bento; fails if the bento does not embed the model just imported."""
-    bento = bentoml.bentos.build_bentofile(bentofile, build_ctx=build_ctx)
+    info = write_build_info(build_ctx)
+    bento = bentoml.bentos.build_bentofile(bentofile, build_ctx=build_ctx, labels={"git_commit": info["git_commit"]})
     embedded = [str(model.tag) for model in bento.info.all_models]
     if bento_model_tag not in embedded:
         raise RuntimeError(f"bento {bento.tag} embeds {embedded}, not the champion {bento_model_tag}")
     log_metadata(metadata={"bento": str(bento.tag), "models": embedded})
     logger.info("built bento %s with %s; serve it with `bentoml serve %s`", bento.tag, embedded, bento.tag)
+    return str(bento.tag)
+
+
+@step(enable_cache=False)
+def build_service_bento(bentofile: str, build_ctx: str) -> Annotated[str, "bento_tag"]:
+    """Build the bento of a service without a registered model (the classical analyses)."""
+    info = write_build_info(build_ctx)
+    bento = bentoml.bentos.build_bentofile(bentofile, build_ctx=build_ctx, labels={"git_commit": info["git_commit"]})
+    log_metadata(metadata={"bento": str(bento.tag)})
+    logger.info("built bento %s; serve it with `bentoml serve %s`", bento.tag, bento.tag)
     return str(bento.tag)

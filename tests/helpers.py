@@ -63,15 +63,20 @@ class served_bento:
 
         import httpx
 
+        import tempfile
+
         port = free_port()
+        # The server's log goes to a file: a pipe nobody reads fills up after a few dozen logged errors and
+        # then blocks the server.
+        self.log = tempfile.TemporaryFile()
         self.server = subprocess.Popen(
             ["bentoml", "serve", self.tag, "--host", "127.0.0.1", "--port", str(port)], cwd=self.cwd, env=self.env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + self.ready_timeout
         while True:
             if self.server.poll() is not None:
-                raise AssertionError(self.server.stdout.read().decode()[-3000:])
+                raise AssertionError(self.output()[-3000:])
             try:
                 if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                     return base
@@ -81,6 +86,11 @@ class served_bento:
                 self.__exit__(None, None, None)
                 raise AssertionError(f"bentoml serve {self.tag} was not ready in {self.ready_timeout} s")
             time.sleep(1)
+
+    def output(self) -> str:
+        """What the server has logged so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def alive(self) -> bool:
         return self.server.poll() is None
@@ -96,3 +106,4 @@ class served_bento:
             pass
         except subprocess.TimeoutExpired:
             os.killpg(self.server.pid, signal.SIGKILL)
+        self.log.close()

@@ -195,7 +195,10 @@ def probe(base_url: str, route: str, field_name: str, valid: bytes, *, over_byte
     files_before = _files_under(temp_dir)
     statuses = {}
     for case in hostile_requests(field_name, over_byte_limit=over_byte_limit, valid=valid):
-        response = httpx.post(f"{base_url}/{route}", timeout=timeout, **case.request)
+        try:
+            response = httpx.post(f"{base_url}/{route}", timeout=timeout, **case.request)
+        except httpx.HTTPError as error:
+            raise AssertionError(f"{route} <- {case.name}: no answer ({error!r})") from error
         statuses[case.name] = response.status_code
         where = f"{route} <- {case.name}: {response.status_code} {response.text[:300]}"
         assert not LEAKS.search(response.text), where

@@ -93,7 +93,8 @@ def test_calcium_with_masks_drawn_elsewhere_keeps_their_ids(tmp_path, capsys):
     tifffile.imwrite(intensity, np.full((128, 128), 0.5, np.float32))
     for bad, message in ((wrong_size, "masks are 64x64 but the movie's frames are 128x128"),
                          (intensity, "a label image holds whole numbers")):
-        assert main(["analyze", "calcium", str(stack), "--masks", str(bad), "--out", str(tmp_path / "bad")]) == 1
+        # The only movie cannot be analysed: nothing was done (exit code 2, not 1).
+        assert main(["analyze", "calcium", str(stack), "--masks", str(bad), "--out", str(tmp_path / "bad")]) == 2
         assert message in capsys.readouterr().err
     assert main(["analyze", "calcium", str(stack), str(stack), "--masks", str(masks), "--out", str(tmp_path / "n")]) == 2
     assert "one label image per movie" in capsys.readouterr().err

@@ -1,25 +1,41 @@
-"""`cellops models` and `cellops lineage`: the registry as a lab reads it, without a server or a dashboard.
+"""`cellops models`, `cellops lineage` and `cellops predict`: the registry as a lab reads it, without a server or
+a dashboard.
 
 ZenML's open-source dashboard has no Models page, so this lists every registered model family, its versions,
 their metrics, data versions and which one holds `champion` (with ZenML's stage for the same version).
+`predict` follows the batch exit codes of `cellops analyze` (:func:`cellops.cli.batch_exit_code`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
 
+from cellops.cli import BATCH_EXIT_CODES, EXIT_NOT_RUN, EXIT_SOME_FAILED, batch_exit_code
 from tracking import tags as names
-from tracking.registry import describe_versions, resolve_version
-from tracking.runs import project_tracking_uri
+from tracking.registry import champion_version, describe_versions, resolve_version
+from tracking.runs import local_store_path, project_tracking_uri
+
+#: The alias ``cellops lineage MODEL`` and ``predict`` look for first.
+CHAMPION = "champion"
 
 
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else this checkout's own store (what `make setup` configures)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or project_tracking_uri(Path.cwd())
+
+
+def check_store_exists(tracking_uri: str) -> None:
+    """Raise a ``LookupError`` when ``tracking_uri`` is a local store that does not exist (MLflow would create an
+    empty one and answer that nothing is registered); a server is not checked."""
+    store = local_store_path(tracking_uri)
+    if store is not None and not store.exists():
+        raise LookupError(f"no MLflow store at {store}: run `make setup` and a training pipeline in this checkout, "
+                          "or give --tracking-uri (or MLFLOW_TRACKING_URI)")
 
 
 def _zenml_stages(model_name: str) -> dict[str, str]:
@@ -62,16 +78,80 @@ def list_models(tracking_uri: str, family: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def lineage(tracking_uri: str, reference: str) -> dict:
-    """``MODEL``, ``MODEL:VERSION`` or ``MODEL@ALIAS`` -> the version's full record (champion by default)."""
+def parse_reference(reference: str) -> tuple[str, str | None]:
+    """``MODEL``, ``MODEL:VERSION`` or ``MODEL@ALIAS`` -> (name, ref for :func:`resolve_version`; None: not given).
+
+    >>> parse_reference("cellops-unet"), parse_reference("cellops-unet:3"), parse_reference("cellops-unet@champion")
+    (('cellops-unet', None), ('cellops-unet', '3'), ('cellops-unet', '@champion'))
+    """
     if "@" in reference:
-        name, ref = reference.split("@", 1)
-        ref = f"@{ref}"
-    elif ":" in reference:
-        name, ref = reference.split(":", 1)
-    else:
-        name, ref = reference, None
-    return resolve_version(MlflowClient(tracking_uri), name, ref)
+        name, alias = reference.split("@", 1)
+        return name, f"@{alias}"
+    if ":" in reference:
+        name, version = reference.split(":", 1)
+        return name, version
+    return reference, None
+
+
+def lineage(tracking_uri: str, reference: str) -> dict:
+    """The full record of one registered version (:func:`tracking.tags.version_record`): ``MODEL:VERSION``,
+    ``MODEL@ALIAS``, or ``MODEL`` alone for the version holding ``champion``, else the latest version."""
+    check_store_exists(tracking_uri)
+    name, ref = parse_reference(reference)
+    client = MlflowClient(tracking_uri)
+    if ref is None:
+        ref = f"@{CHAMPION}" if champion_version(client, name, CHAMPION) is not None else "latest"
+    return resolve_version(client, name, ref)
+
+
+def _value(value: object) -> str:
+    """A setting or metric as one short line: floats to 6 significant digits, mappings and lists as JSON."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return "-" if value is None else str(value)
+
+
+def format_lineage(record: dict) -> str:
+    """A version's record (:func:`lineage`) as a person reads it: the chain from the model version back to the
+    runs, the data and the code, then the metrics at registration and the settings they were measured with.
+
+    >>> print(format_lineage({"registered_model": "cellops-unet", "model_version": "3", "aliases": ["champion"],
+    ...                       "mlflow_run_id": "r1", "zenml_run_id": None, "data_version": "ab12.dir",
+    ...                       "git_commit": "c0ffee", "metrics": {"dice": 0.91234567}, "promotion_metric": "dice",
+    ...                       "inference_settings": {"tile_size": 256}}))
+    cellops-unet version 3 (aliases: champion)
+      MLflow run      r1
+      ZenML run       - (not recorded)
+      data version    ab12.dir (DVC hash of the training data)
+      git commit      c0ffee
+      metrics at registration (promotion metric: dice):
+        dice          0.912346
+      measured with these inference settings:
+        tile_size     256
+    """
+    fixed = {"registered_model", "model_version", "aliases", names.MLFLOW_RUN_ID, names.ZENML_RUN_ID, "metrics",
+             "promotion_metric", names.INFERENCE_SETTINGS, "data_version", "git_commit"}
+    lines = [f"{record['registered_model']} version {record['model_version']} "
+             f"(aliases: {', '.join(record.get('aliases') or []) or 'none'})"]
+    chain = [("MLflow run", record.get(names.MLFLOW_RUN_ID)), ("ZenML run", record.get(names.ZENML_RUN_ID)),
+             ("data version", record.get("data_version")), ("git commit", record.get("git_commit"))]
+    chain += [(key.replace("_", " "), value) for key, value in sorted(record.items()) if key not in fixed]
+    for label, value in chain:
+        shown = "- (not recorded)" if value in (None, "") else _value(value)
+        if label == "data version" and value:
+            shown += " (DVC hash of the training data)"
+        lines.append(f"  {label:<15} {shown}")
+    metrics = record.get("metrics") or {}
+    promotion = record.get("promotion_metric")
+    lines.append("  metrics at registration" + (f" (promotion metric: {promotion}):" if promotion else ":"))
+    lines += [f"    {key:<13} {_value(value)}" for key, value in sorted(metrics.items())] or ["    (none recorded)"]
+    settings = record.get(names.INFERENCE_SETTINGS)
+    lines.append("  measured with these inference settings:")
+    lines += ([f"    {key:<13} {_value(value)}" for key, value in sorted(settings.items())] if settings
+              else ["    (none recorded)"])
+    return "\n".join(lines)
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None]:
@@ -95,15 +175,15 @@ def parse_model_uri(uri: str) -> tuple[str, str | None]:
 def predict_classifier(tracking_uri: str, model_uri: str, images: list[Path], out: Path, *, cams: bool) -> int:
     """Label and probabilities of every image in ``out/predictions.csv`` (unreadable files get a row with the
     reason, and the batch goes on) and, with ``cams``, each image's CAM overlay as ``out/cams/<name>.png``.
-    Returns 0 when every file was classified, 1 otherwise."""
+    Returns :func:`cellops.cli.batch_exit_code`: 0 every file classified, 1 some failed, 2 none could be."""
     import csv
-    import sys
 
     import mlflow
 
     from cellops.classifier.predict import ClassifierSettings, cam_overlay, classify_files
     from cellops.plots import save_png
 
+    check_store_exists(tracking_uri)
     name, ref = parse_model_uri(model_uri)
     record = resolve_version(MlflowClient(tracking_uri), name, ref)
     if not record[names.INFERENCE_SETTINGS]:
@@ -126,25 +206,40 @@ def predict_classifier(tracking_uri: str, model_uri: str, images: list[Path], ou
         writer.writerows({"file": str(path), "error": why} for path, why in failures)
     print(f"{len(rows)} images classified with {name} v{record['model_version']} -> {out / 'predictions.csv'}")
     for path, why in failures:
-        print(f"cellops predict: skipped {path}: {why}", file=sys.stderr)
-    return 1 if failures else 0
+        print(f"cellops predict: skipped {why if why.startswith(str(path)) else f'{path}: {why}'}", file=sys.stderr)
+    return _batch_end(len(images), len(failures))
+
+
+def _batch_end(n_files: int, n_failed: int) -> int:
+    """The exit code of a prediction batch, with the closing line on stderr when files failed."""
+    code = batch_exit_code(n_files, n_failed)
+    if code == EXIT_SOME_FAILED:
+        print(f"cellops predict: some files failed ({n_failed} of {n_files}); the others were predicted",
+              file=sys.stderr)
+    elif code == EXIT_NOT_RUN:
+        print("cellops predict: no file could be used", file=sys.stderr)
+    return code
 
 
 def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out: Path) -> int:
     """Segment every image with a registered Mask R-CNN: ``out/<stem>_labels.tif`` (16-bit label image),
     ``out/<stem>_instances.csv`` (label, category, score, area, box, centroid) and ``out/<stem>_overlay.png`` per
     image, tiled when larger than the training images; ``out/summary.csv`` lists every file with its instance
-    count or why it was skipped. Returns 0 when every file was segmented, 1 otherwise."""
+    count or why it was skipped. Images that share a name get the folders that tell them apart
+    (:func:`cellops.analyze.input_names`: ``Control/x_labels.tif``); a file given twice is segmented once.
+    Returns :func:`cellops.cli.batch_exit_code`: 0 every file segmented, 1 some failed, 2 none could be."""
     import csv
-    import sys
 
     import mlflow
+    import numpy as np
 
-    from cellops.io import ImageInputError, read_image_file, write_tiff_stack
+    from cellops.analyze import distinct_files, input_names, repeat_note
+    from cellops.io import ImageInputError, check_pixels, read_image_file, write_tiff_stack
     from cellops.maskrcnn.predict import (PredictionSettings, as_picture, instance_table, label_image, overlay,
                                           predict_image)
     from cellops.plots import save_png
 
+    check_store_exists(tracking_uri)
     name, ref = parse_model_uri(model_uri)
     record = resolve_version(MlflowClient(tracking_uri), name, ref)
     inference = record[names.INFERENCE_SETTINGS]
@@ -157,24 +252,27 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pytorch.load_model(f"models:/{name}/{record['model_version']}", map_location="cpu").eval()
     out.mkdir(parents=True, exist_ok=True)
-    summary, used = [], set()
+    images, repeats = distinct_files(images)
+    for repeat, first in repeats:
+        print(f"cellops predict: {repeat_note(repeat, first)}; segmented once", file=sys.stderr)
+    stems = {path: name.stem for path, name in input_names(images).items()}
+    summary = []
     for path in images:
+        stem = stems[path]
         try:
             image = as_picture(read_image_file(path), source=str(path))
+            check_pixels(np.moveaxis(image, -1, 0) if image.ndim == 3 else image, source=str(path),
+                         allowed_ndim=(image.ndim,))
             instances = predict_image(model, image, settings)
-        except (ImageInputError, OSError) as error:
-            summary.append({"file": str(path), "instances": "", "error": str(error)})
-            print(f"cellops predict: skipped {path}: {error}", file=sys.stderr)
+            shape = image.shape[:2]
+            write_tiff_stack(out / f"{stem}_labels.tif", label_image(instances, shape))
+            instance_table(instances, categories).to_csv(out / f"{stem}_instances.csv", index=False)
+            save_png(overlay(image, instances, categories), out / f"{stem}_overlay.png")
+        except Exception as error:  # noqa: BLE001 - one odd file never costs the others their results
+            why = str(error) if isinstance(error, (ImageInputError, OSError)) else f"{type(error).__name__}: {error}"
+            summary.append({"file": str(path), "instances": "", "error": why})
+            print(f"cellops predict: skipped {why if why.startswith(str(path)) else f'{path}: {why}'}", file=sys.stderr)
             continue
-        stem, number = path.stem, 1
-        while stem in used:  # two files of the same name in different folders keep an output each
-            number += 1
-            stem = f"{path.stem}_{number}"
-        used.add(stem)
-        shape = image.shape[:2]
-        write_tiff_stack(out / f"{stem}_labels.tif", label_image(instances, shape))
-        instance_table(instances, categories).to_csv(out / f"{stem}_instances.csv", index=False)
-        save_png(overlay(image, instances, categories), out / f"{stem}_overlay.png")
         summary.append({"file": str(path), "instances": len(instances), "error": "", "outputs": stem})
     with open(out / "summary.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", "instances", "outputs", "error"])
@@ -182,10 +280,12 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
         writer.writerows({"outputs": "", **row} for row in summary)
     done = sum(1 for row in summary if not row["error"])
     print(f"{done} images segmented with {name} v{record['model_version']} -> {out}")
-    return 0 if done == len(summary) else 1
+    return _batch_end(len(summary), len(summary) - done)
 
 
 def main(argv: list[str]) -> int:
+    """``cellops models|lineage|predict``; returns the exit code (2 for an unknown model, version or alias, a
+    missing store or bad arguments; predict: :func:`cellops.cli.batch_exit_code`)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="cellops")
@@ -193,12 +293,22 @@ def main(argv: list[str]) -> int:
     models = commands.add_parser("models", help="registered model versions, metrics, data versions, champions")
     models.add_argument("family", nargs="?", help="e.g. unet or cellops-unet (default: all)")
     models.add_argument("--tracking-uri", default=None)
-    lin = commands.add_parser("lineage", help="the lineage of one model version, from the registry")
-    lin.add_argument("reference", help="MODEL, MODEL:VERSION or MODEL@ALIAS (e.g. cellops-unet@champion)")
-    lin.add_argument("--tracking-uri", default=None)
-    pred = commands.add_parser("predict", help="classify or segment image files with a registered model")
+    lin = commands.add_parser(
+        "lineage", help="the lineage of one model version, from the registry (no server needed)",
+        description="Print one registered version's chain: model name and version, aliases, MLflow run, ZenML run, "
+                    "data version (DVC hash of the training data), git commit, the metrics at registration and the "
+                    "inference settings they were measured with.",
+        epilog="exit codes: 0 printed; 2 unknown model, version or alias (the message lists what exists), or no store")
+    lin.add_argument("reference", help="MODEL, MODEL:VERSION or MODEL@ALIAS (e.g. cellops-unet@champion); MODEL alone: "
+                     "the champion, else the latest version")
+    lin.add_argument("--json", action="store_true", help="the record as JSON (the keys of a service's metadata)")
+    lin.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else this checkout's "
+                     "mlruns/mlflow.db")
+    pred = commands.add_parser("predict", help="classify or segment image files with a registered model",
+                               epilog=BATCH_EXIT_CODES)
     pred.add_argument("family", choices=["classifier", "maskrcnn"])
-    pred.add_argument("images", type=Path, nargs="+", help="PNG, TIFF or JPEG files (grey or RGB, 8/16-bit)")
+    pred.add_argument("images", type=Path, nargs="+", help="PNG, TIFF or JPEG files, not folders (grey or RGB, "
+                      "8/16-bit)")
     pred.add_argument("--out", type=Path, required=True, help="output folder (classifier: predictions.csv and "
                       "cams/; maskrcnn: label TIFF, instance CSV and overlay PNG per image, summary.csv)")
     pred.add_argument("--model", default=None, help="models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest "
@@ -209,15 +319,20 @@ def main(argv: list[str]) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     try:
         if args.command == "predict":
-            model_uri = args.model or f"models:/cellops-{args.family}@champion"
+            if args.out.exists() and not args.out.is_dir():
+                parser.error(f"--out {args.out}: exists and is not a folder")
+            model_uri = args.model or f"models:/cellops-{args.family}@{CHAMPION}"
             if args.family == "maskrcnn":
                 return predict_maskrcnn(uri, model_uri, args.images, args.out)
             return predict_classifier(uri, model_uri, args.images, args.out, cams=not args.no_cams)
+        check_store_exists(uri)
         if args.command == "models":
             print(list_models(uri, args.family))
-        else:
+        elif args.json:
             print(json.dumps(lineage(uri, args.reference), indent=2, sort_keys=True))
+        else:
+            print(format_lineage(lineage(uri, args.reference)))
     except LookupError as error:
-        print(f"cellops {args.command}: {error}")
-        return 1 if args.command != "predict" else 2
+        print(f"cellops {args.command}: {error}", file=sys.stderr)
+        return EXIT_NOT_RUN
     return 0

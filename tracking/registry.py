@@ -116,21 +116,38 @@ def describe_versions(client: MlflowClient, name: str) -> list[dict]:
     return records
 
 
+def _registered_model(client: MlflowClient, name: str):
+    """The registered model ``name``, or a ``LookupError`` naming it and the models this store holds."""
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as error:
+        known = sorted(m.name for m in client.search_registered_models())
+        raise LookupError(f"no registered model {name!r} in this store; registered models: "
+                          f"{', '.join(known) or 'none'}") from error
+
+
 def resolve_version(client: MlflowClient, name: str, ref: str | None) -> dict:
-    """One version by number, by ``@alias``, ``latest`` (the newest), or the champion when ``ref`` is None."""
+    """One version by number, by ``@alias``, ``latest`` (the newest), or the champion when ``ref`` is None.
+
+    Raises a ``LookupError`` naming what was asked for and what exists: the registered models when ``name`` is
+    not one, its versions when the version is missing, its aliases when the alias is."""
+    model = _registered_model(client, name)
+    numbers = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     if ref == "latest":
-        versions = client.search_model_versions(f"name='{name}'")
-        if not versions:
+        if not numbers:
             raise LookupError(f"{name} has no versions")
-        ref = str(max(int(v.version) for v in versions))
+        ref = str(numbers[-1])
     if ref is None or ref.startswith("@"):
         alias = (ref or "@champion")[1:]
         version = champion_version(client, name, alias)
         if version is None:
-            raise LookupError(f"{name} has no version with alias {alias!r}")
+            aliases = ", ".join(f"{a} (v{v})" for a, v in sorted((model.aliases or {}).items()))
+            raise LookupError(f"{name} has no version with alias {alias!r}; "
+                              + (f"its aliases: {aliases}" if aliases else "it has no aliases"))
     else:
         try:
             version = client.get_model_version(name, ref)
         except MlflowException as error:
-            raise LookupError(f"{name} has no version {ref}") from error
+            raise LookupError(f"{name} has no version {ref}; its versions: "
+                              f"{', '.join(map(str, numbers)) or 'none'}") from error
     return names.version_record(name, version.version, version.run_id, version.tags, list(version.aliases or []))

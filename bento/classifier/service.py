@@ -20,7 +20,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import InvalidArgument
 
-from bento.common import PayloadTooLarge, decode_picture_upload, max_pixels, model_metadata
+from bento.common import PayloadTooLarge, Upload, decode_picture_upload, guard, max_pixels, model_metadata
 from cellops.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -59,7 +59,7 @@ class ClassifierModel:
         return {"probabilities": probabilities.tolist(), "cams": cams.astype(np.float32).tolist()}
 
 
-@bentoml.service(name="cellops-classifier", traffic={"timeout": 120})
+@bentoml.service(name="cellops-classifier", traffic={"timeout": 120, "max_concurrency": 64})
 class Classifier:
     bento_model = bentoml.models.BentoModel(BENTO_MODEL)
     network = bentoml.depends(ClassifierModel)
@@ -126,7 +126,6 @@ class Classifier:
     async def explain(self, image: Path, ctx: bentoml.Context) -> Path:
         """The CAM overlay PNG of the predicted class; label and probability in X-Label / X-Probability."""
         from cellops.classifier.predict import cam_overlay
-        from cellops.io import encode_image
 
         x = await asyncio.to_thread(self._prepare, Path(image).read_bytes(), "image")
         result = await self.network.to_async.explain(x[None])
@@ -146,3 +145,7 @@ class Classifier:
     def metadata(self) -> dict:
         """Model version, MLflow run, ZenML run, data version, git commit, metrics and input settings."""
         return self.info
+
+
+guard(Classifier, {"/classify": Upload("image"), "/classify_batch": Upload("images", many=True),
+                   "/explain": Upload("image")}, Classifier.inner.bento_model)

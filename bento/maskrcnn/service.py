@@ -15,7 +15,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from bento.common import decode_picture_upload, max_pixels, model_metadata
+from bento.common import Upload, decode_picture_upload, guard, max_pixels, model_metadata
 from cellops.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -23,7 +23,7 @@ disable_telemetry()
 BENTO_MODEL = "cellops-maskrcnn:latest"
 
 
-@bentoml.service(name="cellops-maskrcnn", traffic={"timeout": 300})
+@bentoml.service(name="cellops-maskrcnn", traffic={"timeout": 300, "max_concurrency": 32})
 class MaskRCNN:
     bento_model = bentoml.models.BentoModel(BENTO_MODEL)
 
@@ -92,3 +92,6 @@ class MaskRCNN:
     def metadata(self) -> dict:
         """Model version, MLflow run, ZenML run, data version, git commit, metrics and prediction settings."""
         return self.info
+
+
+guard(MaskRCNN, {"/segment": Upload("image"), "/overlay": Upload("image")}, MaskRCNN.inner.bento_model)

@@ -23,6 +23,7 @@ from cellops.classifier.train import predict_probabilities
 from cellops.io import load_class_images
 from helpers import run_command as _run
 from helpers import bad_uploads, png_bytes, served_bento
+from hostile_corpus import probe
 from tracking import tags
 
 pytestmark = pytest.mark.e2e
@@ -120,7 +121,7 @@ def test_cellops_predict_writes_labels_probabilities_and_cams_and_names_bad_file
     assert "cellops-classifier v4" in other.stdout and not (tmp_path / "v2" / "cams").exists()
     missing = _run(["cellops", "predict", "classifier", str(good[0]), "--out", str(tmp_path / "x"), "--model",
                     "models:/cellops-classifier/99"], root, env, check=False)
-    assert missing.returncode == 2 and "no version 99" in missing.stdout
+    assert missing.returncode == 2 and "no version 99" in missing.stdout + missing.stderr
 
 
 def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
@@ -135,7 +136,8 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
     images, _ = load_class_images(files, channels=settings.channels, size=settings.size)
     expected = predict_probabilities(model, images, 8)
 
-    with served_bento("cellops-classifier:latest", root, {**env, "CELLOPS_MAX_PIXELS": "20000"}) as base:
+    server_env = {**env, "CELLOPS_MAX_PIXELS": "20000", "CELLOPS_MAX_REQUEST_BYTES": "3000000"}
+    with served_bento("cellops-classifier:latest", root, server_env) as base:
         def post(route, name, data, field="image"):
             return httpx.post(f"{base}/{route}", files=[(field, (name, data, "application/octet-stream"))], timeout=60)
 
@@ -185,6 +187,7 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
             ("images", (files[0].name, files[0].read_bytes())), ("images", ("bad.png", b"garbage"))])
         assert mixed.status_code == 400 and "images[1]" in mixed.text and "bad.png" in mixed.text
         assert post("explain", "notes.txt", b"nope").status_code == 400
+        probe(base, "classify", "image", files[0].read_bytes(), over_byte_limit=3_000_001)
 
 
 def test_the_same_picture_under_two_classes_stops_the_pipeline_naming_it(trained):

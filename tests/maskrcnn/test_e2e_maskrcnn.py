@@ -20,6 +20,7 @@ from PIL import Image
 
 from helpers import run_command as _run
 from helpers import bad_uploads, png_bytes, served_bento
+from hostile_corpus import probe
 from tracking import tags
 
 pytestmark = pytest.mark.e2e
@@ -105,7 +106,8 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
     assert "built bento cellops-maskrcnn:" in result.stdout + result.stderr
     champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-maskrcnn", "champion")
     image = root / "data/colonies/images/colony_001.png"
-    with served_bento("cellops-maskrcnn:latest", root, {**env, "CELLOPS_MAX_PIXELS": "300000"}) as base:
+    server_env = {**env, "CELLOPS_MAX_PIXELS": "300000", "CELLOPS_MAX_REQUEST_BYTES": "3000000"}
+    with served_bento("cellops-maskrcnn:latest", root, server_env) as base:
         def post(route, name, data):
             return httpx.post(f"{base}/{route}", files=[("image", (name, data, "application/octet-stream"))], timeout=120)
 
@@ -133,6 +135,7 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
             assert response.status_code == status, (name, response.status_code, response.text)
             assert message in response.text, (name, response.text)
         assert post("overlay", "notes.txt", b"nope").status_code == 400
+        probe(base, "segment", "image", image.read_bytes(), over_byte_limit=3_000_001)
 
 
 def test_broken_annotations_stop_the_pipeline_naming_image_and_annotation(trained):

@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
 
 import httpx
 import mlflow
@@ -26,22 +21,10 @@ from cellops.metrics import binary_segmentation_scores
 from cellops.unet.predict import InferenceSettings, load_for_inference, segment
 from tracking import tags
 from helpers import run_command as _run
+from helpers import served_bento
+from hostile_corpus import probe
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-@pytest.fixture(scope="module")
-def trained(project):
-    root, env = project
-    result = _run(["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c", "tests/configs/unet_tiny.yaml"],
-                  root, env)
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-    yield root, env, result
-    mlflow.set_tracking_uri(None)
 
 
 def test_training_pipeline_registers_a_champion_with_lineage(trained):
@@ -74,11 +57,13 @@ def test_model_control_plane_and_cellops_models_follow_the_champion(trained):
     assert production.strip().splitlines()[-1] == str(champion.version)
     listing = _run(["cellops", "models"], root, env).stdout
     assert "cellops-unet" in listing and "champion" in listing and "foreground_iou" in listing
-    record = json.loads(_run(["cellops", "lineage", "cellops-unet@champion"], root, env).stdout)
+    chain = _run(["cellops", "lineage", "cellops-unet@champion"], root, env).stdout
+    assert champion.run_id in chain and "foreground_iou" in chain
+    record = json.loads(_run(["cellops", "lineage", "cellops-unet@champion", "--json"], root, env).stdout)
     assert record["model_version"] == str(champion.version) and record["aliases"] == ["champion"]
     assert record["inference_settings"] == tags.inference_from_tags(champion.tags)
     missing = _run(["cellops", "lineage", "cellops-unet:999"], root, env, check=False)
-    assert missing.returncode == 1 and "no version 999" in missing.stdout
+    assert missing.returncode == 2 and "no version 999" in missing.stderr
 
 
 def test_an_equal_retrain_is_registered_but_not_promoted(trained):
@@ -114,25 +99,9 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
     test_image = tifffile.imread(root / "data/em/testing.tif")
     test_mask = tifffile.imread(root / "data/em/testing_groundtruth.tif")
 
-    port = _free_port()
-    server = subprocess.Popen(
-        ["bentoml", "serve", "cellops-unet:latest", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=root, env={**env, "CELLOPS_MAX_PIXELS": str(test_image.size)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stdout.read().decode()[-3000:]
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "bentoml serve did not become ready in 120 s"
-            time.sleep(1)
-
+    server_env = {**env, "CELLOPS_MAX_PIXELS": str(test_image.size), "CELLOPS_MAX_REQUEST_BYTES": "3000000"}
+    server = served_bento("cellops-unet:latest", root, server_env)
+    with server as base:
         def post(route: str, name: str, data: bytes) -> httpx.Response:
             return httpx.post(f"{base}/{route}", files={"image": (name, data, "application/octet-stream")}, timeout=120)
 
@@ -187,13 +156,9 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
             response = post("segment", name, data)
             assert response.status_code == status, (name, response.status_code, response.text)
             assert message in response.text, (name, response.text)
-        assert server.poll() is None  # bad input never took the server down
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        # The corpus of hostile requests: each refused naming the problem, the next valid answer unchanged.
+        probe(base, "segment", "image", png.getvalue(), over_byte_limit=3_000_001)
+        assert server.alive()  # bad input never took the server down
 
 
 def test_broken_dataset_stops_the_pipeline_naming_the_expectation(trained):

@@ -1,0 +1,182 @@
+"""BentoML service: the classical analyses of an upload, with the settings of the project's configs.
+
+``POST /colonies`` (multipart field ``image``, a phase-contrast image): one row per colony (area, boxes, hull,
+moments, shape measures, ``touches_border``) and the sizes the image was analysed with, as JSON;
+``POST /colonies_overlay``: the lab's overlay PNG (upright box red, rotated box green, hull white, contour blue).
+``POST /nuclei`` / ``/nuclei_overlay`` (``image``, a nuclear stain): per-nucleus shape table / outlines PNG.
+``POST /calcium`` / ``/calcium_overlay`` (``movie``, a (frames, rows, columns) TIFF stack): per-cell response
+metrics and dF/F0 traces / the cells outlined on the movie's mean frame. ``POST /metadata``: the settings and
+the code version. Bad requests get a 4xx naming the problem (see :mod:`bento.common`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import yaml
+from bentoml.exceptions import InvalidArgument
+
+from bento.common import PayloadTooLarge, Upload, build_info, guard
+from cellops.telemetry import disable_telemetry
+
+disable_telemetry()
+
+#: Where the analysis settings come from (the pipelines' own configs, copied into the bento).
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+#: Limits of one request (no registered model carries them: the classical service has no model).
+LIMITS = {"max_pixels": int(os.environ.get("CELLOPS_MAX_PIXELS", 25_000_000)),
+          "max_request_bytes": int(os.environ.get("CELLOPS_MAX_REQUEST_BYTES", 256 * 2**20)),
+          "max_frames": 2000}
+
+
+def _analysis(config: str) -> dict:
+    return yaml.safe_load((CONFIGS / config).read_text())["parameters"]["analysis"]
+
+
+def _records(table) -> list[dict]:
+    """Rows of a table as JSON-safe dicts (numpy scalars and NaN made plain)."""
+    import json
+
+    return json.loads(table.to_json(orient="records"))
+
+
+@bentoml.service(name="cellops-classical", traffic={"timeout": 300, "max_concurrency": 32})
+class ClassicalAnalyses:
+    def __init__(self) -> None:
+        from cellops.classical.calcium import CalciumParams
+        from cellops.classical.colonies import ColonyParams
+        from cellops.classical.nuclei import NucleusParams
+        from cellops.config import from_mapping
+
+        self.colony_params = from_mapping(ColonyParams, _analysis("colonies.yaml"))
+        self.nucleus_params = from_mapping(NucleusParams, _analysis("nuclei.yaml"))
+        self.calcium_params = from_mapping(CalciumParams, _analysis("calcium.yaml"))
+
+    @staticmethod
+    def _image(data: bytes) -> np.ndarray:
+        """A 2-D grey image (colour pictures are converted to grey: phase contrast and stains are one channel)."""
+        from cellops.io import ImageInputError, ImageTooLargeError, check_pixels, decode_picture
+
+        try:
+            picture = decode_picture(data, max_pixels=LIMITS["max_pixels"])
+            if picture.ndim == 3 and picture.shape[-1] in (3, 4):
+                picture = (picture[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114]).astype(picture.dtype)
+            elif picture.ndim == 3 and picture.shape[0] == 1:
+                picture = picture[0]
+            return check_pixels(picture, allowed_ndim=(2,))
+        except ImageTooLargeError as error:
+            raise PayloadTooLarge(str(error)) from error
+        except ImageInputError as error:
+            raise InvalidArgument(str(error)) from error
+
+    def _movie(self, data: bytes) -> np.ndarray:
+        from cellops.io import ImageInputError, ImageTooLargeError, decode_image
+
+        try:
+            movie = decode_image(data, max_pixels=LIMITS["max_pixels"], allowed_ndim=(3,)).array
+        except ImageTooLargeError as error:
+            raise PayloadTooLarge(str(error)) from error
+        except ImageInputError as error:
+            raise InvalidArgument(f"{error}; a calcium movie is a (frames, rows, columns) TIFF stack") from error
+        needed = self.calcium_params.baseline_frames + 2
+        if not needed <= len(movie) <= LIMITS["max_frames"]:
+            raise InvalidArgument(f"a movie of {len(movie)} frames; this analysis needs {needed} to "
+                                  f"{LIMITS['max_frames']} (the first {self.calcium_params.baseline_frames} "
+                                  "are the F0 baseline)")
+        return movie
+
+    def _colonies(self, data: bytes):
+        from cellops.classical.colonies import measure_colonies
+
+        image = self._image(data)
+        return image, measure_colonies(image, self.colony_params)
+
+    def _nuclei(self, data: bytes):
+        from cellops.classical.nuclei import nucleus_table, segment_nuclei_with_settings
+
+        image = self._image(data)
+        found = segment_nuclei_with_settings(image, self.nucleus_params)
+        return image, found, nucleus_table(found.labels, image)
+
+    def _calcium(self, data: bytes):
+        from cellops.classical.calcium import measure_calcium_movie
+
+        movie = self._movie(data)
+        return movie, measure_calcium_movie(movie, self.calcium_params)
+
+    @staticmethod
+    def _png(rgb: np.ndarray, ctx: bentoml.Context, name: str) -> Path:
+        from cellops.plots import save_png
+
+        return save_png(rgb, Path(ctx.temp_dir) / name)  # removed after the response
+
+    @bentoml.api
+    async def colonies(self, image: Path) -> dict:
+        """Per-colony table and the settings the image was analysed with."""
+        from dataclasses import asdict
+
+        _, result = await asyncio.to_thread(self._colonies, Path(image).read_bytes())
+        return {"count": len(result.table), "colonies": _records(result.table), "settings": asdict(result.settings)}
+
+    @bentoml.api
+    async def colonies_overlay(self, image: Path, ctx: bentoml.Context) -> Path:
+        """Overlay PNG: upright box red, rotated box green, convex hull white, contour blue."""
+        from cellops.classical.colonies import colony_overlay
+
+        picture, result = await asyncio.to_thread(self._colonies, Path(image).read_bytes())
+        ctx.response.headers["X-Colonies"] = str(len(result.table))
+        return self._png(colony_overlay(picture, result.contours), ctx, "colonies.png")
+
+    @bentoml.api
+    async def nuclei(self, image: Path) -> dict:
+        """Per-nucleus shape table, the diameter and threshold used and why."""
+        _, found, table = await asyncio.to_thread(self._nuclei, Path(image).read_bytes())
+        return {"count": len(table), "nuclei": _records(table), "diameter_px": round(found.diameter_px, 2),
+                "diameter_source": found.diameter_source, "threshold": found.threshold,
+                "threshold_reason": found.threshold_reason}
+
+    @bentoml.api
+    async def nuclei_overlay(self, image: Path, ctx: bentoml.Context) -> Path:
+        """Nucleus outlines on the image, as a PNG."""
+        from cellops.classical.common import label_overlay
+
+        picture, found, table = await asyncio.to_thread(self._nuclei, Path(image).read_bytes())
+        ctx.response.headers["X-Nuclei"] = str(len(table))
+        return self._png(label_overlay(picture, found.labels), ctx, "nuclei.png")
+
+    @bentoml.api
+    async def calcium(self, movie: Path) -> dict:
+        """Per-cell response metrics and dF/F0 traces (one list per cell, one value per frame)."""
+        _, result = await asyncio.to_thread(self._calcium, Path(movie).read_bytes())
+        return {"cells": len(result.cell_ids), "frame_interval_s": self.calcium_params.frame_interval_s,
+                "metrics": _records(result.metrics),
+                "dff": {str(int(cell)): [round(float(v), 5) for v in trace]
+                        for cell, trace in zip(result.cell_ids, result.dff)}}
+
+    @bentoml.api
+    async def calcium_overlay(self, movie: Path, ctx: bentoml.Context) -> Path:
+        """Cell outlines on the movie's mean frame, as a PNG."""
+        from cellops.classical.common import label_overlay
+
+        frames, result = await asyncio.to_thread(self._calcium, Path(movie).read_bytes())
+        ctx.response.headers["X-Cells"] = str(len(result.cell_ids))
+        return self._png(label_overlay(frames.mean(axis=0), result.labels), ctx, "cells.png")
+
+    @bentoml.api
+    def metadata(self) -> dict:
+        """The analysis settings (from the configs) and the commit the bento was built from."""
+        from dataclasses import asdict
+
+        return {"service": "cellops-classical", "bento_build": build_info(),
+                "colonies": asdict(self.colony_params), "nuclei": asdict(self.nucleus_params),
+                "calcium": asdict(self.calcium_params), "limits": LIMITS}
+
+
+guard(ClassicalAnalyses, {f"/{route}": Upload(field) for route, field in (
+    ("colonies", "image"), ("colonies_overlay", "image"), ("nuclei", "image"), ("nuclei_overlay", "image"),
+    ("calcium", "movie"), ("calcium_overlay", "movie"))}, LIMITS)
