@@ -20,6 +20,12 @@ from cellops.io import DecodedImage, ImageInputError, ImageTooLargeError, _clean
 MAX_PIXELS_ENV = "CELLOPS_MAX_PIXELS"
 
 
+#: Connection settings for a model service behind an entry service. BentoML 1.4.40 replaces the entry service's
+#: connection to it every 100 requests or 300 s by default, closing the old one with requests still in flight on
+#: it, which then fail with HTTP 500 under load; the connection is kept for the life of the worker instead.
+KEEP_CONNECTION = {"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 24 * 3600}
+
+
 class PayloadTooLarge(BentoMLException):
     """413: the upload has more pixels than the service accepts."""
 

@@ -403,7 +403,7 @@ def _read_pillow_upload(data: bytes, max_pixels: int, formats: tuple[str, ...], 
     except Image.DecompressionBombError as error:  # not an OSError: Pillow refuses before we can ask the size
         raise ImageTooLargeError(f"image too large ({_clean(error)})") from error
     except UnidentifiedImageError as error:
-        raise ImageInputError(f"not a readable image: expected {', '.join(formats)} or TIFF bytes") from error
+        raise ImageInputError(f"not an image, or a damaged one: expected {', '.join(formats)} or TIFF bytes") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageInputError(f"corrupt or truncated image ({_clean(error)})") from error
 
@@ -721,4 +721,6 @@ def decode_picture(data: bytes, *, max_pixels: int, min_side: int = MIN_SIDE) ->
         raise ImageInputError(f"image too small: {height}x{width} pixels; each side must be at least {min_side}")
     if picture.dtype.kind not in "uf" or picture.dtype.itemsize > 8 or picture.dtype.name in ("uint32", "uint64"):
         raise ImageInputError(f"unsupported dtype {picture.dtype.name}: expected uint8, uint16 or a float type")
+    if picture.dtype.kind == "f" and not np.isfinite(picture).all():
+        raise ImageInputError("image contains NaN or infinite values")
     return picture

@@ -107,3 +107,30 @@ class served_bento:
         except subprocess.TimeoutExpired:
             os.killpg(self.server.pid, signal.SIGKILL)
         self.log.close()
+
+
+def check_bento_environment(bento_dir: Path, lock_file: Path) -> list[str]:
+    """Assert that a built bento's generated Dockerfile installs its ``requirements.txt`` on Python 3.11 and that
+    every package pinned there has the version of ``lock_file`` (what the tests ran with); return the pins.
+    (``bentoml containerize`` needs Docker; what it would install is decided by these two files.)"""
+    lock = {}
+    for line in lock_file.read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            lock[name.strip().lower().replace("_", "-")] = version.split(";")[0].strip()
+    pins = [line.strip() for line in (bento_dir / "env/python/requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    for pin in pins:
+        assert "==" in pin, f"{bento_dir.name}: {pin!r} is not pinned"
+        name, version = pin.split("==", 1)
+        assert lock.get(name.lower().replace("_", "-")) == version, \
+            f"{bento_dir}: {pin} but requirements.lock has {lock.get(name.lower())}"
+    dockerfile = (bento_dir / "env/docker/Dockerfile").read_text()
+    assert "FROM python:3.11" in dockerfile and "env/python/requirements.txt" in dockerfile
+    return pins
+
+
+def built_bento(bentoml_home: Path, name: str) -> Path:
+    """The directory of the latest bento ``name`` in a BentoML home."""
+    folder = bentoml_home / "bentos" / name
+    return folder / (folder / "latest").read_text().strip()

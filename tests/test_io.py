@@ -42,7 +42,7 @@ def test_png_and_tiff_round_trip(rng):
     [
         (b"", "empty upload"),
         (b"just some text, not an image", "not an image"),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not a readable image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image, or a damaged one"),
         (b"II*\x00" + b"\x00" * 40, "corrupt or unreadable TIFF"),
     ],
 )

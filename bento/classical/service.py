@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import bentoml
 import numpy as np
 import yaml
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import InvalidArgument, UnprocessableEntity
 
 from bento.common import PayloadTooLarge, Upload, build_info, guard
 from cellops.telemetry import disable_telemetry
@@ -43,6 +44,16 @@ def _records(table) -> list[dict]:
     import json
 
     return json.loads(table.to_json(orient="records"))
+
+
+@contextmanager
+def _unprocessable():
+    """A readable image the analysis cannot work on (the library says why with a ValueError): 422 with its
+    reason, e.g. no nucleus standing out of the noise to measure the nucleus size from."""
+    try:
+        yield
+    except ValueError as error:
+        raise UnprocessableEntity(f"the image was read but cannot be analysed: {error}") from error
 
 
 @bentoml.service(name="cellops-classical", traffic={"timeout": 300, "max_concurrency": 32})
@@ -94,20 +105,23 @@ class ClassicalAnalyses:
         from cellops.classical.colonies import measure_colonies
 
         image = self._image(data)
-        return image, measure_colonies(image, self.colony_params)
+        with _unprocessable():
+            return image, measure_colonies(image, self.colony_params)
 
     def _nuclei(self, data: bytes):
         from cellops.classical.nuclei import nucleus_table, segment_nuclei_with_settings
 
         image = self._image(data)
-        found = segment_nuclei_with_settings(image, self.nucleus_params)
-        return image, found, nucleus_table(found.labels, image)
+        with _unprocessable():
+            found = segment_nuclei_with_settings(image, self.nucleus_params)
+            return image, found, nucleus_table(found.labels, image)
 
     def _calcium(self, data: bytes):
         from cellops.classical.calcium import measure_calcium_movie
 
         movie = self._movie(data)
-        return movie, measure_calcium_movie(movie, self.calcium_params)
+        with _unprocessable():
+            return movie, measure_calcium_movie(movie, self.calcium_params)
 
     @staticmethod
     def _png(rgb: np.ndarray, ctx: bentoml.Context, name: str) -> Path:

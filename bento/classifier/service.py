@@ -20,7 +20,10 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import InvalidArgument
 
-from bento.common import PayloadTooLarge, Upload, decode_picture_upload, guard, max_pixels, model_metadata
+from bento.common import (
+    KEEP_CONNECTION, PayloadTooLarge, Upload, decode_picture_upload, guard,
+    max_pixels, model_metadata,
+)
 from cellops.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -28,7 +31,8 @@ disable_telemetry()
 BENTO_MODEL = "cellops-classifier:latest"
 
 
-@bentoml.service(name="cellops-classifier-model", traffic={"timeout": 120})
+@bentoml.service(name="cellops-classifier-model", traffic={"timeout": 120},
+                  runner_connection=KEEP_CONNECTION)
 class ClassifierModel:
     """The network: batched probabilities and class-activation maps of prepared inputs (N, C, S, S)."""
 

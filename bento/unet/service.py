@@ -21,7 +21,7 @@ import bentoml
 import numpy as np
 import torch
 
-from bento.common import PayloadTooLarge, Upload, decode_upload, guard, max_pixels, model_metadata
+from bento.common import KEEP_CONNECTION, PayloadTooLarge, Upload, decode_upload, guard, max_pixels, model_metadata
 from cellops.io import encode_image
 from cellops.telemetry import disable_telemetry
 
@@ -30,7 +30,8 @@ disable_telemetry()
 BENTO_MODEL = "cellops-unet:latest"
 
 
-@bentoml.service(name="cellops-unet-model", traffic={"timeout": 600})
+@bentoml.service(name="cellops-unet-model", traffic={"timeout": 600},
+                  runner_connection=KEEP_CONNECTION)
 class UNetModel:
     """The network: foreground logits of tiles (N, 1, T, T), batched across requests."""
 

@@ -52,8 +52,8 @@ def label_overlay(image: np.ndarray, labels: np.ndarray, colour: tuple[int, int,
     --------
     >>> labels = np.zeros((8, 8), np.int32); labels[2:6, 2:6] = 1
     >>> rgb = label_overlay(np.zeros((8, 8), np.uint8), labels)
-    >>> rgb.shape, tuple(rgb[2, 3]), tuple(rgb[3, 3])
-    ((8, 8, 3), (255, 64, 64), (0, 0, 0))
+    >>> rgb.shape, rgb[2, 3].tolist(), rgb[3, 3].tolist()
+    ((8, 8, 3), [255, 64, 64], [0, 0, 0])
     """
     from skimage.segmentation import find_boundaries
 

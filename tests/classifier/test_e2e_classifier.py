@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from pathlib import Path
 import shutil
 
 import httpx
@@ -23,7 +24,10 @@ from cellops.classifier.train import predict_probabilities
 from cellops.io import load_class_images
 from helpers import run_command as _run
 from helpers import bad_uploads, png_bytes, served_bento
+from helpers import built_bento, check_bento_environment
 from hostile_corpus import probe
+
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 from tracking import tags
 
 pytestmark = pytest.mark.e2e
@@ -129,6 +133,8 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
     result = _run(["zenml", "pipeline", "run", "pipelines.classifier.deployment_pipeline", "-c",
                    "configs/classifier_deploy.yaml"], root, env)
     assert "built bento cellops-classifier:" in result.stdout + result.stderr
+    # What `bentoml containerize` would install: the locked versions.
+    check_bento_environment(built_bento(Path(env["BENTOML_HOME"]), "cellops-classifier"), LOCK_FILE)
     champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-classifier", "champion")
     settings = ClassifierSettings.from_dict(tags.inference_from_tags(champion.tags))
     model = mlflow.pytorch.load_model("models:/cellops-classifier@champion", map_location="cpu").eval()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 import json
 
 import httpx
@@ -20,7 +21,10 @@ from PIL import Image
 
 from helpers import run_command as _run
 from helpers import bad_uploads, png_bytes, served_bento
+from helpers import built_bento, check_bento_environment
 from hostile_corpus import probe
+
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 from tracking import tags
 
 pytestmark = pytest.mark.e2e
@@ -104,6 +108,8 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
     result = _run(["zenml", "pipeline", "run", "pipelines.maskrcnn.deployment_pipeline", "-c",
                    "configs/maskrcnn_deploy.yaml"], root, env)
     assert "built bento cellops-maskrcnn:" in result.stdout + result.stderr
+    # What `bentoml containerize` would install: the locked versions.
+    check_bento_environment(built_bento(Path(env["BENTOML_HOME"]), "cellops-maskrcnn"), LOCK_FILE)
     champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-maskrcnn", "champion")
     image = root / "data/colonies/images/colony_001.png"
     server_env = {**env, "CELLOPS_MAX_PIXELS": "300000", "CELLOPS_MAX_REQUEST_BYTES": "3000000"}

@@ -5,6 +5,7 @@ BentoML home; data -> validate -> train -> evaluate -> register -> deploy -> a r
 from __future__ import annotations
 
 import io
+from pathlib import Path
 import json
 import shutil
 
@@ -20,11 +21,23 @@ from PIL import Image
 from cellops.metrics import binary_segmentation_scores
 from cellops.unet.predict import InferenceSettings, load_for_inference, segment
 from tracking import tags
+from helpers import built_bento, check_bento_environment, served_bento
 from helpers import run_command as _run
-from helpers import served_bento
 from hostile_corpus import probe
 
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
+
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    root, env = project
+    result = _run(["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c", "tests/configs/unet_tiny.yaml"],
+                  root, env)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    yield root, env, result
+    mlflow.set_tracking_uri(None)
 
 
 def test_training_pipeline_registers_a_champion_with_lineage(trained):
@@ -89,6 +102,8 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
     result = _run(["zenml", "pipeline", "run", "pipelines.unet.deployment_pipeline", "-c", "configs/unet_deploy.yaml"],
                   root, env)
     assert "built bento cellops-unet:" in result.stdout + result.stderr
+    # What `bentoml containerize` would install: the locked versions.
+    check_bento_environment(built_bento(Path(env["BENTOML_HOME"]), "cellops-unet"), LOCK_FILE)
     champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-unet", "champion")
     model = load_for_inference(mlflow.pytorch.load_model("models:/cellops-unet@champion", map_location="cpu"))
     # The service must apply the settings stored with the model: those of the run's config, its test metrics.
