@@ -56,9 +56,14 @@ def decode_picture_upload(data: bytes, limit: int, name: str) -> np.ndarray:
     try:
         return decode_picture(data, max_pixels=limit)
     except ImageTooLargeError as error:
-        raise PayloadTooLarge(f"{name}: {error}") from error
+        raise PayloadTooLarge(_named(name, error)) from error
     except ImageInputError as error:
-        raise InvalidArgument(f"{name}: {error}") from error
+        raise InvalidArgument(_named(name, error)) from error
+
+
+def _named(name: str, error: Exception) -> str:
+    message = str(error)
+    return message if message.startswith(f"{name}:") else f"{name}: {message}"
 
 
 #: Written into the build context by the deployment step just before `bentoml build` (see

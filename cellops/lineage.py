@@ -7,7 +7,14 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cellops.data_version import dvc_file_output
+from cellops.data_version import (
+    DataDifference,
+    compare_listings,
+    dvc_dir_md5,
+    dvc_file_output,
+    hash_folder,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +39,81 @@ class Lineage:
         return asdict(self)
 
 
-def _dvc_workspace_matches(repo_root: Path, dvc_file: Path) -> bool | None:
-    """True if the data on disk is the version ``dvc_file`` records, None if DVC cannot tell."""
-    try:
-        from dvc.repo import Repo
-
-        with Repo(str(repo_root)) as repo:
-            return not repo.status(targets=[str(dvc_file)])
-    except Exception as error:  # DVC not initialised, file outside the repo...
-        log.warning("could not compare %s with the workspace: %s", dvc_file, error)
+def expected_listing(dvc_file: str | Path) -> dict[str, str] | None:
+    """The md5 of every file of the version ``dvc_file`` records (relative paths), from DVC's cache (the
+    ``<md5>.dir`` listing ``dvc add`` wrote) or the committed ``data.files.json`` beside it when that listing
+    has the recorded md5; None when neither is there."""
+    dvc_file = Path(dvc_file)
+    md5 = str(dvc_file_output(dvc_file).get("md5", ""))
+    if not md5.endswith(".dir"):
         return None
+    cached = dvc_file.resolve().parent / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    if cached.is_file():
+        return read_manifest(cached)
+    committed = dvc_file.with_name(dvc_file.stem + ".files.json")
+    if committed.is_file():
+        listing = read_manifest(committed)
+        if dvc_dir_md5(listing) == md5:
+            return listing
+    return None
+
+
+def check_data_matches(dvc_file: str | Path) -> DataDifference | None:
+    """Hash every file of the data folder ``dvc_file`` tracks and compare them with the version it records: the
+    files themselves, not DVC's cache of sizes and modification times (an edit with the old mtime restored is
+    invisible to ``dvc status``). None when there is no recorded listing to compare with."""
+    dvc_file = Path(dvc_file)
+    expected = expected_listing(dvc_file)
+    if expected is None:
+        return None
+    folder = dvc_file.resolve().parent / str(dvc_file_output(dvc_file).get("path", ""))
+    actual = hash_folder(folder) if folder.is_dir() else {}
+    return compare_listings(expected, actual)
 
 
 def dvc_data_version(dvc_file: str | Path, *, check_workspace: bool = True) -> tuple[str, int]:
-    """Read the data version recorded in a ``.dvc`` file, and whether the workspace still matches it."""
+    """Read the data version recorded in a ``.dvc`` file, with ``+modified`` appended when the files on disk
+    differ from it (see :func:`check_data_matches`)."""
     dvc_file = Path(dvc_file)
     if not dvc_file.is_file():
         return "untracked", -1
     output = dvc_file_output(dvc_file)
     md5 = str(output.get("md5", "unknown"))
     n_files = int(output.get("nfiles", -1))
-    if check_workspace and _dvc_workspace_matches(dvc_file.resolve().parent, dvc_file) is False:
-        md5 += "+modified"
+    if check_workspace:
+        difference = check_data_matches(dvc_file)
+        if difference is None:
+            log.warning("%s: no listing of version %s to check the files against (run `dvc add` or `make data`)",
+                        dvc_file, md5)
+        elif difference:
+            md5 += "+modified"
     return md5, n_files
+
+
+class DataNotAsRecorded(ValueError):
+    """The data folder differs from the version its ``.dvc`` file records."""
+
+
+def require_recorded_data(dvc_file: str | Path) -> str:
+    """The recorded data version, or :class:`DataNotAsRecorded` naming the files that differ, are missing or
+    are extra, the version expected, and how to get back to it or record the change.
+
+    Called before any training: a model must never be trained (let alone promoted) on data no version names."""
+    dvc_file = Path(dvc_file)
+    if not dvc_file.is_file():
+        raise DataNotAsRecorded(f"{dvc_file}: no such file; track the data with `dvc add` first")
+    md5 = str(dvc_file_output(dvc_file).get("md5", "unknown"))
+    difference = check_data_matches(dvc_file)
+    if difference is None:
+        raise DataNotAsRecorded(f"{dvc_file}: no listing of version {md5} to check the files against (DVC's cache "
+                                "and the committed .files.json both lack it): run `dvc pull` or `dvc add` first")
+    if difference:
+        folder = dvc_file.parent / str(dvc_file_output(dvc_file).get("path", ""))
+        raise DataNotAsRecorded(
+            f"the files under {folder} are not data version {md5} recorded in {dvc_file}:\n"
+            f"{difference.describe(folder)}\n`dvc checkout {dvc_file}` restores the recorded version; "
+            f"`dvc add {folder}` and committing {dvc_file} records the change as a new version")
+    return md5
 
 
 def git_commit(repo_root: str | Path = ".") -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,6 +18,7 @@ from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 from zenml.types import HTMLString
 
+from cellops.checkpoints import checkpoint_dir_for, remove_checkpoints
 from cellops.classifier.cost import count_macs, count_parameters, cpu_latency_ms
 from cellops.classifier.data import (SPLITS, Augmentation, SplitSettings, build_augmentation, index_class_folder,
                                      test_set_fingerprint)
@@ -34,7 +36,7 @@ from models.classifier import build_classifier, transfer_features
 from steps.registry import log_comparison, register_ranked
 from steps.validation import data_docs_page
 from tracking import tags
-from tracking.runs import active_run_id, log_run_config
+from tracking.runs import active_run_id, close_abandoned_runs, closed_on_interrupt, log_run_config, process_tags
 
 logger = get_logger(__name__)
 
@@ -152,6 +154,8 @@ def train_and_evaluate_classifier(
     augmentation: dict,
     gallery_size: int,
     latency_batch_size: int,
+    checkpoint_dir: str,
+    resume: bool,
 ) -> tuple[Annotated[nn.Module, "classifier"], Annotated[dict, "evaluation"]]:
     """Train one configured model on the shared split with the shared seeded augmentation, evaluate it on the
     test split, and log curves, scores, costs and a CAM gallery to its own MLflow run."""
@@ -170,7 +174,9 @@ def train_and_evaluate_classifier(
             raise ValueError(f"{name}: init 'source' needs the pretrained source backbone, which this run did not train")
         transfer_features(model, source_backbone)
     log_run_config()
+    close_abandoned_runs()
     mlflow.set_tags({**tags.lineage_to_tags(lineage), tags.ZENML_RUN_ID: str(get_step_context().pipeline_run.id),
+                     **process_tags(),
                      tags.MODEL_NAME: name, tags.ARCHITECTURE: model_spec.architecture, tags.INIT: model_spec.init,
                      tags.INIT_USED: init_used, tags.IMAGENET_WEIGHTS: str(weights) if weights else "none"})
     mlflow.log_params({"model.epochs": config.epochs, "model.learning_rate": config.learning_rate})
@@ -178,8 +184,22 @@ def train_and_evaluate_classifier(
     test_images, test_labels = _subset(images, labels, dataset_index, "test")
     logger.info("%s: %s from %s, %d parameters; %d train / %d val / %d test images", name, model_spec.architecture,
                 init_used, count_parameters(model), len(train[0]), len(val[0]), len(test_images))
-    history = fit(model, train, val, config, build_augmentation(Augmentation.from_dict(augmentation)),
-                  settings.positive, on_epoch_end=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
+    # Named after what must match to resume (not after the run): the same command after a kill finds it.
+    run_dir = checkpoint_dir_for(checkpoint_dir, {"name": name, "spec": spec, "training": asdict(config),
+                                                  "input": input, "augmentation": augmentation,
+                                                  "data_version": lineage["data_version"],
+                                                  "dataset_index": dataset_index})
+    with closed_on_interrupt():
+        history = fit(model, train, val, config, build_augmentation(Augmentation.from_dict(augmentation)),
+                      settings.positive, on_epoch_end=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
+                      checkpoint_dir=run_dir, resume=resume)
+    if history.resumed_from_epoch is not None:
+        # The epochs before the interruption were logged on the killed run: this run gets the whole curve too.
+        for epoch in range(history.resumed_from_epoch + 1):
+            mlflow.log_metrics({k: v[epoch] for k, v in history.curves().items()}, step=epoch)
+        logger.info("%s: resumed after epoch %d from %s", name, history.resumed_from_epoch, run_dir)
+    mlflow.set_tag(tags.RESUMED_FROM_EPOCH, str(history.resumed_from_epoch))
+    remove_checkpoints(run_dir)
     model = model.cpu().eval()
     probabilities = predict_probabilities(model, test_images, settings.batch_size)
     scores = classification_scores(probabilities, test_labels, settings.positive)

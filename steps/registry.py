@@ -61,7 +61,8 @@ def register_and_promote(
          tags.MLFLOW_RUN_ID: run_id, tags.ZENML_RUN_ID: zenml_run_id},
         promotion_metric=promotion_metric, alias=alias, min_improvement=min_improvement, rescore=rescore,
     )
-    mlflow.set_tags({"registered_model_version": decision["version"], f"promoted_to_{alias}": str(decision["promoted"])})
+    mlflow.set_tags({"registered_model_version": str(decision["version"]), "registered": str(decision["registered"]),
+                     "registration_reason": decision["reason"], f"promoted_to_{alias}": str(decision["promoted"])})
     mlflow.log_metric("promoted", float(decision["promoted"]))
     for key in ("champion_recorded_score", "champion_rescored_score"):
         if decision[key] is not None:
@@ -79,7 +80,7 @@ def follow_in_model_control_plane(decision: dict) -> None:
     if zenml_model is None:
         return
     log_metadata(metadata={"mlflow_registered_model": decision["registered_model"],
-                           "mlflow_model_version": decision["version"], "promoted": decision["promoted"]},
+                           "mlflow_model_version": str(decision["version"]), "promoted": decision["promoted"]},
                  infer_model=True)
     if decision["promoted"]:
         zenml_model.set_stage(ModelStages.PRODUCTION, force=True)

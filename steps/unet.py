@@ -17,7 +17,15 @@ from cellops.plots import segmentation_overlay, training_curves
 from cellops.unet.predict import InferenceSettings, load_for_inference, score
 from cellops.unet.train import Architecture, TrainingConfig, build_model, fit
 from tracking import tags
-from tracking.runs import current_zenml_model, log_png, log_run_config
+from cellops.checkpoints import checkpoint_dir_for, remove_checkpoints
+from tracking.runs import (
+    close_abandoned_runs,
+    closed_on_interrupt,
+    current_zenml_model,
+    log_png,
+    log_run_config,
+    process_tags,
+)
 
 logger = get_logger(__name__)
 
@@ -33,19 +41,33 @@ def train_unet(
     training: dict,
     inference: dict,
     checkpoint_dir: str,
+    resume: bool,
 ) -> Annotated[torch.nn.Module, "model"]:
     """Train a U-Net on the augmented patches, validating on whole slices; returns the best weights."""
     config = TrainingConfig.from_dict(training)
     model = build_model(Architecture.from_dict(architecture), seed=config.seed)
     log_run_config()
     zenml_run_id = str(get_step_context().pipeline_run.id)
-    mlflow.set_tags({**tags.lineage_to_tags(lineage), tags.ZENML_RUN_ID: zenml_run_id})
-    run_dir = Path(checkpoint_dir) / zenml_run_id
+    close_abandoned_runs()
+    mlflow.set_tags({**tags.lineage_to_tags(lineage), tags.ZENML_RUN_ID: zenml_run_id, **process_tags()})
+    # Named after what must match to resume (not after the run): the same command after a kill finds it.
+    run_dir = checkpoint_dir_for(checkpoint_dir, {"architecture": architecture, "training": training,
+                                                  "inference": inference, "data_version": lineage["data_version"],
+                                                  "patches": list(patch_images.shape)})
     logger.info("training %s parameters on %d patches, checkpoints in %s",
                 sum(p.numel() for p in model.parameters()), len(patch_images), run_dir)
-    history = fit(model, (torch.from_numpy(patch_images), torch.from_numpy(patch_masks)), (val_image, val_mask),
-                  config, InferenceSettings.from_dict(inference), run_dir,
-                  on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
+    with closed_on_interrupt():
+        history = fit(model, (torch.from_numpy(patch_images), torch.from_numpy(patch_masks)), (val_image, val_mask),
+                      config, InferenceSettings.from_dict(inference), run_dir,
+                      on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), resume=resume)
+    if history.resumed_from_epoch is not None:
+        # The epochs before the interruption were logged on the killed run: this run gets the whole curve too.
+        for epoch in range(history.resumed_from_epoch + 1):
+            mlflow.log_metrics({"train_loss": history.train_loss[epoch], "val_dice": history.val_dice[epoch],
+                                "val_foreground_iou": history.val_foreground_iou[epoch]}, step=epoch)
+        logger.info("resumed after epoch %d from %s", history.resumed_from_epoch, run_dir)
+    mlflow.set_tag(tags.RESUMED_FROM_EPOCH, str(history.resumed_from_epoch))
+    remove_checkpoints(run_dir)
     with tempfile.TemporaryDirectory() as tmp:
         curves = training_curves({"train loss": history.train_loss, "val foreground IoU": history.val_foreground_iou,
                                   "val Dice": history.val_dice}, Path(tmp) / "curves.png")

@@ -2,14 +2,19 @@
 version's chain back from a real MLflow store."""
 
 import json
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+import tifffile
 from mlflow import MlflowClient
 
 from cellops.cli import main
-from cellops.lineage import dvc_data_version, git_commit
+from cellops.lineage import DataNotAsRecorded, dvc_data_version, git_commit, require_recorded_data
 from tracking import tags
 from tracking.registry import register_and_maybe_promote
 
@@ -19,6 +24,42 @@ def test_data_version_is_read_from_the_dvc_file(tmp_path):
     dvc_file.write_text("outs:\n- md5: 0123abcd.dir\n  size: 10\n  nfiles: 4\n  hash: md5\n  path: data\n")
     assert dvc_data_version(dvc_file, check_workspace=False) == ("0123abcd.dir", 4)
     assert dvc_data_version(tmp_path / "missing.dvc") == ("untracked", -1)
+
+
+@pytest.fixture
+def tracked(tmp_path):
+    """A git + DVC repository with ``data/`` (two TIFF stacks and a note) added to DVC: what `make data` leaves."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = lambda *args: subprocess.run(args, cwd=tmp_path, check=True, capture_output=True, env=env)  # noqa: E731
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    (tmp_path / "data" / "em").mkdir(parents=True)
+    for name in ("training.tif", "testing.tif"):
+        tifffile.imwrite(tmp_path / "data" / "em" / name, np.arange(4 * 16 * 16, dtype=np.uint16).reshape(4, 16, 16))
+    (tmp_path / "data" / "notes.txt").write_text("version 1\n")
+    run("dvc", "add", "-q", "data")
+    return tmp_path
+
+
+def test_data_is_checked_file_by_file_against_the_recorded_version(tracked):
+    dvc_file = tracked / "data.dvc"
+    version = require_recorded_data(dvc_file)
+    assert version.endswith(".dir") and dvc_data_version(dvc_file)[0] == version
+    stack = tracked / "data" / "em" / "training.tif"
+    # One byte changed with the modification time put back: invisible to `dvc status`, not to hashing.
+    before = stack.stat()
+    data = bytearray(stack.read_bytes())
+    data[-1] ^= 0xFF
+    stack.write_bytes(bytes(data))
+    os.utime(stack, (before.st_atime, before.st_mtime))
+    with pytest.raises(DataNotAsRecorded, match=r"(?s)not data version .*1 file\(s\) differ: .*training\.tif"):
+        require_recorded_data(dvc_file)
+    assert dvc_data_version(dvc_file)[0] == version + "+modified"
+    # Deleted and added files are named too.
+    (tracked / "data" / "em" / "testing.tif").unlink()
+    (tracked / "data" / "extra.png").write_bytes(b"x")
+    with pytest.raises(DataNotAsRecorded, match=r"(?s)missing: .*testing\.tif.*not expected: .*extra\.png"):
+        require_recorded_data(dvc_file)
 
 
 def test_git_commit_marks_dirty_trees(tmp_path):

@@ -19,12 +19,13 @@ def client(tmp_path):
     mlflow.set_tracking_uri(None)
 
 
-def _register(client, iou, *, data_version="x.dir", metrics=None, rescore=None):
+def _register(client, iou, *, data_version="x.dir", metrics=None, rescore=None, name=None):
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
         return register_and_maybe_promote(
             client, info.model_uri, "cellops-test", metrics or {"foreground_iou": iou, "dice": 0.5},
-            {**tags.lineage_to_tags({"data_version": data_version}), **tags.inference_to_tags({"tile_size": 64})},
+            {**tags.lineage_to_tags({"data_version": data_version}), **tags.inference_to_tags({"tile_size": 64}),
+             **({tags.MODEL_NAME: name} if name else {})},
             promotion_metric="foreground_iou", alias="champion", min_improvement=0.0, rescore=rescore,
         )
 
@@ -42,15 +43,37 @@ def test_worse_model_never_becomes_champion(client):
     champion = client.get_model_version_by_alias("cellops-test", "champion")
     assert str(champion.version) == better["version"]
     assert champion.tags["metric.foreground_iou"] == "0.9" and champion.tags["lineage.data_version"] == "x.dir"
-    # Every version is registered, promoted or not.
-    assert len(client.search_model_versions("name='cellops-test'")) == 4
+    # Every version is registered, promoted or not, except the tie: the same model scoring the same is the
+    # champion again, not a new version.
+    assert not tie["registered"] and tie["version"] is None and "duplicate" in tie["reason"]
+    assert len(client.search_model_versions("name='cellops-test'")) == 3
 
 
 def test_an_equal_retrain_is_not_promoted_whatever_its_digits(client):
     score = 0.8575004644108986
     assert _register(client, score)["promoted"]
     again = _register(client, score)
-    assert not again["promoted"] and again["champion_score_before"] == score
+    assert not again["promoted"] and again["champion_score_before"] == score and not again["registered"]
+
+
+def test_another_model_that_ties_is_registered_but_not_promoted(client):
+    _register(client, 0.8, name="unet")
+    other = _register(client, 0.8, name="unet_wide")
+    assert other["registered"] and not other["promoted"] and other["version"] == "2"
+
+
+def test_a_model_trained_on_modified_data_is_never_promoted(client):
+    _register(client, 0.5)
+    edited = _register(client, 0.99, data_version="x.dir+modified", rescore=lambda champion: {"foreground_iou": 0.5})
+    assert edited["registered"] and not edited["promoted"] and "never promoted" in edited["reason"]
+    assert str(champion_version(client, "cellops-test", "champion").version) == "1"
+    first_ever = register_and_maybe_promote  # a first model on untracked data is not promoted either
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
+        lone = first_ever(client, info.model_uri, "cellops-other", {"foreground_iou": 0.9},
+                          tags.lineage_to_tags({"data_version": "untracked"}), promotion_metric="foreground_iou",
+                          alias="champion", min_improvement=0.0)
+    assert lone["registered"] and not lone["promoted"] and champion_version(client, "cellops-other", "champion") is None
 
 
 def test_a_champion_scored_on_other_data_is_rescored_on_the_candidates_test_data(client):
@@ -102,9 +125,12 @@ def test_versions_are_described_with_lineage_metrics_and_settings(client):
 
 def test_scores_recorded_on_edited_data_are_never_compared_as_equal(client):
     # Two runs on differently edited data both record "<md5>+modified": the same string, not the same data.
-    _register(client, 0.95, data_version="abc.dir+modified")
+    # Neither can be promoted; against a clean champion, the recorded score is never taken as comparable.
+    _register(client, 0.80, data_version="abc.dir")
     decision = _register(client, 0.85, data_version="abc.dir+modified", rescore=lambda c: {"foreground_iou": 0.80})
-    assert decision["champion_rescored_score"] == 0.80 and decision["promoted"]
+    assert decision["champion_rescored_score"] == 0.80 and not decision["promoted"] and decision["registered"]
+    again = _register(client, 0.85, data_version="abc.dir+modified", rescore=lambda c: {"foreground_iou": 0.80})
+    assert again["registered"] and not again["promoted"]
 
 
 def test_equal_sensitivity_is_decided_by_specificity(client):

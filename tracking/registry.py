@@ -25,6 +25,15 @@ def _identifies_data(version: str | None) -> bool:
     return bool(version) and version.endswith(".dir") and "+" not in version
 
 
+def _duplicates(champion: ModelVersion, tags: dict[str, str], scores: tuple[float, ...],
+                champion_scores: tuple[float, ...] | None) -> bool:
+    """Whether a candidate is the champion again: the same scores on the same test data, and the same model
+    name, inference settings and data version."""
+    same = [names.MODEL_NAME, names.ARCHITECTURE, names.INFERENCE_SETTINGS, f"{names.LINEAGE_PREFIX}data_version",
+            f"{names.LINEAGE_PREFIX}{names.TEST_SET}"]
+    return scores == champion_scores and all(champion.tags.get(key) == tags.get(key) for key in same)
+
+
 def champion_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """The version holding ``alias``, or None when there is no such model or alias yet."""
     try:
@@ -48,6 +57,10 @@ def register_and_maybe_promote(
 ) -> dict:
     """Register ``model_uri`` as a new version (tagged with its metrics and ``tags``, which carry its lineage and
     inference settings) and move ``alias`` to it if it beats the champion by more than ``min_improvement``.
+
+    Two cases are decided deliberately: a candidate that is the champion again (same model name, settings and
+    data, exactly the same scores) is not registered (``registered: False``); one trained on data no version
+    names (``+modified``, ``untracked``) is registered for inspection but never promoted. ``reason`` says why.
 
     The champion's score is its recorded tag when it was measured on the candidate's data version; otherwise
     ``rescore(champion)`` measures it on the candidate's test data (without ``rescore`` that is an error rather
@@ -82,19 +95,11 @@ def register_and_maybe_promote(
             rescored = float(champion_metrics[promotion_metric])
         champion_scores = tuple(float(champion_metrics[m]) for m in ranked)
     champion_score = rescored if rescored is not None else recorded
-    version = mlflow.register_model(model_uri, registered_model_name).version
-    all_tags = {**names.metrics_to_tags(metrics), **tags, names.PROMOTION_METRIC: promotion_metric}
-    for key, value in all_tags.items():
-        client.set_model_version_tag(registered_model_name, version, key, value)
     candidate = float(metrics[promotion_metric])
-    promoted = should_promote(tuple(float(metrics[m]) for m in ranked), champion_scores,
-                              min_improvement=min_improvement)
-    if promoted:
-        client.set_registered_model_alias(registered_model_name, alias, version)
-    return {
+    candidate_scores = tuple(float(metrics[m]) for m in ranked)
+    candidate_data = names.lineage_from_tags(tags).get("data_version")
+    decision = {
         "registered_model": registered_model_name,
-        "version": str(version),
-        "promoted": promoted,
         "promotion_metric": promotion_metric,
         "tie_breakers": list(tie_breakers),
         "candidate_score": candidate,
@@ -102,6 +107,33 @@ def register_and_maybe_promote(
         "champion_score_before": champion_score,
         "champion_recorded_score": recorded,
         "champion_rescored_score": rescored,
+    }
+    if champion is not None and _duplicates(champion, tags, candidate_scores, champion_scores):
+        # The same model (name, settings, data) scoring exactly what the champion scores adds nothing: a new
+        # version would only be a second copy of the champion.
+        return {**decision, "version": None, "registered": False, "promoted": False,
+                "champion_version": str(champion.version),
+                "reason": f"ties {alias} v{champion.version} on {', '.join(ranked)} with the same model, settings "
+                          "and data: a duplicate, not registered"}
+    version = mlflow.register_model(model_uri, registered_model_name).version
+    all_tags = {**names.metrics_to_tags(metrics), **tags, names.PROMOTION_METRIC: promotion_metric}
+    for key, value in all_tags.items():
+        client.set_model_version_tag(registered_model_name, version, key, value)
+    if not _identifies_data(candidate_data):
+        # Trained on data that no version names (edited after `dvc add`, untracked): kept for inspection,
+        # never served.
+        promoted, reason = False, f"data version {candidate_data!r} does not name one content: never promoted"
+    else:
+        promoted = should_promote(candidate_scores, champion_scores, min_improvement=min_improvement)
+        reason = "beats the champion" if promoted else "does not beat the champion"
+    if promoted:
+        client.set_registered_model_alias(registered_model_name, alias, version)
+    return {
+        **decision,
+        "version": str(version),
+        "registered": True,
+        "reason": reason,
+        "promoted": promoted,
         "champion_version": str(version) if promoted else (str(champion.version) if champion is not None else None),
     }
 

@@ -3,7 +3,11 @@ logging a pipeline's whole config and PNG artifacts."""
 
 from __future__ import annotations
 
+import logging
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -12,6 +16,9 @@ import numpy as np
 from zenml.client import Client
 
 from cellops.plots import save_png
+from tracking import tags
+
+logger = logging.getLogger(__name__)
 
 
 def stack_tracking_uri() -> str:
@@ -113,3 +120,88 @@ def log_run_config() -> dict[str, str]:
     for first in range(0, len(items), 100):  # MLflow takes at most 100 params per call
         mlflow.log_params(dict(items[first : first + 100]))
     return params
+
+
+def process_tags() -> dict[str, str]:
+    """Tags that let a later start tell whether the process writing a run is still alive (host, PID and the
+    process's start time, so a reused PID is not mistaken for it)."""
+    import os
+    import socket
+
+    import psutil
+
+    return {tags.HOST: socket.gethostname(), tags.PID: str(os.getpid()),
+            tags.PROCESS_STARTED: f"{psutil.Process().create_time():.3f}"}
+
+
+def _process_alive(run_tags: dict[str, str]) -> bool:
+    import socket
+
+    import psutil
+
+    if run_tags.get(tags.HOST) != socket.gethostname():
+        return True  # another machine's run: not ours to judge
+    try:
+        process = psutil.Process(int(run_tags[tags.PID]))
+        return f"{process.create_time():.3f}" == run_tags.get(tags.PROCESS_STARTED)
+    except (psutil.NoSuchProcess, KeyError, ValueError):
+        return False
+
+
+def close_abandoned_runs() -> list[str]:
+    """Mark ``KILLED`` the MLflow runs still ``RUNNING`` whose process is gone (killed with SIGKILL, the machine
+    lost power...), and their ZenML pipeline runs and steps ``failed``; return the MLflow run ids closed.
+
+    Called when training starts, so a killed attempt never stays "running" beside its rerun."""
+    from zenml.enums import ExecutionStatus
+    from zenml.models import PipelineRunUpdate, StepRunUpdate
+
+    client = mlflow.MlflowClient()
+    closed = []
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return closed
+    for run in client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        if tags.PID not in run.data.tags or _process_alive(run.data.tags):
+            continue
+        client.set_tag(run.info.run_id, tags.CLOSED_BECAUSE, "its process was gone when the next training started")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+        zenml_run = run.data.tags.get(tags.ZENML_RUN_ID)
+        if zenml_run:
+            try:
+                store = Client().zen_store
+                pipeline_run = Client().get_pipeline_run(zenml_run)
+                for step in pipeline_run.steps.values():
+                    if step.status == ExecutionStatus.RUNNING:
+                        store.update_run_step(step.id, StepRunUpdate(status=ExecutionStatus.FAILED))
+                if pipeline_run.status == ExecutionStatus.RUNNING:
+                    store.update_run(pipeline_run.id, PipelineRunUpdate(
+                        status=ExecutionStatus.FAILED, status_reason="its process was killed"))
+            except Exception as error:  # noqa: BLE001 - the MLflow side is closed either way; say why not ZenML's
+                logger.warning("could not mark ZenML run %s failed: %s", zenml_run, error)
+    if closed:
+        logger.warning("closed %d abandoned run(s) whose process was gone: %s", len(closed), ", ".join(closed))
+    return closed
+
+
+@contextmanager
+def closed_on_interrupt():
+    """Within the block, SIGTERM (what ``kill``, schedulers and container runtimes send) interrupts like Ctrl-C;
+    either ends the active MLflow run ``KILLED``, naming the signal, before the interruption goes on up (so ZenML
+    records the step as failed and nothing after it, registration included, runs)."""
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupt) if in_main_thread else None
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        if mlflow.active_run() is not None:
+            mlflow.set_tag(tags.CLOSED_BECAUSE, f"interrupted by {stop.args[0] if stop.args else 'SIGINT'}")
+            mlflow.end_run(status="KILLED")
+        raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -14,6 +14,12 @@ METRIC_PREFIX = "metric."
 INFERENCE_SETTINGS = "inference_settings"  # JSON of the settings the metrics were measured with
 MLFLOW_RUN_ID = "mlflow_run_id"
 ZENML_RUN_ID = "zenml_run_id"
+# Who writes a run: a later start marks a RUNNING run KILLED when this process is gone (see tracking.runs).
+HOST = "process.host"
+PID = "process.pid"
+PROCESS_STARTED = "process.started"
+CLOSED_BECAUSE = "closed_because"
+RESUMED_FROM_EPOCH = "resumed_from_epoch"  # "None", or the last epoch of the checkpoint training resumed after
 PROMOTION_METRIC = "promotion_metric"
 #: Lineage key of the test set a model was scored on (hash of its files' contents and labels), for families whose
 #: test set is not fixed by the data version alone.

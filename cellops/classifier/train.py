@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cellops.checkpoints import LAST_CHECKPOINT, load_checkpoint, random_states, restore_random_states, save_atomically
 from cellops.classifier.data import augment_batch, epoch_batches
 from cellops.classifier.metrics import ClassificationScores, classification_scores
 from cellops.config import FromMapping
@@ -50,6 +52,7 @@ class ClassifierHistory:
     val_sensitivity: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
     best_epoch: int = -1
+    resumed_from_epoch: int | None = None  # the last epoch of the checkpoint training resumed from, if it did
 
     def curves(self) -> dict[str, list[float]]:
         return {k: v for k, v in vars(self).items() if isinstance(v, list)}
@@ -98,11 +101,18 @@ def fit(
     transform,
     positive: int,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    *,
+    resume: bool = True,
 ) -> ClassifierHistory:
     """Train ``model`` on ``train`` (images (N, C, H, W) float in [0, 1], labels (N,)), validating on ``val`` after
     each epoch; on return it holds the best weights by validation accuracy (then loss).
 
-    AdamW with a one-cycle schedule (``warmup_fraction`` of the steps rising to ``learning_rate``).
+    AdamW with a one-cycle schedule (``warmup_fraction`` of the steps rising to ``learning_rate``). With
+    ``checkpoint_dir``, the model, optimiser, scheduler, history, best weights and random states are saved there
+    after every epoch (atomically); with ``resume`` and a checkpoint of the same settings, training continues
+    after its epoch and ends with the weights an uninterrupted run would have (batches and augmentation are
+    seeded by epoch, so the resumed epochs see the same data).
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -116,7 +126,22 @@ def fit(
                                                     pct_start=config.warmup_fraction)
     history, best = ClassifierHistory(), None
     best_key = (-1.0, 0.0)
-    for epoch in range(config.epochs):
+    # What a checkpoint must match to be resumed: the settings, the model's shape and the data's size.
+    resolved = {"training": asdict(config), "model": type(model).__name__, "images": list(images.shape),
+                "parameters": {k: list(v.shape) for k, v in model.state_dict().items()}}
+    last = checkpoint_dir / LAST_CHECKPOINT if checkpoint_dir is not None else None
+    first_epoch = 0
+    state = load_checkpoint(last, device) if last is not None and resume else None
+    if state is not None:
+        if state["config"] != resolved:
+            raise ValueError(f"{last} was written with other settings; move it away to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_random_states(state["random"])
+        history = ClassifierHistory(**{**state["history"], "resumed_from_epoch": state["epoch"]})
+        best, best_key, first_epoch = state["best_model"], tuple(state["best_key"]), state["epoch"] + 1
+    for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
         fitted = train_one_epoch(model, optimizer, scheduler, images, labels, transform, config, epoch, positive,
                                  device)
@@ -130,6 +155,12 @@ def fit(
         if key > best_key:
             best_key, history.best_epoch = key, epoch
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if last is not None:
+            save_atomically({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "random": random_states(), "best_model": best,
+                             "best_key": list(best_key), "config": resolved,
+                             "history": {k: v for k, v in asdict(history).items() if k != "resumed_from_epoch"}},
+                            last)
         if on_epoch_end is not None:
             on_epoch_end(epoch, {k: v[-1] for k, v in history.curves().items()})
     if best is not None:

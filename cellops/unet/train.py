@@ -8,7 +8,6 @@ states and the resolved config (as torchvision's references do), so an interrupt
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from cellops.checkpoints import LAST_CHECKPOINT, save_atomically
 from cellops.config import FromMapping
 from cellops.unet.predict import InferenceSettings, load_for_inference, score
 from models.unet import UNet
@@ -126,15 +126,7 @@ class TrainingHistory:
         return self.val_foreground_iou[self.best_epoch] if self.best_epoch >= 0 else float("nan")
 
 
-LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
-
-
-def _save_atomically(state: dict, path: Path) -> None:
-    # A kill during torch.save must never leave a truncated checkpoint where the last good one was.
-    partial = path.with_suffix(".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
 
 
 def fit(
@@ -203,14 +195,14 @@ def fit(
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         # The best weights travel inside last.pt: one atomic write, so a kill can never leave them out of step
         # with the history; best.pt is a copy for people who want just the model.
-        _save_atomically({
+        save_atomically({
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "shuffle_rng": shuffle.get_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, "best_model": best_weights,
             "history": {k: v for k, v in asdict(history).items() if k != "resumed_from_epoch"}, "config": resolved,
         }, last)
         if improved:
-            _save_atomically({"epoch": epoch, "model": best_weights, "config": resolved}, checkpoint_dir / BEST_CHECKPOINT)
+            save_atomically({"epoch": epoch, "model": best_weights, "config": resolved}, checkpoint_dir / BEST_CHECKPOINT)
         if on_epoch_end is not None:
             on_epoch_end(epoch, {"train_loss": loss, "val_foreground_iou": scores.foreground_iou, "val_dice": scores.dice})
     if best_weights is not None:

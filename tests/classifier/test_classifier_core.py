@@ -215,6 +215,42 @@ def test_training_learns_a_toy_task_keeps_the_best_epoch_and_is_reproducible():
     assert probabilities.shape == (32, 2) and np.allclose(probabilities.sum(axis=1), 1)
 
 
+def test_an_interrupted_fit_resumes_to_the_weights_and_curves_of_an_uninterrupted_one(tmp_path):
+    train, val = _toy_set(64, 0), _toy_set(16, 1)
+    config = ClassifierTraining(epochs=4, batch_size=16, learning_rate=0.01, weight_decay=0.0, label_smoothing=0.1,
+                                warmup_fraction=0.2, seed=0, device="cpu", threads=0)
+
+    def net():
+        # Dropout draws from torch's global generator: the checkpoint must restore it for the same weights.
+        return build_classifier("efficientcellnet", num_classes=2, in_channels=1,
+                                options={"widths": [8, 16], "dropout": 0.2}, seed=0)
+
+    whole = net()
+    expected = fit(whole, train, val, config, build_augmentation(AUG), positive=1, checkpoint_dir=tmp_path / "whole")
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_second(epoch, metrics):
+        if epoch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(net(), train, val, config, build_augmentation(AUG), positive=1, on_epoch_end=stop_after_second,
+            checkpoint_dir=tmp_path / "resumed")
+    resumed = net()
+    history = fit(resumed, train, val, config, build_augmentation(AUG), positive=1, checkpoint_dir=tmp_path / "resumed")
+    assert history.resumed_from_epoch == 1 and history.val_loss == expected.val_loss
+    assert history.best_epoch == expected.best_epoch
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    # resume=False starts over, whatever is on disk; other settings are refused rather than mixed in.
+    assert fit(net(), train, val, config, build_augmentation(AUG), positive=1, checkpoint_dir=tmp_path / "resumed",
+               resume=False).resumed_from_epoch is None
+    with pytest.raises(ValueError, match="other settings"):
+        fit(net(), train, val, ClassifierTraining(**{**vars(config), "epochs": 5}), build_augmentation(AUG),
+            positive=1, checkpoint_dir=tmp_path / "resumed")
+
+
 def test_classify_files_names_bad_files_and_goes_on(tmp_path):
     net = build_classifier("efficientcellnet", num_classes=2, in_channels=1, options={"widths": [8, 16]}).eval()
     good = tmp_path / "good.png"

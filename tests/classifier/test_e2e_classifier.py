@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from pathlib import Path
 import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import httpx
 import mlflow
@@ -23,14 +26,13 @@ from cellops.classifier.predict import ClassifierSettings
 from cellops.classifier.train import predict_probabilities
 from cellops.io import load_class_images
 from helpers import run_command as _run
-from helpers import bad_uploads, png_bytes, served_bento
-from helpers import built_bento, check_bento_environment
+from helpers import bad_uploads, built_bento, check_bento_environment, png_bytes, served_bento
 from hostile_corpus import probe
-
-LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 from tracking import tags
 
 pytestmark = pytest.mark.e2e
+
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 
 CONFIG = "tests/configs/classifier_tiny.yaml"
 MODELS = {"efficientcellnet", "efficientcellnet_transfer", "resnet18", "densenet121"}
@@ -212,3 +214,46 @@ def test_the_same_picture_under_two_classes_stops_the_pipeline_naming_it(trained
     assert result.returncode != 0 and "dataset validation failed" in output
     assert "duplicate_conflicting_label" in output and "copy_0.png" in output
     assert len(mlflow.MlflowClient().search_model_versions("name='cellops-classifier'")) == before
+
+
+def test_sigterm_closes_the_run_killed_and_the_rerun_resumes_to_the_same_model(trained):
+    """SIGTERM mid-training (what `kill`, a scheduler or a container runtime sends): the run ends KILLED with the
+    signal named, nothing is registered from it; the same command again resumes after the checkpointed epoch and
+    reaches the scores of the uninterrupted run (the module's first run, same data and seeds)."""
+    root, env = trained
+    config = yaml.safe_load((root / CONFIG).read_text())
+    config["parameters"]["models"] = {"efficientcellnet": config["parameters"]["models"]["efficientcellnet"]}
+    (root / "one_model.yaml").write_text(yaml.safe_dump(config))
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(config["settings"]["experiment_tracker.mlflow"]["experiment_name"])
+
+    def model_runs():
+        return client.search_runs([experiment.experiment_id], f"tags.{tags.MODEL_NAME} = 'efficientcellnet'",
+                                  order_by=["attributes.start_time DESC"])
+
+    uninterrupted = model_runs()[-1]
+    versions_before = {v.run_id for v in client.search_model_versions("name='cellops-classifier'")}
+    checkpoints = root / config["parameters"]["checkpoint_dir"]
+    command = ["zenml", "pipeline", "run", "pipelines.classifier.training_pipeline", "-c", "one_model.yaml"]
+    with open(root / "terminated.log", "w") as log:
+        attempt = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not any(checkpoints.glob("*/last.pt")):
+            assert attempt.poll() is None, (root / "terminated.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in 300 s"
+            time.sleep(0.05)
+        attempt.send_signal(signal.SIGTERM)
+        assert attempt.wait(timeout=120) != 0
+    terminated = model_runs()[0]
+    assert terminated.info.status == "KILLED" and terminated.data.tags[tags.CLOSED_BECAUSE] == "interrupted by SIGTERM"
+    assert terminated.info.run_id not in {v.run_id for v in client.search_model_versions("name='cellops-classifier'")}
+
+    _run(command, root, env)
+    resumed = model_runs()[0]
+    assert int(resumed.data.tags[tags.RESUMED_FROM_EPOCH]) >= 0
+    for name in ("test_accuracy", "test_sensitivity", "test_specificity", "test_loss"):
+        assert resumed.data.metrics[name] == pytest.approx(uninterrupted.data.metrics[name], abs=1e-6), name
+    assert not any(checkpoints.glob("*/last.pt"))
+    new_versions = {v.run_id for v in client.search_model_versions("name='cellops-classifier'")} - versions_before
+    assert terminated.info.run_id not in new_versions

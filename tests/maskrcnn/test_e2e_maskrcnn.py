@@ -20,14 +20,13 @@ import yaml
 from PIL import Image
 
 from helpers import run_command as _run
-from helpers import bad_uploads, png_bytes, served_bento
-from helpers import built_bento, check_bento_environment
+from helpers import bad_uploads, built_bento, check_bento_environment, png_bytes, served_bento
 from hostile_corpus import probe
-
-LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 from tracking import tags
 
 pytestmark = pytest.mark.e2e
+
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 
 CONFIG = "tests/configs/maskrcnn_tiny.yaml"
 MODELS = {"resnet18_scratch", "resnet18_nuclei"}

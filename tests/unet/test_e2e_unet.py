@@ -5,9 +5,13 @@ BentoML home; data -> validate -> train -> evaluate -> register -> deploy -> a r
 from __future__ import annotations
 
 import io
-from pathlib import Path
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import httpx
 import mlflow
@@ -79,22 +83,23 @@ def test_model_control_plane_and_cellops_models_follow_the_champion(trained):
     assert missing.returncode == 2 and "no version 999" in missing.stderr
 
 
-def test_an_equal_retrain_is_registered_but_not_promoted(trained):
+def test_an_equal_retrain_is_not_registered_again(trained):
     root, env, _ = trained
     client = mlflow.MlflowClient()
     champion_before = client.get_model_version_by_alias("cellops-unet", "champion")
+    versions_before = len(client.search_model_versions("name='cellops-unet'"))
     _run(["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c", "tests/configs/unet_tiny.yaml"],
          root, env)
-    versions = client.search_model_versions("name='cellops-unet'")
-    newest = max(versions, key=lambda v: int(v.version))
-    assert int(newest.version) == int(champion_before.version) + 1
-    # Same data, same seeds: the same score, which does not beat the champion.
-    assert newest.tags["metric.foreground_iou"] == champion_before.tags["metric.foreground_iou"]
+    # Same data, same seeds, same settings: the same score. The champion again is not a new version.
+    assert len(client.search_model_versions("name='cellops-unet'")) == versions_before
     assert client.get_model_version_by_alias("cellops-unet", "champion").version == champion_before.version
-    run = client.get_run(newest.run_id)
+    experiment = client.get_experiment_by_name("cellops-unet")
+    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert run.data.tags["registered"] == "False" and "duplicate" in run.data.tags["registration_reason"]
     assert run.data.tags["promoted_to_champion"] == "False"
-    # Not a cache hit: the new run trained and logged every epoch itself.
+    # Not a cache hit: the new run trained and logged every epoch itself, and left no checkpoint behind.
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3
+    assert not any((root / "outputs" / "checkpoints" / "unet").glob("*/last.pt"))
 
 
 def test_deployed_service_segments_and_refuses_bad_uploads(trained):
@@ -193,3 +198,70 @@ def test_broken_dataset_stops_the_pipeline_naming_the_expectation(trained):
     assert result.returncode != 0
     assert "dataset validation failed" in output and "mask_is_binary" in output
     assert len(mlflow.MlflowClient().search_model_versions("name='cellops-unet'")) == versions_before
+
+
+def test_data_edited_after_dvc_add_stops_training_naming_the_file(trained):
+    root, env, _ = trained
+    stack = root / "data" / "em" / "training.tif"
+    original, before = stack.read_bytes(), stack.stat()
+    edited = bytearray(original)
+    edited[-1] ^= 0xFF  # one pixel, the modification time put back: `dvc status` cannot see it
+    stack.write_bytes(bytes(edited))
+    os.utime(stack, (before.st_atime, before.st_mtime))
+    versions_before = len(mlflow.MlflowClient().search_model_versions("name='cellops-unet'"))
+    try:
+        result = _run(["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c",
+                       "tests/configs/unet_tiny.yaml"], root, env, check=False)
+    finally:
+        stack.write_bytes(original)
+        os.utime(stack, (before.st_atime, before.st_mtime))
+    output = result.stdout + result.stderr
+    recorded = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    assert result.returncode != 0 and "1 file(s) differ" in output and "training.tif" in output
+    assert f"not data version {recorded}" in output and "dvc checkout" in output
+    assert len(mlflow.MlflowClient().search_model_versions("name='cellops-unet'")) == versions_before
+
+
+def test_a_killed_training_resumes_and_its_run_is_closed(trained):
+    """kill -9 mid-training, then the same command: it resumes after the checkpointed epoch and ends where an
+    uninterrupted run ends (the champion's scores: it is the champion again, so not registered twice); the killed
+    run is closed KILLED, its ZenML run failed, nothing was registered from it, no checkpoint is left."""
+    root, env, _ = trained
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("cellops-unet", "champion")
+    versions_before = len(client.search_model_versions("name='cellops-unet'"))
+    checkpoints = root / "outputs" / "checkpoints" / "unet"
+    command = ["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c", "tests/configs/unet_tiny.yaml"]
+    with open(root / "killed.log", "w") as log:
+        attempt = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not any(checkpoints.glob("*/last.pt")):  # the first epoch is done
+            assert attempt.poll() is None, (root / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in 300 s"
+            time.sleep(0.05)
+        os.killpg(attempt.pid, signal.SIGKILL)
+        attempt.wait()
+    experiment = client.get_experiment_by_name("cellops-unet")
+    killed = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'")
+    assert len(killed) == 1 and killed[0].data.tags[tags.PID] == str(attempt.pid)
+
+    _run(command, root, env)
+    killed = client.get_run(killed[0].info.run_id)
+    assert killed.info.status == "KILLED" and "process was gone" in killed.data.tags[tags.CLOSED_BECAUSE]
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+    resumed = runs[0]
+    assert int(resumed.data.tags[tags.RESUMED_FROM_EPOCH]) >= 0
+    # The resumed run has the whole curve, and ends with the uninterrupted run's test scores.
+    assert len(client.get_metric_history(resumed.info.run_id, "train_loss")) == 3
+    for name, value in tags.metrics_from_tags(champion.tags).items():
+        assert resumed.data.metrics[f"test_{name}"] == pytest.approx(value, abs=1e-6), name
+    assert resumed.data.tags["registered"] == "False"  # the champion again
+    versions = client.search_model_versions("name='cellops-unet'")
+    assert len(versions) == versions_before and killed.info.run_id not in {v.run_id for v in versions}
+    assert client.get_model_version_by_alias("cellops-unet", "champion").version == champion.version
+    assert not any(checkpoints.glob("*/last.pt"))
+    zenml_status = _run(["python", "-c", "from zenml.client import Client; "
+                         f"print(Client().get_pipeline_run('{killed.data.tags[tags.ZENML_RUN_ID]}').status)"],
+                        root, env).stdout
+    assert "failed" in zenml_status.lower()
