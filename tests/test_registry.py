@@ -77,9 +77,9 @@ def test_a_model_trained_on_modified_data_is_never_promoted(client):
 
 
 def test_a_champion_scored_on_other_data_is_rescored_on_the_candidates_test_data(client):
-    _register(client, 0.95, data_version="old")  # a high score on easier (other) data
+    _register(client, 0.95, data_version="old.dir")  # a high score on easier (other) data
     seen = []
-    decision = _register(client, 0.85, data_version="new",
+    decision = _register(client, 0.85, data_version="new.dir",
                          rescore=lambda champion: seen.append(champion.version) or {"foreground_iou": 0.80})
     assert [str(v) for v in seen] == ["1"]
     assert decision["promoted"] and decision["champion_recorded_score"] == 0.95
@@ -98,9 +98,9 @@ def test_a_champion_without_the_promotion_metric_is_rescored_not_ignored(client)
 
 
 def test_incomparable_champion_without_a_way_to_rescore_is_an_error(client):
-    _register(client, 0.9, data_version="old")
-    with pytest.raises(ValueError, match="no foreground_iou measured on data version new"):
-        _register(client, 0.5, data_version="new")
+    _register(client, 0.9, data_version="old.dir")
+    with pytest.raises(ValueError, match="no foreground_iou measured on data version new.dir"):
+        _register(client, 0.5, data_version="new.dir")
 
 
 def test_unknown_promotion_metric_is_refused(client):

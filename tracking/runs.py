@@ -167,6 +167,11 @@ def close_abandoned_runs() -> list[str]:
         client.set_tag(run.info.run_id, tags.CLOSED_BECAUSE, "its process was gone when the next training started")
         client.set_terminated(run.info.run_id, status="KILLED")
         closed.append(run.info.run_id)
+        parent = run.data.tags.get("mlflow.parentRunId")  # one pipeline training several models nests their runs
+        if parent and client.get_run(parent).info.status == "RUNNING":
+            client.set_tag(parent, tags.CLOSED_BECAUSE, "a nested run's process was gone")
+            client.set_terminated(parent, status="KILLED")
+            closed.append(parent)
         zenml_run = run.data.tags.get(tags.ZENML_RUN_ID)
         if zenml_run:
             try:
