@@ -3,7 +3,10 @@ metadata a service reports about the model it serves."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -15,6 +18,8 @@ import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument
 
 from cellops.io import DecodedImage, ImageInputError, ImageTooLargeError, _clean, decode_image, decode_picture
+
+logger = logging.getLogger("bentoml.cellops")  # under BentoML's logger: its handlers print it
 
 #: Environment variable with which an operator tightens a service's pixel limit without rebuilding the bento.
 MAX_PIXELS_ENV = "CELLOPS_MAX_PIXELS"
@@ -235,16 +240,32 @@ class RequestGuard:
             return await _reply(send, problem.status, str(problem))
         if body is None:  # the client left before sending its request
             return None
-        delivered = False
+        delivered, gone = False, asyncio.Event()
 
         async def replay():
             nonlocal delivered
             if not delivered:
                 delivered = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            await gone.wait()
+            return {"type": "http.disconnect"}
 
-        await self.app(scope, replay, _uniform_errors(send))
+        async def watch_client() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        # A request whose client has gone is cancelled: its work must not delay the clients still waiting.
+        answer = asyncio.ensure_future(self.app(scope, replay, _uniform_errors(send)))
+        watcher = asyncio.ensure_future(watch_client())
+        await asyncio.wait({answer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if answer.done():
+            watcher.cancel()
+            return answer.result()
+        answer.cancel()
+        logger.info("%s %s: the client left; request cancelled", scope["method"], scope["path"])
+        with contextlib.suppress(asyncio.CancelledError):
+            await answer
 
     async def _checked_body(self, scope, receive) -> bytes | None:
         if scope.get("query_string"):

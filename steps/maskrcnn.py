@@ -29,7 +29,7 @@ from models.maskrcnn import build_maskrcnn, find_initial_weights, transfer_weigh
 from steps.registry import log_comparison, register_ranked
 from steps.validation import data_docs_page
 from tracking import tags
-from tracking.runs import active_run_id, log_run_config
+from tracking.runs import active_run_id, close_abandoned_runs, closed_on_interrupt, log_run_config, process_tags
 
 logger = get_logger(__name__)
 
@@ -183,17 +183,22 @@ def train_and_evaluate_maskrcnn(
         logger.info("%s: initialised from the source model (not transferred: %s)", name, skipped or "nothing")
     inference = _inference_settings(coco, prediction, max_detections)
     log_run_config()
+    close_abandoned_runs()
     mlflow.set_tags({**tags.lineage_to_tags(lineage), tags.ZENML_RUN_ID: str(get_step_context().pipeline_run.id),
+                     **process_tags(),
                      tags.MODEL_NAME: name, tags.ARCHITECTURE: f"maskrcnn_{settings.backbone}_fpn",
                      tags.INIT: model_spec.init, tags.INIT_USED: weights.kind})
     mlflow.log_params({f"model.{k}": v for k, v in settings.as_dict().items()})
     parameters = sum(p.numel() for p in net.parameters())
     logger.info("%s: Mask R-CNN %s-FPN from %s, %d parameters; %s images", name, settings.backbone, weights.kind,
                 parameters, {s: index["splits"].count(s) for s in SPLITS})
-    history, _, _ = _train(name, net, coco, index, config, augmentation, inference, checkpoint_dir,
-                           {"data": index["md5"], "annotations": _content_key(coco), "splits": index["splits"],
-                            "spec": spec, "model": settings.as_dict(), "augmentation": augmentation,
-                            "init_used": weights.kind, "source": _weights_key(net) if model_spec.init == "source" else None})
+    with closed_on_interrupt():
+        history, _, _ = _train(name, net, coco, index, config, augmentation, inference, checkpoint_dir,
+                               {"data": index["md5"], "annotations": _content_key(coco), "splits": index["splits"],
+                                "spec": spec, "model": settings.as_dict(), "augmentation": augmentation,
+                                "init_used": weights.kind,
+                                "source": _weights_key(net) if model_spec.init == "source" else None})
+    mlflow.set_tag(tags.RESUMED_FROM_EPOCH, str(history.resumed_from_epoch))
     net = net.cpu().eval()
     test = load_instance_samples(coco, index, "test")
     started = time.perf_counter()

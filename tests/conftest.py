@@ -47,7 +47,7 @@ def project(tmp_path_factory):
     for name in COPIED:
         source, target = ROOT / name, root / name
         if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "build_info.json"))
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, target)

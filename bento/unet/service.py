@@ -15,6 +15,7 @@ applies (those its registered test metrics were measured with). Bad requests get
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import bentoml
@@ -56,15 +57,21 @@ class UNetModel:
             return self.model(batch.contiguous(memory_format=torch.channels_last)).float().numpy()
 
 
+class RequestCancelled(RuntimeError):
+    """Raised in the worker thread of a request whose client has gone."""
+
+
 class _RemoteNetwork(torch.nn.Module):
     """Stands in for the U-Net inside :func:`cellops.unet.predict.segment`, which runs in a worker thread:
     each forward pass goes to the model service on the event loop, where concurrent requests' tiles meet."""
 
-    def __init__(self, network, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, network, loop: asyncio.AbstractEventLoop, cancelled: threading.Event) -> None:
         super().__init__()
-        self.network, self.loop = network, loop
+        self.network, self.loop, self.cancelled = network, loop, cancelled
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.cancelled.is_set():  # the request was cancelled (its client left): stop at the next tile batch
+            raise RequestCancelled("request cancelled")
         tiles = np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
         call = self.network.to_async.predict_tiles(tiles)
         return torch.from_numpy(np.asarray(asyncio.run_coroutine_threadsafe(call, self.loop).result()))
@@ -100,8 +107,13 @@ class UNetSegmenter:
         from cellops.unet.predict import segment
 
         decoded = await asyncio.to_thread(self._decode, data)
-        remote = _RemoteNetwork(self.network, asyncio.get_running_loop())
-        mask = await asyncio.to_thread(segment, remote, decoded.array, self.settings)
+        cancelled = threading.Event()
+        remote = _RemoteNetwork(self.network, asyncio.get_running_loop(), cancelled)
+        try:
+            mask = await asyncio.to_thread(segment, remote, decoded.array, self.settings)
+        except asyncio.CancelledError:
+            cancelled.set()  # the worker thread stops before its next tile batch
+            raise
         return mask.astype(np.uint8) * 255, decoded.format
 
     @bentoml.api

@@ -147,7 +147,7 @@ def fit(model: torch.nn.Module, train: InstanceDataset, val_samples: list, val_g
             generator.set_state(saved["generator"])
             torch.set_rng_state(saved["torch_rng"])
             start_epoch = saved["epoch"] + 1
-            history.resumed_from_epoch = start_epoch
+            history.resumed_from_epoch = saved["epoch"]  # the last completed epoch, as for every family
             logger.info("resuming from %s after epoch %d", checkpoint, saved["epoch"])
         else:
             logger.info("%s is from other settings: training from the start", checkpoint)

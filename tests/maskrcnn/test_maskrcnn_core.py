@@ -196,7 +196,7 @@ def test_training_resumes_from_its_checkpoint_and_removes_it_when_done(tmp_path)
     epochs = []
     history = fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, config, PredictionSettings(),
                   max_detections=100, checkpoint_dir=tmp_path, on_epoch_end=lambda e, m: epochs.append(e))
-    assert history.resumed_from_epoch == 1 and epochs == [1, 2] and len(history.losses) == 3
+    assert history.resumed_from_epoch == 0 and epochs == [1, 2] and len(history.losses) == 3
     assert not (tmp_path / "last.pt").exists()  # finished: a rerun starts afresh
     # A checkpoint from other settings is not resumed.
     with pytest.raises(KeyboardInterrupt):
