@@ -36,7 +36,14 @@ from models.classifier import build_classifier, transfer_features
 from steps.registry import log_comparison, register_ranked
 from steps.validation import data_docs_page
 from tracking import tags
-from tracking.runs import active_run_id, close_abandoned_runs, closed_on_interrupt, log_run_config, process_tags
+from tracking.runs import (
+    active_run_id,
+    close_abandoned_runs,
+    closed_on_interrupt,
+    log_dataset,
+    log_run_config,
+    process_tags,
+)
 
 logger = get_logger(__name__)
 
@@ -181,6 +188,8 @@ def train_and_evaluate_classifier(
                      tags.INIT_USED: init_used, tags.IMAGENET_WEIGHTS: str(weights) if weights else "none"})
     mlflow.log_params({"model.epochs": config.epochs, "model.learning_rate": config.learning_rate})
     train, val = _subset(images, labels, dataset_index, "train"), _subset(images, labels, dataset_index, "val")
+    log_dataset("classifier-train", train[0], lineage, source=str(dataset_index.get("root", "data")),
+                context="training", targets=train[1])
     test_images, test_labels = _subset(images, labels, dataset_index, "test")
     logger.info("%s: %s from %s, %d parameters; %d train / %d val / %d test images", name, model_spec.architecture,
                 init_used, count_parameters(model), len(train[0]), len(val[0]), len(test_images))

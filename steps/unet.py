@@ -23,6 +23,7 @@ from tracking.runs import (
     closed_on_interrupt,
     current_zenml_model,
     log_png,
+    log_dataset,
     log_run_config,
     process_tags,
 )
@@ -50,6 +51,8 @@ def train_unet(
     zenml_run_id = str(get_step_context().pipeline_run.id)
     close_abandoned_runs()
     mlflow.set_tags({**tags.lineage_to_tags(lineage), tags.ZENML_RUN_ID: zenml_run_id, **process_tags()})
+    log_dataset("em-training-patches", patch_images, lineage, source="data/em", context="training",
+                targets=patch_masks)
     # Named after what must match to resume (not after the run): the same command after a kill finds it.
     run_dir = checkpoint_dir_for(checkpoint_dir, {"architecture": architecture, "training": training,
                                                   "inference": inference, "data_version": lineage["data_version"],

@@ -210,3 +210,16 @@ def closed_on_interrupt():
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def log_dataset(name: str, features: np.ndarray, lineage: dict, source: str, context: str,
+                targets: np.ndarray | None = None) -> None:
+    """Record the data a run used as an MLflow dataset input (the runs table's Dataset column): ``name``, the DVC
+    data version as its digest and in its tags with the git commit, and the folder it came from."""
+    import mlflow.data
+
+    version = str(lineage.get("data_version", "unknown"))
+    dataset = mlflow.data.from_numpy(features, targets=targets, source=source, name=name,
+                                     digest=version.split(".")[0][:32])
+    mlflow.log_input(dataset, context=context, tags={"dvc.data_version": version,
+                                                      "git_commit": str(lineage.get("git_commit", "unknown"))})

@@ -54,6 +54,12 @@ def test_training_pipeline_registers_a_champion_with_lineage(trained):
     run = client.get_run(champion.run_id)
     assert run.data.tags["lineage.data_version"] == dvc_md5
     assert run.data.tags[tags.ZENML_RUN_ID] == champion.tags[tags.ZENML_RUN_ID]
+    # The training data as an MLflow dataset input: the UI's Dataset column shows the DVC version.
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    patches = inputs["em-training-patches"]
+    assert patches.dataset.digest == dvc_md5.removesuffix(".dir")
+    assert {t.key: t.value for t in patches.tags}["dvc.data_version"] == dvc_md5
+    assert run.data.tags[tags.PID] and run.data.tags[tags.RESUMED_FROM_EPOCH] == "None"
     # Per-epoch losses, final metrics, every config value, overlays and curves.
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3
     assert {"test_foreground_iou", "test_dice", "test_mean_iou"} <= set(run.data.metrics)
