@@ -71,12 +71,12 @@ class ClassicalAnalyses:
     @staticmethod
     def _image(data: bytes) -> np.ndarray:
         """A 2-D grey image (colour pictures are converted to grey: phase contrast and stains are one channel)."""
-        from cellops.io import ImageInputError, ImageTooLargeError, check_pixels, decode_picture
+        from cellops.io import LUMA_WEIGHTS_BT601, ImageInputError, ImageTooLargeError, check_pixels, decode_picture
 
         try:
             picture = decode_picture(data, max_pixels=LIMITS["max_pixels"])
             if picture.ndim == 3 and picture.shape[-1] in (3, 4):
-                picture = (picture[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114]).astype(picture.dtype)
+                picture = (picture[..., :3].astype(np.float64) @ LUMA_WEIGHTS_BT601).astype(picture.dtype)
             elif picture.ndim == 3 and picture.shape[0] == 1:
                 picture = picture[0]
             return check_pixels(picture, allowed_ndim=(2,))
