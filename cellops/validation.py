@@ -56,13 +56,23 @@ class ValidationReport:
     data_docs: Path | None = None
 
 
-def _mask_is_binary(mask_slice: np.ndarray) -> bool:
+def _mask_values(mask_slice: np.ndarray) -> list:
+    """The distinct values of a mask slice (at most 6 of them, enough to name a non-binary mask)."""
     values = np.unique(mask_slice)
-    return bool(set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255})
+    return values[:6].tolist()
+
+
+def _mask_is_binary(mask_slice: np.ndarray) -> bool:
+    values = set(np.unique(mask_slice).tolist())
+    return bool(values <= {0, 1} or values <= {0, 255})
 
 
 def summarise_volumes(volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
     """One row per slice of every (image, mask) volume, with the figures the expectations check.
+
+    Each column describes one property, so that one fault shows in one column only: a mask one slice short
+    fails ``shape_matches`` and nothing else (the slices both volumes have are still checked for binary values
+    and foreground).
 
     Examples
     --------
@@ -75,13 +85,11 @@ def summarise_volumes(volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.D
     for name, (image, mask) in volumes.items():
         shape_matches = image.shape == mask.shape
         volume_fg = float((mask > 0).mean()) if mask.size else float("nan")
-        n_slices = image.shape[0] if image.ndim == 3 else 1
-        image_slices = image if image.ndim == 3 else image[None]
-        mask_slices = mask if mask.ndim == 3 else mask[None]
-        for z in range(n_slices):
+        image_slices = image if image.ndim >= 3 else image[None]
+        mask_slices = mask if mask.ndim >= 3 else mask[None]
+        for z in range(len(image_slices)):
             image_slice = image_slices[z].astype(np.float64)
-            finite = bool(np.isfinite(image_slice).all())
-            has_mask = shape_matches and z < len(mask_slices)
+            has_mask = z < len(mask_slices)
             rows.append(
                 {
                     "volume": name,
@@ -91,10 +99,14 @@ def summarise_volumes(volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.D
                     "mask_shape": "x".join(map(str, mask.shape)),
                     "shape_matches": shape_matches,
                     "image_dtype": image.dtype.name,
+                    # Only supported dtypes take part in the same-dtype check: an unsupported one is its own fault.
+                    "supported_image_dtype": image.dtype.name if image.dtype.name in IMAGE_DTYPES else None,
                     "mask_dtype": mask.dtype.name,
-                    "image_finite": finite,
+                    "image_finite": bool(np.isfinite(image_slice).all()),
                     "image_std": float(np.nanstd(image_slice)) if image_slice.size else 0.0,
-                    "mask_is_binary": _mask_is_binary(mask_slices[z]) if has_mask else False,
+                    # None where the mask has no such slice: GX skips nulls, shape_matches names the fault.
+                    "mask_is_binary": _mask_is_binary(mask_slices[z]) if has_mask else None,
+                    "mask_values": ",".join(map(str, _mask_values(mask_slices[z]))) if has_mask else None,
                     "slice_foreground_fraction": float((mask_slices[z] > 0).mean()) if has_mask else None,
                     "volume_foreground_fraction": volume_fg,
                 }
@@ -104,22 +116,82 @@ def summarise_volumes(volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.D
 
 def _segmentation_suite(expect: SegmentationExpectations) -> list:
     e = gx.expectations
-    return [
-        e.ExpectTableRowCountToBeBetween(min_value=expect.min_slices),
-        e.ExpectColumnValuesToBeInSet(column="ndim", value_set=[3]),
-        e.ExpectColumnValuesToBeInSet(column="shape_matches", value_set=[True]),
-        e.ExpectColumnValuesToBeInSet(column="image_dtype", value_set=IMAGE_DTYPES),
-        e.ExpectColumnValuesToBeInSet(column="mask_dtype", value_set=MASK_DTYPES),
-        e.ExpectColumnValuesToBeInSet(column="mask_is_binary", value_set=[True]),
-        e.ExpectColumnValuesToBeInSet(column="image_finite", value_set=[True]),
-        e.ExpectColumnValuesToBeBetween(column="image_std", min_value=expect.min_slice_std, strict_min=True),
-        e.ExpectColumnValuesToNotBeNull(column="slice_foreground_fraction"),
-        e.ExpectColumnValuesToBeBetween(
+    return tagged([
+        ("slices", e.ExpectTableRowCountToBeBetween(min_value=expect.min_slices)),
+        ("ndim", e.ExpectColumnValuesToBeInSet(column="ndim", value_set=[3])),
+        ("shape_matches", e.ExpectColumnValuesToBeInSet(column="shape_matches", value_set=[True])),
+        ("image_dtype", e.ExpectColumnValuesToBeInSet(column="image_dtype", value_set=IMAGE_DTYPES)),
+        ("same_image_dtype", e.ExpectColumnUniqueValueCountToBeBetween(column="supported_image_dtype", max_value=1)),
+        ("mask_dtype", e.ExpectColumnValuesToBeInSet(column="mask_dtype", value_set=MASK_DTYPES)),
+        ("mask_is_binary", e.ExpectColumnValuesToBeInSet(column="mask_is_binary", value_set=[True])),
+        ("image_finite", e.ExpectColumnValuesToBeInSet(column="image_finite", value_set=[True])),
+        ("image_std", e.ExpectColumnValuesToBeBetween(column="image_std", min_value=expect.min_slice_std,
+                                                      strict_min=True)),
+        ("foreground", e.ExpectColumnValuesToBeBetween(
             column="volume_foreground_fraction",
             min_value=expect.min_foreground_fraction,
             max_value=expect.max_foreground_fraction,
-        ),
-    ]
+        )),
+    ])
+
+
+def _explain_segmentation(check: str, table: pd.DataFrame, expect: SegmentationExpectations,
+                          sources: dict[str, str]) -> str:
+    """Plain words for a failed check of the segmentation suite: the volume (and its files) and the slices at
+    fault, what was expected and what was found."""
+
+    def _source(volume: str) -> str:
+        return f"volume {volume!r}" + (f" ({sources[volume]})" if volume in sources else "")
+
+    def _per_volume(rows: pd.DataFrame, describe) -> str:
+        return "; ".join(f"{_source(v)}: {describe(g.iloc[0])}" for v, g in rows.groupby("volume", sort=False))
+
+    def _slices(rows: pd.DataFrame, limit: int = 8) -> str:
+        parts = []
+        for volume, group in rows.groupby("volume", sort=False):
+            zs = group["slice"].tolist()
+            shown = ", ".join(map(str, zs[:limit])) + (f" and {len(zs) - limit} more" if len(zs) > limit else "")
+            parts.append(f"{_source(volume)} slice{'s' if len(zs) > 1 else ''} {shown}")
+        return "; ".join(parts)
+
+    if check == "slices":
+        return f"{_plural(len(table), 'slice')} in all volumes, at least {expect.min_slices} expected"
+    if check == "ndim":
+        bad = table[table["ndim"] != 3]
+        return _per_volume(bad, lambda r: f"expected a 3-D (Z, Y, X) stack, found {r['ndim']}-D of shape "
+                                          f"{r['image_shape']}")
+    if check == "shape_matches":
+        bad = table[~table["shape_matches"]]
+        return _per_volume(bad, lambda r: f"image is {r['image_shape']} but its mask is {r['mask_shape']}; "
+                                          "expected the same shape")
+    if check == "image_dtype":
+        bad = table[~table["image_dtype"].isin(IMAGE_DTYPES)]
+        return _per_volume(bad, lambda r: f"image dtype {r['image_dtype']}, expected one of {IMAGE_DTYPES}")
+    if check == "same_image_dtype":
+        return ("volumes differ in image dtype, so their grey levels would be scaled differently: "
+                + ", ".join(f"{_source(v)} {d}" for v, d in
+                             table.groupby("volume", sort=False)["image_dtype"].first().items()))
+    if check == "mask_dtype":
+        bad = table[~table["mask_dtype"].isin(MASK_DTYPES)]
+        return _per_volume(bad, lambda r: f"mask dtype {r['mask_dtype']}, expected one of {MASK_DTYPES}")
+    if check == "mask_is_binary":
+        bad = table[table["mask_is_binary"].eq(False)]
+        first = bad.iloc[0]
+        return (f"mask values are not binary in {_slices(bad)}: expected {{0, 1}} or {{0, 255}}, found "
+                f"{{{first['mask_values'].replace(',', ', ')}}} in slice {first['slice']}")
+    if check == "image_finite":
+        return f"NaN or infinite pixels in {_slices(table[~table['image_finite']])}; expected finite values"
+    if check == "image_std":
+        bad = table[~(table["image_std"] > expect.min_slice_std)]
+        return (f"blank (constant) image in {_slices(bad)}: standard deviation {bad['image_std'].iloc[0]:.3g}, "
+                f"expected above {expect.min_slice_std}")
+    if check == "foreground":
+        fraction = table["volume_foreground_fraction"]
+        bad = table[~fraction.between(expect.min_foreground_fraction, expect.max_foreground_fraction)]
+        return _per_volume(bad, lambda r: f"mask foreground is {r['volume_foreground_fraction']:.2%} of the volume, "
+                                          f"expected {expect.min_foreground_fraction:.2%} to "
+                                          f"{expect.max_foreground_fraction:.2%}")
+    raise KeyError(check)
 
 
 def _describe_failure(result: dict) -> str:
@@ -136,21 +208,32 @@ def validate_segmentation_dataset(
     volumes: dict[str, tuple[np.ndarray, np.ndarray]],
     expectations: SegmentationExpectations = SegmentationExpectations(),
     data_docs_dir: Path | None = None,
+    sources: dict[str, str] | None = None,
 ) -> ValidationReport:
     """Run the segmentation dataset suite on named (image, mask) volumes.
+
+    The suite expects: at least ``min_slices`` slices; 3-D stacks; each mask the shape of its image; image
+    dtypes in :data:`IMAGE_DTYPES`, the same in every volume; mask dtypes in :data:`MASK_DTYPES`; binary mask
+    values ({0, 1} or {0, 255}); finite pixels; no constant slice; each volume's foreground fraction within
+    bounds.
 
     Parameters
     ----------
     volumes : e.g. ``{"training": (image, mask), "testing": (image, mask)}``, (Z, Y, X) arrays.
     expectations : thresholds of the suite.
     data_docs_dir : where to build Great Expectations' HTML Data Docs; none are built when omitted.
+    sources : the files each volume came from, quoted in the failures (e.g. ``{"training": "training.tif"}``).
 
     Returns
     -------
-    ValidationReport; ``failures`` names every failed expectation.
+    ValidationReport; each line of ``failures`` names the failed expectation, the volume (and slices), what was
+    expected and what was found.
     """
-    return _run_suite(summarise_volumes(volumes), "segmentation_dataset", _segmentation_suite(expectations),
-                      data_docs_dir)
+    table = summarise_volumes(volumes)
+    report = _run_suite(table, "segmentation_dataset", _segmentation_suite(expectations), data_docs_dir)
+    report.failures = explained_failures(
+        report, lambda check: _explain_segmentation(check, table, expectations, sources or {}))
+    return report
 
 
 def _run_suite(table: pd.DataFrame, name: str, expectations: list, data_docs_dir: Path | None) -> ValidationReport:
@@ -360,13 +443,14 @@ def summarise_class_images(files: Sequence[Path], labels: Sequence[str], splits:
     return table
 
 
-def _with_class_columns(table: pd.DataFrame) -> pd.DataFrame:
+def _with_class_columns(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     """``table`` plus the derived columns the suite checks: size, smallest side, class count, imbalance, label|split."""
     derived = table.copy()
     derived["size"] = [f"{h}x{w}" if r else None for h, w, r in zip(table["height"], table["width"], table["readable"])]
     derived["min_side"] = table[["height", "width"]].min(axis=1, skipna=False)
-    counts = table["label"].value_counts()
-    derived["class_count"] = table["label"].map(counts).astype(int)
+    # Counts of the known classes only: a label that is no class is the `classes` fault, not a tiny class.
+    counts = table["label"][table["label"].isin(classes)].value_counts()
+    derived["class_count"] = table["label"].map(counts).astype("Int64")
     derived["imbalance_ratio"] = float(counts.max() / counts.min()) if len(counts) else 1.0
     derived["label_split"] = table["label"].astype(str) + "|" + table["split"].astype(str)
     return derived
@@ -395,6 +479,7 @@ def _explain_classification(check: str, table: pd.DataFrame, classes: Sequence[s
     """Plain words for a failed check of the classification suite, naming the files, classes or splits at fault."""
     readable = table[table["readable"]]
     counts = table["label"].value_counts()
+    known = counts[counts.index.isin(classes)]
     if check == "readable":
         bad = table[~table["readable"]]
         return f"{_plural(len(bad), 'file')} cannot be used: " + "; ".join(bad["problem"].tolist()[:10])
@@ -427,16 +512,16 @@ def _explain_classification(check: str, table: pd.DataFrame, classes: Sequence[s
         missing = [(c, s) for c in classes for s in splits if f"{c}|{s}" not in present]
         return "; ".join(f"class {c!r} has no images in split {s!r}" for c, s in missing)
     if check == "min_images_per_class":
-        few = counts[counts < expect.min_images_per_class]
+        few = known[known < expect.min_images_per_class]
         return "; ".join(f"class {c!r} has {_plural(int(n), 'image')}, fewer than {expect.min_images_per_class}"
                          for c, n in few.items())
     if check == "imbalance":
-        if counts.empty:
+        if known.empty:
             return "no images at all, so no class balance"
-        largest, smallest = counts.idxmax(), counts.idxmin()
-        return (f"classes are imbalanced: the largest, {largest!r}, has {_plural(int(counts[largest]), 'image')}, the "
-                f"smallest, {smallest!r}, {int(counts[smallest])}: a ratio of "
-                f"{counts[largest] / counts[smallest]:.2f}, more than {expect.max_class_imbalance}")
+        largest, smallest = known.idxmax(), known.idxmin()
+        return (f"classes are imbalanced: the largest, {largest!r}, has {_plural(int(known[largest]), 'image')}, the "
+                f"smallest, {smallest!r}, {int(known[smallest])}: a ratio of "
+                f"{known[largest] / known[smallest]:.2f}, more than {expect.max_class_imbalance}")
     if check == "duplicate_across_splits":
         return ("the same image content is in more than one split: "
                 + _duplicate_groups(table, "duplicate_across_splits"))
@@ -500,6 +585,13 @@ def explained_failures(report: ValidationReport, explain) -> list[str]:
     return failures
 
 
+def failed_checks(report: ValidationReport) -> list[str]:
+    """The check names (see :func:`tagged`) of the expectations ``report`` failed, in suite order; GX's expectation
+    type for an untagged one."""
+    return [(r["expectation_config"].get("meta") or {}).get("cellops_check") or r["expectation_config"]["type"]
+            for r in report.results["results"] if not r["success"]]
+
+
 def _raised(result: dict) -> bool:
     """Whether GX could not evaluate an expectation (its exception info is flat or keyed by metric)."""
     info = result.get("exception_info") or {}
@@ -544,7 +636,7 @@ def validate_classification_dataset(
         raise ValueError(f"the table lacks the columns {missing}: build it with summarise_class_images")
     if not classes:
         raise ValueError("no classes given: pass the class names the dataset must hold")
-    derived = _with_class_columns(table)
+    derived = _with_class_columns(table, classes)
     splits = list(splits) if splits else sorted(table["split"].unique())
     report = _run_suite(derived, "classification_dataset",
                         _classification_suite(derived, classes, expectations, splits), data_docs_dir)

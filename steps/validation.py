@@ -12,6 +12,7 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from cellops.config import from_mapping
+from cellops.unet.data import LUCCHI_FILES
 from cellops.validation import SegmentationExpectations, validate_segmentation_dataset
 
 logger = get_logger(__name__)
@@ -37,6 +38,7 @@ def validate_segmentation_data(
             {"training": (train_image, train_mask), "testing": (test_image, test_mask)},
             from_mapping(SegmentationExpectations, expectations),
             data_docs_dir=Path(tmp),
+            sources={"training": ", ".join(LUCCHI_FILES[:2]), "testing": ", ".join(LUCCHI_FILES[2:])},
         )
         html = data_docs_page(Path(tmp))
     log_metadata(metadata={"validation_success": report.success, "failed_expectations": report.failures})

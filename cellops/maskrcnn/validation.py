@@ -102,8 +102,9 @@ def summarise_annotations(coco: dict, images_dir: str | Path, index: dict,
         path = images_dir / img["file_name"]
         problems: list[str] = []
         row = {"file": str(img["file_name"]), "image_id": img["id"], "split": split_of.get(img["id"], ""),
-               "file_exists": path.is_file(), "readable": False, "size_matches": False,
+               "file_exists": path.is_file(), "readable": None, "size_matches": None,
                "duplicate_image_id": image_ids[img["id"]] > 1}
+        # A check that cannot be made (no file, an unreadable one) stays None: GX skips it, so one fault is one failure.
         if not row["file_exists"]:
             problems.append(f"file_exists: {img['file_name']} is not in {images_dir}")
         else:
@@ -117,9 +118,11 @@ def summarise_annotations(coco: dict, images_dir: str | Path, index: dict,
                     problems.append(f"size_matches: {img['file_name']} is {shape[1]}x{shape[0]}, the annotations say "
                                     f"{img['width']}x{img['height']}")
             except ImageInputError as error:
+                row["readable"] = False
                 problems.append(f"readable: {error}")
         if row["duplicate_image_id"]:
-            problems.append(f"duplicate_image_id: image id {img['id']} is used by {image_ids[img['id']]} images")
+            others = [i["file_name"] for i in coco["images"] if i["id"] == img["id"] and i is not img]
+            problems.append(f"duplicate_image_id: {img['file_name']} has image id {img['id']}, also used by {others}")
         counts = Counter()
         annotations = by_image.get(img["id"], [])
         for ann in annotations:
@@ -169,8 +172,8 @@ def summarise_annotations(coco: dict, images_dir: str | Path, index: dict,
                      "duplicate_across_splits": across, "problems": json.dumps(problems)})
     for image_id in sorted(set(by_image) - set(image_ids)):
         ids = [a.get("id") for a in by_image[image_id]]
-        rows.append({"file": "", "image_id": image_id, "split": "", "file_exists": False, "readable": False,
-                     "size_matches": False, "duplicate_image_id": False, "instances": len(ids),
+        rows.append({"file": "", "image_id": image_id, "split": "", "file_exists": False, "readable": None,
+                     "size_matches": None, "duplicate_image_id": False, "instances": len(ids),
                      "unknown_category": 0, "invalid_geometry": 0, "outside_image": 0, "box_mismatch": 0,
                      "duplicate_annotation_id": 0, "duplicate_across_splits": False,
                      "problems": json.dumps([f"file_exists: annotations {ids[:10]} refer to image id {image_id}, "
