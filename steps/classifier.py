@@ -40,7 +40,9 @@ from tracking.runs import (
     active_run_id,
     close_abandoned_runs,
     closed_on_interrupt,
+    system_metrics,
     log_dataset,
+    log_pytorch_model,
     log_run_config,
     process_tags,
 )
@@ -135,8 +137,7 @@ def pretrain_source_backbone(
                   on_epoch_end=lambda epoch, m: mlflow.log_metrics(
                       {k: v for k, v in m.items() if "sensitivity" not in k}, step=epoch))
     mlflow.log_metrics({"source_val_accuracy": history.val_accuracy[history.best_epoch]})
-    info = mlflow.pytorch.log_model(model.cpu().eval(), name="model", serialization_format="pickle",
-                                    code_paths=["models"])
+    info = log_pytorch_model(model, images[val][:1], ["models"])
     version = mlflow.register_model(info.model_uri, registered_model_name).version
     for key, value in {**tags.lineage_to_tags(lineage), "source_classes": ",".join(classes),
                        **tags.metrics_to_tags({"source_val_accuracy": history.val_accuracy[history.best_epoch]})}.items():
@@ -198,7 +199,7 @@ def train_and_evaluate_classifier(
                                                   "input": input, "augmentation": augmentation,
                                                   "data_version": lineage["data_version"],
                                                   "dataset_index": dataset_index})
-    with closed_on_interrupt():
+    with closed_on_interrupt(), system_metrics():
         history = fit(model, train, val, config, build_augmentation(Augmentation.from_dict(augmentation)),
                       settings.positive, on_epoch_end=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
                       checkpoint_dir=run_dir, resume=resume)
@@ -229,7 +230,7 @@ def train_and_evaluate_classifier(
                                                            "confusion": scores.confusion}))
         mlflow.log_artifact(str(folder / "confusion.json"), artifact_path="evaluation")
     # Logged in the model's own run, so its registered version points at the run with its curves and gallery.
-    info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", code_paths=["models"])
+    info = log_pytorch_model(model, test_images[:1], ["models"])
     fpr, tpr = positive_roc(probabilities, test_labels, settings.positive)
     evaluation = {"name": name, "architecture": model_spec.architecture, "init": model_spec.init, "init_used": init_used,
                   "model_uri": info.model_uri, "mlflow_run_id": active_run_id(), "scores": scores.as_dict(),

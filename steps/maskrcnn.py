@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import mlflow
+import numpy as np
 import torch
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
@@ -29,12 +30,24 @@ from models.maskrcnn import build_maskrcnn, find_initial_weights, transfer_weigh
 from steps.registry import log_comparison, register_ranked
 from steps.validation import data_docs_page
 from tracking import tags
-from tracking.runs import active_run_id, close_abandoned_runs, closed_on_interrupt, log_run_config, process_tags
+from tracking.runs import (active_run_id, close_abandoned_runs, closed_on_interrupt, log_pytorch_model, log_run_config,
+                           process_tags, system_metrics)
 
 logger = get_logger(__name__)
 
 #: Scores in the comparison table, in this order.
 SCORE_COLUMNS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "f1_50", "precision_50", "recall_50")
+
+
+def _input_example(samples: list) -> np.ndarray:
+    """A (1, 3, 64, 64) corner of the first image as the network takes it: the model's input example (small, since
+    MLflow stores it as JSON)."""
+    return samples[0][0][None, :, :64, :64].numpy()
+
+
+def _no_output_schema(model, output) -> None:
+    """Mask R-CNN returns a list of dicts of varying length, which no MLflow tensor schema describes."""
+    return None
 
 
 def _read(annotations: dict, split: dict) -> tuple[dict, dict]:
@@ -143,7 +156,8 @@ def pretrain_on_source(
                             "model": settings.as_dict(), "role": "source", "augmentation": augmentation})
     best = next((v for v in history.validation if v["epoch"] == history.best_epoch), {})
     mlflow.log_metrics({f"source_best_val_{k}": v for k, v in best.items() if k != "epoch"})
-    mlflow.pytorch.log_model(net.cpu().eval(), name="model", serialization_format="pickle", code_paths=["models"])
+    log_pytorch_model(net, _input_example(load_instance_samples(coco, index, "val")), ["models"],
+                      output_of=_no_output_schema)
     log_metadata(metadata={"source_val": best, "source_mlflow_run_id": active_run_id()})
     return net.cpu().eval()
 
@@ -192,7 +206,7 @@ def train_and_evaluate_maskrcnn(
     parameters = sum(p.numel() for p in net.parameters())
     logger.info("%s: Mask R-CNN %s-FPN from %s, %d parameters; %s images", name, settings.backbone, weights.kind,
                 parameters, {s: index["splits"].count(s) for s in SPLITS})
-    with closed_on_interrupt():
+    with closed_on_interrupt(), system_metrics():
         history, _, _ = _train(name, net, coco, index, config, augmentation, inference, checkpoint_dir,
                                {"data": index["md5"], "annotations": _content_key(coco), "splits": index["splits"],
                                 "spec": spec, "model": settings.as_dict(), "augmentation": augmentation,
@@ -219,7 +233,7 @@ def train_and_evaluate_maskrcnn(
             drawn = overlay(picture, predict_image(net, picture, _prediction(inference)), categories)
             path = save_png(drawn, folder / f"test_{target['image_id']:04d}.png")
             mlflow.log_artifact(str(path), artifact_path="test_overlays")
-    info = mlflow.pytorch.log_model(net, name="model", serialization_format="pickle", code_paths=["models"])
+    info = log_pytorch_model(net, _input_example(test), ["models"], output_of=_no_output_schema)
     evaluation = {"name": name, "architecture": f"maskrcnn_{settings.backbone}_fpn", "init": model_spec.init,
                   "init_used": weights.kind, "model_uri": info.model_uri, "mlflow_run_id": active_run_id(),
                   "scores": scores.as_dict(), "costs": costs, "settings": inference,

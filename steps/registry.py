@@ -17,11 +17,12 @@ from zenml import get_step_context, log_metadata, step
 from zenml.enums import ModelStages
 from zenml.logger import get_logger
 
+from cellops.io import to_unit_range
 from cellops.promotion import check_promotion_metrics, ranking_key
 from cellops.unet.predict import InferenceSettings, load_for_inference, score
 from tracking import tags
 from tracking.registry import register_and_maybe_promote
-from tracking.runs import active_run_id, current_zenml_model
+from tracking.runs import active_run_id, current_zenml_model, log_pytorch_model
 
 logger = get_logger(__name__)
 
@@ -51,10 +52,10 @@ def register_and_promote(
         old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")
         return score(load_for_inference(old), test_image, test_mask, settings)[0].as_dict()
 
-    # Pickle + bundled source (code_paths): loads anywhere the architecture's module ships, without the input
-    # example and export constraints of MLflow 3's default pt2 format.
-    model_info = mlflow.pytorch.log_model(model.cpu().eval(), name="model", serialization_format="pickle",
-                                          code_paths=code_paths)
+    # The input example: one tile of the test volume as the network takes it (1, 1, tile, tile), in [0, 1].
+    tile = InferenceSettings.from_dict(inference).tile_size
+    example = to_unit_range(test_image[:1, :tile, :tile])[:, None]
+    model_info = log_pytorch_model(model, example, code_paths)
     decision = register_and_maybe_promote(
         MlflowClient(), model_info.model_uri, registered_model_name, test_metrics,
         {**tags.lineage_to_tags(lineage), **tags.inference_to_tags(InferenceSettings.from_dict(inference).as_dict()),

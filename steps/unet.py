@@ -21,6 +21,7 @@ from cellops.checkpoints import checkpoint_dir_for, remove_checkpoints
 from tracking.runs import (
     close_abandoned_runs,
     closed_on_interrupt,
+    system_metrics,
     current_zenml_model,
     log_png,
     log_dataset,
@@ -59,7 +60,7 @@ def train_unet(
                                                   "patches": list(patch_images.shape)})
     logger.info("training %s parameters on %d patches, checkpoints in %s",
                 sum(p.numel() for p in model.parameters()), len(patch_images), run_dir)
-    with closed_on_interrupt():
+    with closed_on_interrupt(), system_metrics():
         history = fit(model, (torch.from_numpy(patch_images), torch.from_numpy(patch_masks)), (val_image, val_mask),
                       config, InferenceSettings.from_dict(inference), run_dir,
                       on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), resume=resume)

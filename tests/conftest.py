@@ -27,7 +27,7 @@ from cellops.synthetic.em import EMVolume, generate_em_volume  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COPIED = ["cellops", "models", "steps", "pipelines", "tracking", "bento", "configs", "scripts", "tests/configs", "params.yaml",
-          ".dvcignore"]
+          "requirements.lock", ".dvcignore"]
 #: Tiny versions of every built-in dataset, for the end-to-end tests.
 TINY_PARAMS = {
     "em": {"shape": [10, 128, 128], "seed": 7, "voxel_nm": 8.0, "mitochondria_fraction": 0.1},
@@ -55,6 +55,7 @@ def project(tmp_path_factory):
     env = {
         **os.environ,
         **TELEMETRY_OFF,
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",  # tiny trainings last seconds: sample every second
         "ZENML_CONFIG_PATH": str(state / "zenml"),
         "BENTOML_HOME": str(state / "bentoml"),
         "PYTHONPATH": str(root),

@@ -21,7 +21,9 @@ def client(tmp_path):
 
 def _register(client, iou, *, data_version="x.dir", metrics=None, rescore=None, name=None):
     with mlflow.start_run():
-        info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
+        # Stated requirements: MLflow would otherwise infer them by importing the model in a subprocess (seconds each).
+        info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle",
+                                        pip_requirements=["torch"])
         return register_and_maybe_promote(
             client, info.model_uri, "cellops-test", metrics or {"foreground_iou": iou, "dice": 0.5},
             {**tags.lineage_to_tags({"data_version": data_version}), **tags.inference_to_tags({"tile_size": 64}),
@@ -69,7 +71,9 @@ def test_a_model_trained_on_modified_data_is_never_promoted(client):
     assert str(champion_version(client, "cellops-test", "champion").version) == "1"
     first_ever = register_and_maybe_promote  # a first model on untracked data is not promoted either
     with mlflow.start_run():
-        info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
+        # Stated requirements: MLflow would otherwise infer them by importing the model in a subprocess (seconds each).
+        info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle",
+                                        pip_requirements=["torch"])
         lone = first_ever(client, info.model_uri, "cellops-other", {"foreground_iou": 0.9},
                           tags.lineage_to_tags({"data_version": "untracked"}), promotion_metric="foreground_iou",
                           alias="champion", min_improvement=0.0)
@@ -90,7 +94,9 @@ def test_a_champion_without_the_promotion_metric_is_rescored_not_ignored(client)
     _register(client, 0.0, metrics={"dice": 0.9, "foreground_iou": 0.9})
     # The promotion metric changes: the champion recorded no "recall", so it is measured, not skipped.
     with mlflow.start_run():
-        info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
+        # Stated requirements: MLflow would otherwise infer them by importing the model in a subprocess (seconds each).
+        info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle",
+                                        pip_requirements=["torch"])
         decision = register_and_maybe_promote(
             client, info.model_uri, "cellops-test", {"recall": 0.5}, tags.lineage_to_tags({"data_version": "x.dir"}),
             promotion_metric="recall", alias="champion", min_improvement=0.0, rescore=lambda c: {"recall": 0.7})
@@ -136,7 +142,8 @@ def test_scores_recorded_on_edited_data_are_never_compared_as_equal(client):
 def test_equal_sensitivity_is_decided_by_specificity(client):
     def register(sensitivity, specificity):
         with mlflow.start_run():
-            info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
+            info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle",
+                                            pip_requirements=["torch"])
             return register_and_maybe_promote(
                 client, info.model_uri, "cellops-cls", {"sensitivity": sensitivity, "specificity": specificity},
                 tags.lineage_to_tags({"data_version": "x.dir"}), promotion_metric="sensitivity", alias="champion",
@@ -160,7 +167,8 @@ def test_a_lower_is_better_promotion_metric_is_refused(client):
 def test_a_champion_scored_on_another_test_set_of_the_same_data_version_is_rescored(client):
     def register(score, test_set, rescore=None):
         with mlflow.start_run():
-            info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle")
+            info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle",
+                                            pip_requirements=["torch"])
             return register_and_maybe_promote(
                 client, info.model_uri, "cellops-split", {"accuracy": score},
                 tags.lineage_to_tags({"data_version": "x.dir", tags.TEST_SET: test_set}), promotion_metric="accuracy",

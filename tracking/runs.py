@@ -223,3 +223,70 @@ def log_dataset(name: str, features: np.ndarray, lineage: dict, source: str, con
                                      digest=version.split(".")[0][:32])
     mlflow.log_input(dataset, context=context, tags={"dvc.data_version": version,
                                                       "git_commit": str(lineage.get("git_commit", "unknown"))})
+
+
+@contextmanager
+def system_metrics(run_id: str | None = None, sampling_interval: float = 10.0):
+    """Log CPU, memory, disk and network use (and GPU where one is there) to the MLflow run while the block runs:
+    ``system/...`` metrics, sampled by MLflow's own monitor (psutil). ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``
+    overrides the interval in seconds."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    run_id = run_id or active_run_id()
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=sampling_interval)
+    monitor.start()
+    try:
+        yield monitor
+    finally:
+        monitor.finish()
+
+
+#: The packages a logged PyTorch model needs to load (pickle format), pinned to requirements.lock.
+MODEL_REQUIREMENTS = ("torch", "torchvision", "numpy", "cloudpickle")
+LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"
+
+
+def model_requirements(lock_file: Path = LOCK_FILE) -> list[str] | None:
+    """``["torch==2.14.1", ...]`` from the lock file: exact, and MLflow need not infer them (which imports the
+    model in a subprocess, seconds per model); None (MLflow infers) when the lock file is not there.
+
+    >>> [r.split("==")[0] for r in model_requirements()]
+    ['torch', 'torchvision', 'numpy', 'cloudpickle']
+    """
+    if not lock_file.is_file():
+        return None
+    pins = {}
+    for line in lock_file.read_text().splitlines():
+        name, _, version = line.strip().partition("==")
+        if version:
+            pins[name.lower()] = version.split(";")[0].strip()
+    return [f"{name}=={pins[name]}" for name in MODEL_REQUIREMENTS if name in pins] or None
+
+
+def log_pytorch_model(model, input_example: np.ndarray, code_paths: list[str], output_of=None):
+    """Log ``model`` to the active run in MLflow's pickle format with its bundled source (``code_paths``), a
+    signature and an input example, and requirements pinned to the lock file; returns MLflow's ModelInfo.
+
+    The signature is inferred from ``input_example`` and the model's output on it (``output_of(model, tensor)``
+    turns that output into arrays; by default the output tensor itself). A model whose output is not a tensor
+    (Mask R-CNN's list of dicts) passes ``output_of`` returning None: its signature then describes the input only,
+    and no example is stored.
+    """
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    with torch.no_grad():
+        output = model(torch.from_numpy(input_example))
+    output = output_of(model, output) if output_of is not None else output.numpy()
+    signature = infer_signature(input_example, output)
+    # MLflow checks an input example through the pyfunc flavour, which serves tensor outputs only (and its check
+    # cannot be turned off from mlflow.pytorch, whose extra arguments go to torch.save): a list output logs the
+    # signature alone.
+    example = input_example if output is not None else None
+    # Pickle + bundled source loads anywhere the architecture's module ships, without the export constraints of
+    # MLflow 3's default pt2 format.
+    return mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", code_paths=code_paths,
+                                    signature=signature, input_example=example,
+                                    pip_requirements=model_requirements())

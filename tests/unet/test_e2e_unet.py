@@ -68,6 +68,15 @@ def test_training_pipeline_registers_a_champion_with_lineage(trained):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"test_overlays", "training"} <= artifacts
     assert float(champion.tags["metric.foreground_iou"]) == pytest.approx(run.data.metrics["test_foreground_iou"], abs=1e-6)
+    # Run hygiene: system metrics sampled during training; the model's signature, input example and pinned needs.
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
+    info = mlflow.models.get_model_info(champion.source)
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 64, 64)
+    assert info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 64, 64)
+    assert info.saved_input_example_info["type"] == "ndarray"
+    logged = client.get_logged_model(champion.source.removeprefix("models:/"))
+    requirements = mlflow.artifacts.download_artifacts(artifact_uri=f"{logged.artifact_location}/requirements.txt")
+    assert "torch==2.14.1" in Path(requirements).read_text()
 
 
 def test_model_control_plane_and_cellops_models_follow_the_champion(trained):
