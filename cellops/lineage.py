@@ -29,14 +29,19 @@ class Lineage:
         files on disk no longer match ``data.dvc``, or ``untracked`` when there is no ``.dvc`` file.
     data_files : number of files in the tracked version (from ``data.dvc``), -1 when unknown.
     git_commit : commit of the code, with ``-dirty`` appended when tracked files have uncommitted changes.
+    data_rev : the git revision the data was taken from when a config names one (``data_rev``), else empty.
+    data_rev_commit : the commit ``data_rev`` resolved to, else empty.
     """
 
     data_version: str
     data_files: int
     git_commit: str
+    data_rev: str = ""
+    data_rev_commit: str = ""
 
     def as_dict(self) -> dict[str, str | int]:
-        return asdict(self)
+        """The fields, without the empty revision ones (so runs on the working tree's data keep their old tags)."""
+        return {k: v for k, v in asdict(self).items() if v != "" or not k.startswith("data_rev")}
 
 
 def expected_listing(dvc_file: str | Path) -> dict[str, str] | None:
@@ -131,7 +136,30 @@ def git_commit(repo_root: str | Path = ".") -> str:
     return f"{commit}-dirty" if changes else commit
 
 
-def collect_lineage(dvc_file: str | Path, repo_root: str | Path = ".") -> Lineage:
-    """Data version from ``dvc_file`` and git commit of ``repo_root``."""
+def collect_lineage(dvc_file: str | Path, repo_root: str | Path = ".", data_rev: str | None = None) -> Lineage:
+    """Data version from ``dvc_file`` and git commit of ``repo_root``; with ``data_rev``, the data version
+    ``dvc_file`` recorded at that git revision (see :mod:`cellops.data_revision`)."""
+    if data_rev:
+        from cellops.data_revision import resolve_data_revision
+
+        revision = resolve_data_revision(dvc_file, data_rev, repo_root)
+        return Lineage(data_version=revision.data_version, data_files=revision.data_files,
+                       git_commit=git_commit(repo_root), data_rev=revision.rev, data_rev_commit=revision.commit)
     version, n_files = dvc_data_version(dvc_file)
     return Lineage(data_version=version, data_files=n_files, git_commit=git_commit(repo_root))
+
+
+def data_dir_for(data_dir: str | Path, lineage: dict, dvc_file: str | Path = "data.dvc",
+                 repo_root: str | Path = ".") -> Path:
+    """Where a pipeline reads ``data_dir`` from: the folder itself, or, when the run's lineage names a
+    ``data_rev``, that folder as it is in the revision's data version (brought back by
+    :func:`cellops.data_revision.checkout_data_revision`)."""
+    if not lineage.get("data_rev"):
+        return Path(data_dir)
+    from dataclasses import replace
+
+    from cellops.data_revision import checkout_data_revision, resolve_data_revision
+
+    # The commit recorded when the run started: a branch that moves meanwhile does not change the data mid-run.
+    revision = resolve_data_revision(dvc_file, str(lineage["data_rev_commit"]), repo_root)
+    return checkout_data_revision(replace(revision, rev=str(lineage["data_rev"])), data_dir, repo_root)

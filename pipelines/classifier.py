@@ -28,7 +28,7 @@ def training_pipeline(input: dict, positive_class: str, models: dict, training: 
     model (same split, same seeded augmentation, one MLflow run each) -> compare -> register, promote the best."""
     specs = parse_models(models)  # a bad model entry fails here, before anything runs
     lineage = record_lineage()
-    dataset_index = index_class_folders()
+    dataset_index = index_class_folders(lineage)
     validation_result, _ = validate_classification_data(dataset_index)
     valid = require_valid_dataset(validation_result)
     images, labels = load_classifier_images(dataset_index, input=input, after=[valid])

@@ -23,7 +23,7 @@ def training_pipeline(models: dict, model: dict, training: dict, augmentation: d
     register, promote the best."""
     specs = parse_models(models, model)  # a bad model entry fails here, before anything runs
     lineage = record_lineage()
-    annotations, dataset_index = load_instance_annotations()
+    annotations, dataset_index = load_instance_annotations(lineage)
     validation_result, _ = validate_instance_annotations(annotations, dataset_index)
     valid = require_valid_dataset(validation_result)
     shared = dict(model=model, training=training, augmentation=augmentation, prediction=prediction,

@@ -22,7 +22,7 @@ def training_pipeline(inference: dict, architecture: dict) -> None:
     evaluation and the registered model (hence the service) all use it.
     """
     lineage = record_lineage()
-    train_image, train_mask, test_image, test_mask = load_em_dataset()
+    train_image, train_mask, test_image, test_mask = load_em_dataset(lineage)
     validation_result, _ = validate_segmentation_data(train_image, train_mask, test_image, test_mask)
     valid = require_valid_dataset(validation_result)
     fit_image, fit_mask, val_image, val_mask = split_em_volume(train_image, train_mask, after=[valid])

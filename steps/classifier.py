@@ -28,6 +28,7 @@ from cellops.classifier.plots import cam_galleries, comparison_bars, roc_curves
 from cellops.classifier.predict import ClassifierSettings
 from cellops.classifier.source_task import SourceTask, source_task_patches
 from cellops.classifier.train import ClassifierTraining, fit, predict_probabilities
+from cellops.lineage import data_dir_for
 from cellops.config import deep_merge, from_mapping
 from cellops.io import load_class_images
 from cellops.plots import training_curves
@@ -63,10 +64,10 @@ def _subset(images: np.ndarray, labels: np.ndarray, dataset_index: dict, split: 
 
 
 @step
-def index_class_folders(data_dir: str, split: dict) -> Annotated[dict, "dataset_index"]:
-    """Every image of ``data_dir/<class>/``, its label, content hash and split (stratified per class; identical
-    pictures stay in one split)."""
-    index = index_class_folder(data_dir, SplitSettings.from_dict(split))
+def index_class_folders(lineage: dict, data_dir: str, split: dict) -> Annotated[dict, "dataset_index"]:
+    """Every image of ``data_dir/<class>/`` (of the lineage's ``data_rev`` when it names one), its label, content
+    hash and split (stratified per class; identical pictures stay in one split)."""
+    index = index_class_folder(data_dir_for(data_dir, lineage), SplitSettings.from_dict(split))
     labels, splits = np.asarray(index["labels"]), np.asarray(index["splits"])
     counts = {name: {s: int(np.sum((labels == i) & (splits == s))) for s in SPLITS}
               for i, name in enumerate(index["classes"])}

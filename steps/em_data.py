@@ -8,6 +8,7 @@ import numpy as np
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
+from cellops.lineage import data_dir_for
 from cellops.unet.data import load_lucchi, split_slices, training_patches
 
 logger = get_logger(__name__)
@@ -15,6 +16,7 @@ logger = get_logger(__name__)
 
 @step
 def load_em_dataset(
+    lineage: dict,
     data_dir: str,
 ) -> tuple[
     Annotated[np.ndarray, "train_image"],
@@ -22,7 +24,8 @@ def load_em_dataset(
     Annotated[np.ndarray, "test_image"],
     Annotated[np.ndarray, "test_mask"],
 ]:
-    """Read the four Lucchi-layout TIFF stacks."""
+    """Read the four Lucchi-layout TIFF stacks (of the lineage's ``data_rev`` when it names one)."""
+    data_dir = str(data_dir_for(data_dir, lineage))
     data = load_lucchi(data_dir)
     logger.info("EM dataset %s: training %s, testing %s", data_dir, data.train_image.shape, data.test_image.shape)
     log_metadata(metadata={"training_shape": list(data.train_image.shape), "testing_shape": list(data.test_image.shape)})

@@ -19,6 +19,7 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from cellops.config import deep_merge
+from cellops.lineage import data_dir_for
 from cellops.maskrcnn.data import (SPLITS, ImageSplitSettings, InstanceAugmentation, InstanceDataset,
                                    build_instance_augmentation, load_instance_samples, split_images, subset_coco)
 from cellops.maskrcnn.engine import MaskRCNNTraining, evaluate_model, fit, loss_curves
@@ -50,8 +51,19 @@ def _no_output_schema(model, output) -> None:
     return None
 
 
-def _read(annotations: dict, split: dict) -> tuple[dict, dict]:
-    source = AnnotationSource.from_dict(annotations)
+def _at_revision(annotations: dict, lineage: dict) -> dict:
+    """The annotation source's folders and file as they are in the lineage's ``data_rev`` (unchanged without one)."""
+    if not lineage.get("data_rev"):
+        return annotations
+    moved = {**annotations, "images_dir": str(data_dir_for(annotations["images_dir"], lineage))}
+    if annotations.get("path"):
+        path = Path(annotations["path"])
+        moved["path"] = str(data_dir_for(path.parent, lineage) / path.name if path.suffix else data_dir_for(path, lineage))
+    return moved
+
+
+def _read(annotations: dict, split: dict, lineage: dict) -> tuple[dict, dict]:
+    source = AnnotationSource.from_dict(_at_revision(annotations, lineage))
     coco = source.load()
     return coco, split_images(coco, source.images_dir, ImageSplitSettings.from_dict(split))
 
@@ -76,11 +88,11 @@ def _prediction(inference: dict) -> PredictionSettings:
 
 
 @step
-def load_instance_annotations(annotations: dict, split: dict) -> tuple[Annotated[dict, "annotations"],
+def load_instance_annotations(lineage: dict, annotations: dict, split: dict) -> tuple[Annotated[dict, "annotations"],
                                                                       Annotated[dict, "dataset_index"]]:
     """Read the annotations (COCO, VIA, LabelMe or label images) as COCO, and split the images (not the
     instances) into train, val and test; identical pictures stay in one split."""
-    coco, index = _read(annotations, split)
+    coco, index = _read(annotations, split, lineage)
     counts = {s: index["splits"].count(s) for s in SPLITS}
     instances = {s: sum(1 for a in coco["annotations"] if a["image_id"] in set(_ids(index, s))) for s in SPLITS}
     log_metadata(metadata={"images": counts, "instances": instances,
@@ -138,7 +150,7 @@ def pretrain_on_source(
     MLflow run; models with ``init: source`` start from it. ``source`` holds its annotations, split and overrides
     of the shared model, training and augmentation settings (e.g. crops that keep small nuclei at full size)."""
     source_settings = SourceSettings.from_dict(source)
-    coco, index = _read(source_settings.annotations, source_settings.split)
+    coco, index = _read(source_settings.annotations, source_settings.split, lineage)
     expect = AnnotationExpectations.from_dict(source_settings.expectations)
     report = validate_annotation_dataset(summarise_annotations(coco, index["images_dir"], index, expect), expect)
     if not report.success:

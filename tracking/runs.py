@@ -215,14 +215,18 @@ def closed_on_interrupt():
 def log_dataset(name: str, features: np.ndarray, lineage: dict, source: str, context: str,
                 targets: np.ndarray | None = None) -> None:
     """Record the data a run used as an MLflow dataset input (the runs table's Dataset column): ``name``, the DVC
-    data version as its digest and in its tags with the git commit, and the folder it came from."""
+    data version as its digest and in its tags with the git commit (and the git revision the data came from, when
+    the config named a ``data_rev``), and the folder it came from."""
     import mlflow.data
 
     version = str(lineage.get("data_version", "unknown"))
-    dataset = mlflow.data.from_numpy(features, targets=targets, source=source, name=name,
-                                     digest=version.split(".")[0][:32])
+    revision = {"dvc.rev": str(lineage["data_rev"]), "dvc.rev_commit": str(lineage.get("data_rev_commit", ""))} \
+        if lineage.get("data_rev") else {}
+    dataset = mlflow.data.from_numpy(features, targets=targets, name=name, digest=version.split(".")[0][:32],
+                                     source=f"{source}@{lineage['data_rev']}" if revision else source)
     mlflow.log_input(dataset, context=context, tags={"dvc.data_version": version,
-                                                      "git_commit": str(lineage.get("git_commit", "unknown"))})
+                                                      "git_commit": str(lineage.get("git_commit", "unknown")),
+                                                      **revision})
 
 
 @contextmanager

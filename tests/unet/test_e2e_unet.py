@@ -263,3 +263,40 @@ def test_a_killed_training_resumes_and_its_run_is_closed(trained):
                          f"print(Client().get_pipeline_run('{killed.data.tags[tags.ZENML_RUN_ID]}').status)"],
                         root, env).stdout
     assert "failed" in zenml_status.lower()
+
+
+def test_a_config_data_rev_trains_on_that_older_data_version(trained):
+    """A new data version is committed; `data_rev: <the first commit>` trains on the first version through dvc.api
+    (the working tree keeps the new one): the run records the revision and that version's md5, and its scores are
+    the champion's, which was trained on that version with the same seeds."""
+    root, env, _ = trained
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("cellops-unet", "champion")
+    first_md5 = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    _run(["git", "tag", "-f", "data-v1"], root, env)
+    testing = root / "data" / "em" / "testing.tif"
+    original = testing.read_bytes()
+    try:
+        tifffile.imwrite(testing, np.ascontiguousarray(tifffile.imread(testing)[:, ::-1]))  # a new data version
+        _run(["dvc", "add", "-q", "data"], root, env)
+        _run(["git", "commit", "-qam", "data v2"], root, env)
+        assert yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"] != first_md5
+        config = yaml.safe_load((root / "tests/configs/unet_tiny.yaml").read_text())
+        config["steps"]["record_lineage"]["parameters"]["data_rev"] = "data-v1"
+        (root / "rev.yaml").write_text(yaml.safe_dump(config))
+        _run(["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c", "rev.yaml"], root, env)
+    finally:
+        _run(["git", "reset", "-q", "--hard", "data-v1"], root, env)
+        testing.write_bytes(original)
+        _run(["dvc", "add", "-q", "data"], root, env)
+    experiment = client.get_experiment_by_name("cellops-unet")
+    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert run.data.tags["lineage.data_rev"] == "data-v1" and run.data.tags["lineage.data_version"] == first_md5
+    patches = {d.dataset.name: d for d in run.inputs.dataset_inputs}["em-training-patches"]
+    assert {t.key: t.value for t in patches.tags}["dvc.rev"] == "data-v1"
+    # (MLflow keeps one dataset record per name and digest: the source is the first run's; the tags are this run's.)
+    assert patches.dataset.digest == first_md5.removesuffix(".dir")
+    for name, value in tags.metrics_from_tags(champion.tags).items():
+        assert run.data.metrics[f"test_{name}"] == pytest.approx(value, abs=1e-6), name
+    assert (root / "outputs" / "data-revisions" / first_md5.removesuffix(".dir") / "data" / "em" / "testing.tif").is_file()
+    assert yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"] == first_md5  # the fixture is as it was
