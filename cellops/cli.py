@@ -250,7 +250,7 @@ def report(kind: str, config: Path, out: Path) -> int:
 
 #: Commands that read the model registry; they live with the MLflow/ZenML helpers (tracking/), not in this
 #: library, and are loaded only when asked for.
-REGISTRY_COMMANDS = ("models", "lineage", "predict")
+REGISTRY_COMMANDS = ("models", "lineage", "predict", "export-run")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from steps.validation import require_valid_dataset
 def colony_pipeline(data_dir: str, out_dir: str, expectations: dict, analysis: dict, report: dict) -> None:
     """lineage -> validate images -> detect and measure colonies, score against COCO ground truth."""
     lineage = record_lineage()
-    validation_result, _ = validate_image_folder(data_dir=data_dir, pattern=report["pattern"], ground_truth_suffix=None,
+    validation_result, _ = validate_image_folder(lineage, data_dir=data_dir, pattern=report["pattern"], ground_truth_suffix=None,
                                                  expectations=expectations)
     valid = require_valid_dataset(validation_result)
     report_colonies(lineage, data_dir=data_dir, out_dir=out_dir, analysis=analysis, report=report, after=[valid])

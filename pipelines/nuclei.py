@@ -14,7 +14,7 @@ from steps.validation import require_valid_dataset
 def nuclei_pipeline(data_dir: str, out_dir: str, expectations: dict, analysis: dict, report: dict) -> None:
     """lineage -> validate images -> segment, measure, compare groups, score against ground truth."""
     lineage = record_lineage()
-    validation_result, _ = validate_image_folder(data_dir=data_dir, pattern=f"*/{report['pattern']}",
+    validation_result, _ = validate_image_folder(lineage, data_dir=data_dir, pattern=f"*/{report['pattern']}",
                                                  ground_truth_suffix=report["ground_truth_suffix"],
                                                  expectations=expectations)
     valid = require_valid_dataset(validation_result)

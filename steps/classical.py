@@ -19,6 +19,7 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 from zenml.types import HTMLString
 
+from cellops.lineage import data_dir_for
 from cellops.analyze import ANALYSES
 from cellops.config import from_mapping
 from cellops.io import ground_truth_file, write_table
@@ -33,13 +34,15 @@ logger = get_logger(__name__)
 
 @step
 def validate_image_folder(
+    lineage: dict,
     data_dir: str,
     pattern: str,
     ground_truth_suffix: str | None,
     expectations: dict,
 ) -> tuple[Annotated[dict, "validation_result"], Annotated[HTMLString, "data_docs"]]:
-    """Great Expectations suite over the images of a folder (kept as artifacts, pass or fail)."""
-    files = dataset_files(Path(data_dir), pattern, ground_truth_suffix)
+    """Great Expectations suite over the images of a folder (of the lineage's ``data_rev`` when it names one; kept
+    as artifacts, pass or fail)."""
+    files = dataset_files(data_dir_for(data_dir, lineage), pattern, ground_truth_suffix)
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in expectations.items()}
     truth = {str(f): ground_truth_file(f, ground_truth_suffix).exists() for f in files} if ground_truth_suffix else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,7 +58,7 @@ def _report(kind: str, lineage: dict, data_dir: str, out_dir: str, analysis: dic
     """Run the dataset report and log it (parameters with their defaults, metrics, tables, figures) to MLflow."""
     log_run_config()
     mlflow.set_tags(lineage_to_tags(lineage))
-    result = run_report(kind, data_dir, out_dir, analysis, report)
+    result = run_report(kind, str(data_dir_for(data_dir, lineage)), out_dir, analysis, report)
     resolved = from_mapping(ANALYSES[kind].params, analysis)
     mlflow.log_params({f"analysis.{k}": v for k, v in asdict(resolved).items()})
     mlflow.log_metrics({k: float(v) for k, v in result.accuracy.items()})

@@ -18,7 +18,7 @@ MODIFIED_DATA = ("stop", "record")
 
 
 @step
-def record_lineage(dvc_file: str, modified_data: str, data_rev: Optional[str] = None) -> Annotated[dict, "lineage"]:
+def record_lineage(dvc_file: str, modified_data: str, data_rev: Optional[str]) -> Annotated[dict, "lineage"]:
     """The DVC data version and git commit this run works on (ZenML run metadata; MLflow tags downstream).
     Fails first if this checkout would log into another checkout's MLflow store, and (``modified_data: stop``)
     if any file of the data differs from the recorded version, hashing the files themselves; with ``record``

@@ -315,6 +315,11 @@ def main(argv: list[str]) -> int:
                       "(default: models:/cellops-<family>@champion)")
     pred.add_argument("--no-cams", action="store_true", help="classifier: skip the class-activation-map PNGs")
     pred.add_argument("--tracking-uri", default=None)
+    exp = commands.add_parser("export-run", help="the latest run of an experiment as metrics.json, curves.csv and "
+                              "run.json (the files dvc.yaml's training stages declare)")
+    exp.add_argument("experiment", help="e.g. cellops-unet")
+    exp.add_argument("--out", type=Path, required=True, help="folder, e.g. reports/unet")
+    exp.add_argument("--tracking-uri", default=None)
     args = parser.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
     try:
@@ -326,7 +331,13 @@ def main(argv: list[str]) -> int:
                 return predict_maskrcnn(uri, model_uri, args.images, args.out)
             return predict_classifier(uri, model_uri, args.images, args.out, cams=not args.no_cams)
         check_store_exists(uri)
-        if args.command == "models":
+        if args.command == "export-run":
+            from tracking.export import export_latest_run
+
+            metrics = export_latest_run(uri, args.experiment, args.out)
+            print(f"{args.experiment}: {len(metrics)} metrics written to {args.out / 'metrics.json'}, curves to "
+                  f"{args.out / 'curves.csv'}")
+        elif args.command == "models":
             print(list_models(uri, args.family))
         elif args.json:
             print(json.dumps(lineage(uri, args.reference), indent=2, sort_keys=True))

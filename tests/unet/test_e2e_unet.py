@@ -29,7 +29,8 @@ from helpers import built_bento, check_bento_environment, served_bento
 from helpers import run_command as _run
 from hostile_corpus import probe
 
-LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
+ROOT = Path(__file__).resolve().parents[2]
+LOCK_FILE = ROOT / "requirements.lock"
 
 pytestmark = pytest.mark.e2e
 
@@ -265,10 +266,12 @@ def test_a_killed_training_resumes_and_its_run_is_closed(trained):
     assert "failed" in zenml_status.lower()
 
 
-def test_a_config_data_rev_trains_on_that_older_data_version(trained):
-    """A new data version is committed; `data_rev: <the first commit>` trains on the first version through dvc.api
-    (the working tree keeps the new one): the run records the revision and that version's md5, and its scores are
-    the champion's, which was trained on that version with the same seeds."""
+def test_dvc_exp_run_with_a_data_rev_trains_on_that_older_data_version(trained):
+    """A new data version is committed. `dvc exp run -S <config>:...data_rev=<the first version's tag>
+    unet_training` runs the training stage of dvc.yaml with that setting: the pipeline trains on the first version,
+    brought back through dvc.api (the working tree keeps the new one). The MLflow run records the revision and
+    that version's md5. Its scores are the champion's, which was trained on that version with the same seeds. The
+    stage's metrics file holds them for `dvc exp show` and `dvc metrics diff`."""
     root, env, _ = trained
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias("cellops-unet", "champion")
@@ -277,18 +280,25 @@ def test_a_config_data_rev_trains_on_that_older_data_version(trained):
     testing = root / "data" / "em" / "testing.tif"
     original = testing.read_bytes()
     try:
+        shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+        # The stage trains with configs/unet.yaml: here the tiny one.
+        shutil.copy(root / "tests/configs/unet_tiny.yaml", root / "configs/unet.yaml")
         tifffile.imwrite(testing, np.ascontiguousarray(tifffile.imread(testing)[:, ::-1]))  # a new data version
         _run(["dvc", "add", "-q", "data"], root, env)
-        _run(["git", "commit", "-qam", "data v2"], root, env)
+        _run(["git", "add", "-A"], root, env)
+        _run(["git", "commit", "-qm", "data v2, training stage"], root, env)
         assert yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"] != first_md5
-        config = yaml.safe_load((root / "tests/configs/unet_tiny.yaml").read_text())
-        config["steps"]["record_lineage"]["parameters"]["data_rev"] = "data-v1"
-        (root / "rev.yaml").write_text(yaml.safe_dump(config))
-        _run(["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c", "rev.yaml"], root, env)
+        _run(["dvc", "exp", "run", "-n", "on-v1", "-S",
+              "configs/unet.yaml:steps.record_lineage.parameters.data_rev=data-v1", "unet_training"], root, env)
+        shown = json.loads(_run(["dvc", "exp", "show", "--json"], root, env).stdout)
+        exported = json.loads((root / "reports/unet/metrics.json").read_text())
     finally:
         _run(["git", "reset", "-q", "--hard", "data-v1"], root, env)
         testing.write_bytes(original)
         _run(["dvc", "add", "-q", "data"], root, env)
+        for leftover in ("dvc.yaml", "dvc.lock", "reports"):
+            path = root / leftover
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     experiment = client.get_experiment_by_name("cellops-unet")
     run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert run.data.tags["lineage.data_rev"] == "data-v1" and run.data.tags["lineage.data_version"] == first_md5
@@ -298,5 +308,11 @@ def test_a_config_data_rev_trains_on_that_older_data_version(trained):
     assert patches.dataset.digest == first_md5.removesuffix(".dir")
     for name, value in tags.metrics_from_tags(champion.tags).items():
         assert run.data.metrics[f"test_{name}"] == pytest.approx(value, abs=1e-6), name
+        assert exported[f"test_{name}"] == pytest.approx(value, abs=1e-5), name
     assert (root / "outputs" / "data-revisions" / first_md5.removesuffix(".dir") / "data" / "em" / "testing.tif").is_file()
     assert yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"] == first_md5  # the fixture is as it was
+    # `dvc exp show` lists the experiment with its setting and its metrics.
+    experiments = [e for commit in shown for e in (commit.get("experiments") or [])]
+    on_v1 = next(e for e in experiments if e.get("name") == "on-v1")["revs"][0]["data"]
+    assert on_v1["params"]["configs/unet.yaml"]["data"]["steps"]["record_lineage"]["parameters"]["data_rev"] == "data-v1"
+    assert on_v1["metrics"]["reports/unet/metrics.json"]["data"]["test_foreground_iou"] == exported["test_foreground_iou"]
