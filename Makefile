@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 UI_PORT ?= 5000
+DASHBOARD_PORT ?= 8237
 SERVE_PORT ?= 3000
 MLFLOW_URI := sqlite:///$(CURDIR)/mlruns/mlflow.db
 # dvc.yaml's analysis stages (its *_training stages train models: `dvc repro unet_training`).
@@ -26,7 +27,8 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help setup configs data data-accept train deploy train-classifier deploy-classifier train-maskrcnn \
-	train-maskrcnn-nuclei deploy-maskrcnn analyses reports demo deploy-all serve serve-unet serve-classifier serve-maskrcnn ui test bench lock clean
+	train-maskrcnn-nuclei deploy-maskrcnn analyses reports demo deploy-all serve serve-unet serve-classifier serve-maskrcnn ui dashboard \
+	dashboard-stop browser test bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -113,7 +115,20 @@ serve-maskrcnn: $(VENV)/.installed  ## serve the latest cellops-maskrcnn bento o
 ui: $(VENV)/.installed  ## MLflow UI over the project's store on $(HOST):$(UI_PORT)
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host $(HOST) --port $(UI_PORT)
 
-test: setup  ## set up as for the demo, then run the test suite
+dashboard: setup  ## ZenML dashboard: a local ZenML server (zenml[server]) on $(HOST):$(DASHBOARD_PORT) over the project's runs
+	ZENML_AUTO_OPEN_DASHBOARD=false $(BIN)/zenml login --local --ip-address $(HOST) --port $(DASHBOARD_PORT)
+
+dashboard-stop:  ## stop the local ZenML server; the client goes back to the local store
+	$(BIN)/zenml logout --local
+
+browser:  ## Debian's chromium and chromium-driver for the browser tests (apt-get, as root; skipped where not root)
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q chromium chromium-driver >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	else echo "no /usr/bin/chromium and no root for apt-get: the browser tests will be skipped"; fi
+
+test: setup browser  ## set up as for the demo (and Debian's chromium for the browser tests), then run the test suite
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed  ## benchmarks: U-Net inference, colony analysis, classical robustness sweep, classifier vs DenseNet121, Mask R-CNN backbones (after the demo)

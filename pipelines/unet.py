@@ -29,7 +29,7 @@ def training_pipeline(inference: dict, architecture: dict) -> None:
     patch_images, patch_masks = sample_augmented_patches(fit_image, fit_mask)
     model = train_unet(patch_images, patch_masks, val_image, val_mask, lineage, architecture=architecture,
                        inference=inference)
-    test_metrics = evaluate_unet(model, test_image, test_mask, inference=inference)
+    test_metrics, _ = evaluate_unet(model, test_image, test_mask, inference=inference)
     register_and_promote(model, test_metrics, lineage, test_image, test_mask, inference=inference)
 
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import mlflow
 import numpy as np
 import torch
+from PIL import Image
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
@@ -90,9 +91,10 @@ def evaluate_unet(
     inference: dict,
     overlay_slices: int,
     device: str,
-) -> Annotated[dict, "test_metrics"]:
+) -> tuple[Annotated[dict, "test_metrics"], Annotated[Image.Image, "test_overlay"]]:
     """Sliding-window segmentation of the whole test volume with the run's inference settings; IoU and Dice
-    over all its voxels."""
+    over all its voxels. The middle slice's overlay (green hit, red false positive, blue missed) is an artifact the
+    dashboard shows; ``overlay_slices`` evenly spaced ones go to MLflow."""
     scores, prediction = score(load_for_inference(model), test_image, test_mask, InferenceSettings.from_dict(inference),
                                device)
     metrics = scores.as_dict()
@@ -103,4 +105,5 @@ def evaluate_unet(
     if current_zenml_model() is not None:  # the run's ZenML model version carries its test metrics too
         log_metadata(metadata={"test_metrics": metrics}, infer_model=True)
     logger.info("test volume: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    return metrics
+    middle = len(test_image) // 2
+    return metrics, Image.fromarray(segmentation_overlay(test_image[middle], test_mask[middle] > 0, prediction[middle]))

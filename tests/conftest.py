@@ -27,7 +27,7 @@ from cellops.synthetic.em import EMVolume, generate_em_volume  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COPIED = ["cellops", "models", "steps", "pipelines", "tracking", "bento", "configs", "scripts", "tests/configs", "params.yaml",
-          "requirements.lock", ".dvcignore"]
+          "requirements.lock", ".dvcignore", ".gitignore"]
 #: Tiny versions of every built-in dataset, for the end-to-end tests.
 TINY_PARAMS = {
     "em": {"shape": [10, 128, 128], "seed": 7, "voxel_nm": 8.0, "mitochondria_fraction": 0.1},
@@ -73,6 +73,16 @@ def project(tmp_path_factory):
     ):
         run_command(command, root, env)
     return root, env
+
+
+@pytest.fixture(scope="session")
+def unet_trained(project):
+    """The project after one U-Net training pipeline run (tiny config): its runs, champion and artifacts are what
+    the U-Net e2e tests and the browser tests look at."""
+    root, env = project
+    result = run_command(["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c",
+                          "tests/configs/unet_tiny.yaml"], root, env)
+    return root, env, result
 
 
 @pytest.fixture(scope="session")

@@ -36,10 +36,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def trained(project):
-    root, env = project
-    result = _run(["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c", "tests/configs/unet_tiny.yaml"],
-                  root, env)
+def trained(unet_trained):
+    root, env, result = unet_trained
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     yield root, env, result
     mlflow.set_tracking_uri(None)
