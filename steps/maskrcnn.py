@@ -19,9 +19,11 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from cellops.config import deep_merge
+from cellops.io import read_image_file
 from cellops.lineage import data_dir_for
 from cellops.maskrcnn.data import (SPLITS, ImageSplitSettings, InstanceAugmentation, InstanceDataset,
-                                   build_instance_augmentation, load_instance_samples, split_images, subset_coco)
+                                   build_instance_augmentation, load_instance_samples, model_image, split_images,
+                                   subset_coco)
 from cellops.maskrcnn.engine import MaskRCNNTraining, evaluate_model, fit, loss_curves
 from cellops.maskrcnn.predict import PredictionSettings, overlay, predict_image
 from cellops.maskrcnn.specs import AnnotationSource, MaskRCNNModelSpec, SourceSettings, instance_test_fingerprint
@@ -40,10 +42,10 @@ logger = get_logger(__name__)
 SCORE_COLUMNS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "f1_50", "precision_50", "recall_50")
 
 
-def _input_example(samples: list) -> np.ndarray:
-    """A (1, 3, 64, 64) corner of the first image as the network takes it: the model's input example (small, since
-    MLflow stores it as JSON)."""
-    return samples[0][0][None, :, :64, :64].numpy()
+def _input_example(index: dict) -> np.ndarray:
+    """A (1, 3, 64, 64) corner of the dataset's first image as the network takes it: the model's input example
+    (small, since MLflow stores it as JSON)."""
+    return model_image(read_image_file(index["files"][0]))[None, :, :64, :64].numpy()
 
 
 def _no_output_schema(model, output) -> None:
@@ -168,8 +170,7 @@ def pretrain_on_source(
                             "model": settings.as_dict(), "role": "source", "augmentation": augmentation})
     best = next((v for v in history.validation if v["epoch"] == history.best_epoch), {})
     mlflow.log_metrics({f"source_best_val_{k}": v for k, v in best.items() if k != "epoch"})
-    log_pytorch_model(net, _input_example(load_instance_samples(coco, index, "val")), ["models"],
-                      output_of=_no_output_schema)
+    log_pytorch_model(net, _input_example(index), ["models"], output_of=_no_output_schema)
     log_metadata(metadata={"source_val": best, "source_mlflow_run_id": active_run_id()})
     return net.cpu().eval()
 
@@ -245,7 +246,7 @@ def train_and_evaluate_maskrcnn(
             drawn = overlay(picture, predict_image(net, picture, _prediction(inference)), categories)
             path = save_png(drawn, folder / f"test_{target['image_id']:04d}.png")
             mlflow.log_artifact(str(path), artifact_path="test_overlays")
-    info = log_pytorch_model(net, _input_example(test), ["models"], output_of=_no_output_schema)
+    info = log_pytorch_model(net, _input_example(index), ["models"], output_of=_no_output_schema)
     evaluation = {"name": name, "architecture": f"maskrcnn_{settings.backbone}_fpn", "init": model_spec.init,
                   "init_used": weights.kind, "model_uri": info.model_uri, "mlflow_run_id": active_run_id(),
                   "scores": scores.as_dict(), "costs": costs, "settings": inference,

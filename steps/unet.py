@@ -16,10 +16,13 @@ from zenml.logger import get_logger
 
 from cellops.plots import segmentation_overlay, training_curves
 from cellops.unet.predict import InferenceSettings, load_for_inference, score
+from cellops.distributed import DistributedSettings
+from cellops.unet.distributed_train import fit_distributed
 from cellops.unet.train import Architecture, TrainingConfig, build_model, fit
 from tracking import tags
 from cellops.checkpoints import checkpoint_dir_for, remove_checkpoints
 from tracking.runs import (
+    active_run_id,
     close_abandoned_runs,
     closed_on_interrupt,
     system_metrics,
@@ -45,8 +48,13 @@ def train_unet(
     inference: dict,
     checkpoint_dir: str,
     resume: bool,
+    distributed: dict,
 ) -> Annotated[torch.nn.Module, "model"]:
-    """Train a U-Net on the augmented patches, validating on whole slices; returns the best weights."""
+    """Train a U-Net on the augmented patches, validating on whole slices; returns the best weights.
+
+    With ``distributed`` naming more than one process, training runs under DDP: ``torchrun`` is started as a
+    subprocess of this step (the step keeps its ZenML context, MLflow run and artifacts; the ranks only compute).
+    Rank 0 logs each epoch to this step's MLflow run."""
     config = TrainingConfig.from_dict(training)
     model = build_model(Architecture.from_dict(architecture), seed=config.seed)
     log_run_config()
@@ -61,10 +69,20 @@ def train_unet(
                                                   "patches": list(patch_images.shape)})
     logger.info("training %s parameters on %d patches, checkpoints in %s",
                 sum(p.numel() for p in model.parameters()), len(patch_images), run_dir)
+    parallel = DistributedSettings.from_dict(distributed)
     with closed_on_interrupt(), system_metrics():
-        history = fit(model, (torch.from_numpy(patch_images), torch.from_numpy(patch_masks)), (val_image, val_mask),
-                      config, InferenceSettings.from_dict(inference), run_dir,
-                      on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), resume=resume)
+        if parallel.enabled:
+            mlflow.set_tags({"distributed.world_size": parallel.world_size, "distributed.backend": parallel.backend})
+            with tempfile.TemporaryDirectory(prefix="ddp-", dir=Path(checkpoint_dir).parent) as work:
+                history, digests = fit_distributed(
+                    model, (patch_images, patch_masks), (val_image, val_mask), architecture=architecture,
+                    training=training, inference=inference, checkpoint_dir=run_dir, resume=resume, settings=parallel,
+                    work_dir=Path(work), mlflow_tracking_uri=mlflow.get_tracking_uri(), mlflow_run_id=active_run_id())
+            mlflow.set_tag("distributed.weights_sha256", digests[0])
+        else:
+            history = fit(model, (torch.from_numpy(patch_images), torch.from_numpy(patch_masks)), (val_image, val_mask),
+                          config, InferenceSettings.from_dict(inference), run_dir,
+                          on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), resume=resume)
     if history.resumed_from_epoch is not None:
         # The epochs before the interruption were logged on the killed run: this run gets the whole curve too.
         for epoch in range(history.resumed_from_epoch + 1):

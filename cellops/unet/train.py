@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
 from cellops.checkpoints import LAST_CHECKPOINT, save_atomically
 from cellops.config import FromMapping
+from cellops.distributed import is_distributed, is_main_process, local_batch_size, mean_over_ranks, rank, world_size
 from cellops.unet.predict import InferenceSettings, load_for_inference, score
 from models.unet import UNet
 
@@ -146,17 +147,31 @@ def fit(
     ``checkpoint_dir/last.pt`` is written after every epoch and ``best.pt`` whenever validation improves. With
     ``resume`` and a ``last.pt`` of the same config in ``checkpoint_dir``, training continues after its epoch
     and ends with the weights an uninterrupted run would have. On return ``model`` holds the best weights.
+
+    Run by every rank of a process group (see :mod:`cellops.unet.distributed_train`), it trains with DDP: each
+    rank takes its share of every global batch of ``config.batch_size``, rank 0 alone validates, calls
+    ``on_epoch_end`` and writes the checkpoints, and all ranks return rank 0's best weights and history.
     """
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
     model.to(device)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(TensorDataset(*patches), batch_size=config.batch_size, shuffle=True,
-                        drop_last=len(patches[0]) > config.batch_size, generator=shuffle)
+    # One sampler for one process and for many: each epoch draws one permutation from seed + epoch, and the ranks
+    # of a DDP run take interleaved shares of it. Step k of every rank together covers the same samples as step k of
+    # a single process with the whole (global) batch, so the two runs differ only by batch-norm statistics (per
+    # rank on CPUs) and the order of floating-point sums.
+    dataset = TensorDataset(*patches)
+    sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=config.seed)
+    loader = DataLoader(dataset, batch_size=local_batch_size(config.batch_size), sampler=sampler,
+                        drop_last=len(patches[0]) > config.batch_size)
     loss_fn = DiceBCELoss(dice_weight=config.dice_weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    trained = model
+    if is_distributed():
+        if device.type == "cuda":
+            trained = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        trained = nn.parallel.DistributedDataParallel(trained, device_ids=[device] if device.type == "cuda" else None)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.learning_rate, total_steps=max(1, config.epochs * len(loader)),
         pct_start=config.warmup_fraction,
@@ -178,13 +193,15 @@ def fit(
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        shuffle.set_state(state["shuffle_rng"])
         best_weights = state["best_model"]
         history = TrainingHistory(**{**state["history"], "resumed_from_epoch": state["epoch"]})
         start = state["epoch"] + 1
     val_image, val_mask = val_volume
     for epoch in range(start, config.epochs):
-        loss = train_one_epoch(model, loss_fn, optimizer, scheduler, loader, device, epoch)
+        sampler.set_epoch(epoch)
+        loss = mean_over_ranks(train_one_epoch(trained, loss_fn, optimizer, scheduler, loader, device, epoch))
+        if not is_main_process():  # rank 0 alone validates, keeps the best weights and writes checkpoints
+            continue
         scores, _ = score(load_for_inference(model), val_image, val_mask, inference, device)
         history.train_loss.append(loss)
         history.val_foreground_iou.append(scores.foreground_iou)
@@ -197,7 +214,7 @@ def fit(
         # with the history; best.pt is a copy for people who want just the model.
         save_atomically({
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "shuffle_rng": shuffle.get_state(),
+            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, "best_model": best_weights,
             "history": {k: v for k, v in asdict(history).items() if k != "resumed_from_epoch"}, "config": resolved,
         }, last)
@@ -205,6 +222,10 @@ def fit(
             save_atomically({"epoch": epoch, "model": best_weights, "config": resolved}, checkpoint_dir / BEST_CHECKPOINT)
         if on_epoch_end is not None:
             on_epoch_end(epoch, {"train_loss": loss, "val_foreground_iou": scores.foreground_iou, "val_dice": scores.dice})
+    if is_distributed():  # every rank ends with rank 0's best weights and history
+        shared = [best_weights, asdict(history)]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        best_weights, history = shared[0], TrainingHistory(**shared[1])
     if best_weights is not None:
         model.load_state_dict(best_weights)
     return history

@@ -1,0 +1,123 @@
+"""Data-parallel training with PyTorch DDP, launched by ``torchrun``: the settings, the launch command and the
+helpers a training loop needs (who is rank 0, how to split a global batch, how to average a figure over ranks).
+
+The ZenML step stays one process: it writes the step's inputs to a folder, runs ``torchrun`` as a subprocess
+(:func:`torchrun_command`) and reads back what rank 0 wrote. Only rank 0 logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from cellops.config import FromMapping
+
+BACKENDS = ("gloo", "nccl")
+
+
+@dataclass(frozen=True)
+class DistributedSettings(FromMapping):
+    """How many processes train together (the config's ``distributed`` block).
+
+    Attributes
+    ----------
+    nproc_per_node : processes per machine (one per GPU with nccl; CPU cores with gloo). 1 with ``nnodes: 1``
+        trains in the step's own process, without DDP.
+    nnodes : machines.
+    node_rank : this machine's rank (0 on the machine that runs the ZenML step).
+    master_addr, master_port : where rank 0 listens for the others (``127.0.0.1`` on one machine).
+    backend : ``gloo`` (CPU) or ``nccl`` (GPUs).
+    """
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    backend: str = "gloo"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.nproc_per_node < 1 or self.nnodes < 1:
+            problems.append(f"nproc_per_node and nnodes must be at least 1, got {self.nproc_per_node} and {self.nnodes}")
+        if not 0 <= self.node_rank < max(self.nnodes, 1):
+            problems.append(f"node_rank must lie in [0, {self.nnodes}), got {self.node_rank}")
+        if self.backend not in BACKENDS:
+            problems.append(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "nccl" and not torch.cuda.is_available():
+            problems.append("backend nccl needs CUDA GPUs, and none is visible: use gloo on CPUs")
+        if problems:
+            raise ValueError("distributed: " + "; ".join(problems))
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def torchrun_command(settings: DistributedSettings, module: str, *args: str) -> list[str]:
+    """The ``torchrun`` command that starts ``python -m module args`` on every process of this machine.
+
+    >>> torchrun_command(DistributedSettings(nproc_per_node=2), "cellops.unet.distributed_train", "in")[3:7]
+    ['--nproc-per-node', '2', '--nnodes', '1']
+    """
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(settings.nproc_per_node),
+            "--nnodes", str(settings.nnodes), "--node-rank", str(settings.node_rank),
+            "--master-addr", settings.master_addr, "--master-port", str(settings.master_port),
+            "-m", module, *args]
+
+
+def is_distributed() -> bool:
+    """Whether this process is one rank of an initialised process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or no process group): the one process that logs, validates and writes checkpoints."""
+    return rank() == 0
+
+
+def local_batch_size(global_batch_size: int) -> int:
+    """Each rank's batch, so that all ranks together step on ``global_batch_size`` samples (DDP averages the
+    gradients, so the update is the one a single process would make on the whole global batch).
+
+    >>> local_batch_size(8)  # one process
+    8
+    """
+    world = world_size()
+    if global_batch_size % world:
+        raise ValueError(f"batch_size {global_batch_size} is not divisible by the {world} training processes")
+    return global_batch_size // world
+
+
+def mean_over_ranks(value: float) -> float:
+    """``value`` averaged over all ranks (itself without a process group)."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / dist.get_world_size()
+
+
+def init_from_environment(backend: str) -> None:
+    """Join the process group ``torchrun`` describes in the environment (RANK, WORLD_SIZE, MASTER_ADDR...)."""
+    if "RANK" not in os.environ:
+        raise RuntimeError("not started by torchrun: RANK and WORLD_SIZE are not set")
+    dist.init_process_group(backend=backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
