@@ -77,7 +77,8 @@ def train_unet(
                 history, digests = fit_distributed(
                     model, (patch_images, patch_masks), (val_image, val_mask), architecture=architecture,
                     training=training, inference=inference, checkpoint_dir=run_dir, resume=resume, settings=parallel,
-                    work_dir=Path(work), mlflow_tracking_uri=mlflow.get_tracking_uri(), mlflow_run_id=active_run_id())
+                    work_dir=Path(work), epoch_logger="tracking.runs:epoch_logger",
+                    epoch_logger_args={"tracking_uri": mlflow.get_tracking_uri(), "run_id": active_run_id()})
             mlflow.set_tag("distributed.weights_sha256", digests[0])
         else:
             history = fit(model, (torch.from_numpy(patch_images), torch.from_numpy(patch_masks)), (val_image, val_mask),

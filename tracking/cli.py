@@ -210,6 +210,32 @@ def predict_classifier(tracking_uri: str, model_uri: str, images: list[Path], ou
     return _batch_end(len(images), len(failures))
 
 
+def predict_unet(tracking_uri: str, model_uri: str, volume: Path, out: Path, *, slab: int) -> int:
+    """Segment the TIFF stack ``volume`` with a registered U-Net (its registered inference settings) into the mask
+    TIFF ``out``, slab by slab: memory stays bounded by one slab however large the volume."""
+    import mlflow
+    from tqdm.auto import tqdm
+
+    from cellops.unet.predict import InferenceSettings, load_for_inference
+    from cellops.unet.streaming import segment_volume_file
+
+    check_store_exists(tracking_uri)
+    name, ref = parse_model_uri(model_uri)
+    record = resolve_version(MlflowClient(tracking_uri), name, ref)
+    if not record[names.INFERENCE_SETTINGS]:
+        raise LookupError(f"{name} v{record['model_version']} was registered without inference settings; retrain it")
+    settings = InferenceSettings.from_dict(record[names.INFERENCE_SETTINGS])
+    mlflow.set_tracking_uri(tracking_uri)
+    model = load_for_inference(mlflow.pytorch.load_model(f"models:/{name}/{record['model_version']}", map_location="cpu"))
+    with tqdm(desc=volume.name, unit="slice") as progress:
+        def advance(done: int, total: int) -> None:
+            progress.total = total
+            progress.update(done - progress.n)
+        info = segment_volume_file(model, volume, out, settings, slab=slab, on_slab=advance)
+    print(f"{volume}: {'x'.join(map(str, info.shape))} segmented with {name} v{record['model_version']} -> {out}")
+    return 0
+
+
 def _batch_end(n_files: int, n_failed: int) -> int:
     """The exit code of a prediction batch, with the closing line on stderr when files failed."""
     code = batch_exit_code(n_files, n_failed)
@@ -306,14 +332,17 @@ def main(argv: list[str]) -> int:
                      "mlruns/mlflow.db")
     pred = commands.add_parser("predict", help="classify or segment image files with a registered model",
                                epilog=BATCH_EXIT_CODES)
-    pred.add_argument("family", choices=["classifier", "maskrcnn"])
+    pred.add_argument("family", choices=["classifier", "maskrcnn", "unet"])
     pred.add_argument("images", type=Path, nargs="+", help="PNG, TIFF or JPEG files, not folders (grey or RGB, "
-                      "8/16-bit)")
+                      "8/16-bit); unet: one TIFF stack (Z, Y, X), as large as the disk allows")
     pred.add_argument("--out", type=Path, required=True, help="output folder (classifier: predictions.csv and "
-                      "cams/; maskrcnn: label TIFF, instance CSV and overlay PNG per image, summary.csv)")
+                      "cams/; maskrcnn: label TIFF, instance CSV and overlay PNG per image, summary.csv); unet: the "
+                      "mask TIFF to write (uint8, 255 = mitochondria)")
     pred.add_argument("--model", default=None, help="models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest "
                       "(default: models:/cellops-<family>@champion)")
     pred.add_argument("--no-cams", action="store_true", help="classifier: skip the class-activation-map PNGs")
+    pred.add_argument("--slab", type=int, default=8, help="unet: slices read, segmented and written at a time (memory "
+                      "stays bounded by one slab)")
     pred.add_argument("--tracking-uri", default=None)
     exp = commands.add_parser("export-run", help="the latest run of an experiment as metrics.json, curves.csv and "
                               "run.json (the files dvc.yaml's training stages declare)")
@@ -324,9 +353,13 @@ def main(argv: list[str]) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     try:
         if args.command == "predict":
-            if args.out.exists() and not args.out.is_dir():
+            if args.family != "unet" and args.out.exists() and not args.out.is_dir():
                 parser.error(f"--out {args.out}: exists and is not a folder")
             model_uri = args.model or f"models:/cellops-{args.family}@{CHAMPION}"
+            if args.family == "unet":
+                if len(args.images) != 1 or args.out.suffix.lower() not in (".tif", ".tiff"):
+                    parser.error("unet: one TIFF stack in, and --out the mask's .tif file name")
+                return predict_unet(uri, model_uri, args.images[0], args.out, slab=args.slab)
             if args.family == "maskrcnn":
                 return predict_maskrcnn(uri, model_uri, args.images, args.out)
             return predict_classifier(uri, model_uri, args.images, args.out, cams=not args.no_cams)

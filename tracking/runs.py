@@ -294,3 +294,14 @@ def log_pytorch_model(model, input_example: np.ndarray, code_paths: list[str], o
     return mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", code_paths=code_paths,
                                     signature=signature, input_example=example,
                                     pip_requirements=model_requirements())
+
+
+def epoch_logger(tracking_uri: str, run_id: str):
+    """``on_epoch_end(epoch, metrics)`` that logs to run ``run_id`` of ``tracking_uri``: what rank 0 of a distributed
+    training (another process) uses to log to the launching step's run, live."""
+    client = mlflow.MlflowClient(tracking_uri)
+
+    def log(epoch: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value, step=epoch)
+    return log

@@ -3,7 +3,8 @@
 The launching process writes the inputs to a folder: ``patch_images.npy``, ``patch_masks.npy``, ``val_image.npy``,
 ``val_mask.npy`` and ``settings.json``. Every rank reads them (memory-mapped), joins the process group and runs
 :func:`cellops.unet.train.fit`, which shards the patches with a DistributedSampler and averages gradients with DDP.
-Rank 0 validates, logs each epoch to the MLflow run named in the settings and writes the checkpoints. At the end,
+Rank 0 validates, reports each epoch to the callback the settings name (the step's MLflow run) and writes the
+checkpoints. At the end,
 it writes ``model.pt`` (the best weights, which every rank then holds) and ``result.json`` (the history and each
 rank's weight digest).
 """
@@ -11,6 +12,7 @@ rank's weight digest).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import subprocess
@@ -34,18 +36,15 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _mlflow_logger(settings: dict):
-    """Rank 0 logs each epoch's figures to the launching step's MLflow run (the same run, live)."""
-    if not settings.get("mlflow_run_id"):
+def _epoch_logger(settings: dict):
+    """Rank 0's ``on_epoch_end``, made by the ``"module:function"`` the launcher named (called with
+    ``epoch_logger_args``): the tracking adapters stay outside this library, and the launching step's run is
+    logged to live."""
+    target = settings.get("epoch_logger")
+    if not target:
         return None
-    from mlflow import MlflowClient
-
-    client, run_id = MlflowClient(settings["mlflow_tracking_uri"]), settings["mlflow_run_id"]
-
-    def log(epoch: int, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            client.log_metric(run_id, key, value, step=epoch)
-    return log
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)(**settings.get("epoch_logger_args", {}))
 
 
 def _rank_main(folder: Path) -> None:
@@ -60,7 +59,7 @@ def _rank_main(folder: Path) -> None:
         patches = tuple(torch.from_numpy(np.load(folder / f"patch_{kind}.npy")) for kind in ("images", "masks"))
         val = (np.load(folder / "val_image.npy"), np.load(folder / "val_mask.npy"))
         history = fit(model, patches, val, config, InferenceSettings.from_dict(settings["inference"]),
-                      Path(settings["checkpoint_dir"]), on_epoch_end=_mlflow_logger(settings), resume=settings["resume"])
+                      Path(settings["checkpoint_dir"]), on_epoch_end=_epoch_logger(settings) if is_main_process() else None, resume=settings["resume"])
         digests: list[str | None] = [None] * dist.get_world_size()
         dist.all_gather_object(digests, weights_digest(model))
         if is_main_process():
@@ -84,12 +83,13 @@ def train_distributed(folder: Path, settings: DistributedSettings, env: dict | N
 def fit_distributed(model: torch.nn.Module, patches: tuple[np.ndarray, np.ndarray],
                     val_volume: tuple[np.ndarray, np.ndarray], *, architecture: dict, training: dict, inference: dict,
                     checkpoint_dir: Path, resume: bool, settings: DistributedSettings, work_dir: Path,
-                    mlflow_tracking_uri: str | None = None, mlflow_run_id: str | None = None):
+                    epoch_logger: str | None = None, epoch_logger_args: dict | None = None):
     """:func:`cellops.unet.train.fit` on ``settings.world_size`` processes: the inputs go to ``work_dir``, torchrun
     trains, and ``model`` gets the best weights. Returns the :class:`~cellops.unet.train.TrainingHistory` and the
     digest of each rank's final weights; raises RuntimeError if the ranks do not hold identical weights.
 
     ``model`` must be the one ``build_model(architecture, training["seed"])`` makes (each rank builds it again).
+    ``epoch_logger`` (``"module:function"``) makes rank 0's per-epoch callback from ``epoch_logger_args``.
     """
     from cellops.unet.train import TrainingHistory
 
@@ -100,7 +100,7 @@ def fit_distributed(model: torch.nn.Module, patches: tuple[np.ndarray, np.ndarra
     (work_dir / "settings.json").write_text(json.dumps({
         "architecture": architecture, "training": training, "inference": inference,
         "checkpoint_dir": str(checkpoint_dir), "resume": resume, "backend": settings.backend,
-        "mlflow_tracking_uri": mlflow_tracking_uri, "mlflow_run_id": mlflow_run_id}))
+        "epoch_logger": epoch_logger, "epoch_logger_args": epoch_logger_args or {}}))
     result = train_distributed(work_dir, settings)
     digests = result["rank_digests"]
     if len(set(digests)) != 1:

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from cellops.io import to_unit_range
 from cellops.distributed import DistributedSettings, local_batch_size, torchrun_command
@@ -40,10 +41,17 @@ def test_two_gloo_processes_hold_identical_weights_and_match_one_process(inputs,
     reference = fit(single, (torch.from_numpy(patches[0]), torch.from_numpy(patches[1])), val, config,
                     InferenceSettings.from_dict(INFERENCE), tmp_path / "single", resume=False)
     model = build_model(Architecture.from_dict(ARCHITECTURE), seed=0)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("ddp", artifact_location=(tmp_path / "artifacts").as_uri()))
     history, digests = fit_distributed(
         model, patches, val, architecture=ARCHITECTURE, training=TRAINING, inference=INFERENCE,
         checkpoint_dir=tmp_path / "ddp", resume=False, work_dir=tmp_path / "work",
-        settings=DistributedSettings(nproc_per_node=2, master_port=free_port(), backend="gloo"))
+        settings=DistributedSettings(nproc_per_node=2, master_port=free_port(), backend="gloo"),
+        epoch_logger="tracking.runs:epoch_logger", epoch_logger_args={"tracking_uri": uri, "run_id": run.info.run_id})
+    # Rank 0 logged every epoch to the launcher's MLflow run, live.
+    logged = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in logged] == [0, 1, 2] and [m.value for m in logged] == pytest.approx(history.train_loss)
     assert len(digests) == 2 and digests[0] == digests[1] == weights_digest(model)  # the ranks agree bit for bit
     assert len(history.train_loss) == len(reference.train_loss) == 3
     assert history.train_loss == pytest.approx(reference.train_loss, rel=LOSS_TOLERANCE)

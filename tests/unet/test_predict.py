@@ -54,3 +54,31 @@ def test_segment_thresholds_and_score_counts_every_voxel():
     assert mask.dtype == bool and mask[:, :8].all() and not mask[:, 8:].any()
     scores, prediction = score(_pointwise_model(), image, (image > 0).astype(np.uint8) * 255, settings)
     assert scores.foreground_iou == 1.0 and np.array_equal(prediction, mask)
+
+
+def test_a_volume_streamed_slab_by_slab_gives_the_in_memory_mask(tmp_path):
+    """Slabs of 2 with z-smoothing over 3 slices (a halo each side), from an uncompressed (memory-mapped) and a
+    compressed (page by page) TIFF: the same mask as segmenting the whole volume at once."""
+    import tifffile
+
+    from cellops.unet.streaming import segment_volume_file, volume_info
+    from models.unet import UNet
+
+    torch.manual_seed(0)
+    model = prepare_for_inference(UNet(base_channels=4, depth=2))
+    volume = np.random.default_rng(0).integers(0, 255, (7, 40, 48), dtype=np.uint8)
+    settings = InferenceSettings(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5, z_smoothing=3)
+    expected = segment(model, volume, settings)
+    assert 0 < expected.mean() < 1  # neither empty nor full: the comparison means something
+    for name, options in (("plain.tif", {}), ("deflate.tif", {"compression": "zlib"})):
+        tifffile.imwrite(tmp_path / name, volume, **options)
+        done = []
+        info = segment_volume_file(model, tmp_path / name, tmp_path / f"mask_{name}", settings, slab=2,
+                                   on_slab=lambda n, total: done.append((n, total)))
+        assert info == volume_info(tmp_path / name) and info.shape == (7, 40, 48)
+        assert np.array_equal(tifffile.imread(tmp_path / f"mask_{name}") > 0, expected), name
+        assert done == [(2, 7), (4, 7), (6, 7), (7, 7)]
+    assert not list(tmp_path.glob(".*.partial"))
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((2, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="a \\(Z, Y, X\\) grey stack is expected"):
+        segment_volume_file(model, tmp_path / "rgb.tif", tmp_path / "x.tif", settings)

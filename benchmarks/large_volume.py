@@ -1,0 +1,110 @@
+"""Peak memory and throughput of slab-by-slab U-Net inference on volumes 1x, 4x and 16x the Lucchi size.
+
+    python benchmarks/large_volume.py [--scales 1 4 16] [--slab 8] [--config configs/unet.yaml] [--work DIR]
+
+Each volume (165x768x1024 voxels at 1x; 4x and 16x grow Z) is written to disk as an uncompressed TIFF by tiling
+the built-in EM stack, slab by slab, then segmented in a fresh process by ``cellops.unet.streaming`` (the U-Net of
+the config, its inference settings). The peak RSS of that process and its voxels per second are reported, with
+in-memory inference of the 1x volume (``segment`` on the whole array) as the throughput reference. Targets
+(issue 13): RSS flat within 20 % from 1x to 16x, throughput within 10 % of in-memory inference. Writes
+outputs/benchmarks/large_volume.json. 16x needs about 4.2 GB of disk (volume and mask).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import yaml
+
+LUCCHI = (165, 768, 1024)
+
+CHILD = """
+import json, resource, sys, time
+import numpy as np, tifffile, torch, yaml
+from cellops.unet.predict import InferenceSettings, load_for_inference, segment
+from cellops.unet.streaming import segment_volume_file
+from cellops.unet.train import Architecture, build_model
+config = yaml.safe_load(open(sys.argv[1]))
+model = load_for_inference(build_model(Architecture.from_dict(config["parameters"]["architecture"]), seed=0))
+settings = InferenceSettings.from_dict(config["parameters"]["inference"])
+start = time.perf_counter()
+if sys.argv[4] == "memory":
+    volume = tifffile.imread(sys.argv[2])
+    mask = segment(model, volume, settings)
+else:
+    segment_volume_file(model, sys.argv[2], sys.argv[3], settings, slab=int(sys.argv[5]))
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def write_volume(source: np.ndarray, shape: tuple[int, int, int], path: Path, slab: int = 16) -> None:
+    """A (Z, Y, X) uint8 TIFF of ``shape`` tiled from ``source``, written slab by slab (never whole in memory)."""
+    out = tifffile.memmap(path, shape=shape, dtype=np.uint8, photometric="minisblack")
+    ys, xs = -(-shape[1] // source.shape[1]), -(-shape[2] // source.shape[2])
+    for start in range(0, shape[0], slab):
+        stop = min(shape[0], start + slab)
+        block = np.take(source, np.arange(start, stop) % source.shape[0], axis=0)
+        out[start:stop] = np.tile(block, (1, ys, xs))[:, :shape[1], :shape[2]]
+    out.flush()
+    del out
+
+
+def run(config: Path, volume: Path, mask: Path, mode: str, slab: int) -> dict:
+    result = subprocess.run([sys.executable, "-c", CHILD, str(config), str(volume), str(mask), mode, str(slab)],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--slab", type=int, default=8)
+    parser.add_argument("--config", type=Path, default=Path("configs/unet.yaml"))
+    parser.add_argument("--work", type=Path, default=None, help="folder for the volumes (default: a temp folder)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/large_volume.json"))
+    args = parser.parse_args()
+    config = yaml.safe_load(args.config.read_text())
+    source = tifffile.imread(Path(config["steps"]["load_em_dataset"]["parameters"]["data_dir"]) / "training.tif")
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        for scale in sorted(args.scales):
+            shape = (LUCCHI[0] * scale, *LUCCHI[1:])
+            volume, mask = Path(tmp) / f"volume_{scale}x.tif", Path(tmp) / f"mask_{scale}x.tif"
+            write_volume(source, shape, volume)
+            voxels = int(np.prod(shape))
+            streamed = run(args.config, volume, mask, "stream", args.slab)
+            row = {"scale": scale, "shape": list(shape), "voxels": voxels,
+                   "stream_peak_rss_mb": round(streamed["peak_rss_mb"], 1),
+                   "stream_voxels_per_s": round(voxels / streamed["seconds"])}
+            if scale == min(args.scales):
+                in_memory = run(args.config, volume, mask, "memory", args.slab)
+                row.update(memory_peak_rss_mb=round(in_memory["peak_rss_mb"], 1),
+                           memory_voxels_per_s=round(voxels / in_memory["seconds"]))
+            rows.append(row)
+            print(json.dumps(row))
+            volume.unlink()
+            mask.unlink()
+    first, last = rows[0], rows[-1]
+    result = {
+        "cpu": platform.processor() or platform.machine(), "threads": os.cpu_count(), "slab": args.slab,
+        "rows": rows,
+        "rss_growth": round(last["stream_peak_rss_mb"] / first["stream_peak_rss_mb"] - 1, 3),
+        "stream_vs_memory_throughput": round(first["stream_voxels_per_s"] / first["memory_voxels_per_s"], 3),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
