@@ -172,25 +172,35 @@ def parse_model_uri(uri: str) -> tuple[str, str | None]:
     return path, None
 
 
+def _resolve(tracking_uri: str, model_uri: str) -> tuple[str, dict]:
+    """The registered model's name and :func:`resolve_version` record (LookupError naming what exists)."""
+    check_store_exists(tracking_uri)
+    name, ref = parse_model_uri(model_uri)
+    return name, resolve_version(MlflowClient(tracking_uri), name, ref)
+
+
+def _load(tracking_uri: str, name: str, record: dict):
+    """That version's PyTorch model, on the CPU, in eval mode."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pytorch.load_model(f"models:/{name}/{record['model_version']}", map_location="cpu").eval()
+
+
 def predict_classifier(tracking_uri: str, model_uri: str, images: list[Path], out: Path, *, cams: bool) -> int:
     """Label and probabilities of every image in ``out/predictions.csv`` (unreadable files get a row with the
     reason, and the batch goes on) and, with ``cams``, each image's CAM overlay as ``out/cams/<name>.png``.
     Returns :func:`cellops.cli.batch_exit_code`: 0 every file classified, 1 some failed, 2 none could be."""
     import csv
 
-    import mlflow
-
     from cellops.classifier.predict import ClassifierSettings, cam_overlay, classify_files
     from cellops.plots import save_png
 
-    check_store_exists(tracking_uri)
-    name, ref = parse_model_uri(model_uri)
-    record = resolve_version(MlflowClient(tracking_uri), name, ref)
+    name, record = _resolve(tracking_uri, model_uri)
     if not record[names.INFERENCE_SETTINGS]:
         raise LookupError(f"{name} v{record['model_version']} was registered without input settings; retrain it")
     settings = ClassifierSettings.from_dict(record[names.INFERENCE_SETTINGS])
-    mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pytorch.load_model(f"models:/{name}/{record['model_version']}", map_location="cpu").eval()
+    model = _load(tracking_uri, name, record)
     rows, failures, maps, inputs = classify_files(model, images, settings, with_cams=cams)
     out.mkdir(parents=True, exist_ok=True)
     if cams and maps is not None:
@@ -213,20 +223,16 @@ def predict_classifier(tracking_uri: str, model_uri: str, images: list[Path], ou
 def predict_unet(tracking_uri: str, model_uri: str, volume: Path, out: Path, *, slab: int) -> int:
     """Segment the TIFF stack ``volume`` with a registered U-Net (its registered inference settings) into the mask
     TIFF ``out``, slab by slab: memory stays bounded by one slab however large the volume."""
-    import mlflow
     from tqdm.auto import tqdm
 
     from cellops.unet.predict import InferenceSettings, load_for_inference
     from cellops.unet.streaming import segment_volume_file
 
-    check_store_exists(tracking_uri)
-    name, ref = parse_model_uri(model_uri)
-    record = resolve_version(MlflowClient(tracking_uri), name, ref)
+    name, record = _resolve(tracking_uri, model_uri)
     if not record[names.INFERENCE_SETTINGS]:
         raise LookupError(f"{name} v{record['model_version']} was registered without inference settings; retrain it")
     settings = InferenceSettings.from_dict(record[names.INFERENCE_SETTINGS])
-    mlflow.set_tracking_uri(tracking_uri)
-    model = load_for_inference(mlflow.pytorch.load_model(f"models:/{name}/{record['model_version']}", map_location="cpu"))
+    model = load_for_inference(_load(tracking_uri, name, record))
     with tqdm(desc=volume.name, unit="slice") as progress:
         def advance(done: int, total: int) -> None:
             progress.total = total
@@ -256,7 +262,6 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
     Returns :func:`cellops.cli.batch_exit_code`: 0 every file segmented, 1 some failed, 2 none could be."""
     import csv
 
-    import mlflow
     import numpy as np
 
     from cellops.analyze import distinct_files, input_names, repeat_note
@@ -265,9 +270,7 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
                                           predict_image)
     from cellops.plots import save_png
 
-    check_store_exists(tracking_uri)
-    name, ref = parse_model_uri(model_uri)
-    record = resolve_version(MlflowClient(tracking_uri), name, ref)
+    name, record = _resolve(tracking_uri, model_uri)
     inference = record[names.INFERENCE_SETTINGS]
     if not inference or "categories" not in inference:
         raise LookupError(f"{name} v{record['model_version']} is not a Mask R-CNN registered with its prediction "
@@ -275,8 +278,7 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
     settings = PredictionSettings.from_dict({k: v for k, v in inference.items()
                                              if k not in ("max_detections", "categories")})
     categories = {int(k): v for k, v in inference["categories"].items()}
-    mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pytorch.load_model(f"models:/{name}/{record['model_version']}", map_location="cpu").eval()
+    model = _load(tracking_uri, name, record)
     out.mkdir(parents=True, exist_ok=True)
     images, repeats = distinct_files(images)
     for repeat, first in repeats:
