@@ -28,7 +28,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help setup configs data data-accept train deploy train-classifier deploy-classifier train-maskrcnn \
 	train-maskrcnn-nuclei deploy-maskrcnn analyses reports demo deploy-all serve serve-unet serve-classifier serve-maskrcnn ui dashboard \
-	dashboard-stop browser test bench lock clean
+	dashboard-stop team-deps team-stack team-stack-down team-status browser test bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -121,6 +121,24 @@ dashboard: setup  ## ZenML dashboard: a local ZenML server (zenml[server]) on $(
 dashboard-stop:  ## stop the local ZenML server; the client goes back to the local store
 	$(BIN)/zenml logout --local
 
+team-deps:  ## Debian's postgresql and mariadb-server for the team stack (apt-get, as root; skipped where not root)
+	@if [ -x /usr/sbin/mariadbd ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "postgresql and mariadb-server installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q postgresql mariadb-server >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q postgresql mariadb-server >/dev/null; }; \
+	else echo "no postgresql/mariadb-server and no root for apt-get: the team stack test will be skipped"; fi
+
+team-stack: setup team-deps  ## shared servers on 127.0.0.1: MLflow on PostgreSQL, ZenML on MariaDB, the `cellops-team` stack (.team/)
+	$(BIN)/python scripts/team_stack.py up
+	@echo "use it from a shell: set -a; . .team/client.env; set +a   (then zenml pipeline run ..., cellops models)"
+
+team-stack-down:  ## stop the team stack's servers and databases (data and passwords in .team/ are kept)
+	$(BIN)/python scripts/team_stack.py down
+
+team-status:  ## which of the team stack's services answer
+	$(BIN)/python scripts/team_stack.py status
+
 browser:  ## Debian's chromium and chromium-driver for the browser tests (apt-get, as root; skipped where not root)
 	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -128,7 +146,7 @@ browser:  ## Debian's chromium and chromium-driver for the browser tests (apt-ge
 		{ apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
 	else echo "no /usr/bin/chromium and no root for apt-get: the browser tests will be skipped"; fi
 
-test: setup browser  ## set up as for the demo (and Debian's chromium for the browser tests), then run the test suite
+test: setup browser team-deps  ## set up as for the demo (and Debian's chromium, postgresql, mariadb-server for the browser and team-stack tests), then run the test suite
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed  ## benchmarks: U-Net inference, colony analysis, classical robustness sweep, classifier vs DenseNet121, Mask R-CNN backbones (after the demo)
