@@ -8,6 +8,7 @@ overrides (:func:`deep_merge`), so a tunable added to the main config reaches ev
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -88,6 +89,18 @@ def key_paths(mapping: Any, prefix: str = "") -> set[str]:
 BASE_KEY = "derive_from"
 
 
+def addable_key(key: str) -> bool:
+    """Whether a derived config may add ``key`` (a dotted path) that its base lacks: lists and free-form blocks
+    (tags, model-card fields, the named models of a comparison), ZenML's own settings and step operators (ZenML
+    validates those against their classes). Parameters may not: a misspelt one would be silently ignored.
+
+    >>> addable_key("steps.train_unet.step_operator"), addable_key("steps.train_unet.parameters.epoch")
+    (True, False)
+    """
+    return (key.startswith(("model.", "tags", "parameters.models.", "settings."))
+            or re.match(r"steps\.[^.]+\.(settings(\.|$)|step_operator$)", key) is not None)
+
+
 def render_derived(path: str | Path) -> dict:
     """The full config a derived file describes: its base (``derive_from``), rendered recursively, with the
     file's other keys merged in. Keys the base does not have are refused: an override of a misspelt key
@@ -99,9 +112,7 @@ def render_derived(path: str | Path) -> dict:
     base_path = path.parent / derived.pop(BASE_KEY)
     base = render_derived(base_path)
     unknown = sorted(key_paths(derived) - key_paths(base))
-    # Lists and free-form blocks (tags, model-card fields, the named models of a comparison) may hold new keys;
-    # settings may not.
-    unknown = [k for k in unknown if not k.startswith(("model.", "tags", "parameters.models."))]
+    unknown = [k for k in unknown if not addable_key(k)]
     if unknown:
         raise ValueError(f"{path}: keys not in {base_path.name}: {unknown}")
     return deep_merge(base, derived)
