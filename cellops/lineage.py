@@ -63,6 +63,24 @@ def expected_listing(dvc_file: str | Path) -> dict[str, str] | None:
     return None
 
 
+def tracking_dvc_file(path: str | Path) -> Path | None:
+    """The ``.dvc`` file that tracks ``path`` or a folder above it (``data/em`` -> ``data.dvc``), or None.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "data" / "em").mkdir(parents=True)
+    >>> _ = (root / "data.dvc").write_text("outs: [{path: data}]")
+    >>> tracking_dvc_file(root / "data" / "em").name, tracking_dvc_file(root)
+    ('data.dvc', None)
+    """
+    path = Path(path).resolve()
+    for folder in (path, *path.parents):
+        candidate = folder.with_name(folder.name + ".dvc") if folder.name else None
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
 def check_data_matches(dvc_file: str | Path) -> DataDifference | None:
     """Hash every file of the data folder ``dvc_file`` tracks and compare them with the version it records: the
     files themselves, not DVC's cache of sizes and modification times (an edit with the old mtime restored is

@@ -20,7 +20,7 @@ disable_telemetry()
 from zenml.client import Client  # noqa: E402
 from zenml.enums import StackComponentType  # noqa: E402
 
-EXPERIMENTS = ("cellops-unet", "cellops-colonies", "cellops-nuclei", "cellops-calcium")
+EXPERIMENTS = ("cellops-unet", "cellops-colonies", "cellops-nuclei", "cellops-calcium", "cellops-batch-inference")
 
 
 def mlflow_uris(root: Path, mlflow_dir: str) -> tuple[str, str]:

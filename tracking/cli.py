@@ -172,14 +172,14 @@ def parse_model_uri(uri: str) -> tuple[str, str | None]:
     return path, None
 
 
-def _resolve(tracking_uri: str, model_uri: str) -> tuple[str, dict]:
+def resolve_registered(tracking_uri: str, model_uri: str) -> tuple[str, dict]:
     """The registered model's name and :func:`resolve_version` record (LookupError naming what exists)."""
     check_store_exists(tracking_uri)
     name, ref = parse_model_uri(model_uri)
     return name, resolve_version(MlflowClient(tracking_uri), name, ref)
 
 
-def _load(tracking_uri: str, name: str, record: dict):
+def load_registered(tracking_uri: str, name: str, record: dict):
     """That version's PyTorch model, on the CPU, in eval mode."""
     import mlflow
 
@@ -196,11 +196,11 @@ def predict_classifier(tracking_uri: str, model_uri: str, images: list[Path], ou
     from cellops.classifier.predict import ClassifierSettings, cam_overlay, classify_files
     from cellops.plots import save_png
 
-    name, record = _resolve(tracking_uri, model_uri)
+    name, record = resolve_registered(tracking_uri, model_uri)
     if not record[names.INFERENCE_SETTINGS]:
         raise LookupError(f"{name} v{record['model_version']} was registered without input settings; retrain it")
     settings = ClassifierSettings.from_dict(record[names.INFERENCE_SETTINGS])
-    model = _load(tracking_uri, name, record)
+    model = load_registered(tracking_uri, name, record)
     rows, failures, maps, inputs = classify_files(model, images, settings, with_cams=cams)
     out.mkdir(parents=True, exist_ok=True)
     if cams and maps is not None:
@@ -228,11 +228,11 @@ def predict_unet(tracking_uri: str, model_uri: str, volume: Path, out: Path, *, 
     from cellops.unet.predict import InferenceSettings, load_for_inference
     from cellops.unet.streaming import segment_volume_file
 
-    name, record = _resolve(tracking_uri, model_uri)
+    name, record = resolve_registered(tracking_uri, model_uri)
     if not record[names.INFERENCE_SETTINGS]:
         raise LookupError(f"{name} v{record['model_version']} was registered without inference settings; retrain it")
     settings = InferenceSettings.from_dict(record[names.INFERENCE_SETTINGS])
-    model = load_for_inference(_load(tracking_uri, name, record))
+    model = load_for_inference(load_registered(tracking_uri, name, record))
     with tqdm(desc=volume.name, unit="slice") as progress:
         def advance(done: int, total: int) -> None:
             progress.total = total
@@ -262,15 +262,11 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
     Returns :func:`cellops.cli.batch_exit_code`: 0 every file segmented, 1 some failed, 2 none could be."""
     import csv
 
-    import numpy as np
-
     from cellops.analyze import distinct_files, input_names, repeat_note
-    from cellops.io import ImageInputError, check_pixels, read_image_file, write_tiff_stack
-    from cellops.maskrcnn.predict import (PredictionSettings, as_picture, instance_table, label_image, overlay,
-                                          predict_image)
-    from cellops.plots import save_png
+    from cellops.io import ImageInputError
+    from cellops.maskrcnn.predict import PredictionSettings, segment_image_to_files
 
-    name, record = _resolve(tracking_uri, model_uri)
+    name, record = resolve_registered(tracking_uri, model_uri)
     inference = record[names.INFERENCE_SETTINGS]
     if not inference or "categories" not in inference:
         raise LookupError(f"{name} v{record['model_version']} is not a Mask R-CNN registered with its prediction "
@@ -278,7 +274,7 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
     settings = PredictionSettings.from_dict({k: v for k, v in inference.items()
                                              if k not in ("max_detections", "categories")})
     categories = {int(k): v for k, v in inference["categories"].items()}
-    model = _load(tracking_uri, name, record)
+    model = load_registered(tracking_uri, name, record)
     out.mkdir(parents=True, exist_ok=True)
     images, repeats = distinct_files(images)
     for repeat, first in repeats:
@@ -288,20 +284,13 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
     for path in images:
         stem = stems[path]
         try:
-            image = as_picture(read_image_file(path), source=str(path))
-            check_pixels(np.moveaxis(image, -1, 0) if image.ndim == 3 else image, source=str(path),
-                         allowed_ndim=(image.ndim,))
-            instances = predict_image(model, image, settings)
-            shape = image.shape[:2]
-            write_tiff_stack(out / f"{stem}_labels.tif", label_image(instances, shape))
-            instance_table(instances, categories).to_csv(out / f"{stem}_instances.csv", index=False)
-            save_png(overlay(image, instances, categories), out / f"{stem}_overlay.png")
+            written = segment_image_to_files(model, path, out, stem, settings, categories)
         except Exception as error:  # noqa: BLE001 - one odd file never costs the others their results
             why = str(error) if isinstance(error, (ImageInputError, OSError)) else f"{type(error).__name__}: {error}"
             summary.append({"file": str(path), "instances": "", "error": why})
             print(f"cellops predict: skipped {why if why.startswith(str(path)) else f'{path}: {why}'}", file=sys.stderr)
             continue
-        summary.append({"file": str(path), "instances": len(instances), "error": "", "outputs": stem})
+        summary.append({"file": str(path), "instances": written["instances"], "error": "", "outputs": stem})
     with open(out / "summary.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", "instances", "outputs", "error"])
         writer.writeheader()

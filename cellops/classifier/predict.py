@@ -103,3 +103,21 @@ def classify_files(model: nn.Module, paths: Sequence[Path], settings: Classifier
         row.update({f"p_{name}": float(p[i]) for i, name in enumerate(settings.classes)})
         rows.append(row)
     return rows, failures, cams, images
+
+
+def classify_image_to_files(model: nn.Module, path: Path, out_dir: str | Path, stem: str,
+                            settings: ClassifierSettings, *, cams: bool = False) -> dict:
+    """Label and class probabilities of one image file (a batch predictor: :func:`cellops.batch.run_batch`); with
+    ``cams`` also its CAM overlay ``<stem>_cam.png`` under ``out_dir``. An unreadable image raises a ValueError
+    naming the file and why."""
+    from cellops.plots import save_png
+
+    rows, failures, maps, inputs = classify_files(model, [path], settings, with_cams=cams)
+    if failures:
+        raise ValueError(failures[0][1])
+    result = {key: value for key, value in rows[0].items() if key != "file"}
+    outputs = []
+    if cams and maps is not None:
+        save_png(cam_overlay(inputs[0], maps[0]), Path(out_dir) / f"{stem}_cam.png")
+        outputs.append(f"{stem}_cam.png")
+    return {"outputs": outputs, **result}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -293,3 +294,23 @@ def overlay(image: np.ndarray, instances: list[Instance], categories: dict[int, 
         cv2.putText(rgb, f"{name} {instance.score:.2f}".strip(), (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.35, colour, 1, cv2.LINE_AA)
     return rgb
+
+
+def segment_image_to_files(model: torch.nn.Module, path: str | Path, out_dir: str | Path, stem: str,
+                           settings: PredictionSettings, categories: dict[int, str]) -> dict:
+    """Segment one image file into ``<stem>_labels.tif`` (16-bit label image), ``<stem>_instances.csv`` (label,
+    category, score, area, box, centroid) and ``<stem>_overlay.png`` under ``out_dir``, tiled when larger than the
+    training images. Returns the outputs and the instance count (a batch predictor: :func:`cellops.batch.run_batch`);
+    an image that cannot be used raises :class:`cellops.io.ImageInputError` naming the file."""
+    from cellops.io import check_pixels, read_image_file, write_tiff_stack
+    from cellops.plots import save_png
+
+    out_dir = Path(out_dir)
+    image = as_picture(read_image_file(path), source=str(path))
+    check_pixels(np.moveaxis(image, -1, 0) if image.ndim == 3 else image, source=str(path), allowed_ndim=(image.ndim,))
+    instances = predict_image(model, image, settings)
+    write_tiff_stack(out_dir / f"{stem}_labels.tif", label_image(instances, image.shape[:2]))
+    instance_table(instances, categories).to_csv(out_dir / f"{stem}_instances.csv", index=False)
+    save_png(overlay(image, instances, categories), out_dir / f"{stem}_overlay.png")
+    return {"outputs": [f"{stem}_labels.tif", f"{stem}_instances.csv", f"{stem}_overlay.png"],
+            "instances": len(instances)}

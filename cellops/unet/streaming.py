@@ -1,5 +1,6 @@
-"""Segmenting EM volumes larger than memory: a TIFF stack is read slab by slab (only the pages a slab needs) and the
-mask is written slab by slab, so peak memory is bounded by one slab and the tile batch, not by the volume.
+"""Segmenting EM volumes larger than memory: a TIFF stack (memory-mapped) or a zarr array is read slab by slab (only
+the pages or chunks a slab needs) and the mask is written slab by slab, so peak memory is bounded by one slab and the
+tile batch, not by the volume.
 
 The result equals :func:`cellops.unet.predict.segment` on the whole volume: the U-Net is 2-D, and z-smoothing gets
 the neighbouring slices it needs as a halo read with each slab.
@@ -27,25 +28,49 @@ class VolumeInfo:
     dtype: np.dtype
 
 
+def _is_zarr(path: Path) -> bool:
+    return path.suffix == ".zarr" or (path.is_dir() and any((path / n).exists() for n in ("zarr.json", ".zarray")))
+
+
+def _open_zarr(path: Path):
+    import zarr
+
+    try:
+        array = zarr.open_array(path, mode="r")
+    except Exception as error:  # zarr raises several types for "not an array here"
+        raise ValueError(f"{path}: not a readable zarr array ({type(error).__name__}: {error})") from None
+    return array
+
+
 def volume_info(path: str | Path) -> VolumeInfo:
-    """The (Z, Y, X) shape and dtype of the TIFF stack at ``path``, without reading its pixels; a clear error for
-    anything that is not a single grey stack."""
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        shape = tuple(series.shape)
-        if len(shape) == 2:
-            shape = (1, *shape)
-        if len(shape) != 3:
-            raise ValueError(f"{path}: a (Z, Y, X) grey stack is expected, its first series has shape {shape} "
-                             f"({series.axes})")
-        return VolumeInfo(shape, np.dtype(series.dtype))
+    """The (Z, Y, X) shape and dtype of the TIFF stack or zarr array at ``path``, without reading its pixels; a
+    clear error for anything that is not a single grey stack."""
+    path = Path(path)
+    if _is_zarr(path):
+        array = _open_zarr(path)
+        shape, axes = tuple(array.shape), "zarr array"
+        dtype = np.dtype(array.dtype)
+    else:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3:
+        raise ValueError(f"{path}: a (Z, Y, X) grey stack is expected, its first series has shape {shape} ({axes})")
+    return VolumeInfo(shape, dtype)
 
 
 def read_slab(path: str | Path, start: int, stop: int) -> np.ndarray:
-    """Slices ``start:stop`` of the TIFF stack, reading only their pages (memory-mapped where the file is
-    uncompressed and contiguous)."""
+    """Slices ``start:stop`` of the TIFF stack or zarr array, reading only their pages or chunks (TIFF:
+    memory-mapped where the file is uncompressed and contiguous). Always an in-memory copy: nothing of the file
+    stays mapped once the slab is processed."""
+    path = Path(path)
+    if _is_zarr(path):
+        array = _open_zarr(path)
+        return np.array(array[start:stop] if array.ndim == 3 else array[None][start:stop])
     try:
-        return np.asarray(tifffile.memmap(path, mode="r")[start:stop])
+        return np.array(tifffile.memmap(path, mode="r")[start:stop])
     except (ValueError, tifffile.TiffFileError):  # compressed or tiled: read the pages one by one
         with tifffile.TiffFile(path) as tif:
             return tif.asarray(key=range(start, stop)).reshape(stop - start, *tif.pages[0].shape[-2:])
@@ -53,11 +78,14 @@ def read_slab(path: str | Path, start: int, stop: int) -> np.ndarray:
 
 def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, settings: InferenceSettings, *,
                         slab: int = 8, device: str = "cpu",
-                        on_slab: Callable[[int, int], None] | None = None) -> VolumeInfo:
-    """Segment the TIFF stack ``source`` into a uint8 mask TIFF ``out`` (255 foreground), ``slab`` slices at a time.
+                        on_slab: Callable[[int, int], None] | None = None,
+                        on_mask: Callable[[int, np.ndarray], None] | None = None) -> VolumeInfo:
+    """Segment the TIFF stack or zarr array ``source`` into a uint8 mask TIFF ``out`` (255 foreground), ``slab``
+    slices at a time.
 
     ``out`` is written to a temporary name beside it and renamed when complete, so an interrupted run never leaves
-    a truncated mask under the final name. ``on_slab(done, total)`` reports progress.
+    a truncated mask under the final name. ``on_slab(done, total)`` reports progress; ``on_mask(start, mask)``
+    receives each slab's boolean mask (for statistics gathered on the way).
 
     Examples
     --------
@@ -76,6 +104,8 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
     if slab < 1:
         raise ValueError(f"slab must be at least 1 slice, got {slab}")
     info = volume_info(source)
+    if info.dtype.kind not in "uif":
+        raise ValueError(f"{source}: {info.dtype} voxels; a grey EM volume of integers or floats is expected")
     depth = info.shape[0]
     halo = settings.z_smoothing // 2
     out = Path(out)
@@ -86,9 +116,28 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
             first, last = max(0, start - halo), min(depth, stop + halo)
             probabilities = predict_probabilities(model, read_slab(source, first, last), settings, device)
             mask = probabilities[start - first:stop - first] > settings.threshold
+            if on_mask is not None:
+                on_mask(start, mask)
             for page in mask:  # 2-D pages appended to one contiguous series: a (Z, Y, X) stack for any reader
                 writer.write((page * np.uint8(255)).astype(np.uint8), contiguous=True, photometric="minisblack")
             if on_slab is not None:
                 on_slab(stop, depth)
     os.replace(partial, out)
     return info
+
+
+def segment_volume_to_files(model: nn.Module, source: str | Path, out_dir: str | Path, stem: str,
+                            settings: InferenceSettings, *, slab: int = 8, device: str = "cpu") -> dict:
+    """Segment ``source`` into ``<stem>_mask.tif`` and ``<stem>_slices.csv`` (foreground fraction per slice) under
+    ``out_dir``: a batch predictor (:func:`cellops.batch.run_batch`); returns the outputs and the volume's shape and
+    mitochondria volume fraction."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    fractions: list[float] = []
+    info = segment_volume_file(model, source, out_dir / f"{stem}_mask.tif", settings, slab=slab, device=device,
+                               on_mask=lambda start, mask: fractions.extend(mask.mean(axis=(1, 2)).tolist()))
+    table = pd.DataFrame({"slice": range(len(fractions)), "foreground_fraction": np.round(fractions, 6)})
+    table.to_csv(out_dir / f"{stem}_slices.csv", index=False)
+    return {"outputs": [f"{stem}_mask.tif", f"{stem}_slices.csv"], "shape": "x".join(map(str, info.shape)),
+            "foreground_fraction": round(float(np.mean(fractions)), 6)}

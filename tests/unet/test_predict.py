@@ -58,10 +58,12 @@ def test_segment_thresholds_and_score_counts_every_voxel():
 
 def test_a_volume_streamed_slab_by_slab_gives_the_in_memory_mask(tmp_path):
     """Slabs of 2 with z-smoothing over 3 slices (a halo each side), from an uncompressed (memory-mapped) and a
-    compressed (page by page) TIFF: the same mask as segmenting the whole volume at once."""
+    compressed (page by page) TIFF and a chunked zarr array: the same mask as segmenting the whole volume at once."""
     import tifffile
 
-    from cellops.unet.streaming import segment_volume_file, volume_info
+    import pandas as pd
+
+    from cellops.unet.streaming import segment_volume_file, segment_volume_to_files, volume_info
     from models.unet import UNet
 
     torch.manual_seed(0)
@@ -79,6 +81,19 @@ def test_a_volume_streamed_slab_by_slab_gives_the_in_memory_mask(tmp_path):
         assert np.array_equal(tifffile.imread(tmp_path / f"mask_{name}") > 0, expected), name
         assert done == [(2, 7), (4, 7), (6, 7), (7, 7)]
     assert not list(tmp_path.glob(".*.partial"))
+    # A chunked zarr array (chunks that do not align with the slabs) streams to the same mask.
+    import zarr
+
+    zarr.create_array(tmp_path / "volume.zarr", shape=volume.shape, chunks=(3, 16, 16), dtype=volume.dtype)[:] = volume
+    assert volume_info(tmp_path / "volume.zarr").shape == (7, 40, 48)
+    written = segment_volume_to_files(model, tmp_path / "volume.zarr", tmp_path, "from_zarr", settings, slab=2)
+    assert np.array_equal(tifffile.imread(tmp_path / "from_zarr_mask.tif") > 0, expected)
+    table = pd.read_csv(tmp_path / "from_zarr_slices.csv")
+    assert np.allclose(table["foreground_fraction"], expected.mean(axis=(1, 2)), atol=1e-6)
+    assert written["outputs"] == ["from_zarr_mask.tif", "from_zarr_slices.csv"] and written["shape"] == "7x40x48"
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(ValueError, match="empty.zarr: not a readable zarr array"):
+        volume_info(tmp_path / "empty.zarr")
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((2, 8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="a \\(Z, Y, X\\) grey stack is expected"):
         segment_volume_file(model, tmp_path / "rgb.tif", tmp_path / "x.tif", settings)

@@ -1,0 +1,82 @@
+"""Steps of the batch inference pipeline: resolve a registered model, predict a folder with it (resumable), log
+the lineage of both the model and the inputs to MLflow (thin adapters over cellops.batch and tracking.batch)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import mlflow
+import pandas as pd
+from zenml import log_metadata, step
+from zenml.logger import get_logger
+
+from cellops.batch import DEFAULT_PATTERNS, list_inputs, run_batch
+from cellops.data_version import dvc_file_md5
+from cellops.lineage import check_data_matches, git_commit, tracking_dvc_file
+from tracking.batch import batch_predictor, resolve_batch_model
+from tracking.runs import log_run_config, stack_tracking_uri
+
+logger = get_logger(__name__)
+
+
+@step
+def resolve_model(model_uri: str) -> Annotated[dict, "model_record"]:
+    """The registered version ``model_uri`` names (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``), with its
+    lineage, metrics, inference settings and family; fails naming what exists when there is no such version."""
+    record = resolve_batch_model(stack_tracking_uri(), model_uri)
+    logger.info(f"{model_uri}: {record['registered_model']} v{record['model_version']} ({record['family']}), "
+                f"MLflow run {record['mlflow_run_id']}")
+    return record
+
+
+def input_lineage(input_dir: str | Path) -> dict[str, str]:
+    """Where the inputs come from: the folder, the git commit, and the DVC version of the tracked folder holding it
+    (with whether the files on disk still match it), when there is one."""
+    lineage = {"input.dir": str(input_dir), "input.git_commit": git_commit()}
+    dvc_file = tracking_dvc_file(input_dir)
+    if dvc_file is not None:
+        difference = check_data_matches(dvc_file)  # None: no listing recorded to compare with
+        lineage.update({"input.dvc_file": str(dvc_file), "input.dvc_md5": dvc_file_md5(dvc_file),
+                        "input.dvc_matches": "unknown" if difference is None else str(not difference).lower()})
+    return lineage
+
+
+@step
+def predict_folder(model_record: dict, input_dir: str, output_dir: str, patterns: list[str] | None = None,
+                   slab: int = 8, cams: bool = False) -> Annotated[pd.DataFrame, "batch_results"]:
+    """Predict every input of ``input_dir`` with the model into ``output_dir``: label TIFFs and tables per input,
+    ``results.csv`` for the batch. Inputs already predicted by the same version from the same content are skipped
+    (``batch_manifest.json``), so an interrupted run resumes. Logs the model's and the inputs' lineage, the counts
+    and the results table to MLflow. Fails when no input could be predicted."""
+    inputs = list_inputs(input_dir, patterns or DEFAULT_PATTERNS)
+    model_key = f"{model_record['registered_model']}/{model_record['model_version']}"
+    predict = batch_predictor(stack_tracking_uri(), model_record, slab=slab, cams=cams)
+    logger.info(f"{len(inputs)} inputs in {input_dir} -> {output_dir} with {model_key}")
+    result = run_batch(inputs, Path(output_dir), predict, model_key)
+    table = result.table
+    if "outputs" in table:
+        table["outputs"] = table["outputs"].map(lambda files: ";".join(files) if isinstance(files, list) else "")
+    table.to_csv(Path(output_dir) / "results.csv", index=False)
+
+    counts = {status: result.count(status) for status in ("done", "skipped", "failed")}
+    log_run_config()
+    mlflow.set_tags({
+        "model.name": model_record["registered_model"], "model.version": model_record["model_version"],
+        "model.family": model_record["family"], "model.mlflow_run_id": model_record["mlflow_run_id"],
+        "model.data_version": model_record.get("data_version") or "", "model.uri": model_record["model_uri"],
+        "input.version": result.input_version, **input_lineage(input_dir)})
+    mlflow.log_metrics({f"inputs_{status}": float(count) for status, count in counts.items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        table.to_csv(Path(tmp) / "results.csv", index=False)
+        mlflow.log_artifact(str(Path(tmp) / "results.csv"))
+    log_metadata({"inputs": counts, "input_version": result.input_version, "model": model_key})
+    for row in result.rows:
+        if row["status"] == "failed":
+            logger.warning(f"not predicted: {row['error']}")
+    logger.info(f"{counts['done']} predicted, {counts['skipped']} already done (skipped), {counts['failed']} failed")
+    if counts["failed"] and not counts["done"] and not counts["skipped"]:
+        raise RuntimeError(f"no input of {input_dir} could be predicted: "
+                           + "; ".join(row["error"] for row in result.rows))
+    return table

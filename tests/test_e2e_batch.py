@@ -1,0 +1,81 @@
+"""The batch inference pipeline end to end: the U-Net champion over a folder of new volumes (a TIFF and a zarr
+array), masks equal to the champion's own prediction, lineage of model and inputs in MLflow, and a rerun that
+predicts only what is new. An unknown model stops it naming what exists."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import yaml
+import zarr
+
+from cellops.unet.predict import InferenceSettings, load_for_inference, segment
+from helpers import run_command
+from tracking import tags
+
+pytestmark = pytest.mark.e2e
+PIPELINE = ["zenml", "pipeline", "run", "pipelines.batch_inference.batch_inference_pipeline", "-c"]
+
+
+def _config(root, tmp_path, model_uri: str, input_dir, output_dir) -> str:
+    config = yaml.safe_load((root / "configs" / "batch_inference.yaml").read_text())
+    config["steps"]["resolve_model"]["parameters"]["model_uri"] = model_uri
+    config["steps"]["predict_folder"]["parameters"].update(input_dir=str(input_dir), output_dir=str(output_dir),
+                                                           patterns=None, slab=3)
+    path = tmp_path / f"batch_{len(list(tmp_path.glob('batch_*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_the_champion_predicts_a_folder_with_lineage_and_a_rerun_only_predicts_new_inputs(unet_trained, tmp_path):
+    root, env, _ = unet_trained
+    volume = tifffile.imread(root / "data" / "em" / "testing.tif")
+    inputs, out = tmp_path / "new", tmp_path / "out"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "a.tif", volume)
+    zarr.create_array(inputs / "b.zarr", shape=volume.shape, chunks=(2, 64, 64), dtype=volume.dtype)[:] = volume[::-1]
+    config = _config(root, tmp_path, "models:/cellops-unet@champion", inputs, out)
+    run_command([*PIPELINE, config], root, env)
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("cellops-unet", "champion")
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    try:
+        model = load_for_inference(mlflow.pytorch.load_model(f"models:/cellops-unet/{champion.version}",
+                                                             map_location="cpu"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    expected = segment(model, volume, InferenceSettings.from_dict(tags.inference_from_tags(champion.tags)))
+    assert np.array_equal(tifffile.imread(out / "a_mask.tif") > 0, expected)
+    assert np.array_equal(tifffile.imread(out / "b_mask.tif") > 0, segment(
+        model, np.ascontiguousarray(volume[::-1]), InferenceSettings.from_dict(tags.inference_from_tags(champion.tags))))
+    slices = pd.read_csv(out / "a_slices.csv")
+    assert np.allclose(slices["foreground_fraction"], expected.mean(axis=(1, 2)), atol=1e-6)
+    results = pd.read_csv(out / "results.csv")
+    assert list(results["input"]) == ["a.tif", "b.zarr"] and set(results["status"]) == {"done"}
+
+    experiment = client.get_experiment_by_name("cellops-batch-inference")
+    run = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"], max_results=1)[0]
+    assert run.data.tags["model.version"] == str(champion.version) and run.data.tags["model.name"] == "cellops-unet"
+    assert run.data.tags["model.mlflow_run_id"] == champion.run_id
+    assert len(run.data.tags["input.version"]) == 64 and run.data.metrics["inputs_done"] == 2
+
+    tifffile.imwrite(inputs / "c.tif", volume[:4])
+    run_command([*PIPELINE, config], root, env)
+    results = pd.read_csv(out / "results.csv")
+    assert dict(zip(results["input"], results["status"])) == {"a.tif": "skipped", "b.zarr": "skipped", "c.tif": "done"}
+    assert tifffile.imread(out / "c_mask.tif").shape == (4, *volume.shape[1:])
+
+
+def test_an_unknown_model_stops_the_batch_naming_the_aliases_that_exist(unet_trained, tmp_path):
+    root, env, _ = unet_trained
+    (tmp_path / "new").mkdir()
+    tifffile.imwrite(tmp_path / "new" / "a.tif", np.zeros((2, 32, 32), np.uint8))
+    config = _config(root, tmp_path, "models:/cellops-unet@staging", tmp_path / "new", tmp_path / "out")
+    failed = run_command([*PIPELINE, config], root, env, check=False)
+    assert failed.returncode != 0
+    assert "cellops-unet has no version with alias 'staging'" in failed.stdout + failed.stderr
+    assert not (tmp_path / "out").exists()
