@@ -9,6 +9,8 @@ HOST ?= 127.0.0.1
 UI_PORT ?= 5000
 DASHBOARD_PORT ?= 8237
 SERVE_PORT ?= 3000
+# The team stack's folder (databases, logs, secrets); as root it must be reachable by the postgres and mysql users.
+TEAM_DIR ?= .team
 MLFLOW_URI := sqlite:///$(CURDIR)/mlruns/mlflow.db
 # dvc.yaml's analysis stages (its *_training stages train models: `dvc repro unet_training`).
 REPORT_STAGES := colonies_report nuclei_report calcium_report
@@ -28,7 +30,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help setup configs data data-accept train deploy train-classifier deploy-classifier train-maskrcnn \
 	train-maskrcnn-nuclei deploy-maskrcnn analyses reports demo deploy-all serve serve-unet serve-classifier serve-maskrcnn ui dashboard \
-	dashboard-stop team-deps team-stack team-stack-down team-status browser test bench lock clean
+	dashboard-stop batch-inference team-deps team-stack team-stack-down team-status browser test bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -121,6 +123,9 @@ dashboard: setup  ## ZenML dashboard: a local ZenML server (zenml[server]) on $(
 dashboard-stop:  ## stop the local ZenML server; the client goes back to the local store
 	$(BIN)/zenml logout --local
 
+batch-inference: setup  ## batch inference with a registered model over a folder, resumable (configs/batch_inference.yaml)
+	$(BIN)/zenml pipeline run pipelines.batch_inference.batch_inference_pipeline -c configs/batch_inference.yaml
+
 team-deps:  ## Debian's postgresql and mariadb-server for the team stack (apt-get, as root; skipped where not root)
 	@if [ -x /usr/sbin/mariadbd ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		echo "postgresql and mariadb-server installed"; \
@@ -130,14 +135,14 @@ team-deps:  ## Debian's postgresql and mariadb-server for the team stack (apt-ge
 	else echo "no postgresql/mariadb-server and no root for apt-get: the team stack test will be skipped"; fi
 
 team-stack: setup team-deps  ## shared servers on 127.0.0.1: MLflow on PostgreSQL, ZenML on MariaDB, the `cellops-team` stack (.team/)
-	$(BIN)/python scripts/team_stack.py up
-	@echo "use it from a shell: set -a; . .team/client.env; set +a   (then zenml pipeline run ..., cellops models)"
+	$(BIN)/python scripts/team_stack.py up --dir $(TEAM_DIR)
+	@echo "use it from a shell: set -a; . $(TEAM_DIR)/client.env; set +a   (then zenml pipeline run ..., cellops models)"
 
 team-stack-down:  ## stop the team stack's servers and databases (data and passwords in .team/ are kept)
-	$(BIN)/python scripts/team_stack.py down
+	$(BIN)/python scripts/team_stack.py down --dir $(TEAM_DIR)
 
 team-status:  ## which of the team stack's services answer
-	$(BIN)/python scripts/team_stack.py status
+	$(BIN)/python scripts/team_stack.py status --dir $(TEAM_DIR)
 
 browser:  ## Debian's chromium and chromium-driver for the browser tests (apt-get, as root; skipped where not root)
 	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \

@@ -8,6 +8,10 @@ the config, its inference settings). The peak RSS of that process and its voxels
 in-memory inference of the 1x volume (``segment`` on the whole array) as the throughput reference. Targets
 (issue 13): RSS flat within 20 % from 1x to 16x, throughput within 10 % of in-memory inference. Writes
 outputs/benchmarks/large_volume.json. 16x needs about 4.2 GB of disk (volume and mask).
+
+Peak RSS is the child's VmHWM (Linux), not ``ru_maxrss``: Linux carries the parent's high-water mark into a child
+across fork/exec, and the parent has just touched every page of the volume it wrote, so ``ru_maxrss`` reported
+the volume's size (2,050 MB at 16x) whatever the child itself used.
 """
 
 from __future__ import annotations
@@ -43,7 +47,11 @@ if sys.argv[4] == "memory":
 else:
     segment_volume_file(model, sys.argv[2], sys.argv[3], settings, slab=int(sys.argv[5]))
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+try:  # this process's own high-water mark: ru_maxrss also counts the parent's, inherited through fork/exec
+    peak_kb = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+except OSError:
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024}))
 """
 
 

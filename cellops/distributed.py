@@ -7,9 +7,14 @@ The ZenML step stays one process: it writes the step's inputs to a folder, runs 
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -121,3 +126,34 @@ def init_from_environment(backend: str) -> None:
     dist.init_process_group(backend=backend)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of the model's parameters and buffers, in order (equal digests: bit-identical weights)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def epoch_logger_from(settings: dict):
+    """Rank 0's ``on_epoch_end``, made by the ``"module:function"`` the launcher named (called with
+    ``epoch_logger_args``): the tracking adapters stay outside this library, and the launching step's run is
+    logged to live."""
+    target = settings.get("epoch_logger")
+    if not target:
+        return None
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)(**settings.get("epoch_logger_args", {}))
+
+
+def run_ranks(module: str, folder: Path, settings: DistributedSettings, env: dict | None = None) -> dict:
+    """Run ``python -m module folder`` on every rank with ``torchrun`` (this machine's processes): one DDP training
+    over the inputs the launcher wrote to ``folder``; returns the ``result.json`` rank 0 wrote there. Raises
+    RuntimeError with the end of the ranks' output when any rank fails."""
+    command = torchrun_command(settings, module, str(folder))
+    result = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"distributed training failed ({' '.join(command)}):\n{(result.stdout + result.stderr)[-4000:]}")
+    return json.loads((folder / "result.json").read_text())

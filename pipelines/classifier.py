@@ -23,7 +23,8 @@ from steps.validation import require_valid_dataset
 
 @pipeline
 def training_pipeline(input: dict, positive_class: str, models: dict, training: dict, augmentation: dict,
-                      gallery_size: int, latency_batch_size: int, checkpoint_dir: str, resume: bool) -> None:
+                      gallery_size: int, latency_batch_size: int, checkpoint_dir: str, resume: bool,
+                      distributed: dict | None = None) -> None:
     """lineage -> index + split -> validate -> load -> [pretrain on the source task] -> train and evaluate each
     model (same split, same seeded augmentation, one MLflow run each) -> compare -> register, promote the best."""
     specs = parse_models(models)  # a bad model entry fails here, before anything runs
@@ -41,7 +42,8 @@ def training_pipeline(input: dict, positive_class: str, models: dict, training: 
         _, evaluation = train_and_evaluate_classifier(
             images, labels, dataset_index, lineage, backbone, name=name, spec=spec, input=input,
             positive_class=positive_class, training=training, augmentation=augmentation, gallery_size=gallery_size,
-            latency_batch_size=latency_batch_size, checkpoint_dir=checkpoint_dir, resume=resume, id=f"train_{name}")
+            latency_batch_size=latency_batch_size, checkpoint_dir=checkpoint_dir, resume=resume, distributed=distributed,
+            id=f"train_{name}")
         evaluations.append(evaluation)
     compare_classifiers(evaluations)
     register_classifiers(evaluations, dataset_index, lineage)

@@ -285,6 +285,9 @@ def start_postgres(stack: TeamStack, values: dict[str, str]) -> None:
             raise TeamStackError(f"initdb failed for {data}:\n{error.stdout}{error.stderr}") from None
         finally:
             password_file.unlink(missing_ok=True)
+    if port_open(stack.ports.postgres) and not (data / "postmaster.pid").exists():
+        raise TeamStackError(f"port {HOST}:{stack.ports.postgres} is taken by another program, not this team stack's "
+                             f"postgres: stop it, or choose another port (--postgres-port)")
     if not port_open(stack.ports.postgres):
         options = f"-p {stack.ports.postgres} -c listen_addresses={HOST} -c unix_socket_directories={folder}"
         result = subprocess.run(_as_user([_postgres_binary("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",

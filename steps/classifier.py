@@ -20,6 +20,7 @@ from zenml.types import HTMLString
 
 from cellops.checkpoints import checkpoint_dir_for, remove_checkpoints
 from cellops.classifier.cost import count_macs, count_parameters, cpu_latency_ms
+from cellops.classifier.distributed_train import fit_distributed
 from cellops.classifier.data import (SPLITS, Augmentation, SplitSettings, build_augmentation, index_class_folder,
                                      test_set_fingerprint)
 from cellops.classifier.metrics import classification_scores, positive_roc
@@ -30,6 +31,7 @@ from cellops.classifier.source_task import SourceTask, source_task_patches
 from cellops.classifier.train import ClassifierTraining, fit, predict_probabilities
 from cellops.lineage import data_dir_for
 from cellops.config import deep_merge, from_mapping
+from cellops.distributed import DistributedSettings
 from cellops.io import load_class_images
 from cellops.plots import training_curves
 from cellops.validation import ClassificationExpectations, summarise_class_images, validate_classification_dataset
@@ -165,9 +167,14 @@ def train_and_evaluate_classifier(
     latency_batch_size: int,
     checkpoint_dir: str,
     resume: bool,
+    distributed: dict | None = None,
 ) -> tuple[Annotated[nn.Module, "classifier"], Annotated[dict, "evaluation"]]:
     """Train one configured model on the shared split with the shared seeded augmentation, evaluate it on the
-    test split, and log curves, scores, costs and a CAM gallery to its own MLflow run."""
+    test split, and log curves, scores, costs and a CAM gallery to its own MLflow run.
+
+    With ``distributed`` naming more than one process, training runs under DDP: ``torchrun`` is started as a
+    subprocess of this step (the step keeps its ZenML context, MLflow run and artifacts; the ranks only compute).
+    Rank 0 logs each epoch to this model's MLflow run."""
     model_spec = ModelSpec.from_dict(spec)
     config = ClassifierTraining.from_dict(deep_merge(training, model_spec.training))
     settings = _settings(dataset_index, input, positive_class)
@@ -200,10 +207,21 @@ def train_and_evaluate_classifier(
                                                   "input": input, "augmentation": augmentation,
                                                   "data_version": lineage["data_version"],
                                                   "dataset_index": dataset_index})
+    parallel = DistributedSettings.from_dict(distributed or {})
     with closed_on_interrupt(), system_metrics():
-        history = fit(model, train, val, config, build_augmentation(Augmentation.from_dict(augmentation)),
-                      settings.positive, on_epoch_end=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
-                      checkpoint_dir=run_dir, resume=resume)
+        if parallel.enabled:
+            mlflow.set_tags({"distributed.world_size": parallel.world_size, "distributed.backend": parallel.backend})
+            with tempfile.TemporaryDirectory(prefix="ddp-", dir=Path(checkpoint_dir).parent) as work:
+                history, digests = fit_distributed(
+                    model, train, val, training=asdict(config), augmentation=augmentation, positive=settings.positive,
+                    checkpoint_dir=run_dir, resume=resume, settings=parallel, work_dir=Path(work),
+                    epoch_logger="tracking.runs:epoch_logger",
+                    epoch_logger_args={"tracking_uri": mlflow.get_tracking_uri(), "run_id": active_run_id()})
+            mlflow.set_tag("distributed.weights_sha256", digests[0])
+        else:
+            history = fit(model, train, val, config, build_augmentation(Augmentation.from_dict(augmentation)),
+                          settings.positive, on_epoch_end=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
+                          checkpoint_dir=run_dir, resume=resume)
     if history.resumed_from_epoch is not None:
         # The epochs before the interruption were logged on the killed run: this run gets the whole curve too.
         for epoch in range(history.resumed_from_epoch + 1):

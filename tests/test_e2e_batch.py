@@ -1,6 +1,6 @@
 """The batch inference pipeline end to end: the U-Net champion over a folder of new volumes (a TIFF and a zarr
 array), masks equal to the champion's own prediction, lineage of model and inputs in MLflow, and a rerun that
-predicts only what is new. An unknown model stops it naming what exists."""
+predicts only what is new. An unknown model is refused naming what exists."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import zarr
 from cellops.unet.predict import InferenceSettings, load_for_inference, segment
 from helpers import run_command
 from tracking import tags
+from tracking.batch import resolve_batch_model
 
 pytestmark = pytest.mark.e2e
 PIPELINE = ["zenml", "pipeline", "run", "pipelines.batch_inference.batch_inference_pipeline", "-c"]
@@ -70,12 +71,13 @@ def test_the_champion_predicts_a_folder_with_lineage_and_a_rerun_only_predicts_n
     assert tifffile.imread(out / "c_mask.tif").shape == (4, *volume.shape[1:])
 
 
-def test_an_unknown_model_stops_the_batch_naming_the_aliases_that_exist(unet_trained, tmp_path):
-    root, env, _ = unet_trained
-    (tmp_path / "new").mkdir()
-    tifffile.imwrite(tmp_path / "new" / "a.tif", np.zeros((2, 32, 32), np.uint8))
-    config = _config(root, tmp_path, "models:/cellops-unet@staging", tmp_path / "new", tmp_path / "out")
-    failed = run_command([*PIPELINE, config], root, env, check=False)
-    assert failed.returncode != 0
-    assert "cellops-unet has no version with alias 'staging'" in failed.stdout + failed.stderr
-    assert not (tmp_path / "out").exists()
+def test_an_unknown_model_or_alias_is_refused_naming_what_exists(unet_trained):
+    """What the pipeline's first step does before anything is read or written (its message ends the run)."""
+    root, _, _ = unet_trained
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    with pytest.raises(LookupError, match="cellops-unet has no version with alias 'staging'; its aliases: champion"):
+        resolve_batch_model(uri, "models:/cellops-unet@staging")
+    with pytest.raises(LookupError, match="registry URI"):
+        resolve_batch_model(uri, "cellops-unet")
+    record = resolve_batch_model(uri, "models:/cellops-unet@champion")
+    assert record["family"] == "unet" and record["model_uri"] == "models:/cellops-unet@champion"

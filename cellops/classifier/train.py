@@ -22,6 +22,7 @@ from cellops.checkpoints import LAST_CHECKPOINT, load_checkpoint, random_states,
 from cellops.classifier.data import augment_batch, epoch_batches
 from cellops.classifier.metrics import ClassificationScores, classification_scores
 from cellops.config import FromMapping
+from cellops.distributed import is_distributed, is_main_process, local_batch_size, rank, world_size
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,18 @@ def predict_probabilities(model: nn.Module, images: np.ndarray | torch.Tensor, b
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, images: torch.Tensor,
                     labels: torch.Tensor, transform, config: ClassifierTraining, epoch: int, positive: int,
                     device: torch.device) -> ClassificationScores:
-    """One pass over shuffled, augmented batches; returns the scores of the predictions made while training."""
+    """One pass over shuffled, augmented batches; returns the scores of the predictions made while training.
+
+    Under DDP every rank draws and augments the same global batch (same seeds), then trains on its interleaved share
+    of it; gradients are averaged by DDP, and the scores cover the predictions of all ranks."""
     model.train()
     probabilities, seen = [], []
+    share = slice(rank(), None, world_size())
     for number, batch in epoch_batches(len(images), config.batch_size, seed=config.seed, epoch=epoch):
-        x = augment_batch(images[batch], transform, seed=config.seed * 1_000_003 + epoch * 10_007 + number).to(device)
-        y = labels[batch].to(device)
+        if len(batch) < 2 * world_size():  # each rank needs 2 images for batch normalisation
+            continue
+        x = augment_batch(images[batch], transform, seed=config.seed * 1_000_003 + epoch * 10_007 + number)
+        x, y = x[share].to(device), labels[batch][share].to(device)
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
         if not math.isfinite(loss.item()):
@@ -89,8 +96,13 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         optimizer.step()
         scheduler.step()
         probabilities.append(F.softmax(logits.detach(), dim=1).double().cpu())
-        seen.append(labels[batch])
-    return classification_scores(torch.cat(probabilities).numpy(), torch.cat(seen).numpy(), positive)
+        seen.append(y.cpu())
+    probabilities, seen = torch.cat(probabilities), torch.cat(seen)
+    if is_distributed():
+        gathered: list = [None] * world_size()
+        torch.distributed.all_gather_object(gathered, (probabilities, seen))
+        probabilities, seen = torch.cat([p for p, _ in gathered]), torch.cat([y for _, y in gathered])
+    return classification_scores(probabilities.numpy(), seen.numpy(), positive)
 
 
 def fit(
@@ -113,13 +125,24 @@ def fit(
     after every epoch (atomically); with ``resume`` and a checkpoint of the same settings, training continues
     after its epoch and ends with the weights an uninterrupted run would have (batches and augmentation are
     seeded by epoch, so the resumed epochs see the same data).
+
+    Run by every rank of a process group (see :mod:`cellops.classifier.distributed_train`), it trains with DDP: each
+    rank takes its share of every global batch of ``config.batch_size``, rank 0 alone validates, calls
+    ``on_epoch_end`` and writes the checkpoints, and all ranks return rank 0's best weights and history.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
     model.to(device)
     images, labels = torch.as_tensor(train[0]), torch.as_tensor(train[1], dtype=torch.long)
-    steps = sum(1 for _ in epoch_batches(len(images), config.batch_size, seed=config.seed, epoch=0))
+    local_batch_size(config.batch_size)  # refuses a global batch the ranks cannot share evenly
+    steps = sum(1 for _, batch in epoch_batches(len(images), config.batch_size, seed=config.seed, epoch=0)
+                if len(batch) >= 2 * world_size())
+    trained = model
+    if is_distributed():
+        if device.type == "cuda":
+            trained = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        trained = nn.parallel.DistributedDataParallel(trained, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate,
                                                     total_steps=max(1, config.epochs * steps),
@@ -143,8 +166,10 @@ def fit(
         best, best_key, first_epoch = state["best_model"], tuple(state["best_key"]), state["epoch"] + 1
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
-        fitted = train_one_epoch(model, optimizer, scheduler, images, labels, transform, config, epoch, positive,
+        fitted = train_one_epoch(trained, optimizer, scheduler, images, labels, transform, config, epoch, positive,
                                  device)
+        if not is_main_process():  # rank 0 alone validates, keeps the best weights and writes checkpoints
+            continue
         checked = classification_scores(predict_probabilities(model, val[0], config.batch_size * 2, device),
                                         np.asarray(val[1]), positive)
         history.epoch_seconds.append(time.perf_counter() - start)
@@ -163,6 +188,10 @@ def fit(
                             last)
         if on_epoch_end is not None:
             on_epoch_end(epoch, {k: v[-1] for k, v in history.curves().items()})
+    if is_distributed():  # every rank ends with rank 0's best weights and history
+        shared = [best, asdict(history)]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        best, history = shared[0], ClassifierHistory(**shared[1])
     if best is not None:
         model.load_state_dict(best)
     return history

@@ -11,11 +11,7 @@ rank's weight digest).
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
-import os
-import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -24,27 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cellops.distributed import DistributedSettings, init_from_environment, is_main_process, torchrun_command
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of the model's parameters and buffers, in order (equal digests: bit-identical weights)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _epoch_logger(settings: dict):
-    """Rank 0's ``on_epoch_end``, made by the ``"module:function"`` the launcher named (called with
-    ``epoch_logger_args``): the tracking adapters stay outside this library, and the launching step's run is
-    logged to live."""
-    target = settings.get("epoch_logger")
-    if not target:
-        return None
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)(**settings.get("epoch_logger_args", {}))
+from cellops.distributed import (DistributedSettings, epoch_logger_from, init_from_environment, is_main_process,
+                                 run_ranks, weights_digest)
 
 
 def _rank_main(folder: Path) -> None:
@@ -59,7 +36,7 @@ def _rank_main(folder: Path) -> None:
         patches = tuple(torch.from_numpy(np.load(folder / f"patch_{kind}.npy")) for kind in ("images", "masks"))
         val = (np.load(folder / "val_image.npy"), np.load(folder / "val_mask.npy"))
         history = fit(model, patches, val, config, InferenceSettings.from_dict(settings["inference"]),
-                      Path(settings["checkpoint_dir"]), on_epoch_end=_epoch_logger(settings) if is_main_process() else None, resume=settings["resume"])
+                      Path(settings["checkpoint_dir"]), on_epoch_end=epoch_logger_from(settings) if is_main_process() else None, resume=settings["resume"])
         digests: list[str | None] = [None] * dist.get_world_size()
         dist.all_gather_object(digests, weights_digest(model))
         if is_main_process():
@@ -68,16 +45,6 @@ def _rank_main(folder: Path) -> None:
                                                             "world_size": dist.get_world_size()}))
     finally:
         dist.destroy_process_group()
-
-
-def train_distributed(folder: Path, settings: DistributedSettings, env: dict | None = None) -> dict:
-    """Run one DDP training over the inputs in ``folder`` with ``torchrun`` (this machine's processes); returns
-    ``result.json``. Raises RuntimeError with the end of the ranks' output when any rank fails."""
-    command = torchrun_command(settings, "cellops.unet.distributed_train", str(folder))
-    result = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"distributed training failed ({' '.join(command)}):\n{(result.stdout + result.stderr)[-4000:]}")
-    return json.loads((folder / "result.json").read_text())
 
 
 def fit_distributed(model: torch.nn.Module, patches: tuple[np.ndarray, np.ndarray],
@@ -101,7 +68,7 @@ def fit_distributed(model: torch.nn.Module, patches: tuple[np.ndarray, np.ndarra
         "architecture": architecture, "training": training, "inference": inference,
         "checkpoint_dir": str(checkpoint_dir), "resume": resume, "backend": settings.backend,
         "epoch_logger": epoch_logger, "epoch_logger_args": epoch_logger_args or {}}))
-    result = train_distributed(work_dir, settings)
+    result = run_ranks("cellops.unet.distributed_train", work_dir, settings)
     digests = result["rank_digests"]
     if len(set(digests)) != 1:
         raise RuntimeError(f"the {len(digests)} ranks ended with different weights: {digests}")

@@ -8,8 +8,8 @@ import torch
 from mlflow import MlflowClient
 
 from cellops.io import to_unit_range
-from cellops.distributed import DistributedSettings, local_batch_size, torchrun_command
-from cellops.unet.distributed_train import fit_distributed, weights_digest
+from cellops.distributed import DistributedSettings, local_batch_size, torchrun_command, weights_digest
+from cellops.unet.distributed_train import fit_distributed
 from cellops.unet.predict import InferenceSettings
 from cellops.unet.train import Architecture, TrainingConfig, build_model, fit
 from helpers import free_port

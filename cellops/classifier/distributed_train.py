@@ -1,0 +1,80 @@
+"""One rank of a data-parallel classifier training, as ``torchrun`` starts it (see :func:`fit_distributed`).
+
+The launching process writes the inputs to a folder: ``train_images.npy``, ``train_labels.npy``, ``val_images.npy``,
+``val_labels.npy``, ``initial.pt`` (the model as the launcher built and initialised it: ImageNet or source weights
+included) and ``settings.json``. Every rank loads them and runs :func:`cellops.classifier.train.fit`, which trains
+each rank on its share of every global batch with DDP; rank 0 validates, reports each epoch and checkpoints. At the
+end rank 0 writes ``model.pt`` (the best weights, which every rank then holds) and ``result.json`` (the history and
+each rank's weight digest).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from cellops.distributed import (DistributedSettings, epoch_logger_from, init_from_environment, is_main_process,
+                                 run_ranks, weights_digest)
+
+ARRAYS = ("train_images", "train_labels", "val_images", "val_labels")
+
+
+def _rank_main(folder: Path) -> None:
+    from cellops.classifier.data import Augmentation, build_augmentation
+    from cellops.classifier.train import ClassifierTraining, fit
+
+    settings = json.loads((folder / "settings.json").read_text())
+    init_from_environment(settings["backend"])
+    try:
+        model = torch.load(folder / "initial.pt", weights_only=False)
+        arrays = {name: np.load(folder / f"{name}.npy") for name in ARRAYS}
+        history = fit(model, (arrays["train_images"], arrays["train_labels"]),
+                      (arrays["val_images"], arrays["val_labels"]), ClassifierTraining.from_dict(settings["training"]),
+                      build_augmentation(Augmentation.from_dict(settings["augmentation"])), settings["positive"],
+                      on_epoch_end=epoch_logger_from(settings) if is_main_process() else None,
+                      checkpoint_dir=Path(settings["checkpoint_dir"]), resume=settings["resume"])
+        digests: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(digests, weights_digest(model))
+        if is_main_process():
+            torch.save(model.state_dict(), folder / "model.pt")
+            (folder / "result.json").write_text(json.dumps({"history": asdict(history), "rank_digests": digests,
+                                                            "world_size": dist.get_world_size()}))
+    finally:
+        dist.destroy_process_group()
+
+
+def fit_distributed(model: torch.nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                    *, training: dict, augmentation: dict, positive: int, checkpoint_dir: Path, resume: bool,
+                    settings: DistributedSettings, work_dir: Path, epoch_logger: str | None = None,
+                    epoch_logger_args: dict | None = None):
+    """:func:`cellops.classifier.train.fit` on ``settings.world_size`` processes: the inputs go to ``work_dir``,
+    torchrun trains, and ``model`` gets the best weights. Returns the
+    :class:`~cellops.classifier.train.ClassifierHistory` and the digest of each rank's final weights; raises
+    RuntimeError if the ranks do not hold identical weights. ``epoch_logger`` (``"module:function"``) makes rank 0's
+    per-epoch callback from ``epoch_logger_args``."""
+    from cellops.classifier.train import ClassifierHistory
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for name, array in zip(ARRAYS, (*train, *val)):
+        np.save(work_dir / f"{name}.npy", np.ascontiguousarray(array))
+    torch.save(model, work_dir / "initial.pt")
+    (work_dir / "settings.json").write_text(json.dumps({
+        "training": training, "augmentation": augmentation, "positive": positive,
+        "checkpoint_dir": str(checkpoint_dir), "resume": resume, "backend": settings.backend,
+        "epoch_logger": epoch_logger, "epoch_logger_args": epoch_logger_args or {}}))
+    result = run_ranks("cellops.classifier.distributed_train", work_dir, settings)
+    digests = result["rank_digests"]
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"the {len(digests)} ranks ended with different weights: {digests}")
+    model.load_state_dict(torch.load(work_dir / "model.pt", weights_only=True))
+    return ClassifierHistory(**result["history"]), digests
+
+
+if __name__ == "__main__":
+    _rank_main(Path(sys.argv[1]))
