@@ -24,7 +24,7 @@ from steps.validation import require_valid_dataset
 @pipeline
 def training_pipeline(input: dict, positive_class: str, models: dict, training: dict, augmentation: dict,
                       gallery_size: int, latency_batch_size: int, checkpoint_dir: str, resume: bool,
-                      distributed: dict | None = None) -> None:
+                      distributed: dict) -> None:
     """lineage -> index + split -> validate -> load -> [pretrain on the source task] -> train and evaluate each
     model (same split, same seeded augmentation, one MLflow run each) -> compare -> register, promote the best."""
     specs = parse_models(models)  # a bad model entry fails here, before anything runs

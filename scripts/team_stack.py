@@ -70,9 +70,11 @@ class TeamStack:
 
     root: Path
     ports: Ports = field(default_factory=Ports)
+    #: The checkout whose pipelines run on the stack (their source root).
+    project: Path = field(default_factory=Path.cwd)
 
     def __post_init__(self) -> None:
-        self.root = self.root.resolve()
+        self.root, self.project = self.root.resolve(), self.project.resolve()
 
     def create(self) -> None:
         """The folder: searchable (the database users reach their own folders through it), not listable."""
@@ -359,11 +361,12 @@ def start_mariadb(stack: TeamStack, values: dict[str, str]) -> None:
 
 
 # ---------------------------------------------------------------------- servers
-def start_mlflow(stack: TeamStack, values: dict[str, str]) -> None:
-    """The MLflow tracking server: PostgreSQL backend, artifact proxy to ``<dir>/mlflow-artifacts``, basic auth."""
+def start_mlflow(stack: TeamStack, values: dict[str, str]):
+    """Start the MLflow tracking server (PostgreSQL backend, artifact proxy to ``<dir>/mlflow-artifacts``, basic
+    auth); returns a function that waits until it answers."""
     pid_file, log = stack.root / "mlflow.pid", stack.root / "mlflow.log"
     if _refuse_foreign_listener(stack.ports.mlflow, pid_file, "mlflow"):
-        return
+        return lambda: None
     database = f"postgresql://mlflow:{values['MLFLOW_DB_PASSWORD']}@{HOST}:{stack.ports.postgres}"
     auth_config = stack.root / "mlflow-auth.ini"
     _write_private(auth_config, "[mlflow]\ndefault_permission = READ\n"
@@ -378,15 +381,19 @@ def start_mlflow(stack: TeamStack, values: dict[str, str]) -> None:
                "--port", str(stack.ports.mlflow), "--serve-artifacts", "--artifacts-destination", str(artifacts),
                "--workers", "1"]
     process = _spawn(command, log, pid_file, env)
-    _wait_until(lambda: _http_ok(f"{stack.mlflow_uri}/health"), "the MLflow server", log, 120, process)
-    print(f"MLflow server on {stack.mlflow_uri} (PostgreSQL store, artifacts in {artifacts})")
+
+    def wait() -> None:
+        _wait_until(lambda: _http_ok(f"{stack.mlflow_uri}/health"), "the MLflow server", log, 180, process)
+        print(f"MLflow server on {stack.mlflow_uri} (PostgreSQL store, artifacts in {artifacts})")
+    return wait
 
 
-def start_zenml(stack: TeamStack, values: dict[str, str]) -> None:
-    """The ZenML server on MariaDB: password login for ``admin``, secrets encrypted in the database."""
+def start_zenml(stack: TeamStack, values: dict[str, str]):
+    """Start the ZenML server on MariaDB (password login for ``admin``, secrets encrypted in the database); returns a
+    function that waits until it answers."""
     pid_file, log = stack.root / "zenml.pid", stack.root / "zenml.log"
     if _refuse_foreign_listener(stack.ports.zenml, pid_file, "zenml"):
-        return
+        return lambda: None
     env = {**os.environ, **TELEMETRY_OFF,
            "ZENML_CONFIG_PATH": str(stack.root / "zenml-server"),
            "ZENML_LOCAL_STORES_PATH": str(stack.root / "zenml-server" / "local_stores"),
@@ -408,14 +415,22 @@ def start_zenml(stack: TeamStack, values: dict[str, str]) -> None:
     command = [sys.executable, "-m", "uvicorn", "zenml.zen_server.zen_server_api:app", "--host", HOST,
                "--port", str(stack.ports.zenml), "--no-server-header", "--log-level", "warning"]
     process = _spawn(command, log, pid_file, env)
-    # The first start migrates an empty database to ZenML's schema, which takes a while.
-    _wait_until(lambda: _http_ok(f"{stack.zenml_url}/health"), "the ZenML server", log, 300, process)
-    print(f"ZenML server on {stack.zenml_url} (MariaDB store)")
+
+    def wait() -> None:
+        # The first start migrates an empty database to ZenML's schema, which takes a while.
+        _wait_until(lambda: _http_ok(f"{stack.zenml_url}/health"), "the ZenML server", log, 300, process)
+        print(f"ZenML server on {stack.zenml_url} (MariaDB store)")
+    return wait
 
 
 # ---------------------------------------------------------------------- the ZenML stack
 def _client_env(stack: TeamStack, values: dict[str, str]) -> dict[str, str]:
+    # A ZenML repository of its own: a client sanitises (rewrites) the active stack of the repository it finds
+    # against the store it talks to, so a checkout's .zen would lose its local `cellops` stack. The code is still
+    # found in the checkout, the source root.
     return {"ZENML_CONFIG_PATH": str(stack.root / "zenml-client"),
+            "ZENML_REPOSITORY_PATH": str(stack.root / "zenml-repo"),
+            "ZENML_CUSTOM_SOURCE_ROOT": str(stack.project),
             "ZENML_STORE_URL": stack.zenml_url, "ZENML_STORE_USERNAME": ADMIN,
             "ZENML_STORE_PASSWORD": values["ZENML_ADMIN_PASSWORD"],
             "MLFLOW_TRACKING_URI": stack.mlflow_uri, "MLFLOW_TRACKING_USERNAME": ADMIN,
@@ -446,6 +461,10 @@ def _register_in_client(root: Path, mlflow_uri: str) -> None:
     from zenml.client import Client
     from zenml.enums import StackComponentType
 
+    repository = Path(os.environ["ZENML_REPOSITORY_PATH"])
+    if not (repository / ".zen").is_dir():
+        repository.mkdir(parents=True, exist_ok=True)
+        Client.initialize(root=repository)
     client = Client()
     username, password = os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
     try:
@@ -475,6 +494,7 @@ def _register_in_client(root: Path, mlflow_uri: str) -> None:
         team = client.update_stack(STACK_NAME, component_updates={k: [v[0]] for k, v in components.items()})
     except KeyError:
         team = client.create_stack(name=STACK_NAME, components={k: v[0] for k, v in components.items()})
+    client.activate_stack(team.id)
     print(json.dumps({"stack": str(team.id), "project": str(client.active_project.id)}))
 
 
@@ -485,8 +505,9 @@ def up(stack: TeamStack) -> dict[str, str]:
     values = stack.secrets()
     start_postgres(stack, values)
     start_mariadb(stack, values)
-    start_mlflow(stack, values)
-    start_zenml(stack, values)
+    waits = [start_mlflow(stack, values), start_zenml(stack, values)]  # both servers start (and migrate) at once
+    for wait in waits:
+        wait()
     register_stack(stack, values)
     return stack.client_env()
 

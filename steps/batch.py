@@ -44,11 +44,11 @@ def input_lineage(input_dir: str | Path) -> dict[str, str]:
 
 
 @step
-def predict_folder(model_record: dict, input_dir: str, output_dir: str, patterns: list[str] | None = None,
-                   slab: int = 8, cams: bool = False) -> Annotated[pd.DataFrame, "batch_results"]:
+def predict_folder(model_record: dict, input_dir: str, output_dir: str, patterns: list[str] | None, slab: int,
+                   cams: bool) -> Annotated[pd.DataFrame, "batch_results"]:
     """Predict every input of ``input_dir`` with the model into ``output_dir``: label TIFFs and tables per input,
     ``results.csv`` for the batch. Inputs already predicted by the same version from the same content are skipped
-    (``batch_manifest.json``), so an interrupted run resumes. Logs the model's and the inputs' lineage, the counts
+    (``batch_manifest.json``), so an interrupted run resumes. ``patterns`` None: images, TIFF stacks and zarr arrays. Logs the model's and the inputs' lineage, the counts
     and the results table to MLflow. Fails when no input could be predicted."""
     inputs = list_inputs(input_dir, patterns or DEFAULT_PATTERNS)
     model_key = f"{model_record['registered_model']}/{model_record['model_version']}"

@@ -167,7 +167,7 @@ def train_and_evaluate_classifier(
     latency_batch_size: int,
     checkpoint_dir: str,
     resume: bool,
-    distributed: dict | None = None,
+    distributed: dict,
 ) -> tuple[Annotated[nn.Module, "classifier"], Annotated[dict, "evaluation"]]:
     """Train one configured model on the shared split with the shared seeded augmentation, evaluate it on the
     test split, and log curves, scores, costs and a CAM gallery to its own MLflow run.
@@ -207,7 +207,7 @@ def train_and_evaluate_classifier(
                                                   "input": input, "augmentation": augmentation,
                                                   "data_version": lineage["data_version"],
                                                   "dataset_index": dataset_index})
-    parallel = DistributedSettings.from_dict(distributed or {})
+    parallel = DistributedSettings.from_dict(distributed)
     with closed_on_interrupt(), system_metrics():
         if parallel.enabled:
             mlflow.set_tags({"distributed.world_size": parallel.world_size, "distributed.backend": parallel.backend})

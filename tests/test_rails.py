@@ -80,18 +80,13 @@ def test_an_override_of_a_key_the_base_lacks_is_refused(tmp_path):
 
 
 def _steps():
-    import steps.classical
-    import steps.classifier
-    import steps.deployment
-    import steps.em_data
-    import steps.lineage
-    import steps.maskrcnn
-    import steps.registry
-    import steps.unet
-    import steps.validation
+    import importlib
+    import pkgutil
 
-    modules = [steps.classical, steps.classifier, steps.deployment, steps.em_data, steps.lineage, steps.maskrcnn,
-               steps.registry, steps.unet, steps.validation]
+    import steps
+
+    # Every module of steps/, so that a new one cannot escape the rules.
+    modules = [importlib.import_module(f"steps.{info.name}") for info in pkgutil.iter_modules(steps.__path__)]
     return {name: obj for module in modules for name, obj in vars(module).items() if hasattr(obj, "entrypoint")}
 
 

@@ -52,11 +52,14 @@ def team(project):
     command = [sys.executable, "scripts/team_stack.py", "--dir", str(folder)]
     for name, port in ports.items():
         command += [f"--{name}-port", str(port)]
+    local_repo = (root / ".zen" / "config.yaml").read_text()
     try:
         run_command([*command[:2], "up", *command[2:]], root, env, timeout=600)
         client_env = {**env, **_env_file(folder / "client.env")}
         run = run_command(["zenml", "pipeline", "run", "pipelines.unet.training_pipeline", "-c",
                            "tests/configs/unet_tiny.yaml"], root, client_env)
+        # The checkout's own ZenML repository still has its local stack active (the team client has its own).
+        assert (root / ".zen" / "config.yaml").read_text() == local_repo
         yield folder, ports, client_env, run
     finally:
         run_command([*command[:2], "down", *command[2:]], root, env, check=False)

@@ -110,7 +110,7 @@ def classify_image_to_files(model: nn.Module, path: Path, out_dir: str | Path, s
     """Label and class probabilities of one image file (a batch predictor: :func:`cellops.batch.run_batch`); with
     ``cams`` also its CAM overlay ``<stem>_cam.png`` under ``out_dir``. An unreadable image raises a ValueError
     naming the file and why."""
-    from cellops.plots import save_png
+    from PIL import Image
 
     rows, failures, maps, inputs = classify_files(model, [path], settings, with_cams=cams)
     if failures:
@@ -118,6 +118,6 @@ def classify_image_to_files(model: nn.Module, path: Path, out_dir: str | Path, s
     result = {key: value for key, value in rows[0].items() if key != "file"}
     outputs = []
     if cams and maps is not None:
-        save_png(cam_overlay(inputs[0], maps[0]), Path(out_dir) / f"{stem}_cam.png")
+        Image.fromarray(cam_overlay(inputs[0], maps[0])).save(Path(out_dir) / f"{stem}_cam.png")
         outputs.append(f"{stem}_cam.png")
     return {"outputs": outputs, **result}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -17,11 +16,13 @@ from helpers import free_port
 from models.classifier import build_classifier
 from test_classifier_core import AUG, _toy_set
 
-TRAINING = {"epochs": 4, "batch_size": 16, "learning_rate": 0.01, "weight_decay": 0.0, "label_smoothing": 0.0,
+TRAINING = {"epochs": 4, "batch_size": 32, "learning_rate": 0.003, "weight_decay": 0.0, "label_smoothing": 0.0,
             "warmup_fraction": 0.2, "seed": 0, "device": "cpu", "threads": 1}
 #: Both runs train on the same augmented images per step (every rank augments the global batch, then takes its
 #: share), so they differ by batch-norm statistics (each rank's half batch on CPUs; SyncBatchNorm needs GPUs) and
-#: the order of floating-point sums: per-epoch training loss within 5 %, validation accuracy within 0.1.
+#: the order of floating-point sums: per-epoch training and validation loss within 5 % (1.2 % seen), validation
+#: accuracy within 0.1. (With batches of 16 and a 3x higher learning rate the small network's trajectories part:
+#: up to 19 % apart by the fourth epoch.)
 LOSS_TOLERANCE = 0.05
 ACCURACY_TOLERANCE = 0.1
 
@@ -31,7 +32,7 @@ def _net():
 
 
 def test_two_gloo_processes_hold_identical_weights_and_match_one_process(tmp_path):
-    train, val = _toy_set(96, 0), _toy_set(32, 1)
+    train, val = _toy_set(128, 0), _toy_set(32, 1)
     config = ClassifierTraining.from_dict({**TRAINING, "threads": 0})
     reference = fit(_net(), train, val, config, build_augmentation(AUG), positive=1)
     model = _net()
@@ -48,15 +49,7 @@ def test_two_gloo_processes_hold_identical_weights_and_match_one_process(tmp_pat
     assert len(digests) == 2 and digests[0] == digests[1] == weights_digest(model)  # the ranks agree bit for bit
     assert len(history.train_loss) == len(reference.train_loss) == 4
     assert history.train_loss == pytest.approx(reference.train_loss, rel=LOSS_TOLERANCE)
+    assert history.val_loss == pytest.approx(reference.val_loss, rel=LOSS_TOLERANCE)
     assert history.val_accuracy == pytest.approx(reference.val_accuracy, abs=ACCURACY_TOLERANCE)
     assert history.train_loss[-1] < history.train_loss[0]  # it learns
     assert (tmp_path / "ddp" / "last.pt").is_file()  # rank 0 checkpointed
-
-
-def test_a_global_batch_the_ranks_cannot_share_is_refused(tmp_path):
-    train, val = _toy_set(32, 0), _toy_set(8, 1)
-    with pytest.raises(RuntimeError, match="batch_size 15 is not divisible by the 2 training processes"):
-        fit_distributed(_net(), train, val, training={**TRAINING, "batch_size": 15}, augmentation=dataclasses.asdict(AUG),
-                        positive=1, checkpoint_dir=tmp_path / "c", resume=False, work_dir=tmp_path / "w",
-                        settings=DistributedSettings(nproc_per_node=2, master_port=free_port(), backend="gloo"))
-    assert np.load(tmp_path / "w" / "train_images.npy").shape == train[0].shape
