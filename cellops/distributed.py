@@ -157,3 +157,24 @@ def run_ranks(module: str, folder: Path, settings: DistributedSettings, env: dic
     if result.returncode != 0:
         raise RuntimeError(f"distributed training failed ({' '.join(command)}):\n{(result.stdout + result.stderr)[-4000:]}")
     return json.loads((folder / "result.json").read_text())
+
+
+def write_rank_result(model: torch.nn.Module, history: dict, folder: Path) -> None:
+    """End of a rank's training: every rank's weight digest is gathered, and rank 0 writes ``model.pt`` and
+    ``result.json`` (the history and the digests) to ``folder`` for the launcher (:func:`read_rank_result`)."""
+    digests: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, weights_digest(model))
+    if is_main_process():
+        torch.save(model.state_dict(), folder / "model.pt")
+        (folder / "result.json").write_text(json.dumps({"history": history, "rank_digests": digests,
+                                                        "world_size": dist.get_world_size()}))
+
+
+def read_rank_result(model: torch.nn.Module, folder: Path, result: dict) -> tuple[dict, list[str]]:
+    """Load rank 0's final weights from ``folder`` into ``model``; returns the history and the ranks' digests.
+    Raises RuntimeError if the ranks do not hold identical weights."""
+    digests = result["rank_digests"]
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"the {len(digests)} ranks ended with different weights: {digests}")
+    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    return result["history"], digests

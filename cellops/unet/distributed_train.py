@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from cellops.distributed import (DistributedSettings, epoch_logger_from, init_from_environment, is_main_process,
-                                 run_ranks, weights_digest)
+                                 read_rank_result, run_ranks, write_rank_result)
 
 
 def _rank_main(folder: Path) -> None:
@@ -37,12 +37,7 @@ def _rank_main(folder: Path) -> None:
         val = (np.load(folder / "val_image.npy"), np.load(folder / "val_mask.npy"))
         history = fit(model, patches, val, config, InferenceSettings.from_dict(settings["inference"]),
                       Path(settings["checkpoint_dir"]), on_epoch_end=epoch_logger_from(settings) if is_main_process() else None, resume=settings["resume"])
-        digests: list[str | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(digests, weights_digest(model))
-        if is_main_process():
-            torch.save(model.state_dict(), folder / "model.pt")
-            (folder / "result.json").write_text(json.dumps({"history": asdict(history), "rank_digests": digests,
-                                                            "world_size": dist.get_world_size()}))
+        write_rank_result(model, asdict(history), folder)
     finally:
         dist.destroy_process_group()
 
@@ -69,11 +64,8 @@ def fit_distributed(model: torch.nn.Module, patches: tuple[np.ndarray, np.ndarra
         "checkpoint_dir": str(checkpoint_dir), "resume": resume, "backend": settings.backend,
         "epoch_logger": epoch_logger, "epoch_logger_args": epoch_logger_args or {}}))
     result = run_ranks("cellops.unet.distributed_train", work_dir, settings)
-    digests = result["rank_digests"]
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"the {len(digests)} ranks ended with different weights: {digests}")
-    model.load_state_dict(torch.load(work_dir / "model.pt", weights_only=True))
-    return TrainingHistory(**result["history"]), digests
+    history, digests = read_rank_result(model, work_dir, result)
+    return TrainingHistory(**history), digests
 
 
 if __name__ == "__main__":
