@@ -9,6 +9,8 @@ HOST ?= 127.0.0.1
 UI_PORT ?= 5000
 DASHBOARD_PORT ?= 8237
 SERVE_PORT ?= 3000
+# pytest-xdist workers for `make test` (each module runs whole on one worker: tests/conftest.py).
+TEST_WORKERS ?= 2
 # The team stack's folder (databases, logs, secrets); as root it must be reachable by the postgres and mysql users.
 TEAM_DIR ?= .team
 MLFLOW_URI := sqlite:///$(CURDIR)/mlruns/mlflow.db
@@ -30,7 +32,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help setup configs data data-accept train deploy train-classifier deploy-classifier train-maskrcnn \
 	train-maskrcnn-nuclei deploy-maskrcnn analyses reports demo deploy-all serve serve-unet serve-classifier serve-maskrcnn ui dashboard \
-	dashboard-stop batch-inference team-deps team-stack team-stack-down team-status browser test bench lock clean
+	dashboard-stop batch-inference team-deps team-stack team-stack-down team-status browser test bench bench-table lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -152,14 +154,21 @@ browser:  ## Debian's chromium and chromium-driver for the browser tests (apt-ge
 	else echo "no /usr/bin/chromium and no root for apt-get: the browser tests will be skipped"; fi
 
 test: setup browser team-deps  ## set up as for the demo (and Debian's chromium, postgresql, mariadb-server for the browser and team-stack tests), then run the test suite
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
-bench: $(VENV)/.installed  ## benchmarks: U-Net inference, colony analysis, classical robustness sweep, classifier vs DenseNet121, Mask R-CNN backbones (after the demo)
+bench: $(VENV)/.installed  ## every benchmark against its peers (after the demo), then one table of the results (outputs/benchmarks/*.json)
 	$(BIN)/python benchmarks/unet_inference.py
+	$(BIN)/python benchmarks/unet_runtimes.py
+	$(BIN)/python benchmarks/classifier.py
+	$(BIN)/python benchmarks/classifier_runtimes.py
+	$(BIN)/python benchmarks/maskrcnn.py
+	$(BIN)/python benchmarks/maskrcnn_runtimes.py
 	$(BIN)/python benchmarks/colonies.py
 	$(BIN)/python benchmarks/robustness.py
-	$(BIN)/python benchmarks/classifier.py
-	$(BIN)/python benchmarks/maskrcnn.py
+	$(BIN)/python benchmarks/table.py
+
+bench-table:  ## print the table of the benchmark results already in outputs/benchmarks
+	$(BIN)/python benchmarks/table.py
 
 lock: $(BIN)/python  ## regenerate requirements.lock from the current .venv
 	{ head -3 requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -v '^cellops'; } > requirements.lock.new

@@ -7,13 +7,15 @@ centroid, perimeter, upright box, minimum-area rotated box, convex hull and soli
 circularity, equivalent diameter). The colony counts of both are printed side by side, so a speed-up bought
 by doing less shows.
 
-    python benchmarks/colonies.py [--images 4] [--size 2048] [--repeats 2]
+    python benchmarks/colonies.py [--images 4] [--size 2048] [--repeats 2] [--smoke] [--out PATH]
+
+The figures and the summary row (OpenCV against scikit-image, images/s) go to outputs/benchmarks/colonies.json (or
+--out). ``--smoke``: one 256x256 image, one repeat: checks that the script runs (a few seconds).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 from skimage import feature, filters, measure, morphology
 
+from benchlib import row, write_result
 from cellops.classical.colonies import FIXED_10X, ColonyParams, measure_colonies
 from cellops.synthetic.colonies import generate_colony_image
 
@@ -77,11 +80,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/colonies.json"))
+    parser.add_argument("--out", type=Path, default=None, help="the JSON (default outputs/benchmarks/colonies.json)")
+    parser.add_argument("--smoke", action="store_true", help="one small image, one repeat: checks that the script runs")
     args = parser.parse_args()
-    # A larger field of view at the same magnification as the default data: same colony sizes, more of them.
+    if args.smoke:
+        args.images, args.size, args.repeats = 1, 256, 1
+    # A larger field of view at the same magnification as the default data: same colony sizes, more of them (at
+    # least one or two, so a smoke-sized image still has colonies to measure).
     area = (args.size / 512) ** 2
-    images = [generate_colony_image((args.size, args.size), seed=i, n_colonies=(int(3 * area), int(7 * area)),
+    images = [generate_colony_image((args.size, args.size), seed=i,
+                                    n_colonies=(max(1, int(3 * area)), max(2, int(7 * area))),
                                     n_single_cells=int(25 * area), n_debris=int(60 * area)).image
               for i in range(args.images)]
     # Fixed numbers, so both sides run the same steps (the defaults measure sizes and split/refine on top).
@@ -107,12 +115,15 @@ def main() -> None:
         "speedup": timings["skimage"] / timings["cellops"],
         "colonies_cellops": counts["cellops"], "colonies_skimage": counts["skimage"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    summary = [row("colony analysis, FIXED_10X settings", "cellops (OpenCV)", result["cellops_images_per_s"],
+                   "scikit-image", result["skimage_images_per_s"], "images/s",
+                   note=f"{args.images} images of {args.size} px; colonies {sum(counts['cellops'])} vs "
+                        f"{sum(counts['skimage'])}")]
+    out = write_result("colonies", result, summary, args.out, smoke=args.smoke)
     print(f"{args.images} images of {args.size}x{args.size}")
     print(f"  cellops (OpenCV): {result['cellops_images_per_s']:.2f} images/s, colonies {counts['cellops']}")
     print(f"  scikit-image:     {result['skimage_images_per_s']:.2f} images/s, colonies {counts['skimage']}")
-    print(f"  speedup: {result['speedup']:.1f}x; written to {args.out}")
+    print(f"  speedup: {result['speedup']:.1f}x; written to {out}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 memory, with BentoML's adaptive batching as deployed ("batched") and switched off ("unbatched").
 
     python benchmarks/serve_load.py [--services unet classifier maskrcnn] [--modes batched unbatched]
-                                    [--duration 60] [--clients 16] [--warmup 10] [--out PATH.json]
+                                    [--duration 60] [--clients 16] [--warmup 10] [--out PATH.json] [--smoke]
 
 For each service and mode, ``bentoml serve <bento>:latest`` runs in its own process group on a free local port;
 once ``/readyz`` answers 200, ``--clients`` concurrent clients (asyncio, one ``httpx.AsyncClient`` each) post the
@@ -33,7 +33,15 @@ failed, the run says so and the comparison is void.
 Targets (printed as PASS/MISS lines): no errors; memory growth under 10 %; for the classifier and the U-Net (256x256
 inputs), batched throughput at least twice the unbatched one with a mean batch above 1, and a batched p99 under 1 s.
 The clients run on the same CPUs as the server and take their share of them. Results go to
-outputs/benchmarks/serve_load.json, each server's log beside it (outputs/benchmarks/serve_load/<service>-<mode>.log).
+outputs/benchmarks/serve_load.json (or --out), each server's log beside it (outputs/benchmarks/serve_load/<service>-
+<mode>.log), with one summary row per service: batched against unbatched throughput (target 2x for the classifier
+and the U-Net; no peer figure where the unbatched mode was not run).
+
+``--smoke``: no bento and no trained model: the classical service (``bento.classical.service:ClassicalAnalyses``,
+which needs neither) is served from the source tree and loaded by 2 clients posting a generated 256x256 colony
+image to ``/colonies``, 0.5 s of warm-up and 1.5 s measured, batched mode only (it has no batchable API, so the
+unbatched mode is skipped as for any such service). It checks that serving, loading, reading the metrics, the
+targets and the report run end to end, in about ten seconds; its figures are not worth reporting.
 """
 
 from __future__ import annotations
@@ -42,7 +50,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import json
 import os
 import platform
 import signal
@@ -58,6 +65,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from benchlib import OUT_DIR, ROOT, row, write_result
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -89,13 +97,25 @@ SERVICES = {
     "classifier": ServiceCase("cellops-classifier:latest", "/classify", "image"),
     "maskrcnn": ServiceCase("cellops-maskrcnn:latest", "/segment", "image"),
 }
+#: --smoke: the service that needs no bento and no model, served from the source tree (ROOT on PYTHONPATH).
+SMOKE_SERVICES = {"classical": ServiceCase("bento.classical.service:ClassicalAnalyses", "/colonies", "image")}
 
 
-def sample_png(side: int = 256, seed: int = 0) -> bytes:
-    """A ``side`` x ``side`` grey uint8 PNG of seeded random pixels (all three services' data are grey)."""
+def sample_png(side: int = 256, seed: int = 0, pixels: np.ndarray | None = None) -> bytes:
+    """A ``side`` x ``side`` grey uint8 PNG of seeded random pixels (all three services' data are grey), or of
+    ``pixels`` where given."""
+    if pixels is None:
+        pixels = np.random.default_rng(seed).integers(0, 256, (side, side), dtype=np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side), dtype=np.uint8)).save(buffer, "PNG")
+    Image.fromarray(pixels).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def smoke_png() -> bytes:
+    """--smoke: a generated 256x256 colony image, which the classical service's /colonies can analyse."""
+    from cellops.synthetic.colonies import generate_colony_image
+
+    return sample_png(pixels=generate_colony_image((256, 256), seed=0, n_colonies=(1, 2)).image)
 
 
 # --- the server -------------------------------------------------------------------------------------------------
@@ -294,14 +314,24 @@ async def drive(url: str, files: dict[str, tuple[str, bytes, str]], clients: int
     return Phase(latencies, errors, time.perf_counter() - started)
 
 
-def measure(name: str, case: ServiceCase, mode: str, args: argparse.Namespace, log: Path) -> dict:
-    """Serve ``case`` in ``mode``, load it (warm-up, then measured phase) and return the figures."""
-    files = {case.form_field: ("image.png", sample_png(), "image/png")}
+def measure(name: str, case: ServiceCase, mode: str, args: argparse.Namespace, log: Path,
+            source_tree: bool = False) -> dict:
+    """Serve ``case`` in ``mode``, load it (warm-up, then measured phase) and return the figures. ``source_tree``
+    (--smoke): ``case.bento`` is a service of this checkout (``module:Class``), served with ROOT on PYTHONPATH."""
+    files = {case.form_field: ("image.png", smoke_png() if source_tree else sample_png(), "image/png")}
     this_process = psutil.Process()
     with tempfile.TemporaryDirectory() as scratch:
-        extra_env = own_bentoml_home(Path(scratch, "bentoml_home"))
+        home = Path(scratch, "bentoml_home")
+        if source_tree:  # a service of this checkout: no bento or model store to share, an empty home of its own
+            home.mkdir()
+            extra_env = {"BENTOML_HOME": str(home)}
+        else:
+            extra_env = own_bentoml_home(home)
         if mode == "unbatched":
             extra_env.update(unbatched_hook(Path(scratch, "hook")))
+        if source_tree:
+            extra_env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [extra_env.get("PYTHONPATH", os.environ.get("PYTHONPATH")), str(ROOT)]))
         with ServedBento(case.bento, log, extra_env) as server:
             url = f"{server.base_url}{case.route}"
             rss_ready, _ = server.usage()
@@ -396,6 +426,33 @@ def print_run(result: dict) -> None:
           f"other processes {share['other']:.0%}", flush=True)
 
 
+def summary_rows(results: list[dict]) -> list[dict]:
+    """One row per service: batched against unbatched throughput (no peer figure where unbatched was not run or
+    still batched), the batching target for the services it applies to."""
+    rows = []
+    by_run = {(r["service"], r["mode"]): r for r in results}
+    for service in dict.fromkeys(r["service"] for r in results):
+        batched, unbatched = by_run.get((service, "batched")), by_run.get((service, "unbatched"))
+        if batched is None:  # unbatched alone: nothing to compare it with, its figure is the row's
+            rows.append(row(f"{service}: serving throughput", "unbatched", unbatched["throughput_rps"], "batched",
+                            None, "req/s", note="batched mode not run"))
+            continue
+        if batched["mean_batch_size"] is None:
+            note, peer = "no batchable API: unbatched mode not run", None
+        elif unbatched is None:
+            note, peer = f"unbatched mode not run; mean batch {batched['mean_batch_size']}", None
+        elif unbatched["mean_batch_size"] is not None:
+            note, peer = "the unbatched run still batched: not comparable", None
+        else:
+            note, peer = f"mean batch {batched['mean_batch_size']}", unbatched["throughput_rps"]
+        note += (f"; batched p99 {batched['latency_p99_s']} s, {batched['errors']} errors, "
+                 f"{batched['clients']} clients")
+        rows.append(row(f"{service}: serving throughput", "batched", batched["throughput_rps"], "unbatched", peer,
+                        "req/s", target=MIN_BATCHING_SPEEDUP if service in LATENCY_TARGET_SERVICES else None,
+                        note=note))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--services", nargs="+", choices=list(SERVICES), default=list(SERVICES))
@@ -403,8 +460,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of measured load per service and mode")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds of unmeasured load before it")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/serve_load.json"))
+    parser.add_argument("--out", type=Path, default=None, help="the JSON (default outputs/benchmarks/serve_load.json)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the classical service from the source tree, 2 clients, 0.5 s + 1.5 s: checks that "
+                             "the script runs")
     args = parser.parse_args()
+    services = SERVICES
+    if args.smoke:
+        services, args.services, args.modes = SMOKE_SERVICES, list(SMOKE_SERVICES), list(MODES)
+        args.clients, args.warmup, args.duration = 2, 0.5, 1.5
+    out = args.out if args.out is not None else OUT_DIR / "serve_load.json"
 
     results = []
     for name in args.services:
@@ -413,10 +478,10 @@ def main() -> None:
             if mode == "unbatched" and batched is not None and batched["mean_batch_size"] is None:
                 print(f"{name}: no batchable API, unbatched mode skipped (it would serve the same)")
                 continue
-            log = args.out.with_suffix("") / f"{name}-{mode}.log"
-            print(f"{name} {mode}: serving {SERVICES[name].bento}, {args.clients} clients, "
+            log = out.with_suffix("") / f"{name}-{mode}.log"
+            print(f"{name} {mode}: serving {services[name].bento}, {args.clients} clients, "
                   f"{args.warmup:g} s warm-up + {args.duration:g} s ...", flush=True)
-            result = measure(name, SERVICES[name], mode, args, log)
+            result = measure(name, services[name], mode, args, log, source_tree=args.smoke)
             results.append(result)
             print_run(result)
 
@@ -424,12 +489,11 @@ def main() -> None:
     report = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "clients": args.clients, "duration_s": args.duration, "warmup_s": args.warmup, "runs": results,
               "targets": [{"met": met, "target": text} for met, text in checks]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_result("serve_load", report, summary_rows(results), out, smoke=args.smoke)
     print("targets:")
     for met, text in checks:
         print(f"  {'PASS' if met else 'MISS'}  {text}")
-    print(f"written to {args.out}")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,17 @@ blending weights and their normaliser computed once. Naive peer: the same model,
 Gaussian blending, one tile per forward pass, the weight map rebuilt and the normaliser accumulated per tile
 (the straightforward implementation). Both outputs are checked equal before any figure is reported.
 
-    python benchmarks/unet_inference.py [--slices 8] [--config configs/unet.yaml] [--repeats 2]
+    python benchmarks/unet_inference.py [--slices 8] [--config configs/unet.yaml] [--repeats 3] [--smoke] [--out PATH]
 
-The default volume is 8 slices of 768x1024 (8/165 of a Lucchi volume; --slices 165 for all of it).
+The default volume is 8 slices of 768x1024 (8/165 of a Lucchi volume; --slices 165 for all of it). The figures and
+the summary row (cellops against naive, voxels/s) go to outputs/benchmarks/unet_inference.json (or --out).
+``--smoke``: one 64x96 slice, tiles of 32, a tiny U-Net (4 base channels, depth 2), one repeat, one thread: checks
+that the script runs (a few seconds), measures nothing worth reporting.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from benchlib import row, write_result
 
 from cellops.inference import gaussian_weight_map, prepare_for_inference, sliding_window_predict, tile_starts
 from cellops.unet.predict import InferenceSettings
@@ -69,11 +72,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tile-size", type=int, help="override the config's inference tile size")
     parser.add_argument("--batch-size", type=int, help="override the config's inference batch size")
-    parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/unet_inference.json"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the JSON (default outputs/benchmarks/unet_inference.json)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny volume and network: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:  # one thread: a smoke run is a check, often beside other work on the same cores
+        args.slices, args.height, args.width, args.repeats, args.tile_size = 1, 64, 96, 1, 32
+        torch.set_num_threads(1)
 
     config = yaml.safe_load(args.config.read_text())
     architecture = config["parameters"]["architecture"]
+    if args.smoke:
+        architecture = {**architecture, "base_channels": 4, "depth": 2}
     # The settings evaluation and serving use (the config's one `inference` block, stored with each model).
     settings = InferenceSettings.from_dict(config["parameters"]["inference"])
     tile = args.tile_size or settings.tile_size
@@ -113,13 +123,15 @@ def main() -> None:
         "speedup": round(t_naive / t_fast, 2),
         "max_abs_difference": max_diff,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    summary = [row("sliding-window U-Net inference", "cellops", result["cellops_voxels_per_s"], "naive",
+                   result["naive_voxels_per_s"], "voxels/s",
+                   note=f"{args.slices}x{args.height}x{args.width}, tile {tile}, {torch.get_num_threads()} threads")]
+    out = write_result("unet_inference", result, summary, args.out, smoke=args.smoke)
     print(f"volume {volume.shape} ({result['fraction_of_lucchi_volume']:.1%} of a Lucchi volume), tile {tile}, "
           f"overlap {overlap}, {torch.get_num_threads()} threads")
     print(f"  cellops: {result['cellops_voxels_per_s']:>12,} voxels/s  ({t_fast:.2f} s, batch {batch})")
     print(f"  naive:   {result['naive_voxels_per_s']:>12,} voxels/s  ({t_naive:.2f} s, batch 1)")
-    print(f"  speedup: {result['speedup']}x   (max |difference| {max_diff:.1e}); written to {args.out}")
+    print(f"  speedup: {result['speedup']}x   (max |difference| {max_diff:.1e}); written to {out}")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ from torch.nn import functional as F
 
 @torch.inference_mode()
 def class_activation_maps(model: nn.Module, images: torch.Tensor, classes: torch.Tensor | None = None, *,
-                          normalise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                          normalise: bool = True, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """CAMs of ``images`` (N, C, H, W) for ``classes`` (N,), by default each image's predicted class.
 
     ``model`` needs ``feature_maps(x)`` (the features before pooling) and a ``classifier`` linear layer, as
-    :class:`models.classifier.EfficientCellNet` has. Returns the maps upsampled to (N, H, W) — scaled to [0, 1] per
+    :class:`models.classifier.EfficientCellNet` has. Returns the maps resized to (N, H, W) (or to ``size``) — scaled to [0, 1] per
     image when ``normalise`` (significant regions near 1, trivial ones near 0) — and the logits (N, classes).
 
     Examples
@@ -34,7 +34,7 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor, classes: torch
     logits = model.classifier(features.mean(dim=(2, 3)))
     chosen = logits.argmax(dim=1) if classes is None else classes.to(logits.device)
     maps = torch.einsum("nk,nkhw->nhw", weights[chosen], features)
-    maps = F.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    maps = F.interpolate(maps[:, None], size=size or images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     if normalise:
         low = maps.amin(dim=(1, 2), keepdim=True)
         high = maps.amax(dim=(1, 2), keepdim=True)

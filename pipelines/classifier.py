@@ -18,6 +18,7 @@ from steps.classifier import (
 )
 from steps.deployment import build_bento, import_champion
 from steps.lineage import record_lineage
+from steps.runtimes import optimise_classifier_runtime
 from steps.validation import require_valid_dataset
 
 
@@ -26,7 +27,8 @@ def training_pipeline(input: dict, positive_class: str, models: dict, training: 
                       gallery_size: int, latency_batch_size: int, checkpoint_dir: str, resume: bool,
                       distributed: dict) -> None:
     """lineage -> index + split -> validate -> load -> [pretrain on the source task] -> train and evaluate each
-    model (same split, same seeded augmentation, one MLflow run each) -> compare -> register, promote the best."""
+    model (same split, same seeded augmentation, one MLflow run each) -> compare -> register, promote the best ->
+    export the best to the faster CPU runtimes."""
     specs = parse_models(models)  # a bad model entry fails here, before anything runs
     lineage = record_lineage()
     dataset_index = index_class_folders(lineage)
@@ -46,7 +48,8 @@ def training_pipeline(input: dict, positive_class: str, models: dict, training: 
             id=f"train_{name}")
         evaluations.append(evaluation)
     compare_classifiers(evaluations)
-    register_classifiers(evaluations, dataset_index, lineage)
+    registration = register_classifiers(evaluations, dataset_index, lineage)
+    optimise_classifier_runtime(registration, images, labels, dataset_index)
 
 
 @pipeline

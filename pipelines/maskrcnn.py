@@ -12,6 +12,7 @@ from steps.deployment import build_bento, import_champion
 from steps.lineage import record_lineage
 from steps.maskrcnn import (compare_maskrcnn, load_instance_annotations, pretrain_on_source, register_maskrcnn,
                             train_and_evaluate_maskrcnn, validate_instance_annotations)
+from steps.runtimes import optimise_maskrcnn_runtime
 from steps.validation import require_valid_dataset
 
 
@@ -20,7 +21,7 @@ def training_pipeline(models: dict, model: dict, training: dict, augmentation: d
                       max_detections: int, overlays: int, checkpoint_dir: str) -> None:
     """lineage -> annotations (any format, as COCO) + image split -> validate -> [pretrain on the source dataset]
     -> train and evaluate each model (same split, same seeded augmentation, one MLflow run each) -> compare ->
-    register, promote the best."""
+    register, promote the best -> export its backbone to the faster CPU runtimes."""
     specs = parse_models(models, model)  # a bad model entry fails here, before anything runs
     lineage = record_lineage()
     annotations, dataset_index = load_instance_annotations(lineage)
@@ -38,7 +39,8 @@ def training_pipeline(models: dict, model: dict, training: dict, augmentation: d
                                                     after=[valid])
         evaluations.append(evaluation)
     compare_maskrcnn(evaluations)
-    register_maskrcnn(evaluations, annotations, dataset_index, lineage)
+    registration = register_maskrcnn(evaluations, annotations, dataset_index, lineage)
+    optimise_maskrcnn_runtime(registration, annotations, dataset_index)
 
 
 @pipeline

@@ -10,13 +10,15 @@ from steps.deployment import build_bento, import_champion
 from steps.em_data import load_em_dataset, sample_augmented_patches, split_em_volume
 from steps.lineage import record_lineage
 from steps.registry import register_and_promote
+from steps.runtimes import optimise_unet_runtime
 from steps.unet import evaluate_unet, train_unet
 from steps.validation import require_valid_dataset, validate_segmentation_data
 
 
 @pipeline
 def training_pipeline(inference: dict, architecture: dict) -> None:
-    """lineage -> load -> validate -> split -> augment -> train -> evaluate -> register (promote if better).
+    """lineage -> load -> validate -> split -> augment -> train -> evaluate -> register (promote if better) ->
+    export to the faster CPU runtimes and keep the fastest that holds its IoU.
 
     ``inference`` (tile, overlap, batch, threshold) is set once for the run: validation during training,
     evaluation and the registered model (hence the service) all use it.
@@ -30,7 +32,8 @@ def training_pipeline(inference: dict, architecture: dict) -> None:
     model = train_unet(patch_images, patch_masks, val_image, val_mask, lineage, architecture=architecture,
                        inference=inference)
     test_metrics, _ = evaluate_unet(model, test_image, test_mask, inference=inference)
-    register_and_promote(model, test_metrics, lineage, test_image, test_mask, inference=inference)
+    registration = register_and_promote(model, test_metrics, lineage, test_image, test_mask, inference=inference)
+    optimise_unet_runtime(model, registration, fit_image, test_image, test_mask, inference=inference)
 
 
 @pipeline

@@ -37,15 +37,40 @@ def import_champion(
         raise ValueError(f"{registered_model_name} v{record['model_version']} was registered without inference "
                          "settings; retrain it with the current pipeline before deploying")
     metadata = {**record, "alias": alias, "service_limits": service_limits}
-    bento_model = bentoml.mlflow.import_model(
-        bento_model_name,
-        f"models:/{registered_model_name}/{record['model_version']}",  # the version the record describes
-        labels={"registered_model": registered_model_name, "model_version": record["model_version"]},
-        metadata=metadata,
-    )
-    log_metadata(metadata={"bento_model": str(bento_model.tag), "model_version": record["model_version"]})
-    logger.info("imported %s v%s as %s", registered_model_name, record["model_version"], bento_model.tag)
+    bento_model = import_with_runtime(bento_model_name, registered_model_name, record, metadata)
+    log_metadata(metadata={"bento_model": str(bento_model.tag), "model_version": record["model_version"],
+                           "runtime": record[tags.RUNTIME]})
+    logger.info("imported %s v%s as %s, served with %s", registered_model_name, record["model_version"],
+                bento_model.tag, record[tags.RUNTIME])
     return str(bento_model.tag)
+
+
+def import_with_runtime(bento_model_name: str, registered_model_name: str, record: dict,
+                        metadata: dict) -> bentoml.Model:
+    """A BentoML model laid out as ``bentoml.mlflow.import_model`` lays it out (the MLflow model in
+    ``mlflow_model/``), plus the exported graphs of the version's chosen runtime in ``runtimes/`` (from the
+    ``runtimes/`` artifacts of the version's run) when that runtime is not torch."""
+    import shutil
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    version = record["model_version"]
+    with bentoml.models.create(bento_model_name, module="bentoml.mlflow",
+                               labels={"registered_model": registered_model_name, "model_version": version,
+                                       "runtime": record[tags.RUNTIME]},
+                               metadata=metadata) as bento_model, tempfile.TemporaryDirectory() as tmp:
+        # The version the record describes, by number.
+        local = download_artifacts(artifact_uri=f"models:/{registered_model_name}/{version}", dst_path=tmp)
+        shutil.copytree(local, bento_model.path_of("mlflow_model"))
+        if not (Path(bento_model.path_of("mlflow_model")) / "MLmodel").is_file():
+            raise RuntimeError(f"{registered_model_name} v{version} has no MLmodel: not an MLflow model")
+        if record[tags.RUNTIME] != "torch":
+            run_id = MlflowClient().get_model_version(registered_model_name, version).run_id
+            graphs = download_artifacts(run_id=run_id, artifact_path=tags.RUNTIME_ARTIFACTS,
+                                        dst_path=str(Path(tmp) / "graphs"))
+            shutil.copytree(graphs, bento_model.path_of("runtimes"))
+    return bento_model
 
 
 def write_build_info(build_ctx: str) -> dict:

@@ -12,6 +12,11 @@ os.environ["BENTOML_HOME"] = os.path.join(_STATE, "bentoml")
 from cellops.telemetry import TELEMETRY_OFF  # noqa: E402
 
 os.environ.update(TELEMETRY_OFF)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one BLAS/OpenMP thread each (and in the pipelines they start), not two spinning
+    # against each other.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -36,6 +41,40 @@ TINY_PARAMS = {
     "calcium": {"movies_per_group": 1, "shape": [128, 128], "n_frames": 40, "seed": 7},
     "endothelial": {"images_per_class": 24, "size": 64, "seed": 7},
 }
+
+
+#: The modules that read the session's shared U-Net training (``unet_trained``). Under pytest-xdist (``make test``)
+#: they run on one worker, so the U-Net is trained once; every other module runs whole on one worker, so its
+#: module fixtures (a training, a server) run once.
+SHARED_TRAINING_MODULES = frozenset({"tests/unet/test_e2e_unet.py", "tests/test_ui_browser.py", "tests/test_e2e_batch.py"})
+#: Modules whose tests share nothing (one subprocess each): scheduled test by test.
+INDEPENDENT_MODULES = frozenset({"tests/test_benchmark_smoke.py"})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Schedule whole modules, the shared-training ones as one unit (xdist's ``loadgroup`` would do this with
+    markers, but with pytest 9.2 it no longer renames the tests it groups)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            if module in INDEPENDENT_MODULES:
+                return nodeid
+            return "unet_trained" if module in SHARED_TRAINING_MODULES else module
+
+    return ModuleScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A module that reads the shared training must be listed in ``SHARED_TRAINING_MODULES``: else two workers
+    would each train it."""
+    unlisted = {item.nodeid.split("::")[0] for item in items if "unet_trained" in getattr(item, "fixturenames", ())}
+    unlisted -= SHARED_TRAINING_MODULES
+    if unlisted:
+        raise pytest.UsageError(f"{sorted(unlisted)} use the unet_trained fixture: add them to "
+                                "SHARED_TRAINING_MODULES in tests/conftest.py")
 
 
 @pytest.fixture(scope="session")

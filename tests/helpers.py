@@ -134,3 +134,33 @@ def built_bento(bentoml_home: Path, name: str) -> Path:
     """The directory of the latest bento ``name`` in a BentoML home."""
     folder = bentoml_home / "bentos" / name
     return folder / (folder / "latest").read_text().strip()
+
+
+def served_runtime(champion) -> tuple[str, Path | None]:
+    """The runtime a registered version is served with and the folder of its exported graphs (downloaded from the
+    version's run; None for torch)."""
+    import mlflow
+
+    runtime = champion.tags.get("runtime", "torch")
+    if runtime == "torch":
+        return runtime, None
+    return runtime, Path(mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="runtimes"))
+
+
+def assert_runtimes_recorded(client, version, configured: list[str]) -> list[dict]:
+    """The version carries the runtime checks of every ``configured`` runtime against torch fp32, the chosen runtime
+    is torch or the fastest that passed, and the exported graphs and the checks lie in its run's ``runtimes/``."""
+    import json
+
+    checks = json.loads(version.tags["runtime_checks"])
+    by_runtime = {c["runtime"]: c for c in checks}
+    assert set(by_runtime) == {"torch", *configured}, by_runtime
+    assert by_runtime["torch"]["passed"] and by_runtime["torch"]["speedup"] == 1.0
+    for check in checks:
+        assert check["passed"] == (check["seconds"] is not None and check["change"] >= -check["tolerance"]), check
+    passed = [c for c in checks if c["passed"] and c["runtime"] != "torch" and c["speedup"] >= 1.05]
+    expected = min(passed, key=lambda c: c["seconds"])["runtime"] if passed else "torch"
+    assert version.tags["runtime"] == expected, (version.tags["runtime"], checks)
+    files = {Path(a.path).name for a in client.list_artifacts(version.run_id, "runtimes")}
+    assert {"checks.json", "model.onnx", "model.int8.onnx"} <= files, files
+    return checks

@@ -132,7 +132,8 @@ def format_lineage(record: dict) -> str:
         tile_size     256
     """
     fixed = {"registered_model", "model_version", "aliases", names.MLFLOW_RUN_ID, names.ZENML_RUN_ID, "metrics",
-             "promotion_metric", names.INFERENCE_SETTINGS, "data_version", "git_commit"}
+             "promotion_metric", names.INFERENCE_SETTINGS, "data_version", "git_commit", names.RUNTIME,
+             names.RUNTIME_CHECKS}
     lines = [f"{record['registered_model']} version {record['model_version']} "
              f"(aliases: {', '.join(record.get('aliases') or []) or 'none'})"]
     chain = [("MLflow run", record.get(names.MLFLOW_RUN_ID)), ("ZenML run", record.get(names.ZENML_RUN_ID)),
@@ -151,6 +152,15 @@ def format_lineage(record: dict) -> str:
     lines.append("  measured with these inference settings:")
     lines += ([f"    {key:<13} {_value(value)}" for key, value in sorted(settings.items())] if settings
               else ["    (none recorded)"])
+    checks = record.get(names.RUNTIME_CHECKS) or []
+    if checks:
+        lines.append(f"  served with runtime {record.get(names.RUNTIME)}; each runtime against torch fp32:")
+        for check in checks:
+            speed = f"{check['speedup']}x" if check.get("speedup") is not None else "-"
+            change = f"metric {check['change']:+.4g}" if check.get("change") is not None else ""
+            verdict = "passed" if check.get("passed") else "not used"
+            lines.append(f"    {check['runtime']:<17} {speed:>6}  {change:<16} {verdict}"
+                         + (f" ({check['note']})" if check.get("note") else ""))
     return "\n".join(lines)
 
 

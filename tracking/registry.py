@@ -183,3 +183,22 @@ def resolve_version(client: MlflowClient, name: str, ref: str | None) -> dict:
             raise LookupError(f"{name} has no version {ref}; its versions: "
                               f"{', '.join(map(str, numbers)) or 'none'}") from error
     return names.version_record(name, version.version, version.run_id, version.tags, list(version.aliases or []))
+
+
+def record_runtimes(client: MlflowClient, name: str, version: str, runtime: str, checks: list[dict],
+                    files: Sequence[str]) -> None:
+    """Keep the exported graphs (``files``) and the checks beside the torch model: in the ``runtimes/`` artifact
+    folder of the version's run, and as tags of the version (the chosen runtime and every check)."""
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    model_version = client.get_model_version(name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        for file in files:
+            shutil.copy(file, tmp)
+        (Path(tmp) / "checks.json").write_text(json.dumps({"runtime": runtime, "checks": checks}, indent=1))
+        client.log_artifacts(model_version.run_id, tmp, names.RUNTIME_ARTIFACTS)
+    for key, value in names.runtime_to_tags(runtime, checks).items():
+        client.set_model_version_tag(name, version, key, value)

@@ -30,6 +30,11 @@ ARCHITECTURE = "architecture"
 INIT = "init"  # configured: scratch, imagenet or source
 INIT_USED = "init_used"  # what really happened (imagenet without a local weights file: scratch)
 IMAGENET_WEIGHTS = "imagenet_weights"
+# Which runtime serves a version (cellops.runtimes): the fastest that kept its task metric, the measurements behind
+# that choice, and the artifact folder of the version's run that holds the exported graphs.
+RUNTIME = "runtime"
+RUNTIME_CHECKS = "runtime_checks"
+RUNTIME_ARTIFACTS = "runtimes"
 
 
 def lineage_to_tags(lineage: Mapping[str, object]) -> dict[str, str]:
@@ -79,6 +84,26 @@ def inference_from_tags(tags: Mapping[str, str]) -> dict | None:
     return json.loads(text) if text else None
 
 
+def runtime_to_tags(runtime: str, checks: list[Mapping[str, object]]) -> dict[str, str]:
+    """The chosen runtime and every runtime's check (compact JSON: a model version tag holds 5,000 characters).
+
+    >>> runtime_to_tags("openvino", [{"runtime": "openvino", "passed": True}])
+    {'runtime': 'openvino', 'runtime_checks': '[{"runtime":"openvino","passed":true}]'}
+    """
+    return {RUNTIME: runtime, RUNTIME_CHECKS: json.dumps(list(checks), separators=(",", ":"))}
+
+
+def runtime_from_tags(tags: Mapping[str, str]) -> tuple[str, list[dict]]:
+    """The runtime a version is served with (``torch`` for one registered before runtimes were measured) and the
+    checks behind it.
+
+    >>> runtime_from_tags({})
+    ('torch', [])
+    """
+    text = tags.get(RUNTIME_CHECKS)
+    return tags.get(RUNTIME, "torch"), json.loads(text) if text else []
+
+
 def version_record(name: str, version: str, run_id: str | None, tags: Mapping[str, str],
                    aliases: list[str] | None = None) -> dict:
     """Everything known about one registered model version, in the shape a service's metadata and
@@ -93,4 +118,6 @@ def version_record(name: str, version: str, run_id: str | None, tags: Mapping[st
         "metrics": metrics_from_tags(tags),
         "promotion_metric": tags.get(PROMOTION_METRIC),
         INFERENCE_SETTINGS: inference_from_tags(tags),
+        RUNTIME: runtime_from_tags(tags)[0],
+        RUNTIME_CHECKS: runtime_from_tags(tags)[1],
     }

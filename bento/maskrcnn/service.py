@@ -15,7 +15,8 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from bento.common import Upload, decode_picture_upload, guard, max_pixels, model_metadata
+from bento.common import Upload, decode_picture_upload, guard, max_pixels
+from bento.runtime import load_serving_runtime, served_model_metadata
 from cellops.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -33,9 +34,13 @@ class MaskRCNN:
 
         from cellops.maskrcnn.predict import PredictionSettings
 
+        from cellops.maskrcnn.runtime import with_runtime
+
         torch.set_grad_enabled(False)
-        self.model = mlflow.pytorch.load_model(self.bento_model.path_of("mlflow_model"), map_location="cpu").eval()
-        self.info = model_metadata(self.bento_model)
+        model = mlflow.pytorch.load_model(self.bento_model.path_of("mlflow_model"), map_location="cpu").eval()
+        # The backbone in the runtime the registry chose (the fastest that kept the test AP50), or CELLOPS_RUNTIME's.
+        self.model = load_serving_runtime(self.bento_model, lambda runtime, folder: with_runtime(model, runtime, folder))
+        self.info = served_model_metadata(self.bento_model)
         inference = self.info["inference_settings"]
         self.settings = PredictionSettings.from_dict({k: v for k, v in inference.items()
                                                       if k not in ("max_detections", "categories")})

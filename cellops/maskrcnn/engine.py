@@ -20,6 +20,8 @@ from cellops.config import FromMapping
 from cellops.maskrcnn.data import InstanceDataset, collate
 from cellops.maskrcnn.evaluation import InstanceScores, evaluate_instances
 from cellops.maskrcnn.predict import PredictionSettings, coco_results, predict_image
+from cellops.maskrcnn.runtime import export_maskrcnn, with_runtime
+from cellops.runtimes import RuntimeCheck, default_skips, measure_runtimes
 
 logger = logging.getLogger(__name__)
 
@@ -228,3 +230,19 @@ def loss_curves(history: TrainingHistory) -> dict[str, list[float]]:
         if history.validation:
             curves[f"val_{key}"] = [v[key] for v in history.validation]
     return {k: list(np.asarray(v, dtype=float)) for k, v in curves.items()}
+
+
+def runtime_checks(model: torch.nn.Module, calibration_images: list[torch.Tensor], test_samples: list,
+                   test_ground_truth: dict, settings: PredictionSettings, folder: str | Path, *,
+                   max_detections: int, runtimes: tuple[str, ...], tolerance: float,
+                   repeats: int = 1) -> list[RuntimeCheck]:
+    """Export the backbone into ``folder`` (:mod:`cellops.maskrcnn.runtime`) and measure each runtime of
+    :mod:`cellops.runtimes` on the test samples as served (metric: mask AP50; ``tolerance``: the largest AP50 drop
+    accepted)."""
+    names = export_maskrcnn(model, calibration_images, folder)
+
+    def evaluate(module: torch.nn.Module) -> float:
+        return evaluate_model(module, test_samples, test_ground_truth, settings, max_detections)[0].mask_ap50
+
+    return measure_runtimes(lambda runtime: with_runtime(model, runtime, folder, names), evaluate, runtimes,
+                            tolerance, repeats=repeats, skip=default_skips(runtimes))

@@ -1,5 +1,5 @@
-"""Evaluation of instance segmentation: COCO mask and box AP with pycocotools (maximum detections set explicitly)
-and F1 of one-to-one matches at IoU 0.5."""
+"""Evaluation of instance segmentation: COCO mask and box AP with faster-coco-eval or pycocotools (maximum detections
+set explicitly) and F1 of one-to-one matches at IoU 0.5."""
 
 from __future__ import annotations
 
@@ -31,17 +31,30 @@ class InstanceScores:
         return {k: float(v) for k, v in asdict(self).items()}
 
 
-def coco_ap(ground_truth: dict, detections: list[dict], iou_type: str, max_detections: int) -> tuple[float, float, float]:
+#: COCO evaluators that :func:`coco_ap` can use; both give the same AP to 1e-6 (benchmarks/coco_eval.py checks it
+#: on the Mask R-CNN test predictions before timing them).
+COCO_BACKENDS = ("faster-coco-eval", "pycocotools")
+DEFAULT_COCO_BACKEND = "faster-coco-eval"
+
+
+def coco_ap(ground_truth: dict, detections: list[dict], iou_type: str, max_detections: int,
+            backend: str = DEFAULT_COCO_BACKEND) -> tuple[float, float, float]:
     """AP, AP50 and AP75 (COCO's 101-point interpolation, all areas) of ``detections`` (COCO result dicts with
     ``image_id``, ``category_id``, ``score`` and ``segmentation`` RLE or ``bbox``) against ``ground_truth``.
-
     ``max_detections`` is the per-image cap (pycocotools' default of 100 would ignore detections on crowded
     images). No detections at all score 0. Images with no ground truth instance count their detections as false
-    positives.
-    """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    positives. ``backend`` is faster-coco-eval (C++, the default) or pycocotools (the reference).
 
+    >>> gt = {"images": [{"id": 1, "height": 8, "width": 8}], "categories": [{"id": 1}],
+    ...       "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "area": 16}]}
+    >>> det = [{"image_id": 1, "category_id": 1, "score": 0.9, "bbox": [0, 0, 4, 4]}]
+    >>> [round(ap, 6) for ap in coco_ap(gt, det, "bbox", 10, "pycocotools")]
+    [1.0, 1.0, 1.0]
+    >>> [round(ap, 6) for ap in coco_ap(gt, det, "bbox", 10, "faster-coco-eval")]
+    [1.0, 1.0, 1.0]
+    """
+    if backend not in COCO_BACKENDS:
+        raise ValueError(f"unknown COCO backend {backend!r}; choose one of {list(COCO_BACKENDS)}")
     if not detections:
         return 0.0, 0.0, 0.0
     sizes = {img["id"]: (img["height"], img["width"]) for img in ground_truth["images"]}
@@ -51,25 +64,33 @@ def coco_ap(ground_truth: dict, detections: list[dict], iou_type: str, max_detec
           "annotations": [{**a, "iscrowd": a.get("iscrowd", 0),
                            "area": a.get("area") or float(a["bbox"][2] * a["bbox"][3])}
                           for a in ground_truth["annotations"]]}
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval as Evaluator
+        options = {}
+    else:
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as Evaluator
+        options = {"print_function": lambda *args, **kwargs: None}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes([dict(d) for d in detections])
-        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        evaluator = Evaluator(coco_gt, coco_dt, iouType=iou_type, **options)
         evaluator.params.imgIds = [img["id"] for img in ground_truth["images"]]
         evaluator.params.maxDets = [1, 10, int(max_detections)]
         evaluator.evaluate()
         evaluator.accumulate()
     # Read AP off the accumulated precision table at the configured cap: COCOeval.summarize() asks for 100
     # detections for its headline AP whatever maxDets holds, and reports -1 when 100 is not among them.
-    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # IoU thresholds x recall x category, all areas
+    precision = np.asarray(evaluator.eval["precision"])[:, :, :, 0, -1]  # IoU thresholds x recall x category, all areas
 
     def mean_ap(values: np.ndarray) -> float:
         valid = values[values > -1]  # -1: a category without ground truth
         return float(valid.mean()) if valid.size else 0.0
 
-    thresholds = evaluator.params.iouThrs
+    thresholds = np.asarray(evaluator.params.iouThrs)
     return (mean_ap(precision), mean_ap(precision[np.isclose(thresholds, 0.5)]),
             mean_ap(precision[np.isclose(thresholds, 0.75)]))
 

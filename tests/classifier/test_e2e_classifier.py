@@ -23,10 +23,13 @@ import yaml
 from PIL import Image
 
 from cellops.classifier.predict import ClassifierSettings
+from cellops.classifier.runtime import runtime_classifier
+from cellops.inference import prepare_for_inference
 from cellops.classifier.train import predict_probabilities
 from cellops.io import load_class_images
 from helpers import run_command as _run
-from helpers import bad_uploads, built_bento, check_bento_environment, png_bytes, served_bento
+from helpers import (assert_runtimes_recorded, bad_uploads, built_bento, check_bento_environment, png_bytes,
+                     served_bento, served_runtime)
 from hostile_corpus import probe
 from tracking import tags
 
@@ -35,6 +38,7 @@ pytestmark = pytest.mark.e2e
 LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 
 CONFIG = "tests/configs/classifier_tiny.yaml"
+ROOT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODELS = {"efficientcellnet", "efficientcellnet_transfer", "resnet18", "densenet121"}
 
 
@@ -100,6 +104,11 @@ def test_all_models_are_registered_and_the_best_by_sensitivity_then_specificity_
     assert champion.tags[tags.PROMOTION_METRIC] == "sensitivity"
     settings = tags.inference_from_tags(champion.tags)
     assert settings["classes"] == ["hipsc_ec", "non_ec"] and settings["positive_class"] == "hipsc_ec"
+    # The run's best (the champion here: the first run) in the faster runtimes, checked on the test split; the
+    # other versions stay torch-only.
+    configured = yaml.safe_load((ROOT_CONFIGS / "classifier_tiny.yaml").read_text())["steps"]["optimise_classifier_runtime"]
+    assert_runtimes_recorded(client, champion, configured["parameters"]["runtimes"])
+    assert all("runtime" not in v.tags for v in versions if v.version != champion.version)
     # The source backbone is a registered artifact of its own.
     backbone = client.search_model_versions("name='cellops-classifier-backbone'")
     assert len(backbone) == 1 and "nuclei_film" in backbone[0].tags["source_classes"]
@@ -140,6 +149,8 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
     champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-classifier", "champion")
     settings = ClassifierSettings.from_dict(tags.inference_from_tags(champion.tags))
     model = mlflow.pytorch.load_model("models:/cellops-classifier@champion", map_location="cpu").eval()
+    runtime, graphs = served_runtime(champion)  # what the registry chose: the service must run it
+    model = runtime_classifier(runtime, graphs, prepare_for_inference(model))
     files = sorted((root / "data/endothelial/hipsc_ec").iterdir())[:3] + sorted((root / "data/endothelial/non_ec").iterdir())[:3]
     images, _ = load_class_images(files, channels=settings.channels, size=settings.size)
     expected = predict_probabilities(model, images, 8)
@@ -186,6 +197,7 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
         meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
         assert meta["model_version"] == str(champion.version) and meta["mlflow_run_id"] == champion.run_id
         assert meta["inference_settings"] == settings.as_dict()
+        assert meta["runtime"] == runtime and meta["serving"]["runtime"] == runtime
 
         for name, data, status, message in bad_uploads(200):
             response = post("classify", name, data)

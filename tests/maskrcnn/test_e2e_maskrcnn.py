@@ -20,7 +20,7 @@ import yaml
 from PIL import Image
 
 from helpers import run_command as _run
-from helpers import bad_uploads, built_bento, check_bento_environment, png_bytes, served_bento
+from helpers import assert_runtimes_recorded, bad_uploads, built_bento, check_bento_environment, png_bytes, served_bento
 from hostile_corpus import probe
 from tracking import tags
 
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.e2e
 LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 
 CONFIG = "tests/configs/maskrcnn_tiny.yaml"
+ROOT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODELS = {"resnet18_scratch", "resnet18_nuclei"}
 
 
@@ -77,6 +78,9 @@ def test_both_models_are_registered_and_the_champion_is_the_best_on_the_same_tes
     assert len({v.tags[f"{tags.LINEAGE_PREFIX}{tags.TEST_SET}"] for v in versions}) == 1
     settings = tags.inference_from_tags(champion.tags)
     assert settings["categories"] == {"1": "colony"} and settings["max_detections"] == 300
+    # The run's best (the champion: the first run) with its backbone in the faster runtimes, checked on the test set.
+    configured = yaml.safe_load((ROOT_CONFIGS / "maskrcnn_tiny.yaml").read_text())["steps"]["optimise_maskrcnn_runtime"]
+    assert_runtimes_recorded(client, champion, configured["parameters"]["runtimes"])
 
 
 def test_cellops_predict_maskrcnn_writes_labels_tables_overlays_tiles_and_names_bad_files(trained, tmp_path):
@@ -133,6 +137,7 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
         assert np.asarray(Image.open(io.BytesIO(drawn.content))).shape == (384, 384, 3)
         meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
         assert meta["model_version"] == str(champion.version) and meta["inference_settings"]["categories"] == {"1": "colony"}
+        assert meta["serving"]["runtime"] == champion.tags["runtime"] == meta["runtime"]
         for name, data, status, message in bad_uploads(600) + [
             ("strip.png", png_bytes(np.zeros((1, 600), np.uint8)), 400, "too small"),
         ]:

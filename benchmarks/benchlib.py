@@ -1,0 +1,63 @@
+"""What every benchmark shares: the machine it ran on, one JSON per benchmark, and the summary rows that
+``benchmarks/table.py`` (``make bench``) prints side by side.
+
+A benchmark script imports it as ``from benchlib import ...`` (its own folder is first on ``sys.path``) and ends
+with :func:`write_result`. Each summary row compares one thing of ours against one peer, measured in the same run
+on the same inputs: what was compared, both figures with their unit, the ratio, the issue's target and whether it
+was met.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the project's packages, when a benchmark runs from its own folder
+    sys.path.insert(0, str(ROOT))
+
+for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "true",
+                     "BENTOML_DO_NOT_TRACK": "true", "ZENML_ANALYTICS_OPT_IN": "false",
+                     "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}.items():
+    os.environ.setdefault(_key, _value)
+
+OUT_DIR = Path("outputs/benchmarks")
+
+
+def machine_info() -> dict:
+    """CPU model, ISA flags, cores and threads, the kernels that run (oneDNN, OpenVINO's device), library versions."""
+    from cellops.runtimes import cpu_info
+
+    return cpu_info()
+
+
+def row(comparison: str, ours: str, ours_value: float, peer: str, peer_value: float | None, unit: str, *,
+        higher_is_better: bool = True, target: float | None = None, note: str = "") -> dict:
+    """One summary row: ``ours`` against ``peer`` on ``comparison``; ``ratio`` is how many times better ours is
+    (ours/peer for throughputs, peer/ours for times); ``met`` says whether it reached ``target``."""
+    ratio = None
+    if peer_value and ours_value:
+        ratio = round(ours_value / peer_value if higher_is_better else peer_value / ours_value, 2)
+    return {"comparison": comparison, "ours": ours, "ours_value": _round(ours_value), "peer": peer,
+            "peer_value": _round(peer_value), "unit": unit, "ratio": ratio, "target": target,
+            "met": None if target is None or ratio is None else ratio >= target, "note": note}
+
+
+def _round(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def write_result(name: str, result: dict, summary: list[dict], out: Path | None = None, *,
+                 smoke: bool = False) -> Path:
+    """Write ``result`` with the machine, the summary rows and when, as ``outputs/benchmarks/<name>.json`` (or
+    ``out``); returns the path."""
+    path = Path(out) if out is not None else OUT_DIR / f"{name}.json"
+    document = {"benchmark": name, "smoke": smoke, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "machine": machine_info(), "summary": summary, **result}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, default=str))
+    print(f"-> {path}")
+    return path

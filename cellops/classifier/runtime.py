@@ -1,0 +1,80 @@
+"""The classifier in faster CPU runtimes (:mod:`cellops.runtimes`), each checked on the test split: accuracy within
+a tolerance of torch fp32's, timed over classifying and explaining (CAM) the whole split.
+
+What is exported is the convolutional trunk (``feature_maps``); global average pooling and the linear layer stay in
+torch (a few thousand multiply-adds), so every runtime still yields the feature maps class-activation maps need.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cellops.inference import prepare_for_inference
+from cellops.runtimes import RuntimeCheck, default_skips, export_runtime_files, load_runtime, measure_runtimes
+
+
+class _Trunk(nn.Module):
+    """``model.feature_maps`` as a module of its own, for export."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.feature_maps(x)
+
+
+class RuntimeClassifier(nn.Module):
+    """A GAP classifier whose trunk runs in another runtime: ``feature_maps`` there, ``classifier`` (the linear layer)
+    in torch, so :func:`models.cam.class_activation_maps` takes it like the torch model."""
+
+    def __init__(self, trunk: nn.Module, classifier: nn.Linear) -> None:
+        super().__init__()
+        self.trunk, self.classifier = trunk, classifier
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.feature_maps(x).mean(dim=(2, 3)))
+
+
+def export_classifier(model: nn.Module, calibration_images: np.ndarray, folder: str | Path,
+                      batch_size: int = 32, calibration_batches: int = 8) -> nn.Module:
+    """Fold ``model`` for inference and write the fp32 and int8 ONNX graphs of its trunk into ``folder`` (images of
+    the calibration images' size, any batch); returns the folded torch model."""
+    fast = prepare_for_inference(model)
+    images = np.asarray(calibration_images, dtype=np.float32)
+    calibration = [images[i:i + batch_size] for i in range(0, len(images), batch_size)][:calibration_batches]
+    export_runtime_files(_Trunk(fast), torch.from_numpy(images[:2]), calibration, folder)
+    return fast
+
+
+def runtime_classifier(runtime: str, folder: str | Path | None, fast: nn.Module) -> nn.Module:
+    """The folded model itself (``torch``) or its trunk in ``runtime`` behind its linear layer."""
+    if runtime == "torch":
+        return fast
+    return RuntimeClassifier(load_runtime(runtime, folder, _Trunk(fast)), fast.classifier)
+
+
+def classifier_runtime_checks(model: nn.Module, calibration_images: np.ndarray, test_images: np.ndarray,
+                              test_labels: np.ndarray, positive: int, folder: str | Path, *,
+                              runtimes: tuple[str, ...], tolerance: float, batch_size: int = 32,
+                              repeats: int = 1) -> list[RuntimeCheck]:
+    """Export the classifier into ``folder`` and measure each runtime on the test split (metric: accuracy;
+    ``tolerance``: the largest accuracy drop accepted, as a fraction: 0.005 is half a point)."""
+    from cellops.classifier.metrics import classification_scores
+    from cellops.classifier.predict import explain
+
+    fast = export_classifier(model, calibration_images, folder, batch_size)
+
+    def evaluate(module: nn.Module) -> float:
+        probabilities, _ = explain(module, test_images, batch_size)  # what the service does: labels and CAMs
+        return classification_scores(probabilities, np.asarray(test_labels), positive).accuracy
+
+    return measure_runtimes(lambda runtime: runtime_classifier(runtime, folder, fast), evaluate, runtimes,
+                            tolerance, repeats=repeats, skip=default_skips(runtimes))

@@ -1,0 +1,88 @@
+"""Mask R-CNN in faster CPU runtimes (:mod:`cellops.runtimes`); :func:`cellops.maskrcnn.engine.runtime_checks`
+checks each on the test images (mask AP50 within a tolerance of torch fp32's, timed over predicting every test
+image as it is served).
+
+What is exported is the backbone with its feature pyramid (most of the multiply-adds on CPU, and a fixed graph);
+the region proposals, box and mask heads (data-dependent control flow: NMS, variable numbers of boxes) stay in
+torch, fed by the runtime's feature maps.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cellops.runtimes import export_runtime_files, load_runtime
+
+DYNAMIC_IMAGE = {0: "batch", 2: "height", 3: "width"}
+
+
+class _Pyramid(nn.Module):
+    """The backbone's feature pyramid as a tuple of tensors (ONNX has no dict outputs)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.backbone(x).values())
+
+
+class RuntimeBackbone(nn.Module):
+    """Stands in for ``model.backbone``: the pyramid computed by another runtime, handed to the heads as the
+    OrderedDict they expect."""
+
+    def __init__(self, pyramid: nn.Module, names: list[str], out_channels: int) -> None:
+        super().__init__()
+        self.pyramid, self.names, self.out_channels = pyramid, list(names), out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict:
+        outputs = self.pyramid(x)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return OrderedDict(zip(self.names, outputs))
+
+
+def backbone_inputs(model: nn.Module, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each image as the backbone sees it: resized, normalised and padded by the model's own transform."""
+    model.eval()
+    with torch.no_grad():
+        return [model.transform([image])[0].tensors for image in images]
+
+
+def export_maskrcnn(model: nn.Module, calibration_images: list[torch.Tensor], folder: str | Path) -> list[str]:
+    """Write the fp32 and int8 ONNX graphs of ``model``'s backbone and pyramid (any image size) into ``folder``,
+    calibrated on ``calibration_images`` ((3, H, W) in [0, 1], training images); returns the pyramid's level names."""
+    model.eval()
+    inputs = backbone_inputs(model, calibration_images)
+    with torch.no_grad():
+        names = list(model.backbone(inputs[0]).keys())
+    export_runtime_files(_Pyramid(model.backbone), inputs[0], [x.numpy() for x in inputs], folder,
+                         dynamic_axes=DYNAMIC_IMAGE, output_names=[f"level_{name}" for name in names])
+    return names
+
+
+def pyramid_names(model: nn.Module) -> list[str]:
+    """The names of the backbone's pyramid levels, in output order."""
+    model.eval()
+    with torch.no_grad():
+        return list(model.backbone(torch.zeros(1, 3, 64, 64)).keys())
+
+
+def with_runtime(model: nn.Module, runtime: str, folder: str | Path | None,
+                 names: list[str] | None = None) -> nn.Module:
+    """``model`` itself (``torch``) or a copy of it whose backbone runs in ``runtime`` (``names``: the pyramid's
+    level names, found from the model when not given)."""
+    if runtime == "torch":
+        return model
+    import copy
+
+    names = names or pyramid_names(model)
+
+    clone = copy.copy(model)  # shallow: the heads are shared, only the backbone attribute differs
+    clone._modules = dict(model._modules)
+    clone.backbone = RuntimeBackbone(load_runtime(runtime, folder, _Pyramid(model.backbone)), names,
+                                     model.backbone.out_channels)
+    return clone

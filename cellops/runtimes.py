@@ -1,0 +1,358 @@
+"""Faster CPU runtimes for a trained network, each checked against torch fp32 before it may serve.
+
+A network is exported once to ONNX (the legacy TorchScript exporter: a fixed, traced graph, in a fraction of a
+second) and can then run in
+
+* ``torch``: eager fp32 with BatchNorm folded and channels-last (the baseline every other runtime is measured
+  against, see :func:`cellops.inference.prepare_for_inference`);
+* ``torch-bf16``: the same under ``torch.autocast(bfloat16)``; it pays only where the CPU has AVX512-BF16 or AMX
+  (:func:`native_bf16`), elsewhere oneDNN emulates bf16 and it is slower;
+* ``onnxruntime`` / ``openvino``: the ONNX graph in ONNX Runtime's or OpenVINO's CPU plugin, fp32;
+* ``onnxruntime-int8`` / ``openvino-int8``: the graph quantised to int8 (QDQ, per-channel weights) by ONNX
+  Runtime's static post-training quantisation, calibrated on training images; OpenVINO reads the same QDQ graph
+  and runs it with its low-precision kernels.
+
+Every runtime is wrapped as a ``torch.nn.Module`` that takes and returns float32 tensors, so the code that takes a
+model (sliding-window tiling, class-activation maps, Mask R-CNN's heads) takes any runtime unchanged. Which runtime
+serves is decided by measurement (:class:`RuntimeCheck`, :func:`choose_runtime`): the fastest whose task metric
+stays within its tolerance of torch fp32's.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+BASELINE = "torch"
+#: Every runtime, in the order they are tried.
+RUNTIMES = ("torch", "torch-bf16", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
+#: The file each exported runtime reads, relative to the export folder.
+RUNTIME_FILES = {"onnxruntime": "model.onnx", "openvino": "model.onnx",
+                 "onnxruntime-int8": "model.int8.onnx", "openvino-int8": "model.int8.onnx"}
+INPUT_NAME = "input"
+#: CPU flags that decide which kernels can run (``/proc/cpuinfo`` names).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (empty where ``/proc/cpuinfo`` is not readable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(flags: set[str] | None = None) -> bool:
+    """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX), the only case where bf16 autocast pays.
+
+    >>> native_bf16({"avx2", "fma"}), native_bf16({"avx512f", "avx512_bf16"})
+    (False, True)
+    """
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def cpu_info() -> dict:
+    """What ran a measurement: CPU model, the ISA flags that matter, cores and threads, the kernels torch's oneDNN
+    and OpenVINO's CPU plugin pick, and the library versions."""
+    flags = cpu_flags()
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu_model": model,
+        "isa_flags": [flag for flag in ISA_FLAGS if flag in flags],
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_available": torch.backends.mkldnn.is_available(),
+        "native_bf16": native_bf16(flags),
+        "python": platform.python_version(),
+        "versions": library_versions(),
+    }
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+        info["openvino_device"] = core.get_property("CPU", "FULL_DEVICE_NAME")
+        info["openvino_capabilities"] = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception as error:  # noqa: BLE001 - reported, not fatal: the torch runtimes still run
+        info["openvino_device"] = f"unavailable: {error}"
+    return info
+
+
+def library_versions(names: Sequence[str] = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "openvino",
+                                             "monai", "grad-cam", "pycocotools", "faster-coco-eval",
+                                             "scikit-image", "opencv-python-headless")) -> dict[str, str]:
+    """Installed versions of ``names`` (``None`` where one is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *,
+                dynamic_axes: dict[int, str] | None = None, output_names: Sequence[str] = ("output",)) -> Path:
+    """Trace ``model`` (eval mode) on ``example`` into an ONNX file; ``dynamic_axes`` maps input/output axes to
+    names that may vary (batch by default).
+
+    >>> import tempfile
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()).eval()
+    >>> path = export_onnx(net, torch.rand(2, 1, 8, 8), Path(tempfile.mkdtemp()) / "net.onnx")
+    >>> path.stat().st_size > 0
+    True
+    """
+    import warnings
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    axes = dynamic_axes or {0: "batch"}
+    # Outputs share the batch with the input, not necessarily its other dynamic sizes (an FPN level is smaller).
+    dynamic = {INPUT_NAME: axes, **{name: {axis: label if label == "batch" else f"{name}_{label}"
+                                           for axis, label in axes.items()} for name in output_names}}
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
+        torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=17,
+                          input_names=[INPUT_NAME], output_names=list(output_names), dynamic_axes=dynamic)
+    return path
+
+
+class _Calibration:
+    """ONNX Runtime's CalibrationDataReader over float32 input batches."""
+
+    def __init__(self, batches: Iterable[np.ndarray]) -> None:
+        self._batches = iter(batches)
+
+    def get_next(self) -> dict | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+
+
+def quantize_int8(onnx_path: str | Path, calibration: Iterable[np.ndarray], out_path: str | Path) -> Path:
+    """Static post-training int8 quantisation of an fp32 ONNX graph (QDQ format, per-channel int8 weights, uint8
+    activations whose ranges come from the ``calibration`` batches: training images, never the test set)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = Path(out_path)
+    prepared = out_path.with_suffix(".prep.onnx")
+    quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+    try:
+        quantize_static(str(prepared), str(out_path), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        prepared.unlink(missing_ok=True)
+    return out_path
+
+
+class OnnxRuntimeModule(nn.Module):
+    """An ONNX graph in ONNX Runtime's CPU provider, called like the module it was exported from (one float32
+    tensor in; one tensor, or a tuple where the graph has several outputs, out)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.path = str(path)
+        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor):
+        outputs = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)})
+        tensors = tuple(torch.from_numpy(output) for output in outputs)
+        return tensors[0] if len(tensors) == 1 else tensors
+
+
+class OpenVinoModule(nn.Module):
+    """An ONNX graph compiled by OpenVINO for its CPU plugin (latency hint: one request at a time, all threads)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        super().__init__()
+        import openvino as ov
+
+        core = ov.Core()
+        self.path = str(path)
+        self.compiled = core.compile_model(core.read_model(self.path), "CPU", {
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()})
+        self.request = self.compiled.create_infer_request()
+
+    def forward(self, x: torch.Tensor):
+        result = self.request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)})
+        tensors = tuple(torch.from_numpy(np.array(result[output])) for output in self.compiled.outputs)
+        return tensors[0] if len(tensors) == 1 else tensors
+
+
+class Bf16Module(nn.Module):
+    """``module`` under CPU bf16 autocast, answering float32."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = self.module(x)
+        return out.float() if isinstance(out, torch.Tensor) else tuple(o.float() for o in out)
+
+
+def export_runtime_files(model: nn.Module, example: torch.Tensor, calibration: Sequence[np.ndarray],
+                         folder: str | Path, *, dynamic_axes: dict[int, str] | None = None,
+                         output_names: Sequence[str] = ("output",)) -> dict[str, Path]:
+    """Write the fp32 and int8 ONNX graphs of ``model`` (already folded for inference) into ``folder``; returns
+    {file name: path}."""
+    folder = Path(folder)
+    fp32 = export_onnx(model, example, folder / RUNTIME_FILES["onnxruntime"], dynamic_axes=dynamic_axes,
+                       output_names=output_names)
+    int8 = quantize_int8(fp32, calibration, folder / RUNTIME_FILES["onnxruntime-int8"])
+    return {fp32.name: fp32, int8.name: int8}
+
+
+def runtime_files(folder: str | Path) -> list[Path]:
+    """The exported graphs in ``folder`` (what a registry or a bento has to carry for the exported runtimes)."""
+    return sorted(path for name in set(RUNTIME_FILES.values()) if (path := Path(folder) / name).is_file())
+
+
+def load_runtime(runtime: str, folder: str | Path | None, model: nn.Module, threads: int | None = None) -> nn.Module:
+    """The module that runs ``runtime``: ``model`` itself (``torch``), under bf16 autocast, or the exported graph
+    in ``folder`` in ONNX Runtime or OpenVINO."""
+    if runtime == "torch":
+        return model
+    if runtime == "torch-bf16":
+        return Bf16Module(model)
+    if runtime not in RUNTIME_FILES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {list(RUNTIMES)}")
+    if folder is None:
+        raise ValueError(f"runtime {runtime!r} needs the folder of its exported graph")
+    path = Path(folder) / RUNTIME_FILES[runtime]
+    if not path.is_file():
+        raise FileNotFoundError(f"runtime {runtime!r} needs {path}, which does not exist")
+    return OpenVinoModule(path, threads) if runtime.startswith("openvino") else OnnxRuntimeModule(path, threads)
+
+
+def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
+    """Best wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@dataclass(frozen=True)
+class RuntimeCheck:
+    """One runtime measured against torch fp32 on the same inputs: its time, its task metric and whether the
+    metric stayed within ``tolerance`` (``change`` = metric - baseline metric; ``passed`` needs
+    ``change >= -tolerance`` and a ``seconds`` figure)."""
+
+    runtime: str
+    seconds: float | None
+    speedup: float | None
+    metric: float | None
+    change: float | None
+    tolerance: float
+    passed: bool
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_runtime(runtime: str, seconds: float | None, baseline_seconds: float, metric: float | None,
+                  baseline_metric: float, tolerance: float, note: str = "") -> RuntimeCheck:
+    """Compare a runtime's time and metric with the baseline's.
+
+    >>> check_runtime("openvino", 1.0, 2.0, 0.899, 0.9, 0.002).passed
+    True
+    >>> check_runtime("openvino-int8", 0.5, 2.0, 0.85, 0.9, 0.002).passed
+    False
+    """
+    if seconds is None or metric is None:
+        return RuntimeCheck(runtime, seconds, None, metric, None, tolerance, False, note or "not measured")
+    change = metric - baseline_metric
+    passed = change >= -tolerance
+    if not passed and not note:
+        note = f"metric fell by {-change:.4g} (tolerance {tolerance:g})"
+    return RuntimeCheck(runtime, round(seconds, 4), round(baseline_seconds / seconds, 2), round(metric, 6),
+                        round(change, 6), tolerance, passed, note)
+
+
+def choose_runtime(checks: Sequence[RuntimeCheck], min_speedup: float = 1.05) -> str:
+    """The fastest runtime that passed its accuracy check and is at least ``min_speedup`` times faster than torch
+    fp32 (a tie is not worth a second runtime); ``torch`` where none is.
+
+    >>> a = RuntimeCheck("openvino", 1.0, 2.0, 0.9, 0.0, 0.002, True)
+    >>> b = RuntimeCheck("openvino-int8", 0.5, 4.0, 0.7, -0.2, 0.002, False)
+    >>> choose_runtime([a, b])
+    'openvino'
+    """
+    passed = [c for c in checks if c.passed and c.runtime != BASELINE and (c.speedup or 0) >= min_speedup]
+    return min(passed, key=lambda c: c.seconds).runtime if passed else BASELINE
+
+
+def measure_runtimes(module_for: Callable[[str], nn.Module], evaluate: Callable[[nn.Module], float],
+                     runtimes: Sequence[str], tolerance: float, *, repeats: int = 2,
+                     skip: dict[str, str] | None = None) -> list[RuntimeCheck]:
+    """Time ``evaluate(module_for(runtime))`` (the task's whole inference path, best of ``repeats`` after one
+    warm-up) and keep its metric, for torch fp32 first and then each of ``runtimes``; ``skip`` maps runtimes not to
+    run to the reason, which is recorded. A runtime that fails to load or run is recorded as failed, not raised."""
+    skip = skip or {}
+    metrics: dict[str, float] = {}
+
+    def timed(runtime: str) -> float:
+        module = module_for(runtime)
+        metrics[runtime] = evaluate(module)  # the warm-up run is also the one whose metric counts
+        return best_time(lambda: evaluate(module), repeats=repeats, warmup=0)
+
+    base_seconds = timed(BASELINE)
+    checks = [check_runtime(BASELINE, base_seconds, base_seconds, metrics[BASELINE], metrics[BASELINE], tolerance)]
+    for runtime in runtimes:
+        if runtime == BASELINE:
+            continue
+        if runtime in skip:
+            checks.append(check_runtime(runtime, None, base_seconds, None, metrics[BASELINE], tolerance, skip[runtime]))
+            continue
+        try:
+            seconds = timed(runtime)
+        except Exception as error:  # noqa: BLE001 - one runtime failing must not stop the others
+            checks.append(check_runtime(runtime, None, base_seconds, None, metrics[BASELINE], tolerance,
+                                        f"failed: {type(error).__name__}: {error}"[:300]))
+            continue
+        checks.append(check_runtime(runtime, seconds, base_seconds, metrics[runtime], metrics[BASELINE], tolerance))
+    return checks
+
+
+def default_skips(runtimes: Sequence[str], flags: set[str] | None = None) -> dict[str, str]:
+    """Runtimes not worth measuring on this CPU, with the reason (bf16 without AVX512-BF16 or AMX)."""
+    if "torch-bf16" in runtimes and not native_bf16(flags):
+        return {"torch-bf16": "no AVX512-BF16/AMX on this CPU: bf16 is emulated, slower than fp32"}
+    return {}

@@ -1,0 +1,88 @@
+"""Every benchmark script runs in its ``--smoke`` size (a tiny input, no trained model, no data, no GPU) and writes
+one JSON through ``benchmarks/benchlib.py``: the machine, ``"smoke": true`` and summary rows that
+``benchmarks/table.py`` prints. Scripts are found by glob, so a new benchmark is covered without listing it here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+#: The shared module and the table printer: not benchmarks.
+NOT_BENCHMARKS = {"benchlib.py", "table.py"}
+SCRIPTS = sorted(path for path in BENCHMARKS.glob("*.py") if path.name not in NOT_BENCHMARKS)
+#: Per script; a smoke run takes seconds (tens on a busy machine), so this only stops a hung one.
+TIMEOUT_S = 240
+TELEMETRY_OFF = {"ZENML_ANALYTICS_OPT_IN": "false", "BENTOML_DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
+                 "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false"}
+
+
+def _benchlib():
+    spec = importlib.util.spec_from_file_location("benchlib_under_test", BENCHMARKS / "benchlib.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _env() -> dict[str, str]:
+    # One OpenMP/BLAS thread: the smoke runs share two cores with whatever else runs (the rest of the suite).
+    return {**os.environ, **TELEMETRY_OFF, "OMP_NUM_THREADS": "1"}
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    """``args`` from the repository root; on a timeout its whole process group is killed (torchrun's ranks,
+    children), then the test fails with what it printed."""
+    process = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"{' '.join(args)} ran past {TIMEOUT_S} s:\n{output[-4000:]}")
+    return subprocess.CompletedProcess(args, process.returncode, output)
+
+
+def test_benchmarks_are_found():
+    assert len(SCRIPTS) >= 8, SCRIPTS
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[path.stem for path in SCRIPTS])
+def test_benchmark_smoke_writes_machine_and_summary(script, tmp_path):
+    out = tmp_path / "x.json"
+    result = _run([sys.executable, str(script), "--smoke", "--out", str(out)])
+    assert result.returncode == 0, result.stdout[-4000:]
+    document = json.loads(out.read_text())
+    assert document["benchmark"] == script.stem and document["smoke"] is True
+    machine = document["machine"]
+    assert {"cpu_model", "isa_flags", "torch_threads", "versions"} <= set(machine), machine
+    assert machine["cpu_model"] and isinstance(machine["isa_flags"], list) and machine["versions"].get("torch")
+    summary = document["summary"]
+    assert summary, "no summary rows"
+    keys = set(_benchlib().row("c", "ours", 1.0, "peer", 1.0, "unit"))
+    for r in summary:
+        assert set(r) == keys, r
+        assert r["comparison"] and r["ours"] and r["unit"]
+
+
+def test_table_prints_a_line_per_summary_row(tmp_path):
+    benchlib = _benchlib()
+    summary = [benchlib.row("alpha comparison", "ours-a", 10.0, "peer-a", 5.0, "images/s", target=3.0),
+               benchlib.row("beta comparison", "ours-b", 2.0, "peer-b", 4.0, "s", higher_is_better=False,
+                            note="a note")]
+    benchlib.write_result("demo", {"figure": 1}, summary, tmp_path / "demo.json", smoke=True)
+    result = _run([sys.executable, str(BENCHMARKS / "table.py"), str(tmp_path)])
+    assert result.returncode == 0, result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.startswith("| demo (smoke) |")]
+    assert len(lines) == len(summary), result.stdout
+    assert "alpha comparison" in lines[0] and "2.0x" in lines[0] and "**no**" in lines[0]
+    assert "beta comparison (a note)" in lines[1] and "2.0x" in lines[1]
+    assert "machine: " in result.stdout
