@@ -2,7 +2,8 @@
 
 1. CAM: cellops' batched class-activation maps (one forward pass, no gradients) against pytorch-grad-cam's
    ``GradCAM`` (the ``grad-cam`` package; forward and backward hooks on the last feature layer), on the same models
-   (the champion and, where the same pipeline run registered it, DenseNet121) and the same batches. For a network
+   (the champion and the efficient custom DCNN and DenseNet121 the same pipeline run registered) and the same
+   batches. For a network
    that ends in global average pooling and one linear layer, Grad-CAM's channel weights are the linear weights
    divided by the map's area, so both explain the same class with the same map up to scale; they differ only in the
    order of post-processing (grad-cam: ReLU and min-max at feature resolution, then resize; cellops: resize, then
@@ -32,7 +33,7 @@ from benchlib import row, write_result
 from cellops.classifier.metrics import classification_scores
 from cellops.classifier.predict import explain
 from cellops.classifier.runtime import export_classifier, runtime_classifier
-from cellops.runtimes import RUNTIMES, best_time, check_runtime, native_bf16
+from cellops.runtimes import RUNTIMES, best_time, check_runtime, interleaved_best, native_bf16
 from models.cam import class_activation_maps
 
 CAM_TOLERANCE = 1e-4  # largest difference between the two explanations at feature resolution, same scaling
@@ -123,10 +124,10 @@ def load_inputs(args) -> dict:
                            load_registered(uri, name, record))}
     run = champion.tags.get(tags.ZENML_RUN_ID)
     for v in client.search_model_versions(f"name='{name}'"):
-        if v.tags.get(tags.ZENML_RUN_ID) == run and v.tags.get(tags.MODEL_NAME) == args.reference \
-                and v.version != champion.version:
+        model_name = v.tags.get(tags.MODEL_NAME)
+        if v.tags.get(tags.ZENML_RUN_ID) == run and model_name in args.also and v.version != champion.version:
             mlflow.set_tracking_uri(uri)
-            models["reference"] = (f"{args.reference} ({name} v{v.version})",
+            models[model_name] = (f"{model_name} ({name} v{v.version})",
                                    mlflow.pytorch.load_model(f"models:/{name}/{v.version}", map_location="cpu").eval())
     config = yaml.safe_load(Path(args.config).read_text())["steps"]["index_class_folders"]["parameters"]
     index = index_class_folder(config["data_dir"], SplitSettings.from_dict(config["split"]))
@@ -146,7 +147,8 @@ def load_inputs(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models:/cellops-classifier@champion")
-    parser.add_argument("--reference", default="densenet121", help="model_name explained beside the champion")
+    parser.add_argument("--also", nargs="+", default=["efficientcellnet", "densenet121"],
+                        help="model_names of the champion's run explained beside it (the custom DCNN, DenseNet121)")
     parser.add_argument("--config", default="configs/classifier.yaml", help="the pipeline config (its data split)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--batch", type=int, default=32)
@@ -171,8 +173,9 @@ def main() -> None:
             raise SystemExit(f"{name}: CAM and Grad-CAM differ by up to {difference:.2e} (tolerance {CAM_TOLERANCE}) "
                              f"or explain other classes (same classes: {same_classes}): the comparison is void")
         ours = cellops_maps(model, test, args.batch)[0]
-        t_theirs = best_time(lambda m=model: gradcam_maps(m, test, args.batch), args.repeats)
-        t_ours = best_time(lambda m=model: cellops_maps(m, test, args.batch), args.repeats)
+        times = interleaved_best({"gradcam": lambda m=model: gradcam_maps(m, test, args.batch),
+                                  "cam": lambda m=model: cellops_maps(m, test, args.batch)}, args.repeats)
+        t_theirs, t_ours = times["gradcam"], times["cam"]
         result["cam"][role] = {"model": name, "gradcam_seconds": round(t_theirs, 4), "cam_seconds": round(t_ours, 4),
                                "mean_abs_difference": difference, "shape": list(ours.shape)}
         summary.append(row(f"CAM of {name}, batch {args.batch}", "cellops CAM", len(test) / t_ours,
@@ -184,13 +187,17 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="classifier-runtimes-"))
     fast = export_classifier(model, inputs["calibration"], folder, args.batch)
     images = np.ascontiguousarray(inputs["test"], dtype=np.float32)
-    seconds, accuracy = {}, {}
+    accuracy, batches, runs = {}, {}, {}
+    candidates = [args.batch] if args.smoke else sorted({16, 32, 64, args.batch})
     for runtime in args.runtimes:
         module = runtime_classifier(runtime, folder, fast)
-        probabilities, _ = explain(module, images, args.batch)
+        probabilities, _ = explain(module, images, args.batch)  # also the warm-up
         accuracy[runtime] = classification_scores(probabilities, np.asarray(inputs["labels"]),
                                                   inputs["positive"]).accuracy
-        seconds[runtime] = best_time(lambda m=module: explain(m, images, args.batch), args.repeats)
+        tried = {b: best_time(lambda m=module, b=b: explain(m, images[:64], b), 1, 0) for b in candidates}
+        batches[runtime] = min(tried, key=tried.get)  # the batch size that is fastest for this runtime
+        runs[runtime] = lambda m=module, b=batches[runtime]: explain(m, images, b)
+    seconds = interleaved_best(runs, args.repeats)
     checks = {r: check_runtime(r, seconds[r], seconds["torch"], accuracy[r], accuracy["torch"], ACCURACY_TOLERANCE)
               for r in args.runtimes}
     for runtime, check in checks.items():
@@ -202,7 +209,7 @@ def main() -> None:
         summary.append(row(f"classify + CAM, {runtime} vs torch fp32", runtime, len(images) / seconds[runtime],
                            "torch fp32", len(images) / seconds["torch"], "images/s", target=1.8, note=note))
     passed = [r for r, c in checks.items() if c.passed and r != "torch"]
-    result.update({"champion": name, "seconds": {k: round(v, 4) for k, v in seconds.items()},
+    result.update({"champion": name, "batch_sizes": batches, "seconds": {k: round(v, 4) for k, v in seconds.items()},
                    "accuracy": accuracy, "checks": {k: c.as_dict() for k, c in checks.items()},
                    "fastest_passing_runtime": min(passed, key=seconds.get) if passed else "torch"})
     for r in summary:

@@ -7,7 +7,7 @@
    as AP is defined): mask and box AP, AP50, AP75 must agree to 1e-6 before their times are compared; cellops
    uses the faster one (``cellops.maskrcnn.evaluation.DEFAULT_COCO_BACKEND``).
 
-    python benchmarks/maskrcnn_runtimes.py [--model models:/cellops-maskrcnn@champion] [--repeats 2]
+    python benchmarks/maskrcnn_runtimes.py [--model models:/cellops-maskrcnn@champion] [--repeats 3]
     python benchmarks/maskrcnn_runtimes.py --smoke --out /tmp/x.json   (random network, two generated images)
 
 Needs the demo's champion and data (``make demo``); writes outputs/benchmarks/maskrcnn_runtimes.json.
@@ -27,7 +27,7 @@ from cellops.maskrcnn.engine import evaluate_model
 from cellops.maskrcnn.evaluation import COCO_BACKENDS, coco_ap
 from cellops.maskrcnn.predict import PredictionSettings
 from cellops.maskrcnn.runtime import export_maskrcnn, with_runtime
-from cellops.runtimes import RUNTIMES, best_time, check_runtime, native_bf16
+from cellops.runtimes import RUNTIMES, check_runtime, interleaved_best, native_bf16
 
 AP50_TOLERANCE = 0.01
 COCO_TOLERANCE = 1e-6
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--model", default="models:/cellops-maskrcnn@champion")
     parser.add_argument("--config", default="configs/maskrcnn.yaml", help="the pipeline config (its data split)")
     parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (best counts)")
     parser.add_argument("--coco-repeats", type=int, default=5)
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     parser.add_argument("--smoke", action="store_true", help="random network, generated images: checks the script runs")
@@ -104,13 +104,13 @@ def main() -> None:
     names = export_maskrcnn(model, inputs["calibration"], folder)
 
     # -- 1. every runtime on the test images, as served (tiles, thresholds), AP over every detection.
-    seconds, ap50, detections = {}, {}, {}
+    ap50, detections, runs = {}, {}, {}
     for runtime in args.runtimes:
         module = with_runtime(model, runtime, folder, names)
-        scores, detections[runtime] = evaluate_model(module, test, truth, settings, inputs["max_detections"])
+        scores, detections[runtime] = evaluate_model(module, test, truth, settings, inputs["max_detections"])  # warm-up
         ap50[runtime] = scores.mask_ap50
-        seconds[runtime] = best_time(lambda m=module: evaluate_model(m, test, truth, settings,
-                                                                     inputs["max_detections"]), args.repeats, 0)
+        runs[runtime] = lambda m=module: evaluate_model(m, test, truth, settings, inputs["max_detections"])
+    seconds = interleaved_best(runs, args.repeats)
     checks = {r: check_runtime(r, seconds[r], seconds["torch"], ap50[r], ap50["torch"], AP50_TOLERANCE)
               for r in args.runtimes}
     summary = []
@@ -125,13 +125,15 @@ def main() -> None:
                            target=1.8, note=note))
 
     # -- 2. COCO evaluation of the torch predictions: the same numbers first, then the time.
-    coco = {}
-    for backend in COCO_BACKENDS:
-        def evaluate(b=backend):
-            return [coco_ap(truth, [{k: v for k, v in d.items() if k != drop} for d in detections["torch"]], kind,
-                            inputs["max_detections"], b) for kind, drop in (("segm", "bbox"), ("bbox", "segmentation"))]
-        values = evaluate()
-        coco[backend] = {"ap": values, "seconds": best_time(evaluate, args.coco_repeats)}
+    def coco_run(backend: str):
+        return lambda: [coco_ap(truth, [{k: v for k, v in d.items() if k != drop} for d in detections["torch"]], kind,
+                                inputs["max_detections"], backend) for kind, drop in (("segm", "bbox"),
+                                                                                      ("bbox", "segmentation"))]
+
+    coco_runs = {backend: coco_run(backend) for backend in COCO_BACKENDS}
+    coco = {backend: {"ap": run()} for backend, run in coco_runs.items()}
+    for backend, elapsed in interleaved_best(coco_runs, args.coco_repeats).items():
+        coco[backend]["seconds"] = elapsed
     difference = float(np.abs(np.asarray(coco["pycocotools"]["ap"]) - np.asarray(coco["faster-coco-eval"]["ap"])).max())
     if difference > COCO_TOLERANCE:
         raise SystemExit(f"pycocotools and faster-coco-eval differ by {difference:.2e} (> {COCO_TOLERANCE}): "

@@ -12,7 +12,7 @@ int8 calibrated on training tiles) segments the test volume with the model's reg
 time, and foreground IoU against the ground truth next to torch fp32's (target: >= 1.8x with an IoU change
 <= 0.002).
 
-    python benchmarks/unet_runtimes.py [--model models:/cellops-unet@champion] [--slices 24] [--repeats 2]
+    python benchmarks/unet_runtimes.py [--model models:/cellops-unet@champion] [--slices 24] [--repeats 3]
     python benchmarks/unet_runtimes.py --smoke --out /tmp/x.json   (random network, tiny volume)
 
 Needs the demo's champion and data (``make demo``); writes outputs/benchmarks/unet_runtimes.json.
@@ -31,7 +31,7 @@ from benchlib import row, write_result
 
 from cellops.inference import gaussian_weight_map, sliding_window_predict
 from cellops.io import to_unit_range
-from cellops.runtimes import RUNTIMES, best_time, check_runtime, load_runtime, native_bf16
+from cellops.runtimes import RUNTIMES, best_time, check_runtime, interleaved_best, load_runtime, native_bf16
 from cellops.unet.predict import InferenceSettings, score
 from cellops.unet.runtime import export_unet
 
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or this checkout's store")
     parser.add_argument("--data", default="data/em", help="folder with testing.tif, testing_groundtruth.tif, training.tif")
     parser.add_argument("--slices", type=int, default=24, help="test slices used (the demo volume has 24)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (best counts)")
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     parser.add_argument("--smoke", action="store_true", help="random network on a tiny volume: checks the script runs")
     parser.add_argument("--out", type=Path, default=None)
@@ -110,7 +110,7 @@ def main() -> None:
     modules = {runtime: load_runtime(runtime, workdir, fast) for runtime in args.runtimes}
 
     # -- cellops against MONAI: batch size tuned for each on two slices, then the whole volume.
-    candidates = [4] if args.smoke else [4, 8, 16, 32]
+    candidates = [4] if args.smoke else [4, 8, 16, 32, 64]
     probe = unit[:2]
     ours_batch = {}
     for runtime, module in modules.items():
@@ -120,16 +120,12 @@ def main() -> None:
     monai_batch, monai_batches = fastest_batch(lambda b: monai_predict(model, probe, tile, overlap, b), candidates)
     monai_folded_batch, _ = fastest_batch(lambda b: monai_predict(fast, probe, tile, overlap, b), candidates)
 
-    seconds, outputs = {}, {}
-    for runtime, module in modules.items():
-        def run(m=module, b=ours_batch[runtime]):
-            return sliding_window_predict(m, unit, tile_size=tile, overlap=overlap, batch_size=b)
-        outputs[runtime] = run()
-        seconds[runtime] = best_time(run, repeats=args.repeats, warmup=0)
-    outputs["monai"] = monai_predict(model, unit, tile, overlap, monai_batch)
-    seconds["monai"] = best_time(lambda: monai_predict(model, unit, tile, overlap, monai_batch), args.repeats, 0)
-    seconds["monai_folded"] = best_time(lambda: monai_predict(fast, unit, tile, overlap, monai_folded_batch),
-                                        args.repeats, 1)
+    runs = {runtime: (lambda m=module, b=ours_batch[runtime]: sliding_window_predict(
+                m, unit, tile_size=tile, overlap=overlap, batch_size=b)) for runtime, module in modules.items()}
+    runs["monai"] = lambda: monai_predict(model, unit, tile, overlap, monai_batch)
+    runs["monai_folded"] = lambda: monai_predict(fast, unit, tile, overlap, monai_folded_batch)
+    outputs = {name: run() for name, run in runs.items()}  # also the warm-up
+    seconds = interleaved_best(runs, args.repeats)  # rounds in turn: a slow spell hits every contender alike
     agreement = float(((outputs["torch"] > settings.threshold) == (outputs["monai"] > settings.threshold)).mean())
     max_difference = float(np.abs(outputs["torch"] - outputs["monai"]).max())
     if agreement < AGREEMENT:

@@ -46,7 +46,8 @@ def test_every_exported_runtime_computes_what_torch_computes(small_net, exported
     assert load_runtime("torch", None, small_net) is small_net
     bf16 = load_runtime("torch-bf16", None, small_net)(x)
     assert bf16.dtype == torch.float32 and float((bf16 - expected).abs().max()) < 0.1
-    assert [p.name for p in runtime_files(exported)] == ["model.int8.onnx", "model.onnx"]
+    assert [p.name for p in runtime_files(exported)] == ["model.int8.onnx", "model.onnx", "openvino_static_shapes.json"]
+    assert json.loads((exported / "openvino_static_shapes.json").read_text()) == {"model.int8.onnx": True, "model.onnx": True}
 
 
 def test_unknown_runtimes_and_missing_graphs_are_named(small_net, tmp_path):
@@ -65,7 +66,8 @@ def test_the_chosen_runtime_is_the_fastest_that_kept_its_metric():
               check_runtime("openvino", 1.96, 2.0, 0.90, 0.90, 0.002),        # a tie with torch: not worth it
               check_runtime("torch-bf16", None, 2.0, None, 0.90, 0.002, "no AVX512-BF16")]
     assert [c.passed for c in checks] == [True, True, False, True, False]
-    assert "fell by 0.05" in checks[2].note and checks[4].note == "no AVX512-BF16"
+    assert "changed by -0.05" in checks[2].note and checks[4].note == "no AVX512-BF16"
+    assert not check_runtime("onnxruntime-int8", 1.0, 2.0, 0.905, 0.90, 0.002).passed  # better is a change too
     assert choose_runtime(checks) == "onnxruntime"
     assert choose_runtime(checks[:1] + checks[2:]) == "torch"  # nothing both faster and as accurate
     json.dumps([c.as_dict() for c in checks])  # what the registry stores
@@ -188,3 +190,21 @@ def test_the_service_runs_the_registry_choice_unless_the_operator_overrides_it(s
     monkeypatch.setenv(RUNTIME_ENV, "openvino-int8")  # its graph was not shipped: refused, with the way out
     with pytest.raises(BentoMLException, match="cannot load the 'openvino-int8' runtime.*CELLOPS_RUNTIME=torch"):
         load_serving_runtime(model, load)
+
+
+def test_a_graph_openvino_cannot_compile_with_static_shapes_runs_dynamic(small_net, exported, tmp_path):
+    import shutil
+
+    from cellops.runtimes import OPENVINO_SHAPES, OpenVinoModule, probe_static_shapes
+
+    shutil.copy(exported / "model.onnx", tmp_path / "model.onnx")
+    (tmp_path / "model.int8.onnx").write_bytes(b"not a graph")  # what a crashing compile looks like to the probe
+    assert probe_static_shapes(tmp_path, (2, 1, 16, 16)) == {"model.int8.onnx": False, "model.onnx": True}
+    assert json.loads((tmp_path / OPENVINO_SHAPES).read_text())["model.onnx"] is True
+    module = load_runtime("openvino", tmp_path, small_net)
+    assert isinstance(module, OpenVinoModule) and module.static_shapes
+    x = torch.rand(3, 1, 16, 16)
+    with torch.no_grad():
+        assert float((module(x) - small_net(x)).abs().max()) < 1e-4
+    (tmp_path / OPENVINO_SHAPES).write_text(json.dumps({"model.onnx": False}))
+    assert not load_runtime("openvino", tmp_path, small_net).static_shapes

@@ -66,7 +66,7 @@ def classifier_runtime_checks(model: nn.Module, calibration_images: np.ndarray, 
                               runtimes: tuple[str, ...], tolerance: float, batch_size: int = 32,
                               repeats: int = 1) -> list[RuntimeCheck]:
     """Export the classifier into ``folder`` and measure each runtime on the test split (metric: accuracy;
-    ``tolerance``: the largest accuracy drop accepted, as a fraction: 0.005 is half a point)."""
+    ``tolerance``: the largest accuracy change accepted, either way, as a fraction: 0.005 is half a point)."""
     from cellops.classifier.metrics import classification_scores
     from cellops.classifier.predict import explain
 

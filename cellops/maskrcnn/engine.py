@@ -237,7 +237,7 @@ def runtime_checks(model: torch.nn.Module, calibration_images: list[torch.Tensor
                    max_detections: int, runtimes: tuple[str, ...], tolerance: float,
                    repeats: int = 1) -> list[RuntimeCheck]:
     """Export the backbone into ``folder`` (:mod:`cellops.maskrcnn.runtime`) and measure each runtime of
-    :mod:`cellops.runtimes` on the test samples as served (metric: mask AP50; ``tolerance``: the largest AP50 drop
+    :mod:`cellops.runtimes` on the test samples as served (metric: mask AP50; ``tolerance``: the largest AP50 change
     accepted)."""
     names = export_maskrcnn(model, calibration_images, folder)
 

@@ -52,7 +52,7 @@ def unet_runtime_checks(model: nn.Module, calibration_volume: np.ndarray, test_i
                         test_mask: np.ndarray, settings: InferenceSettings, folder: str | Path, *,
                         runtimes: tuple[str, ...], tolerance: float, repeats: int = 1) -> list[RuntimeCheck]:
     """Export the U-Net into ``folder`` and measure each runtime on the test volume (metric: foreground IoU,
-    ``tolerance``: the largest IoU drop accepted)."""
+    ``tolerance``: the largest IoU change accepted, either way)."""
     fast = export_unet(model, calibration_volume, settings, folder)
 
     def evaluate(module: nn.Module) -> float:
