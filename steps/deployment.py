@@ -36,13 +36,27 @@ def import_champion(
     if not record[tags.INFERENCE_SETTINGS]:
         raise ValueError(f"{registered_model_name} v{record['model_version']} was registered without inference "
                          "settings; retrain it with the current pipeline before deploying")
-    metadata = {**record, "alias": alias, "service_limits": service_limits}
+    # BentoML metadata takes no None: a runtime check that was skipped has no time, so those keys are left out.
+    metadata = without_none({**record, "alias": alias, "service_limits": service_limits})
     bento_model = import_with_runtime(bento_model_name, registered_model_name, record, metadata)
     log_metadata(metadata={"bento_model": str(bento_model.tag), "model_version": record["model_version"],
                            "runtime": record[tags.RUNTIME]})
     logger.info("imported %s v%s as %s, served with %s", registered_model_name, record["model_version"],
                 bento_model.tag, record[tags.RUNTIME])
     return str(bento_model.tag)
+
+
+def without_none(value):
+    """``value`` with every None-valued key of its mappings left out, as BentoML's metadata requires.
+
+    >>> without_none({"checks": [{"runtime": "torch-bf16", "seconds": None}], "a": 1})
+    {'checks': [{'runtime': 'torch-bf16'}], 'a': 1}
+    """
+    if isinstance(value, dict):
+        return {k: without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_none(v) for v in value]
+    return value
 
 
 def import_with_runtime(bento_model_name: str, registered_model_name: str, record: dict,
