@@ -49,6 +49,12 @@ TINY_PARAMS = {
 SHARED_TRAINING_MODULES = frozenset({"tests/unet/test_e2e_unet.py", "tests/test_ui_browser.py", "tests/test_e2e_batch.py"})
 #: Modules whose tests share nothing (one subprocess each): scheduled test by test.
 INDEPENDENT_MODULES = frozenset({"tests/test_benchmark_smoke.py"})
+#: The longest work units (minutes each: trainings, servers), handed out first so that none starts last and leaves
+#: the other worker idle; every other module follows in collection order. The shared-training modules keep their
+#: order: the browser tests look at the shared training's run before the U-Net e2e tests start other runs.
+LONGEST_FIRST = ("tests/test_e2e_batch.py", "tests/test_ui_browser.py", "tests/unet/test_e2e_unet.py",
+                 "tests/test_team_stack.py", "tests/classifier/test_e2e_classifier.py",
+                 "tests/maskrcnn/test_e2e_maskrcnn.py", "tests/test_default_data.py", "tests/test_e2e_classical.py")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -56,6 +62,8 @@ def pytest_xdist_make_scheduler(config, log):
     """Schedule whole modules, the shared-training ones as one unit (xdist's ``loadgroup`` would do this with
     markers, but with pytest 9.2 it no longer renames the tests it groups)."""
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # keep the collection's order (longest first, see below)
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -68,13 +76,19 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-    """A module that reads the shared training must be listed in ``SHARED_TRAINING_MODULES``: else two workers
-    would each train it."""
-    unlisted = {item.nodeid.split("::")[0] for item in items if "unet_trained" in getattr(item, "fixturenames", ())}
+    """Put the longest modules first (``LONGEST_FIRST``; a stable sort keeps each module's own order), and refuse a
+    module that reads the shared training without being listed in ``SHARED_TRAINING_MODULES`` (two workers would
+    each train it)."""
+    def module(item) -> str:
+        return item.nodeid.split("::")[0]
+
+    unlisted = {module(item) for item in items if "unet_trained" in getattr(item, "fixturenames", ())}
     unlisted -= SHARED_TRAINING_MODULES
     if unlisted:
         raise pytest.UsageError(f"{sorted(unlisted)} use the unet_trained fixture: add them to "
                                 "SHARED_TRAINING_MODULES in tests/conftest.py")
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(module(item), len(rank)))
 
 
 @pytest.fixture(scope="session")
