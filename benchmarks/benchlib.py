@@ -61,3 +61,33 @@ def write_result(name: str, result: dict, summary: list[dict], out: Path | None 
     path.write_text(json.dumps(document, indent=2, default=str))
     print(f"-> {path}")
     return path
+
+
+def runtime_rows(checks: dict, work: float, unit: str, comparison: str, describe_change) -> list[dict]:
+    """One row per runtime's check (:class:`cellops.runtimes.RuntimeCheck`, torch fp32 itself left out) against
+    torch fp32, target 1.8x: ``work`` (voxels, images) per second of each, ``comparison`` formatted with
+    ``{runtime}``, and a note from ``describe_change(check)`` marking a failed check and emulated bf16."""
+    from cellops.runtimes import BASELINE, native_bf16
+
+    base = checks[BASELINE].seconds
+    rows = []
+    for runtime, check in checks.items():
+        if runtime == BASELINE:
+            continue
+        note = describe_change(check) + ("" if check.passed else " (fails the check)")
+        if runtime == "torch-bf16" and not native_bf16():
+            note += "; no AVX512-BF16/AMX: emulated"
+        rows.append(row(comparison.format(runtime=runtime), runtime, work / check.seconds, "torch fp32", work / base,
+                        unit, target=1.8, note=note))
+    return rows
+
+
+def print_summary(summary: list[dict]) -> None:
+    """The summary rows, one line each, as the run ends."""
+    for r in summary:
+        print(f"{r['comparison']:60s} {r['ours']}: {_figure(r['ours_value'])}  {r['peer']}: "
+              f"{_figure(r['peer_value'])} {r['unit']}  {r['ratio']}x  {r['note']}")
+
+
+def _figure(value) -> str:
+    return f"{value:,.4g}" if isinstance(value, (int, float)) else str(value)

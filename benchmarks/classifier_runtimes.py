@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from benchlib import row, write_result
+from benchlib import print_summary, row, runtime_rows, write_result
 
 from cellops.classifier.metrics import classification_scores
 from cellops.classifier.predict import explain
 from cellops.classifier.runtime import export_classifier, runtime_classifier
-from cellops.runtimes import RUNTIMES, best_time, check_runtime, interleaved_best, native_bf16
+from cellops.runtimes import RUNTIMES, best_time, check_runtime, choose_runtime, interleaved_best
 from models.cam import class_activation_maps
 
 CAM_TOLERANCE = 1e-4  # largest difference between the two explanations at feature resolution, same scaling
@@ -200,21 +200,12 @@ def main() -> None:
     seconds = interleaved_best(runs, args.repeats)
     checks = {r: check_runtime(r, seconds[r], seconds["torch"], accuracy[r], accuracy["torch"], ACCURACY_TOLERANCE)
               for r in args.runtimes}
-    for runtime, check in checks.items():
-        if runtime == "torch":
-            continue
-        note = f"accuracy change {100 * check.change:+.2f} points" + ("" if check.passed else " (fails the check)")
-        if runtime == "torch-bf16" and not native_bf16():
-            note += "; no AVX512-BF16/AMX: emulated"
-        summary.append(row(f"classify + CAM, {runtime} vs torch fp32", runtime, len(images) / seconds[runtime],
-                           "torch fp32", len(images) / seconds["torch"], "images/s", target=1.8, note=note))
-    passed = [r for r, c in checks.items() if c.passed and r != "torch"]
+    summary += runtime_rows(checks, len(images), "images/s", "classify + CAM, {runtime} vs torch fp32",
+                            lambda check: f"accuracy change {100 * check.change:+.2f} points")
     result.update({"champion": name, "batch_sizes": batches, "seconds": {k: round(v, 4) for k, v in seconds.items()},
                    "accuracy": accuracy, "checks": {k: c.as_dict() for k, c in checks.items()},
-                   "fastest_passing_runtime": min(passed, key=seconds.get) if passed else "torch"})
-    for r in summary:
-        print(f"{r['comparison']:55s} {r['ours']}: {r['ours_value']:>9,.1f}  {r['peer']}: {r['peer_value']:>9,.1f} "
-              f"{r['unit']}  {r['ratio']}x  {r['note']}")
+                   "fastest_passing_runtime": choose_runtime(list(checks.values()))})
+    print_summary(summary)
     write_result("classifier_runtimes", result, summary, args.out, smoke=args.smoke)
 
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from benchlib import row, write_result
+from benchlib import print_summary, row, runtime_rows, write_result
 
 from cellops.maskrcnn.engine import evaluate_model
 from cellops.maskrcnn.evaluation import COCO_BACKENDS, coco_ap
 from cellops.maskrcnn.predict import PredictionSettings
 from cellops.maskrcnn.runtime import export_maskrcnn, with_runtime
-from cellops.runtimes import RUNTIMES, check_runtime, interleaved_best, native_bf16
+from cellops.runtimes import RUNTIMES, check_runtime, choose_runtime, interleaved_best
 
 AP50_TOLERANCE = 0.01
 COCO_TOLERANCE = 1e-6
@@ -113,16 +113,8 @@ def main() -> None:
     seconds = interleaved_best(runs, args.repeats)
     checks = {r: check_runtime(r, seconds[r], seconds["torch"], ap50[r], ap50["torch"], AP50_TOLERANCE)
               for r in args.runtimes}
-    summary = []
-    for runtime, check in checks.items():
-        if runtime == "torch":
-            continue
-        note = f"mask AP50 change {check.change:+.4f}" + ("" if check.passed else " (fails the check)")
-        if runtime == "torch-bf16" and not native_bf16():
-            note += "; no AVX512-BF16/AMX: emulated"
-        summary.append(row(f"predict + score test images, {runtime} vs torch fp32", runtime,
-                           len(test) / seconds[runtime], "torch fp32", len(test) / seconds["torch"], "images/s",
-                           target=1.8, note=note))
+    summary = runtime_rows(checks, len(test), "images/s", "predict + score test images, {runtime} vs torch fp32",
+                           lambda check: f"mask AP50 change {check.change:+.4f}")
 
     # -- 2. COCO evaluation of the torch predictions: the same numbers first, then the time.
     def coco_run(backend: str):
@@ -142,14 +134,11 @@ def main() -> None:
                        coco["faster-coco-eval"]["seconds"], "pycocotools", coco["pycocotools"]["seconds"], "s",
                        higher_is_better=False, note=f"APs equal within {difference:.1e}, "
                                                     f"{len(detections['torch'])} detections"))
-    passed = [r for r, c in checks.items() if c.passed and r != "torch"]
     result = {"model": inputs["source"], "test_images": len(test), "seconds": {k: round(v, 4) for k, v in seconds.items()},
               "mask_ap50": ap50, "checks": {k: c.as_dict() for k, c in checks.items()},
-              "fastest_passing_runtime": min(passed, key=seconds.get) if passed else "torch",
+              "fastest_passing_runtime": choose_runtime(list(checks.values())),
               "coco": coco, "coco_max_difference": difference}
-    for r in summary:
-        print(f"{r['comparison']:55s} {r['ours']}: {r['ours_value']:>9,.3f}  {r['peer']}: {r['peer_value']:>9,.3f} "
-              f"{r['unit']}  {r['ratio']}x  {r['note']}")
+    print_summary(summary)
     write_result("maskrcnn_runtimes", result, summary, args.out, smoke=args.smoke)
 
 

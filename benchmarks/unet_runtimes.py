@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from benchlib import row, write_result
+from benchlib import print_summary, row, runtime_rows, write_result
 
 from cellops.inference import gaussian_weight_map, sliding_window_predict
 from cellops.io import to_unit_range
-from cellops.runtimes import RUNTIMES, best_time, check_runtime, interleaved_best, load_runtime, native_bf16
+from cellops.runtimes import RUNTIMES, best_time, check_runtime, choose_runtime, interleaved_best, load_runtime
 from cellops.unet.predict import InferenceSettings, score
 from cellops.unet.runtime import export_unet
 
@@ -136,8 +136,7 @@ def main() -> None:
     ious = {runtime: score(module, test, mask, settings)[0].foreground_iou for runtime, module in modules.items()}
     checks = {runtime: check_runtime(runtime, seconds[runtime], seconds["torch"], ious[runtime], ious["torch"],
                                      IOU_TOLERANCE) for runtime in modules}
-    passed = [r for r, c in checks.items() if c.passed and r != "torch"]
-    best = min(passed, key=seconds.get) if passed else "torch"
+    best = choose_runtime(list(checks.values()))  # what the registry would choose
     voxels = unit.size
 
     summary = [row("volume inference vs MONAI sliding_window_inference", f"cellops {best}", voxels / seconds[best],
@@ -145,15 +144,8 @@ def main() -> None:
                    note=f"masks agree on {agreement:.4%}"),
                row("volume inference vs MONAI, both on the folded model", f"cellops {best}", voxels / seconds[best],
                    "MONAI (folded channels-last model)", voxels / seconds["monai_folded"], "voxels/s")]
-    for runtime, check in checks.items():
-        if runtime == "torch":
-            continue
-        note = f"IoU change {check.change:+.4f}" + ("" if check.passed else " (fails the IoU check)")
-        if runtime == "torch-bf16" and not native_bf16():
-            note += "; no AVX512-BF16/AMX: emulated"
-        summary.append(row(f"{runtime} vs torch fp32 (IoU tolerance {IOU_TOLERANCE})", runtime,
-                           voxels / seconds[runtime], "torch fp32", voxels / seconds["torch"], "voxels/s",
-                           target=1.8, note=note))
+    summary += runtime_rows(checks, voxels, "voxels/s", f"{{runtime}} vs torch fp32 (IoU tolerance {IOU_TOLERANCE})",
+                            lambda check: f"IoU change {check.change:+.4f}")
     result = {
         "model": source, "volume": list(unit.shape), "tile_size": tile, "overlap": overlap,
         "batch_sizes": {"cellops": ours_batch, "monai": monai_batch, "monai_folded": monai_folded_batch,
@@ -163,9 +155,7 @@ def main() -> None:
         "foreground_iou": {k: round(v, 6) for k, v in ious.items()},
         "checks": {k: c.as_dict() for k, c in checks.items()}, "fastest_passing_runtime": best,
     }
-    for r in summary:
-        print(f"{r['comparison']:60s} {r['ours']}: {r['ours_value']:>12,.0f}  {r['peer']}: "
-              f"{r['peer_value']:>12,.0f} {r['unit']}  {r['ratio']}x  {r['note']}")
+    print_summary(summary)
     write_result("unet_runtimes", result, summary, args.out, smoke=args.smoke)
 
 
