@@ -85,9 +85,18 @@ def runtime_rows(checks: dict, work: float, unit: str, comparison: str, describe
 def print_summary(summary: list[dict]) -> None:
     """The summary rows, one line each, as the run ends."""
     for r in summary:
-        print(f"{r['comparison']:60s} {r['ours']}: {_figure(r['ours_value'])}  {r['peer']}: "
-              f"{_figure(r['peer_value'])} {r['unit']}  {r['ratio']}x  {r['note']}")
+        print(f"{r['comparison']:60s} {r['ours']}: {figure(r['ours_value'], r['unit'])}  {r['peer']}: "
+              f"{figure(r['peer_value'], r['unit'])}  {r['ratio']}x  {r['note']}")
 
 
-def _figure(value) -> str:
-    return f"{value:,.4g}" if isinstance(value, (int, float)) else str(value)
+def figure(value, unit: str) -> str:
+    """A measured value with its unit, four significant digits, thousands grouped ('-' where there is none).
+
+    >>> figure(5548473.2, "voxels/s"), figure(0.0271, "s"), figure(None, "s")
+    ('5,548,473 voxels/s', '0.0271 s', '-')
+    """
+    if value is None:
+        return "-"
+    if not isinstance(value, (int, float)):
+        return f"{value} {unit}"
+    return f"{value:,.0f} {unit}" if abs(value) >= 1e4 else f"{value:,.4g} {unit}"

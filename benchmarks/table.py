@@ -12,11 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def _figure(value, unit: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.4g} {unit}" if isinstance(value, (int, float)) else f"{value} {unit}"
+from benchlib import figure
 
 
 def table(folder: Path) -> str:
@@ -45,8 +41,8 @@ def table(folder: Path) -> str:
             target = f">= {r['target']}x" if r.get("target") is not None else "-"
             ratio = f"{r['ratio']}x" if r.get("ratio") is not None else "-"
             comparison = r["comparison"] + (f" ({r['note']})" if r.get("note") else "")
-            lines.append(f"| {name} | {comparison} | {r['ours']}: {_figure(r.get('ours_value'), r['unit'])} | "
-                         f"{r['peer']}: {_figure(r.get('peer_value'), r['unit'])} | {ratio} | {target} | {met} |")
+            lines.append(f"| {name} | {comparison} | {r['ours']}: {figure(r.get('ours_value'), r['unit'])} | "
+                         f"{r['peer']}: {figure(r.get('peer_value'), r['unit'])} | {ratio} | {target} | {met} |")
     for key, names in machines.items():
         lines.append(f"\nmachine: {key} ({', '.join(names)})")
     return "\n".join(lines)
