@@ -28,7 +28,7 @@ def serving_runtime(bento_model: bentoml.Model) -> dict:
     """Which runtime runs the network and on what: the one the registry chose (the fastest that passed its
     accuracy check, see ``cellops.runtimes``) unless ``CELLOPS_RUNTIME`` overrides it, the folder of its exported
     graph, and the kernels this CPU offers (oneDNN's ISA level, OpenVINO's device)."""
-    from cellops.runtimes import RUNTIMES, cpu_info, native_bf16
+    from cellops.runtimes import RUNTIME_PRECISION, RUNTIMES, cpu_info, native_bf16
 
     chosen = dict(bento_model.info.metadata).get("runtime") or "torch"
     requested = os.environ.get(RUNTIME_ENV, "").strip() or chosen
@@ -36,7 +36,8 @@ def serving_runtime(bento_model: bentoml.Model) -> dict:
         raise BentoMLException(f"{RUNTIME_ENV}={requested!r} is not a runtime; choose one of {list(RUNTIMES)}")
     folder = Path(bento_model.path_of("runtimes"))
     machine = cpu_info()
-    return {"runtime": requested, "chosen_by_registry": chosen, "overridden": requested != chosen,
+    return {"runtime": requested, "precision": RUNTIME_PRECISION[requested], "chosen_by_registry": chosen,
+            "overridden": requested != chosen,
             "graphs": str(folder) if folder.is_dir() else None,
             "cpu": machine["cpu_model"], "isa": machine["isa_flags"], "threads": machine["torch_threads"],
             "onednn": machine["torch_cpu_capability"], "native_bf16": native_bf16(),

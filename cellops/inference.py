@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from cellops.runtimes import pin_fp32_precision
+
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with every Conv2d -> BatchNorm2d pair folded into one convolution,
@@ -32,6 +34,7 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     >>> bool(torch.allclose(net(x), fast(x), atol=1e-6))
     True
     """
+    pin_fp32_precision()  # fp32 means IEEE fp32 on every CPU, whatever oneDNN's defaults there
     prepared = copy.deepcopy(model).eval()
     for module in prepared.modules():
         if not isinstance(module, nn.Sequential):

@@ -8,6 +8,8 @@ second) and can then run in
 * ``torch-bf16``: the same under ``torch.autocast(bfloat16)``; it pays only where the CPU has AVX512-BF16 or AMX
   (:func:`native_bf16`), elsewhere oneDNN emulates bf16 and it is slower;
 * ``onnxruntime`` / ``openvino``: the ONNX graph in ONNX Runtime's or OpenVINO's CPU plugin, fp32;
+* ``openvino-bf16``: the same graph with OpenVINO's inference precision set to bf16; measured, like ``torch-bf16``,
+  only where the CPU has AVX512-BF16 or AMX;
 * ``onnxruntime-int8`` / ``openvino-int8``: the graph quantised to int8 (QDQ, per-channel weights) by ONNX
   Runtime's static post-training quantisation, calibrated on training images; OpenVINO reads the same QDQ graph
   and runs it with its low-precision kernels.
@@ -16,6 +18,12 @@ Every runtime is wrapped as a ``torch.nn.Module`` that takes and returns float32
 model (sliding-window tiling, class-activation maps, Mask R-CNN's heads) takes any runtime unchanged. Which runtime
 serves is decided by measurement (:class:`RuntimeCheck`, :func:`choose_runtime`): the fastest whose task metric
 stays within its tolerance of torch fp32's.
+
+Every runtime states its precision (:data:`RUNTIME_PRECISION`) and sets it explicitly, never through a library
+default that depends on the CPU: OpenVINO's CPU plugin computes an fp32 graph in bf16 by default on CPUs with
+native bf16, so every OpenVINO runtime is compiled with its ``INFERENCE_PRECISION_HINT``
+(:data:`OPENVINO_PRECISION`); ONNX Runtime's bf16 fast-math switch is set off; torch's fp32 convolutions and
+matrix products are pinned to IEEE fp32 (:func:`pin_fp32_precision`).
 """
 
 from __future__ import annotations
@@ -33,9 +41,18 @@ from torch import nn
 
 BASELINE = "torch"
 #: Every runtime, in the order they are tried.
-RUNTIMES = ("torch", "torch-bf16", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
+RUNTIMES = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8", "openvino-int8")
+#: The precision each runtime computes in (int8: quantised weights and activations, fp32 elsewhere).
+RUNTIME_PRECISION = {"torch": "fp32", "torch-bf16": "bf16", "onnxruntime": "fp32", "openvino": "fp32",
+                     "openvino-bf16": "bf16", "onnxruntime-int8": "int8", "openvino-int8": "int8"}
+#: Runtimes that compute in bf16: measured only where the CPU has it in hardware (:func:`default_skips`).
+BF16_RUNTIMES = tuple(name for name, precision in RUNTIME_PRECISION.items() if precision == "bf16")
+#: OpenVINO's ``INFERENCE_PRECISION_HINT`` for each OpenVINO runtime, always passed at compile: left out, the CPU
+#: plugin picks bf16 on CPUs with AVX512-BF16/AMX and f32 elsewhere. int8 graphs keep their quantised operations;
+#: the hint sets the precision of every other one.
+OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}
 #: The file each exported runtime reads, relative to the export folder.
-RUNTIME_FILES = {"onnxruntime": "model.onnx", "openvino": "model.onnx",
+RUNTIME_FILES = {"onnxruntime": "model.onnx", "openvino": "model.onnx", "openvino-bf16": "model.onnx",
                  "onnxruntime-int8": "model.int8.onnx", "openvino-int8": "model.int8.onnx"}
 INPUT_NAME = "input"
 #: CPU flags that decide which kernels can run (``/proc/cpuinfo`` names).
@@ -85,6 +102,7 @@ def cpu_info() -> dict:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_available": torch.backends.mkldnn.is_available(),
         "native_bf16": native_bf16(flags),
+        "torch_fp32_precision": pin_fp32_precision(),
         "python": platform.python_version(),
         "versions": library_versions(),
     }
@@ -181,6 +199,8 @@ class OnnxRuntimeModule(nn.Module):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # fp32 stays fp32: the bf16 fast-math GEMM (off by default, ARM only today) is pinned off, not left to a default.
+        options.add_session_config_entry("mlas.enable_gemm_fastmath_arm64_bfloat16", "0")
         self.path = str(path)
         self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
 
@@ -191,7 +211,9 @@ class OnnxRuntimeModule(nn.Module):
 
 
 class OpenVinoModule(nn.Module):
-    """An ONNX graph compiled by OpenVINO for its CPU plugin (latency hint: one request at a time, all threads).
+    """An ONNX graph compiled by OpenVINO for its CPU plugin (latency hint: one request at a time, all threads), in
+    the stated ``precision`` (``"f32"`` or ``"bf16"``, OpenVINO's ``INFERENCE_PRECISION_HINT``; never the plugin's
+    default, which is bf16 on CPUs with native bf16 and f32 elsewhere).
 
     With ``static_shapes`` the graph is compiled once per input shape, with that shape fixed: OpenVINO's CPU kernels
     for static shapes are faster than its dynamic-shape path (int8 U-Net tiles: 5.1 M against 4.0 M voxels/s on 2
@@ -201,14 +223,19 @@ class OpenVinoModule(nn.Module):
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, max_shapes: int = 8,
-                 static_shapes: bool = False) -> None:
+                 static_shapes: bool = False, precision: str = "f32") -> None:
         super().__init__()
         import openvino as ov
 
+        if precision not in ("f32", "bf16"):
+            raise ValueError(f"OpenVINO precision must be 'f32' or 'bf16', got {precision!r}")
         self.core = ov.Core()
         self.path = str(path)
         self.graph = self.core.read_model(self.path)  # parsed once; reshaped copies are compiled
-        self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        self.precision = precision
+        # ACCURACY mode would also forbid lower precisions, but silently slows fp32 too; the hint alone is exact.
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+                       "INFERENCE_PRECISION_HINT": precision}
         self.max_shapes, self.static_shapes = max_shapes, static_shapes
         self._compiled: dict[tuple[int, ...] | None, tuple] = {}
 
@@ -313,7 +340,7 @@ def load_runtime(runtime: str, folder: str | Path | None, model: nn.Module, thre
 
         probed = Path(folder) / OPENVINO_SHAPES
         static = json.loads(probed.read_text()).get(path.name, False) if probed.is_file() else False
-        return OpenVinoModule(path, threads, static_shapes=static)
+        return OpenVinoModule(path, threads, static_shapes=static, precision=OPENVINO_PRECISION[runtime])
     return OnnxRuntimeModule(path, threads)
 
 
@@ -345,8 +372,13 @@ class RuntimeCheck:
     passed: bool
     note: str = ""
 
+    @property
+    def precision(self) -> str:
+        """The precision the runtime computes in (:data:`RUNTIME_PRECISION`)."""
+        return RUNTIME_PRECISION.get(self.runtime, "unknown")
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "precision": self.precision}
 
 
 def check_runtime(runtime: str, seconds: float | None, baseline_seconds: float, metric: float | None,
@@ -400,6 +432,7 @@ def measure_runtimes(module_for: Callable[[str], nn.Module], evaluate: Callable[
     warm-up), then timed in ``repeats`` interleaved rounds (:func:`interleaved_best`). ``skip`` maps runtimes not to
     run to the reason, which is recorded; a runtime that fails to load or run is recorded as failed, not raised."""
     skip = skip or {}
+    pin_fp32_precision()
     modules = {BASELINE: module_for(BASELINE)}
     metrics = {BASELINE: evaluate(modules[BASELINE])}
     failed: dict[str, str] = dict(skip)
@@ -427,7 +460,32 @@ def measure_runtimes(module_for: Callable[[str], nn.Module], evaluate: Callable[
 
 
 def default_skips(runtimes: Sequence[str], flags: set[str] | None = None) -> dict[str, str]:
-    """Runtimes not worth measuring on this CPU, with the reason (bf16 without AVX512-BF16 or AMX)."""
-    if "torch-bf16" in runtimes and not native_bf16(flags):
-        return {"torch-bf16": "no AVX512-BF16/AMX on this CPU: bf16 is emulated, slower than fp32"}
-    return {}
+    """Runtimes not worth measuring on this CPU, with the reason (bf16 without AVX512-BF16 or AMX).
+
+    >>> default_skips(["torch-bf16", "openvino-bf16", "openvino"], {"avx2"})  # doctest: +NORMALIZE_WHITESPACE
+    {'torch-bf16': 'no AVX512-BF16/AMX on this CPU: bf16 is emulated, slower than fp32',
+     'openvino-bf16': 'no AVX512-BF16/AMX on this CPU: bf16 is emulated, slower than fp32'}
+    """
+    if native_bf16(flags):
+        return {}
+    return {runtime: "no AVX512-BF16/AMX on this CPU: bf16 is emulated, slower than fp32"
+            for runtime in runtimes if runtime in BF16_RUNTIMES}
+
+
+def pin_fp32_precision() -> dict[str, str]:
+    """Pin torch's fp32 convolutions and matrix products to IEEE fp32 (oneDNN may otherwise run them in bf16 or
+    tf32 where a build, an environment variable such as ``ONEDNN_DEFAULT_FPMATH_MODE`` or a CPU allows it) and
+    return the settings in force, for the record.
+
+    >>> pin_fp32_precision()["float32_matmul_precision"]
+    'highest'
+    """
+    torch.set_float32_matmul_precision("highest")
+    pinned = {"float32_matmul_precision": torch.get_float32_matmul_precision()}
+    mkldnn = torch.backends.mkldnn
+    for name, backend in (("mkldnn", mkldnn), ("mkldnn_conv", getattr(mkldnn, "conv", None)),
+                          ("mkldnn_matmul", getattr(mkldnn, "matmul", None))):
+        if backend is not None and hasattr(backend, "fp32_precision"):
+            backend.fp32_precision = "ieee"
+            pinned[name] = backend.fp32_precision
+    return pinned

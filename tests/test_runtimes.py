@@ -9,10 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from cellops.runtimes import (RUNTIMES, RuntimeCheck, check_runtime, choose_runtime, cpu_info, default_skips,
-                              export_runtime_files, load_runtime, measure_runtimes, native_bf16, runtime_files)
+from cellops.runtimes import (OPENVINO_PRECISION, RUNTIME_FILES, RUNTIME_PRECISION, RUNTIMES, RuntimeCheck,
+                              check_runtime, choose_runtime, cpu_info, default_skips, export_runtime_files,
+                              load_runtime, measure_runtimes, native_bf16, pin_fp32_precision, runtime_files)
 
-EXPORTED = ("onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
+#: The exported runtimes this CPU computes natively (bf16 only where the CPU has it).
+EXPORTED = tuple(r for r in RUNTIME_FILES if RUNTIME_PRECISION[r] != "bf16" or native_bf16())
+TOLERANCE = {"fp32": 1e-4, "bf16": 0.1, "int8": 0.1}  # rounding; bf16's 8-bit mantissa; the int8 quantisation step
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +43,33 @@ def test_every_exported_runtime_computes_what_torch_computes(small_net, exported
     for runtime in EXPORTED:
         out = load_runtime(runtime, exported, small_net)(x)
         assert out.shape == expected.shape and out.dtype == torch.float32
-        # fp32 graphs agree to rounding; int8 to the quantisation step of activations in [0, 1]-ish ranges.
-        tolerance = 1e-4 if "int8" not in runtime else 0.1
-        assert float((out - expected).abs().max()) < tolerance, runtime
+        # fp32 graphs agree to rounding, on every CPU (OpenVINO's precision is pinned, see the test below); int8 to
+        # the quantisation step of activations in [0, 1]-ish ranges.
+        assert float((out - expected).abs().max()) < TOLERANCE[RUNTIME_PRECISION[runtime]], runtime
     assert load_runtime("torch", None, small_net) is small_net
     bf16 = load_runtime("torch-bf16", None, small_net)(x)
     assert bf16.dtype == torch.float32 and float((bf16 - expected).abs().max()) < 0.1
     assert [p.name for p in runtime_files(exported)] == ["model.int8.onnx", "model.onnx", "openvino_static_shapes.json"]
     assert json.loads((exported / "openvino_static_shapes.json").read_text()) == {"model.int8.onnx": True, "model.onnx": True}
+
+
+def test_every_runtime_states_its_precision_and_openvino_compiles_with_it(small_net, exported):
+    # A runtime left to OpenVINO's default would compute fp32 graphs in bf16 on CPUs with AVX512-BF16/AMX: each
+    # OpenVINO runtime must pass its precision at compile, and the compiled model must report it, on any CPU.
+    assert set(RUNTIME_PRECISION) == set(RUNTIMES)
+    assert set(OPENVINO_PRECISION) == {r for r in RUNTIMES if r.startswith("openvino")}
+    x = torch.rand(2, 1, 16, 16)
+    for runtime in OPENVINO_PRECISION:
+        module = load_runtime(runtime, exported, small_net)
+        assert module.config["INFERENCE_PRECISION_HINT"] == OPENVINO_PRECISION[runtime], runtime
+        if RUNTIME_PRECISION[runtime] == "bf16" and not native_bf16():
+            continue  # not compiled where the CPU has no bf16 (default_skips): the stated hint is what counts there
+        module(x)
+        for compiled, _ in module._compiled.values():
+            assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == OPENVINO_PRECISION[runtime], runtime
+    assert pin_fp32_precision()["float32_matmul_precision"] == "highest"
+    assert {c.runtime: c.as_dict()["precision"] for c in [check_runtime("openvino-bf16", None, 1.0, None, 0.9, 0.01)]
+            } == {"openvino-bf16": "bf16"}
 
 
 def test_unknown_runtimes_and_missing_graphs_are_named(small_net, tmp_path):
@@ -92,7 +114,7 @@ def test_a_runtime_that_fails_is_recorded_not_raised(small_net):
 
 def test_bf16_is_measured_only_where_the_cpu_computes_it():
     assert native_bf16({"avx512f", "amx_bf16"}) and not native_bf16({"avx2", "fma"})
-    assert "torch-bf16" in default_skips(RUNTIMES, {"avx2"})
+    assert set(default_skips(RUNTIMES, {"avx2"})) == {"torch-bf16", "openvino-bf16"}
     assert default_skips(RUNTIMES, {"avx512_bf16"}) == {}
 
 
