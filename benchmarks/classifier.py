@@ -103,7 +103,8 @@ def registered_results(args: argparse.Namespace, config: dict) -> tuple[dict, in
     for role, model_name in (("custom", args.custom), ("reference", args.reference)):
         version = versions[model_name]
         settings = ClassifierSettings.from_dict(tags.inference_from_tags(version.tags))
-        images, failures = load_class_images(files, channels=settings.channels, size=settings.size)
+        images, failures = load_class_images(files, channels=settings.channels, size=settings.size,
+                                             normalization=settings.normalization)
         assert not failures, failures
         model = mlflow.pytorch.load_model(f"models:/{registered}/{version.version}", map_location="cpu").eval()
         scores = classification_scores(predict_probabilities(model, images, 64), labels, settings.positive)

@@ -135,7 +135,8 @@ def load_inputs(args) -> dict:
 
     def images(split: str) -> np.ndarray:
         files = [Path(index["files"][i]) for i in np.flatnonzero(splits == split)]
-        loaded, failures = load_class_images(files, channels=settings.channels, size=settings.size)
+        loaded, failures = load_class_images(files, channels=settings.channels, size=settings.size,
+                                             normalization=settings.normalization)
         if failures:
             raise SystemExit(f"unreadable images in the {split} split: {failures}")
         return loaded

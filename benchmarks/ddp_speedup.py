@@ -71,7 +71,8 @@ def main() -> None:
     training = {**steps["train_unet"]["parameters"]["training"], "epochs": args.epochs}
     split = split_slices(len(train_image), **steps["split_em_volume"]["parameters"])
     images, masks, _ = training_patches(train_image[split.train], train_mask[split.train],
-                                        n_patches=args.patches, **sampling)
+                                        n_patches=args.patches, **sampling,
+                                        normalization=InferenceSettings.from_dict(inference).normalization)
     val = (train_image[split.val], train_mask[split.val])
 
     torch.set_num_threads(threads)

@@ -27,6 +27,7 @@ from benchlib import row, write_result
 
 from cellops.io import read_image_file
 from cellops.maskrcnn.annotations import AnnotationError
+from cellops.intensity import Normalization
 from cellops.maskrcnn.data import model_image
 from cellops.maskrcnn.specs import AnnotationSource
 from cellops.synthetic.colonies import generate_colony_image
@@ -73,7 +74,7 @@ def main() -> None:
     detections = 100
     if args.smoke:
         shared, detections = {**shared, "min_size": 128, "max_size": 128}, 10
-        images = [model_image(generate_colony_image((256, 256), seed=0, n_colonies=(1, 2)).image)]
+        images = [model_image(generate_colony_image((256, 256), seed=0, n_colonies=(1, 2)).image, Normalization())]
     else:
         source = AnnotationSource.from_dict(config["steps"]["load_instance_annotations"]["parameters"]["annotations"])
         try:
@@ -81,7 +82,7 @@ def main() -> None:
         except (AnnotationError, OSError) as error:
             raise SystemExit(f"{error}: run `make data` first") from None
         files = [Path(source.images_dir) / img["file_name"] for img in coco["images"]]
-        images = [model_image(read_image_file(p)) for p in files[: args.images]]
+        images = [model_image(read_image_file(p), Normalization()) for p in files[: args.images]]
     results = {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                "image_size": list(images[0].shape[-2:]), "model_input": shared["min_size"], "architectures": {}}
     for name, overrides in ARCHITECTURES.items():

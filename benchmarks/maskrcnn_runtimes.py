@@ -54,12 +54,14 @@ def load_inputs(args) -> dict:
     coco = source.load()
     index = split_images(coco, source.images_dir, ImageSplitSettings.from_dict(config["split"]))
     test_ids = [i for i, s in zip(index["image_ids"], index["splits"]) if s == "test"]
+    settings = PredictionSettings.from_dict({k: v for k, v in inference.items()
+                                             if k not in ("max_detections", "categories")})
     return {"model": load_registered(uri, name, record), "source": f"{name} v{record['model_version']}",
-            "settings": PredictionSettings.from_dict({k: v for k, v in inference.items()
-                                                      if k not in ("max_detections", "categories")}),
-            "max_detections": int(inference.get("max_detections", 100)),
-            "test": load_instance_samples(coco, index, "test"), "truth": subset_coco(coco, test_ids),
-            "calibration": [image for image, _ in load_instance_samples(coco, index, "train")[:8]]}
+            "settings": settings, "max_detections": int(inference.get("max_detections", 100)),
+            "test": load_instance_samples(coco, index, "test", settings.normalization),
+            "truth": subset_coco(coco, test_ids),
+            "calibration": [image for image, _ in load_instance_samples(coco, index, "train",
+                                                                        settings.normalization)[:8]]}
 
 
 def _smoke_inputs() -> dict:
@@ -73,7 +75,7 @@ def _smoke_inputs() -> dict:
     write_colony_dataset(folder, n_images=2, shape=(256, 256), seed=7)  # the tests' smallest
     coco = load_annotations("coco", folder / "annotations.json", folder / "images")
     index = split_images(coco, folder / "images", ImageSplitSettings(val_fraction=0.0, test_fraction=0.0, seed=0))
-    samples = load_instance_samples(coco, index, "train")
+    samples = load_instance_samples(coco, index, "train", PredictionSettings().normalization)
     settings = MaskRCNNSettings.from_dict({"backbone": "resnet18", "fpn_channels": 16, "representation_size": 32,
                                         "mask_head_layers": 1, "min_size": 128, "max_size": 128,
                                         "anchor_sizes": [16, 32, 64, 128, 256], "score_threshold": 0.0,

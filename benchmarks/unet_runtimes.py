@@ -30,7 +30,6 @@ import torch
 from benchlib import print_summary, row, runtime_rows, write_result
 
 from cellops.inference import gaussian_weight_map, sliding_window_predict
-from cellops.io import to_unit_range
 from cellops.runtimes import RUNTIMES, best_time, check_runtime, choose_runtime, interleaved_best, load_runtime
 from cellops.unet.predict import InferenceSettings, score
 from cellops.unet.runtime import export_unet
@@ -104,7 +103,7 @@ def main() -> None:
 
     model, settings, test, mask, train, source = load_inputs(args)
     tile, overlap = settings.tile_size, settings.tile_overlap
-    unit = np.ascontiguousarray(to_unit_range(test), dtype=np.float32)
+    unit = np.ascontiguousarray(settings.normalization.apply(test), dtype=np.float32)
     workdir = Path(tempfile.mkdtemp(prefix="unet-runtimes-"))
     fast = export_unet(model, train, settings, workdir)  # folded + the fp32 and int8 ONNX graphs
     modules = {runtime: load_runtime(runtime, workdir, fast) for runtime in args.runtimes}

@@ -45,21 +45,32 @@ def max_pixels(limits: dict) -> int:
     return limit
 
 
-def decode_upload(data: bytes, limit: int, allowed_ndim: tuple[int, ...] = (2, 3)) -> DecodedImage:
-    """Decode an uploaded PNG/TIFF, answering 413 for too many pixels and 400 for anything else unusable."""
+def decode_upload(data: bytes, limit: int, allowed_ndim: tuple[int, ...] = (2, 3),
+                  normalization=None) -> DecodedImage:
+    """Decode an uploaded PNG/TIFF, answering 413 for too many pixels and 400 for anything else unusable. With a
+    model's ``normalization`` (:class:`cellops.intensity.Normalization`), floats of any range are taken and the
+    upload must be one it can scale (400 for a constant image, or a float image outside [0, 1] in dtype mode);
+    without one (the classical analyses) floats must lie in [0, 1]."""
     try:
-        return decode_image(data, max_pixels=limit, allowed_ndim=allowed_ndim)
+        decoded = decode_image(data, max_pixels=limit, allowed_ndim=allowed_ndim, unit_floats=normalization is None)
+        if normalization is not None:
+            normalization.bounds(decoded.array, source="image")
+        return decoded
     except ImageTooLargeError as error:
         raise PayloadTooLarge(str(error)) from error
     except ImageInputError as error:
         raise InvalidArgument(str(error)) from error
 
 
-def decode_picture_upload(data: bytes, limit: int, name: str) -> np.ndarray:
+def decode_picture_upload(data: bytes, limit: int, name: str, normalization=None) -> np.ndarray:
     """Decode one uploaded picture (PNG, TIFF or JPEG; grey or colour) as stored: 413 for too many pixels, 400
-    naming ``name`` and the problem for anything else unusable."""
+    naming ``name`` and the problem for anything else unusable, including a picture the model's ``normalization``
+    cannot scale (a constant one; a float one outside [0, 1] in dtype mode)."""
     try:
-        return decode_picture(data, max_pixels=limit)
+        picture = decode_picture(data, max_pixels=limit)
+        if normalization is not None:
+            normalization.bounds(picture, source=name)
+        return picture
     except ImageTooLargeError as error:
         raise PayloadTooLarge(_named(name, error)) from error
     except ImageInputError as error:

@@ -22,6 +22,8 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cellops.intensity import Normalization
+
 #: dtypes the segmentation models accept; everything else is refused with a clear message.
 SUPPORTED_DTYPES: tuple[str, ...] = ("uint8", "uint16", "float32", "float64")
 
@@ -306,11 +308,14 @@ def _clean(error: object) -> str:
 
 
 def check_pixels(array: np.ndarray, *, source: str = "", max_pixels: int | None = None,
-                 allowed_ndim: tuple[int, ...] = (2, 3), min_side: int = MIN_SIDE) -> np.ndarray:
+                 allowed_ndim: tuple[int, ...] = (2, 3), min_side: int = MIN_SIDE,
+                 unit_floats: bool = True) -> np.ndarray:
     """Check a decoded grey-level image or stack before analysis, or raise ``ImageInputError`` naming ``source``
     and the problem: empty, wrong dimensionality, a side under ``min_side``, too many pixels, unsupported dtype
-    (complex, bool, int32...), NaN or infinity, or a float image outside [0, 1] (read as intensities in [0, 1],
-    such an image would be clipped: a 0-255 float image would come out white).
+    (complex, bool, int32...), NaN or infinity, or, with ``unit_floats`` (the classical analyses, which read
+    floats as intensities in [0, 1]), a float image outside [0, 1]: such an image would be clipped, a 0-255 float
+    image would come out white. The models take floats of any range (their
+    :class:`cellops.intensity.Normalization` decides).
 
     Examples
     --------
@@ -339,6 +344,8 @@ def check_pixels(array: np.ndarray, *, source: str = "", max_pixels: int | None 
     if array.dtype.kind == "f":
         if not np.isfinite(array).all():
             raise ImageInputError(f"{prefix}image contains NaN or infinite values")
+        if not unit_floats:
+            return array
         low, high = float(array.min()), float(array.max())
         if low < -FLOAT_UNIT_TOLERANCE or high > 1.0 + FLOAT_UNIT_TOLERANCE:
             raise ImageInputError(f"{prefix}float image with values from {low:g} to {high:g}; float images are read "
@@ -347,7 +354,7 @@ def check_pixels(array: np.ndarray, *, source: str = "", max_pixels: int | None 
 
 
 def decode_image(data: bytes, *, max_pixels: int, allowed_ndim: tuple[int, ...] = (2, 3),
-                 min_side: int = MIN_SIDE) -> DecodedImage:
+                 min_side: int = MIN_SIDE, unit_floats: bool = True) -> DecodedImage:
     """Decode PNG or TIFF bytes into a grey-level array and check that a model can use it.
 
     Parameters
@@ -363,8 +370,8 @@ def decode_image(data: bytes, *, max_pixels: int, allowed_ndim: tuple[int, ...] 
     ImageInputError
         With a message naming the problem: empty upload, not a PNG or TIFF, colour (PNG or TIFF), a TIFF
         holding images of different sizes or fewer pages than its header says (truncated), wrong number of
-        dimensions, a side under ``min_side``, unsupported dtype, non-finite values, floats outside [0, 1]
-        (see :func:`check_pixels`). ``ImageTooLargeError`` (a subclass) for too many pixels.
+        dimensions, a side under ``min_side``, unsupported dtype, non-finite values, floats outside [0, 1] where
+        ``unit_floats`` (see :func:`check_pixels`). ``ImageTooLargeError`` (a subclass) for too many pixels.
 
     Examples
     --------
@@ -381,7 +388,7 @@ def decode_image(data: bytes, *, max_pixels: int, allowed_ndim: tuple[int, ...] 
     else:
         raise ImageInputError("not an image: expected PNG or TIFF bytes")
     return DecodedImage(array=check_pixels(array, max_pixels=max_pixels, allowed_ndim=allowed_ndim,
-                                           min_side=min_side), format=fmt)
+                                           min_side=min_side, unit_floats=unit_floats), format=fmt)
 
 
 def _read_pillow_upload(data: bytes, max_pixels: int, formats: tuple[str, ...], grey_only: bool) -> np.ndarray:
@@ -423,17 +430,16 @@ def encode_image(array: np.ndarray, fmt: str) -> bytes:
 
 
 def to_unit_range(image: np.ndarray) -> np.ndarray:
-    """Scale an image to float32 in [0, 1] by its dtype's range (floats are taken as already in [0, 1]).
+    """Scale an image to float32 by its dtype's fixed range (``Normalization(mode="dtype")``): 8- and 16-bit
+    integers by their maximum, floats taken as already in [0, 1] and refused outside it (a float image carries no
+    range to scale by). Models are fed through their stored :class:`cellops.intensity.Normalization` instead.
 
-    Training and inference both use this, so a model sees the same scale whatever path the data took.
+    >>> to_unit_range(np.array([0, 255], np.uint8)).tolist()
+    [0.0, 1.0]
     """
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535.0
-    if image.dtype.kind == "f":
-        return np.clip(image.astype(np.float32), 0.0, 1.0)
-    raise ImageInputError(f"unsupported dtype {image.dtype.name}: expected one of {', '.join(SUPPORTED_DTYPES)}")
+    from cellops.intensity import LEGACY
+
+    return LEGACY.apply(image)
 
 
 def labels_to_coco(labels_per_image: dict[str, np.ndarray], category: str = "colony") -> dict:
@@ -585,25 +591,9 @@ def image_geometry(image: np.ndarray, *, source: str = "") -> tuple[int, int, in
     )
 
 
-def _unit_scaled(pixels: np.ndarray, name: str) -> np.ndarray:
-    """``pixels`` as float64 in [0, 1]: integers by their dtype's maximum, floats as :func:`to_model_input` says."""
-    if pixels.dtype.kind == "u" and pixels.dtype.itemsize in (1, 2):  # 8- or 16-bit, either byte order
-        return pixels.astype(np.float64) / float(np.iinfo(pixels.dtype).max)
-    if pixels.dtype.kind != "f":
-        raise ImageInputError(f"{name}: unsupported dtype {pixels.dtype.name}; expected uint8, uint16 or a float type")
-    values = pixels.astype(np.float64)
-    if not np.isfinite(values).all():
-        raise ImageInputError(f"{name}: image contains NaN or infinite values")
-    low, high = float(values.min()), float(values.max())
-    if low >= -FLOAT_UNIT_TOLERANCE and high <= 1.0 + FLOAT_UNIT_TOLERANCE:
-        return np.clip(values, 0.0, 1.0)
-    if high == low:
-        return np.zeros_like(values)
-    return (values - low) / (high - low)
-
-
-def to_model_input(image: np.ndarray, *, channels: int, size: int, source: str = "") -> np.ndarray:
-    """One decoded image as a classifier's input: float32 of shape ``(channels, size, size)`` in [0, 1].
+def to_model_input(image: np.ndarray, *, channels: int, size: int, normalization: "Normalization",
+                   source: str = "") -> np.ndarray:
+    """One decoded image as a classifier's input: float32 of shape ``(channels, size, size)``.
 
     Parameters
     ----------
@@ -615,28 +605,28 @@ def to_model_input(image: np.ndarray, *, channels: int, size: int, source: str =
     size : side of the square output. A non-square image is first cropped to its centred largest square (the
         cells at the borders of the long side are lost, none is stretched); then it is resized with area
         averaging (``cv2.INTER_AREA``; bilinear when enlarging) if its side differs from ``size``.
+    normalization : how values are scaled (:class:`cellops.intensity.Normalization`, stored with the model): by
+        the image's own percentiles over all its channels (the default; the same picture as 8-bit, 16-bit or float
+        gives the same input), or by the dtype's fixed range. It is applied to the whole image, before cropping.
     source : named in every error message (the file the image came from).
-
-    Integer images are divided by their dtype's maximum (255 for 8-bit, 65535 for 16-bit), so that a grey level
-    means the same in every file of a dataset, whatever its bit depth. Float images must be finite; when all
-    their values lie in [0, 1] (up to :data:`FLOAT_UNIT_TOLERANCE`) they are taken as already scaled and
-    clipped, otherwise each image is rescaled by its own minimum and maximum (a constant one becomes 0): such
-    files carry no common intensity scale, so their absolute intensities are not comparable across files.
 
     Raises
     ------
     ImageInputError
         Naming ``source`` and the problem: empty image, a stack of several planes or a 4-D array (see
-        :func:`image_geometry`), a channel count other than 1, 3 or 4, an unsupported dtype, NaN or infinity.
+        :func:`image_geometry`), a channel count other than 1, 3 or 4, an unsupported dtype, NaN or infinity, a
+        constant image (percentile mode), a float image outside [0, 1] (dtype mode).
     ValueError
         ``channels`` other than 1 or 3, or ``size`` below 1 (a caller's mistake, not the file's).
 
     Examples
     --------
+    >>> from cellops.intensity import Normalization
     >>> red = np.zeros((4, 6, 3), np.uint8); red[..., 0] = 255
-    >>> to_model_input(red, channels=1, size=2).astype(float).round(3).tolist()
+    >>> to_model_input(red, channels=1, size=2, normalization=Normalization(mode="dtype")).astype(float).round(3).tolist()
     [[[0.299, 0.299], [0.299, 0.299]]]
-    >>> to_model_input(np.full((8, 8), 65535, np.uint16), channels=3, size=4).shape
+    >>> ramp = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    >>> to_model_input(ramp, channels=3, size=4, normalization=Normalization()).shape
     (3, 4, 4)
     """
     if channels not in (1, 3):
@@ -649,7 +639,10 @@ def to_model_input(image: np.ndarray, *, channels: int, size: int, source: str =
         raise ImageInputError(
             f"{name}: {n_channels} channels (shape {image.shape}); supported: 1 (grey), 3 (RGB) or 4 (RGBA)"
         )
-    values = _unit_scaled(image.reshape(height, width, n_channels), name)
+    if n_channels == 4:  # alpha is not signal: it takes no part in the intensity scale
+        image = image.reshape(height, width, n_channels)[..., :3]
+        n_channels = 3
+    values = normalization.apply(image.reshape(height, width, n_channels), source=name).astype(np.float64)
     if n_channels == 1:
         planes = values if channels == 1 else np.repeat(values, 3, axis=2)
     elif channels == 1:
@@ -668,17 +661,19 @@ def to_model_input(image: np.ndarray, *, channels: int, size: int, source: str =
     return np.ascontiguousarray(planes.transpose(2, 0, 1), dtype=np.float32)
 
 
-def load_class_images(paths: Sequence[Path], *, channels: int, size: int) -> tuple[np.ndarray, list[tuple[Path, str]]]:
+def load_class_images(paths: Sequence[Path], *, channels: int, size: int,
+                      normalization: "Normalization") -> tuple[np.ndarray, list[tuple[Path, str]]]:
     """Read image files into one float32 batch ``(N, channels, size, size)`` for a classifier.
 
-    Each file goes through :func:`read_image_file` and :func:`to_model_input` (same ``channels`` and ``size``).
+    Each file goes through :func:`read_image_file` and :func:`to_model_input` (same ``channels``, ``size`` and
+    ``normalization``).
     A file that cannot be used does not stop the batch: it is left out of the array and listed with its error
     message instead, so the caller decides whether a bad file is fatal. The rows of the array follow ``paths``
     with the failed files left out.
 
     Returns
     -------
-    images : float32 array ``(N, channels, size, size)``, values in [0, 1]; ``N`` is 0 when no file was usable.
+    images : float32 array ``(N, channels, size, size)``, normalised; ``N`` is 0 when no file was usable.
     errors : ``(path, message)`` for every file that was not usable; each message names the file and the problem.
 
     Examples
@@ -687,7 +682,9 @@ def load_class_images(paths: Sequence[Path], *, channels: int, size: int) -> tup
     >>> folder = Path(tempfile.mkdtemp())
     >>> good = write_tiff_stack(folder / "a.tif", np.zeros((6, 8), np.uint16))
     >>> _ = (folder / "b.png").write_text("not an image")
-    >>> images, errors = load_class_images([good, folder / "b.png"], channels=1, size=4)
+    >>> from cellops.intensity import Normalization
+    >>> images, errors = load_class_images([good, folder / "b.png"], channels=1, size=4,
+    ...                                    normalization=Normalization(mode="dtype"))
     >>> images.shape, [path.name for path, _ in errors]
     ((1, 1, 4, 4), ['b.png'])
     """
@@ -695,7 +692,8 @@ def load_class_images(paths: Sequence[Path], *, channels: int, size: int) -> tup
     errors: list[tuple[Path, str]] = []
     for path in map(Path, paths):
         try:
-            images.append(to_model_input(read_image_file(path), channels=channels, size=size, source=str(path)))
+            images.append(to_model_input(read_image_file(path), channels=channels, size=size,
+                                         normalization=normalization, source=str(path)))
         except ImageInputError as error:
             errors.append((path, str(error)))
     batch = np.stack(images) if images else np.zeros((0, channels, size, size), np.float32)

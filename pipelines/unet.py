@@ -28,7 +28,7 @@ def training_pipeline(inference: dict, architecture: dict) -> None:
     validation_result, _ = validate_segmentation_data(train_image, train_mask, test_image, test_mask)
     valid = require_valid_dataset(validation_result)
     fit_image, fit_mask, val_image, val_mask = split_em_volume(train_image, train_mask, after=[valid])
-    patch_images, patch_masks = sample_augmented_patches(fit_image, fit_mask)
+    patch_images, patch_masks = sample_augmented_patches(fit_image, fit_mask, inference=inference)
     model = train_unet(patch_images, patch_masks, val_image, val_mask, lineage, architecture=architecture,
                        inference=inference)
     test_metrics, _ = evaluate_unet(model, test_image, test_mask, inference=inference)

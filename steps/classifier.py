@@ -32,6 +32,7 @@ from cellops.classifier.train import ClassifierTraining, fit, predict_probabilit
 from cellops.lineage import data_dir_for
 from cellops.config import deep_merge, from_mapping
 from cellops.distributed import DistributedSettings
+from cellops.intensity import Normalization
 from cellops.io import load_class_images
 from cellops.plots import training_curves
 from cellops.validation import ClassificationExpectations, summarise_class_images, validate_classification_dataset
@@ -100,9 +101,11 @@ def validate_classification_data(
 def load_classifier_images(
     dataset_index: dict, input: dict,
 ) -> tuple[Annotated[np.ndarray, "images"], Annotated[np.ndarray, "labels"]]:
-    """The images as model inputs (N, channels, size, size) float32 in [0, 1], and their labels."""
+    """The images as model inputs (N, channels, size, size) float32, normalised as they will be served, and their
+    labels."""
     images, failures = load_class_images([Path(p) for p in dataset_index["files"]], channels=int(input["channels"]),
-                                         size=int(input["size"]))
+                                         size=int(input["size"]),
+                                         normalization=Normalization.from_dict(input["normalization"]))
     if failures:  # validation passed, so this means a file changed in between
         raise ValueError("unreadable images: " + "; ".join(f"{p}: {why}" for p, why in failures))
     return images, np.asarray(dataset_index["labels"], dtype=np.int64)
@@ -301,7 +304,8 @@ def register_classifiers(
                              f"this run {dataset_index['classes']} (positive {positive_class!r}): not comparable; "
                              "register under another name")
         # The champion's own input settings: it is judged on these images as it is served.
-        prepared, failures = load_class_images(test_files, channels=settings.channels, size=settings.size)
+        prepared, failures = load_class_images(test_files, channels=settings.channels, size=settings.size,
+                                             normalization=settings.normalization)
         if failures:
             raise ValueError(f"test images became unreadable: {failures}")
         old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")

@@ -10,6 +10,7 @@ from zenml.logger import get_logger
 
 from cellops.lineage import data_dir_for
 from cellops.unet.data import load_lucchi, split_slices, training_patches
+from cellops.unet.predict import InferenceSettings
 
 logger = get_logger(__name__)
 
@@ -58,11 +59,15 @@ def sample_augmented_patches(
     hard_negative_bias: float,
     augmentation: dict,
     seed: int,
+    inference: dict,
 ) -> tuple[Annotated[np.ndarray, "patch_images"], Annotated[np.ndarray, "patch_masks"]]:
-    """Seeded patches of the training block with torchvision v2 augmentation applied to image and mask."""
+    """Seeded patches of the training block, normalised as the model will be served (``inference``), with
+    torchvision v2 augmentation applied to image and mask."""
+    normalization = InferenceSettings.from_dict(inference).normalization
     patch_images, patch_masks, transform = training_patches(
         image, mask, n_patches=n_patches, patch_size=patch_size, foreground_bias=foreground_bias,
-        hard_negative_bias=hard_negative_bias, augmentation=augmentation, seed=seed,
+        hard_negative_bias=hard_negative_bias, augmentation=augmentation, seed=seed, normalization=normalization,
     )
-    log_metadata(metadata={"n_patches": n_patches, "patch_size": patch_size, "augmentation": transform})
+    log_metadata(metadata={"n_patches": n_patches, "patch_size": patch_size, "augmentation": transform,
+                           "normalization": normalization.describe()})
     return patch_images, patch_masks

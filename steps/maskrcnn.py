@@ -25,7 +25,7 @@ from cellops.maskrcnn.data import (SPLITS, ImageSplitSettings, InstanceAugmentat
                                    build_instance_augmentation, load_instance_samples, model_image, split_images,
                                    subset_coco)
 from cellops.maskrcnn.engine import MaskRCNNTraining, evaluate_model, fit, loss_curves
-from cellops.maskrcnn.predict import PredictionSettings, overlay, predict_image
+from cellops.maskrcnn.predict import PredictionSettings, overlay, predict_picture
 from cellops.maskrcnn.specs import AnnotationSource, MaskRCNNModelSpec, SourceSettings, instance_test_fingerprint
 from cellops.maskrcnn.validation import AnnotationExpectations, summarise_annotations, validate_annotation_dataset
 from cellops.plots import save_png, training_curves
@@ -42,10 +42,10 @@ logger = get_logger(__name__)
 SCORE_COLUMNS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "f1_50", "precision_50", "recall_50")
 
 
-def _input_example(index: dict) -> np.ndarray:
+def _input_example(index: dict, settings: PredictionSettings) -> np.ndarray:
     """A (1, 3, 64, 64) corner of the dataset's first image as the network takes it: the model's input example
     (small, since MLflow stores it as JSON)."""
-    return model_image(read_image_file(index["files"][0]))[None, :, :64, :64].numpy()
+    return model_image(read_image_file(index["files"][0]), settings.normalization)[None, :, :64, :64].numpy()
 
 
 def _no_output_schema(model, output) -> None:
@@ -80,7 +80,7 @@ def _ids(index: dict, split: str) -> list[int]:
 
 
 def _inference_settings(coco: dict, prediction: dict, max_detections: int) -> dict:
-    return {**PredictionSettings.from_dict(prediction).__dict__, "max_detections": int(max_detections),
+    return {**PredictionSettings.from_dict(prediction).as_dict(), "max_detections": int(max_detections),
             "categories": {str(c["id"]): c["name"] for c in coco["categories"]}}
 
 
@@ -122,8 +122,9 @@ def validate_instance_annotations(
 def _train(name: str, model: torch.nn.Module, coco: dict, index: dict, training: dict, augmentation: dict,
            inference: dict, checkpoint_dir: str, checkpoint_key: dict) -> tuple[object, list, list]:
     config = MaskRCNNTraining.from_dict(training)
-    train = load_instance_samples(coco, index, "train")
-    val = load_instance_samples(coco, index, "val")
+    normalization = _prediction(inference).normalization  # training sees images scaled as they will be served
+    train = load_instance_samples(coco, index, "train", normalization)
+    val = load_instance_samples(coco, index, "val", normalization)
     torch.manual_seed(config.seed)
     history = fit(model, InstanceDataset(train, build_instance_augmentation(InstanceAugmentation.from_dict(augmentation))),
                   val, subset_coco(coco, _ids(index, "val")), config, _prediction(inference),
@@ -227,7 +228,7 @@ def train_and_evaluate_maskrcnn(
                                 "source": _weights_key(net) if model_spec.init == "source" else None})
     mlflow.set_tag(tags.RESUMED_FROM_EPOCH, str(history.resumed_from_epoch))
     net = net.cpu().eval()
-    test = load_instance_samples(coco, index, "test")
+    test = load_instance_samples(coco, index, "test", _prediction(inference).normalization)
     started = time.perf_counter()
     scores, _ = evaluate_model(net, test, subset_coco(coco, _ids(index, "test")), _prediction(inference),
                                max_detections)
@@ -242,11 +243,12 @@ def train_and_evaluate_maskrcnn(
         training_curves(loss_curves(history), folder / "curves.png")
         mlflow.log_artifact(str(folder / "curves.png"), artifact_path="training")
         for image, target in test[:overlays]:
-            picture = image.permute(1, 2, 0).numpy()  # as scored (colour kept)
-            drawn = overlay(picture, predict_image(net, picture, _prediction(inference)), categories)
+            picture = image.permute(1, 2, 0).numpy()  # as scored: normalised, colour kept
+            drawn = overlay(picture, predict_picture(net, picture, _prediction(inference)), categories)
             path = save_png(drawn, folder / f"test_{target['image_id']:04d}.png")
             mlflow.log_artifact(str(path), artifact_path="test_overlays")
-    info = log_pytorch_model(net, _input_example(index), ["models"], output_of=_no_output_schema)
+    info = log_pytorch_model(net, _input_example(index, _prediction(inference)), ["models"],
+                             output_of=_no_output_schema)
     evaluation = {"name": name, "architecture": f"maskrcnn_{settings.backbone}_fpn", "init": model_spec.init,
                   "init_used": weights.kind, "model_uri": info.model_uri, "mlflow_run_id": active_run_id(),
                   "scores": scores.as_dict(), "costs": costs, "settings": inference,
@@ -278,7 +280,6 @@ def register_maskrcnn(
     """Register every trained model (best first) and move ``alias`` to one only if it beats the champion on the
     same test images and annotations; a champion scored on another test set is re-scored on this one."""
     test_set = instance_test_fingerprint(annotations, dataset_index)
-    test = load_instance_samples(annotations, dataset_index, "test")
     truth = subset_coco(annotations, _ids(dataset_index, "test"))
 
     def rescore(champion) -> dict[str, float]:
@@ -288,7 +289,9 @@ def register_maskrcnn(
             raise ValueError(f"the champion's categories {inference.get('categories')} are not this run's {ours}: "
                              "not comparable; register under another name")
         old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")
-        return evaluate_model(old.eval(), test, truth, _prediction(inference), inference["max_detections"])[0].as_dict()
+        settings = _prediction(inference)  # the champion's own: it is judged as it is served
+        test = load_instance_samples(annotations, dataset_index, "test", settings.normalization)
+        return evaluate_model(old.eval(), test, truth, settings, inference["max_detections"])[0].as_dict()
 
     return register_ranked(evaluations, lineage, test_set, rescore, registered_model_name=registered_model_name,
                            promotion_metric=promotion_metric, tie_breakers=tie_breakers, alias=alias,

@@ -17,7 +17,6 @@ from zenml import get_step_context, log_metadata, step
 from zenml.enums import ModelStages
 from zenml.logger import get_logger
 
-from cellops.io import to_unit_range
 from cellops.promotion import check_promotion_metrics, ranking_key
 from cellops.unet.predict import InferenceSettings, load_for_inference, score
 from tracking import tags
@@ -52,9 +51,10 @@ def register_and_promote(
         old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")
         return score(load_for_inference(old), test_image, test_mask, settings)[0].as_dict()
 
-    # The input example: one tile of the test volume as the network takes it (1, 1, tile, tile), in [0, 1].
-    tile = InferenceSettings.from_dict(inference).tile_size
-    example = to_unit_range(test_image[:1, :tile, :tile])[:, None]
+    # The input example: one tile of the test volume as the network takes it (1, 1, tile, tile), normalised.
+    settings = InferenceSettings.from_dict(inference)
+    tile = settings.tile_size
+    example = settings.normalization.apply(test_image)[:1, :tile, :tile][:, None]
     model_info = log_pytorch_model(model, example, code_paths)
     decision = register_and_maybe_promote(
         MlflowClient(), model_info.model_uri, registered_model_name, test_metrics,

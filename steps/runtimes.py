@@ -135,9 +135,10 @@ def optimise_maskrcnn_runtime(
     settings = PredictionSettings.from_dict({k: v for k, v in inference.items()
                                              if k not in ("max_detections", "categories")})
     model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu").eval()
-    test = load_instance_samples(annotations, dataset_index, "test")
+    test = load_instance_samples(annotations, dataset_index, "test", settings.normalization)
     test_ids = [i for i, s in zip(dataset_index["image_ids"], dataset_index["splits"]) if s == "test"]
-    calibration = [image for image, _ in load_instance_samples(annotations, dataset_index, "train")[:calibration_images]]
+    train = load_instance_samples(annotations, dataset_index, "train", settings.normalization)
+    calibration = [image for image, _ in train[:calibration_images]]
     return _measure_and_record(name, version, lambda folder: runtime_checks(
         model, calibration, test, subset_coco(annotations, test_ids), settings, folder,
         max_detections=int(inference.get("max_detections", 100)), runtimes=tuple(runtimes),

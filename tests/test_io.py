@@ -83,7 +83,9 @@ def test_unsupported_dtype_and_non_finite_are_refused():
 def test_to_unit_range_by_dtype():
     assert to_unit_range(np.array([0, 255], np.uint8)).tolist() == [0.0, 1.0]
     assert to_unit_range(np.array([0, 65535], np.uint16)).tolist() == [0.0, 1.0]
-    assert to_unit_range(np.array([-1.0, 0.5, 3.0])).tolist() == [0.0, 0.5, 1.0]
+    assert to_unit_range(np.array([-0.005, 0.5, 1.005])).tolist() == [0.0, 0.5, 1.0]  # rounding, clipped
+    with pytest.raises(ImageInputError, match=r"float values in \[-1, 3\] have no fixed range"):
+        to_unit_range(np.array([-1.0, 0.5, 3.0]))  # never clipped to white: refused, naming the way out
     with pytest.raises(ImageInputError, match="int64"):
         to_unit_range(np.array([1, 2]))
 

@@ -87,21 +87,24 @@ class Classifier:
         self.max_batch_pixels = int(limits["max_batch_pixels"])
 
     def _prepare(self, data: bytes, name: str) -> np.ndarray:
-        picture = decode_picture_upload(data, self.max_pixels, name)
+        picture = decode_picture_upload(data, self.max_pixels, name, self.settings.normalization)
         return self._to_input(picture, name)
 
     def _to_input(self, picture: np.ndarray, name: str) -> np.ndarray:
         from cellops.io import ImageInputError, to_model_input
 
         try:
-            return to_model_input(picture, channels=self.settings.channels, size=self.settings.size, source=name)
+            return to_model_input(picture, channels=self.settings.channels, size=self.settings.size,
+                                  normalization=self.settings.normalization, source=name)
         except ImageInputError as error:
             raise InvalidArgument(str(error)) from error
 
     def _answer(self, probabilities: np.ndarray) -> dict:
-        best = int(np.argmax(probabilities))
+        best = int(self.settings.predicted_classes(np.asarray(probabilities)[None])[0])
         return {"label": self.settings.classes[best],
                 "probabilities": {c: round(float(p), 6) for c, p in zip(self.settings.classes, probabilities)},
+                "decision_threshold": self.settings.decision_threshold,
+                "normalization": self.settings.normalization.describe(),
                 "model_version": self.info.get("model_version")}
 
     @bentoml.api
@@ -126,7 +129,7 @@ class Classifier:
         pictures, total = [], 0
         for i, path in enumerate(paths):
             name = f"images[{i}] ({path.name})"
-            picture = decode_picture_upload(path.read_bytes(), self.max_pixels, name)
+            picture = decode_picture_upload(path.read_bytes(), self.max_pixels, name, self.settings.normalization)
             total += int(np.prod(picture.shape[:2]))
             if total > self.max_batch_pixels:
                 raise PayloadTooLarge(f"the images up to {name} hold {total} pixels; a request may hold "

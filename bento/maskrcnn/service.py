@@ -56,7 +56,7 @@ class MaskRCNN:
         from cellops.io import ImageInputError
         from cellops.maskrcnn.predict import as_picture
 
-        picture = decode_picture_upload(data, self.max_pixels, "image")
+        picture = decode_picture_upload(data, self.max_pixels, "image", self.settings.normalization)
         try:
             picture = as_picture(picture, source="image")
         except ImageInputError as error:
@@ -80,6 +80,8 @@ class MaskRCNN:
                            "centroid": [round(float(xs.mean()) + instance.x0, 2), round(float(ys.mean()) + instance.y0, 2)],
                            "mask": instance_rle(instance, shape)})
         return {"height": int(shape[0]), "width": int(shape[1]), "count": len(answer), "instances": answer,
+                "score_threshold": self.settings.score_threshold,
+                "normalization": self.settings.normalization.describe(),
                 "model_version": self.info.get("model_version")}
 
     @bentoml.api
@@ -91,6 +93,7 @@ class MaskRCNN:
         picture, instances = await asyncio.to_thread(self._segment, Path(image).read_bytes())
         ctx.response.headers["X-Instances"] = str(len(instances))
         ctx.response.headers["X-Model-Version"] = str(self.info.get("model_version", "unknown"))
+        ctx.response.headers["X-Normalization"] = self.settings.normalization.describe()
         return save_png(overlay(picture, instances, self.categories), Path(ctx.temp_dir) / "overlay.png")
 
     @bentoml.api

@@ -98,7 +98,7 @@ class UNetSegmenter:
     def _decode(self, data: bytes):
         from cellops.inference import tile_count
 
-        decoded = decode_upload(data, self.max_pixels)
+        decoded = decode_upload(data, self.max_pixels, normalization=self.settings.normalization)
         tiles = tile_count(decoded.array.shape, self.settings.tile_size, self.settings.tile_overlap)
         tiles *= 4 if self.settings.flip_averaging else 1
         if tiles > self.max_tiles:
@@ -126,6 +126,7 @@ class UNetSegmenter:
         mask, fmt = await self._segment(Path(image).read_bytes())
         ctx.response.headers["X-Foreground-Fraction"] = f"{float((mask > 0).mean()):.6f}"
         ctx.response.headers["X-Model-Version"] = str(self.info.get("model_version", "unknown"))
+        ctx.response.headers["X-Normalization"] = self.settings.normalization.describe()
         out = Path(ctx.temp_dir) / ("mask.png" if fmt == "png" else "mask.tif")  # removed after the response
         out.write_bytes(encode_image(mask, fmt))
         return out
@@ -140,6 +141,7 @@ class UNetSegmenter:
             "foreground_fraction": float((mask > 0).mean()),
             "slice_foreground_fraction": [round(float(v), 6) for v in per_slice],
             "model_version": self.info.get("model_version"),
+            "normalization": self.settings.normalization.describe(),
         }
 
     @bentoml.api

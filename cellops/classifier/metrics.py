@@ -45,9 +45,15 @@ def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
 
 
-def classification_scores(probabilities: np.ndarray, labels: np.ndarray, positive: int) -> ClassificationScores:
+def classification_scores(probabilities: np.ndarray, labels: np.ndarray, positive: int,
+                          threshold: float | None = None) -> ClassificationScores:
     """Scores of the predictions ``probabilities`` (N, classes) against ``labels`` (N,), class ``positive`` being
-    the one whose recall is the sensitivity. Predictions are the most probable class.
+    the one whose recall is the sensitivity.
+
+    Without ``threshold`` each image is predicted as its most probable class. With one (the operating point chosen
+    on the validation split by :func:`cellops.thresholds.choose_operating_point`), an image is predicted positive
+    when its positive-class probability is at least ``threshold``, and otherwise as the most probable of the
+    other classes. Loss and ROC-AUC do not depend on it.
 
     Examples
     --------
@@ -55,6 +61,9 @@ def classification_scores(probabilities: np.ndarray, labels: np.ndarray, positiv
     >>> s = classification_scores(p, np.array([0, 0, 1, 1]), positive=1)
     >>> s.accuracy, s.sensitivity, s.specificity, s.confusion
     (0.5, 0.5, 0.5, [[1, 1], [1, 1]])
+    >>> s = classification_scores(p, np.array([0, 0, 1, 1]), positive=1, threshold=0.35)
+    >>> s.accuracy, s.sensitivity, s.specificity, s.confusion
+    (0.75, 1.0, 0.5, [[1, 1], [0, 2]])
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -63,7 +72,14 @@ def classification_scores(probabilities: np.ndarray, labels: np.ndarray, positiv
     classes = probabilities.shape[1]
     if not 0 <= positive < classes:
         raise ValueError(f"positive class {positive} outside 0..{classes - 1}")
-    predicted = probabilities.argmax(axis=1)
+    if threshold is None:
+        predicted = probabilities.argmax(axis=1)
+    else:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold {threshold} is not a probability in [0, 1]")
+        others = probabilities.copy()
+        others[:, positive] = -np.inf
+        predicted = np.where(probabilities[:, positive] >= threshold, positive, others.argmax(axis=1))
     confusion = confusion_matrix(labels, predicted, labels=list(range(classes)))
     is_positive, said_positive = labels == positive, predicted == positive
     tp = int(np.sum(is_positive & said_positive))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cellops.config import from_mapping
+from cellops.intensity import LEGACY, Normalization
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,17 @@ class ClassifierSettings:
     channels: int
     size: int
     batch_size: int
+    #: How intensities are scaled (:class:`cellops.intensity.Normalization`); versions registered before it was a
+    #: setting were trained on dtype scaling.
+    normalization: Normalization = LEGACY
+    #: The operating point: an image is ``positive_class`` when that class's probability reaches it (chosen on the
+    #: validation split); ``None``: the most probable class.
+    decision_threshold: float | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "normalization", Normalization.coerce(self.normalization))
+        if self.decision_threshold is not None and not 0.0 < self.decision_threshold < 1.0:
+            raise ValueError(f"decision_threshold must lie in (0, 1), got {self.decision_threshold}")
         if self.positive_class not in self.classes:
             raise ValueError(f"positive class {self.positive_class!r} is not one of the classes {list(self.classes)}")
         if self.channels not in (1, 3) or self.size < 8 or self.batch_size < 1:
@@ -36,6 +46,21 @@ class ClassifierSettings:
     def positive(self) -> int:
         return self.classes.index(self.positive_class)
 
+    def predicted_classes(self, probabilities: np.ndarray) -> np.ndarray:
+        """The class index of each row of ``probabilities`` (N, classes) at the stored operating point.
+
+        >>> s = ClassifierSettings(("ec", "other"), "ec", 1, 8, 1, decision_threshold=0.3)
+        >>> s.predicted_classes(np.array([[0.35, 0.65], [0.2, 0.8]])).tolist()
+        [0, 1]
+        """
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if self.decision_threshold is None:
+            return probabilities.argmax(axis=1)
+        others = probabilities.copy()
+        others[:, self.positive] = -np.inf
+        return np.where(probabilities[:, self.positive] >= self.decision_threshold, self.positive,
+                        others.argmax(axis=1))
+
     @classmethod
     def from_dict(cls, values: dict) -> ClassifierSettings:
         values = dict(values)
@@ -43,7 +68,7 @@ class ClassifierSettings:
         return from_mapping(cls, values)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "classes": list(self.classes)}
+        return {**asdict(self), "classes": list(self.classes), "normalization": self.normalization.as_dict()}
 
 
 def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -86,7 +111,8 @@ def classify_files(model: nn.Module, paths: Sequence[Path], settings: Classifier
     the prepared model inputs are returned last (for overlays)."""
     from cellops.io import load_class_images
 
-    images, failures = load_class_images(list(paths), channels=settings.channels, size=settings.size)
+    images, failures = load_class_images(list(paths), channels=settings.channels, size=settings.size,
+                                         normalization=settings.normalization)
     failed = {Path(p) for p, _ in failures}
     readable = [Path(p) for p in paths if Path(p) not in failed]
     if len(readable) == 0:
@@ -98,8 +124,8 @@ def classify_files(model: nn.Module, paths: Sequence[Path], settings: Classifier
 
         probabilities, cams = predict_probabilities(model, images, settings.batch_size), None
     rows = []
-    for path, p in zip(readable, probabilities):
-        row = {"file": str(path), "label": settings.classes[int(np.argmax(p))]}
+    for path, p, label in zip(readable, probabilities, settings.predicted_classes(probabilities)):
+        row = {"file": str(path), "label": settings.classes[int(label)]}
         row.update({f"p_{name}": float(p[i]) for i, name in enumerate(settings.classes)})
         rows.append(row)
     return rows, failures, cams, images

@@ -16,7 +16,8 @@ from torchvision.transforms import v2
 from cellops.classifier.data import SPLITS, photometric_transforms, stratified_split
 from cellops.config import FromMapping
 from cellops.data_version import file_md5
-from cellops.io import image_geometry, read_image_file, to_unit_range
+from cellops.intensity import Normalization
+from cellops.io import image_geometry, read_image_file
 from cellops.maskrcnn.annotations import annotation_masks
 
 
@@ -52,31 +53,43 @@ def subset_coco(coco: dict, image_ids: list[int]) -> dict:
             "categories": coco["categories"]}
 
 
-def model_image(image: np.ndarray, source: str = "") -> torch.Tensor:
-    """A picture as Mask R-CNN input: float32 (3, H, W) in [0, 1]. Grey (and grey + alpha) is repeated into three
-    channels, alpha dropped; stacks of planes are refused with an ``ImageInputError`` naming ``source``.
+def network_picture(image: np.ndarray, normalization: Normalization, source: str = "") -> np.ndarray:
+    """A picture as Mask R-CNN sees it: float32 (H, W, 3), scaled by ``normalization`` over the whole picture (all
+    its channels together). Grey (and grey + alpha) is repeated into three channels, alpha dropped before scaling;
+    stacks of planes are refused with an ``ImageInputError`` naming ``source``.
 
-    >>> model_image(np.zeros((4, 5), np.uint8)).shape
-    torch.Size([3, 4, 5])
+    >>> network_picture(np.arange(20, dtype=np.uint16).reshape(4, 5), Normalization()).shape
+    (4, 5, 3)
     """
     image_geometry(image, source=source)
     if image.ndim == 3 and image.shape[-1] > 4:  # a one-plane stack (1, H, W)
         image = image[0]
-    pixels = to_unit_range(image)
-    if pixels.ndim == 3:
-        pixels = pixels[..., :3] if pixels.shape[-1] >= 3 else pixels[..., 0]
+    if image.ndim == 3:
+        image = image[..., :3] if image.shape[-1] >= 3 else image[..., 0]
+    pixels = normalization.apply(image, source=source)
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[..., None], 3, axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0), dtype=np.float32))
+    return np.ascontiguousarray(pixels, dtype=np.float32)
 
 
-def load_instance_samples(coco: dict, index: dict, split: str) -> list[tuple[torch.Tensor, dict]]:
-    """The images of ``split`` with their targets (boxes XYXY, masks, labels and image id), as tv_tensors."""
+def model_image(image: np.ndarray, normalization: Normalization, source: str = "") -> torch.Tensor:
+    """:func:`network_picture` as the network's input tensor, float32 (3, H, W).
+
+    >>> model_image(np.arange(20, dtype=np.uint8).reshape(4, 5), Normalization()).shape
+    torch.Size([3, 4, 5])
+    """
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(network_picture(image, normalization, source), -1, 0)))
+
+
+def load_instance_samples(coco: dict, index: dict, split: str,
+                          normalization: Normalization) -> list[tuple[torch.Tensor, dict]]:
+    """The images of ``split``, each normalised as a whole as it will be served, with their targets (boxes XYXY,
+    masks, labels and image id), as tv_tensors."""
     samples = []
     for file, split_of, image_id in zip(index["files"], index["splits"], index["image_ids"]):
         if split_of != split:
             continue
-        image = tv_tensors.Image(model_image(read_image_file(file)))
+        image = tv_tensors.Image(model_image(read_image_file(file), normalization, source=str(file)))
         masks, categories, _ = annotation_masks(coco, image_id)
         masks_t = torch.from_numpy(masks.astype(np.uint8))
         boxes = masks_to_boxes(masks_t) if len(masks_t) else torch.zeros((0, 4))
@@ -180,5 +193,5 @@ def collate(batch: list) -> tuple:
     return tuple(zip(*batch))
 
 
-__all__ = ["SPLITS", "ImageSplitSettings", "split_images", "subset_coco", "model_image", "load_instance_samples",
+__all__ = ["SPLITS", "ImageSplitSettings", "split_images", "subset_coco", "model_image", "network_picture", "load_instance_samples",
            "InstanceAugmentation", "build_instance_augmentation", "tidy_target", "InstanceDataset", "collate"]

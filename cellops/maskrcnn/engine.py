@@ -19,7 +19,7 @@ import torch
 from cellops.config import FromMapping
 from cellops.maskrcnn.data import InstanceDataset, collate
 from cellops.maskrcnn.evaluation import InstanceScores, evaluate_instances
-from cellops.maskrcnn.predict import PredictionSettings, coco_results, predict_image
+from cellops.maskrcnn.predict import PredictionSettings, coco_results, predict_picture
 from cellops.maskrcnn.runtime import export_maskrcnn, with_runtime
 from cellops.runtimes import RuntimeCheck, default_skips, measure_runtimes
 
@@ -101,7 +101,7 @@ def evaluate_model(model: torch.nn.Module, samples: list, ground_truth: dict, se
     every = replace(settings, score_threshold=0.0)
     for image, target in samples:
         picture = image.permute(1, 2, 0).cpu().numpy()
-        instances = predict_image(model, picture, every)
+        instances = predict_picture(model, picture, every)  # samples are normalised as served already
         detections += coco_results(instances, target["image_id"], picture.shape[:2])
     return evaluate_instances(ground_truth, detections, max_detections=max_detections,
                               f1_score_threshold=settings.score_threshold), detections

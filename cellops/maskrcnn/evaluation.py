@@ -95,11 +95,130 @@ def coco_ap(ground_truth: dict, detections: list[dict], iou_type: str, max_detec
             mean_ap(precision[np.isclose(thresholds, 0.75)]))
 
 
+@dataclass(frozen=True)
+class MatchedDetections:
+    """Every detection of a set of images with whether it matched a ground truth instance, from one greedy run.
+
+    The matching goes through detections by descending score, so the matches among detections scoring at least
+    ``t`` are exactly those of the full run restricted to them: counts at any score threshold follow from this one
+    record without matching again (what :func:`cellops.thresholds.choose_score_threshold` relies on).
+
+    Attributes
+    ----------
+    image_ids : (images,) the ground truth's image ids, in its order; the units of per-image counts.
+    truth_per_image : (images,) non-crowd ground truth instances of each image.
+    scores : (detections,) each detection's score.
+    matched : (detections,) whether it matched a ground truth instance.
+    image_index : (detections,) the position in ``image_ids`` of its image.
+    min_score : detections scoring below it were dropped before matching; counts hold for thresholds >= it.
+    """
+
+    image_ids: np.ndarray
+    truth_per_image: np.ndarray
+    scores: np.ndarray
+    matched: np.ndarray
+    image_index: np.ndarray
+    min_score: float = 0.0
+
+    def per_image_counts(self, score_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(true positives, detections, ground truth instances) of each image, counting detections scoring at
+        least ``score_threshold``; the units :func:`cellops.metrics.bootstrap_interval` resamples for F1."""
+        kept = self.scores >= score_threshold
+        n_images = len(self.image_ids)
+        true_positives = np.bincount(self.image_index[kept & self.matched], minlength=n_images)
+        detections = np.bincount(self.image_index[kept], minlength=n_images)
+        return true_positives, detections, self.truth_per_image.copy()
+
+    def f1_at(self, score_threshold: float) -> tuple[float, float, float]:
+        """F1, precision and recall over all images of detections scoring at least ``score_threshold``."""
+        kept = self.scores >= score_threshold
+        true_positives = int(np.count_nonzero(kept & self.matched))
+        n_detections, n_truth = int(np.count_nonzero(kept)), int(self.truth_per_image.sum())
+        precision = true_positives / n_detections if n_detections else 0.0
+        recall = true_positives / n_truth if n_truth else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return float(f1), float(precision), float(recall)
+
+
+def match_detections(ground_truth: dict, detections: list[dict], *, iou_threshold: float = 0.5,
+                     min_score: float = 0.0) -> MatchedDetections:
+    """Match masks one to one: per image and category, detections (scoring at least ``min_score``) go by
+    descending score to the unmatched ground truth instance of highest IoU, a match counting when IoU >=
+    ``iou_threshold``. Crowd annotations are left out.
+
+    Parameters
+    ----------
+    ground_truth : COCO dict (``images`` with ``height`` and ``width``, ``annotations`` with ``segmentation``).
+    detections : COCO result dicts with ``image_id``, ``category_id``, ``score`` and ``segmentation``.
+    iou_threshold : IoU a match needs.
+    min_score : detections scoring below it are dropped before matching (they change no match above it).
+
+    Returns
+    -------
+    MatchedDetections
+
+    Examples
+    --------
+    >>> square = [[0, 0, 2, 0, 2, 2, 0, 2]]
+    >>> gt = {"images": [{"id": 1, "height": 4, "width": 4}], "categories": [{"id": 1}],
+    ...       "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": square}]}
+    >>> det = [{"image_id": 1, "category_id": 1, "score": s, "segmentation": square} for s in (0.9, 0.4)]
+    >>> m = match_detections(gt, det)
+    >>> m.scores.tolist(), m.matched.tolist(), m.f1_at(0.5), m.f1_at(0.3)
+    ([0.9, 0.4], [True, False], (1.0, 1.0, 1.0), (0.6666666666666666, 0.5, 1.0))
+    """
+    from pycocotools import mask as coco_mask
+
+    image_ids = [img["id"] for img in ground_truth["images"]]
+    position = {image_id: i for i, image_id in enumerate(image_ids)}
+    sizes = {img["id"]: (img["height"], img["width"]) for img in ground_truth["images"]}
+    truth_by_key: dict[tuple, list] = {}
+    for a in ground_truth["annotations"]:
+        if a.get("iscrowd", 0):
+            continue
+        if a["image_id"] not in position:
+            raise ValueError(f"annotation {a.get('id')} refers to image {a['image_id']!r}, not among the images")
+        truth_by_key.setdefault((a["image_id"], a["category_id"]), []).append(a["segmentation"])
+    found_by_key: dict[tuple, list[dict]] = {}
+    for d in detections:
+        if d["score"] < min_score:
+            continue
+        if d["image_id"] not in position:
+            raise ValueError(f"a detection refers to image {d['image_id']!r}, not among the ground truth's images")
+        found_by_key.setdefault((d["image_id"], d["category_id"]), []).append(d)
+
+    truth_per_image = np.zeros(len(image_ids), np.int64)
+    for (image_id, _), truth in truth_by_key.items():
+        truth_per_image[position[image_id]] += len(truth)
+    scores: list[float] = []
+    matched: list[bool] = []
+    image_index: list[int] = []
+    for (image_id, category), found in found_by_key.items():
+        found = sorted(found, key=lambda d: -d["score"])  # stable: equal scores keep their input order
+        scores += [float(d["score"]) for d in found]
+        image_index += [position[image_id]] * len(found)
+        hits = np.zeros(len(found), bool)
+        truth = [to_rle(segmentation, *sizes[image_id]) for segmentation in truth_by_key.get((image_id, category), [])]
+        if truth:
+            ious = np.asarray(coco_mask.iou([to_rle(d["segmentation"], *sizes[image_id]) for d in found], truth,
+                                            [0] * len(truth))).reshape(len(found), len(truth))
+            taken = np.zeros(len(truth), bool)
+            for k, row in enumerate(ious):
+                candidates = np.where(~taken & (row >= iou_threshold))[0]
+                if len(candidates):
+                    taken[candidates[np.argmax(row[candidates])]] = True
+                    hits[k] = True
+        matched += hits.tolist()
+    return MatchedDetections(image_ids=np.asarray(image_ids), truth_per_image=truth_per_image,
+                             scores=np.asarray(scores, np.float64), matched=np.asarray(matched, bool),
+                             image_index=np.asarray(image_index, np.int64), min_score=float(min_score))
+
+
 def match_f1(ground_truth: dict, detections: list[dict], *, iou_threshold: float = 0.5,
              score_threshold: float = 0.5) -> tuple[float, float, float]:
     """F1, precision and recall of masks: per image and category, detections (scoring at least
     ``score_threshold``) matched greedily by score to the unmatched ground truth instance of highest IoU, a match
-    counting when IoU >= ``iou_threshold``.
+    counting when IoU >= ``iou_threshold`` (see :func:`match_detections`).
 
     >>> gt = {"images": [{"id": 1, "height": 4, "width": 4}], "categories": [{"id": 1}],
     ...       "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]]}]}
@@ -107,37 +226,8 @@ def match_f1(ground_truth: dict, detections: list[dict], *, iou_threshold: float
     >>> match_f1(gt, det)
     (1.0, 1.0, 1.0)
     """
-    from pycocotools import mask as coco_mask
-
-    sizes = {img["id"]: (img["height"], img["width"]) for img in ground_truth["images"]}
-
-    def rle(segmentation, image_id):
-        return to_rle(segmentation, *sizes[image_id])
-
-    true_positives = n_detections = n_truth = 0
-    keys = {(a["image_id"], a["category_id"]) for a in ground_truth["annotations"] if not a.get("iscrowd", 0)}
-    keys |= {(d["image_id"], d["category_id"]) for d in detections if d["score"] >= score_threshold}
-    for image_id, category in keys:
-        truth = [rle(a["segmentation"], image_id) for a in ground_truth["annotations"]
-                 if a["image_id"] == image_id and a["category_id"] == category and not a.get("iscrowd", 0)]
-        found = sorted((d for d in detections if d["image_id"] == image_id and d["category_id"] == category
-                        and d["score"] >= score_threshold), key=lambda d: -d["score"])
-        n_truth += len(truth)
-        n_detections += len(found)
-        if not truth or not found:
-            continue
-        ious = np.asarray(coco_mask.iou([rle(d["segmentation"], image_id) for d in found], truth,
-                                        [0] * len(truth))).reshape(len(found), len(truth))
-        taken = np.zeros(len(truth), bool)
-        for row in ious:
-            candidates = np.where(~taken & (row >= iou_threshold))[0]
-            if len(candidates):
-                taken[candidates[np.argmax(row[candidates])]] = True
-                true_positives += 1
-    precision = true_positives / n_detections if n_detections else 0.0
-    recall = true_positives / n_truth if n_truth else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return float(f1), float(precision), float(recall)
+    matched = match_detections(ground_truth, detections, iou_threshold=iou_threshold, min_score=score_threshold)
+    return matched.f1_at(score_threshold)
 
 
 def evaluate_instances(ground_truth: dict, detections: list[dict], *, max_detections: int,

@@ -8,7 +8,7 @@ nuclei never holds hundreds of full-size masks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from cellops.config import FromMapping
-from cellops.maskrcnn.data import model_image
+from cellops.intensity import LEGACY, Normalization
+from cellops.maskrcnn.data import network_picture
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,23 +72,32 @@ class PredictionSettings(FromMapping):
     mask_threshold : a pixel belongs to an instance where its mask probability is at least this.
     tile_size : images with a side above this are predicted in tiles of this side (the training image size).
     tile_overlap : overlap of neighbouring tiles; objects up to about half of it across are never cut.
+    normalization : how intensities are scaled, over the whole picture before it is tiled
+        (:class:`cellops.intensity.Normalization`; versions registered before it was a setting used dtype scaling).
     """
 
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
     tile_size: int = 512
     tile_overlap: int = 128
+    normalization: Normalization = LEGACY
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "normalization", Normalization.coerce(self.normalization))
         if not 0 <= self.tile_overlap < self.tile_size:
             raise ValueError(f"tile_overlap {self.tile_overlap} must be in [0, tile_size {self.tile_size})")
 
+    def as_dict(self) -> dict:
+        return asdict(self)
+
 
 @torch.no_grad()
-def predict_instances(model: torch.nn.Module, image: np.ndarray, settings: PredictionSettings) -> list[Instance]:
-    """Instances the model finds in ``image`` (2-D grey or channels-last colour, any dtype), whole image at once."""
+def predict_instances(model: torch.nn.Module, picture: np.ndarray, settings: PredictionSettings) -> list[Instance]:
+    """Instances the model finds in ``picture``, already as the network sees it (:func:`network_picture`: float32
+    (H, W, 3), normalised), whole picture at once."""
     device = next(model.parameters()).device
-    output = model([model_image(image).to(device)])[0]
+    tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(picture, -1, 0), dtype=np.float32))
+    output = model([tensor.to(device)])[0]
     masks = (output["masks"][:, 0] >= settings.mask_threshold).cpu().numpy()
     instances = []
     for mask, category, score in zip(masks, output["labels"].tolist(), output["scores"].tolist()):
@@ -169,12 +179,19 @@ def predict_tiled(predict: Callable[[np.ndarray], list[Instance]], image: np.nda
 
 
 def predict_image(model: torch.nn.Module, image: np.ndarray, settings: PredictionSettings) -> list[Instance]:
-    """Instances of ``image``, tiled when a side exceeds ``settings.tile_size``; highest score first.
+    """Instances of ``image`` (2-D grey or channels-last colour; 8/16-bit or float), normalised as a whole by
+    ``settings.normalization``, tiled when a side exceeds ``settings.tile_size``; highest score first."""
+    return predict_picture(model, network_picture(as_picture(image), settings.normalization), settings)
 
-    Every tile is shown to the model at ``tile_size`` (smaller images and edge tiles are padded with the image's
+
+def predict_picture(model: torch.nn.Module, picture: np.ndarray, settings: PredictionSettings) -> list[Instance]:
+    """Instances of a picture already as the network sees it (:func:`network_picture`), tiled when a side exceeds
+    ``settings.tile_size``; highest score first.
+
+    Every tile is shown to the model at ``tile_size`` (smaller images and edge tiles are padded with the picture's
     median): the model scales each input to its ``min_size``, so this keeps objects at the scale it was trained
     on (training images are ``tile_size`` across)."""
-    image = as_picture(image)
+    image = picture
     fill = np.median(image, axis=(0, 1)).astype(image.dtype)
     tile = settings.tile_size
 
@@ -275,9 +292,7 @@ def overlay(image: np.ndarray, instances: list[Instance], categories: dict[int, 
     """An RGB uint8 picture of ``image`` with each instance's outline, box and score drawn in its own colour."""
     import cv2
 
-    from cellops.io import to_unit_range
-
-    grey = to_unit_range(image)
+    grey = np.asarray(image, dtype=np.float64)
     grey = grey if grey.ndim == 2 else grey[..., :3].mean(axis=-1)
     low, high = np.percentile(grey, [0.5, 99.5])
     picture = np.clip((grey - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
@@ -307,10 +322,11 @@ def segment_image_to_files(model: torch.nn.Module, path: str | Path, out_dir: st
 
     out_dir = Path(out_dir)
     image = as_picture(read_image_file(path), source=str(path))
-    check_pixels(np.moveaxis(image, -1, 0) if image.ndim == 3 else image, source=str(path), allowed_ndim=(image.ndim,))
+    check_pixels(np.moveaxis(image, -1, 0) if image.ndim == 3 else image, source=str(path), allowed_ndim=(image.ndim,),
+                 unit_floats=False)  # the model takes floats of any range: its normalisation scales them
     instances = predict_image(model, image, settings)
     write_tiff_stack(out_dir / f"{stem}_labels.tif", label_image(instances, image.shape[:2]))
     instance_table(instances, categories).to_csv(out_dir / f"{stem}_instances.csv", index=False)
     save_png(overlay(image, instances, categories), out_dir / f"{stem}_overlay.png")
     return {"outputs": [f"{stem}_labels.tif", f"{stem}_instances.csv", f"{stem}_overlay.png"],
-            "instances": len(instances)}
+            "instances": len(instances), "normalization": settings.normalization.describe()}

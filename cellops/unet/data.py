@@ -13,6 +13,7 @@ from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from cellops.intensity import Normalization
 from cellops.io import read_tiff_stack, to_unit_range
 
 #: The four files of the EPFL/Lucchi layout, in the order :func:`load_lucchi` returns them.
@@ -168,7 +169,8 @@ def build_augmentation(
 def augment_patches(
     images: np.ndarray, masks: np.ndarray, transform: Callable, *, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply ``transform`` to every (image, mask) pair, seeded; images are scaled to [0, 1] first.
+    """Apply ``transform`` to every (image, mask) pair, seeded; float images are taken as normalised already (see
+    :func:`training_patches`), integer ones are scaled by their dtype's range.
 
     Returns
     -------
@@ -177,7 +179,8 @@ def augment_patches(
     torch.manual_seed(seed)
     out_images, out_masks = [], []
     for image, mask in zip(images, masks):
-        img = tv_tensors.Image(torch.from_numpy(to_unit_range(image))[None])
+        pixels = image.astype(np.float32) if image.dtype.kind == "f" else to_unit_range(image)
+        img = tv_tensors.Image(torch.from_numpy(pixels)[None])
         msk = tv_tensors.Mask(torch.from_numpy((mask > 0).astype(np.uint8))[None])
         img, msk = transform(img, msk)
         out_images.append(img.as_subclass(torch.Tensor).to(torch.float16))
@@ -195,11 +198,13 @@ def training_patches(
     hard_negative_bias: float,
     augmentation: dict,
     seed: int,
+    normalization: Normalization,
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Seeded, augmented training patches of a (Z, Y, X) stack: sampled larger than ``patch_size`` (by
+    """Seeded, augmented training patches of a (Z, Y, X) stack: the stack normalised as a whole (as
+    :func:`cellops.unet.predict.segment` normalises a stack it is given), sampled larger than ``patch_size`` (by
     :func:`augmentation_margin`), transformed, centre-cropped.
 
-    Returns float32 images (N, 1, P, P) in [0, 1], uint8 masks (N, 1, P, P) of 0/1, and the transform's
+    Returns float32 images (N, 1, P, P), normalised, uint8 masks (N, 1, P, P) of 0/1, and the transform's
     description.
     """
     missing = [key for key in ("rotate_degrees", "scale") if key not in augmentation]
@@ -207,6 +212,7 @@ def training_patches(
         raise ValueError(f"augmentation lacks {missing}: give them (0 and [1, 1] for none)")
     margin = augmentation_margin(augmentation["rotate_degrees"], tuple(augmentation["scale"]))
     sampled_size = min(int(np.ceil(patch_size * margin)), *image.shape[1:])
+    image = normalization.apply(image)
     images, masks = sample_patches(image, mask, n_patches=n_patches, patch_size=sampled_size,
                                    foreground_bias=foreground_bias, hard_negative_bias=hard_negative_bias, seed=seed)
     transform = build_augmentation(patch_size, **augmentation)

@@ -16,7 +16,7 @@ from torch import nn
 
 from cellops.config import from_mapping
 from cellops.inference import prepare_for_inference, sliding_window_predict
-from cellops.io import to_unit_range
+from cellops.intensity import LEGACY, Normalization
 from cellops.metrics import BinarySegmentationScores, binary_segmentation_scores
 
 
@@ -34,6 +34,8 @@ class InferenceSettings:
         U-Net is trained on flipped patches, so the four views are equally valid; four times the compute).
     z_smoothing : for stacks, average each slice's probabilities with its neighbours over this many slices
         (odd; 1 = off): mitochondria are 3-D, a 2-D U-Net's slice-to-slice noise is not.
+    normalization : how intensities are scaled, for a 2-D image or a whole stack at once
+        (:class:`cellops.intensity.Normalization`; training patches are cut from volumes scaled the same way).
     """
 
     tile_size: int
@@ -42,8 +44,10 @@ class InferenceSettings:
     threshold: float
     flip_averaging: bool = False  # defaults only so that versions registered before these existed still load
     z_smoothing: int = 1
+    normalization: Normalization = LEGACY  # versions registered before it was a setting were trained on dtype scaling
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "normalization", Normalization.coerce(self.normalization))
         if self.tile_size < 8:
             raise ValueError(f"tile_size must be at least 8, got {self.tile_size}")
         if not 0.0 <= self.tile_overlap < 1.0:
@@ -65,12 +69,14 @@ class InferenceSettings:
 
 
 def predict_probabilities(model: nn.Module, image: np.ndarray, settings: InferenceSettings,
-                          device: str | torch.device = "cpu") -> np.ndarray:
-    """Foreground probabilities of a 2-D image or 3-D stack (any dtype :func:`cellops.io.to_unit_range` takes).
+                          device: str | torch.device = "cpu", *, bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """Foreground probabilities of a 2-D image or 3-D stack (8/16-bit or float), normalised by
+    ``settings.normalization`` over the whole image or stack, or with the ``bounds`` given (those of a whole
+    volume processed slab by slab, see :func:`cellops.unet.streaming.volume_bounds`).
 
     ``model`` should come from :func:`cellops.inference.prepare_for_inference` (done once, not per call).
     """
-    unit = to_unit_range(image)
+    unit = settings.normalization.apply(image, bounds=bounds)
 
     def predict(view: np.ndarray) -> np.ndarray:
         return sliding_window_predict(model, np.ascontiguousarray(view), tile_size=settings.tile_size,

@@ -9,20 +9,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from cellops.io import to_unit_range
+from cellops.intensity import Normalization
 from cellops.runtimes import RuntimeCheck, default_skips, export_runtime_files, load_runtime, measure_runtimes
 from cellops.unet.predict import InferenceSettings, load_for_inference, score
 
 
-def calibration_tiles(volume: np.ndarray, tile_size: int, *, batches: int = 8, batch_size: int = 4,
-                      seed: int = 0) -> list[np.ndarray]:
-    """``batches`` batches of random ``tile_size`` tiles (N, 1, T, T) of ``volume`` in [0, 1], for int8 calibration.
+def calibration_tiles(volume: np.ndarray, tile_size: int, normalization: Normalization, *, batches: int = 8,
+                      batch_size: int = 4, seed: int = 0) -> list[np.ndarray]:
+    """``batches`` batches of random ``tile_size`` tiles (N, 1, T, T) of ``volume``, normalised as served, for int8
+    calibration.
 
-    >>> tiles = calibration_tiles(np.zeros((3, 40, 50), np.uint8), 32, batches=2, batch_size=3)
+    >>> volume = np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 40, 50)
+    >>> tiles = calibration_tiles(volume, 32, Normalization(), batches=2, batch_size=3)
     >>> len(tiles), tiles[0].shape, tiles[0].dtype
     (2, (3, 1, 32, 32), dtype('float32'))
     """
-    unit = to_unit_range(volume if volume.ndim == 3 else volume[None])
+    unit = normalization.apply(volume if volume.ndim == 3 else volume[None])
     rng = np.random.default_rng(seed)
     depth, height, width = unit.shape
     if height < tile_size or width < tile_size:
@@ -44,7 +46,7 @@ def export_unet(model: nn.Module, calibration_volume: np.ndarray, settings: Infe
     fast = load_for_inference(model)
     tile = settings.tile_size
     example = torch.zeros(settings.batch_size, 1, tile, tile).contiguous(memory_format=torch.channels_last)
-    export_runtime_files(fast, example, calibration_tiles(calibration_volume, tile), folder)
+    export_runtime_files(fast, example, calibration_tiles(calibration_volume, tile, settings.normalization), folder)
     return fast
 
 

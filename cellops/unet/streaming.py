@@ -3,7 +3,8 @@ the pages or chunks a slab needs) and the mask is written slab by slab, so peak 
 tile batch, not by the volume.
 
 The result equals :func:`cellops.unet.predict.segment` on the whole volume: the U-Net is 2-D, and z-smoothing gets
-the neighbouring slices it needs as a halo read with each slab.
+the neighbouring slices it needs as a halo read with each slab, and the intensity normalisation the whole volume's
+percentiles (:func:`volume_bounds`, one pass over the slabs first).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import tifffile
 from torch import nn
 
+from cellops.intensity import Normalization, dtype_bounds, integer_histogram, percentile_bounds
 from cellops.unet.predict import InferenceSettings, predict_probabilities
 
 
@@ -76,6 +78,28 @@ def read_slab(path: str | Path, start: int, stop: int) -> np.ndarray:
             return tif.asarray(key=range(start, stop)).reshape(stop - start, *tif.pages[0].shape[-2:])
 
 
+def volume_bounds(source: str | Path, normalization: Normalization, *, slab: int = 8) -> tuple[float, float]:
+    """The values :class:`cellops.intensity.Normalization` maps to 0 and 1 for the whole volume at ``source``, read
+    slab by slab: exactly those of the volume read whole (8- and 16-bit volumes add up their slabs' histograms; a
+    float volume in percentile mode is gathered once, at 4 bytes a voxel)."""
+    info = volume_info(source)
+    depth = info.shape[0]
+    slabs = ((start, min(depth, start + slab)) for start in range(0, depth, slab))
+    if info.dtype.kind == "u" and info.dtype.itemsize <= 2:
+        if normalization.mode == "dtype":
+            return dtype_bounds(np.zeros(1, info.dtype))
+        histogram = sum(integer_histogram(read_slab(source, a, b)) for a, b in slabs)
+        return percentile_bounds(np.zeros(1, info.dtype), normalization.low, normalization.high, source=str(source),
+                                 histogram=histogram)
+    if normalization.mode == "dtype":
+        for a, b in slabs:
+            part = read_slab(source, a, b)
+            dtype_bounds(part, source=str(source))  # names the first slab outside [0, 1] (or of another dtype)
+        return 0.0, 1.0
+    values = np.concatenate([read_slab(source, a, b).astype(np.float32).ravel() for a, b in slabs])
+    return percentile_bounds(values, normalization.low, normalization.high, source=str(source))
+
+
 def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, settings: InferenceSettings, *,
                         slab: int = 8, device: str = "cpu",
                         on_slab: Callable[[int, int], None] | None = None,
@@ -104,9 +128,11 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
     if slab < 1:
         raise ValueError(f"slab must be at least 1 slice, got {slab}")
     info = volume_info(source)
-    if info.dtype.kind not in "uif":
-        raise ValueError(f"{source}: {info.dtype} voxels; a grey EM volume of integers or floats is expected")
+    if info.dtype.kind not in "uf":
+        raise ValueError(f"{source}: {info.dtype} voxels; a grey EM volume of 8- or 16-bit integers or floats is "
+                         "expected")
     depth = info.shape[0]
+    bounds = volume_bounds(source, settings.normalization, slab=slab)  # the whole volume's, as if read whole
     halo = settings.z_smoothing // 2
     out = Path(out)
     partial = out.with_name(f".{out.name}.partial")
@@ -114,7 +140,8 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
         for start in range(0, depth, slab):
             stop = min(depth, start + slab)
             first, last = max(0, start - halo), min(depth, stop + halo)
-            probabilities = predict_probabilities(model, read_slab(source, first, last), settings, device)
+            probabilities = predict_probabilities(model, read_slab(source, first, last), settings, device,
+                                                  bounds=bounds)
             mask = probabilities[start - first:stop - first] > settings.threshold
             if on_mask is not None:
                 on_mask(start, mask)

@@ -8,12 +8,16 @@ import tifffile
 from PIL import Image
 
 from cellops.data_version import file_md5
+from cellops.intensity import Normalization
 from cellops.io import (
     ImageInputError,
     list_class_folders,
     load_class_images,
     to_model_input,
 )
+
+#: Fixed scaling by the dtype's range: what these tests of the readers check (percentile scaling: tests/test_intensity.py).
+FIXED = Normalization(mode="dtype")
 
 
 def _picture(height: int = 24, width: int = 24) -> np.ndarray:
@@ -63,18 +67,19 @@ def odd_files(tmp_path):
 
 def test_every_usable_format_becomes_float_model_input_and_the_rest_is_named(odd_files):
     files, luma = odd_files
-    images, errors = load_class_images(list(files.values()), channels=1, size=16)
-    assert images.dtype == np.float32 and images.shape == (7, 1, 16, 16)
-    grey8, grey16, rgb, rgba, float_unit, float_wide, grey_alpha = images[:, 0]
+    images, errors = load_class_images(list(files.values()), channels=1, size=16, normalization=FIXED)
+    assert images.dtype == np.float32 and images.shape == (6, 1, 16, 16)
+    grey8, grey16, rgb, rgba, float_unit, grey_alpha = images[:, 0]
     np.testing.assert_allclose(grey_alpha, 0.4, atol=1e-6)  # grey + alpha: the grey, alpha dropped
     np.testing.assert_allclose(grey8, 0.2, atol=1e-6)  # 51 / 255
     np.testing.assert_allclose(grey16, 0.2, atol=1e-6)  # 13107 / 65535: the same grey level at 16 bit
     np.testing.assert_allclose(rgb, luma, atol=1e-6)  # ITU-R 601 luma
     np.testing.assert_allclose(rgba, luma, atol=1e-6)  # alpha dropped
     np.testing.assert_allclose(float_unit, 0.25)  # already in [0, 1]: kept
-    assert float_wide.min() == 0.0 and float_wide.max() == 1.0  # out of range: min-max rescaled
     failed = {path.name: message for path, message in errors}
-    assert list(failed) == ["empty.png", "notes_renamed.png", "stack.tif", "nan.tif"]
+    assert list(failed) == ["float_wide.tif", "empty.png", "notes_renamed.png", "stack.tif", "nan.tif"]
+    # Fixed scaling has no range for floats outside [0, 1]: refused, never clipped (percentile mode takes them).
+    assert "float values in [-100, 300] have no fixed range" in failed["float_wide.tif"]
     for name, message in failed.items():
         assert name in message  # every message names its file
     assert "empty file" in failed["empty.png"]
@@ -85,7 +90,7 @@ def test_every_usable_format_becomes_float_model_input_and_the_rest_is_named(odd
 
 def test_grey_is_repeated_and_colour_kept_for_three_channels(odd_files):
     files, _ = odd_files
-    images, errors = load_class_images([files["grey8"], files["rgb"]], channels=3, size=16)
+    images, errors = load_class_images([files["grey8"], files["rgb"]], channels=3, size=16, normalization=FIXED)
     assert errors == [] and images.shape == (2, 3, 16, 16)
     assert np.array_equal(images[0, 0], images[0, 2]) and np.allclose(images[0], 0.2)
     rgb = np.asarray(Image.open(files["rgb"])).astype(np.float32) / 255
@@ -95,7 +100,7 @@ def test_grey_is_repeated_and_colour_kept_for_three_channels(odd_files):
 def test_jpeg_is_read(tmp_path):
     path = tmp_path / "cells.jpg"
     Image.fromarray(np.full((20, 20, 3), (200, 100, 50), np.uint8)).save(path, quality=95)
-    images, errors = load_class_images([path], channels=1, size=10)
+    images, errors = load_class_images([path], channels=1, size=10, normalization=FIXED)
     assert errors == [] and images.shape == (1, 1, 10, 10)
     expected = (0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255
     np.testing.assert_allclose(images[0, 0], expected, atol=3 / 255)  # lossy, but close
@@ -104,9 +109,9 @@ def test_jpeg_is_read(tmp_path):
 def test_non_square_images_are_centre_cropped_not_stretched():
     image = np.zeros((10, 30), np.uint8)
     image[:, 10:20] = 255  # the centred square is all white, the sides black
-    wide = to_model_input(image, channels=1, size=10, source="wide.png")
+    wide = to_model_input(image, channels=1, size=10, normalization=FIXED, source="wide.png")
     assert np.array_equal(wide, np.ones((1, 10, 10), np.float32))
-    tall = to_model_input(np.ascontiguousarray(image.T), channels=1, size=5)
+    tall = to_model_input(np.ascontiguousarray(image.T), channels=1, size=5, normalization=FIXED)
     assert tall.shape == (1, 5, 5) and np.all(tall == 1.0)
 
 
@@ -116,7 +121,7 @@ def test_eight_and_sixteen_bit_versions_of_a_picture_give_the_same_input(tmp_pat
     files = [_tif(tmp_path / "p16.tif", picture16), _png(tmp_path / "p16.png", picture16),
              _png(tmp_path / "p8.png", picture8), _tif(tmp_path / "p8.tif", picture8)]
     for size in (24, 12):  # as is, and shrunk
-        images, errors = load_class_images(files, channels=1, size=size)
+        images, errors = load_class_images(files, channels=1, size=size, normalization=FIXED)
         assert errors == [] and images.shape == (4, 1, size, size)
         assert np.abs(images - images[0]).max() <= 1 / 255
         assert images[0].std() > 0.05  # a real picture, not a blank that would pass trivially
@@ -125,20 +130,20 @@ def test_eight_and_sixteen_bit_versions_of_a_picture_give_the_same_input(tmp_pat
 @pytest.mark.parametrize("shape", [(2, 2, 8, 8), (0, 8), (2, 8, 8)])
 def test_stacks_and_empty_arrays_are_refused_naming_the_source(shape):
     with pytest.raises(ImageInputError, match="upload.tif"):
-        to_model_input(np.zeros(shape, np.uint8), channels=1, size=8, source="upload.tif")
+        to_model_input(np.zeros(shape, np.uint8), channels=1, size=8, normalization=FIXED, source="upload.tif")
 
 
 def test_big_endian_sixteen_bit_is_scaled_like_native():
     native = _picture()
-    np.testing.assert_array_equal(to_model_input(native.astype(">u2"), channels=1, size=12),
-                                  to_model_input(native, channels=1, size=12))
+    np.testing.assert_array_equal(to_model_input(native.astype(">u2"), channels=1, size=12, normalization=FIXED),
+                                  to_model_input(native, channels=1, size=12, normalization=FIXED))
 
 
 def test_caller_mistakes_are_value_errors():
     with pytest.raises(ValueError, match="channels must be 1"):
-        to_model_input(np.zeros((8, 8), np.uint8), channels=4, size=8)
+        to_model_input(np.zeros((8, 8), np.uint8), channels=4, size=8, normalization=FIXED)
     with pytest.raises(ImageInputError, match="unsupported dtype int32"):
-        to_model_input(np.zeros((8, 8), np.int32), channels=1, size=8)
+        to_model_input(np.zeros((8, 8), np.int32), channels=1, size=8, normalization=FIXED)
 
 
 def test_file_md5_finds_the_same_picture_under_another_name(tmp_path):

@@ -8,7 +8,8 @@ import torch
 from scipy import ndimage
 from torchvision import tv_tensors
 
-from cellops.maskrcnn.data import (InstanceAugmentation, InstanceDataset, build_instance_augmentation, model_image,
+from cellops.intensity import Normalization
+from cellops.maskrcnn.data import (InstanceAugmentation, InstanceDataset, build_instance_augmentation, model_image, network_picture,
                                    tidy_target)
 from cellops.maskrcnn.engine import MaskRCNNTraining, fit
 from cellops.maskrcnn.evaluation import coco_ap, evaluate_instances, match_f1
@@ -132,7 +133,7 @@ def test_real_model_tiling_equals_whole_image_where_it_fits_one_tile():
     model = build_maskrcnn(TINY, 2).eval()
     image = (np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)
     settings = PredictionSettings(score_threshold=0.0, tile_size=64, tile_overlap=16)
-    direct = predict_instances(model, image, settings)
+    direct = predict_instances(model, network_picture(image, settings.normalization), settings)
     via_tiles = predict_image(model, image, settings)
     assert [(i.box, i.score) for i in via_tiles] == [(i.box, i.score) for i in direct]
 
@@ -146,7 +147,7 @@ def test_label_image_and_table_describe_the_instances():
     assert table["area"].tolist() == [24, 25] and table["category"].tolist() == ["colony", "colony"]
     assert table.loc[0, ["box_x0", "box_y0", "box_x1", "box_y1"]].tolist() == [3, 2, 9, 6]
     assert table.loc[0, ["centroid_x", "centroid_y"]].tolist() == [5.5, 3.5]
-    assert model_image(np.zeros((5, 7, 4), np.uint16)).shape == (3, 5, 7)
+    assert model_image(np.zeros((5, 7, 4), np.uint16), Normalization(mode="dtype")).shape == (3, 5, 7)
 
 
 def test_model_builder_settings_and_weights():
@@ -228,8 +229,10 @@ def test_small_images_are_padded_to_the_tile_size_so_the_scale_stays_the_trained
     model = build_maskrcnn(TINY, 2).eval()
     settings = PredictionSettings(score_threshold=0.0, tile_size=64, tile_overlap=16)
     image = (np.random.default_rng(2).random((40, 50)) * 255).astype(np.uint8)
-    canvas = np.full((64, 64), np.median(image), np.uint8)
-    canvas[:40, :50] = image
+    picture = network_picture(image, settings.normalization)  # normalised once, as a whole, then padded
+    canvas = np.empty((64, 64, 3), np.float32)
+    canvas[...] = np.median(picture, axis=(0, 1))
+    canvas[:40, :50] = picture
     expected = [i for i in (crop_instance(i.full_mask((64, 64))[:40, :50], i.category, i.score)
                             for i in predict_instances(model, canvas, settings)) if i is not None]
     got = predict_image(model, image, settings)

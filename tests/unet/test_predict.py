@@ -26,7 +26,8 @@ def test_settings_refuse_impossible_values_and_name_keys():
         InferenceSettings(**BASE, z_smoothing=2)
     with pytest.raises(ValueError, match=r"missing keys \['threshold'\]"):
         InferenceSettings.from_dict({k: v for k, v in BASE.items() if k != "threshold"})
-    assert InferenceSettings.from_dict(BASE).as_dict() == {**BASE, "flip_averaging": False, "z_smoothing": 1}
+    assert InferenceSettings.from_dict(BASE).as_dict() == {**BASE, "flip_averaging": False, "z_smoothing": 1,
+                                                            "normalization": {"mode": "dtype", "low": 1.0, "high": 99.8}}
 
 
 def test_flip_averaging_is_exact_for_a_flip_equivariant_model(rng):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from cellops.intensity import Normalization
 from cellops.unet.data import augment_patches, augmentation_margin, build_augmentation, sample_patches, split_slices
 from cellops.unet.predict import InferenceSettings
 from cellops.unet.train import Architecture, TrainingConfig, build_model, fit
@@ -133,4 +134,4 @@ def test_patch_sampling_needs_the_augmentation_it_leaves_room_for(small_volume):
 
     with pytest.raises(ValueError, match=r"augmentation lacks \['rotate_degrees', 'scale'\]"):
         training_patches(small_volume.image, small_volume.mask, n_patches=2, patch_size=32, foreground_bias=0.5,
-                         hard_negative_bias=0.0, augmentation={"flip": True}, seed=0)
+                         hard_negative_bias=0.0, augmentation={"flip": True}, seed=0, normalization=Normalization())
