@@ -11,7 +11,7 @@ from steps.em_data import load_em_dataset, sample_augmented_patches, split_em_vo
 from steps.lineage import record_lineage
 from steps.registry import register_and_promote
 from steps.runtimes import optimise_unet_runtime
-from steps.unet import evaluate_unet, train_unet
+from steps.unet import choose_unet_threshold, evaluate_unet, train_unet
 from steps.validation import require_valid_dataset, validate_segmentation_data
 
 
@@ -20,8 +20,9 @@ def training_pipeline(inference: dict, architecture: dict) -> None:
     """lineage -> load -> validate -> split -> augment -> train -> evaluate -> register (promote if better) ->
     export to the faster CPU runtimes and keep the fastest that holds its IoU.
 
-    ``inference`` (tile, overlap, batch, threshold) is set once for the run: validation during training,
-    evaluation and the registered model (hence the service) all use it.
+    ``inference`` (tile, overlap, batch, normalisation, threshold) is set once for the run and used by validation
+    during training; the probability threshold is then chosen on the validation block, and evaluation, the
+    registered model (hence the service) and the runtime checks use the chosen one.
     """
     lineage = record_lineage()
     train_image, train_mask, test_image, test_mask = load_em_dataset(lineage)
@@ -31,9 +32,10 @@ def training_pipeline(inference: dict, architecture: dict) -> None:
     patch_images, patch_masks = sample_augmented_patches(fit_image, fit_mask, inference=inference)
     model = train_unet(patch_images, patch_masks, val_image, val_mask, lineage, architecture=architecture,
                        inference=inference)
-    test_metrics, _ = evaluate_unet(model, test_image, test_mask, inference=inference)
-    registration = register_and_promote(model, test_metrics, lineage, test_image, test_mask, inference=inference)
-    optimise_unet_runtime(model, registration, fit_image, test_image, test_mask, inference=inference)
+    served = choose_unet_threshold(model, val_image, val_mask, inference=inference)
+    test_metrics, _ = evaluate_unet(model, test_image, test_mask, inference=served)
+    registration = register_and_promote(model, test_metrics, lineage, test_image, test_mask, inference=served)
+    optimise_unet_runtime(model, registration, fit_image, test_image, test_mask, inference=served)
 
 
 @pipeline

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,6 +24,8 @@ from cellops.classifier.distributed_train import fit_distributed
 from cellops.classifier.data import (SPLITS, Augmentation, SplitSettings, build_augmentation, index_class_folder,
                                      test_set_fingerprint)
 from cellops.classifier.metrics import classification_scores, positive_roc
+from cellops.metrics import bootstrap_interval, pooled_sensitivity
+from cellops.thresholds import choose_operating_point
 from cellops.classifier.models import ModelSpec, initial_weights
 from cellops.classifier.plots import cam_galleries, comparison_bars, roc_curves
 from cellops.classifier.predict import ClassifierSettings
@@ -233,13 +235,24 @@ def train_and_evaluate_classifier(
     mlflow.set_tag(tags.RESUMED_FROM_EPOCH, str(history.resumed_from_epoch))
     remove_checkpoints(run_dir)
     model = model.cpu().eval()
+    # The operating point (sensitivity against specificity) is chosen on the validation split, never the test one.
+    val_probabilities = predict_probabilities(model, val[0], settings.batch_size)
+    choice = choose_operating_point(val_probabilities[:, settings.positive], val[1] == settings.positive)
+    settings = replace(settings, decision_threshold=float(choice.value))
+    mlflow.log_metrics({"chosen_decision_threshold": choice.value, "val_youden_j_at_chosen": choice.metric_value})
+    mlflow.log_dict(choice.as_dict(), "thresholds/decision_threshold.json")
     probabilities = predict_probabilities(model, test_images, settings.batch_size)
-    scores = classification_scores(probabilities, test_labels, settings.positive)
+    scores = classification_scores(probabilities, test_labels, settings.positive, threshold=settings.decision_threshold)
+    # Sensitivity (the promotion metric) with its bootstrap 95 % interval over the test images.
+    said = settings.predicted_classes(probabilities) == settings.positive
+    is_positive = test_labels == settings.positive
+    interval = bootstrap_interval(pooled_sensitivity, (said & is_positive).astype(float), is_positive.astype(float))
+    interval_scores = {"sensitivity_ci_low": interval.low, "sensitivity_ci_high": interval.high}
     input_shape = (settings.channels, settings.size, settings.size)
     costs = {"parameters": count_parameters(model), "macs": count_macs(model, input_shape),
              "cpu_latency_ms": cpu_latency_ms(model, input_shape, batch_size=latency_batch_size),
              "train_seconds": float(sum(history.epoch_seconds)), "epochs": config.epochs}
-    mlflow.log_metrics({**{f"test_{k}": v for k, v in scores.as_dict().items()}, **costs,
+    mlflow.log_metrics({**{f"test_{k}": v for k, v in {**scores.as_dict(), **interval_scores}.items()}, **costs,
                         "best_epoch": history.best_epoch})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -255,7 +268,8 @@ def train_and_evaluate_classifier(
     info = log_pytorch_model(model, test_images[:1], ["models"])
     fpr, tpr = positive_roc(probabilities, test_labels, settings.positive)
     evaluation = {"name": name, "architecture": model_spec.architecture, "init": model_spec.init, "init_used": init_used,
-                  "model_uri": info.model_uri, "mlflow_run_id": active_run_id(), "scores": scores.as_dict(),
+                  "model_uri": info.model_uri, "mlflow_run_id": active_run_id(),
+                  "scores": {**scores.as_dict(), **interval_scores},
                   "confusion": scores.confusion, "costs": costs, "settings": settings.as_dict(),
                   "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}}
     log_metadata(metadata={"scores": scores.as_dict(), "costs": costs})
@@ -310,7 +324,8 @@ def register_classifiers(
             raise ValueError(f"test images became unreadable: {failures}")
         old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")
         probabilities = predict_probabilities(old.eval(), prepared, settings.batch_size)
-        return classification_scores(probabilities, test_labels, settings.positive).as_dict()
+        return classification_scores(probabilities, test_labels, settings.positive,
+                                     threshold=settings.decision_threshold).as_dict()
 
     return register_ranked(evaluations, lineage, test_set, rescore, registered_model_name=registered_model_name,
                            promotion_metric=promotion_metric, tie_breakers=tie_breakers, alias=alias,

@@ -25,6 +25,9 @@ from cellops.maskrcnn.data import (SPLITS, ImageSplitSettings, InstanceAugmentat
                                    build_instance_augmentation, load_instance_samples, model_image, split_images,
                                    subset_coco)
 from cellops.maskrcnn.engine import MaskRCNNTraining, evaluate_model, fit, loss_curves
+from cellops.maskrcnn.evaluation import match_detections
+from cellops.metrics import bootstrap_interval, pooled_f1
+from cellops.thresholds import choose_score_threshold
 from cellops.maskrcnn.predict import PredictionSettings, overlay, predict_picture
 from cellops.maskrcnn.specs import AnnotationSource, MaskRCNNModelSpec, SourceSettings, instance_test_fingerprint
 from cellops.maskrcnn.validation import AnnotationExpectations, summarise_annotations, validate_annotation_dataset
@@ -39,7 +42,8 @@ from tracking.runs import (active_run_id, close_abandoned_runs, closed_on_interr
 logger = get_logger(__name__)
 
 #: Scores in the comparison table, in this order.
-SCORE_COLUMNS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "f1_50", "precision_50", "recall_50")
+SCORE_COLUMNS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "f1_50", "f1_50_ci_low", "f1_50_ci_high",
+                 "precision_50", "recall_50")
 
 
 def _input_example(index: dict, settings: PredictionSettings) -> np.ndarray:
@@ -221,21 +225,34 @@ def train_and_evaluate_maskrcnn(
     logger.info("%s: Mask R-CNN %s-FPN from %s, %d parameters; %s images", name, settings.backbone, weights.kind,
                 parameters, {s: index["splits"].count(s) for s in SPLITS})
     with closed_on_interrupt(), system_metrics():
-        history, _, _ = _train(name, net, coco, index, config, augmentation, inference, checkpoint_dir,
+        history, _, val = _train(name, net, coco, index, config, augmentation, inference, checkpoint_dir,
                                {"data": index["md5"], "annotations": _content_key(coco), "splits": index["splits"],
                                 "spec": spec, "model": settings.as_dict(), "augmentation": augmentation,
                                 "init_used": weights.kind,
                                 "source": _weights_key(net) if model_spec.init == "source" else None})
     mlflow.set_tag(tags.RESUMED_FROM_EPOCH, str(history.resumed_from_epoch))
     net = net.cpu().eval()
+    if val:  # the served score threshold: the best validation F1@0.5, never the test images
+        val_truth = subset_coco(coco, _ids(index, "val"))
+        _, val_detections = evaluate_model(net, val, val_truth, _prediction(inference), max_detections)
+        choice = choose_score_threshold(match_detections(val_truth, val_detections))
+        inference = {**inference, "score_threshold": float(choice.value)}
+        mlflow.log_metrics({"chosen_score_threshold": choice.value, "val_f1_50_at_chosen": choice.metric_value})
+        mlflow.log_dict(choice.as_dict(), "thresholds/score_threshold.json")
+        logger.info("%s: score threshold %.2f chosen on validation (F1@0.5 %.4f)", name, choice.value,
+                    choice.metric_value)
     test = load_instance_samples(coco, index, "test", _prediction(inference).normalization)
+    test_truth = subset_coco(coco, _ids(index, "test"))
     started = time.perf_counter()
-    scores, _ = evaluate_model(net, test, subset_coco(coco, _ids(index, "test")), _prediction(inference),
-                               max_detections)
+    scores, test_detections = evaluate_model(net, test, test_truth, _prediction(inference), max_detections)
     seconds_per_image = (time.perf_counter() - started) / max(1, len(test))
+    # F1@0.5 with its bootstrap 95 % interval over the test images (their matches, detections and instances).
+    counts = match_detections(test_truth, test_detections).per_image_counts(_prediction(inference).score_threshold)
+    interval = bootstrap_interval(pooled_f1, *counts)
+    scores = {**scores.as_dict(), "f1_50_ci_low": interval.low, "f1_50_ci_high": interval.high}
     costs = {"parameters": parameters, "train_seconds": float(sum(history.epoch_seconds)),
              "epochs": len(history.losses), "cpu_seconds_per_image": seconds_per_image}
-    mlflow.log_metrics({**{f"test_{k}": v for k, v in scores.as_dict().items()}, **costs,
+    mlflow.log_metrics({**{f"test_{k}": v for k, v in scores.items()}, **costs,
                         "best_epoch": history.best_epoch})
     categories = {int(k): v for k, v in inference["categories"].items()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -251,10 +268,10 @@ def train_and_evaluate_maskrcnn(
                              output_of=_no_output_schema)
     evaluation = {"name": name, "architecture": f"maskrcnn_{settings.backbone}_fpn", "init": model_spec.init,
                   "init_used": weights.kind, "model_uri": info.model_uri, "mlflow_run_id": active_run_id(),
-                  "scores": scores.as_dict(), "costs": costs, "settings": inference,
+                  "scores": scores, "costs": costs, "settings": inference,
                   "resumed_from_epoch": history.resumed_from_epoch}
-    log_metadata(metadata={"scores": scores.as_dict(), "costs": costs})
-    logger.info("%s test: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in scores.as_dict().items()))
+    log_metadata(metadata={"scores": scores, "costs": costs})
+    logger.info("%s test: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
     return net, evaluation
 
 

@@ -14,8 +14,10 @@ from PIL import Image
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
+from cellops.metrics import bootstrap_interval, per_slice_overlap, pooled_foreground_iou
 from cellops.plots import segmentation_overlay, training_curves
-from cellops.unet.predict import InferenceSettings, load_for_inference, score
+from cellops.thresholds import choose_probability_threshold
+from cellops.unet.predict import InferenceSettings, load_for_inference, predict_probabilities, score
 from cellops.distributed import DistributedSettings
 from cellops.unet.distributed_train import fit_distributed
 from cellops.unet.train import Architecture, TrainingConfig, build_model, fit
@@ -103,6 +105,28 @@ def train_unet(
 
 
 @step
+def choose_unet_threshold(
+    model: torch.nn.Module,
+    val_image: np.ndarray,
+    val_mask: np.ndarray,
+    inference: dict,
+    device: str,
+) -> Annotated[dict, "served_inference"]:
+    """The probability threshold with the best foreground IoU on the validation block (never the test volume),
+    chosen among fixed candidates: the run's inference settings with that threshold are what is tested, registered
+    and served."""
+    settings = InferenceSettings.from_dict(inference)
+    probabilities = predict_probabilities(load_for_inference(model), val_image, settings, device)
+    choice = choose_probability_threshold(probabilities, val_mask > 0)
+    mlflow.log_metrics({"chosen_threshold": choice.value, "val_foreground_iou_at_chosen_threshold": choice.metric_value})
+    mlflow.log_dict(choice.as_dict(), "thresholds/probability_threshold.json")
+    log_metadata(metadata={"chosen_threshold": choice.value, "threshold_curve": choice.as_dict()["curve"]})
+    logger.info("threshold %.2f chosen on validation (foreground IoU %.4f; configured %.2f)", choice.value,
+                choice.metric_value, settings.threshold)
+    return {**settings.as_dict(), "threshold": float(choice.value)}
+
+
+@step
 def evaluate_unet(
     model: torch.nn.Module,
     test_image: np.ndarray,
@@ -116,7 +140,9 @@ def evaluate_unet(
     dashboard shows; ``overlay_slices`` evenly spaced ones go to MLflow."""
     scores, prediction = score(load_for_inference(model), test_image, test_mask, InferenceSettings.from_dict(inference),
                                device)
-    metrics = scores.as_dict()
+    # The promotion metric with its bootstrap 95 % interval over test slices (their intersections and unions).
+    interval = bootstrap_interval(pooled_foreground_iou, *per_slice_overlap(prediction, test_mask > 0))
+    metrics = {**scores.as_dict(), "foreground_iou_ci_low": interval.low, "foreground_iou_ci_high": interval.high}
     mlflow.log_metrics({f"test_{name}": value for name, value in metrics.items()})
     for z in np.linspace(0, len(test_image) - 1, overlay_slices).round().astype(int):
         log_png(segmentation_overlay(test_image[z], test_mask[z] > 0, prediction[z]), "test_overlays", f"slice_{z:03d}.png")
