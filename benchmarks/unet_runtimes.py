@@ -125,7 +125,7 @@ def main() -> None:
     runs["monai_folded"] = lambda: monai_predict(fast, unit, tile, overlap, monai_folded_batch)
     outputs = {name: run() for name, run in runs.items()}  # also the warm-up
     seconds = interleaved_best(runs, args.repeats)  # rounds in turn: a slow spell hits every contender alike
-    agreement = float(((outputs["torch"] > settings.threshold) == (outputs["monai"] > settings.threshold)).mean())
+    agreement = float(((outputs["torch"] >= settings.threshold) == (outputs["monai"] >= settings.threshold)).mean())
     max_difference = float(np.abs(outputs["torch"] - outputs["monai"]).max())
     if agreement < AGREEMENT:
         raise SystemExit(f"cellops and MONAI masks agree on {agreement:.4%} of voxels (< {AGREEMENT:.1%}): "

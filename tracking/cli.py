@@ -224,7 +224,10 @@ def predict_classifier(tracking_uri: str, model_uri: str, images: list[Path], ou
         writer.writeheader()
         writer.writerows({"cam": "", **row, "error": ""} for row in rows)
         writer.writerows({"file": str(path), "error": why} for path, why in failures)
-    print(f"{len(rows)} images classified with {name} v{record['model_version']} -> {out / 'predictions.csv'}")
+    point = "most probable class" if settings.decision_threshold is None else \
+        f"{settings.positive_class} from p >= {settings.decision_threshold:g}"
+    print(f"{len(rows)} images classified with {name} v{record['model_version']} ({settings.normalization.describe()} "
+          f"normalisation, {point}) -> {out / 'predictions.csv'}")
     for path, why in failures:
         print(f"cellops predict: skipped {why if why.startswith(str(path)) else f'{path}: {why}'}", file=sys.stderr)
     return _batch_end(len(images), len(failures))
@@ -248,7 +251,8 @@ def predict_unet(tracking_uri: str, model_uri: str, volume: Path, out: Path, *, 
             progress.total = total
             progress.update(done - progress.n)
         info = segment_volume_file(model, volume, out, settings, slab=slab, on_slab=advance)
-    print(f"{volume}: {'x'.join(map(str, info.shape))} segmented with {name} v{record['model_version']} -> {out}")
+    print(f"{volume}: {'x'.join(map(str, info.shape))} segmented with {name} v{record['model_version']} "
+          f"({settings.normalization.describe()} normalisation, threshold {settings.threshold:g}) -> {out}")
     return 0
 
 
@@ -306,7 +310,8 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
         writer.writeheader()
         writer.writerows({"outputs": "", **row} for row in summary)
     done = sum(1 for row in summary if not row["error"])
-    print(f"{done} images segmented with {name} v{record['model_version']} -> {out}")
+    print(f"{done} images segmented with {name} v{record['model_version']} ({settings.normalization.describe()} "
+          f"normalisation, score threshold {settings.score_threshold:g}) -> {out}")
     return _batch_end(len(summary), len(summary) - done)
 
 

@@ -29,7 +29,7 @@ class InferenceSettings:
     tile_size : side of the square tiles (a multiple of ``2 ** depth`` of the U-Net).
     tile_overlap : fraction of a tile shared with its neighbour, in [0, 1).
     batch_size : tiles per forward pass.
-    threshold : foreground probability above which a pixel is mitochondrion.
+    threshold : foreground probability from which a pixel is mitochondrion (>=, as it was chosen on validation).
     flip_averaging : average the probabilities of the image and its three flips (test-time augmentation; the
         U-Net is trained on flipped patches, so the four views are equally valid; four times the compute).
     z_smoothing : for stacks, average each slice's probabilities with its neighbours over this many slices
@@ -105,7 +105,7 @@ def segment(model: nn.Module, image: np.ndarray, settings: InferenceSettings,
     >>> segment(model, np.zeros((2, 40, 48), np.uint8), settings).shape
     (2, 40, 48)
     """
-    return predict_probabilities(model, image, settings, device) > settings.threshold
+    return predict_probabilities(model, image, settings, device) >= settings.threshold
 
 
 def score(model: nn.Module, image: np.ndarray, mask: np.ndarray, settings: InferenceSettings,

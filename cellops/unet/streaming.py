@@ -142,7 +142,7 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
             first, last = max(0, start - halo), min(depth, stop + halo)
             probabilities = predict_probabilities(model, read_slab(source, first, last), settings, device,
                                                   bounds=bounds)
-            mask = probabilities[start - first:stop - first] > settings.threshold
+            mask = probabilities[start - first:stop - first] >= settings.threshold
             if on_mask is not None:
                 on_mask(start, mask)
             for page in mask:  # 2-D pages appended to one contiguous series: a (Z, Y, X) stack for any reader

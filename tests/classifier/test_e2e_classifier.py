@@ -152,8 +152,10 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
     runtime, graphs = served_runtime(champion)  # what the registry chose: the service must run it
     model = runtime_classifier(runtime, graphs, prepare_for_inference(model))
     files = sorted((root / "data/endothelial/hipsc_ec").iterdir())[:3] + sorted((root / "data/endothelial/non_ec").iterdir())[:3]
-    images, _ = load_class_images(files, channels=settings.channels, size=settings.size)
+    images, _ = load_class_images(files, channels=settings.channels, size=settings.size,
+                                  normalization=settings.normalization)
     expected = predict_probabilities(model, images, 8)
+    assert settings.decision_threshold is not None and settings.normalization.mode == "percentile"
 
     server_env = {**env, "CELLOPS_MAX_PIXELS": "20000", "CELLOPS_MAX_REQUEST_BYTES": "3000000"}
     with served_bento("cellops-classifier:latest", root, server_env) as base:
@@ -164,7 +166,9 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
         assert one.status_code == 200, one.text
         answer = one.json()
         assert answer["probabilities"]["hipsc_ec"] == pytest.approx(expected[0, 0], abs=1e-4)
-        assert answer["label"] == settings.classes[int(expected[0].argmax())]
+        # The label at the operating point chosen on validation, stored with the version.
+        assert answer["label"] == settings.classes[int(settings.predicted_classes(expected[:1])[0])]
+        assert answer["decision_threshold"] == settings.decision_threshold
         assert answer["model_version"] == str(champion.version)
 
         batch = httpx.post(f"{base}/classify_batch", timeout=60,

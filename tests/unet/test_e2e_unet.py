@@ -124,10 +124,13 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
     model = load_for_inference(mlflow.pytorch.load_model("models:/cellops-unet@champion", map_location="cpu"))
     runtime, graphs = served_runtime(champion)  # what the registry chose: the service must run it
     model = load_runtime(runtime, graphs, model)
-    # The service must apply the settings stored with the model: those of the run's config, its test metrics.
+    # The service must apply the settings stored with the model: those of the run's config, every setting resolved,
+    # with the probability threshold chosen on validation (one of the candidates, logged on the run).
     stored = tags.inference_from_tags(champion.tags)
     configured = yaml.safe_load((root / "tests/configs/unet_tiny.yaml").read_text())["parameters"]["inference"]
-    assert stored == InferenceSettings.from_dict(configured).as_dict()  # every setting, resolved
+    chosen = mlflow.get_run(champion.run_id).data.metrics["chosen_threshold"]
+    assert stored == {**InferenceSettings.from_dict(configured).as_dict(), "threshold": chosen}
+    assert stored["normalization"]["mode"] == "percentile" and 0.05 <= chosen <= 0.95
     settings = InferenceSettings.from_dict(stored)
     test_image = tifffile.imread(root / "data/em/testing.tif")
     test_mask = tifffile.imread(root / "data/em/testing_groundtruth.tif")
