@@ -72,10 +72,20 @@ def cellops_maps(model: torch.nn.Module, images: torch.Tensor, batch: int) -> tu
     return np.concatenate(maps), np.concatenate(chosen)
 
 
-def same_explanations(model: torch.nn.Module, images: torch.Tensor, batch: int) -> tuple[float, bool]:
-    """Largest difference between cellops' CAM and pytorch-grad-cam's Grad-CAM, both at the feature maps'
-    resolution (no resizing) and with grad-cam's scaling (ReLU, per-image min-max), and whether both explained the
-    same classes. For a GAP + linear head the two are the same map up to scale."""
+def map_differences(ours: np.ndarray, theirs: np.ndarray) -> dict[str, float]:
+    """Largest and mean absolute difference between two stacks of maps.
+
+    >>> map_differences(np.array([[0.0, 1.0], [0.5, 0.5]]), np.array([[0.0, 0.6], [0.5, 0.5]]))
+    {'max_abs_difference': 0.4, 'mean_abs_difference': 0.1}
+    """
+    difference = np.abs(ours - theirs)
+    return {"max_abs_difference": float(difference.max()), "mean_abs_difference": float(difference.mean())}
+
+
+def same_explanations(model: torch.nn.Module, images: torch.Tensor, batch: int) -> tuple[dict[str, float], bool]:
+    """Largest and mean difference (:func:`map_differences`) between cellops' CAM and pytorch-grad-cam's Grad-CAM,
+    both at the feature maps' resolution (no resizing) and with grad-cam's scaling (ReLU, per-image min-max), and
+    whether both explained the same classes. For a GAP + linear head the two are the same map up to scale."""
     with torch.no_grad():
         size = tuple(model.feature_maps(images[:1]).shape[-2:])
     def unit(maps: np.ndarray) -> np.ndarray:  # min-max without grad-cam's 1e-7, which skews maps of small range
@@ -89,7 +99,7 @@ def same_explanations(model: torch.nn.Module, images: torch.Tensor, batch: int) 
         ours.append(raw.clamp_min(0).numpy())
         our_classes.append(logits.argmax(dim=1).numpy())
     same_classes = np.array_equal(np.concatenate(our_classes), their_classes)
-    return float(np.abs(unit(np.concatenate(ours)) - unit(theirs)).max()), same_classes
+    return map_differences(unit(np.concatenate(ours)), unit(theirs)), same_classes
 
 
 def load_inputs(args) -> dict:
@@ -169,8 +179,9 @@ def main() -> None:
     # -- 1. CAM against Grad-CAM, on each model and the same batches.
     for role, (name, model) in inputs["models"].items():
         model.eval()
-        difference, same_classes = same_explanations(model, test, args.batch)
-        if difference > CAM_TOLERANCE or not same_classes:
+        differences, same_classes = same_explanations(model, test, args.batch)
+        difference = differences["max_abs_difference"]
+        if not difference <= CAM_TOLERANCE or not same_classes:
             raise SystemExit(f"{name}: CAM and Grad-CAM differ by up to {difference:.2e} (tolerance {CAM_TOLERANCE}) "
                              f"or explain other classes (same classes: {same_classes}): the comparison is void")
         ours = cellops_maps(model, test, args.batch)[0]
@@ -178,7 +189,7 @@ def main() -> None:
                                   "cam": lambda m=model: cellops_maps(m, test, args.batch)}, args.repeats)
         t_theirs, t_ours = times["gradcam"], times["cam"]
         result["cam"][role] = {"model": name, "gradcam_seconds": round(t_theirs, 4), "cam_seconds": round(t_ours, 4),
-                               "mean_abs_difference": difference, "shape": list(ours.shape)}
+                               **differences, "shape": list(ours.shape)}
         summary.append(row(f"CAM of {name}, batch {args.batch}", "cellops CAM", len(test) / t_ours,
                            "pytorch-grad-cam GradCAM", len(test) / t_theirs, "images/s", target=3.0,
                            note=f"maps equal within {difference:.1e} at feature resolution"))

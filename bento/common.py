@@ -37,12 +37,41 @@ class PayloadTooLarge(BentoMLException):
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+def env_limit(stored: int, variable: str) -> int:
+    """``stored``, tightened (never loosened) by the environment variable ``variable``: a value above ``stored``
+    changes nothing, an unset or empty one is ignored, and anything but a positive integer stops the service as it
+    starts (``ValueError`` naming the variable).
+
+    >>> os.environ["CELLOPS_EXAMPLE_LIMIT"] = "10"
+    >>> env_limit(100, "CELLOPS_EXAMPLE_LIMIT"), env_limit(5, "CELLOPS_EXAMPLE_LIMIT")
+    (10, 5)
+    >>> os.environ["CELLOPS_EXAMPLE_LIMIT"] = ""
+    >>> env_limit(100, "CELLOPS_EXAMPLE_LIMIT")
+    100
+    >>> os.environ["CELLOPS_EXAMPLE_LIMIT"] = "0"
+    >>> env_limit(100, "CELLOPS_EXAMPLE_LIMIT")
+    Traceback (most recent call last):
+    ValueError: CELLOPS_EXAMPLE_LIMIT='0' is not a positive whole number; it can only lower the limit (100)
+    >>> del os.environ["CELLOPS_EXAMPLE_LIMIT"]
+    """
+    limit = int(stored)
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return limit
+    try:
+        tightened = int(value)
+    except ValueError:
+        tightened = 0
+    if tightened <= 0:
+        raise ValueError(f"{variable}={os.environ[variable]!r} is not a positive whole number; it can only lower "
+                         f"the limit ({limit})")
+    return min(limit, tightened)
+
+
 def max_pixels(limits: dict) -> int:
-    """The pixel limit stored with the bento model, tightened (never loosened) by ``CELLOPS_MAX_PIXELS``."""
-    limit = int(limits["max_pixels"])
-    if os.environ.get(MAX_PIXELS_ENV):
-        limit = min(limit, int(os.environ[MAX_PIXELS_ENV]))
-    return limit
+    """The pixel limit stored with the bento model, tightened (never loosened) by ``CELLOPS_MAX_PIXELS``
+    (:func:`env_limit`)."""
+    return env_limit(limits["max_pixels"], MAX_PIXELS_ENV)
 
 
 def decode_upload(data: bytes, limit: int, allowed_ndim: tuple[int, ...] = (2, 3),
@@ -134,11 +163,8 @@ class RequestProblem(Exception):
 
 def max_request_bytes(limits: dict) -> int:
     """The request byte limit stored with the bento model (``max_request_bytes``, 64 MiB when absent),
-    tightened (never loosened) by ``CELLOPS_MAX_REQUEST_BYTES``."""
-    limit = int(limits.get("max_request_bytes", 64 * 2**20))
-    if os.environ.get(MAX_BYTES_ENV):
-        limit = min(limit, int(os.environ[MAX_BYTES_ENV]))
-    return limit
+    tightened (never loosened) by ``CELLOPS_MAX_REQUEST_BYTES`` (:func:`env_limit`)."""
+    return env_limit(limits.get("max_request_bytes", 64 * 2**20), MAX_BYTES_ENV)
 
 
 def check_file_name(name: str) -> None:

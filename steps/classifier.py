@@ -24,6 +24,7 @@ from cellops.classifier.distributed_train import fit_distributed
 from cellops.classifier.data import (SPLITS, Augmentation, SplitSettings, build_augmentation, index_class_folder,
                                      test_set_fingerprint)
 from cellops.classifier.metrics import classification_scores, positive_roc
+from cellops.distributed import weights_digest
 from cellops.metrics import bootstrap_interval, pooled_sensitivity
 from cellops.thresholds import choose_operating_point
 from cellops.classifier.models import ModelSpec, initial_weights
@@ -268,7 +269,7 @@ def train_and_evaluate_classifier(
     info = log_pytorch_model(model, test_images[:1], ["models"])
     fpr, tpr = positive_roc(probabilities, test_labels, settings.positive)
     evaluation = {"name": name, "architecture": model_spec.architecture, "init": model_spec.init, "init_used": init_used,
-                  "model_uri": info.model_uri, "mlflow_run_id": active_run_id(),
+                  "model_uri": info.model_uri, "mlflow_run_id": active_run_id(), "weights_sha256": weights_digest(model),
                   "scores": {**scores.as_dict(), **interval_scores},
                   "confusion": scores.confusion, "costs": costs, "settings": settings.as_dict(),
                   "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}}

@@ -26,6 +26,7 @@ from cellops.maskrcnn.data import (SPLITS, ImageSplitSettings, InstanceAugmentat
                                    subset_coco)
 from cellops.maskrcnn.engine import MaskRCNNTraining, evaluate_model, fit, loss_curves
 from cellops.maskrcnn.evaluation import match_detections
+from cellops.distributed import weights_digest
 from cellops.metrics import bootstrap_interval, pooled_f1
 from cellops.thresholds import choose_score_threshold
 from cellops.maskrcnn.predict import PredictionSettings, overlay, predict_picture
@@ -268,6 +269,7 @@ def train_and_evaluate_maskrcnn(
                              output_of=_no_output_schema)
     evaluation = {"name": name, "architecture": f"maskrcnn_{settings.backbone}_fpn", "init": model_spec.init,
                   "init_used": weights.kind, "model_uri": info.model_uri, "mlflow_run_id": active_run_id(),
+                  "weights_sha256": weights_digest(net),
                   "scores": scores, "costs": costs, "settings": inference,
                   "resumed_from_epoch": history.resumed_from_epoch}
     log_metadata(metadata={"scores": scores, "costs": costs})

@@ -17,6 +17,7 @@ from zenml import get_step_context, log_metadata, step
 from zenml.enums import ModelStages
 from zenml.logger import get_logger
 
+from cellops.distributed import weights_digest
 from cellops.promotion import check_promotion_metrics, ranking_key
 from cellops.unet.predict import InferenceSettings, load_for_inference, score
 from tracking import tags
@@ -59,7 +60,7 @@ def register_and_promote(
     decision = register_and_maybe_promote(
         MlflowClient(), model_info.model_uri, registered_model_name, test_metrics,
         {**tags.lineage_to_tags(lineage), **tags.inference_to_tags(InferenceSettings.from_dict(inference).as_dict()),
-         tags.MLFLOW_RUN_ID: run_id, tags.ZENML_RUN_ID: zenml_run_id},
+         tags.MLFLOW_RUN_ID: run_id, tags.ZENML_RUN_ID: zenml_run_id, tags.WEIGHTS_SHA256: weights_digest(model)},
         promotion_metric=promotion_metric, alias=alias, min_improvement=min_improvement, rescore=rescore,
     )
     mlflow.set_tags({"registered_model_version": str(decision["version"]), "registered": str(decision["registered"]),
@@ -103,7 +104,7 @@ def register_ranked(
     fingerprint, scores and inference settings; ``alias`` moves only to one that beats the champion on the same
     test set (``rescore`` scores a champion measured on another). For the families that compare several models
     (classifier, Mask R-CNN); each ``evaluation`` holds name, architecture, init_used, model_uri, mlflow_run_id,
-    scores and settings."""
+    scores, settings and weights_sha256."""
     ranked = [promotion_metric, *tie_breakers]
     check_promotion_metrics(ranked)
     zenml_run_id = str(get_step_context().pipeline_run.id)
@@ -113,7 +114,8 @@ def register_ranked(
             MlflowClient(), e["model_uri"], registered_model_name, e["scores"],
             {**tags.lineage_to_tags({**lineage, tags.TEST_SET: test_set}), **tags.inference_to_tags(e["settings"]),
              tags.MLFLOW_RUN_ID: e["mlflow_run_id"], tags.ZENML_RUN_ID: zenml_run_id, tags.MODEL_NAME: e["name"],
-             tags.ARCHITECTURE: e["architecture"], tags.INIT_USED: e["init_used"]},
+             tags.ARCHITECTURE: e["architecture"], tags.INIT_USED: e["init_used"],
+             tags.WEIGHTS_SHA256: e["weights_sha256"]},
             promotion_metric=promotion_metric, tie_breakers=tie_breakers, alias=alias,
             min_improvement=min_improvement, rescore=rescore)
         decisions.append({**decision, "model_name": e["name"]})

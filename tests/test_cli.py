@@ -1,9 +1,11 @@
-"""`cellops analyze` on users' files: every readable file analysed, every bad one named."""
+"""`cellops analyze` on users' files: every readable file analysed, every bad one named; `cellops models` on a real
+MLflow store."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import test_lineage
 import tifffile
 from PIL import Image
 
@@ -11,6 +13,9 @@ from cellops.cli import main
 from cellops.synthetic.calcium import generate_calcium_movie
 from cellops.synthetic.colonies import generate_colony_image
 from cellops.synthetic.nuclei import generate_nuclei_image
+
+#: A real MLflow SQLite store holding ``cellops-test`` v1 (champion, dice 0.8) and v2 (dice 0.7, not promoted).
+registry = test_lineage.registry
 
 
 def test_colonies_batch_goes_on_past_bad_files(tmp_path, capsys):
@@ -107,3 +112,31 @@ def test_bad_config_key_is_named(tmp_path, capsys):
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(image)
     assert main(["analyze", "colonies", str(image), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
     assert "not_a_parameter" in capsys.readouterr().err
+
+
+def test_models_lists_every_version_with_its_champion(registry, capsys):
+    uri, client = registry
+    champion = client.get_model_version_by_alias("cellops-test", "champion").version
+    for family in ([], ["test"], ["cellops-test"]):
+        assert main(["models", *family, "--tracking-uri", uri]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == "cellops-test" and lines[1].split()[:2] == ["version", "aliases"], lines
+        # version, aliases, ZenML stage, promotion metric, its value, data version, git commit
+        rows = {line.split()[0]: line.split() for line in lines[2:]}
+        assert sorted(rows) == ["1", "2"], lines
+        assert rows[champion][1] == "champion" and rows["2"][1] == "-"
+        assert rows["1"][3:6] == ["dice", "0.8000", "aaa.dir"] and rows["2"][3:6] == ["dice", "0.7000", "bbb.dir"]
+        assert rows["1"][6] == ("c0ffee" * 2)
+
+
+def test_models_of_an_unknown_name_exits_2_naming_it_and_the_registered_ones(registry, tmp_path, capsys):
+    uri, _ = registry
+    for name in ("nope", "cellops-nope"):
+        assert main(["models", name, "--tracking-uri", uri]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert f"cellops models: no registered model {name!r} in this store; registered models: cellops-test" \
+            in captured.err
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    assert main(["models", "--tracking-uri", f"sqlite:///{missing}"]) == 2
+    assert f"no MLflow store at {missing}" in capsys.readouterr().err

@@ -19,7 +19,7 @@ def client(tmp_path):
     mlflow.set_tracking_uri(None)
 
 
-def _register(client, iou, *, data_version="x.dir", metrics=None, rescore=None, name=None):
+def _register(client, iou, *, data_version="x.dir", metrics=None, rescore=None, name=None, weights="w1"):
     with mlflow.start_run():
         # Stated requirements: MLflow would otherwise infer them by importing the model in a subprocess (seconds each).
         info = mlflow.pytorch.log_model(torch.nn.Conv2d(1, 1, 1), name="model", serialization_format="pickle",
@@ -27,7 +27,7 @@ def _register(client, iou, *, data_version="x.dir", metrics=None, rescore=None, 
         return register_and_maybe_promote(
             client, info.model_uri, "cellops-test", metrics or {"foreground_iou": iou, "dice": 0.5},
             {**tags.lineage_to_tags({"data_version": data_version}), **tags.inference_to_tags({"tile_size": 64}),
-             **({tags.MODEL_NAME: name} if name else {})},
+             **({tags.MODEL_NAME: name} if name else {}), tags.WEIGHTS_SHA256: weights},
             promotion_metric="foreground_iou", alias="champion", min_improvement=0.0, rescore=rescore,
         )
 
@@ -56,6 +56,15 @@ def test_an_equal_retrain_is_not_promoted_whatever_its_digits(client):
     assert _register(client, score)["promoted"]
     again = _register(client, score)
     assert not again["promoted"] and again["champion_score_before"] == score and not again["registered"]
+
+
+def test_a_retrain_with_other_weights_that_ties_on_every_score_is_registered(client):
+    # Another learning rate, the same scores to the last digit: another model, kept (not dropped as a duplicate).
+    assert _register(client, 0.8, weights="lr-0.01")["promoted"]
+    other = _register(client, 0.8, weights="lr-0.02")
+    assert other["registered"] and not other["promoted"] and other["version"] == "2"
+    same = _register(client, 0.8, weights="lr-0.01")  # the champion again: weights, settings, data and scores
+    assert not same["registered"] and "duplicate" in same["reason"]
 
 
 def test_another_model_that_ties_is_registered_but_not_promoted(client):

@@ -54,13 +54,19 @@ def _zenml_stages(model_name: str) -> dict[str, str]:
 
 
 def list_models(tracking_uri: str, family: str | None = None) -> str:
-    """A table of every version of every ``cellops-*`` registered model (or of ``family``)."""
+    """A table of every version of every ``cellops-*`` registered model (or of ``family``: ``unet`` or
+    ``cellops-unet``). Raises a ``LookupError`` naming ``family`` and the models this store holds when it is none
+    of them."""
     client = MlflowClient(tracking_uri)
     names = sorted(m.name for m in client.search_registered_models() if m.name.startswith("cellops-"))
     if family:
+        known = names
         names = [n for n in names if n in (family, f"cellops-{family}")]
+        if not names:
+            raise LookupError(f"no registered model {family!r} in this store; registered models: "
+                              f"{', '.join(known) or 'none'}")
     if not names:
-        return f"no registered cellops models in {tracking_uri}" + (f" named {family}" if family else "")
+        return f"no registered cellops models in {tracking_uri}"
     lines = []
     for name in names:
         stages = _zenml_stages(name)
@@ -322,7 +328,9 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="cellops")
     commands = parser.add_subparsers(dest="command", required=True)
-    models = commands.add_parser("models", help="registered model versions, metrics, data versions, champions")
+    models = commands.add_parser("models", help="registered model versions, metrics, data versions, champions",
+                                 epilog="exit codes: 0 printed; 2 unknown model (the message lists what exists), or "
+                                        "no store")
     models.add_argument("family", nargs="?", help="e.g. unet or cellops-unet (default: all)")
     models.add_argument("--tracking-uri", default=None)
     lin = commands.add_parser(

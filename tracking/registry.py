@@ -28,9 +28,10 @@ def _identifies_data(version: str | None) -> bool:
 def _duplicates(champion: ModelVersion, tags: dict[str, str], scores: tuple[float, ...],
                 champion_scores: tuple[float, ...] | None) -> bool:
     """Whether a candidate is the champion again: the same scores on the same test data, and the same model
-    name, inference settings and data version."""
+    name, inference settings, data version and weights (bit for bit: a retrain with other training settings that
+    ties on every score is another model, and is registered)."""
     same = [names.MODEL_NAME, names.ARCHITECTURE, names.INFERENCE_SETTINGS, f"{names.LINEAGE_PREFIX}data_version",
-            f"{names.LINEAGE_PREFIX}{names.TEST_SET}"]
+            f"{names.LINEAGE_PREFIX}{names.TEST_SET}", names.WEIGHTS_SHA256]
     return scores == champion_scores and all(champion.tags.get(key) == tags.get(key) for key in same)
 
 
@@ -58,8 +59,8 @@ def register_and_maybe_promote(
     """Register ``model_uri`` as a new version (tagged with its metrics and ``tags``, which carry its lineage and
     inference settings) and move ``alias`` to it if it beats the champion by more than ``min_improvement``.
 
-    Two cases are decided deliberately: a candidate that is the champion again (same model name, settings and
-    data, exactly the same scores) is not registered (``registered: False``); one trained on data no version
+    Two cases are decided deliberately: a candidate that is the champion again (same model name, settings, data
+    and weights, exactly the same scores) is not registered (``registered: False``); one trained on data no version
     names (``+modified``, ``untracked``) is registered for inspection but never promoted. ``reason`` says why.
 
     The champion's score is its recorded tag when it was measured on the candidate's data version; otherwise

@@ -26,6 +26,8 @@ PROMOTION_METRIC = "promotion_metric"
 TEST_SET = "test_set"
 # What a classifier run or version is: the config's model name, its architecture, how it started.
 MODEL_NAME = "model_name"
+#: sha256 of a version's parameters and buffers: equal only for bit-identical weights (``cellops.distributed``).
+WEIGHTS_SHA256 = "weights_sha256"
 ARCHITECTURE = "architecture"
 INIT = "init"  # configured: scratch, imagenet or source
 INIT_USED = "init_used"  # what really happened (imagenet without a local weights file: scratch)

@@ -12,7 +12,6 @@ the code version. Bad requests get a 4xx naming the problem (see :mod:`bento.com
 from __future__ import annotations
 
 import asyncio
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import yaml
 from bentoml.exceptions import InvalidArgument, UnprocessableEntity
 
-from bento.common import PayloadTooLarge, Upload, build_info, guard
+from bento.common import PayloadTooLarge, Upload, build_info, guard, max_pixels, max_request_bytes
 from cellops.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -29,10 +28,12 @@ disable_telemetry()
 #: Where the analysis settings come from (the pipelines' own configs, copied into the bento).
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-#: Limits of one request (no registered model carries them: the classical service has no model).
-LIMITS = {"max_pixels": int(os.environ.get("CELLOPS_MAX_PIXELS", 25_000_000)),
-          "max_request_bytes": int(os.environ.get("CELLOPS_MAX_REQUEST_BYTES", 256 * 2**20)),
-          "max_frames": 2000}
+#: Limits of one request (no registered model carries them: the classical service has no model). As for the model
+#: services, ``CELLOPS_MAX_PIXELS`` and ``CELLOPS_MAX_REQUEST_BYTES`` can only tighten them (:func:`env_limit`);
+#: a value that is not a positive whole number stops the service as it starts.
+STORED_LIMITS = {"max_pixels": 25_000_000, "max_request_bytes": 256 * 2**20, "max_frames": 2000}
+LIMITS = {**STORED_LIMITS, "max_pixels": max_pixels(STORED_LIMITS),
+          "max_request_bytes": max_request_bytes(STORED_LIMITS)}
 
 
 def _analysis(config: str) -> dict:

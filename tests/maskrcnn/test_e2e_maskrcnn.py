@@ -20,8 +20,11 @@ import yaml
 from PIL import Image
 
 from helpers import run_command as _run
-from helpers import assert_runtimes_recorded, bad_uploads, built_bento, check_bento_environment, png_bytes, served_bento
+from helpers import (assert_runtimes_recorded, bad_uploads, built_bento, check_bento_environment, png_bytes,
+                     served_bento, served_runtime)
 from hostile_corpus import probe
+from cellops.maskrcnn.predict import PredictionSettings, predict_image
+from cellops.maskrcnn.runtime import with_runtime
 from tracking import tags
 
 pytestmark = pytest.mark.e2e
@@ -97,6 +100,9 @@ def test_cellops_predict_maskrcnn_writes_labels_tables_overlays_tiles_and_names_
     assert result.returncode == 1 and "broken.png" in result.stderr, result.stdout + result.stderr
     summary = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["file"] for r in summary] == [str(image), str(large), str(bad)] and summary[2]["error"]
+    # A training-like image and its 2x2 tiling: colonies found in both (a model that finds none would pass the rest).
+    assert int(summary[0]["instances"]) > 0 and int(summary[1]["instances"]) >= int(summary[0]["instances"])
+    assert "percentile" in result.stdout and "score threshold" in result.stdout
     for row, shape in zip(summary[:2], [picture.shape, (2 * picture.shape[0], 2 * picture.shape[1])]):
         labels = tifffile.imread(out / f"{row['outputs']}_labels.tif")
         assert labels.dtype == np.uint16 and labels.shape == shape
@@ -115,7 +121,18 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
     check_bento_environment(built_bento(Path(env["BENTOML_HOME"]), "cellops-maskrcnn"), LOCK_FILE)
     champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-maskrcnn", "champion")
     image = root / "data/colonies/images/colony_001.png"
-    server_env = {**env, "CELLOPS_MAX_PIXELS": "300000", "CELLOPS_MAX_REQUEST_BYTES": "3000000"}
+    # The champion in process, in the runtime the registry chose, with its stored settings: what the service must say.
+    stored = tags.inference_from_tags(champion.tags)
+    settings = PredictionSettings.from_dict({k: v for k, v in stored.items()
+                                             if k not in ("max_detections", "categories")})
+    runtime, graphs = served_runtime(champion)
+    model = with_runtime(mlflow.pytorch.load_model("models:/cellops-maskrcnn@champion", map_location="cpu").eval(),
+                         runtime, graphs)
+    expected = predict_image(model, np.asarray(Image.open(image)), settings)
+    assert expected, "the champion finds no colony in a training-like image: nothing below is tested"
+    temp = Path(env["BENTOML_HOME"]).parent / "maskrcnn-server-tmp"
+    temp.mkdir(exist_ok=True)
+    server_env = {**env, "CELLOPS_MAX_PIXELS": "300000", "CELLOPS_MAX_REQUEST_BYTES": "3000000", "TMPDIR": str(temp)}
     with served_bento("cellops-maskrcnn:latest", root, server_env) as base:
         def post(route, name, data):
             return httpx.post(f"{base}/{route}", files=[("image", (name, data, "application/octet-stream"))], timeout=120)
@@ -125,6 +142,14 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
         body = answer.json()
         assert (body["height"], body["width"]) == (384, 384) and body["count"] == len(body["instances"])
         assert body["model_version"] == str(champion.version)
+        # The champion's own answer: the same instances with the same boxes and scores (same runtime and settings;
+        # the server's thread count may take another kernel path, so boxes are matched, not compared byte for byte).
+        assert body["count"] > 0 and abs(body["count"] - len(expected)) <= max(1, len(expected) // 10)
+        matched = [_best_box_match(i["box"], [e.box for e in expected]) for i in body["instances"]]
+        assert sum(iou >= 0.9 for iou, _ in matched) >= 0.9 * body["count"], matched
+        assert all(abs(i["score"] - expected[j].score) < 0.02 for i, (iou, j) in zip(body["instances"], matched)
+                   if iou >= 0.9)
+        assert body["score_threshold"] == settings.score_threshold and body["normalization"].startswith("percentile")
         for instance in body["instances"]:
             assert set(instance) == {"label", "category", "score", "area", "box", "centroid", "mask"}
             assert instance["mask"]["size"] == [384, 384] and isinstance(instance["mask"]["counts"], str)
@@ -145,7 +170,19 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
             assert response.status_code == status, (name, response.status_code, response.text)
             assert message in response.text, (name, response.text)
         assert post("overlay", "notes.txt", b"nope").status_code == 400
-        probe(base, "segment", "image", image.read_bytes(), over_byte_limit=3_000_001)
+        probe(base, "segment", "image", image.read_bytes(), over_byte_limit=3_000_001, temp_dir=temp)
+
+
+def _best_box_match(box: list[int], boxes: list[tuple[int, int, int, int]]) -> tuple[float, int]:
+    """The highest IoU of ``box`` (x0, y0, x1, y1) with any of ``boxes``, and that box's index."""
+    def iou(a, b):
+        width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+        height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = width * height
+        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+    scores = [iou(box, other) for other in boxes]
+    return (max(scores), int(np.argmax(scores))) if scores else (0.0, -1)
 
 
 def test_broken_annotations_stop_the_pipeline_naming_image_and_annotation(trained):
