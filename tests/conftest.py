@@ -147,3 +147,18 @@ def small_volume() -> EMVolume:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say, at the end of every run, which tests this machine could not run and why (the team stack without
+    PostgreSQL/MariaDB, the browser tests without Chromium): a skip must never pass for a pass."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: dict[str, list[str]] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reasons.setdefault(reason.removeprefix("Skipped: "), []).append(report.nodeid.split("::")[0])
+    terminalreporter.section("not run on this machine", sep="=", yellow=True, bold=True)
+    for reason, where in sorted(reasons.items()):
+        terminalreporter.line(f"{len(where)} skipped in {', '.join(sorted(set(where)))}: {reason}")

@@ -1,6 +1,9 @@
 """Hostile requests every cellops endpoint that takes files must survive: each is answered with a 4xx and a JSON
 ``{"error": message}`` naming the problem (or, for unusual but valid pictures, a 2xx), never a 500, a stack
 trace or a server path; the next valid request gets the same bytes as before, and no temporary file is left.
+Cases that are unusual rather than bad (a palette PNG, a float TIFF on a 0-255 scale) get one stated answer per kind
+of endpoint (:data:`ENDPOINT_KINDS`): a regression that starts refusing a 16-bit PNG, or taking a colour TIFF where
+grey is needed, fails.
 
 ``hostile_requests(field)`` builds the corpus for an endpoint whose file field is ``field``; ``probe(...)``
 sends it and checks every answer.
@@ -27,13 +30,25 @@ SMALL = ("too small", "dimensionality")
 LEAKS = re.compile(r"Traceback|site-packages|/tmp/|/work/|/home/|\.py\b|0x[0-9a-f]{6,}")
 
 
+#: The kinds of endpoint that take files, by how they decode: the U-Net (grey images and stacks, floats of any range:
+#: its percentile normalisation scales them), the classifier and Mask R-CNN (grey or colour pictures, floats of any
+#: range), the classical image analyses (pictures converted to grey, floats read as intensities in [0, 1]) and the
+#: calcium analysis (grey stacks only, floats in [0, 1]).
+ENDPOINT_KINDS = ("grey model", "picture model", "picture analysis", "movie analysis")
+
+
+def _answers(grey_model: int, picture_model: int, picture_analysis: int, movie_analysis: int) -> dict[str, int]:
+    return dict(zip(ENDPOINT_KINDS, (grey_model, picture_model, picture_analysis, movie_analysis)))
+
+
 @dataclass
 class HostileRequest:
     """One bad (or unusual) request: ``httpx.post`` keyword arguments, what must come back."""
 
     name: str
     request: dict
-    refuse: bool = True  # False: an unusual but valid picture: a 2xx, or a 4xx with a message, is fine
+    refuse: bool = True  # False: an unusual picture, answered as ``answers`` states for each kind of endpoint
+    answers: dict[str, int] = field(default_factory=dict)  # endpoint kind -> status, for the cases not refused
     message: str | tuple[str, ...] = ""  # a 4xx answer must contain this (or one of these; case-insensitive)
     statuses: tuple[int, ...] = (400, 413, 415, 422)
     extra_headers: dict = field(default_factory=dict)
@@ -165,34 +180,40 @@ def hostile_requests(field_name: str, *, over_byte_limit: int, valid: bytes, sta
         HostileRequest("Nx1 TIFF", file("column.tif", _tiff(np.zeros((300, 1), np.uint8))), message=SMALL),
         HostileRequest("1000x1x1 stack", file("needles.tif", _tiff(np.zeros((1000, 1, 1), np.uint8),
                                                                      photometric="minisblack")), message="small"),
-        HostileRequest("palette PNG", file("palette.png", palette_png.getvalue()), refuse=False),
-        HostileRequest("RGBA PNG", file("rgba.png", _png(np.dstack([grey] * 4))), refuse=False),
-        HostileRequest("16-bit PNG", file("deep.png", _png(grey.astype(np.uint16) * 257)), refuse=False),
+        # Colour where grey is needed is refused; a picture endpoint converts it; a movie is a stack, not a picture.
+        HostileRequest("palette PNG", file("palette.png", palette_png.getvalue()), refuse=False,
+                       answers=_answers(400, 200, 200, 400)),
+        HostileRequest("RGBA PNG", file("rgba.png", _png(np.dstack([grey] * 4))), refuse=False,
+                       answers=_answers(400, 200, 200, 400)),
+        HostileRequest("16-bit PNG", file("deep.png", _png(grey.astype(np.uint16) * 257)), refuse=False,
+                       answers=_answers(200, 200, 200, 400)),
         HostileRequest("RGB TIFF (H, W, 3)", file("rgb.tif", _tiff(np.dstack([grey] * 3), photometric="rgb")),
-                       refuse=False),
+                       refuse=False, answers=_answers(400, 200, 200, 400)),
         HostileRequest("multi-page TIFF, pages of different sizes", file("mixed.tif", mixed.getvalue()),
                        message="different"),
+        # The models scale floats of any range by their percentiles; the classical analyses read floats as [0, 1].
         HostileRequest("float TIFF on a 0-255 scale", file("float.tif", tiff_of(grey.astype(np.float32))),
-                       refuse=False),
+                       refuse=False, answers=_answers(200, 200, 400, 400)),
         HostileRequest("NaN", file("nan.tif", tiff_of(np.full((64, 64), np.nan, np.float32))), message="NaN"),
         HostileRequest("Inf", file("inf.tif", tiff_of(np.full((64, 64), np.inf, np.float32))), message="infinite"),
         HostileRequest("int32", file("int32.tif", tiff_of(grey.astype(np.int32))), message="dtype"),
-        HostileRequest("bool", file("bool.tif", tiff_of(grey > 128)), refuse=False),
+        HostileRequest("bool", file("bool.tif", tiff_of(grey > 128)), message=("dtype", "stack")),
         HostileRequest("complex", file("complex.tif", tiff_of(grey.astype(np.complex64))), message="complex"),
         HostileRequest("4-D array", file("4d.tif", _tiff(np.zeros((2, 2, 16, 16), np.uint8), photometric="minisblack")),
                        message="4-D"),
         HostileRequest("5-D array", file("5d.tif", _tiff(np.zeros((2, 2, 2, 16, 16), np.uint8),
                                                           photometric="minisblack")), message="5-D"),
         HostileRequest("wrong Content-Type on the part", file("a.png", valid, content_type="text/html"),
-                       refuse=False),
+                       refuse=False, answers=_answers(200, 200, 200, 200)),
     ]
     return cases
 
 
-def probe(base_url: str, route: str, field_name: str, valid: bytes, *, over_byte_limit: int,
-          temp_dir: Path | None = None, timeout: float = 120, stacks: bool = False) -> dict[str, int]:
-    """Send the corpus to ``route``; assert every answer; return name -> status. Before and after, a valid
-    request must get the same bytes; ``temp_dir`` (the server's TMPDIR) must hold no more files after it."""
+def probe(base_url: str, route: str, field_name: str, valid: bytes, *, kind: str, over_byte_limit: int,
+          temp_dir: Path, timeout: float = 120, stacks: bool = False) -> dict[str, int]:
+    """Send the corpus to ``route``, an endpoint of ``kind`` (one of :data:`ENDPOINT_KINDS`); assert every answer;
+    return name -> status. Before and after, a valid request must get the same bytes; ``temp_dir`` (the server's
+    TMPDIR) must hold no more files after it."""
     import httpx
 
     def valid_answer() -> bytes:
@@ -201,6 +222,8 @@ def probe(base_url: str, route: str, field_name: str, valid: bytes, *, over_byte
         assert response.status_code == 200, response.text
         return response.content
 
+    if kind not in ENDPOINT_KINDS:
+        raise ValueError(f"unknown endpoint kind {kind!r}; one of {ENDPOINT_KINDS}")
     before = valid_answer()
     files_before = _files_under(temp_dir)
     statuses = {}
@@ -212,8 +235,10 @@ def probe(base_url: str, route: str, field_name: str, valid: bytes, *, over_byte
         statuses[case.name] = response.status_code
         where = f"{route} <- {case.name}: {response.status_code} {response.text[:300]}"
         assert not LEAKS.search(response.text), where
-        if response.status_code < 300 and not case.refuse:
-            continue
+        if not case.refuse:
+            assert response.status_code == case.answers[kind], f"{where} (expected {case.answers[kind]})"
+            if response.status_code < 300:
+                continue
         assert response.status_code in case.statuses, where
         body = response.json()
         assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], where

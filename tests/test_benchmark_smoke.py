@@ -71,6 +71,46 @@ def test_benchmark_smoke_writes_machine_and_summary(script, tmp_path):
     for r in summary:
         assert set(r) == keys, r
         assert r["comparison"] and r["ours"] and r["unit"]
+    if script.stem in PEER_CHECKS:
+        PEER_CHECKS[script.stem](document)
+
+
+def _colonies(document: dict) -> None:
+    assert document["colonies_cellops"] == document["colonies_skimage"]
+
+
+def _unet_runtimes(document: dict) -> None:
+    # Every timed contender's mask is compared with MONAI's, and the reported rows with the runtime they time.
+    best, agreement = document["fastest_passing_runtime"], document["monai_agreement"]
+    assert set(agreement) == {*document["checks"], "monai_folded"}, agreement
+    assert set(document["monai_folded_agreement"]) == set(document["checks"])
+    assert agreement[best] >= document["agreement_required"] <= document["monai_folded_agreement"][best]
+    monai_rows = [r for r in document["summary"] if r["peer"].startswith("MONAI")]
+    assert [r["ours"] for r in monai_rows] == [f"cellops {best}"] * 2
+    assert monai_rows[0]["note"] == f"masks agree on {agreement[best]:.4%}"
+    assert monai_rows[1]["note"] == f"masks agree on {document['monai_folded_agreement'][best]:.4%}"
+
+
+def _classifier_runtimes(document: dict) -> None:
+    for cam in document["cam"].values():
+        assert 0 <= cam["mean_abs_difference"] <= cam["max_abs_difference"] <= 1e-4, cam
+
+
+#: What each peer benchmark must have checked before it wrote its figures.
+PEER_CHECKS = {"colonies": _colonies, "unet_runtimes": _unet_runtimes, "classifier_runtimes": _classifier_runtimes}
+
+
+def test_colonies_stops_when_the_peer_counts_other_colonies(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("colonies_under_test", BENCHMARKS / "colonies.py")
+    colonies = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colonies)
+    counted = colonies.skimage_colonies
+    monkeypatch.setattr(colonies, "skimage_colonies", lambda image, params: counted(image, params)[1:])
+    monkeypatch.setattr(sys, "argv", ["colonies.py", "--smoke", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match=r"colonies per image: cellops \[(\d+)\], scikit-image \[(\d+)\]"):
+        colonies.main()
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_table_prints_a_line_per_summary_row(tmp_path):

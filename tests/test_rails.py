@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import re
 import subprocess
 import sys
 from fnmatch import fnmatch
@@ -158,3 +159,125 @@ def test_the_cli_offers_exactly_the_analyses_there_are():
     from cellops.reports import REPORTS
 
     assert sorted(ANALYSES) == list(KINDS) == sorted(REPORTS)
+
+
+#: Tests that assert through something the rule below cannot see ({"tests/path.py::test_name": how it fails}). Empty:
+#: every test asserts in its own body today; an entry needs its reason, and one that asserts again must go.
+ASSERTS_ELSEWHERE: dict[str, str] = {}
+#: Calls that count as asserting when the function called asserts: helpers named like this in tests/, and numpy's.
+ASSERTING_PREFIXES = ("assert_", "check_", "expect")
+
+
+def _call_name(node: ast.Call) -> str:
+    """``f`` for ``f(...)``, ``a.b.f`` for ``a.b.f(...)``; '' for anything else called."""
+    parts, target = [], node.func
+    while isinstance(target, ast.Attribute):
+        parts.append(target.attr)
+        target = target.value
+    if isinstance(target, ast.Name):
+        parts.append(target.id)
+        return ".".join(reversed(parts))
+    return ""
+
+
+def _own_nodes(function: ast.AST):
+    """The nodes of ``function``'s own body: not those of a function, lambda or class defined inside it (which may
+    never run)."""
+    stack = list(ast.iter_child_nodes(function))
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            yield node
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def _asserts_directly(function: ast.AST) -> bool:
+    """An ``assert``, ``pytest.raises`` / ``pytest.warns``, or numpy's (torch's) ``testing.assert_*`` in
+    ``function``'s own body."""
+    for node in _own_nodes(function):
+        if isinstance(node, ast.Assert):
+            return True
+        if isinstance(node, ast.Call):
+            name = _call_name(node)
+            if name in ("pytest.raises", "pytest.warns") or (
+                    ".testing.assert_" in name and name.split(".")[0] in ("np", "numpy", "torch")):
+                return True
+    return False
+
+
+def _helper_calls(function: ast.AST) -> set[str]:
+    """Names of the assert_/check_/expect* functions ``function`` calls."""
+    return {name.rsplit(".", 1)[-1] for node in _own_nodes(function) if isinstance(node, ast.Call)
+            for name in [_call_name(node)] if name.rsplit(".", 1)[-1].startswith(ASSERTING_PREFIXES)}
+
+
+def tests_without_assertions(root: Path) -> list[str]:
+    """``path::name`` of every ``test_*`` function under ``root`` that neither asserts nor calls a helper of
+    ``root`` (assert_*, check_*, expect*) that asserts, directly or through another such helper."""
+    trees = {path: ast.parse(path.read_text()) for path in sorted(root.rglob("*.py"))}
+    functions = [(path, node) for path, tree in trees.items() for node in ast.walk(tree)
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    helpers: dict[str, list[ast.AST]] = {}
+    for _, node in functions:
+        if node.name.startswith(ASSERTING_PREFIXES):
+            helpers.setdefault(node.name, []).append(node)
+    asserting = {name for name, nodes in helpers.items() if all(_asserts_directly(n) for n in nodes)}
+    changed = True
+    while changed:  # helpers that assert through other asserting helpers
+        changed = False
+        for name, nodes in helpers.items():
+            if name not in asserting and all(_asserts_directly(n) or _helper_calls(n) & asserting for n in nodes):
+                asserting.add(name)
+                changed = True
+    return [f"{path.relative_to(root.parent).as_posix()}::{node.name}" for path, node in functions
+            if node.name.startswith("test_") and not _asserts_directly(node) and not _helper_calls(node) & asserting]
+
+
+def test_every_test_can_fail():
+    silent = tests_without_assertions(ROOT / "tests")
+    assert not set(silent) - set(ASSERTS_ELSEWHERE), "tests that assert nothing: " + ", ".join(
+        sorted(set(silent) - set(ASSERTS_ELSEWHERE)))
+    assert not set(ASSERTS_ELSEWHERE) - set(silent), "allowed but asserting now: remove them from ASSERTS_ELSEWHERE"
+
+
+def test_the_assertion_rule_sees_silent_tests_and_helpers_that_do_not_assert(tmp_path):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text(
+        "import numpy as np, pytest\n"
+        "from cellops.runtimes import check_runtime\n"
+        "def check_shape(x):\n    assert x.shape\n"
+        "def check_nothing(x):\n    print(x)\n"
+        "def expect_shape(x):\n    check_shape(x)\n"
+        "def test_asserts():\n    assert 1\n"
+        "def test_raises():\n    with pytest.raises(ValueError):\n        int('x')\n"
+        "def test_numpy():\n    np.testing.assert_allclose(1, 1)\n"
+        "def test_helper():\n    check_shape(np.ones(1))\n"
+        "def test_helper_of_helper():\n    expect_shape(np.ones(1))\n"
+        "def test_silent():\n    print(1)\n"
+        "def test_assert_in_a_function_never_called():\n    def inner():\n        assert 1\n"
+        "def test_helper_that_does_not_assert():\n    check_nothing(1)\n"
+        "def test_library_check_that_returns():\n    check_runtime('torch', 1, 1, 1, 1, 1)\n"
+        "class TestClass:\n    def test_method_silent(self):\n        pass\n")
+    assert tests_without_assertions(tmp_path / "tests") == [
+        "tests/test_x.py::test_silent", "tests/test_x.py::test_assert_in_a_function_never_called",
+        "tests/test_x.py::test_helper_that_does_not_assert",
+        "tests/test_x.py::test_library_check_that_returns", "tests/test_x.py::test_method_silent"]
+
+
+def test_every_doctest_outside_the_library_is_collected():
+    """bento/, steps/ and benchmarks/ are collected file by file (pyproject.toml testpaths): a new doctest there
+    must be listed, or it never runs."""
+    import tomllib
+
+    testpaths = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["testpaths"]
+    folders = ("bento", "steps", "benchmarks", "pipelines", "scripts")
+    with_doctests = {p.relative_to(ROOT).as_posix() for folder in folders for p in (ROOT / folder).rglob("*.py")
+                     if ">>> " in p.read_text()}
+    assert with_doctests, "no doctest found: the search is broken"
+    assert not with_doctests - set(testpaths), "doctests that never run: add them to testpaths in pyproject.toml"
+
+
+def test_every_test_a_bentofile_cites_exists():
+    for bentofile in sorted(ROOT.glob("bento/*/bentofile.yaml")):
+        for cited in re.findall(r"tests/[\w/]+\.py", bentofile.read_text()):
+            assert (ROOT / cited).is_file(), f"{bentofile.relative_to(ROOT)} cites {cited}, which does not exist"

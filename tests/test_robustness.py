@@ -98,14 +98,36 @@ def test_outlines_reach_a_paler_differentiated_rim():
     assert area_error(refined) < 0.05 < area_error(unrefined)
 
 
-def test_sweep_on_hard_conditions_meets_the_targets():
-    settings = SweepSettings(images_per_condition=1)
-    nuclei = summarise_sweep(robustness_sweep("nuclei", ["diameter 8 px", "dim beside bright", "low light"], settings))
-    assert (nuclei["f1"] >= 0.85).all(), nuclei
-    calcium = summarise_sweep(robustness_sweep("calcium", ["slow drift", "mixed sizes"], settings))
-    assert (calcium["median_r"] >= 0.98).all(), calcium
-    with pytest.raises(ValueError, match="unknown nuclei conditions"):
-        robustness_sweep("nuclei", ["sunny"], settings)
+#: The lowest score each condition of the sweep may reach with the defaults (one image of each, seed 100): the
+#: targets (nuclei and colony F1 0.85 and 0.90, colony area error 5 %, calcium F1 0.90 and median trace r 0.98)
+#: where the defaults meet them, and a floor a little under today's figure for the known misses, which the README
+#: reports (touching and cluttered colonies, calcium cells of mixed sizes; nuclei under strong vignetting sit at
+#: the target). Every condition is checked: a regression in any of them fails, a miss cannot hide.
+SWEEP_FLOORS = {
+    "nuclei": {"f1": {"strong vignetting": 0.80, "*": 0.85}},
+    "colonies": {"f1": {"touching colonies": 0.70, "4x, touching, cluttered": 0.75, "4x magnification": 0.85, "*": 0.90},
+                 "median_area_error": {"touching colonies": 0.25, "4x, touching, cluttered": 0.15,
+                                       "4x magnification": 0.08, "*": 0.05}},
+    "calcium": {"f1": {"mixed sizes": 0.80, "*": 0.90}, "median_r": {"*": 0.98}},
+}
+
+
+@pytest.mark.parametrize("kind", ["nuclei", "colonies", "calcium"])
+def test_every_condition_of_the_sweep_holds_its_floor(kind):
+    from cellops.robustness import CALCIUM_CONDITIONS, COLONY_CONDITIONS, NUCLEI_CONDITIONS
+
+    conditions = {"nuclei": NUCLEI_CONDITIONS, "colonies": COLONY_CONDITIONS, "calcium": CALCIUM_CONDITIONS}[kind]
+    summary = summarise_sweep(robustness_sweep(kind, list(conditions), SweepSettings(images_per_condition=1)))
+    assert list(summary["condition"]) == list(conditions)  # all of them, not a chosen few
+    for column, floors in SWEEP_FLOORS[kind].items():
+        assert set(floors) - {"*"} <= set(conditions), f"{kind}: floors for unknown conditions"
+        for condition, value in zip(summary["condition"], summary[column]):
+            floor = floors.get(condition, floors["*"])
+            # An error must stay under its bound; a score over it.
+            ok = value <= floor if column.endswith("error") else value >= floor
+            assert ok, f"{kind} '{condition}': {column} {value:.3f} against {floor}"
+    with pytest.raises(ValueError, match=f"unknown {kind} conditions"):
+        robustness_sweep(kind, ["sunny"], SweepSettings(images_per_condition=1))
 
 
 def test_replicate_tests_do_not_pseudoreplicate():

@@ -157,7 +157,9 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
     expected = predict_probabilities(model, images, 8)
     assert settings.decision_threshold is not None and settings.normalization.mode == "percentile"
 
-    server_env = {**env, "CELLOPS_MAX_PIXELS": "20000", "CELLOPS_MAX_REQUEST_BYTES": "3000000"}
+    temp = Path(env["BENTOML_HOME"]).parent / "classifier-server-tmp"  # the server's TMPDIR: nothing may stay
+    temp.mkdir(exist_ok=True)
+    server_env = {**env, "CELLOPS_MAX_PIXELS": "20000", "CELLOPS_MAX_REQUEST_BYTES": "3000000", "TMPDIR": str(temp)}
     with served_bento("cellops-classifier:latest", root, server_env) as base:
         def post(route, name, data, field="image"):
             return httpx.post(f"{base}/{route}", files=[(field, (name, data, "application/octet-stream"))], timeout=60)
@@ -211,7 +213,8 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
             ("images", (files[0].name, files[0].read_bytes())), ("images", ("bad.png", b"garbage"))])
         assert mixed.status_code == 400 and "images[1]" in mixed.text and "bad.png" in mixed.text
         assert post("explain", "notes.txt", b"nope").status_code == 400
-        probe(base, "classify", "image", files[0].read_bytes(), over_byte_limit=3_000_001)
+        probe(base, "classify", "image", files[0].read_bytes(), kind="picture model",
+              over_byte_limit=3_000_001, temp_dir=temp)
 
 
 def test_the_same_picture_under_two_classes_stops_the_pipeline_naming_it(trained):

@@ -170,7 +170,8 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
             assert response.status_code == status, (name, response.status_code, response.text)
             assert message in response.text, (name, response.text)
         assert post("overlay", "notes.txt", b"nope").status_code == 400
-        probe(base, "segment", "image", image.read_bytes(), over_byte_limit=3_000_001, temp_dir=temp)
+        probe(base, "segment", "image", image.read_bytes(), kind="picture model",
+              over_byte_limit=3_000_001, temp_dir=temp)
 
 
 def _best_box_match(box: list[int], boxes: list[tuple[int, int, int, int]]) -> tuple[float, int]:

@@ -210,6 +210,31 @@ def test_training_resumes_from_its_checkpoint_and_removes_it_when_done(tmp_path)
     assert history.resumed_from_epoch is None and epochs == [0, 1, 2]
 
 
+def test_a_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    torch.manual_seed(0)
+    samples = [_sample() for _ in range(4)]
+    config = MaskRCNNTraining(epochs=3, batch_size=2, learning_rate=0.005, warmup_iterations=2, threads=1)
+
+    def train(checkpoint_dir, on_epoch_end=None):
+        model = build_maskrcnn(TINY, 2)
+        fit(model, InstanceDataset(samples, build_instance_augmentation(InstanceAugmentation(flip=True))), [], {},
+            config, PredictionSettings(), max_detections=100, checkpoint_dir=checkpoint_dir, on_epoch_end=on_epoch_end)
+        return model.state_dict()
+
+    def interrupt_after_first_epoch(epoch, metrics):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    uninterrupted = train(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed", interrupt_after_first_epoch)
+    resumed = train(tmp_path / "resumed")  # the same command again: resumes after epoch 0
+    # Model, optimiser, schedule position, sampler order and augmentation draws all restored: the same weights.
+    assert resumed.keys() == uninterrupted.keys()
+    for name in uninterrupted:
+        assert torch.equal(resumed[name], uninterrupted[name]), name
+
+
 def test_the_same_object_from_two_tiles_is_kept_once_and_pictures_are_checked():
     from cellops.io import ImageInputError
     from cellops.maskrcnn.predict import as_picture, suppress_duplicates

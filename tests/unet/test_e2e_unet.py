@@ -109,6 +109,8 @@ def test_cellops_predict_unet_streams_a_volume_into_the_champions_mask(trained, 
     volume = tifffile.imread(root / "data" / "em" / "testing.tif")
     expected = segment(model, volume, InferenceSettings.from_dict(tags.inference_from_tags(champion.tags)))
     assert np.array_equal(tifffile.imread(out) > 0, expected)  # slab by slab = the whole volume at once
+    assert 0 < expected.mean() < 0.5  # and the champion segments something (an empty mask would pass the above)
+    assert "percentile" in shown.stdout and "threshold" in shown.stdout  # which scaling and threshold ran
     refused = _run(["cellops", "predict", "unet", "data/em/testing.tif", "--out", str(tmp_path)], root, env, check=False)
     assert refused.returncode == 2 and "--out the mask's .tif file name" in refused.stderr
 
@@ -135,7 +137,16 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
     test_image = tifffile.imread(root / "data/em/testing.tif")
     test_mask = tifffile.imread(root / "data/em/testing_groundtruth.tif")
 
-    server_env = {**env, "CELLOPS_MAX_PIXELS": str(test_image.size), "CELLOPS_MAX_REQUEST_BYTES": "3000000"}
+    # The champion itself must segment: a champion that says "background" everywhere would agree with the service.
+    with torch.inference_mode():
+        whole = segment(model, test_image, settings)
+    truth_fraction = float((test_mask > 0).mean())
+    assert 0.25 * truth_fraction < float(whole.mean()) < 4.0 * truth_fraction
+    assert binary_segmentation_scores(whole, test_mask > 0).foreground_iou > 0.3
+    temp = Path(env["BENTOML_HOME"]).parent / "unet-server-tmp"  # the server's TMPDIR: nothing may stay in it
+    temp.mkdir(exist_ok=True)
+    server_env = {**env, "CELLOPS_MAX_PIXELS": str(test_image.size), "CELLOPS_MAX_REQUEST_BYTES": "3000000",
+                  "TMPDIR": str(temp)}
     server = served_bento("cellops-unet:latest", root, server_env)
     with server as base:
         def post(route: str, name: str, data: bytes) -> httpx.Response:
@@ -162,7 +173,8 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
         assert response.status_code == 200, response.text
         mask = tifffile.imread(io.BytesIO(response.content))
         assert mask.shape == test_image.shape
-        assert binary_segmentation_scores(mask > 0, test_mask > 0).foreground_iou > 0.3
+        assert ((mask > 0) == whole).mean() >= 0.999  # the champion's own stack mask (tile batches may differ)
+        assert response.headers["x-normalization"].startswith("percentile")
 
         stats = post("segment_stats", "stack.tif", stack.getvalue()).json()
         assert stats["foreground_fraction"] == pytest.approx((mask > 0).mean(), abs=1e-6)
@@ -199,7 +211,8 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
             assert response.status_code == status, (name, response.status_code, response.text)
             assert message in response.text, (name, response.text)
         # The corpus of hostile requests: each refused naming the problem, the next valid answer unchanged.
-        probe(base, "segment", "image", png.getvalue(), over_byte_limit=3_000_001)
+        probe(base, "segment", "image", png.getvalue(), kind="grey model",
+              over_byte_limit=3_000_001, temp_dir=temp)
         assert server.alive()  # bad input never took the server down
 
 
