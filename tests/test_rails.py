@@ -211,7 +211,7 @@ def _helper_calls(function: ast.AST) -> set[str]:
             for name in [_call_name(node)] if name.rsplit(".", 1)[-1].startswith(ASSERTING_PREFIXES)}
 
 
-def tests_without_assertions(root: Path) -> list[str]:
+def silent_tests(root: Path) -> list[str]:
     """``path::name`` of every ``test_*`` function under ``root`` that neither asserts nor calls a helper of
     ``root`` (assert_*, check_*, expect*) that asserts, directly or through another such helper."""
     trees = {path: ast.parse(path.read_text()) for path in sorted(root.rglob("*.py"))}
@@ -234,7 +234,7 @@ def tests_without_assertions(root: Path) -> list[str]:
 
 
 def test_every_test_can_fail():
-    silent = tests_without_assertions(ROOT / "tests")
+    silent = silent_tests(ROOT / "tests")
     assert not set(silent) - set(ASSERTS_ELSEWHERE), "tests that assert nothing: " + ", ".join(
         sorted(set(silent) - set(ASSERTS_ELSEWHERE)))
     assert not set(ASSERTS_ELSEWHERE) - set(silent), "allowed but asserting now: remove them from ASSERTS_ELSEWHERE"
@@ -258,7 +258,7 @@ def test_the_assertion_rule_sees_silent_tests_and_helpers_that_do_not_assert(tmp
         "def test_helper_that_does_not_assert():\n    check_nothing(1)\n"
         "def test_library_check_that_returns():\n    check_runtime('torch', 1, 1, 1, 1, 1)\n"
         "class TestClass:\n    def test_method_silent(self):\n        pass\n")
-    assert tests_without_assertions(tmp_path / "tests") == [
+    assert silent_tests(tmp_path / "tests") == [
         "tests/test_x.py::test_silent", "tests/test_x.py::test_assert_in_a_function_never_called",
         "tests/test_x.py::test_helper_that_does_not_assert",
         "tests/test_x.py::test_library_check_that_returns", "tests/test_x.py::test_method_silent"]

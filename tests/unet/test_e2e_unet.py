@@ -90,7 +90,8 @@ def test_model_control_plane_and_cellops_models_follow_the_champion(trained):
                        "v = Client().get_model_version('cellops-unet', ModelStages.PRODUCTION); "
                        "print(v.run_metadata['mlflow_model_version'])"], root, env).stdout
     assert production.strip().splitlines()[-1] == str(champion.version)
-    # (The text forms of `cellops models` and `cellops lineage` are tested on a store of their own: test_lineage.py.)
+    # (The text forms of `cellops models` and `cellops lineage` are tested on a store of their own: tests/test_cli.py
+    # and tests/test_lineage.py.)
     record = json.loads(_run(["cellops", "lineage", "cellops-unet@champion", "--json"], root, env).stdout)
     assert record["model_version"] == str(champion.version) and record["aliases"] == ["champion"]
     assert record["mlflow_run_id"] == champion.run_id
