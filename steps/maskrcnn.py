@@ -176,7 +176,7 @@ def pretrain_on_source(
                             "model": settings.as_dict(), "role": "source", "augmentation": augmentation})
     best = next((v for v in history.validation if v["epoch"] == history.best_epoch), {})
     mlflow.log_metrics({f"source_best_val_{k}": v for k, v in best.items() if k != "epoch"})
-    log_pytorch_model(net, _input_example(index), ["models"], output_of=_no_output_schema)
+    log_pytorch_model(net, _input_example(index, _prediction(inference)), ["models"], output_of=_no_output_schema)
     log_metadata(metadata={"source_val": best, "source_mlflow_run_id": active_run_id()})
     return net.cpu().eval()
 

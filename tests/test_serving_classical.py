@@ -80,6 +80,7 @@ def test_hostile_requests_are_refused_naming_the_problem(service, route, field):
         valid = _tiff(generate_calcium_movie("Film", (64, 64), n_frames=30, seed=1, n_cells=3).movie)
     else:
         valid = png_bytes(generate_colony_image((128, 128), seed=1, n_colonies=(1, 1), radius=(30, 40)).image)
-    statuses = probe(base, route, field, valid, over_byte_limit=BYTE_LIMIT + 1, temp_dir=temp,
+    statuses = probe(base, route, field, valid, kind="movie analysis" if field == "movie" else "picture analysis",
+                     over_byte_limit=BYTE_LIMIT + 1, temp_dir=temp,
                      stacks=field == "movie")
     assert len(statuses) >= 40 and max(statuses.values()) < 500

@@ -54,8 +54,12 @@ def test_each_model_has_its_own_run_with_losses_scores_and_test_overlays(trained
         run = runs[f"train_{name}"]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert {"test_mask_ap", "test_mask_ap50", "test_mask_ap75", "test_box_ap", "test_f1_50", "parameters",
-                "train_seconds", "cpu_seconds_per_image"} <= set(run.data.metrics)
-        assert len(client.get_metric_history(run.info.run_id, "loss_mask")) == 1  # one epoch in the tiny config
+                "train_seconds", "cpu_seconds_per_image", "test_f1_50_ci_low", "test_f1_50_ci_high",
+                "chosen_score_threshold"} <= set(run.data.metrics)
+        metrics = run.data.metrics
+        assert metrics["test_f1_50_ci_low"] <= metrics["test_f1_50"] <= metrics["test_f1_50_ci_high"]
+        epochs = yaml.safe_load((ROOT_CONFIGS / "maskrcnn_tiny.yaml").read_text())["parameters"]["training"]["epochs"]
+        assert len(client.get_metric_history(run.info.run_id, "loss_mask")) == epochs
         overlays = {a.path for a in client.list_artifacts(run.info.run_id, "test_overlays")}
         assert len(overlays) == 2 and all(p.endswith(".png") for p in overlays)
         assert run.data.params["model.detections_per_image"] == "300"
