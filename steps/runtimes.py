@@ -108,7 +108,7 @@ def optimise_classifier_runtime(
     return _measure_and_record(name, version, lambda folder: classifier_runtime_checks(
         model, images[splits == "train"][:calibration_images], images[splits == "test"], labels[splits == "test"],
         settings.positive, folder, runtimes=tuple(runtimes), tolerance=accuracy_tolerance,
-        batch_size=settings.batch_size, repeats=repeats))
+        batch_size=settings.batch_size, repeats=repeats, threshold=settings.decision_threshold))
 
 
 @step(enable_cache=False)

@@ -43,6 +43,7 @@ class ClassifierModel:
         import mlflow.pytorch
         import torch
 
+        from cellops.classifier.predict import ClassifierSettings
         from cellops.classifier.runtime import runtime_classifier
         from cellops.inference import prepare_for_inference
 
@@ -52,6 +53,8 @@ class ClassifierModel:
         # The runtime the registry chose (the fastest that kept the test accuracy), or CELLOPS_RUNTIME's.
         self.model = load_serving_runtime(self.bento_model,
                                           lambda runtime, folder: runtime_classifier(runtime, folder, fast))
+        # The stored operating point decides the label, and so which class's map is drawn.
+        self.settings = ClassifierSettings.from_dict(dict(self.bento_model.info.metadata)["inference_settings"])
 
     # max_latency_ms bounds how long a request may wait for its batch, forward pass included: generous, since a
     # 64-image DenseNet batch takes about a second on 2 CPU cores (a tighter bound answers 503 under load).
@@ -64,10 +67,11 @@ class ClassifierModel:
 
     @bentoml.api
     def explain(self, inputs: np.ndarray) -> dict:
-        """Probabilities and the CAM of the predicted class of each input."""
+        """Probabilities and the CAM of the predicted class (at the stored operating point) of each input."""
         from cellops.classifier.predict import explain
 
-        probabilities, cams = explain(self.model, inputs.astype(np.float32), batch_size=64)
+        probabilities, cams = explain(self.model, inputs.astype(np.float32), batch_size=64,
+                                      decide=self.settings.predicted_classes)
         return {"probabilities": probabilities.tolist(), "cams": cams.astype(np.float32).tolist()}
 
 
@@ -147,7 +151,7 @@ class Classifier:
         probabilities = np.asarray(result["probabilities"][0])
         answer = self._answer(probabilities)
         ctx.response.headers["X-Label"] = quote(answer["label"])  # class names are folder names: any characters
-        ctx.response.headers["X-Probability"] = f"{float(probabilities.max()):.6f}"
+        ctx.response.headers["X-Probability"] = f"{float(answer['probabilities'][answer['label']]):.6f}"
         ctx.response.headers["X-Model-Version"] = str(self.info.get("model_version", "unknown"))
         out = Path(ctx.temp_dir) / "cam.png"  # removed after the response
         overlay = cam_overlay(x, np.asarray(result["cams"][0]))

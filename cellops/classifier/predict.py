@@ -3,7 +3,7 @@ class-activation-map overlays (significant regions red, trivial ones blue)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,17 +88,30 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.n
     return np.round(np.clip(mixed, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def explain(model: nn.Module, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def explain(model: nn.Module, images: np.ndarray, batch_size: int,
+            decide: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (N, classes) and the CAM of each image's predicted class (N, H, W), batch by batch, one
-    forward pass per batch (see :func:`models.cam.class_activation_maps`)."""
+    forward pass per batch (see :func:`models.cam.class_activation_maps`). ``decide`` maps probabilities to the
+    predicted classes (:meth:`ClassifierSettings.predicted_classes`: the stored operating point); by default the
+    most probable class. Where it differs from the most probable, that image's map is computed again for it."""
     from models.cam import class_activation_maps
 
     model.eval()
     probabilities, maps = [], []
     for start in range(0, len(images), batch_size):
-        cams, logits = class_activation_maps(model, torch.as_tensor(images[start:start + batch_size]))
-        maps.append(cams.cpu().numpy())
-        probabilities.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+        batch = torch.as_tensor(images[start:start + batch_size])
+        cams, logits = class_activation_maps(model, batch)
+        batch_probabilities = torch.softmax(logits.double(), dim=1).cpu().numpy()
+        batch_maps = cams.cpu().numpy()
+        if decide is not None:
+            chosen = torch.as_tensor(decide(batch_probabilities), dtype=torch.long)
+            differs = chosen != logits.argmax(dim=1).cpu()
+            if bool(differs.any()):
+                batch_maps = batch_maps.copy()
+                redrawn = class_activation_maps(model, batch[differs], chosen[differs])[0]
+                batch_maps[differs.numpy()] = redrawn.cpu().numpy()
+        maps.append(batch_maps)
+        probabilities.append(batch_probabilities)
     if not maps:
         return np.zeros((0, 0)), np.zeros((0,) + tuple(images.shape[-2:]))
     return np.concatenate(probabilities), np.concatenate(maps)
@@ -118,7 +131,7 @@ def classify_files(model: nn.Module, paths: Sequence[Path], settings: Classifier
     if len(readable) == 0:
         return [], failures, None, images
     if with_cams:
-        probabilities, cams = explain(model, images, settings.batch_size)
+        probabilities, cams = explain(model, images, settings.batch_size, decide=settings.predicted_classes)
     else:
         from cellops.classifier.train import predict_probabilities
 

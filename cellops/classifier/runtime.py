@@ -64,9 +64,10 @@ def runtime_classifier(runtime: str, folder: str | Path | None, fast: nn.Module)
 def classifier_runtime_checks(model: nn.Module, calibration_images: np.ndarray, test_images: np.ndarray,
                               test_labels: np.ndarray, positive: int, folder: str | Path, *,
                               runtimes: tuple[str, ...], tolerance: float, batch_size: int = 32,
-                              repeats: int = 1) -> list[RuntimeCheck]:
-    """Export the classifier into ``folder`` and measure each runtime on the test split (metric: accuracy;
-    ``tolerance``: the largest accuracy change accepted, either way, as a fraction: 0.005 is half a point)."""
+                              repeats: int = 1, threshold: float | None = None) -> list[RuntimeCheck]:
+    """Export the classifier into ``folder`` and measure each runtime on the test split (metric: accuracy at the
+    stored operating point ``threshold``; ``tolerance``: the largest accuracy change accepted, either way, as a
+    fraction: 0.005 is half a point)."""
     from cellops.classifier.metrics import classification_scores
     from cellops.classifier.predict import explain
 
@@ -74,7 +75,7 @@ def classifier_runtime_checks(model: nn.Module, calibration_images: np.ndarray, 
 
     def evaluate(module: nn.Module) -> float:
         probabilities, _ = explain(module, test_images, batch_size)  # what the service does: labels and CAMs
-        return classification_scores(probabilities, np.asarray(test_labels), positive).accuracy
+        return classification_scores(probabilities, np.asarray(test_labels), positive, threshold=threshold).accuracy
 
     return measure_runtimes(lambda runtime: runtime_classifier(runtime, folder, fast), evaluate, runtimes,
                             tolerance, repeats=repeats, skip=default_skips(runtimes))

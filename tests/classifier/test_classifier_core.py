@@ -262,3 +262,24 @@ def test_classify_files_names_bad_files_and_goes_on(tmp_path):
     assert [r["file"] for r in rows] == [str(good)] and rows[0]["label"] in ("ec", "other")
     assert rows[0]["p_ec"] + rows[0]["p_other"] == pytest.approx(1)
     assert {p.name for p, _ in failures} == {"bad.png", "missing.tif"} and cams.shape == (1, 32, 32)
+
+
+def test_maps_are_drawn_for_the_class_the_operating_point_decides():
+    from cellops.classifier.predict import ClassifierSettings, explain
+    from models.cam import class_activation_maps
+    from models.classifier import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier("efficientcellnet", num_classes=2, in_channels=1).eval()
+    images = np.random.default_rng(0).random((4, 1, 32, 32), dtype=np.float32)
+    # One batch of 4: an untrained network's maps are nearly flat, so per-image scaling magnifies the last-digit
+    # differences that another batch size (another kernel) would bring.
+    probabilities, default_maps = explain(model, images, 4)
+    other = 1 - probabilities.argmax(axis=1)  # an operating point that decides the other class for every image
+    _, maps = explain(model, images, 4, decide=lambda p: 1 - p.argmax(axis=1))
+    with torch.no_grad():
+        expected = class_activation_maps(model, torch.from_numpy(images), torch.from_numpy(other))[0].numpy()
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    assert not np.allclose(maps, default_maps, atol=1e-3)
+    settings = ClassifierSettings(("ec", "other"), "ec", 1, 32, 4, decision_threshold=0.99)
+    assert settings.predicted_classes(np.array([[0.98, 0.02]])).tolist() == [1]  # below the point: not "ec"
