@@ -234,8 +234,10 @@ class OpenVinoModule(nn.Module):
         self.graph = self.core.read_model(self.path)  # parsed once; reshaped copies are compiled
         self.precision = precision
         # ACCURACY mode would also forbid lower precisions, but silently slows fp32 too; the hint alone is exact.
+        # Dynamic quantisation of activations (group size 32 by default on this plugin) is off: a graph's int8 is
+        # its own QDQ nodes, never the plugin's choice.
         self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-                       "INFERENCE_PRECISION_HINT": precision}
+                       "INFERENCE_PRECISION_HINT": precision, "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
         self.max_shapes, self.static_shapes = max_shapes, static_shapes
         self._compiled: dict[tuple[int, ...] | None, tuple] = {}
 

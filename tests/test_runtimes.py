@@ -67,6 +67,7 @@ def test_every_runtime_states_its_precision_and_openvino_compiles_with_it(small_
         module(x)
         for compiled, _ in module._compiled.values():
             assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == OPENVINO_PRECISION[runtime], runtime
+            assert compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 0, runtime
     assert pin_fp32_precision()["float32_matmul_precision"] == "highest"
     assert {c.runtime: c.as_dict()["precision"] for c in [check_runtime("openvino-bf16", None, 1.0, None, 0.9, 0.01)]
             } == {"openvino-bf16": "bf16"}
