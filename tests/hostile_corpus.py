@@ -108,6 +108,14 @@ def hostile_requests(field_name: str, *, over_byte_limit: int, valid: bytes, sta
     rng = np.random.default_rng(0)
     grey = (rng.random((64, 64)) * 255).astype(np.uint8)
     png = _png(grey)
+    # Unusual encodings of the valid picture itself (so that an analysis that finds nothing in noise answers for
+    # the encoding, not for the content); noise where the valid upload is not one grey picture (a movie).
+    try:
+        picture = np.asarray(Image.open(io.BytesIO(valid)))
+    except Exception:  # noqa: BLE001 - a TIFF stack or other bytes: noise stands in
+        picture = grey
+    if picture.ndim != 2 or picture.dtype != np.uint8 or stacks:
+        picture = grey
     jpeg = io.BytesIO()
     Image.fromarray(grey).save(jpeg, format="JPEG")
     stack = _tiff(np.stack([grey] * 4), photometric="minisblack")
@@ -118,11 +126,10 @@ def hostile_requests(field_name: str, *, over_byte_limit: int, valid: bytes, sta
     boundary = "cellopsboundary"
     part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; filename=\"a.png\"\r\n"
             "Content-Type: image/png\r\n\r\n").encode() + png
-    palette = Image.fromarray(grey).convert("P")
     palette_png = io.BytesIO()
-    palette.save(palette_png, format="PNG")
+    Image.fromarray(picture).convert("P").save(palette_png, format="PNG")
     gif = io.BytesIO()
-    palette.save(gif, format="GIF")
+    Image.fromarray(grey).convert("P").save(gif, format="GIF")
     bmp = io.BytesIO()
     Image.fromarray(grey).save(bmp, format="BMP")
     file = lambda name, data, **kw: _files(field_name, name, data, **kw)  # noqa: E731
@@ -183,16 +190,16 @@ def hostile_requests(field_name: str, *, over_byte_limit: int, valid: bytes, sta
         # Colour where grey is needed is refused; a picture endpoint converts it; a movie is a stack, not a picture.
         HostileRequest("palette PNG", file("palette.png", palette_png.getvalue()), refuse=False,
                        answers=_answers(400, 200, 200, 400)),
-        HostileRequest("RGBA PNG", file("rgba.png", _png(np.dstack([grey] * 4))), refuse=False,
+        HostileRequest("RGBA PNG", file("rgba.png", _png(np.dstack([picture] * 4))), refuse=False,
                        answers=_answers(400, 200, 200, 400)),
-        HostileRequest("16-bit PNG", file("deep.png", _png(grey.astype(np.uint16) * 257)), refuse=False,
+        HostileRequest("16-bit PNG", file("deep.png", _png(picture.astype(np.uint16) * 257)), refuse=False,
                        answers=_answers(200, 200, 200, 400)),
-        HostileRequest("RGB TIFF (H, W, 3)", file("rgb.tif", _tiff(np.dstack([grey] * 3), photometric="rgb")),
+        HostileRequest("RGB TIFF (H, W, 3)", file("rgb.tif", _tiff(np.dstack([picture] * 3), photometric="rgb")),
                        refuse=False, answers=_answers(400, 200, 200, 400)),
         HostileRequest("multi-page TIFF, pages of different sizes", file("mixed.tif", mixed.getvalue()),
                        message="different"),
         # The models scale floats of any range by their percentiles; the classical analyses read floats as [0, 1].
-        HostileRequest("float TIFF on a 0-255 scale", file("float.tif", tiff_of(grey.astype(np.float32))),
+        HostileRequest("float TIFF on a 0-255 scale", file("float.tif", tiff_of(picture.astype(np.float32))),
                        refuse=False, answers=_answers(200, 200, 400, 400)),
         HostileRequest("NaN", file("nan.tif", tiff_of(np.full((64, 64), np.nan, np.float32))), message="NaN"),
         HostileRequest("Inf", file("inf.tif", tiff_of(np.full((64, 64), np.inf, np.float32))), message="infinite"),

@@ -9,6 +9,7 @@ import asyncio
 import csv
 import io
 import shutil
+import tempfile
 import signal
 import subprocess
 import time
@@ -157,8 +158,8 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
     expected = predict_probabilities(model, images, 8)
     assert settings.decision_threshold is not None and settings.normalization.mode == "percentile"
 
-    temp = Path(env["BENTOML_HOME"]).parent / "classifier-server-tmp"  # the server's TMPDIR: nothing may stay
-    temp.mkdir(exist_ok=True)
+    # The server's TMPDIR, where nothing may stay: short, since BentoML puts its services' Unix sockets there.
+    temp = Path(tempfile.mkdtemp(prefix="srv-", dir="/tmp"))
     server_env = {**env, "CELLOPS_MAX_PIXELS": "20000", "CELLOPS_MAX_REQUEST_BYTES": "3000000", "TMPDIR": str(temp)}
     with served_bento("cellops-classifier:latest", root, server_env) as base:
         def post(route, name, data, field="image"):
