@@ -137,7 +137,8 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
     assert expected, "the champion finds no colony in a training-like image: nothing below is tested"
     # The server's TMPDIR, where nothing may stay: short, since BentoML puts its services' Unix sockets there.
     temp = Path(tempfile.mkdtemp(prefix="srv-", dir="/tmp"))
-    server_env = {**env, "CELLOPS_MAX_PIXELS": "300000", "CELLOPS_MAX_REQUEST_BYTES": "3000000", "TMPDIR": str(temp)}
+    # 600000: the 384x384 colony picture as RGBA (4 values a pixel) fits; bad_uploads(800) does not.
+    server_env = {**env, "CELLOPS_MAX_PIXELS": "600000", "CELLOPS_MAX_REQUEST_BYTES": "3000000", "TMPDIR": str(temp)}
     with served_bento("cellops-maskrcnn:latest", root, server_env) as base:
         def post(route, name, data):
             return httpx.post(f"{base}/{route}", files=[("image", (name, data, "application/octet-stream"))], timeout=120)
@@ -168,7 +169,7 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
         meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
         assert meta["model_version"] == str(champion.version) and meta["inference_settings"]["categories"] == {"1": "colony"}
         assert meta["serving"]["runtime"] == champion.tags["runtime"] == meta["runtime"]
-        for name, data, status, message in bad_uploads(600) + [
+        for name, data, status, message in bad_uploads(800) + [
             ("strip.png", png_bytes(np.zeros((1, 600), np.uint8)), 400, "too small"),
         ]:
             response = post("segment", name, data)
