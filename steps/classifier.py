@@ -25,7 +25,7 @@ from cellops.classifier.data import (SPLITS, Augmentation, SplitSettings, build_
                                      test_set_fingerprint)
 from cellops.classifier.metrics import classification_scores, positive_roc
 from cellops.distributed import weights_digest
-from cellops.metrics import bootstrap_interval, pooled_sensitivity
+from cellops.metrics import proportion_interval
 from cellops.thresholds import choose_operating_point
 from cellops.classifier.models import ModelSpec, initial_weights
 from cellops.classifier.plots import cam_galleries, comparison_bars, roc_curves
@@ -244,11 +244,15 @@ def train_and_evaluate_classifier(
     mlflow.log_dict(choice.as_dict(), "thresholds/decision_threshold.json")
     probabilities = predict_probabilities(model, test_images, settings.batch_size)
     scores = classification_scores(probabilities, test_labels, settings.positive, threshold=settings.decision_threshold)
-    # Sensitivity (the promotion metric) with its bootstrap 95 % interval over the test images.
+    # Sensitivity (the promotion metric) with its 95 % interval: each positive test image found or not, the Wilson
+    # score interval (a bootstrap of a proportion at 1 would have no width).
     said = settings.predicted_classes(probabilities) == settings.positive
     is_positive = test_labels == settings.positive
-    interval = bootstrap_interval(pooled_sensitivity, (said & is_positive).astype(float), is_positive.astype(float))
-    interval_scores = {"sensitivity_ci_low": interval.low, "sensitivity_ci_high": interval.high}
+    if is_positive.any():
+        interval = proportion_interval(int(np.sum(said & is_positive)), int(np.sum(is_positive)))
+        interval_scores = {"sensitivity_ci_low": interval.low, "sensitivity_ci_high": interval.high}
+    else:  # no positive test image: sensitivity is undefined, and so is its interval
+        interval_scores = {"sensitivity_ci_low": float("nan"), "sensitivity_ci_high": float("nan")}
     input_shape = (settings.channels, settings.size, settings.size)
     costs = {"parameters": count_parameters(model), "macs": count_macs(model, input_shape),
              "cpu_latency_ms": cpu_latency_ms(model, input_shape, batch_size=latency_batch_size),

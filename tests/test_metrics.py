@@ -124,3 +124,15 @@ def test_interval_errors_name_the_problem():
         bootstrap_interval(pooled_foreground_iou)
     with pytest.raises(ValueError, match="confidence"):
         bootstrap_interval(pooled_foreground_iou, np.ones(3), np.ones(3), confidence=95)
+
+
+def test_a_proportion_at_one_keeps_the_width_of_its_sample_size():
+    from cellops.metrics import bootstrap_interval, pooled_sensitivity, proportion_interval
+
+    found = np.ones(60)  # 60 positives, all found
+    assert bootstrap_interval(pooled_sensitivity, found, found).low == 1.0  # the bootstrap cannot show it
+    wilson = proportion_interval(60, 60)
+    assert 0.93 < wilson.low < 0.95 and wilson.high == 1.0 and wilson.n_units == 60
+    assert proportion_interval(6, 6).low < wilson.low  # fewer positives, less certainty
+    with pytest.raises(ValueError, match="successes <= trials"):
+        proportion_interval(7, 6)
