@@ -242,13 +242,14 @@ def train_and_evaluate_maskrcnn(
         mlflow.log_dict(choice.as_dict(), "thresholds/score_threshold.json")
         logger.info("%s: score threshold %.2f chosen on validation (F1@0.5 %.4f)", name, choice.value,
                     choice.metric_value)
-    test = load_instance_samples(coco, index, "test", _prediction(inference).normalization)
+    served = _prediction(inference)  # what is tested, registered and served, chosen threshold included
+    test = load_instance_samples(coco, index, "test", served.normalization)
     test_truth = subset_coco(coco, _ids(index, "test"))
     started = time.perf_counter()
-    scores, test_detections = evaluate_model(net, test, test_truth, _prediction(inference), max_detections)
+    scores, test_detections = evaluate_model(net, test, test_truth, served, max_detections)
     seconds_per_image = (time.perf_counter() - started) / max(1, len(test))
     # F1@0.5 with its bootstrap 95 % interval over the test images (their matches, detections and instances).
-    counts = match_detections(test_truth, test_detections).per_image_counts(_prediction(inference).score_threshold)
+    counts = match_detections(test_truth, test_detections).per_image_counts(served.score_threshold)
     interval = bootstrap_interval(pooled_f1, *counts)
     scores = {**scores.as_dict(), "f1_50_ci_low": interval.low, "f1_50_ci_high": interval.high}
     costs = {"parameters": parameters, "train_seconds": float(sum(history.epoch_seconds)),
@@ -262,10 +263,10 @@ def train_and_evaluate_maskrcnn(
         mlflow.log_artifact(str(folder / "curves.png"), artifact_path="training")
         for image, target in test[:overlays]:
             picture = image.permute(1, 2, 0).numpy()  # as scored: normalised, colour kept
-            drawn = overlay(picture, predict_picture(net, picture, _prediction(inference)), categories)
+            drawn = overlay(picture, predict_picture(net, picture, served), categories)
             path = save_png(drawn, folder / f"test_{target['image_id']:04d}.png")
             mlflow.log_artifact(str(path), artifact_path="test_overlays")
-    info = log_pytorch_model(net, _input_example(index, _prediction(inference)), ["models"],
+    info = log_pytorch_model(net, _input_example(index, served), ["models"],
                              output_of=_no_output_schema)
     evaluation = {"name": name, "architecture": f"maskrcnn_{settings.backbone}_fpn", "init": model_spec.init,
                   "init_used": weights.kind, "model_uri": info.model_uri, "mlflow_run_id": active_run_id(),
