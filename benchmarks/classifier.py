@@ -88,7 +88,7 @@ def registered_results(args: argparse.Namespace, config: dict) -> tuple[dict, in
     from mlflow import MlflowClient
 
     from cellops.classifier.metrics import classification_scores
-    from cellops.classifier.predict import ClassifierSettings
+    from cellops.classifier.specs import ClassifierServing
     from cellops.classifier.train import predict_probabilities
     from cellops.io import load_class_images
     from tracking.runs import project_tracking_uri
@@ -102,7 +102,7 @@ def registered_results(args: argparse.Namespace, config: dict) -> tuple[dict, in
     versions = versions_of_one_run(client, registered, [args.custom, args.reference])
     for role, model_name in (("custom", args.custom), ("reference", args.reference)):
         version = versions[model_name]
-        settings = ClassifierSettings.from_dict(tags.inference_from_tags(version.tags))
+        settings = ClassifierServing.from_dict(tags.inference_from_tags(version.tags))
         images, failures = load_class_images(files, channels=settings.channels, size=settings.size,
                                              normalization=settings.normalization)
         assert not failures, failures

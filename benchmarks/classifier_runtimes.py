@@ -117,7 +117,7 @@ def load_inputs(args) -> dict:
     from mlflow import MlflowClient
 
     from cellops.classifier.data import SplitSettings, index_class_folder
-    from cellops.classifier.predict import ClassifierSettings
+    from cellops.classifier.specs import ClassifierServing
     from cellops.io import load_class_images
     from tracking import tags
     from tracking.cli import default_tracking_uri, load_registered, resolve_registered
@@ -129,7 +129,7 @@ def load_inputs(args) -> dict:
         raise SystemExit(f"{error}: train the classifiers first (make train-classifier, or make demo)") from None
     client = MlflowClient(uri)
     champion = client.get_model_version(name, record["model_version"])
-    settings = ClassifierSettings.from_dict(tags.inference_from_tags(champion.tags))
+    settings = ClassifierServing.from_dict(tags.inference_from_tags(champion.tags))
     models = {"champion": (f"{champion.tags.get(tags.MODEL_NAME)} ({name} v{champion.version})",
                            load_registered(uri, name, record))}
     run = champion.tags.get(tags.ZENML_RUN_ID)

@@ -32,8 +32,9 @@ from cellops.distributed import DistributedSettings
 from cellops.synthetic.em import generate_em_volume
 from cellops.unet.data import load_lucchi, split_slices, training_patches
 from cellops.unet.distributed_train import fit_distributed
-from cellops.unet.predict import InferenceSettings
-from cellops.unet.train import Architecture, TrainingConfig, build_model, fit
+from cellops.unet.specs import UNetServing
+from cellops.unet.train import build_model, fit
+from cellops.unet.specs import Architecture, UNetTraining
 
 
 def free_port() -> int:
@@ -72,7 +73,7 @@ def main() -> None:
     split = split_slices(len(train_image), **steps["split_em_volume"]["parameters"])
     images, masks, _ = training_patches(train_image[split.train], train_mask[split.train],
                                         n_patches=args.patches, **sampling,
-                                        normalization=InferenceSettings.from_dict(inference).normalization)
+                                        normalization=UNetServing.from_dict(inference).normalization)
     val = (train_image[split.val], train_mask[split.val])
 
     torch.set_num_threads(threads)
@@ -80,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         one = fit(model, (torch.from_numpy(images), torch.from_numpy(masks)), val,
-                  TrainingConfig.from_dict({**training, "threads": threads}), InferenceSettings.from_dict(inference),
+                  UNetTraining.from_dict({**training, "threads": threads}), UNetServing.from_dict(inference),
                   Path(tmp) / "one", resume=False)
         one_seconds = time.perf_counter() - start
         settings = DistributedSettings(nproc_per_node=args.processes, backend="gloo",

@@ -42,12 +42,12 @@ SMOKE_SHAPE = (8, 64, 96)
 CHILD = """
 import json, resource, sys, time
 import numpy as np, tifffile, torch, yaml
-from cellops.unet.predict import InferenceSettings, load_for_inference, segment
+from cellops.unet.predict import UNetServing, load_for_inference, segment
 from cellops.unet.streaming import segment_volume_file
 from cellops.unet.train import Architecture, build_model
 config = yaml.safe_load(open(sys.argv[1]))
 model = load_for_inference(build_model(Architecture.from_dict(config["parameters"]["architecture"]), seed=0))
-settings = InferenceSettings.from_dict(config["parameters"]["inference"])
+settings = UNetServing.from_dict(config["parameters"]["inference"])
 start = time.perf_counter()
 if sys.argv[4] == "memory":
     volume = tifffile.imread(sys.argv[2])

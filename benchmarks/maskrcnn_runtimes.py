@@ -23,9 +23,9 @@ import numpy as np
 import yaml
 from benchlib import print_summary, row, runtime_rows, write_result
 
-from cellops.maskrcnn.engine import evaluate_model
+from cellops.maskrcnn.train import evaluate_model
 from cellops.maskrcnn.evaluation import COCO_BACKENDS, coco_ap
-from cellops.maskrcnn.predict import PredictionSettings
+from cellops.maskrcnn.specs import MaskRCNNServing
 from cellops.maskrcnn.runtime import export_maskrcnn, with_runtime
 from cellops.runtimes import RUNTIMES, check_runtime, choose_runtime, interleaved_best
 
@@ -54,10 +54,9 @@ def load_inputs(args) -> dict:
     coco = source.load()
     index = split_images(coco, source.images_dir, ImageSplitSettings.from_dict(config["split"]))
     test_ids = [i for i, s in zip(index["image_ids"], index["splits"]) if s == "test"]
-    settings = PredictionSettings.from_dict({k: v for k, v in inference.items()
-                                             if k not in ("max_detections", "categories")})
+    settings = MaskRCNNServing.from_dict(inference)
     return {"model": load_registered(uri, name, record), "source": f"{name} v{record['model_version']}",
-            "settings": settings, "max_detections": int(inference.get("max_detections", 100)),
+            "settings": settings,
             "test": load_instance_samples(coco, index, "test", settings.normalization),
             "truth": subset_coco(coco, test_ids),
             "calibration": [image for image, _ in load_instance_samples(coco, index, "train",
@@ -75,13 +74,13 @@ def _smoke_inputs() -> dict:
     write_colony_dataset(folder, n_images=2, shape=(256, 256), seed=7)  # the tests' smallest
     coco = load_annotations("coco", folder / "annotations.json", folder / "images")
     index = split_images(coco, folder / "images", ImageSplitSettings(val_fraction=0.0, test_fraction=0.0, seed=0))
-    samples = load_instance_samples(coco, index, "train", PredictionSettings().normalization)
+    samples = load_instance_samples(coco, index, "train", MaskRCNNServing().normalization)
     settings = MaskRCNNSettings.from_dict({"backbone": "resnet18", "fpn_channels": 16, "representation_size": 32,
                                         "mask_head_layers": 1, "min_size": 128, "max_size": 128,
                                         "anchor_sizes": [16, 32, 64, 128, 256], "score_threshold": 0.0,
                                         "detections_per_image": 20})
-    return {"model": build_maskrcnn(settings, 2).eval(), "source": "random (smoke)", "settings": PredictionSettings(
-                score_threshold=0.0, tile_size=128, tile_overlap=32), "max_detections": 20,
+    return {"model": build_maskrcnn(settings, 2).eval(), "source": "random (smoke)", "settings": MaskRCNNServing(
+                score_threshold=0.0, tile_size=128, tile_overlap=32, max_detections=20),
             "test": samples, "truth": coco, "calibration": [image for image, _ in samples]}
 
 
@@ -109,9 +108,9 @@ def main() -> None:
     ap50, detections, runs = {}, {}, {}
     for runtime in args.runtimes:
         module = with_runtime(model, runtime, folder, names)
-        scores, detections[runtime] = evaluate_model(module, test, truth, settings, inputs["max_detections"])  # warm-up
+        scores, detections[runtime] = evaluate_model(module, test, truth, settings)  # warm-up
         ap50[runtime] = scores.mask_ap50
-        runs[runtime] = lambda m=module: evaluate_model(m, test, truth, settings, inputs["max_detections"])
+        runs[runtime] = lambda m=module: evaluate_model(m, test, truth, settings)
     seconds = interleaved_best(runs, args.repeats)
     checks = {r: check_runtime(r, seconds[r], seconds["torch"], ap50[r], ap50["torch"], AP50_TOLERANCE)
               for r in args.runtimes}

@@ -26,8 +26,9 @@ import yaml
 from benchlib import row, write_result
 
 from cellops.inference import gaussian_weight_map, prepare_for_inference, sliding_window_predict, tile_starts
-from cellops.unet.predict import InferenceSettings
-from cellops.unet.train import Architecture, build_model
+from cellops.unet.specs import UNetServing
+from cellops.unet.train import build_model
+from cellops.unet.specs import Architecture
 
 
 @torch.inference_mode()
@@ -85,7 +86,7 @@ def main() -> None:
     if args.smoke:
         architecture = {**architecture, "base_channels": 4, "depth": 2}
     # The settings evaluation and serving use (the config's one `inference` block, stored with each model).
-    settings = InferenceSettings.from_dict(config["parameters"]["inference"])
+    settings = UNetServing.from_dict(config["parameters"]["inference"])
     tile = args.tile_size or settings.tile_size
     batch = args.batch_size or settings.batch_size
     overlap = settings.tile_overlap

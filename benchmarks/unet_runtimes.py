@@ -32,7 +32,8 @@ from benchlib import print_summary, row, runtime_rows, write_result
 
 from cellops.inference import gaussian_weight_map, sliding_window_predict
 from cellops.runtimes import RUNTIMES, best_time, check_runtime, choose_runtime, interleaved_best, load_runtime
-from cellops.unet.predict import InferenceSettings, score
+from cellops.unet.predict import score
+from cellops.unet.specs import UNetServing
 from cellops.unet.runtime import export_unet
 
 AGREEMENT = 0.999  # share of voxels whose thresholded prediction must agree between cellops and MONAI
@@ -80,14 +81,14 @@ def fastest_batch(run, candidates: list[int]) -> tuple[int, dict[int, float]]:
     return min(times, key=times.get), {b: round(t, 4) for b, t in times.items()}
 
 
-def load_inputs(args) -> tuple[torch.nn.Module, InferenceSettings, np.ndarray, np.ndarray, np.ndarray, str]:
+def load_inputs(args) -> tuple[torch.nn.Module, UNetServing, np.ndarray, np.ndarray, np.ndarray, str]:
     """The network, its inference settings, the test volume and mask and a training volume for calibration."""
     if args.smoke:
         from models.unet import UNet
 
         rng = np.random.default_rng(0)
         volume = (rng.random((2, 80, 96)) * 255).astype(np.uint8)
-        settings = InferenceSettings(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5)
+        settings = UNetServing(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5)
         return UNet(base_channels=4, depth=2).eval(), settings, volume, volume > 128, volume, "random (smoke)"
     from tracking import tags
     from tracking.cli import default_tracking_uri, load_registered, resolve_registered
@@ -98,7 +99,7 @@ def load_inputs(args) -> tuple[torch.nn.Module, InferenceSettings, np.ndarray, n
     except LookupError as error:
         raise SystemExit(f"{error}: train the U-Net first (make train, or make demo)") from None
     stored = record[tags.INFERENCE_SETTINGS]
-    settings = InferenceSettings.from_dict(stored if isinstance(stored, dict) else __import__("json").loads(stored))
+    settings = UNetServing.from_dict(stored if isinstance(stored, dict) else __import__("json").loads(stored))
     data = Path(args.data)
     try:
         test = tifffile.imread(data / "testing.tif")[: args.slices]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import yaml
 
@@ -53,6 +53,38 @@ class FromMapping:
     @classmethod
     def from_dict(cls, values: dict | None) -> Self:
         return from_mapping(cls, values)
+
+
+class ServingRecord(FromMapping):
+    """Base of every family's ``<Family>Serving`` settings: the one record a training pipeline writes to the model
+    registry and every reader (service, CLI, batch pipeline, runtime measurement) reads back.
+
+    :meth:`as_dict` carries the family's name, and :meth:`from_dict` takes the record as stored, checks that it
+    belongs to this family and turns JSON forms (lists, string keys) back into the typed fields
+    (:meth:`_from_json`), so no reader filters or converts keys itself.
+    """
+
+    #: The family's name (its package under ``cellops/``), written into every record.
+    family: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> Self:
+        """The settings of a config or registry mapping; a record of another family, an unknown or a missing key
+        is named in the error."""
+        values = dict(values or {})
+        family = values.pop("family", cls.family)
+        if family != cls.family:
+            raise ValueError(f"{cls.__name__}: these are the serving settings of a {family!r} model, "
+                             f"not of a {cls.family!r} one")
+        return from_mapping(cls, cls._from_json(values))
+
+    @classmethod
+    def _from_json(cls, values: dict) -> dict:
+        return values
+
+    def as_dict(self) -> dict:
+        """The record as stored: JSON types, with ``family``."""
+        return {"family": self.family, **asdict(self)}  # type: ignore[call-overload]
 
 
 def deep_merge(base: dict, override: dict) -> dict:

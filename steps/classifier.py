@@ -27,11 +27,12 @@ from cellops.classifier.metrics import classification_scores, positive_roc
 from cellops.distributed import weights_digest
 from cellops.metrics import proportion_interval
 from cellops.thresholds import choose_operating_point
-from cellops.classifier.models import ModelSpec, initial_weights
+from cellops.classifier.specs import ClassifierModelSpec, initial_weights
 from cellops.classifier.plots import cam_galleries, comparison_bars, roc_curves
-from cellops.classifier.predict import ClassifierSettings
+from cellops.classifier.specs import ClassifierServing
 from cellops.classifier.source_task import SourceTask, source_task_patches
-from cellops.classifier.train import ClassifierTraining, fit, predict_probabilities
+from cellops.classifier.train import fit, predict_probabilities
+from cellops.classifier.specs import ClassifierTraining
 from cellops.lineage import data_dir_for
 from cellops.config import deep_merge, from_mapping
 from cellops.distributed import DistributedSettings
@@ -60,8 +61,8 @@ logger = get_logger(__name__)
 SCORE_COLUMNS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "loss")
 
 
-def _settings(dataset_index: dict, input: dict, positive_class: str) -> ClassifierSettings:
-    return ClassifierSettings.from_dict({**input, "classes": dataset_index["classes"], "positive_class": positive_class})
+def _settings(dataset_index: dict, input: dict, positive_class: str) -> ClassifierServing:
+    return ClassifierServing.from_dict({**input, "classes": dataset_index["classes"], "positive_class": positive_class})
 
 
 def _subset(images: np.ndarray, labels: np.ndarray, dataset_index: dict, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +127,7 @@ def pretrain_source_backbone(
 ) -> Annotated[nn.Module, "source_backbone"]:
     """Pretrain ``architecture`` on the source task built from the project's other datasets (see
     :mod:`cellops.classifier.source_task`), in its own MLflow run; registered as ``registered_model_name``."""
-    spec = ModelSpec.from_dict(architecture)
+    spec = ClassifierModelSpec.from_dict(architecture)
     task = SourceTask.from_dict(source_task)
     config = ClassifierTraining.from_dict(deep_merge(training, spec.training))
     images, labels, classes = source_task_patches(task.data_root, size=int(input["size"]), crop=task.crop,
@@ -181,7 +182,7 @@ def train_and_evaluate_classifier(
     With ``distributed`` naming more than one process, training runs under DDP: ``torchrun`` is started as a
     subprocess of this step (the step keeps its ZenML context, MLflow run and artifacts; the ranks only compute).
     Rank 0 logs each epoch to this model's MLflow run."""
-    model_spec = ModelSpec.from_dict(spec)
+    model_spec = ClassifierModelSpec.from_dict(spec)
     config = ClassifierTraining.from_dict(deep_merge(training, model_spec.training))
     settings = _settings(dataset_index, input, positive_class)
     weights, init_used = initial_weights(model_spec)
@@ -317,7 +318,7 @@ def register_classifiers(
                                     dataset_index["splits"], positive_class)
 
     def rescore(champion) -> dict[str, float]:
-        settings = ClassifierSettings.from_dict(tags.inference_from_tags(champion.tags))
+        settings = ClassifierServing.from_dict(tags.inference_from_tags(champion.tags))
         if list(settings.classes) != list(dataset_index["classes"]) or settings.positive_class != positive_class:
             raise ValueError(f"the champion classifies {list(settings.classes)} (positive {settings.positive_class!r}), "
                              f"this run {dataset_index['classes']} (positive {positive_class!r}): not comparable; "

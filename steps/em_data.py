@@ -10,7 +10,7 @@ from zenml.logger import get_logger
 
 from cellops.lineage import data_dir_for
 from cellops.unet.data import load_lucchi, split_slices, training_patches
-from cellops.unet.predict import InferenceSettings
+from cellops.unet.specs import UNetServing
 
 logger = get_logger(__name__)
 
@@ -63,7 +63,7 @@ def sample_augmented_patches(
 ) -> tuple[Annotated[np.ndarray, "patch_images"], Annotated[np.ndarray, "patch_masks"]]:
     """Seeded patches of the training block, normalised as the model will be served (``inference``), with
     torchvision v2 augmentation applied to image and mask."""
-    normalization = InferenceSettings.from_dict(inference).normalization
+    normalization = UNetServing.from_dict(inference).normalization
     patch_images, patch_masks, transform = training_patches(
         image, mask, n_patches=n_patches, patch_size=patch_size, foreground_bias=foreground_bias,
         hard_negative_bias=hard_negative_bias, augmentation=augmentation, seed=seed, normalization=normalization,

@@ -8,6 +8,7 @@ import hashlib
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,12 +25,14 @@ from cellops.lineage import data_dir_for
 from cellops.maskrcnn.data import (SPLITS, ImageSplitSettings, InstanceAugmentation, InstanceDataset,
                                    build_instance_augmentation, load_instance_samples, model_image, split_images,
                                    subset_coco)
-from cellops.maskrcnn.engine import MaskRCNNTraining, evaluate_model, fit, loss_curves
+from cellops.maskrcnn.train import evaluate_model, fit, loss_curves
+from cellops.maskrcnn.specs import MaskRCNNTraining
 from cellops.maskrcnn.evaluation import match_detections
 from cellops.distributed import weights_digest
 from cellops.metrics import bootstrap_interval, pooled_f1
 from cellops.thresholds import choose_score_threshold
-from cellops.maskrcnn.predict import PredictionSettings, overlay, predict_picture
+from cellops.maskrcnn.predict import overlay, predict_picture
+from cellops.maskrcnn.specs import MaskRCNNServing
 from cellops.maskrcnn.specs import AnnotationSource, MaskRCNNModelSpec, SourceSettings, instance_test_fingerprint
 from cellops.maskrcnn.validation import AnnotationExpectations, summarise_annotations, validate_annotation_dataset
 from cellops.plots import save_png, training_curves
@@ -47,7 +50,7 @@ SCORE_COLUMNS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "f1_
                  "precision_50", "recall_50")
 
 
-def _input_example(index: dict, settings: PredictionSettings) -> np.ndarray:
+def _input_example(index: dict, settings: MaskRCNNServing) -> np.ndarray:
     """A (1, 3, 64, 64) corner of the dataset's first image as the network takes it: the model's input example
     (small, since MLflow stores it as JSON)."""
     return model_image(read_image_file(index["files"][0]), settings.normalization)[None, :, :64, :64].numpy()
@@ -84,14 +87,11 @@ def _ids(index: dict, split: str) -> list[int]:
     return [i for i, s in zip(index["image_ids"], index["splits"]) if s == split]
 
 
-def _inference_settings(coco: dict, prediction: dict, max_detections: int) -> dict:
-    return {**PredictionSettings.from_dict(prediction).as_dict(), "max_detections": int(max_detections),
-            "categories": {str(c["id"]): c["name"] for c in coco["categories"]}}
-
-
-def _prediction(inference: dict) -> PredictionSettings:
-    return PredictionSettings.from_dict({k: v for k, v in inference.items()
-                                         if k not in ("max_detections", "categories")})
+def _serving(coco: dict, prediction: dict, max_detections: int) -> MaskRCNNServing:
+    """The served settings of a model trained on ``coco``: the config's prediction settings, its detection limit
+    and the annotations' categories."""
+    return MaskRCNNServing.from_dict({**prediction, "max_detections": int(max_detections),
+                                      "categories": {c["id"]: c["name"] for c in coco["categories"]}})
 
 
 @step
@@ -125,15 +125,14 @@ def validate_instance_annotations(
 
 
 def _train(name: str, model: torch.nn.Module, coco: dict, index: dict, training: dict, augmentation: dict,
-           inference: dict, checkpoint_dir: str, checkpoint_key: dict) -> tuple[object, list, list]:
+           served: MaskRCNNServing, checkpoint_dir: str, checkpoint_key: dict) -> tuple[object, list, list]:
     config = MaskRCNNTraining.from_dict(training)
-    normalization = _prediction(inference).normalization  # training sees images scaled as they will be served
+    normalization = served.normalization  # training sees images scaled as they will be served
     train = load_instance_samples(coco, index, "train", normalization)
     val = load_instance_samples(coco, index, "val", normalization)
     torch.manual_seed(config.seed)
     history = fit(model, InstanceDataset(train, build_instance_augmentation(InstanceAugmentation.from_dict(augmentation))),
-                  val, subset_coco(coco, _ids(index, "val")), config, _prediction(inference),
-                  max_detections=inference["max_detections"],
+                  val, subset_coco(coco, _ids(index, "val")), config, served,
                   checkpoint_dir=Path(checkpoint_dir) / name if checkpoint_dir else None,
                   checkpoint_key=checkpoint_key,
                   on_epoch_end=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
@@ -166,17 +165,17 @@ def pretrain_on_source(
     settings = MaskRCNNModelSpec(model=source_settings.model).settings(model)
     config = deep_merge(training, source_settings.training)
     net = build_maskrcnn(settings, len(coco["categories"]) + 1, seed=int(config.get("seed", 0)))
-    inference = _inference_settings(coco, prediction, max_detections)
+    served = _serving(coco, prediction, max_detections)
     mlflow.set_tags({**tags.lineage_to_tags(lineage), "role": "source_model",
                      "source_images": source_settings.annotations["images_dir"]})
     mlflow.log_params({"source.images": len(index["files"]), "source.instances": len(coco["annotations"])})
     augmentation = deep_merge(augmentation, source_settings.augmentation)
-    history, _, _ = _train("source", net, coco, index, config, augmentation, inference, checkpoint_dir,
+    history, _, _ = _train("source", net, coco, index, config, augmentation, served, checkpoint_dir,
                            {"data": index["md5"], "annotations": _content_key(coco), "splits": index["splits"],
                             "model": settings.as_dict(), "role": "source", "augmentation": augmentation})
     best = next((v for v in history.validation if v["epoch"] == history.best_epoch), {})
     mlflow.log_metrics({f"source_best_val_{k}": v for k, v in best.items() if k != "epoch"})
-    log_pytorch_model(net, _input_example(index, _prediction(inference)), ["models"], output_of=_no_output_schema)
+    log_pytorch_model(net, _input_example(index, served), ["models"], output_of=_no_output_schema)
     log_metadata(metadata={"source_val": best, "source_mlflow_run_id": active_run_id()})
     return net.cpu().eval()
 
@@ -214,7 +213,7 @@ def train_and_evaluate_maskrcnn(
                              "run did not train (set steps.pretrain_on_source)")
         skipped = transfer_weights(net, source_model)
         logger.info("%s: initialised from the source model (not transferred: %s)", name, skipped or "nothing")
-    inference = _inference_settings(coco, prediction, max_detections)
+    served = _serving(coco, prediction, max_detections)
     log_run_config()
     close_abandoned_runs()
     mlflow.set_tags({**tags.lineage_to_tags(lineage), tags.ZENML_RUN_ID: str(get_step_context().pipeline_run.id),
@@ -226,7 +225,7 @@ def train_and_evaluate_maskrcnn(
     logger.info("%s: Mask R-CNN %s-FPN from %s, %d parameters; %s images", name, settings.backbone, weights.kind,
                 parameters, {s: index["splits"].count(s) for s in SPLITS})
     with closed_on_interrupt(), system_metrics():
-        history, _, val = _train(name, net, coco, index, config, augmentation, inference, checkpoint_dir,
+        history, _, val = _train(name, net, coco, index, config, augmentation, served, checkpoint_dir,
                                {"data": index["md5"], "annotations": _content_key(coco), "splits": index["splits"],
                                 "spec": spec, "model": settings.as_dict(), "augmentation": augmentation,
                                 "init_used": weights.kind,
@@ -235,18 +234,18 @@ def train_and_evaluate_maskrcnn(
     net = net.cpu().eval()
     if val:  # the served score threshold: the best validation F1@0.5, never the test images
         val_truth = subset_coco(coco, _ids(index, "val"))
-        _, val_detections = evaluate_model(net, val, val_truth, _prediction(inference), max_detections)
+        _, val_detections = evaluate_model(net, val, val_truth, served)
         choice = choose_score_threshold(match_detections(val_truth, val_detections))
-        inference = {**inference, "score_threshold": float(choice.value)}
+        served = replace(served, score_threshold=float(choice.value))
         mlflow.log_metrics({"chosen_score_threshold": choice.value, "val_f1_50_at_chosen": choice.metric_value})
         mlflow.log_dict(choice.as_dict(), "thresholds/score_threshold.json")
         logger.info("%s: score threshold %.2f chosen on validation (F1@0.5 %.4f)", name, choice.value,
                     choice.metric_value)
-    served = _prediction(inference)  # what is tested, registered and served, chosen threshold included
+    # ``served`` is what is tested, registered and served, chosen threshold included.
     test = load_instance_samples(coco, index, "test", served.normalization)
     test_truth = subset_coco(coco, _ids(index, "test"))
     started = time.perf_counter()
-    scores, test_detections = evaluate_model(net, test, test_truth, served, max_detections)
+    scores, test_detections = evaluate_model(net, test, test_truth, served)
     seconds_per_image = (time.perf_counter() - started) / max(1, len(test))
     # F1@0.5 with its bootstrap 95 % interval over the test images (their matches, detections and instances).
     counts = match_detections(test_truth, test_detections).per_image_counts(served.score_threshold)
@@ -256,14 +255,13 @@ def train_and_evaluate_maskrcnn(
              "epochs": len(history.losses), "cpu_seconds_per_image": seconds_per_image}
     mlflow.log_metrics({**{f"test_{k}": v for k, v in scores.items()}, **costs,
                         "best_epoch": history.best_epoch})
-    categories = {int(k): v for k, v in inference["categories"].items()}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         training_curves(loss_curves(history), folder / "curves.png")
         mlflow.log_artifact(str(folder / "curves.png"), artifact_path="training")
         for image, target in test[:overlays]:
             picture = image.permute(1, 2, 0).numpy()  # as scored: normalised, colour kept
-            drawn = overlay(picture, predict_picture(net, picture, served), categories)
+            drawn = overlay(picture, predict_picture(net, picture, served), served.categories)
             path = save_png(drawn, folder / f"test_{target['image_id']:04d}.png")
             mlflow.log_artifact(str(path), artifact_path="test_overlays")
     info = log_pytorch_model(net, _input_example(index, served), ["models"],
@@ -271,7 +269,7 @@ def train_and_evaluate_maskrcnn(
     evaluation = {"name": name, "architecture": f"maskrcnn_{settings.backbone}_fpn", "init": model_spec.init,
                   "init_used": weights.kind, "model_uri": info.model_uri, "mlflow_run_id": active_run_id(),
                   "weights_sha256": weights_digest(net),
-                  "scores": scores, "costs": costs, "settings": inference,
+                  "scores": scores, "costs": costs, "settings": served.as_dict(),
                   "resumed_from_epoch": history.resumed_from_epoch}
     log_metadata(metadata={"scores": scores, "costs": costs})
     logger.info("%s test: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
@@ -305,13 +303,13 @@ def register_maskrcnn(
     def rescore(champion) -> dict[str, float]:
         inference = tags.inference_from_tags(champion.tags) or {}
         ours = {str(c["id"]): c["name"] for c in annotations["categories"]}
-        if inference.get("categories") != ours:  # same names under the same ids, or its labels mean other classes
+        if {str(k): v for k, v in (inference.get("categories") or {}).items()} != ours:  # same names under the same ids, or its labels mean other classes
             raise ValueError(f"the champion's categories {inference.get('categories')} are not this run's {ours}: "
                              "not comparable; register under another name")
         old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")
-        settings = _prediction(inference)  # the champion's own: it is judged as it is served
+        settings = MaskRCNNServing.from_dict(inference)  # the champion's own: it is judged as it is served
         test = load_instance_samples(annotations, dataset_index, "test", settings.normalization)
-        return evaluate_model(old.eval(), test, truth, settings, inference["max_detections"])[0].as_dict()
+        return evaluate_model(old.eval(), test, truth, settings)[0].as_dict()
 
     return register_ranked(evaluations, lineage, test_set, rescore, registered_model_name=registered_model_name,
                            promotion_metric=promotion_metric, tie_breakers=tie_breakers, alias=alias,

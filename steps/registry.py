@@ -19,7 +19,8 @@ from zenml.logger import get_logger
 
 from cellops.distributed import weights_digest
 from cellops.promotion import check_promotion_metrics, ranking_key
-from cellops.unet.predict import InferenceSettings, load_for_inference, score
+from cellops.unet.predict import load_for_inference, score
+from cellops.unet.specs import UNetServing
 from tracking import tags
 from tracking.registry import register_and_maybe_promote
 from tracking.runs import active_run_id, current_zenml_model, log_pytorch_model
@@ -48,18 +49,18 @@ def register_and_promote(
 
     def rescore(champion) -> dict[str, float]:
         # The champion's own inference settings: it is judged as it is served.
-        settings = InferenceSettings.from_dict(tags.inference_from_tags(champion.tags) or inference)
+        settings = UNetServing.from_dict(tags.inference_from_tags(champion.tags) or inference)
         old = mlflow.pytorch.load_model(f"models:/{registered_model_name}/{champion.version}", map_location="cpu")
         return score(load_for_inference(old), test_image, test_mask, settings)[0].as_dict()
 
     # The input example: one tile of the test volume as the network takes it (1, 1, tile, tile), normalised.
-    settings = InferenceSettings.from_dict(inference)
+    settings = UNetServing.from_dict(inference)
     tile = settings.tile_size
     example = settings.normalization.apply(test_image)[:1, :tile, :tile][:, None]
     model_info = log_pytorch_model(model, example, code_paths)
     decision = register_and_maybe_promote(
         MlflowClient(), model_info.model_uri, registered_model_name, test_metrics,
-        {**tags.lineage_to_tags(lineage), **tags.inference_to_tags(InferenceSettings.from_dict(inference).as_dict()),
+        {**tags.lineage_to_tags(lineage), **tags.inference_to_tags(UNetServing.from_dict(inference).as_dict()),
          tags.MLFLOW_RUN_ID: run_id, tags.ZENML_RUN_ID: zenml_run_id, tags.WEIGHTS_SHA256: weights_digest(model)},
         promotion_metric=promotion_metric, alias=alias, min_improvement=min_improvement, rescore=rescore,
     )

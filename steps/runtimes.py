@@ -72,10 +72,10 @@ def optimise_unet_runtime(
 ) -> Annotated[dict, "runtime"]:
     """Export the registered U-Net, calibrate int8 on training slices, and keep the fastest runtime whose test
     foreground IoU is within ``iou_tolerance`` of torch fp32's."""
-    from cellops.unet.predict import InferenceSettings
+    from cellops.unet.specs import UNetServing
     from cellops.unet.runtime import unet_runtime_checks
 
-    settings = InferenceSettings.from_dict(inference)
+    settings = UNetServing.from_dict(inference)
     name = registration["registered_model"]
     return _measure_and_record(name, registration.get("version"), lambda folder: unet_runtime_checks(
         model, calibration_image, test_image, test_mask, settings, folder, runtimes=tuple(runtimes),
@@ -95,14 +95,14 @@ def optimise_classifier_runtime(
 ) -> Annotated[dict, "runtime"]:
     """Export the run's best registered classifier (its trunk), calibrate int8 on training images, and keep the
     fastest runtime whose test accuracy is within ``accuracy_tolerance`` (a fraction) of torch fp32's."""
-    from cellops.classifier.predict import ClassifierSettings
+    from cellops.classifier.specs import ClassifierServing
     from cellops.classifier.runtime import classifier_runtime_checks
 
     name, version = _run_best(registration)
     if version is None:
         return _measure_and_record(name, None, lambda folder: [])
     record = MlflowClient().get_model_version(name, version)
-    settings = ClassifierSettings.from_dict(tags.inference_from_tags(record.tags))
+    settings = ClassifierServing.from_dict(tags.inference_from_tags(record.tags))
     model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu").eval()
     splits = np.asarray(dataset_index["splits"])
     return _measure_and_record(name, version, lambda folder: classifier_runtime_checks(
@@ -124,16 +124,15 @@ def optimise_maskrcnn_runtime(
     """Export the backbone of the run's best registered Mask R-CNN, calibrate int8 on training images, and keep the
     fastest runtime whose test mask AP50 is within ``ap50_tolerance`` of torch fp32's."""
     from cellops.maskrcnn.data import load_instance_samples, subset_coco
-    from cellops.maskrcnn.predict import PredictionSettings
-    from cellops.maskrcnn.engine import runtime_checks
+    from cellops.maskrcnn.specs import MaskRCNNServing
+    from cellops.maskrcnn.train import runtime_checks
 
     name, version = _run_best(registration)
     if version is None:
         return _measure_and_record(name, None, lambda folder: [])
     record = MlflowClient().get_model_version(name, version)
     inference = tags.inference_from_tags(record.tags) or {}
-    settings = PredictionSettings.from_dict({k: v for k, v in inference.items()
-                                             if k not in ("max_detections", "categories")})
+    settings = MaskRCNNServing.from_dict(inference)
     model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu").eval()
     test = load_instance_samples(annotations, dataset_index, "test", settings.normalization)
     test_ids = [i for i, s in zip(dataset_index["image_ids"], dataset_index["splits"]) if s == "test"]
@@ -141,5 +140,5 @@ def optimise_maskrcnn_runtime(
     calibration = [image for image, _ in train[:calibration_images]]
     return _measure_and_record(name, version, lambda folder: runtime_checks(
         model, calibration, test, subset_coco(annotations, test_ids), settings, folder,
-        max_detections=int(inference.get("max_detections", 100)), runtimes=tuple(runtimes),
+        runtimes=tuple(runtimes),
         tolerance=ap50_tolerance, repeats=repeats))

@@ -17,10 +17,12 @@ from zenml.logger import get_logger
 from cellops.metrics import bootstrap_interval, per_slice_overlap, pooled_foreground_iou
 from cellops.plots import segmentation_overlay, training_curves
 from cellops.thresholds import choose_probability_threshold
-from cellops.unet.predict import InferenceSettings, load_for_inference, predict_probabilities, score
+from cellops.unet.predict import load_for_inference, predict_probabilities, score
+from cellops.unet.specs import UNetServing
 from cellops.distributed import DistributedSettings
 from cellops.unet.distributed_train import fit_distributed
-from cellops.unet.train import Architecture, TrainingConfig, build_model, fit
+from cellops.unet.train import build_model, fit
+from cellops.unet.specs import Architecture, UNetTraining
 from tracking import tags
 from cellops.checkpoints import checkpoint_dir_for, remove_checkpoints
 from tracking.runs import (
@@ -57,7 +59,7 @@ def train_unet(
     With ``distributed`` naming more than one process, training runs under DDP: ``torchrun`` is started as a
     subprocess of this step (the step keeps its ZenML context, MLflow run and artifacts; the ranks only compute).
     Rank 0 logs each epoch to this step's MLflow run."""
-    config = TrainingConfig.from_dict(training)
+    config = UNetTraining.from_dict(training)
     model = build_model(Architecture.from_dict(architecture), seed=config.seed)
     log_run_config()
     zenml_run_id = str(get_step_context().pipeline_run.id)
@@ -84,7 +86,7 @@ def train_unet(
             mlflow.set_tag("distributed.weights_sha256", digests[0])
         else:
             history = fit(model, (torch.from_numpy(patch_images), torch.from_numpy(patch_masks)), (val_image, val_mask),
-                          config, InferenceSettings.from_dict(inference), run_dir,
+                          config, UNetServing.from_dict(inference), run_dir,
                           on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), resume=resume)
     if history.resumed_from_epoch is not None:
         # The epochs before the interruption were logged on the killed run: this run gets the whole curve too.
@@ -115,7 +117,7 @@ def choose_unet_threshold(
     """The probability threshold with the best foreground IoU on the validation block (never the test volume),
     chosen among fixed candidates: the run's inference settings with that threshold are what is tested, registered
     and served."""
-    settings = InferenceSettings.from_dict(inference)
+    settings = UNetServing.from_dict(inference)
     probabilities = predict_probabilities(load_for_inference(model), val_image, settings, device)
     choice = choose_probability_threshold(probabilities, val_mask > 0)
     mlflow.log_metrics({"chosen_threshold": choice.value, "val_foreground_iou_at_chosen_threshold": choice.metric_value})
@@ -138,7 +140,7 @@ def evaluate_unet(
     """Sliding-window segmentation of the whole test volume with the run's inference settings; IoU and Dice
     over all its voxels. The middle slice's overlay (green hit, red false positive, blue missed) is an artifact the
     dashboard shows; ``overlay_slices`` evenly spaced ones go to MLflow."""
-    scores, prediction = score(load_for_inference(model), test_image, test_mask, InferenceSettings.from_dict(inference),
+    scores, prediction = score(load_for_inference(model), test_image, test_mask, UNetServing.from_dict(inference),
                                device)
     # The promotion metric with its bootstrap 95 % interval over test slices (their intersections and unions).
     interval = bootstrap_interval(pooled_foreground_iou, *per_slice_overlap(prediction, test_mask > 0))

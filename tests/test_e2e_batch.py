@@ -12,7 +12,8 @@ import tifffile
 import yaml
 import zarr
 
-from cellops.unet.predict import InferenceSettings, load_for_inference, segment
+from cellops.unet.predict import load_for_inference, segment
+from cellops.unet.specs import UNetServing
 from helpers import run_command
 from tracking import tags
 from tracking.batch import resolve_batch_model
@@ -49,11 +50,11 @@ def test_the_champion_predicts_a_folder_with_lineage_and_a_rerun_only_predicts_n
                                                              map_location="cpu"))
     finally:
         mlflow.set_tracking_uri(None)
-    expected = segment(model, volume, InferenceSettings.from_dict(tags.inference_from_tags(champion.tags)))
+    expected = segment(model, volume, UNetServing.from_dict(tags.inference_from_tags(champion.tags)))
     assert np.array_equal(tifffile.imread(out / "a_mask.tif") > 0, expected)
     assert 0 < expected.mean() < 0.5  # the champion segments something: an empty mask would pass every comparison
     assert np.array_equal(tifffile.imread(out / "b_mask.tif") > 0, segment(
-        model, np.ascontiguousarray(volume[::-1]), InferenceSettings.from_dict(tags.inference_from_tags(champion.tags))))
+        model, np.ascontiguousarray(volume[::-1]), UNetServing.from_dict(tags.inference_from_tags(champion.tags))))
     slices = pd.read_csv(out / "a_slices.csv")
     assert np.allclose(slices["foreground_fraction"], expected.mean(axis=(1, 2)), atol=1e-6)
     results = pd.read_csv(out / "results.csv")

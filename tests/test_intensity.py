@@ -63,12 +63,13 @@ def test_a_constant_image_is_refused_and_a_sparse_one_falls_back_to_its_range():
 
 
 def test_unet_masks_are_the_same_for_every_storage_and_a_constant_image_is_refused(picture8):
-    from cellops.unet.predict import InferenceSettings, load_for_inference, segment
+    from cellops.unet.predict import load_for_inference, segment
+    from cellops.unet.specs import UNetServing
     from models.unet import UNet
 
     torch.manual_seed(0)
     model = load_for_inference(UNet(base_channels=4, depth=2))
-    settings = InferenceSettings(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5,
+    settings = UNetServing(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5,
                                  normalization=PERCENTILE)
     probabilities = {}
     from cellops.unet.predict import predict_probabilities
@@ -117,14 +118,15 @@ def test_classifier_probabilities_are_the_same_for_every_storage(picture8):
 
 
 def test_maskrcnn_instances_are_the_same_for_every_storage(picture8):
-    from cellops.maskrcnn.predict import PredictionSettings, predict_image
+    from cellops.maskrcnn.predict import predict_image
+    from cellops.maskrcnn.specs import MaskRCNNServing
     from models.maskrcnn import MaskRCNNSettings, build_maskrcnn
 
     torch.manual_seed(0)
     model = build_maskrcnn(MaskRCNNSettings(backbone="resnet18", fpn_channels=16, representation_size=32,
                                             mask_head_layers=1, anchor_sizes=(8, 16, 32, 64, 128), min_size=64,
                                             max_size=64, score_threshold=0.0, detections_per_image=20), 2).eval()
-    settings = PredictionSettings(score_threshold=0.0, tile_size=64, tile_overlap=16, normalization=PERCENTILE)
+    settings = MaskRCNNServing(score_threshold=0.0, tile_size=64, tile_overlap=16, normalization=PERCENTILE)
     found = {name: predict_image(model, version, settings) for name, version in _versions(picture8).items()
              if "1 %" not in name}  # the 1 % version quantises to other levels: scores move in the 3rd digit
     reference = [(i.box, round(i.score, 3)) for i in found["uint8"]]

@@ -128,13 +128,14 @@ def test_machine_info_names_the_cpu_kernels_and_versions():
 
 
 def test_unet_runtimes_segment_like_torch(tmp_path):
-    from cellops.unet.predict import InferenceSettings, load_for_inference, segment
+    from cellops.unet.predict import load_for_inference, segment
+    from cellops.unet.specs import UNetServing
     from cellops.unet.runtime import export_unet
     from models.unet import UNet
 
     rng = np.random.default_rng(0)
     volume = (rng.random((2, 48, 40)) * 255).astype(np.uint8)
-    settings = InferenceSettings(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5)
+    settings = UNetServing(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5)
     model = UNet(base_channels=4, depth=2).eval()
     fast = export_unet(model, volume, settings, tmp_path)
     tiles = torch.rand(3, 1, 32, 32)

@@ -209,13 +209,14 @@ def predict_classifier(tracking_uri: str, model_uri: str, images: list[Path], ou
     Returns :func:`cellops.cli.batch_exit_code`: 0 every file classified, 1 some failed, 2 none could be."""
     import csv
 
-    from cellops.classifier.predict import ClassifierSettings, cam_overlay, classify_files
+    from cellops.classifier.predict import cam_overlay, classify_files
+    from cellops.classifier.specs import ClassifierServing
     from cellops.plots import save_png
 
     name, record = resolve_registered(tracking_uri, model_uri)
     if not record[names.INFERENCE_SETTINGS]:
         raise LookupError(f"{name} v{record['model_version']} was registered without input settings; retrain it")
-    settings = ClassifierSettings.from_dict(record[names.INFERENCE_SETTINGS])
+    settings = ClassifierServing.from_dict(record[names.INFERENCE_SETTINGS])
     model = load_registered(tracking_uri, name, record)
     rows, failures, maps, inputs = classify_files(model, images, settings, with_cams=cams)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,13 +245,14 @@ def predict_unet(tracking_uri: str, model_uri: str, volume: Path, out: Path, *, 
     TIFF ``out``, slab by slab: memory stays bounded by one slab however large the volume."""
     from tqdm.auto import tqdm
 
-    from cellops.unet.predict import InferenceSettings, load_for_inference
+    from cellops.unet.predict import load_for_inference
+    from cellops.unet.specs import UNetServing
     from cellops.unet.streaming import segment_volume_file
 
     name, record = resolve_registered(tracking_uri, model_uri)
     if not record[names.INFERENCE_SETTINGS]:
         raise LookupError(f"{name} v{record['model_version']} was registered without inference settings; retrain it")
-    settings = InferenceSettings.from_dict(record[names.INFERENCE_SETTINGS])
+    settings = UNetServing.from_dict(record[names.INFERENCE_SETTINGS])
     model = load_for_inference(load_registered(tracking_uri, name, record))
     with tqdm(desc=volume.name, unit="slice") as progress:
         def advance(done: int, total: int) -> None:
@@ -284,16 +286,15 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
 
     from cellops.analyze import distinct_files, input_names, repeat_note
     from cellops.io import ImageInputError
-    from cellops.maskrcnn.predict import PredictionSettings, segment_image_to_files
+    from cellops.maskrcnn.predict import segment_image_to_files
+    from cellops.maskrcnn.specs import MaskRCNNServing
 
     name, record = resolve_registered(tracking_uri, model_uri)
     inference = record[names.INFERENCE_SETTINGS]
     if not inference or "categories" not in inference:
         raise LookupError(f"{name} v{record['model_version']} is not a Mask R-CNN registered with its prediction "
                           "settings; retrain it with pipelines.maskrcnn")
-    settings = PredictionSettings.from_dict({k: v for k, v in inference.items()
-                                             if k not in ("max_detections", "categories")})
-    categories = {int(k): v for k, v in inference["categories"].items()}
+    settings = MaskRCNNServing.from_dict(inference)
     model = load_registered(tracking_uri, name, record)
     out.mkdir(parents=True, exist_ok=True)
     images, repeats = distinct_files(images)
@@ -304,7 +305,7 @@ def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out:
     for path in images:
         stem = stems[path]
         try:
-            written = segment_image_to_files(model, path, out, stem, settings, categories)
+            written = segment_image_to_files(model, path, out, stem, settings)
         except Exception as error:  # noqa: BLE001 - one odd file never costs the others their results
             why = str(error) if isinstance(error, (ImageInputError, OSError)) else f"{type(error).__name__}: {error}"
             summary.append({"file": str(path), "instances": "", "error": why})

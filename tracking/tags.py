@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 LINEAGE_PREFIX = "lineage."
 METRIC_PREFIX = "metric."
+FAMILY = "family"  # the model family (cellops.families) whose serving record the version carries
 INFERENCE_SETTINGS = "inference_settings"  # JSON of the settings the metrics were measured with
 MLFLOW_RUN_ID = "mlflow_run_id"
 ZENML_RUN_ID = "zenml_run_id"
@@ -77,7 +78,13 @@ def metrics_from_tags(tags: Mapping[str, str]) -> dict[str, float]:
 
 
 def inference_to_tags(settings: Mapping[str, object]) -> dict[str, str]:
-    return {INFERENCE_SETTINGS: json.dumps(dict(settings), sort_keys=True)}
+    """The serving record of a version (:class:`cellops.config.ServingRecord` ``as_dict``) and its family.
+
+    >>> inference_to_tags({"family": "unet", "tile_size": 64})["family"]
+    'unet'
+    """
+    return {INFERENCE_SETTINGS: json.dumps(dict(settings), sort_keys=True),
+            **({FAMILY: str(settings["family"])} if "family" in settings else {})}
 
 
 def inference_from_tags(tags: Mapping[str, str]) -> dict | None:

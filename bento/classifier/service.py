@@ -43,7 +43,7 @@ class ClassifierModel:
         import mlflow.pytorch
         import torch
 
-        from cellops.classifier.predict import ClassifierSettings
+        from cellops.classifier.specs import ClassifierServing
         from cellops.classifier.runtime import runtime_classifier
         from cellops.inference import prepare_for_inference
 
@@ -54,7 +54,7 @@ class ClassifierModel:
         self.model = load_serving_runtime(self.bento_model,
                                           lambda runtime, folder: runtime_classifier(runtime, folder, fast))
         # The stored operating point decides the label, and so which class's map is drawn.
-        self.settings = ClassifierSettings.from_dict(dict(self.bento_model.info.metadata)["inference_settings"])
+        self.settings = ClassifierServing.from_dict(dict(self.bento_model.info.metadata)["inference_settings"])
 
     # max_latency_ms bounds how long a request may wait for its batch, forward pass included: generous, since a
     # 64-image DenseNet batch takes about a second on 2 CPU cores (a tighter bound answers 503 under load).
@@ -81,10 +81,10 @@ class Classifier:
     network = bentoml.depends(ClassifierModel)
 
     def __init__(self) -> None:
-        from cellops.classifier.predict import ClassifierSettings
+        from cellops.classifier.specs import ClassifierServing
 
         self.info = served_model_metadata(self.bento_model)
-        self.settings = ClassifierSettings.from_dict(self.info["inference_settings"])
+        self.settings = ClassifierServing.from_dict(self.info["inference_settings"])
         limits = self.info["service_limits"]
         self.max_pixels = max_pixels(limits)
         self.max_batch_files = int(limits["max_batch_files"])

@@ -32,7 +32,7 @@ class MaskRCNN:
         import mlflow.pytorch
         import torch
 
-        from cellops.maskrcnn.predict import PredictionSettings
+        from cellops.maskrcnn.specs import MaskRCNNServing
 
         from cellops.maskrcnn.runtime import with_runtime
 
@@ -41,10 +41,7 @@ class MaskRCNN:
         # The backbone in the runtime the registry chose (the fastest that kept the test AP50), or CELLOPS_RUNTIME's.
         self.model = load_serving_runtime(self.bento_model, lambda runtime, folder: with_runtime(model, runtime, folder))
         self.info = served_model_metadata(self.bento_model)
-        inference = self.info["inference_settings"]
-        self.settings = PredictionSettings.from_dict({k: v for k, v in inference.items()
-                                                      if k not in ("max_detections", "categories")})
-        self.categories = {int(k): v for k, v in inference["categories"].items()}
+        self.settings = MaskRCNNServing.from_dict(self.info["inference_settings"])
         self.max_pixels = max_pixels(self.info["service_limits"])
         self.lock = threading.Lock()  # one forward pass at a time: the model uses every core already
 
@@ -75,7 +72,7 @@ class MaskRCNN:
         answer = []
         for label, instance in enumerate(instances, start=1):
             ys, xs = np.nonzero(instance.mask)
-            answer.append({"label": label, "category": self.categories.get(instance.category, str(instance.category)),
+            answer.append({"label": label, "category": self.settings.category_name(instance.category),
                            "score": round(instance.score, 6), "area": instance.area, "box": list(instance.box),
                            "centroid": [round(float(xs.mean()) + instance.x0, 2), round(float(ys.mean()) + instance.y0, 2)],
                            "mask": instance_rle(instance, shape)})
@@ -94,7 +91,7 @@ class MaskRCNN:
         ctx.response.headers["X-Instances"] = str(len(instances))
         ctx.response.headers["X-Model-Version"] = str(self.info.get("model_version", "unknown"))
         ctx.response.headers["X-Normalization"] = self.settings.normalization.describe()
-        return save_png(overlay(picture, instances, self.categories), Path(ctx.temp_dir) / "overlay.png")
+        return save_png(overlay(picture, instances, self.settings.categories), Path(ctx.temp_dir) / "overlay.png")
 
     @bentoml.api
     def metadata(self) -> dict:

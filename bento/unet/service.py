@@ -87,10 +87,10 @@ class UNetSegmenter:
     network = bentoml.depends(UNetModel)
 
     def __init__(self) -> None:
-        from cellops.unet.predict import InferenceSettings
+        from cellops.unet.specs import UNetServing
 
         self.info = served_model_metadata(self.bento_model)
-        self.settings = InferenceSettings.from_dict(self.info["inference_settings"])
+        self.settings = UNetServing.from_dict(self.info["inference_settings"])
         limits = self.info["service_limits"]
         self.max_pixels = max_pixels(limits)
         self.max_tiles = int(limits.get("max_tiles", 4096))

@@ -27,7 +27,8 @@ ARRAYS = ("train_images", "train_labels", "val_images", "val_labels")
 
 def _rank_main(folder: Path) -> None:
     from cellops.classifier.data import Augmentation, build_augmentation
-    from cellops.classifier.train import ClassifierTraining, fit
+    from cellops.classifier.train import fit
+    from cellops.classifier.specs import ClassifierTraining
 
     settings = json.loads((folder / "settings.json").read_text())
     init_from_environment(settings["backend"])

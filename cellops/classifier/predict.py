@@ -4,71 +4,13 @@ class-activation-map overlays (significant regions red, trivial ones blue)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from cellops.config import from_mapping
-from cellops.intensity import LEGACY, Normalization
-
-
-@dataclass(frozen=True)
-class ClassifierSettings:
-    """How images reach the model, stored with every registered version (so the CLI and the service prepare
-    images exactly as training did)."""
-
-    classes: tuple[str, ...]
-    positive_class: str
-    channels: int
-    size: int
-    batch_size: int
-    #: How intensities are scaled (:class:`cellops.intensity.Normalization`); versions registered before it was a
-    #: setting were trained on dtype scaling.
-    normalization: Normalization = LEGACY
-    #: The operating point: an image is ``positive_class`` when that class's probability reaches it (chosen on the
-    #: validation split); ``None``: the most probable class.
-    decision_threshold: float | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "normalization", Normalization.coerce(self.normalization))
-        if self.decision_threshold is not None and not 0.0 < self.decision_threshold < 1.0:
-            raise ValueError(f"decision_threshold must lie in (0, 1), got {self.decision_threshold}")
-        if self.positive_class not in self.classes:
-            raise ValueError(f"positive class {self.positive_class!r} is not one of the classes {list(self.classes)}")
-        if self.channels not in (1, 3) or self.size < 8 or self.batch_size < 1:
-            raise ValueError(f"channels must be 1 or 3, size >= 8 and batch_size >= 1 (got {self.channels}, "
-                             f"{self.size}, {self.batch_size})")
-
-    @property
-    def positive(self) -> int:
-        return self.classes.index(self.positive_class)
-
-    def predicted_classes(self, probabilities: np.ndarray) -> np.ndarray:
-        """The class index of each row of ``probabilities`` (N, classes) at the stored operating point.
-
-        >>> s = ClassifierSettings(("ec", "other"), "ec", 1, 8, 1, decision_threshold=0.3)
-        >>> s.predicted_classes(np.array([[0.35, 0.65], [0.2, 0.8]])).tolist()
-        [0, 1]
-        """
-        probabilities = np.asarray(probabilities, dtype=np.float64)
-        if self.decision_threshold is None:
-            return probabilities.argmax(axis=1)
-        others = probabilities.copy()
-        others[:, self.positive] = -np.inf
-        return np.where(probabilities[:, self.positive] >= self.decision_threshold, self.positive,
-                        others.argmax(axis=1))
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ClassifierSettings:
-        values = dict(values)
-        values["classes"] = tuple(values.get("classes", ()))
-        return from_mapping(cls, values)
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "classes": list(self.classes), "normalization": self.normalization.as_dict()}
+from cellops.classifier.specs import ClassifierServing
 
 
 def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -92,7 +34,7 @@ def explain(model: nn.Module, images: np.ndarray, batch_size: int,
             decide: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (N, classes) and the CAM of each image's predicted class (N, H, W), batch by batch, one
     forward pass per batch (see :func:`models.cam.class_activation_maps`). ``decide`` maps probabilities to the
-    predicted classes (:meth:`ClassifierSettings.predicted_classes`: the stored operating point); by default the
+    predicted classes (:meth:`ClassifierServing.predicted_classes`: the stored operating point); by default the
     most probable class. Where it differs from the most probable, that image's map is computed again for it."""
     from models.cam import class_activation_maps
 
@@ -117,7 +59,7 @@ def explain(model: nn.Module, images: np.ndarray, batch_size: int,
     return np.concatenate(probabilities), np.concatenate(maps)
 
 
-def classify_files(model: nn.Module, paths: Sequence[Path], settings: ClassifierSettings, *,
+def classify_files(model: nn.Module, paths: Sequence[Path], settings: ClassifierServing, *,
                    with_cams: bool = False) -> tuple[list[dict], list[tuple[Path, str]], np.ndarray | None, np.ndarray]:
     """Label and class probabilities of every readable file (one row each); unreadable files are returned with
     the reason, and the batch goes on. With ``with_cams`` also the CAMs (N, size, size) of the readable files;
@@ -145,7 +87,7 @@ def classify_files(model: nn.Module, paths: Sequence[Path], settings: Classifier
 
 
 def classify_image_to_files(model: nn.Module, path: Path, out_dir: str | Path, stem: str,
-                            settings: ClassifierSettings, *, cams: bool = False) -> dict:
+                            settings: ClassifierServing, *, cams: bool = False) -> dict:
     """Label and class probabilities of one image file (a batch predictor: :func:`cellops.batch.run_batch`); with
     ``cams`` also its CAM overlay ``<stem>_cam.png`` under ``out_dir``. An unreadable image raises a ValueError
     naming the file and why."""

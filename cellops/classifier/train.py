@@ -20,24 +20,9 @@ from torch.nn import functional as F
 
 from cellops.checkpoints import LAST_CHECKPOINT, load_checkpoint, random_states, restore_random_states, save_atomically
 from cellops.classifier.data import augment_batch, epoch_batches
+from cellops.classifier.specs import ClassifierTraining
 from cellops.classifier.metrics import ClassificationScores, classification_scores
-from cellops.config import FromMapping
 from cellops.distributed import is_distributed, is_main_process, local_batch_size, rank, world_size
-
-
-@dataclass(frozen=True)
-class ClassifierTraining(FromMapping):
-    """Optimisation settings; every field comes from the YAML config."""
-
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    weight_decay: float
-    label_smoothing: float
-    warmup_fraction: float
-    seed: int
-    device: str
-    threads: int  # 0: leave torch's default
 
 
 @dataclass

@@ -8,16 +8,15 @@ nuclei never holds hundreds of full-size masks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from cellops.config import FromMapping
-from cellops.intensity import LEGACY, Normalization
 from cellops.maskrcnn.data import network_picture
+from cellops.maskrcnn.specs import MaskRCNNServing
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,37 +61,8 @@ def crop_instance(mask: np.ndarray, category: int, score: float) -> Instance | N
     return Instance(int(y0), int(x0), mask[y0:y1 + 1, x0:x1 + 1].copy(), int(category), float(score))
 
 
-@dataclass(frozen=True)
-class PredictionSettings(FromMapping):
-    """How a trained model is applied (stored with the registered model; the CLI and the service use them).
-
-    Attributes
-    ----------
-    score_threshold : instances scoring below it are dropped.
-    mask_threshold : a pixel belongs to an instance where its mask probability is at least this.
-    tile_size : images with a side above this are predicted in tiles of this side (the training image size).
-    tile_overlap : overlap of neighbouring tiles; objects up to about half of it across are never cut.
-    normalization : how intensities are scaled, over the whole picture before it is tiled
-        (:class:`cellops.intensity.Normalization`; versions registered before it was a setting used dtype scaling).
-    """
-
-    score_threshold: float = 0.5
-    mask_threshold: float = 0.5
-    tile_size: int = 512
-    tile_overlap: int = 128
-    normalization: Normalization = LEGACY
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "normalization", Normalization.coerce(self.normalization))
-        if not 0 <= self.tile_overlap < self.tile_size:
-            raise ValueError(f"tile_overlap {self.tile_overlap} must be in [0, tile_size {self.tile_size})")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 @torch.no_grad()
-def predict_instances(model: torch.nn.Module, picture: np.ndarray, settings: PredictionSettings) -> list[Instance]:
+def predict_instances(model: torch.nn.Module, picture: np.ndarray, settings: MaskRCNNServing) -> list[Instance]:
     """Instances the model finds in ``picture``, already as the network sees it (:func:`network_picture`: float32
     (H, W, 3), normalised), whole picture at once."""
     device = next(model.parameters()).device
@@ -178,13 +148,13 @@ def predict_tiled(predict: Callable[[np.ndarray], list[Instance]], image: np.nda
     return suppress_duplicates(kept)
 
 
-def predict_image(model: torch.nn.Module, image: np.ndarray, settings: PredictionSettings) -> list[Instance]:
+def predict_image(model: torch.nn.Module, image: np.ndarray, settings: MaskRCNNServing) -> list[Instance]:
     """Instances of ``image`` (2-D grey or channels-last colour; 8/16-bit or float), normalised as a whole by
     ``settings.normalization``, tiled when a side exceeds ``settings.tile_size``; highest score first."""
     return predict_picture(model, network_picture(as_picture(image), settings.normalization), settings)
 
 
-def predict_picture(model: torch.nn.Module, picture: np.ndarray, settings: PredictionSettings) -> list[Instance]:
+def predict_picture(model: torch.nn.Module, picture: np.ndarray, settings: MaskRCNNServing) -> list[Instance]:
     """Instances of a picture already as the network sees it (:func:`network_picture`), tiled when a side exceeds
     ``settings.tile_size``; highest score first.
 
@@ -312,7 +282,7 @@ def overlay(image: np.ndarray, instances: list[Instance], categories: dict[int, 
 
 
 def segment_image_to_files(model: torch.nn.Module, path: str | Path, out_dir: str | Path, stem: str,
-                           settings: PredictionSettings, categories: dict[int, str]) -> dict:
+                           settings: MaskRCNNServing) -> dict:
     """Segment one image file into ``<stem>_labels.tif`` (16-bit label image), ``<stem>_instances.csv`` (label,
     category, score, area, box, centroid) and ``<stem>_overlay.png`` under ``out_dir``, tiled when larger than the
     training images. Returns the outputs and the instance count (a batch predictor: :func:`cellops.batch.run_batch`);
@@ -326,7 +296,7 @@ def segment_image_to_files(model: torch.nn.Module, path: str | Path, out_dir: st
                  unit_floats=False)  # the model takes floats of any range: its normalisation scales them
     instances = predict_image(model, image, settings)
     write_tiff_stack(out_dir / f"{stem}_labels.tif", label_image(instances, image.shape[:2]))
-    instance_table(instances, categories).to_csv(out_dir / f"{stem}_instances.csv", index=False)
-    save_png(overlay(image, instances, categories), out_dir / f"{stem}_overlay.png")
+    instance_table(instances, settings.categories).to_csv(out_dir / f"{stem}_instances.csv", index=False)
+    save_png(overlay(image, instances, settings.categories), out_dir / f"{stem}_overlay.png")
     return {"outputs": [f"{stem}_labels.tif", f"{stem}_instances.csv", f"{stem}_overlay.png"],
             "instances": len(instances), "normalization": settings.normalization.describe()}

@@ -1,4 +1,4 @@
-"""Mask R-CNN in faster CPU runtimes (:mod:`cellops.runtimes`); :func:`cellops.maskrcnn.engine.runtime_checks`
+"""Mask R-CNN in faster CPU runtimes (:mod:`cellops.runtimes`); :func:`cellops.maskrcnn.train.runtime_checks`
 checks each on the test images (mask AP50 within a tolerance of torch fp32's, timed over predicting every test
 image as it is served).
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from cellops.config import FromMapping, deep_merge
+import torch
+
+from cellops.config import FromMapping, ServingRecord, deep_merge
+from cellops.intensity import LEGACY, Normalization
 from models.maskrcnn import MaskRCNNSettings
 
 INITS = ("scratch", "source", "imagenet", "coco")
@@ -107,3 +112,84 @@ def instance_test_fingerprint(coco: dict, index: dict) -> str:
         for a in coco["annotations"] if a["image_id"] in test)
     payload = json.dumps({"images": sorted(test.values()), "annotations": content})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class MaskRCNNTraining(FromMapping):
+    """Optimisation settings (from the YAML config).
+
+    Attributes
+    ----------
+    epochs : passes over the training images.
+    batch_size : images per step.
+    learning_rate : peak SGD learning rate, reached after the warm-up, then decayed by a cosine to 1 %.
+    momentum, weight_decay : SGD's.
+    warmup_iterations : linear warm-up from 1/1000 of the peak (torchvision's references use up to 1000).
+    clip_grad_norm : largest gradient norm (0: no clipping); keeps the first steps from scratch stable.
+    amp : mixed precision when training on a GPU (ignored on a CPU).
+    device : cpu, cuda, or auto (cuda when available).
+    threads : CPU threads (0: torch's default).
+    seed : seeds the weights, the augmentation and the batch order.
+    validate_every : epochs between validations (the best validated epoch's weights are kept).
+    """
+
+    epochs: int = 20
+    batch_size: int = 2
+    learning_rate: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iterations: int = 50
+    clip_grad_norm: float = 10.0
+    amp: bool = True
+    device: str = "cpu"
+    threads: int = 0
+    seed: int = 0
+    validate_every: int = 1
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {self.device!r} configured but no GPU is available; use cpu or auto")
+        return torch.device(self.device)
+
+
+@dataclass(frozen=True)
+class MaskRCNNServing(ServingRecord):
+    """How a trained model is applied (stored with the registered model; the CLI and the service use them).
+
+    Attributes
+    ----------
+    score_threshold : instances scoring below it are dropped.
+    mask_threshold : a pixel belongs to an instance where its mask probability is at least this.
+    tile_size : images with a side above this are predicted in tiles of this side (the training image size).
+    tile_overlap : overlap of neighbouring tiles; objects up to about half of it across are never cut.
+    normalization : how intensities are scaled, over the whole picture before it is tiled
+        (:class:`cellops.intensity.Normalization`; versions registered before it was a setting used dtype scaling).
+    max_detections : the most instances an image may have (the model's ``detections_per_img``; COCO scoring's
+        maximum).
+    categories : category id to name, as in the training annotations.
+    """
+
+    family: ClassVar[str] = "maskrcnn"
+
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    tile_size: int = 512
+    tile_overlap: int = 128
+    normalization: Normalization = LEGACY
+    max_detections: int = 100
+    categories: Mapping[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "normalization", Normalization.coerce(self.normalization))
+        object.__setattr__(self, "categories", {int(k): str(v) for k, v in dict(self.categories).items()})
+        if not 0 <= self.tile_overlap < self.tile_size:
+            raise ValueError(f"tile_overlap {self.tile_overlap} must be in [0, tile_size {self.tile_size})")
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "categories": {str(k): v for k, v in self.categories.items()}}
+
+    def category_name(self, category: int) -> str:
+        """The name of category id ``category`` (its number when the record names no such category)."""
+        return self.categories.get(int(category), str(category))

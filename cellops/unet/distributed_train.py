@@ -25,17 +25,18 @@ from cellops.distributed import (DistributedSettings, epoch_logger_from, init_fr
 
 
 def _rank_main(folder: Path) -> None:
-    from cellops.unet.predict import InferenceSettings
-    from cellops.unet.train import Architecture, TrainingConfig, build_model, fit
+    from cellops.unet.specs import UNetServing
+    from cellops.unet.train import build_model, fit
+    from cellops.unet.specs import Architecture, UNetTraining
 
     settings = json.loads((folder / "settings.json").read_text())
     init_from_environment(settings["backend"])
     try:
-        config = TrainingConfig.from_dict(settings["training"])
+        config = UNetTraining.from_dict(settings["training"])
         model = build_model(Architecture.from_dict(settings["architecture"]), seed=config.seed)
         patches = tuple(torch.from_numpy(np.load(folder / f"patch_{kind}.npy")) for kind in ("images", "masks"))
         val = (np.load(folder / "val_image.npy"), np.load(folder / "val_mask.npy"))
-        history = fit(model, patches, val, config, InferenceSettings.from_dict(settings["inference"]),
+        history = fit(model, patches, val, config, UNetServing.from_dict(settings["inference"]),
                       Path(settings["checkpoint_dir"]), on_epoch_end=epoch_logger_from(settings) if is_main_process() else None, resume=settings["resume"])
         write_rank_result(model, asdict(history), folder)
     finally:

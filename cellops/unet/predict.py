@@ -1,74 +1,23 @@
 """Segmenting EM images and volumes with a trained U-Net: the one place where predict, threshold and score live.
 
 Evaluation, validation during training, the BentoML service, the CLI, the benchmark and the tests all call
-:func:`segment` with one :class:`InferenceSettings`; the settings used for the test metrics are stored with the
+:func:`segment` with one :class:`UNetServing`; the settings used for the test metrics are stored with the
 registered model, so what is served is exactly what was measured.
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import nn
 
-from cellops.config import from_mapping
 from cellops.inference import prepare_for_inference, sliding_window_predict
-from cellops.intensity import LEGACY, Normalization
+from cellops.unet.specs import UNetServing
 from cellops.metrics import BinarySegmentationScores, binary_segmentation_scores
 
 
-@dataclass(frozen=True)
-class InferenceSettings:
-    """How a U-Net is applied to an image larger than its tiles.
-
-    Attributes
-    ----------
-    tile_size : side of the square tiles (a multiple of ``2 ** depth`` of the U-Net).
-    tile_overlap : fraction of a tile shared with its neighbour, in [0, 1).
-    batch_size : tiles per forward pass.
-    threshold : foreground probability from which a pixel is mitochondrion (>=, as it was chosen on validation).
-    flip_averaging : average the probabilities of the image and its three flips (test-time augmentation; the
-        U-Net is trained on flipped patches, so the four views are equally valid; four times the compute).
-    z_smoothing : for stacks, average each slice's probabilities with its neighbours over this many slices
-        (odd; 1 = off): mitochondria are 3-D, a 2-D U-Net's slice-to-slice noise is not.
-    normalization : how intensities are scaled, for a 2-D image or a whole stack at once
-        (:class:`cellops.intensity.Normalization`; training patches are cut from volumes scaled the same way).
-    """
-
-    tile_size: int
-    tile_overlap: float
-    batch_size: int
-    threshold: float
-    flip_averaging: bool = False  # defaults only so that versions registered before these existed still load
-    z_smoothing: int = 1
-    normalization: Normalization = LEGACY  # versions registered before it was a setting were trained on dtype scaling
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "normalization", Normalization.coerce(self.normalization))
-        if self.tile_size < 8:
-            raise ValueError(f"tile_size must be at least 8, got {self.tile_size}")
-        if not 0.0 <= self.tile_overlap < 1.0:
-            raise ValueError(f"tile_overlap must lie in [0, 1), got {self.tile_overlap}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
-        if self.z_smoothing < 1 or self.z_smoothing % 2 == 0:
-            raise ValueError(f"z_smoothing must be an odd number of slices (1 = off), got {self.z_smoothing}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> InferenceSettings:
-        """From a config or registry mapping; an unknown or missing key is named in the error."""
-        return from_mapping(cls, values)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def predict_probabilities(model: nn.Module, image: np.ndarray, settings: InferenceSettings,
+def predict_probabilities(model: nn.Module, image: np.ndarray, settings: UNetServing,
                           device: str | torch.device = "cpu", *, bounds: tuple[float, float] | None = None) -> np.ndarray:
     """Foreground probabilities of a 2-D image or 3-D stack (8/16-bit or float), normalised by
     ``settings.normalization`` over the whole image or stack, or with the ``bounds`` given (those of a whole
@@ -93,7 +42,7 @@ def predict_probabilities(model: nn.Module, image: np.ndarray, settings: Inferen
     return probabilities
 
 
-def segment(model: nn.Module, image: np.ndarray, settings: InferenceSettings,
+def segment(model: nn.Module, image: np.ndarray, settings: UNetServing,
             device: str | torch.device = "cpu") -> np.ndarray:
     """Boolean mitochondria mask of a 2-D image or 3-D stack.
 
@@ -101,14 +50,14 @@ def segment(model: nn.Module, image: np.ndarray, settings: InferenceSettings,
     --------
     >>> from models.unet import UNet
     >>> model = prepare_for_inference(UNet(base_channels=4, depth=2))
-    >>> settings = InferenceSettings(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5)
+    >>> settings = UNetServing(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5)
     >>> segment(model, np.zeros((2, 40, 48), np.uint8), settings).shape
     (2, 40, 48)
     """
     return predict_probabilities(model, image, settings, device) >= settings.threshold
 
 
-def score(model: nn.Module, image: np.ndarray, mask: np.ndarray, settings: InferenceSettings,
+def score(model: nn.Module, image: np.ndarray, mask: np.ndarray, settings: UNetServing,
           device: str | torch.device = "cpu") -> tuple[BinarySegmentationScores, np.ndarray]:
     """Segment ``image`` and score it against the ground-truth ``mask`` (non-zero = foreground) over all voxels.
 

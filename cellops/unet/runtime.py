@@ -11,7 +11,8 @@ from torch import nn
 
 from cellops.intensity import Normalization
 from cellops.runtimes import RuntimeCheck, default_skips, export_runtime_files, load_runtime, measure_runtimes
-from cellops.unet.predict import InferenceSettings, load_for_inference, score
+from cellops.unet.predict import load_for_inference, score
+from cellops.unet.specs import UNetServing
 
 
 def calibration_tiles(volume: np.ndarray, tile_size: int, normalization: Normalization, *, batches: int = 8,
@@ -39,7 +40,7 @@ def calibration_tiles(volume: np.ndarray, tile_size: int, normalization: Normali
     return batches_out
 
 
-def export_unet(model: nn.Module, calibration_volume: np.ndarray, settings: InferenceSettings,
+def export_unet(model: nn.Module, calibration_volume: np.ndarray, settings: UNetServing,
                 folder: str | Path) -> nn.Module:
     """Fold ``model`` for inference and write its fp32 and int8 ONNX graphs (tiles of the settings' size, any batch)
     into ``folder``; returns the folded torch model."""
@@ -51,7 +52,7 @@ def export_unet(model: nn.Module, calibration_volume: np.ndarray, settings: Infe
 
 
 def unet_runtime_checks(model: nn.Module, calibration_volume: np.ndarray, test_image: np.ndarray,
-                        test_mask: np.ndarray, settings: InferenceSettings, folder: str | Path, *,
+                        test_mask: np.ndarray, settings: UNetServing, folder: str | Path, *,
                         runtimes: tuple[str, ...], tolerance: float, repeats: int = 1) -> list[RuntimeCheck]:
     """Export the U-Net into ``folder`` and measure each runtime on the test volume (metric: foreground IoU,
     ``tolerance``: the largest IoU change accepted, either way)."""

@@ -19,7 +19,8 @@ import tifffile
 from torch import nn
 
 from cellops.intensity import Normalization, dtype_bounds, integer_histogram, percentile_bounds
-from cellops.unet.predict import InferenceSettings, predict_probabilities
+from cellops.unet.predict import predict_probabilities
+from cellops.unet.specs import UNetServing
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def volume_bounds(source: str | Path, normalization: Normalization, *, slab: int
     return percentile_bounds(values, normalization.low, normalization.high, source=str(source))
 
 
-def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, settings: InferenceSettings, *,
+def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, settings: UNetServing, *,
                         slab: int = 8, device: str = "cpu",
                         on_slab: Callable[[int, int], None] | None = None,
                         on_mask: Callable[[int, np.ndarray], None] | None = None) -> VolumeInfo:
@@ -119,7 +120,7 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
     >>> folder = Path(tempfile.mkdtemp())
     >>> tifffile.imwrite(folder / "v.tif", np.zeros((5, 40, 48), np.uint8))
     >>> model = prepare_for_inference(UNet(base_channels=4, depth=2))
-    >>> settings = InferenceSettings(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5)
+    >>> settings = UNetServing(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5)
     >>> segment_volume_file(model, folder / "v.tif", folder / "mask.tif", settings, slab=2).shape
     (5, 40, 48)
     >>> tifffile.imread(folder / "mask.tif").shape
@@ -154,7 +155,7 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
 
 
 def segment_volume_to_files(model: nn.Module, source: str | Path, out_dir: str | Path, stem: str,
-                            settings: InferenceSettings, *, slab: int = 8, device: str = "cpu") -> dict:
+                            settings: UNetServing, *, slab: int = 8, device: str = "cpu") -> dict:
     """Segment ``source`` into ``<stem>_mask.tif`` and ``<stem>_slices.csv`` (foreground fraction per slice) under
     ``out_dir``: a batch predictor (:func:`cellops.batch.run_batch`); returns the outputs and the volume's shape and
     mitochondria volume fraction."""

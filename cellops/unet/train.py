@@ -19,36 +19,11 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
 from cellops.checkpoints import LAST_CHECKPOINT, save_atomically
-from cellops.config import FromMapping
 from cellops.distributed import is_distributed, is_main_process, local_batch_size, mean_over_ranks, rank, world_size
-from cellops.unet.predict import InferenceSettings, load_for_inference, score
+from cellops.unet.predict import load_for_inference, score
+from cellops.unet.specs import UNetServing
+from cellops.unet.specs import Architecture, UNetTraining
 from models.unet import UNet
-
-
-@dataclass(frozen=True)
-class Architecture(FromMapping):
-    """U-Net shape (see :class:`models.unet.UNet`)."""
-
-    in_channels: int
-    out_channels: int
-    base_channels: int
-    depth: int
-    dropout: float
-
-
-@dataclass(frozen=True)
-class TrainingConfig(FromMapping):
-    """Optimisation settings; every field comes from the YAML config (no second set of defaults here)."""
-
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    weight_decay: float
-    dice_weight: float
-    warmup_fraction: float
-    seed: int
-    device: str
-    threads: int  # 0: leave torch's default
 
 
 def build_model(architecture: Architecture, seed: int) -> UNet:
@@ -134,8 +109,8 @@ def fit(
     model: nn.Module,
     patches: tuple[torch.Tensor, torch.Tensor],
     val_volume: tuple[np.ndarray, np.ndarray],
-    config: TrainingConfig,
-    inference: InferenceSettings,
+    config: UNetTraining,
+    inference: UNetServing,
     checkpoint_dir: Path,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     *,

@@ -9,9 +9,11 @@ from torch import nn
 from cellops.classifier.cost import count_macs, count_parameters
 from cellops.classifier.data import Augmentation, augment_batch, build_augmentation, epoch_batches, stratified_split
 from cellops.classifier.metrics import classification_scores
-from cellops.classifier.models import ModelSpec, parse_models
-from cellops.classifier.predict import ClassifierSettings, cam_overlay, classify_files
-from cellops.classifier.train import ClassifierTraining, fit, predict_probabilities
+from cellops.classifier.specs import ClassifierModelSpec, parse_models
+from cellops.classifier.predict import cam_overlay, classify_files
+from cellops.classifier.specs import ClassifierServing
+from cellops.classifier.train import fit, predict_probabilities
+from cellops.classifier.specs import ClassifierTraining
 from cellops.io import encode_image
 from models.cam import class_activation_maps
 from models.classifier import GapClassifier, build_classifier, imagenet_weights_file, transfer_features
@@ -174,11 +176,11 @@ def test_model_specs_name_the_bad_entry():
     with pytest.raises(ValueError, match="models.b: unknown architecture 'vgg'"):
         parse_models({"b": {"architecture": "vgg", "init": "scratch"}})
     with pytest.raises(ValueError, match="no ImageNet weights"):
-        ModelSpec(architecture="efficientcellnet", init="imagenet")
+        ClassifierModelSpec(architecture="efficientcellnet", init="imagenet")
     with pytest.raises(ValueError, match="names no model"):
         parse_models({})
     with pytest.raises(ValueError, match="positive class 'ec' is not one of"):
-        ClassifierSettings.from_dict({"classes": ["a", "b"], "positive_class": "ec", "channels": 1, "size": 32,
+        ClassifierServing.from_dict({"classes": ["a", "b"], "positive_class": "ec", "channels": 1, "size": 32,
                                       "batch_size": 4})
 
 
@@ -257,7 +259,7 @@ def test_classify_files_names_bad_files_and_goes_on(tmp_path):
     good.write_bytes(encode_image(np.full((40, 50), 120, np.uint8), "png"))
     bad = tmp_path / "bad.png"
     bad.write_text("not a picture")
-    settings = ClassifierSettings(classes=("ec", "other"), positive_class="ec", channels=1, size=32, batch_size=4)
+    settings = ClassifierServing(classes=("ec", "other"), positive_class="ec", channels=1, size=32, batch_size=4)
     rows, failures, cams, _ = classify_files(net, [bad, good, tmp_path / "missing.tif"], settings, with_cams=True)
     assert [r["file"] for r in rows] == [str(good)] and rows[0]["label"] in ("ec", "other")
     assert rows[0]["p_ec"] + rows[0]["p_other"] == pytest.approx(1)
@@ -265,7 +267,8 @@ def test_classify_files_names_bad_files_and_goes_on(tmp_path):
 
 
 def test_maps_are_drawn_for_the_class_the_operating_point_decides():
-    from cellops.classifier.predict import ClassifierSettings, explain
+    from cellops.classifier.predict import explain
+    from cellops.classifier.specs import ClassifierServing
     from models.cam import class_activation_maps
     from models.classifier import build_classifier
 
@@ -281,5 +284,5 @@ def test_maps_are_drawn_for_the_class_the_operating_point_decides():
         expected = class_activation_maps(model, torch.from_numpy(images), torch.from_numpy(other))[0].numpy()
     np.testing.assert_allclose(maps, expected, atol=1e-5)
     assert not np.allclose(maps, default_maps, atol=1e-3)
-    settings = ClassifierSettings(("ec", "other"), "ec", 1, 32, 4, decision_threshold=0.99)
+    settings = ClassifierServing(("ec", "other"), "ec", 1, 32, 4, decision_threshold=0.99)
     assert settings.predicted_classes(np.array([[0.98, 0.02]])).tolist() == [1]  # below the point: not "ec"

@@ -10,7 +10,8 @@ from mlflow import MlflowClient
 
 from cellops.classifier.data import build_augmentation
 from cellops.classifier.distributed_train import fit_distributed
-from cellops.classifier.train import ClassifierTraining, fit
+from cellops.classifier.train import fit
+from cellops.classifier.specs import ClassifierTraining
 from cellops.distributed import DistributedSettings, weights_digest
 from helpers import free_port
 from models.classifier import build_classifier

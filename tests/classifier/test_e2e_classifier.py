@@ -23,7 +23,7 @@ import tifffile
 import yaml
 from PIL import Image
 
-from cellops.classifier.predict import ClassifierSettings
+from cellops.classifier.specs import ClassifierServing
 from cellops.classifier.runtime import runtime_classifier
 from cellops.inference import prepare_for_inference
 from cellops.classifier.train import predict_probabilities
@@ -148,7 +148,7 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
     # What `bentoml containerize` would install: the locked versions.
     check_bento_environment(built_bento(Path(env["BENTOML_HOME"]), "cellops-classifier"), LOCK_FILE)
     champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-classifier", "champion")
-    settings = ClassifierSettings.from_dict(tags.inference_from_tags(champion.tags))
+    settings = ClassifierServing.from_dict(tags.inference_from_tags(champion.tags))
     model = mlflow.pytorch.load_model("models:/cellops-classifier@champion", map_location="cpu").eval()
     runtime, graphs = served_runtime(champion)  # what the registry chose: the service must run it
     model = runtime_classifier(runtime, graphs, prepare_for_inference(model))

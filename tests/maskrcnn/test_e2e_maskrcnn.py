@@ -24,7 +24,8 @@ from helpers import run_command as _run
 from helpers import (assert_runtimes_recorded, bad_uploads, built_bento, check_bento_environment, png_bytes,
                      served_bento, served_runtime)
 from hostile_corpus import probe
-from cellops.maskrcnn.predict import PredictionSettings, predict_image
+from cellops.maskrcnn.predict import predict_image
+from cellops.maskrcnn.specs import MaskRCNNServing
 from cellops.maskrcnn.runtime import with_runtime
 from tracking import tags
 
@@ -128,7 +129,7 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
     image = root / "data/colonies/images/colony_001.png"
     # The champion in process, in the runtime the registry chose, with its stored settings: what the service must say.
     stored = tags.inference_from_tags(champion.tags)
-    settings = PredictionSettings.from_dict({k: v for k, v in stored.items()
+    settings = MaskRCNNServing.from_dict({k: v for k, v in stored.items()
                                              if k not in ("max_detections", "categories")})
     runtime, graphs = served_runtime(champion)
     model = with_runtime(mlflow.pytorch.load_model("models:/cellops-maskrcnn@champion", map_location="cpu").eval(),

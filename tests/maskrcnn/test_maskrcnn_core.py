@@ -11,10 +11,11 @@ from torchvision import tv_tensors
 from cellops.intensity import Normalization
 from cellops.maskrcnn.data import (InstanceAugmentation, InstanceDataset, build_instance_augmentation, model_image, network_picture,
                                    tidy_target)
-from cellops.maskrcnn.engine import MaskRCNNTraining, fit
+from cellops.maskrcnn.train import fit
+from cellops.maskrcnn.specs import MaskRCNNTraining
 from cellops.maskrcnn.evaluation import coco_ap, evaluate_instances, match_f1
-from cellops.maskrcnn.predict import (PredictionSettings, crop_instance, instance_table, label_image, predict_image,
-                                      predict_instances, predict_tiled, tile_starts)
+from cellops.maskrcnn.predict import crop_instance, instance_table, label_image, predict_image, predict_instances, predict_tiled, tile_starts
+from cellops.maskrcnn.specs import MaskRCNNServing
 from cellops.maskrcnn.specs import parse_models
 from models.maskrcnn import MaskRCNNSettings, build_maskrcnn, find_initial_weights, transfer_weights
 
@@ -132,7 +133,7 @@ def test_tiled_prediction_equals_whole_image_prediction():
 def test_real_model_tiling_equals_whole_image_where_it_fits_one_tile():
     model = build_maskrcnn(TINY, 2).eval()
     image = (np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)
-    settings = PredictionSettings(score_threshold=0.0, tile_size=64, tile_overlap=16)
+    settings = MaskRCNNServing(score_threshold=0.0, tile_size=64, tile_overlap=16)
     direct = predict_instances(model, network_picture(image, settings.normalization), settings)
     via_tiles = predict_image(model, image, settings)
     assert [(i.box, i.score) for i in via_tiles] == [(i.box, i.score) for i in direct]
@@ -191,22 +192,22 @@ def test_training_resumes_from_its_checkpoint_and_removes_it_when_done(tmp_path)
             raise KeyboardInterrupt  # e.g. Ctrl-C or a preempted machine, after epoch 0 was checkpointed
 
     with pytest.raises(KeyboardInterrupt):
-        fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, config, PredictionSettings(),
-            max_detections=100, checkpoint_dir=tmp_path, on_epoch_end=interrupt_in_second_epoch)
+        fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, config, MaskRCNNServing(),
+            checkpoint_dir=tmp_path, on_epoch_end=interrupt_in_second_epoch)
     assert (tmp_path / "last.pt").is_file() and not (tmp_path / "last.partial").exists()
     epochs = []
-    history = fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, config, PredictionSettings(),
-                  max_detections=100, checkpoint_dir=tmp_path, on_epoch_end=lambda e, m: epochs.append(e))
+    history = fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, config, MaskRCNNServing(),
+                  checkpoint_dir=tmp_path, on_epoch_end=lambda e, m: epochs.append(e))
     assert history.resumed_from_epoch == 0 and epochs == [1, 2] and len(history.losses) == 3
     assert not (tmp_path / "last.pt").exists()  # finished: a rerun starts afresh
     # A checkpoint from other settings is not resumed.
     with pytest.raises(KeyboardInterrupt):
-        fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, config, PredictionSettings(),
-            max_detections=100, checkpoint_dir=tmp_path, on_epoch_end=interrupt_in_second_epoch)
+        fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, config, MaskRCNNServing(),
+            checkpoint_dir=tmp_path, on_epoch_end=interrupt_in_second_epoch)
     other = MaskRCNNTraining(**{**config.__dict__, "learning_rate": 0.001})
     epochs.clear()
-    history = fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, other, PredictionSettings(),
-                  max_detections=100, checkpoint_dir=tmp_path, on_epoch_end=lambda e, m: epochs.append(e))
+    history = fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, other, MaskRCNNServing(),
+                  checkpoint_dir=tmp_path, on_epoch_end=lambda e, m: epochs.append(e))
     assert history.resumed_from_epoch is None and epochs == [0, 1, 2]
 
 
@@ -218,7 +219,7 @@ def test_a_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_pa
     def train(checkpoint_dir, on_epoch_end=None):
         model = build_maskrcnn(TINY, 2)
         fit(model, InstanceDataset(samples, build_instance_augmentation(InstanceAugmentation(flip=True))), [], {},
-            config, PredictionSettings(), max_detections=100, checkpoint_dir=checkpoint_dir, on_epoch_end=on_epoch_end)
+            config, MaskRCNNServing(), checkpoint_dir=checkpoint_dir, on_epoch_end=on_epoch_end)
         return model.state_dict()
 
     def interrupt_after_first_epoch(epoch, metrics):
@@ -252,7 +253,7 @@ def test_the_same_object_from_two_tiles_is_kept_once_and_pictures_are_checked():
 
 def test_small_images_are_padded_to_the_tile_size_so_the_scale_stays_the_trained_one():
     model = build_maskrcnn(TINY, 2).eval()
-    settings = PredictionSettings(score_threshold=0.0, tile_size=64, tile_overlap=16)
+    settings = MaskRCNNServing(score_threshold=0.0, tile_size=64, tile_overlap=16)
     image = (np.random.default_rng(2).random((40, 50)) * 255).astype(np.uint8)
     picture = network_picture(image, settings.normalization)  # normalised once, as a whole, then padded
     canvas = np.empty((64, 64, 3), np.float32)

@@ -10,8 +10,9 @@ from mlflow import MlflowClient
 from cellops.io import to_unit_range
 from cellops.distributed import DistributedSettings, local_batch_size, torchrun_command, weights_digest
 from cellops.unet.distributed_train import fit_distributed
-from cellops.unet.predict import InferenceSettings
-from cellops.unet.train import Architecture, TrainingConfig, build_model, fit
+from cellops.unet.specs import UNetServing
+from cellops.unet.train import build_model, fit
+from cellops.unet.specs import Architecture, UNetTraining
 from helpers import free_port
 
 ARCHITECTURE = {"in_channels": 1, "out_channels": 1, "base_channels": 4, "depth": 2, "dropout": 0.0}
@@ -36,10 +37,10 @@ def inputs(small_volume):
 
 def test_two_gloo_processes_hold_identical_weights_and_match_one_process(inputs, tmp_path):
     patches, val = inputs
-    config = TrainingConfig.from_dict({**TRAINING, "threads": 0})  # this process's thread count stays as it is
+    config = UNetTraining.from_dict({**TRAINING, "threads": 0})  # this process's thread count stays as it is
     single = build_model(Architecture.from_dict(ARCHITECTURE), seed=0)
     reference = fit(single, (torch.from_numpy(patches[0]), torch.from_numpy(patches[1])), val, config,
-                    InferenceSettings.from_dict(INFERENCE), tmp_path / "single", resume=False)
+                    UNetServing.from_dict(INFERENCE), tmp_path / "single", resume=False)
     model = build_model(Architecture.from_dict(ARCHITECTURE), seed=0)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

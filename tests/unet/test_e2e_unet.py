@@ -25,7 +25,8 @@ from PIL import Image
 
 from cellops.metrics import binary_segmentation_scores
 from cellops.runtimes import cpu_info, load_runtime
-from cellops.unet.predict import InferenceSettings, load_for_inference, segment
+from cellops.unet.predict import load_for_inference, segment
+from cellops.unet.specs import UNetServing
 from tracking import tags
 from helpers import assert_runtimes_recorded, built_bento, check_bento_environment, served_bento, served_runtime
 from helpers import run_command as _run
@@ -109,7 +110,7 @@ def test_cellops_predict_unet_streams_a_volume_into_the_champions_mask(trained, 
     assert f"cellops-unet v{champion.version}" in shown.stdout
     model = load_for_inference(mlflow.pytorch.load_model(f"models:/cellops-unet/{champion.version}", map_location="cpu"))
     volume = tifffile.imread(root / "data" / "em" / "testing.tif")
-    expected = segment(model, volume, InferenceSettings.from_dict(tags.inference_from_tags(champion.tags)))
+    expected = segment(model, volume, UNetServing.from_dict(tags.inference_from_tags(champion.tags)))
     assert np.array_equal(tifffile.imread(out) > 0, expected)  # slab by slab = the whole volume at once
     assert 0 < expected.mean() < 0.5  # and the champion segments something (an empty mask would pass the above)
     assert "percentile" in shown.stdout and "threshold" in shown.stdout  # which scaling and threshold ran
@@ -133,9 +134,9 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
     stored = tags.inference_from_tags(champion.tags)
     configured = yaml.safe_load((root / "tests/configs/unet_tiny.yaml").read_text())["parameters"]["inference"]
     chosen = mlflow.get_run(champion.run_id).data.metrics["chosen_threshold"]
-    assert stored == {**InferenceSettings.from_dict(configured).as_dict(), "threshold": chosen}
+    assert stored == {**UNetServing.from_dict(configured).as_dict(), "threshold": chosen}
     assert stored["normalization"]["mode"] == "percentile" and 0.05 <= chosen <= 0.95
-    settings = InferenceSettings.from_dict(stored)
+    settings = UNetServing.from_dict(stored)
     test_image = tifffile.imread(root / "data/em/testing.tif")
     test_mask = tifffile.imread(root / "data/em/testing_groundtruth.tif")
 

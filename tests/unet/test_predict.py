@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cellops.inference import prepare_for_inference
-from cellops.unet.predict import InferenceSettings, predict_probabilities, score, segment
+from cellops.unet.predict import predict_probabilities, score, segment
+from cellops.unet.specs import UNetServing
 
 BASE = dict(tile_size=16, tile_overlap=0.25, batch_size=4, threshold=0.5)
 
@@ -21,36 +22,38 @@ def _pointwise_model() -> torch.nn.Module:
 
 def test_settings_refuse_impossible_values_and_name_keys():
     with pytest.raises(ValueError, match="tile_overlap"):
-        InferenceSettings(**{**BASE, "tile_overlap": 1.0})
+        UNetServing(**{**BASE, "tile_overlap": 1.0})
     with pytest.raises(ValueError, match="odd number"):
-        InferenceSettings(**BASE, z_smoothing=2)
+        UNetServing(**BASE, z_smoothing=2)
     with pytest.raises(ValueError, match=r"missing keys \['threshold'\]"):
-        InferenceSettings.from_dict({k: v for k, v in BASE.items() if k != "threshold"})
-    assert InferenceSettings.from_dict(BASE).as_dict() == {**BASE, "flip_averaging": False, "z_smoothing": 1,
-                                                            "normalization": {"mode": "dtype", "low": 1.0, "high": 99.8}}
+        UNetServing.from_dict({k: v for k, v in BASE.items() if k != "threshold"})
+    assert UNetServing.from_dict(BASE).as_dict() == {"family": "unet", **BASE, "flip_averaging": False, "z_smoothing": 1,
+                                                     "normalization": {"mode": "dtype", "low": 1.0, "high": 99.8}}
+    with pytest.raises(ValueError, match="'classifier' model, not of a 'unet' one"):
+        UNetServing.from_dict({**BASE, "family": "classifier"})
 
 
 def test_flip_averaging_is_exact_for_a_flip_equivariant_model(rng):
     image = rng.random((2, 40, 36)).astype(np.float32)
-    plain = predict_probabilities(_pointwise_model(), image, InferenceSettings(**BASE))
-    flipped = predict_probabilities(_pointwise_model(), image, InferenceSettings(**BASE, flip_averaging=True))
+    plain = predict_probabilities(_pointwise_model(), image, UNetServing(**BASE))
+    flipped = predict_probabilities(_pointwise_model(), image, UNetServing(**BASE, flip_averaging=True))
     np.testing.assert_allclose(plain, flipped, atol=1e-6)
 
 
 def test_z_smoothing_averages_neighbouring_slices_of_a_stack_only(rng):
     stack = np.zeros((5, 16, 16), np.float32)
     stack[2] = 1.0
-    smooth = predict_probabilities(_pointwise_model(), stack, InferenceSettings(**BASE, z_smoothing=3))
-    plain = predict_probabilities(_pointwise_model(), stack, InferenceSettings(**BASE))
+    smooth = predict_probabilities(_pointwise_model(), stack, UNetServing(**BASE, z_smoothing=3))
+    plain = predict_probabilities(_pointwise_model(), stack, UNetServing(**BASE))
     np.testing.assert_allclose(smooth[1], (plain[0] + plain[1] + plain[2]) / 3, atol=1e-6)
-    single = predict_probabilities(_pointwise_model(), stack[2], InferenceSettings(**BASE, z_smoothing=3))
+    single = predict_probabilities(_pointwise_model(), stack[2], UNetServing(**BASE, z_smoothing=3))
     np.testing.assert_allclose(single, plain[2], atol=1e-6)  # a 2-D image has no neighbours
 
 
 def test_segment_thresholds_and_score_counts_every_voxel():
     image = np.zeros((2, 16, 16), np.uint8)
     image[:, :8] = 255  # unit range 1.0 -> sigmoid(2) = 0.88 > 0.5; 0 -> sigmoid(-2) = 0.12
-    settings = InferenceSettings(**BASE)
+    settings = UNetServing(**BASE)
     mask = segment(_pointwise_model(), image, settings)
     assert mask.dtype == bool and mask[:, :8].all() and not mask[:, 8:].any()
     scores, prediction = score(_pointwise_model(), image, (image > 0).astype(np.uint8) * 255, settings)
@@ -70,7 +73,7 @@ def test_a_volume_streamed_slab_by_slab_gives_the_in_memory_mask(tmp_path):
     torch.manual_seed(0)
     model = prepare_for_inference(UNet(base_channels=4, depth=2))
     volume = np.random.default_rng(0).integers(0, 255, (7, 40, 48), dtype=np.uint8)
-    settings = InferenceSettings(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5, z_smoothing=3)
+    settings = UNetServing(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5, z_smoothing=3)
     expected = segment(model, volume, settings)
     assert 0 < expected.mean() < 1  # neither empty nor full: the comparison means something
     for name, options in (("plain.tif", {}), ("deflate.tif", {"compression": "zlib"})):

@@ -4,17 +4,18 @@ import torch
 
 from cellops.intensity import Normalization
 from cellops.unet.data import augment_patches, augmentation_margin, build_augmentation, sample_patches, split_slices
-from cellops.unet.predict import InferenceSettings
-from cellops.unet.train import Architecture, TrainingConfig, build_model, fit
+from cellops.unet.specs import UNetServing
+from cellops.unet.train import build_model, fit
+from cellops.unet.specs import Architecture, UNetTraining
 
 TINY = Architecture(in_channels=1, out_channels=1, base_channels=4, depth=2, dropout=0.0)
-SETTINGS = InferenceSettings(tile_size=32, tile_overlap=0.25, batch_size=8, threshold=0.5)
+SETTINGS = UNetServing(tile_size=32, tile_overlap=0.25, batch_size=8, threshold=0.5)
 
 
-def _config(**changes) -> TrainingConfig:
+def _config(**changes) -> UNetTraining:
     values = dict(epochs=2, batch_size=8, learning_rate=1e-2, weight_decay=1e-4, dice_weight=1.0, warmup_fraction=0.1,
                   seed=0, device="cpu", threads=0)
-    return TrainingConfig(**{**values, **changes})
+    return UNetTraining(**{**values, **changes})
 
 
 def _patches(volume, n=16):
@@ -124,9 +125,9 @@ def test_an_interrupted_fit_resumes_to_the_weights_of_an_uninterrupted_one(small
 
 def test_training_settings_name_missing_and_unknown_keys():
     with pytest.raises(ValueError, match=r"missing keys \['threads'\]"):
-        TrainingConfig.from_dict({k: v for k, v in vars(_config()).items() if k != "threads"})
+        UNetTraining.from_dict({k: v for k, v in vars(_config()).items() if k != "threads"})
     with pytest.raises(ValueError, match=r"unknown keys \['tile_size'\]"):
-        TrainingConfig.from_dict({**vars(_config()), "tile_size": 128})
+        UNetTraining.from_dict({**vars(_config()), "tile_size": 128})
 
 
 def test_patch_sampling_needs_the_augmentation_it_leaves_room_for(small_volume):

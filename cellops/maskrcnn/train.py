@@ -16,54 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cellops.config import FromMapping
 from cellops.maskrcnn.data import InstanceDataset, collate
+from cellops.maskrcnn.specs import MaskRCNNTraining
 from cellops.maskrcnn.evaluation import InstanceScores, evaluate_instances
-from cellops.maskrcnn.predict import PredictionSettings, coco_results, predict_picture
+from cellops.maskrcnn.predict import coco_results, predict_picture
+from cellops.maskrcnn.specs import MaskRCNNServing
 from cellops.maskrcnn.runtime import export_maskrcnn, with_runtime
 from cellops.runtimes import RuntimeCheck, default_skips, measure_runtimes
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MaskRCNNTraining(FromMapping):
-    """Optimisation settings (from the YAML config).
-
-    Attributes
-    ----------
-    epochs : passes over the training images.
-    batch_size : images per step.
-    learning_rate : peak SGD learning rate, reached after the warm-up, then decayed by a cosine to 1 %.
-    momentum, weight_decay : SGD's.
-    warmup_iterations : linear warm-up from 1/1000 of the peak (torchvision's references use up to 1000).
-    clip_grad_norm : largest gradient norm (0: no clipping); keeps the first steps from scratch stable.
-    amp : mixed precision when training on a GPU (ignored on a CPU).
-    device : cpu, cuda, or auto (cuda when available).
-    threads : CPU threads (0: torch's default).
-    seed : seeds the weights, the augmentation and the batch order.
-    validate_every : epochs between validations (the best validated epoch's weights are kept).
-    """
-
-    epochs: int = 20
-    batch_size: int = 2
-    learning_rate: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iterations: int = 50
-    clip_grad_norm: float = 10.0
-    amp: bool = True
-    device: str = "cpu"
-    threads: int = 0
-    seed: int = 0
-    validate_every: int = 1
-
-    def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {self.device!r} configured but no GPU is available; use cpu or auto")
-        return torch.device(self.device)
 
 
 @dataclass
@@ -89,8 +50,8 @@ def _fingerprint(config: MaskRCNNTraining, extra: dict) -> str:
     return hashlib.sha256(json.dumps({**asdict(config), **extra}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def evaluate_model(model: torch.nn.Module, samples: list, ground_truth: dict, settings: PredictionSettings,
-                   max_detections: int) -> tuple[InstanceScores, list[dict]]:
+def evaluate_model(model: torch.nn.Module, samples: list, ground_truth: dict,
+                   settings: MaskRCNNServing) -> tuple[InstanceScores, list[dict]]:
     """Predict every (image, target) sample as it would be served and score it against ``ground_truth`` (COCO).
 
     AP ranks every detection the model reports (its own low ``score_threshold``), as COCO AP is defined: cutting
@@ -103,12 +64,12 @@ def evaluate_model(model: torch.nn.Module, samples: list, ground_truth: dict, se
         picture = image.permute(1, 2, 0).cpu().numpy()
         instances = predict_picture(model, picture, every)  # samples are normalised as served already
         detections += coco_results(instances, target["image_id"], picture.shape[:2])
-    return evaluate_instances(ground_truth, detections, max_detections=max_detections,
+    return evaluate_instances(ground_truth, detections, max_detections=settings.max_detections,
                               f1_score_threshold=settings.score_threshold), detections
 
 
 def fit(model: torch.nn.Module, train: InstanceDataset, val_samples: list, val_ground_truth: dict,
-        config: MaskRCNNTraining, prediction: PredictionSettings, *, max_detections: int,
+        config: MaskRCNNTraining, prediction: MaskRCNNServing, *,
         checkpoint_dir: Path | None = None, checkpoint_key: dict | None = None,
         on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> TrainingHistory:
     """Train ``model`` on ``train`` and keep the weights of the epoch with the best validation mask AP50.
@@ -189,7 +150,7 @@ def fit(model: torch.nn.Module, train: InstanceDataset, val_samples: list, val_g
         metrics = {**epoch_losses, "lr": optimizer.param_groups[0]["lr"]}
         last = epoch == config.epochs - 1
         if val_samples and ((epoch + 1) % config.validate_every == 0 or last):
-            scores, _ = evaluate_model(model, val_samples, val_ground_truth, prediction, max_detections)
+            scores, _ = evaluate_model(model, val_samples, val_ground_truth, prediction)
             history.validation.append({"epoch": epoch, **scores.as_dict()})
             metrics.update({f"val_{k}": v for k, v in scores.as_dict().items()})
             if scores.mask_ap50 + 1e-3 * scores.mask_ap > history.best_score:
@@ -233,8 +194,8 @@ def loss_curves(history: TrainingHistory) -> dict[str, list[float]]:
 
 
 def runtime_checks(model: torch.nn.Module, calibration_images: list[torch.Tensor], test_samples: list,
-                   test_ground_truth: dict, settings: PredictionSettings, folder: str | Path, *,
-                   max_detections: int, runtimes: tuple[str, ...], tolerance: float,
+                   test_ground_truth: dict, settings: MaskRCNNServing, folder: str | Path, *,
+                   runtimes: tuple[str, ...], tolerance: float,
                    repeats: int = 1) -> list[RuntimeCheck]:
     """Export the backbone into ``folder`` (:mod:`cellops.maskrcnn.runtime`) and measure each runtime of
     :mod:`cellops.runtimes` on the test samples as served (metric: mask AP50; ``tolerance``: the largest AP50 change
@@ -242,7 +203,7 @@ def runtime_checks(model: torch.nn.Module, calibration_images: list[torch.Tensor
     names = export_maskrcnn(model, calibration_images, folder)
 
     def evaluate(module: torch.nn.Module) -> float:
-        return evaluate_model(module, test_samples, test_ground_truth, settings, max_detections)[0].mask_ap50
+        return evaluate_model(module, test_samples, test_ground_truth, settings)[0].mask_ap50
 
     return measure_runtimes(lambda runtime: with_runtime(model, runtime, folder, names), evaluate, runtimes,
                             tolerance, repeats=repeats, skip=default_skips(runtimes))

@@ -1,0 +1,136 @@
+"""What a classifier config says: each model to train (:class:`ClassifierModelSpec`: architecture, how it starts,
+its options), the optimisation (:class:`ClassifierTraining`) and how a trained classifier is applied
+(:class:`ClassifierServing`, the record stored with every registered version)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+from pathlib import Path
+
+import numpy as np
+
+from cellops.config import FromMapping, ServingRecord
+from cellops.intensity import LEGACY, Normalization
+from models.classifier import ARCHITECTURES, imagenet_weights_file
+
+INITS = ("scratch", "imagenet", "source")
+
+
+@dataclass(frozen=True)
+class ClassifierModelSpec(FromMapping):
+    """One entry of the config's ``models`` mapping.
+
+    ``init``: ``scratch`` (random weights), ``imagenet`` (torchvision architectures; the local file
+    ``weights_file`` or torchvision's file in ``$TORCH_HOME/hub/checkpoints``, else random weights, as the log and
+    the run's tags say) or ``source`` (the backbone pretrained on the project's own source task; the architecture
+    must be the source task's). ``options`` go to the architecture (EfficientCellNet's widths...);
+    ``training`` overrides the shared training settings for this model only.
+    """
+
+    architecture: str
+    init: str
+    options: dict = field(default_factory=dict)
+    weights_file: str | None = None
+    training: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.init == "imagenet" and self.architecture == "efficientcellnet":
+            raise ValueError("efficientcellnet has no ImageNet weights; use init: source (in-project pretraining)")
+
+
+def parse_models(models: dict[str, dict]) -> dict[str, ClassifierModelSpec]:
+    """The config's ``models`` mapping as specs, errors naming the model."""
+    if not models:
+        raise ValueError("the config names no model to train (parameters.models is empty)")
+    specs = {}
+    for name, values in models.items():
+        try:
+            specs[name] = ClassifierModelSpec.from_dict(values)
+        except ValueError as error:
+            raise ValueError(f"models.{name}: {error}") from error
+    return specs
+
+
+def initial_weights(spec: ClassifierModelSpec) -> tuple[Path | None, str]:
+    """The local ImageNet weights file a spec starts from (None otherwise) and the init that really applies:
+    ``imagenet`` without a local file falls back to ``scratch`` (nothing is downloaded)."""
+    if spec.init != "imagenet":
+        return None, spec.init
+    weights = imagenet_weights_file(spec.architecture, spec.weights_file)
+    return weights, ("imagenet" if weights is not None else "scratch")
+
+
+@dataclass(frozen=True)
+class ClassifierTraining(FromMapping):
+    """Optimisation settings; every field comes from the YAML config."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    label_smoothing: float
+    warmup_fraction: float
+    seed: int
+    device: str
+    threads: int  # 0: leave torch's default
+
+
+@dataclass(frozen=True)
+class ClassifierServing(ServingRecord):
+    """How images reach the model, stored with every registered version (so the CLI and the service prepare
+    images exactly as training did)."""
+
+    family: ClassVar[str] = "classifier"
+
+    classes: tuple[str, ...]
+    positive_class: str
+    channels: int
+    size: int
+    batch_size: int
+    #: How intensities are scaled (:class:`cellops.intensity.Normalization`); versions registered before it was a
+    #: setting were trained on dtype scaling.
+    normalization: Normalization = LEGACY
+    #: The operating point: an image is ``positive_class`` when that class's probability reaches it (chosen on the
+    #: validation split); ``None``: the most probable class.
+    decision_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "normalization", Normalization.coerce(self.normalization))
+        if self.decision_threshold is not None and not 0.0 < self.decision_threshold < 1.0:
+            raise ValueError(f"decision_threshold must lie in (0, 1), got {self.decision_threshold}")
+        if self.positive_class not in self.classes:
+            raise ValueError(f"positive class {self.positive_class!r} is not one of the classes {list(self.classes)}")
+        if self.channels not in (1, 3) or self.size < 8 or self.batch_size < 1:
+            raise ValueError(f"channels must be 1 or 3, size >= 8 and batch_size >= 1 (got {self.channels}, "
+                             f"{self.size}, {self.batch_size})")
+
+    @property
+    def positive(self) -> int:
+        return self.classes.index(self.positive_class)
+
+    def predicted_classes(self, probabilities: np.ndarray) -> np.ndarray:
+        """The class index of each row of ``probabilities`` (N, classes) at the stored operating point.
+
+        >>> s = ClassifierServing(("ec", "other"), "ec", 1, 8, 1, decision_threshold=0.3)
+        >>> s.predicted_classes(np.array([[0.35, 0.65], [0.2, 0.8]])).tolist()
+        [0, 1]
+        """
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if self.decision_threshold is None:
+            return probabilities.argmax(axis=1)
+        others = probabilities.copy()
+        others[:, self.positive] = -np.inf
+        return np.where(probabilities[:, self.positive] >= self.decision_threshold, self.positive,
+                        others.argmax(axis=1))
+
+    @classmethod
+    def _from_json(cls, values: dict) -> dict:
+        return {**values, "classes": tuple(values.get("classes", ()))}
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "classes": list(self.classes), "normalization": self.normalization.as_dict()}

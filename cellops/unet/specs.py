@@ -1,0 +1,78 @@
+"""What a U-Net config says: the architecture (:class:`Architecture`), the optimisation (:class:`UNetTraining`)
+and how a trained U-Net is applied (:class:`UNetServing`, the record stored with every registered version)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from cellops.config import FromMapping, ServingRecord
+from cellops.intensity import LEGACY, Normalization
+
+
+@dataclass(frozen=True)
+class Architecture(FromMapping):
+    """U-Net shape (see :class:`models.unet.UNet`)."""
+
+    in_channels: int
+    out_channels: int
+    base_channels: int
+    depth: int
+    dropout: float
+
+
+@dataclass(frozen=True)
+class UNetTraining(FromMapping):
+    """Optimisation settings; every field comes from the YAML config (no second set of defaults here)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    dice_weight: float
+    warmup_fraction: float
+    seed: int
+    device: str
+    threads: int  # 0: leave torch's default
+
+
+@dataclass(frozen=True)
+class UNetServing(ServingRecord):
+    """How a U-Net is applied to an image larger than its tiles.
+
+    Attributes
+    ----------
+    tile_size : side of the square tiles (a multiple of ``2 ** depth`` of the U-Net).
+    tile_overlap : fraction of a tile shared with its neighbour, in [0, 1).
+    batch_size : tiles per forward pass.
+    threshold : foreground probability from which a pixel is mitochondrion (>=, as it was chosen on validation).
+    flip_averaging : average the probabilities of the image and its three flips (test-time augmentation; the
+        U-Net is trained on flipped patches, so the four views are equally valid; four times the compute).
+    z_smoothing : for stacks, average each slice's probabilities with its neighbours over this many slices
+        (odd; 1 = off): mitochondria are 3-D, a 2-D U-Net's slice-to-slice noise is not.
+    normalization : how intensities are scaled, for a 2-D image or a whole stack at once
+        (:class:`cellops.intensity.Normalization`; training patches are cut from volumes scaled the same way).
+    """
+
+    family: ClassVar[str] = "unet"
+
+    tile_size: int
+    tile_overlap: float
+    batch_size: int
+    threshold: float
+    flip_averaging: bool = False  # defaults only so that versions registered before these existed still load
+    z_smoothing: int = 1
+    normalization: Normalization = LEGACY  # versions registered before it was a setting were trained on dtype scaling
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "normalization", Normalization.coerce(self.normalization))
+        if self.tile_size < 8:
+            raise ValueError(f"tile_size must be at least 8, got {self.tile_size}")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise ValueError(f"tile_overlap must lie in [0, 1), got {self.tile_overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.z_smoothing < 1 or self.z_smoothing % 2 == 0:
+            raise ValueError(f"z_smoothing must be an odd number of slices (1 = off), got {self.z_smoothing}")
