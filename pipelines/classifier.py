@@ -6,7 +6,7 @@ Run with ``zenml pipeline run pipelines.classifier.training_pipeline -c configs/
 
 from zenml import pipeline
 
-from cellops.classifier.models import parse_models
+from cellops.classifier.specs import parse_models
 from steps.classifier import (
     compare_classifiers,
     index_class_folders,
