@@ -10,7 +10,6 @@ was met.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,10 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the project's packages, when a benchmark runs from its own folder
     sys.path.insert(0, str(ROOT))
 
-for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "true",
-                     "BENTOML_DO_NOT_TRACK": "true", "ZENML_ANALYTICS_OPT_IN": "false",
-                     "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}.items():
-    os.environ.setdefault(_key, _value)
+from cellops.telemetry import disable_telemetry  # noqa: E402 - after the project's folder is on the path
+
+disable_telemetry()
 
 OUT_DIR = Path("outputs/benchmarks")
 

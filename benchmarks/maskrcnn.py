@@ -107,5 +107,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     main()

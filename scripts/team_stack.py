@@ -38,6 +38,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cellops.telemetry import TELEMETRY_OFF
+
 HOST = "127.0.0.1"
 STACK_NAME = "cellops-team"
 SECRET_NAME = "cellops-team-mlflow"
@@ -45,9 +47,6 @@ ADMIN = "admin"
 #: Generated once, kept across restarts (the databases are initialised with them).
 SECRET_KEYS = ("POSTGRES_SUPERUSER_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET_KEY",
                "MARIADB_ZENML_PASSWORD", "ZENML_ADMIN_PASSWORD", "ZENML_JWT_SECRET_KEY", "ZENML_SECRETS_ENCRYPTION_KEY")
-TELEMETRY_OFF = {"ZENML_ANALYTICS_OPT_IN": "false", "BENTOML_DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
-                 "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_TELEMETRY": "false",
-                 "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true"}
 
 
 class TeamStackError(RuntimeError):

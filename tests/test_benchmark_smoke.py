@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from cellops.telemetry import TELEMETRY_OFF
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 #: The shared module and the table printer: not benchmarks.
@@ -21,8 +23,6 @@ NOT_BENCHMARKS = {"benchlib.py", "table.py"}
 SCRIPTS = sorted(path for path in BENCHMARKS.glob("*.py") if path.name not in NOT_BENCHMARKS)
 #: Per script; a smoke run takes seconds (tens on a busy machine), so this only stops a hung one.
 TIMEOUT_S = 240
-TELEMETRY_OFF = {"ZENML_ANALYTICS_OPT_IN": "false", "BENTOML_DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
-                 "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false"}
 
 
 def _benchlib():
