@@ -16,7 +16,6 @@ head, one repeat, one thread: checks that the script runs (a few seconds), not h
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import time
 from pathlib import Path
