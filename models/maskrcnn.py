@@ -18,8 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cellops.config import FromMapping
-
 #: Backbones and the torchvision weights enum of their ImageNet checkpoint.
 BACKBONES = {
     "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
@@ -32,7 +30,7 @@ COCO_WEIGHTS = "MaskRCNN_ResNet50_FPN_Weights.COCO_V1"
 
 
 @dataclass(frozen=True)
-class MaskRCNNSettings(FromMapping):
+class MaskRCNNSettings:
     """Architecture and inference settings of one Mask R-CNN (from the YAML config; stored with the model).
 
     Attributes

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from cellops.config import FromMapping, ServingRecord, deep_merge
+from cellops.config import FromMapping, ServingRecord, deep_merge, from_mapping
 from cellops.intensity import LEGACY, Normalization
 from models.maskrcnn import MaskRCNNSettings
 
@@ -79,7 +79,7 @@ class MaskRCNNModelSpec(FromMapping):
             raise ValueError(f"init {self.init!r}: choose one of {list(INITS)}")
 
     def settings(self, shared_model: dict) -> MaskRCNNSettings:
-        return MaskRCNNSettings.from_dict(deep_merge(shared_model, self.model))
+        return from_mapping(MaskRCNNSettings, deep_merge(shared_model, self.model))
 
 
 def parse_models(models: dict, shared_model: dict) -> dict[str, MaskRCNNModelSpec]:
