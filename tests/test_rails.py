@@ -4,6 +4,7 @@ that know what they depend on, bentos that install what they import."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import json
 import re
@@ -48,6 +49,67 @@ def test_the_library_never_imports_zenml_mlflow_bentoml_or_the_adapters(package)
     offenders = {str(p.relative_to(ROOT)): sorted(_imports(p) & {*FRAMEWORKS, "tracking", "steps", "pipelines", "bento"})
                  for p in (ROOT / package).rglob("*.py")}
     assert not {k: v for k, v in offenders.items() if v}
+
+
+ADAPTERS = {*FRAMEWORKS, "tracking", "steps", "pipelines", "bento"}
+
+
+def _string_imports(path: Path) -> list[str]:
+    """``importlib.import_module(...)`` and ``__import__(...)`` calls of a file: the module named, or ``<dynamic>``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name in ("import_module", "__import__"):
+                first = node.args[0] if node.args else None
+                found.append(first.value if isinstance(first, ast.Constant) else "<dynamic>")
+    return found
+
+
+@pytest.mark.parametrize("package", ["cellops", "models"])
+def test_the_library_never_loads_an_adapter_by_name(package):
+    offenders = {str(p.relative_to(ROOT)): names for p in (ROOT / package).rglob("*.py")
+                 if (names := [n for n in _string_imports(p) if n == "<dynamic>" or n.split(".")[0] in ADAPTERS])}
+    assert not offenders
+
+
+def test_the_string_import_rule_sees_import_module_and_dunder_import(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("import importlib\nimportlib.import_module('tracking.cli')\n__import__(name)\n")
+    assert _string_imports(source) == ["tracking.cli", "<dynamic>"]
+
+
+def test_models_are_pure_torch():
+    allowed = set(sys.stdlib_module_names) | {"torch", "torchvision", "numpy", "models"}
+    offenders = {str(p.relative_to(ROOT)): sorted(_imports(p) - allowed) for p in (ROOT / "models").rglob("*.py")}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def _import_graph():
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_import_cycle_and_no_import_of_a_higher_layer():
+    graph = _import_graph()
+    modules = graph.project_graph(ROOT)
+    assert {"cellops.cli", "tracking.cli", "steps", "models.unet"} <= set(modules)
+    assert graph.find_cycles(modules) == []
+    assert graph.layer_violations(modules) == []
+
+
+def test_the_import_graph_sees_a_cycle_and_a_layer_violation(tmp_path):
+    graph = _import_graph()
+    for package in ("cellops", "tracking"):
+        (tmp_path / package).mkdir()
+    (tmp_path / "cellops" / "a.py").write_text("from cellops import b\n")
+    (tmp_path / "cellops" / "b.py").write_text("def f():\n    import cellops.a\n    import tracking.c\n")
+    (tmp_path / "tracking" / "c.py").write_text("")
+    modules = graph.project_graph(tmp_path)
+    assert graph.find_cycles(modules) == [["cellops.a", "cellops.b"]]
+    assert graph.layer_violations(modules) == ["cellops.b -> tracking.c"]
 
 
 def test_importing_the_whole_library_loads_no_framework():
@@ -118,6 +180,19 @@ def test_dvc_stages_depend_on_every_cellops_module_a_report_imports():
         uncovered = [f for f in imported if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
         assert not uncovered, f"{name} does not depend on {uncovered}"
 
+
+
+def test_dvc_lock_is_up_to_date_for_the_report_stages():
+    """``make reports`` must not rewrite dvc.lock in a fresh clone: every code and config dependency of a report
+    stage hashes as the lock says (data/ is checked file by file against data.dvc elsewhere; outputs are rebuilt)."""
+    stages = [name for name in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"] if name.endswith("_report")]
+    status = subprocess.run([str(Path(sys.executable).with_name("dvc")), "status", "--json", *stages], cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    changed = {stage: {path: why for entry in entries if isinstance(entry, dict)
+                       for path, why in entry.get("changed deps", {}).items() if not path.startswith("data/")}
+               for stage, entries in json.loads(status.stdout or "{}").items()}
+    assert len(stages) == 3
+    assert not {k: v for k, v in changed.items() if v}, "run `make reports` and commit dvc.lock"
 
 def _lock() -> dict[str, str]:
     pins = {}
