@@ -245,6 +245,51 @@ def system_metrics(run_id: str | None = None, sampling_interval: float = 10.0):
         monitor.finish()
 
 
+
+class TrainingRun:
+    """What a training step does with its MLflow run inside :func:`training_run`: log each epoch, record whether
+    training resumed from a checkpoint."""
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Log one epoch's metrics at step ``epoch`` (an ``on_epoch_end`` callback of every family's ``fit``)."""
+        mlflow.log_metrics(metrics, step=epoch)
+
+    def record_resume(self, resumed_from_epoch: int | None) -> None:
+        """Tag the run with the last epoch of the checkpoint training resumed after (``None``: it started afresh)."""
+        mlflow.set_tag(tags.RESUMED_FROM_EPOCH, str(resumed_from_epoch))
+        if resumed_from_epoch is not None:
+            logger.info("training resumed after epoch %d", resumed_from_epoch)
+
+
+@contextmanager
+def training_run(lineage: dict, extra_tags: dict[str, object] | None = None):
+    """The one preamble and guard of every training step's MLflow run.
+
+    Before the block: the pipeline's resolved config is logged, runs abandoned by dead processes are closed, and
+    the run is tagged with the data lineage, the ZenML run id, this process and ``extra_tags``. During it: SIGTERM
+    ends the run ``KILLED`` (:func:`closed_on_interrupt`) and system metrics are sampled (:func:`system_metrics`).
+
+    Parameters
+    ----------
+    lineage : dict
+        The data lineage of the run (:mod:`cellops.lineage`).
+    extra_tags : dict, optional
+        More tags (model name, architecture, initialisation...).
+
+    Yields
+    ------
+    TrainingRun
+        Logs epochs and the resume tag.
+    """
+    from zenml import get_step_context
+
+    log_run_config()
+    close_abandoned_runs()
+    mlflow.set_tags({**tags.lineage_to_tags(lineage), tags.ZENML_RUN_ID: str(get_step_context().pipeline_run.id),
+                     **process_tags(), **{k: str(v) for k, v in (extra_tags or {}).items()}})
+    with closed_on_interrupt(), system_metrics():
+        yield TrainingRun()
+
 #: The packages a logged PyTorch model needs to load (pickle format), pinned to requirements.lock.
 MODEL_REQUIREMENTS = ("torch", "torchvision", "numpy", "cloudpickle")
 LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"
