@@ -9,6 +9,7 @@ HOST ?= 127.0.0.1
 UI_PORT ?= 5000
 DASHBOARD_PORT ?= 8237
 SERVE_PORT ?= 3000
+DOCS_PORT ?= 8000
 # pytest-xdist workers for `make test` (each module runs whole on one worker: tests/conftest.py).
 TEST_WORKERS ?= 2
 # The team stack's folder (databases, logs, secrets); as root it must be reachable by the postgres and mysql users.
@@ -32,7 +33,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help setup configs data data-accept train deploy train-classifier deploy-classifier train-maskrcnn \
 	train-maskrcnn-nuclei deploy-maskrcnn analyses reports demo deploy-all serve serve-unet serve-classifier serve-maskrcnn ui dashboard \
-	dashboard-stop batch-inference team-deps team-stack team-stack-down team-status browser test bench bench-table lock clean
+	dashboard-stop batch-inference team-deps team-stack team-stack-down team-status browser test bench bench-table docs docs-serve lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -169,6 +170,12 @@ bench: $(VENV)/.installed  ## every benchmark against its peers (after the demo)
 
 bench-table:  ## print the table of the benchmark results already in outputs/benchmarks
 	$(BIN)/python benchmarks/table.py
+
+docs: $(VENV)/.installed  ## build the documentation site (site/): mkdocs build --strict, API reference from the docstrings
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(VENV)/.installed  ## serve the docs on http://$(HOST):$(DOCS_PORT)
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a $(HOST):$(DOCS_PORT)
 
 lock: $(BIN)/python  ## regenerate requirements.lock from the current .venv
 	{ head -3 requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -v '^cellops'; } > requirements.lock.new
