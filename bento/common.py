@@ -1,5 +1,7 @@
-"""What every cellops service shares: upload decoding with limits (bad input -> 4xx naming the problem) and the
-metadata a service reports about the model it serves."""
+"""What every cellops service shares: one reader of uploads (:func:`read_upload`) under limits the environment can
+only tighten (:func:`env_limit`), one mapping of unusable input to 413 / 400 naming the problem
+(:func:`upload_errors`), the request guard in front of every service, and the metadata a service reports about the
+model it serves."""
 
 from __future__ import annotations
 
@@ -8,16 +10,19 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from http import HTTPStatus
 from pathlib import Path
+from typing import Literal, get_args
 
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument
 
-from cellops.io import DecodedImage, ImageInputError, ImageTooLargeError, _clean, decode_image, decode_picture
+from cellops.errors import ImageInputError, ImageTooLargeError
+from cellops.io import DecodedImage, _clean, check_pixels, decode_image, decode_picture, to_grey
 
 logger = logging.getLogger("bentoml.cellops")  # under BentoML's logger: its handlers print it
 
@@ -38,10 +43,28 @@ class PayloadTooLarge(BentoMLException):
 
 
 def env_limit(stored: int, variable: str) -> int:
-    """``stored``, tightened (never loosened) by the environment variable ``variable``: a value above ``stored``
-    changes nothing, an unset or empty one is ignored, and anything but a positive integer stops the service as it
-    starts (``ValueError`` naming the variable).
+    """A service limit: ``stored``, tightened (never loosened) by the environment variable ``variable``.
 
+    Parameters
+    ----------
+    stored : int
+        The limit the bento was built with (stored with its model, or the service's own for the classical one).
+    variable : str
+        The environment variable an operator sets: a value above ``stored`` changes nothing, an unset or empty
+        one is ignored.
+
+    Returns
+    -------
+    int
+        The smaller of ``stored`` and the variable's value.
+
+    Raises
+    ------
+    ValueError
+        Naming the variable, for a value that is not a positive whole number (the service stops as it starts).
+
+    Examples
+    --------
     >>> os.environ["CELLOPS_EXAMPLE_LIMIT"] = "10"
     >>> env_limit(100, "CELLOPS_EXAMPLE_LIMIT"), env_limit(5, "CELLOPS_EXAMPLE_LIMIT")
     (10, 5)
@@ -69,46 +92,146 @@ def env_limit(stored: int, variable: str) -> int:
 
 
 def max_pixels(limits: dict) -> int:
-    """The pixel limit stored with the bento model, tightened (never loosened) by ``CELLOPS_MAX_PIXELS``
-    (:func:`env_limit`)."""
+    """The most pixels one upload may hold.
+
+    Parameters
+    ----------
+    limits : dict
+        The service limits stored with the bento (``max_pixels``).
+
+    Returns
+    -------
+    int
+        ``limits["max_pixels"]``, tightened (never loosened) by ``CELLOPS_MAX_PIXELS`` (:func:`env_limit`).
+    """
     return env_limit(limits["max_pixels"], MAX_PIXELS_ENV)
 
 
-def decode_upload(data: bytes, limit: int, allowed_ndim: tuple[int, ...] = (2, 3),
-                  normalization=None) -> DecodedImage:
-    """Decode an uploaded PNG/TIFF, answering 413 for too many pixels and 400 for anything else unusable. With a
-    model's ``normalization`` (:class:`cellops.intensity.Normalization`), floats of any range are taken and the
-    upload must be one it can scale (400 for a constant image, or a float image outside [0, 1] in dtype mode);
-    without one (the classical analyses) floats must lie in [0, 1]."""
-    try:
-        decoded = decode_image(data, max_pixels=limit, allowed_ndim=allowed_ndim, unit_floats=normalization is None)
-        if normalization is not None:
-            normalization.bounds(decoded.array, source="image")
-        return decoded
-    except ImageTooLargeError as error:
-        raise PayloadTooLarge(str(error)) from error
-    except ImageInputError as error:
-        raise InvalidArgument(str(error)) from error
+#: What an endpoint reads from its upload (:func:`read_upload`): a grey-level PNG or TIFF (``"stack"``: a
+#: (frames, rows, columns) TIFF stack; ``"image or stack"``: a 2-D image or such a stack), a ``"picture"`` as
+#: stored (PNG, JPEG or TIFF; grey, or colour channel-last), or a ``"grey picture"`` (a picture made one 2-D grey
+#: image by :func:`cellops.io.to_grey`).
+Wanted = Literal["image or stack", "stack", "picture", "grey picture"]
+
+_GREY_NDIM = {"image or stack": (2, 3), "stack": (3,)}
 
 
-def decode_picture_upload(data: bytes, limit: int, name: str, normalization=None) -> np.ndarray:
-    """Decode one uploaded picture (PNG, TIFF or JPEG; grey or colour) as stored: 413 for too many pixels, 400
-    naming ``name`` and the problem for anything else unusable, including a picture the model's ``normalization``
-    cannot scale (a constant one; a float one outside [0, 1] in dtype mode)."""
+@contextlib.contextmanager
+def upload_errors(name: str = "", hint: str = "") -> Iterator[None]:
+    """Answer the unusable input found inside the block as every service does: 413 for too many pixels, 400 for
+    anything else, with a message naming the problem.
+
+    Parameters
+    ----------
+    name : str
+        What the message names first (``"image"``, ``"images[2] (b.png)"``); empty for the message as raised.
+    hint : str
+        Appended to a 400's message: what the endpoint takes.
+
+    Raises
+    ------
+    PayloadTooLarge
+        For a :class:`cellops.errors.ImageTooLargeError` raised inside the block.
+    bentoml.exceptions.InvalidArgument
+        For any other :class:`cellops.errors.ImageInputError`.
+
+    Examples
+    --------
+    >>> with upload_errors("image"):
+    ...     raise ImageInputError("empty upload")
+    Traceback (most recent call last):
+    bentoml.exceptions.InvalidArgument: image: empty upload
+    >>> with upload_errors():
+    ...     raise ImageTooLargeError("image too large: 9 pixels, the limit is 4")
+    Traceback (most recent call last):
+    bento.common.PayloadTooLarge: image too large: 9 pixels, the limit is 4
+    """
     try:
-        picture = decode_picture(data, max_pixels=limit)
-        if normalization is not None:
-            normalization.bounds(picture, source=name)
-        return picture
+        yield
     except ImageTooLargeError as error:
         raise PayloadTooLarge(_named(name, error)) from error
     except ImageInputError as error:
-        raise InvalidArgument(_named(name, error)) from error
+        message = _named(name, error)
+        raise InvalidArgument(f"{message}; {hint}" if hint else message) from error
+
+
+def read_upload(data: bytes, max_pixels: int, wanted: Wanted = "image or stack", *, normalization=None,
+                name: str = "", hint: str = "") -> DecodedImage:
+    """Read one uploaded file as the endpoint wants it, or answer 413 (too many pixels) or 400 (anything else
+    unusable) naming the problem (:func:`upload_errors`).
+
+    Parameters
+    ----------
+    data : bytes
+        The file as uploaded.
+    max_pixels : int
+        The most pixels accepted (all slices together), checked from the header before decoding.
+    wanted : {"image or stack", "stack", "picture", "grey picture"}
+        What the endpoint takes (see :data:`Wanted`).
+    normalization : cellops.intensity.Normalization, optional
+        The served model's: floats of any range are taken and the upload must be one it can scale (400 for a
+        constant image, or a float image outside [0, 1] in dtype mode). Without one (the classical analyses),
+        the floats of a grey upload or grey picture are intensities in [0, 1], refused outside it.
+    name : str
+        The upload's name in error messages (empty: messages as :mod:`cellops.io` words them).
+    hint : str
+        Appended to a 400's message: what the endpoint takes.
+
+    Returns
+    -------
+    DecodedImage
+        The array and the format it came in (``"png"``, ``"tiff"``, or ``"jpeg"`` for a picture). A grey picture
+        of a colour upload is float64 on the upload's own scale (:func:`cellops.io.to_grey`).
+
+    Examples
+    --------
+    >>> from cellops.io import encode_image
+    >>> rgb = np.zeros((8, 8, 3), np.uint8); rgb[..., 0] = 10; rgb[..., 1] = 20; rgb[..., 2] = 31
+    >>> grey = read_upload(encode_image(rgb, "tiff"), 1000, "grey picture")
+    >>> grey.format, grey.array.shape, round(float(grey.array[0, 0]), 3)
+    ('tiff', (8, 8), 20.333)
+    >>> read_upload(encode_image(rgb, "tiff"), 100, "picture", name="image")
+    Traceback (most recent call last):
+    bento.common.PayloadTooLarge: image: image too large: 192 pixels, the limit is 100
+    """
+    unit_floats = normalization is None
+    with upload_errors(name, hint):
+        if wanted in _GREY_NDIM:
+            decoded = decode_image(data, max_pixels=max_pixels, allowed_ndim=_GREY_NDIM[wanted],
+                                   unit_floats=unit_floats)
+        elif wanted in ("picture", "grey picture"):
+            picture = decode_picture(data, max_pixels=max_pixels)
+            if wanted == "grey picture":
+                picture = _grey(picture, unit_floats)
+            decoded = DecodedImage(array=picture, format=_picture_format(data))
+        else:
+            raise ValueError(f"unknown upload {wanted!r}: expected one of {get_args(Wanted)}")
+        if normalization is not None:
+            normalization.bounds(decoded.array, source=name)
+    return decoded
+
+
+def _grey(picture: np.ndarray, unit_floats: bool) -> np.ndarray:
+    """One 2-D grey image of a decoded picture: its values checked as uploaded (every channel of a colour one;
+    floats in [0, 1] where ``unit_floats``), then made grey by :func:`cellops.io.to_grey`."""
+    if picture.ndim == 3 and picture.shape[0] == 1 and picture.shape[-1] > 4:  # a one-page TIFF stack
+        picture = picture[0]
+    if picture.ndim == 2:
+        return check_pixels(picture, allowed_ndim=(2,), unit_floats=unit_floats)
+    check_pixels(np.moveaxis(picture, -1, 0), allowed_ndim=(3,), unit_floats=unit_floats)
+    return to_grey(picture)
+
+
+def _picture_format(data: bytes) -> str:
+    """The format of a picture :func:`cellops.io.decode_picture` has read, from its first bytes."""
+    if data[:2] in (b"II", b"MM"):
+        return "tiff"
+    return "png" if data[:4] == b"\x89PNG" else "jpeg"
 
 
 def _named(name: str, error: Exception) -> str:
     message = str(error)
-    return message if message.startswith(f"{name}:") else f"{name}: {message}"
+    return message if not name or message.startswith(f"{name}:") else f"{name}: {message}"
 
 
 #: Written into the build context by the deployment step just before `bentoml build` (see
@@ -117,16 +240,33 @@ BUILD_INFO = Path(__file__).with_name("build_info.json")
 
 
 def build_info() -> dict:
-    """How the served bento was built: the git commit of its code and when (``unknown`` for a bento built by
-    hand without the deployment step)."""
+    """How the served bento was built.
+
+    Returns
+    -------
+    dict
+        ``git_commit`` and ``built_at`` (both ``"unknown"`` for a bento built by hand without the deployment step).
+    """
     if BUILD_INFO.is_file():
         return json.loads(BUILD_INFO.read_text())
     return {"git_commit": "unknown", "built_at": "unknown"}
 
 
 def model_metadata(bento_model: bentoml.Model) -> dict:
-    """The served model's registry record (model version, run ids, lineage, metrics and the inference settings
-    they were measured with) as the deployment stored it, plus the BentoML model tag and the bento's own build."""
+    """What a model service reports about the model it serves.
+
+    Parameters
+    ----------
+    bento_model : bentoml.Model
+        The served BentoML model.
+
+    Returns
+    -------
+    dict
+        The registry record as the deployment stored it (model version, run ids, lineage, metrics and the
+        inference settings they were measured with), plus ``bento_model`` (its tag) and ``bento_build``
+        (:func:`build_info`).
+    """
     return {"bento_model": str(bento_model.tag), **dict(bento_model.info.metadata), "bento_build": build_info()}
 
 
@@ -162,14 +302,36 @@ class RequestProblem(Exception):
 
 
 def max_request_bytes(limits: dict) -> int:
-    """The request byte limit stored with the bento model (``max_request_bytes``, 64 MiB when absent),
-    tightened (never loosened) by ``CELLOPS_MAX_REQUEST_BYTES`` (:func:`env_limit`)."""
+    """The most bytes one request body may hold.
+
+    Parameters
+    ----------
+    limits : dict
+        The service limits stored with the bento (``max_request_bytes``; 64 MiB when absent).
+
+    Returns
+    -------
+    int
+        The stored limit, tightened (never loosened) by ``CELLOPS_MAX_REQUEST_BYTES`` (:func:`env_limit`).
+    """
     return env_limit(limits.get("max_request_bytes", 64 * 2**20), MAX_BYTES_ENV)
 
 
 def check_file_name(name: str) -> None:
     """Refuse upload file names a file system or a log would choke on (the name itself is never used as a path).
 
+    Parameters
+    ----------
+    name : str
+        The file name the client sent.
+
+    Raises
+    ------
+    RequestProblem
+        400 for a name over :data:`MAX_FILE_NAME` characters, with control characters, or holding a path.
+
+    Examples
+    --------
     >>> check_file_name("cells.png")
     >>> check_file_name("../../etc/passwd")
     Traceback (most recent call last):
@@ -185,9 +347,24 @@ def check_file_name(name: str) -> None:
 
 
 def check_multipart(body: bytes, content_type: str, upload: Upload) -> None:
-    """Check a multipart/form-data body against what the endpoint takes, or raise :class:`RequestProblem`: the
-    right content type with a boundary, well-formed parts, only ``upload.field``, files (not text values) with
-    bytes in them, usable file names, one file unless ``upload.many``."""
+    """Check a multipart/form-data body against what the endpoint takes.
+
+    Parameters
+    ----------
+    body : bytes
+        The whole request body.
+    content_type : str
+        The request's ``Content-Type`` header.
+    upload : Upload
+        What the endpoint takes.
+
+    Raises
+    ------
+    RequestProblem
+        415 for another content type; 400 for a missing boundary, malformed parts, a field other than
+        ``upload.field``, a text value instead of a file, an empty file, an unusable file name
+        (:func:`check_file_name`), or several files where ``upload.many`` is false.
+    """
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     wanted = f"{'one or more files' if upload.many else 'one file'} in the multipart/form-data field {upload.field!r}"
@@ -254,9 +431,12 @@ class RequestGuard:
 
     Parameters
     ----------
-    app : the ASGI app (BentoML passes it).
-    uploads : route (``"/segment"``) -> :class:`Upload` for each endpoint taking files.
-    limits : the service limits (``max_request_bytes``: the largest request body accepted), or the served bento
+    app : ASGI application
+        The service's app (BentoML passes it).
+    uploads : dict of str to Upload
+        Route (``"/segment"``) -> what that endpoint takes, for each endpoint taking files.
+    limits : dict or bentoml.models.BentoModel
+        The service limits (``max_request_bytes``: the largest request body accepted), or the served bento
         model, whose metadata holds them.
     """
 
@@ -367,5 +547,15 @@ async def _reply(send, status: int, message: str) -> None:
 
 
 def guard(service, uploads: dict[str, Upload], limits: dict | bentoml.models.BentoModel) -> None:
-    """Put a :class:`RequestGuard` in front of a BentoML service (``limits``: see :class:`RequestGuard`)."""
+    """Put a :class:`RequestGuard` in front of a BentoML service.
+
+    Parameters
+    ----------
+    service : bentoml.Service
+        The service clients talk to.
+    uploads : dict of str to Upload
+        Route (``"/segment"``) -> what that endpoint takes.
+    limits : dict or bentoml.models.BentoModel
+        The service limits, or the served bento model whose metadata holds them (see :class:`RequestGuard`).
+    """
     service.add_asgi_middleware(RequestGuard, uploads=uploads, limits=limits)

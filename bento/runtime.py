@@ -16,7 +16,18 @@ logger = logging.getLogger("bentoml.cellops")
 
 
 def served_model_metadata(bento_model: bentoml.Model) -> dict:
-    """:func:`bento.common.model_metadata` plus ``serving``: the runtime that runs the network and on which kernels."""
+    """What a model service reports about the model it serves and how it runs it.
+
+    Parameters
+    ----------
+    bento_model : bentoml.Model
+        The served BentoML model.
+
+    Returns
+    -------
+    dict
+        :func:`bento.common.model_metadata` plus ``serving`` (:func:`serving_runtime`).
+    """
     return {**model_metadata(bento_model), "serving": serving_runtime(bento_model)}
 
 
@@ -25,9 +36,25 @@ RUNTIME_ENV = "CELLOPS_RUNTIME"
 
 
 def serving_runtime(bento_model: bentoml.Model) -> dict:
-    """Which runtime runs the network and on what: the one the registry chose (the fastest that passed its
-    accuracy check, see ``cellops.runtimes``) unless ``CELLOPS_RUNTIME`` overrides it, the folder of its exported
-    graph, and the kernels this CPU offers (oneDNN's ISA level, OpenVINO's device)."""
+    """Which runtime runs the network and on what.
+
+    Parameters
+    ----------
+    bento_model : bentoml.Model
+        The served BentoML model (its metadata names the runtime the registry chose).
+
+    Returns
+    -------
+    dict
+        ``runtime``: the one the registry chose (the fastest that passed its accuracy check, see
+        ``cellops.runtimes``) unless ``CELLOPS_RUNTIME`` overrides it; its ``precision``; ``graphs``: the folder
+        of its exported graph; and the kernels this CPU offers (oneDNN's ISA level, OpenVINO's device).
+
+    Raises
+    ------
+    bentoml.exceptions.BentoMLException
+        For a ``CELLOPS_RUNTIME`` that names no runtime.
+    """
     from cellops.runtimes import RUNTIME_PRECISION, RUNTIMES, cpu_info, native_bf16
 
     chosen = dict(bento_model.info.metadata).get("runtime") or "torch"
@@ -46,8 +73,27 @@ def serving_runtime(bento_model: bentoml.Model) -> dict:
 
 
 def load_serving_runtime(bento_model: bentoml.Model, load) -> object:
-    """The network in the runtime :func:`serving_runtime` names: ``load(runtime, folder)`` builds it. A runtime that
-    cannot load stops the service with an error naming it and the way out (never a silent fall back)."""
+    """The network in the runtime :func:`serving_runtime` names.
+
+    Parameters
+    ----------
+    bento_model : bentoml.Model
+        The served BentoML model.
+    load : callable
+        ``load(runtime, folder)`` builds the network in ``runtime`` from the exported graph in ``folder`` (None
+        when the bento holds none).
+
+    Returns
+    -------
+    object
+        What ``load`` built.
+
+    Raises
+    ------
+    bentoml.exceptions.BentoMLException
+        For a runtime that cannot load, naming it and the way out (``CELLOPS_RUNTIME=torch``): never a silent
+        fall back.
+    """
     serving = serving_runtime(bento_model)
     runtime, folder = serving["runtime"], serving["graphs"]
     try:

@@ -16,6 +16,7 @@ import tifffile
 from PIL import Image
 
 from cellops.classical.colonies import measure_colonies
+from cellops.io import to_grey
 from cellops.synthetic.calcium import generate_calcium_movie
 from cellops.synthetic.colonies import generate_colony_image
 from cellops.synthetic.nuclei import generate_nuclei_image
@@ -52,6 +53,12 @@ def test_colonies_nuclei_and_calcium_answer_tables_and_overlays(service):
     overlay = httpx.post(f"{base}/colonies_overlay", files={"image": ("c.png", png_bytes(colonies.image))}, timeout=120)
     assert overlay.status_code == 200 and overlay.headers["x-colonies"] == str(len(expected.table))
     assert np.asarray(Image.open(io.BytesIO(overlay.content))).shape == (384, 384, 3)
+    # A colour upload is measured on the float mean of its channels (cellops.io.to_grey), as the library does.
+    rgb = np.dstack([colonies.image, colonies.image // 2, colonies.image])
+    answer = httpx.post(f"{base}/colonies", files={"image": ("c.png", png_bytes(rgb))}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    expected = measure_colonies(to_grey(rgb))
+    assert [row["area"] for row in answer.json()["colonies"]] == pytest.approx(expected.table["area"].tolist())
 
     nuclei = generate_nuclei_image("Control", (256, 256), seed=2, n_nuclei=12)
     answer = httpx.post(f"{base}/nuclei", files={"image": ("n.png", png_bytes(nuclei.image))}, timeout=120).json()

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from bentoml.exceptions import InvalidArgument, UnprocessableEntity
 
-from bento.common import PayloadTooLarge, Upload, build_info, guard, max_pixels, max_request_bytes
+from bento.common import Upload, build_info, guard, max_pixels, max_request_bytes, read_upload
 from cellops.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -71,30 +71,12 @@ class ClassicalAnalyses:
 
     @staticmethod
     def _image(data: bytes) -> np.ndarray:
-        """A 2-D grey image (colour pictures are converted to grey: phase contrast and stains are one channel)."""
-        from cellops.io import LUMA_WEIGHTS_BT601, ImageInputError, ImageTooLargeError, check_pixels, decode_picture
-
-        try:
-            picture = decode_picture(data, max_pixels=LIMITS["max_pixels"])
-            if picture.ndim == 3 and picture.shape[-1] in (3, 4):
-                picture = (picture[..., :3].astype(np.float64) @ LUMA_WEIGHTS_BT601).astype(picture.dtype)
-            elif picture.ndim == 3 and picture.shape[0] == 1:
-                picture = picture[0]
-            return check_pixels(picture, allowed_ndim=(2,))
-        except ImageTooLargeError as error:
-            raise PayloadTooLarge(str(error)) from error
-        except ImageInputError as error:
-            raise InvalidArgument(str(error)) from error
+        """A 2-D grey image (colour pictures are made grey: phase contrast and stains are one channel)."""
+        return read_upload(data, LIMITS["max_pixels"], "grey picture").array
 
     def _movie(self, data: bytes) -> np.ndarray:
-        from cellops.io import ImageInputError, ImageTooLargeError, decode_image
-
-        try:
-            movie = decode_image(data, max_pixels=LIMITS["max_pixels"], allowed_ndim=(3,)).array
-        except ImageTooLargeError as error:
-            raise PayloadTooLarge(str(error)) from error
-        except ImageInputError as error:
-            raise InvalidArgument(f"{error}; a calcium movie is a (frames, rows, columns) TIFF stack") from error
+        movie = read_upload(data, LIMITS["max_pixels"], "stack",
+                            hint="a calcium movie is a (frames, rows, columns) TIFF stack").array
         needed = self.calcium_params.baseline_frames + 2
         if not needed <= len(movie) <= LIMITS["max_frames"]:
             raise InvalidArgument(f"a movie of {len(movie)} frames; this analysis needs {needed} to "

@@ -20,10 +20,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import InvalidArgument
 
-from bento.common import (
-    KEEP_CONNECTION, PayloadTooLarge, Upload, decode_picture_upload, guard,
-    max_pixels,
-)
+from bento.common import KEEP_CONNECTION, PayloadTooLarge, Upload, guard, max_pixels, read_upload, upload_errors
 from bento.runtime import load_serving_runtime, served_model_metadata
 from cellops.telemetry import disable_telemetry
 
@@ -91,17 +88,18 @@ class Classifier:
         self.max_batch_pixels = int(limits["max_batch_pixels"])
 
     def _prepare(self, data: bytes, name: str) -> np.ndarray:
-        picture = decode_picture_upload(data, self.max_pixels, name, self.settings.normalization)
-        return self._to_input(picture, name)
+        return self._to_input(self._picture(data, name), name)
+
+    def _picture(self, data: bytes, name: str) -> np.ndarray:
+        return read_upload(data, self.max_pixels, "picture", normalization=self.settings.normalization,
+                           name=name).array
 
     def _to_input(self, picture: np.ndarray, name: str) -> np.ndarray:
-        from cellops.io import ImageInputError, to_model_input
+        from cellops.classifier.data import to_model_input
 
-        try:
+        with upload_errors(name):
             return to_model_input(picture, channels=self.settings.channels, size=self.settings.size,
                                   normalization=self.settings.normalization, source=name)
-        except ImageInputError as error:
-            raise InvalidArgument(str(error)) from error
 
     def _answer(self, probabilities: np.ndarray) -> dict:
         best = int(self.settings.predicted_classes(np.asarray(probabilities)[None])[0])
@@ -133,7 +131,7 @@ class Classifier:
         pictures, total = [], 0
         for i, path in enumerate(paths):
             name = f"images[{i}] ({path.name})"
-            picture = decode_picture_upload(path.read_bytes(), self.max_pixels, name, self.settings.normalization)
+            picture = self._picture(path.read_bytes(), name)
             total += int(np.prod(picture.shape[:2]))
             if total > self.max_batch_pixels:
                 raise PayloadTooLarge(f"the images up to {name} hold {total} pixels; a request may hold "

@@ -15,7 +15,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from bento.common import Upload, decode_picture_upload, guard, max_pixels
+from bento.common import Upload, guard, max_pixels, read_upload, upload_errors
 from bento.runtime import load_serving_runtime, served_model_metadata
 from cellops.telemetry import disable_telemetry
 
@@ -32,9 +32,8 @@ class MaskRCNN:
         import mlflow.pytorch
         import torch
 
-        from cellops.maskrcnn.specs import MaskRCNNServing
-
         from cellops.maskrcnn.runtime import with_runtime
+        from cellops.maskrcnn.specs import MaskRCNNServing
 
         torch.set_grad_enabled(False)
         model = mlflow.pytorch.load_model(self.bento_model.path_of("mlflow_model"), map_location="cpu").eval()
@@ -46,18 +45,12 @@ class MaskRCNN:
         self.lock = threading.Lock()  # one forward pass at a time: the model uses every core already
 
     def _segment(self, data: bytes) -> tuple[np.ndarray, list]:
-        from cellops.maskrcnn.predict import predict_image
+        from cellops.maskrcnn.predict import as_picture, predict_image
 
-        from bentoml.exceptions import InvalidArgument
-
-        from cellops.io import ImageInputError
-        from cellops.maskrcnn.predict import as_picture
-
-        picture = decode_picture_upload(data, self.max_pixels, "image", self.settings.normalization)
-        try:
+        picture = read_upload(data, self.max_pixels, "picture", normalization=self.settings.normalization,
+                              name="image").array
+        with upload_errors("image"):
             picture = as_picture(picture, source="image")
-        except ImageInputError as error:
-            raise InvalidArgument(str(error)) from error
         with self.lock:
             return picture, predict_image(self.model, picture, self.settings)
 

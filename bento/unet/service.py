@@ -22,10 +22,9 @@ import bentoml
 import numpy as np
 import torch
 
-from bento.common import (KEEP_CONNECTION, PayloadTooLarge, Upload, decode_upload, guard,
-                          max_pixels)
-from cellops.io import encode_image
+from bento.common import KEEP_CONNECTION, PayloadTooLarge, Upload, guard, max_pixels, read_upload
 from bento.runtime import load_serving_runtime, served_model_metadata
+from cellops.io import encode_image
 from cellops.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -98,7 +97,7 @@ class UNetSegmenter:
     def _decode(self, data: bytes):
         from cellops.inference import tile_count
 
-        decoded = decode_upload(data, self.max_pixels, normalization=self.settings.normalization)
+        decoded = read_upload(data, self.max_pixels, "image or stack", normalization=self.settings.normalization)
         tiles = tile_count(decoded.array.shape, self.settings.tile_size, self.settings.tile_overlap)
         tiles *= 4 if self.settings.flip_averaging else 1
         if tiles > self.max_tiles:
