@@ -90,7 +90,7 @@ def registered_results(args: argparse.Namespace, config: dict) -> tuple[dict, in
     from cellops.classifier.metrics import classification_scores
     from cellops.classifier.specs import ClassifierServing
     from cellops.classifier.train import predict_probabilities
-    from cellops.io import load_class_images
+    from cellops.classifier.data import load_class_images
     from tracking.runs import project_tracking_uri
 
     registered = config["steps"]["register_classifiers"]["parameters"]["registered_model_name"]

@@ -118,9 +118,10 @@ def load_inputs(args) -> dict:
 
     from cellops.classifier.data import SplitSettings, index_class_folder
     from cellops.classifier.specs import ClassifierServing
-    from cellops.io import load_class_images
+    from cellops.classifier.data import load_class_images
     from tracking import tags
-    from tracking.cli import default_tracking_uri, load_registered, resolve_registered
+    from tracking.cli import default_tracking_uri
+    from tracking.registry import load_registered, resolve_registered
 
     uri = args.tracking_uri or default_tracking_uri()
     try:

@@ -62,7 +62,7 @@ def main() -> None:
     if args.smoke:  # one thread per process: a smoke run is a check, often beside other work on the same cores
         args.patches, args.epochs, threads = 8, 1, 1
         architecture = {**architecture, "base_channels": 4, "depth": 2}
-        inference = {**inference, "tile_size": 32}
+        inference = {**inference, "tile_size": 32, "tile_overlap": 8}
         sampling["patch_size"] = 32
         volume = generate_em_volume((6, 64, 64), seed=0)
         train_image, train_mask = volume.image, volume.mask

@@ -42,9 +42,10 @@ SMOKE_SHAPE = (8, 64, 96)
 CHILD = """
 import json, resource, sys, time
 import numpy as np, tifffile, torch, yaml
-from cellops.unet.predict import UNetServing, load_for_inference, segment
+from cellops.unet.predict import load_for_inference, segment
+from cellops.unet.specs import Architecture, UNetServing
 from cellops.unet.streaming import segment_volume_file
-from cellops.unet.train import Architecture, build_model
+from cellops.unet.train import build_model
 config = yaml.safe_load(open(sys.argv[1]))
 model = load_for_inference(build_model(Architecture.from_dict(config["parameters"]["architecture"]), seed=0))
 settings = UNetServing.from_dict(config["parameters"]["inference"])
@@ -102,7 +103,7 @@ def main() -> None:
         parameters = config["parameters"]
         config["parameters"] = {**parameters, "architecture": {**parameters["architecture"], "base_channels": 4,
                                                                 "depth": 2},
-                                "inference": {**parameters["inference"], "tile_size": 32}}
+                                "inference": {**parameters["inference"], "tile_size": 32, "tile_overlap": 8}}
         # One thread per child: a smoke run is a check, often beside other work on the same cores.
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
     else:

@@ -30,6 +30,7 @@ from cellops.intensity import Normalization
 from cellops.maskrcnn.data import model_image
 from cellops.maskrcnn.specs import AnnotationSource
 from cellops.synthetic.colonies import generate_colony_image
+from cellops.config import from_mapping
 from models.maskrcnn import MaskRCNNSettings, build_maskrcnn
 
 #: Backbone -> its settings on top of the config's shared model settings (ResNet-50 as torchvision ships it).
@@ -85,7 +86,7 @@ def main() -> None:
     results = {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                "image_size": list(images[0].shape[-2:]), "model_input": shared["min_size"], "architectures": {}}
     for name, overrides in ARCHITECTURES.items():
-        settings = MaskRCNNSettings.from_dict({**shared, **overrides, "score_threshold": 0.0,
+        settings = from_mapping(MaskRCNNSettings, {**shared, **overrides, "score_threshold": 0.0,
                                                "detections_per_image": detections})
         model = build_maskrcnn(settings, 2)
         speed = images_per_second(model, images, args.repeats)

@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 from benchlib import print_summary, row, runtime_rows, write_result
 
-from cellops.maskrcnn.train import evaluate_model
+from cellops.maskrcnn.train import evaluate
 from cellops.maskrcnn.evaluation import COCO_BACKENDS, coco_ap
 from cellops.maskrcnn.specs import MaskRCNNServing
 from cellops.maskrcnn.runtime import export_maskrcnn, with_runtime
@@ -40,7 +40,8 @@ def load_inputs(args) -> dict:
     from cellops.maskrcnn.data import ImageSplitSettings, load_instance_samples, split_images, subset_coco
     from cellops.maskrcnn.specs import AnnotationSource
     from tracking import tags
-    from tracking.cli import default_tracking_uri, load_registered, resolve_registered
+    from tracking.cli import default_tracking_uri
+    from tracking.registry import load_registered, resolve_registered
 
     uri = args.tracking_uri or default_tracking_uri()
     try:
@@ -68,6 +69,7 @@ def _smoke_inputs() -> dict:
     from cellops.maskrcnn.annotations import load_annotations
     from cellops.maskrcnn.data import ImageSplitSettings, load_instance_samples, split_images
     from cellops.synthetic.colonies import write_colony_dataset
+    from cellops.config import from_mapping
     from models.maskrcnn import MaskRCNNSettings, build_maskrcnn
 
     folder = Path(tempfile.mkdtemp(prefix="maskrcnn-smoke-"))
@@ -75,7 +77,7 @@ def _smoke_inputs() -> dict:
     coco = load_annotations("coco", folder / "annotations.json", folder / "images")
     index = split_images(coco, folder / "images", ImageSplitSettings(val_fraction=0.0, test_fraction=0.0, seed=0))
     samples = load_instance_samples(coco, index, "train", MaskRCNNServing().normalization)
-    settings = MaskRCNNSettings.from_dict({"backbone": "resnet18", "fpn_channels": 16, "representation_size": 32,
+    settings = from_mapping(MaskRCNNSettings, {"backbone": "resnet18", "fpn_channels": 16, "representation_size": 32,
                                         "mask_head_layers": 1, "min_size": 128, "max_size": 128,
                                         "anchor_sizes": [16, 32, 64, 128, 256], "score_threshold": 0.0,
                                         "detections_per_image": 20})
@@ -108,9 +110,9 @@ def main() -> None:
     ap50, detections, runs = {}, {}, {}
     for runtime in args.runtimes:
         module = with_runtime(model, runtime, folder, names)
-        scores, detections[runtime] = evaluate_model(module, test, truth, settings)  # warm-up
+        scores, detections[runtime] = evaluate(module, test, truth, settings)  # warm-up
         ap50[runtime] = scores.mask_ap50
-        runs[runtime] = lambda m=module: evaluate_model(m, test, truth, settings)
+        runs[runtime] = lambda m=module: evaluate(m, test, truth, settings)
     seconds = interleaved_best(runs, args.repeats)
     checks = {r: check_runtime(r, seconds[r], seconds["torch"], ap50[r], ap50["torch"], AP50_TOLERANCE)
               for r in args.runtimes}
@@ -120,7 +122,7 @@ def main() -> None:
     # -- 2. COCO evaluation of the torch predictions: the same numbers first, then the time.
     def coco_run(backend: str):
         return lambda: [coco_ap(truth, [{k: v for k, v in d.items() if k != drop} for d in detections["torch"]], kind,
-                                inputs["max_detections"], backend) for kind, drop in (("segm", "bbox"),
+                                settings.max_detections, backend) for kind, drop in (("segm", "bbox"),
                                                                                       ("bbox", "segmentation"))]
 
     coco_runs = {backend: coco_run(backend) for backend in COCO_BACKENDS}

@@ -25,23 +25,23 @@ import torch
 import yaml
 from benchlib import row, write_result
 
-from cellops.inference import gaussian_weight_map, prepare_for_inference, sliding_window_predict, tile_starts
+from cellops.inference import gaussian_weight_map, prepare_for_inference, sliding_window_predict
+from cellops.tiling import tile_starts
 from cellops.unet.specs import UNetServing
 from cellops.unet.train import build_model
 from cellops.unet.specs import Architecture
 
 
 @torch.inference_mode()
-def naive_sliding_window(model: torch.nn.Module, volume: np.ndarray, tile_size: int, overlap: float) -> np.ndarray:
+def naive_sliding_window(model: torch.nn.Module, volume: np.ndarray, tile_size: int, overlap: int) -> np.ndarray:
     """The peer: slice by slice, tile by tile, batch of one, weights and normaliser per tile, numpy sums."""
     model.eval()
-    stride = max(1, int(tile_size * (1.0 - overlap)))
     out = np.zeros(volume.shape, np.float32)
     for z in range(volume.shape[0]):
         total = np.zeros(volume.shape[1:], np.float32)
         norm = np.zeros(volume.shape[1:], np.float32)
-        for y in tile_starts(volume.shape[1], tile_size, stride):
-            for x in tile_starts(volume.shape[2], tile_size, stride):
+        for y in tile_starts(volume.shape[1], tile_size, overlap):
+            for x in tile_starts(volume.shape[2], tile_size, overlap):
                 tile = torch.from_numpy(volume[z, y : y + tile_size, x : x + tile_size].copy())[None, None]
                 weights = gaussian_weight_map(tile_size).numpy()
                 prob = torch.sigmoid(model(tile))[0, 0].numpy()
@@ -89,7 +89,7 @@ def main() -> None:
     settings = UNetServing.from_dict(config["parameters"]["inference"])
     tile = args.tile_size or settings.tile_size
     batch = args.batch_size or settings.batch_size
-    overlap = settings.tile_overlap
+    overlap = settings.tile_overlap * tile // settings.tile_size  # pixels: the config's share of the tile
     model = build_model(Architecture.from_dict(architecture), seed=0).eval()
     volume = np.random.default_rng(0).random((args.slices, args.height, args.width), dtype=np.float32)
     voxels = volume.size

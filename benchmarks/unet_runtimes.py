@@ -40,14 +40,14 @@ AGREEMENT = 0.999  # share of voxels whose thresholded prediction must agree bet
 IOU_TOLERANCE = 0.002
 
 
-def monai_predict(model: torch.nn.Module, unit: np.ndarray, tile: int, overlap: float, batch: int) -> np.ndarray:
+def monai_predict(model: torch.nn.Module, unit: np.ndarray, tile: int, overlap: int, batch: int) -> np.ndarray:
     """MONAI's sliding window over the slices of ``unit`` (Z, Y, X) as a batch of 2-D images, sigmoid blended with
     cellops' Gaussian weight map."""
     from monai.inferers import sliding_window_inference
 
     with torch.inference_mode():
         out = sliding_window_inference(torch.from_numpy(unit)[:, None], (tile, tile), batch,
-                                       lambda x: torch.sigmoid(model(x)), overlap=overlap, mode="gaussian",
+                                       lambda x: torch.sigmoid(model(x)), overlap=overlap / tile, mode="gaussian",
                                        roi_weight_map=gaussian_weight_map(tile))
     return out[:, 0].numpy()
 
@@ -91,7 +91,8 @@ def load_inputs(args) -> tuple[torch.nn.Module, UNetServing, np.ndarray, np.ndar
         settings = UNetServing(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5)
         return UNet(base_channels=4, depth=2).eval(), settings, volume, volume > 128, volume, "random (smoke)"
     from tracking import tags
-    from tracking.cli import default_tracking_uri, load_registered, resolve_registered
+    from tracking.cli import default_tracking_uri
+    from tracking.registry import load_registered, resolve_registered
 
     uri = args.tracking_uri or default_tracking_uri()
     try:

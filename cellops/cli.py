@@ -1,17 +1,18 @@
-"""The `cellops` command: data generation and analyses of users' own images.
+"""The commands of `cellops` that need no model registry: data generation and analyses of users' own images.
 
     cellops generate-data [--params params.yaml] [--out data] [--force]
     cellops configs [--check]
     cellops check-data [--data data] [--manifest data.files.json] [--dvc-file data.dvc] [--update]
     cellops analyze colonies|nuclei|calcium INPUT... --out DIR [--group NAME] [--config FILE] [--masks LABELS.tif...]
     cellops report colonies|nuclei|calcium [--config configs/<kind>.yaml] [--out reports/<kind>]
-    cellops models [FAMILY]                       (registered versions, metrics, data versions, champion)
-    cellops lineage MODEL[:VERSION|@ALIAS] [--json]  (a version's lineage from the registry, no server)
-    cellops predict classifier|maskrcnn IMAGE... --out DIR [--model models:/NAME@ALIAS]
 
-Batch commands (analyze, predict) share one exit code contract (:func:`batch_exit_code`): 0 every file was
-analysed; 1 some files failed (each named on stderr with its problem, the others analysed and summarised); 2 the
-command could not run at all (bad arguments, config or model, or not one input file could be used).
+Each is a plain function returning an exit code; :func:`add_commands` and :func:`run_command` give them to the
+`cellops` application, which :mod:`tracking.cli` assembles with the registry commands (models, lineage, predict).
+
+Batch commands (analyze, predict) run on the batch engine (:mod:`cellops.batch`) and share its exit code contract
+(:func:`cellops.batch.batch_exit_code`): 0 every file was done; 1 some files failed (each named on stderr with its
+problem, the others done and summarised); 2 the command could not run at all (bad arguments, config or model, or not
+one input file could be used).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from cellops.telemetry import disable_telemetry
+from cellops.batch import (BATCH_EXIT_CODES, EXIT_NOT_RUN, EXIT_SOME_FAILED, SUMMARY, BatchResult, batch_exit_code,
+                           distinct_files, input_names, repeat_note)
 
 
 def generate_data(params_file: Path, out: Path, *, force: bool = False) -> None:
@@ -129,23 +131,8 @@ def render_configs(root: Path, *, check: bool = False) -> int:
 
 KINDS = ("calcium", "colonies", "nuclei")
 
-#: Exit codes of the batch commands (``analyze``, ``predict``).
-EXIT_ALL_DONE, EXIT_SOME_FAILED, EXIT_NOT_RUN = 0, 1, 2
-
-BATCH_EXIT_CODES = ("exit codes: 0 every file analysed; 1 some files failed (each is named on stderr with its "
-                    "problem, the rest are analysed and summarised); 2 nothing could be done (bad arguments, config "
-                    "or model, or no input file could be used)")
-
-
-def batch_exit_code(n_files: int, n_failed: int) -> int:
-    """The exit code of a batch of ``n_files`` of which ``n_failed`` failed: 0 none, 1 some, 2 all (or no file).
-
-    >>> batch_exit_code(3, 0), batch_exit_code(3, 1), batch_exit_code(3, 3)
-    (0, 1, 2)
-    """
-    if n_files == 0 or n_failed >= n_files:
-        return EXIT_NOT_RUN
-    return EXIT_SOME_FAILED if n_failed else EXIT_ALL_DONE
+#: The commands of this module (:func:`add_commands`, :func:`run_command`).
+COMMANDS = ("generate-data", "configs", "check-data", "analyze", "report")
 
 
 def _pipeline_parameters(config: Path) -> dict:
@@ -156,7 +143,7 @@ def _pipeline_parameters(config: Path) -> dict:
 def _analysis_params(kind: str, config: Path | None):
     """Parameters of ``kind``: from a pipeline config (its ``parameters.analysis``) or a plain mapping of parameter
     names to values; the defaults when no file is given."""
-    from cellops.analyze import ANALYSES
+    from cellops.classical.analyses import ANALYSES
     from cellops.config import from_mapping
 
     if config is None:
@@ -173,25 +160,147 @@ def _analysis_params(kind: str, config: Path | None):
     return from_mapping(ANALYSES[kind].params, values)
 
 
+def distinct_inputs(command: str, files: list[Path], verb: str) -> list[Path]:
+    """``files`` without repeats (:func:`cellops.batch.distinct_files`), each repeat named on stderr.
+
+    Parameters
+    ----------
+    command : str
+        The command, at the start of each line (``cellops analyze``).
+    files : list of Path
+        The files as given.
+    verb : str
+        What is done to a file (``analysed``), for the lines.
+
+    Returns
+    -------
+    list of Path
+        Each file once, in order.
+    """
+    files, repeats = distinct_files(files)
+    for repeat, first in repeats:
+        print(f"{command}: {repeat_note(repeat, first)}; {verb} once", file=sys.stderr)
+    return files
+
+
+def output_folder(out: Path) -> Path:
+    """``out``, created if missing; a ``ValueError`` saying why when it cannot be a batch's output folder.
+
+    Parameters
+    ----------
+    out : Path
+        The ``--out`` of a batch command.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot create the output folder ({error.strerror})") from error
+    return out
+
+
+def finish_batch(command: str, result: BatchResult, verb: str) -> int:
+    """Name every failed file on stderr with its problem, close with a line when some or all failed, and return
+    the exit code (:func:`cellops.batch.batch_exit_code`).
+
+    Parameters
+    ----------
+    command : str
+        The command, at the start of the closing line (``cellops analyze nuclei``).
+    result : cellops.batch.BatchResult
+        What the batch did.
+    verb : str
+        What was done to a file (``analysed``, ``predicted``).
+
+    Returns
+    -------
+    int
+        0 every file done (or skipped: done before), 1 some failed, 2 all failed (or no file).
+    """
+    for problem in result.failures.values():
+        print(f"  failed: {problem}", file=sys.stderr)
+    n_files, n_failed = len(result.rows), result.count("failed")
+    code = batch_exit_code(n_files, n_failed)
+    if code == EXIT_SOME_FAILED:
+        print(f"{command}: some files failed ({n_failed} of {n_files}); the others were {verb}", file=sys.stderr)
+    elif code == EXIT_NOT_RUN:
+        print(f"{command}: no file could be {verb}", file=sys.stderr)
+    return code
+
+
+def done_line(result: BatchResult, verb: str) -> str:
+    """``3 of 4 files analysed`` (and how many of them were kept from a previous run), for a batch's report.
+
+    Parameters
+    ----------
+    result : cellops.batch.BatchResult
+        What the batch did.
+    verb : str
+        What was done to a file.
+
+    Returns
+    -------
+    str
+        The line, without the command.
+
+    Examples
+    --------
+    >>> done_line(BatchResult([{"status": "done"}, {"status": "skipped"}, {"status": "failed"}]), "analysed")
+    '2 of 3 files analysed (1 unchanged since the last run: kept)'
+    """
+    done, skipped = len(result.rows) - result.count("failed"), result.count("skipped")
+    return (f"{done} of {len(result.rows)} files {verb}"
+            + (f" ({skipped} unchanged since the last run: kept)" if skipped else ""))
+
+
 def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config: Path | None,
             masks: list[Path] | None = None) -> int:
-    """Run one analysis over ``inputs``; returns :func:`batch_exit_code` (0 all analysed, 1 some failed, 2 none
-    could be). ``masks`` (calcium only): one label TIFF per movie, in the same order, measured instead of
-    segmenting.
+    """Run one analysis over ``inputs`` on the batch engine (:mod:`cellops.batch`); returns its exit code.
 
     Every file that cannot be analysed is named on stderr with its problem, one line each, and the others are
-    analysed and summarised (``<kind>_all.csv``). Outputs are named after their input; inputs that share a name
-    get the folders that tell them apart (:func:`cellops.analyze.input_names`). A file given twice is analysed
-    once. Raises ``ValueError`` for what stops the whole command (bad config, masks or output folder).
+    analysed and summarised (``<kind>_all.csv``, and ``batch_summary.csv``: one row per file). Outputs are named
+    after their input; inputs that share a name get the folders that tell them apart
+    (:func:`cellops.batch.input_names`). A file given twice is analysed once; a file analysed before into ``out``
+    with the same content and settings is kept, not analysed again.
+
+    Parameters
+    ----------
+    kind : str
+        ``colonies``, ``nuclei`` or ``calcium``.
+    inputs : list of Path
+        The image files (calcium: time-lapse stacks).
+    out : Path
+        The output folder.
+    group : str or None
+        The files' culture group (None: each file's folder name).
+    config : Path or None
+        A YAML file of the analysis parameters (None: the defaults).
+    masks : list of Path, optional
+        Calcium: one label TIFF per movie, in the same order, measured instead of segmenting.
+
+    Returns
+    -------
+    int
+        :func:`cellops.batch.batch_exit_code`: 0 all analysed, 1 some failed, 2 none could be.
+
+    Raises
+    ------
+    ValueError
+        For what stops the whole command: a bad config, bad masks or an unusable output folder.
     """
-    from cellops import analyze as batch
-    from cellops.io import write_table
+    from cellops.classical.analyses import analyze_batch
 
     params = _analysis_params(kind, config)
     baseline = getattr(params, "baseline_frames", 1)
     if isinstance(baseline, bool) or not isinstance(baseline, int) or baseline < 1:
         raise ValueError(f"{config}: baseline_frames must be a whole number of frames (1 or more), got {baseline!r}")
-    extra = {}
+    pairs: dict[Path, Path] = {}
     if masks:
         if kind != "calcium":
             raise ValueError(f"--masks is for calcium movies (cells drawn elsewhere), not {kind}")
@@ -200,42 +309,36 @@ def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config:
         missing = [str(m) for m in masks if not m.is_file()]
         if missing:
             raise ValueError(f"mask files not found: {missing}")
-        pairs = {}
         for movie, mask in zip(inputs, masks):
             if pairs.setdefault(movie, mask) != mask:
                 raise ValueError(f"{movie} is given twice, with the masks {pairs[movie]} and {mask}")
-        extra["masks"] = pairs
-    inputs, repeats = batch.distinct_files(inputs)
-    for repeat, first in repeats:
-        print(f"cellops analyze: {batch.repeat_note(repeat, first)}; analysed once", file=sys.stderr)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--out {out}: cannot create the output folder ({error.strerror})") from error
-    report = batch.ANALYSES[kind].run(inputs, out, params, group, names=batch.input_names(inputs), **extra)
-    if len(report.table.columns):  # some file was analysed (perhaps with no object in it)
-        write_table(report.table, out / f"{kind}_all.csv")
-        if kind == "nuclei" and report.table["group"].nunique() > 1:
-            batch.nuclei_group_report(report.table, out)
-    done = len(inputs) - len(report.failures)
-    print(f"{kind}: {done} of {len(inputs)} files analysed" + (f", {len(report.table)} objects; results in {out}"
-                                                                  if done else ""))
-    for name, problem in report.failures.items():
-        print(f"  failed: {problem if problem.startswith(name) else f'{name}: {problem}'}", file=sys.stderr)
-    code = batch_exit_code(len(inputs), len(report.failures))
-    if code == EXIT_SOME_FAILED:
-        print(f"cellops analyze {kind}: some files failed ({len(report.failures)} of {len(inputs)}); the others "
-              "were analysed", file=sys.stderr)
-    elif code == EXIT_NOT_RUN:
-        print(f"cellops analyze {kind}: no file could be analysed", file=sys.stderr)
-    return code
+    files = distinct_inputs("cellops analyze", inputs, "analysed")
+    output_folder(out)
+    result, table = analyze_batch(kind, files, out, params, names=input_names(files), group=group, masks=pairs)
+    failed = result.count("failed") == len(result.rows)
+    print(f"{kind}: {done_line(result, 'analysed')}"
+          + ("" if failed else f", {len(table)} objects; results in {out} (each file: {out / SUMMARY})"))
+    return finish_batch(f"cellops analyze {kind}", result, "analysed")
 
 
 def report(kind: str, config: Path, out: Path) -> int:
     """Whole-dataset report of ``kind`` as the pipeline config's ``parameters`` describe it (data folder, analysis
-    parameters, report options); writes tables, figures and ``metrics.json`` under ``out`` (the DVC stages)."""
+    parameters, report options); writes tables, figures and ``metrics.json`` under ``out`` (the DVC stages).
+
+    Parameters
+    ----------
+    kind : str
+        ``colonies``, ``nuclei`` or ``calcium``.
+    config : Path
+        The pipeline config.
+    out : Path
+        The report folder.
+
+    Returns
+    -------
+    int
+        0.
+    """
     from cellops.reports import run_report
 
     parameters = _pipeline_parameters(config)
@@ -248,22 +351,14 @@ def report(kind: str, config: Path, out: Path) -> int:
     return 0
 
 
-#: Commands that read the model registry; they live with the MLflow/ZenML helpers (tracking/), not in this
-#: library, and are loaded only when asked for.
-REGISTRY_COMMANDS = ("models", "lineage", "predict", "export-run")
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add this module's commands (:data:`COMMANDS`) to the ``cellops`` parser's sub-commands.
 
-
-def main(argv: list[str] | None = None) -> int:
-    disable_telemetry()
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in REGISTRY_COMMANDS:
-        import importlib
-
-        return importlib.import_module("tracking.cli").main(argv)
-    parser = argparse.ArgumentParser(prog="cellops", description="cellops: MLOps for cell imaging")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in REGISTRY_COMMANDS:
-        commands.add_parser(name, help=f"see `cellops {name} --help`")
+    Parameters
+    ----------
+    commands : argparse._SubParsersAction
+        What ``ArgumentParser.add_subparsers`` returned.
+    """
     gen = commands.add_parser("generate-data", help="write the deterministic built-in datasets")
     gen.add_argument("--params", type=Path, default=Path("params.yaml"))
     gen.add_argument("--out", type=Path, default=Path("data"))
@@ -282,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="image files, not folders (calcium: grey-level time-lapse TIFF stacks (frames, rows, "
                           "columns) longer than the config's baseline_frames); outputs are named after each file, "
                           "inside sub-folders named like their folders when two files share a name")
-    ana.add_argument("--out", type=Path, required=True, help="folder for label TIFFs, CSV tables and PNG plots")
+    ana.add_argument("--out", type=Path, required=True,
+                     help=f"folder for label TIFFs, CSV tables and PNG plots, and {SUMMARY} (one row per file); "
+                          "a file analysed there before with the same content and settings is kept")
     ana.add_argument("--group", help="culture group of these files (default: each file's folder name)")
     ana.add_argument("--config", type=Path, help="YAML with the analysis parameters (e.g. configs/nuclei.yaml)")
     ana.add_argument("--masks", type=Path, nargs="+", metavar="LABELS.tif",
@@ -291,7 +388,23 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("kind", choices=KINDS)
     rep.add_argument("--config", type=Path, help="pipeline config (default configs/<kind>.yaml)")
     rep.add_argument("--out", type=Path, help="output folder (default reports/<kind>)")
-    args = parser.parse_args(argv)
+
+
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the command of ``args``, one of :data:`COMMANDS`; returns its exit code.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed arguments.
+    parser : argparse.ArgumentParser
+        Their parser (``parser.error`` for bad arguments: exit code 2).
+
+    Returns
+    -------
+    int
+        The exit code.
+    """
     if args.command == "report":
         config = args.config or Path(f"configs/{args.kind}.yaml")
         if not config.is_file():
@@ -300,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             return report(args.kind, config, args.out or Path(f"reports/{args.kind}"))
         except (FileNotFoundError, ValueError) as error:
             print(f"cellops report: {error}", file=sys.stderr)
-            return 2
+            return EXIT_NOT_RUN
     if args.command == "analyze":
         if args.config is not None and not args.config.is_file():
             parser.error(f"{args.config}: no such config file")
@@ -308,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             return analyze(args.kind, args.inputs, args.out, args.group, args.config, args.masks)
         except ValueError as error:  # a bad config, bad masks or an unusable output folder
             print(f"cellops analyze: {error}", file=sys.stderr)
-            return 2
+            return EXIT_NOT_RUN
     if args.command == "configs":
         return render_configs(args.root, check=args.check)
     if args.command == "check-data":
@@ -324,8 +437,5 @@ def main(argv: list[str] | None = None) -> int:
         except FileExistsError as error:
             print(f"cellops generate-data: {error}", file=sys.stderr)
             return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        return 0
+    raise ValueError(f"not a command of cellops.cli: {args.command}")

@@ -119,6 +119,20 @@ def mean_over_ranks(value: float) -> float:
     return float(tensor.item()) / dist.get_world_size()
 
 
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The module to train: ``model`` itself in one process; under DDP, ``model`` wrapped in
+    DistributedDataParallel (with synchronised batch norm on GPUs), sharing its parameters.
+
+    >>> layer = torch.nn.Linear(2, 1)
+    >>> data_parallel(layer, torch.device("cpu")) is layer  # one process
+    True
+    """
+    if not is_distributed():
+        return model
+    trained = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model
+    return torch.nn.parallel.DistributedDataParallel(trained, device_ids=[device] if device.type == "cuda" else None)
+
+
 def init_from_environment(backend: str) -> None:
     """Join the process group ``torchrun`` describes in the environment (RANK, WORLD_SIZE, MASTER_ADDR...)."""
     if "RANK" not in os.environ:

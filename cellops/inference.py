@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from cellops.runtimes import pin_fp32_precision
+from cellops.tiling import tile_starts
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:
@@ -62,23 +63,6 @@ def gaussian_weight_map(tile_size: int, sigma_scale: float = 0.125) -> torch.Ten
     return weights.clamp_min(1e-3)
 
 
-def tile_starts(length: int, tile_size: int, stride: int) -> list[int]:
-    """Start offsets of tiles of ``tile_size`` along an axis of ``length``, the last flush with the end.
-
-    Examples
-    --------
-    >>> tile_starts(100, 64, 48)
-    [0, 36]
-    >>> tile_starts(64, 64, 48)
-    [0]
-    """
-    if length <= tile_size:
-        return [0]
-    n_steps = int(np.ceil((length - tile_size) / stride)) + 1
-    # Spread the tiles evenly so every overlap is about the same size.
-    return [int(round(i * (length - tile_size) / (n_steps - 1))) for i in range(n_steps)]
-
-
 @dataclass(frozen=True)
 class TilingPlan:
     """Where the tiles of one (padded) slice lie and how much each pixel is weighted in total."""
@@ -88,13 +72,12 @@ class TilingPlan:
     normaliser: torch.Tensor  # (H, W) sum of the weights of every tile covering a pixel
 
 
-def plan_tiles(height: int, width: int, tile_size: int, overlap: float, weights: torch.Tensor) -> TilingPlan:
-    """Lay tiles over an ``height`` x ``width`` slice (padded up to ``tile_size`` where smaller)."""
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must lie in [0, 1), got {overlap}")
+def plan_tiles(height: int, width: int, tile_size: int, overlap: int, weights: torch.Tensor) -> TilingPlan:
+    """Lay tiles over an ``height`` x ``width`` slice (padded up to ``tile_size`` where smaller), neighbours sharing
+    at least ``overlap`` pixels (:func:`cellops.tiling.tile_starts`)."""
     padded = (max(height, tile_size), max(width, tile_size))
-    stride = max(1, int(tile_size * (1.0 - overlap)))
-    starts = [(y, x) for y in tile_starts(padded[0], tile_size, stride) for x in tile_starts(padded[1], tile_size, stride)]
+    starts = [(y, x) for y in tile_starts(padded[0], tile_size, overlap)
+              for x in tile_starts(padded[1], tile_size, overlap)]
     normaliser = torch.zeros(padded, dtype=torch.float32)
     for y, x in starts:
         normaliser[y : y + tile_size, x : x + tile_size] += weights
@@ -107,7 +90,7 @@ def sliding_window_predict(
     image: np.ndarray,
     *,
     tile_size: int = 256,
-    overlap: float = 0.25,
+    overlap: int | None = None,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
@@ -119,7 +102,8 @@ def sliding_window_predict(
         Pass it through :func:`prepare_for_inference` once first for speed.
     image : (Y, X) or (Z, Y, X) float32 array in [0, 1] (see :func:`cellops.io.to_unit_range`).
     tile_size : side of the square tiles; must suit the model (a U-Net needs a multiple of 2**depth).
-    overlap : fraction of a tile shared with its neighbour.
+    overlap : least number of pixels a tile shares with its neighbour, in ``[0, tile_size)``; by default a quarter
+        of the tile, rounded up.
     batch_size : tiles per forward pass, gathered across slices.
     device : where the model runs.
 
@@ -132,7 +116,7 @@ def sliding_window_predict(
     >>> identity = torch.nn.Conv2d(1, 1, 1, bias=False)
     >>> _ = torch.nn.init.constant_(identity.weight, 1.0)
     >>> img = np.zeros((40, 50), np.float32)
-    >>> out = sliding_window_predict(identity, img, tile_size=16, overlap=0.5)
+    >>> out = sliding_window_predict(identity, img, tile_size=16, overlap=8)
     >>> out.shape, float(out.max())
     ((40, 50), 0.5)
     """
@@ -144,6 +128,8 @@ def sliding_window_predict(
     device = torch.device(device)
     volume = image[None] if image.ndim == 2 else image
     n_slices, height, width = volume.shape
+    if overlap is None:
+        overlap = tile_size - 3 * tile_size // 4
     weights = gaussian_weight_map(tile_size).to(device)
     plan = plan_tiles(height, width, tile_size, overlap, weights.cpu())
     pad_y, pad_x = plan.padded_shape[0] - height, plan.padded_shape[1] - width
@@ -166,16 +152,15 @@ def sliding_window_predict(
     return result[0] if image.ndim == 2 else result
 
 
-def tile_count(shape: tuple[int, ...], tile_size: int, overlap: float) -> int:
-    """How many tiles :func:`sliding_window_predict` runs over an image or stack of ``shape`` (the work a
-    request causes: a slice smaller than a tile still costs a whole one).
+def tile_count(shape: tuple[int, ...], tile_size: int, overlap: int) -> int:
+    """How many tiles :func:`sliding_window_predict` runs over an image or stack of ``shape`` with neighbours sharing
+    ``overlap`` pixels (the work a request causes: a slice smaller than a tile still costs a whole one).
 
-    >>> tile_count((3, 100, 100), tile_size=64, overlap=0.25), tile_count((10, 10), tile_size=64, overlap=0.25)
+    >>> tile_count((3, 100, 100), tile_size=64, overlap=16), tile_count((10, 10), tile_size=64, overlap=16)
     (12, 1)
     """
-    stride = max(1, int(tile_size * (1.0 - overlap)))
     height, width = shape[-2:]
     slices = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-    per_slice = len(tile_starts(max(height, tile_size), tile_size, stride)) * \
-        len(tile_starts(max(width, tile_size), tile_size, stride))
+    per_slice = len(tile_starts(max(height, tile_size), tile_size, overlap)) * \
+        len(tile_starts(max(width, tile_size), tile_size, overlap))
     return slices * per_slice

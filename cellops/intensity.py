@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cellops.config import FromMapping
+from cellops.errors import ImageInputError
 
 #: The normalisation modes: per-image percentiles (the default) or the dtype's fixed range.
 MODES = ("percentile", "dtype")
@@ -106,7 +107,6 @@ LEGACY = Normalization(mode="dtype")
 
 
 def _check_pixels(image: np.ndarray, source: str) -> None:
-    from cellops.io import ImageInputError
 
     name = source or "image"
     if image.size == 0:
@@ -120,7 +120,6 @@ def _check_pixels(image: np.ndarray, source: str) -> None:
 def dtype_bounds(image: np.ndarray, *, source: str = "") -> tuple[float, float]:
     """(0, dtype maximum) for 8- and 16-bit images; (0, 1) for floats, which must lie in [0, 1] (up to
     :data:`FLOAT_UNIT_TOLERANCE`): a float image carries no fixed range to scale by."""
-    from cellops.io import ImageInputError
 
     _check_pixels(image, source)
     if image.dtype.kind == "u":
@@ -166,7 +165,6 @@ def percentile_bounds(image: np.ndarray, low: float, high: float, *, source: str
     """The ``low`` and ``high`` percentiles of ``image`` (its minimum and maximum where they coincide); a constant
     image raises an :class:`cellops.io.ImageInputError` naming ``source``. ``histogram`` (integer images) may be
     given instead of reading the pixels, for volumes read slab by slab."""
-    from cellops.io import ImageInputError
 
     if histogram is None:
         _check_pixels(image, source)

@@ -1,5 +1,5 @@
-"""Readers and writers for the formats cellops handles: TIFF stacks, PNG/TIFF uploads, CSV tables and COCO
-instance annotations.
+"""Readers and writers for the formats cellops handles: TIFF stacks, PNG/TIFF/JPEG files and uploads, CSV tables.
+COCO instance annotations have their own module, :mod:`cellops.coco`.
 
 One reader per format for the whole project: datasets, the command line and the services all go through
 these functions, so every caller gets the same checks and the same error messages.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,21 +18,13 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
+from cellops.errors import ImageInputError, ImageTooLargeError
+
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cellops.intensity import Normalization
-
 #: dtypes the segmentation models accept; everything else is refused with a clear message.
 SUPPORTED_DTYPES: tuple[str, ...] = ("uint8", "uint16", "float32", "float64")
-
-
-class ImageInputError(ValueError):
-    """An image that cannot be used: unreadable, empty, of the wrong shape, size or dtype."""
-
-
-class ImageTooLargeError(ImageInputError):
-    """An image with more pixels than the caller accepts (a service answers 413 to it)."""
 
 
 def write_tiff_stack(path: str | Path, array: np.ndarray) -> Path:
@@ -148,7 +139,7 @@ def read_tiff_stack(path: str | Path) -> np.ndarray:
     (3, 8, 8)
     >>> read_tiff_stack(path.parent)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    cellops.io.ImageInputError: ...: is a directory, not an image file
+    cellops.errors.ImageInputError: ...: is a directory, not an image file
     """
     import logging.handlers
     import queue
@@ -208,7 +199,7 @@ def read_image_file(path: str | Path) -> np.ndarray:
     >>> folder = Path(tempfile.mkdtemp())
     >>> read_image_file(folder / "missing.png")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    cellops.io.ImageInputError: ...missing.png: no such file
+    cellops.errors.ImageInputError: ...missing.png: no such file
     """
     path = Path(path)
     _check_input_file(path)
@@ -323,7 +314,7 @@ def check_pixels(array: np.ndarray, *, source: str = "", max_pixels: int | None 
     (8, 8)
     >>> check_pixels(np.full((8, 8), 200.0), source="a.tif")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    cellops.io.ImageInputError: a.tif: float image with values from 200 to 200; ...
+    cellops.errors.ImageInputError: a.tif: float image with values from 200 to 200; ...
     """
     prefix = f"{source}: " if source else ""
     if array.size == 0:
@@ -442,46 +433,46 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
     return LEGACY.apply(image)
 
 
-def labels_to_coco(labels_per_image: dict[str, np.ndarray], category: str = "colony") -> dict:
-    """COCO instance annotations (RLE masks, boxes, areas) from label images keyed by file name.
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """One grey plane of a decoded picture: the mean of its colour channels, computed in float.
 
-    >>> coco = labels_to_coco({"a.png": np.array([[0, 1], [2, 2]])})
-    >>> [a["area"] for a in coco["annotations"]], coco_to_labels(coco, "a.png").tolist()
-    ([1.0, 2.0], [[0, 1], [2, 2]])
+    Parameters
+    ----------
+    image : np.ndarray
+        A 2-D grey image, or a channel-last ``HxWxC`` picture: ``C`` = 1 (grey), 2 (grey + alpha), 3 (RGB) or
+        4 (RGBA). Any integer or float dtype.
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W)``. A grey image (2-D, ``HxWx1`` or grey + alpha) keeps its dtype and values: its single channel
+        as stored. A colour image gives float64, the unweighted mean of red, green and blue on the input's own
+        scale (a uint8 picture gives values in [0, 255], fractions kept): no rounding or integer cast, so no
+        intensity is lost. Alpha is dropped, not averaged in.
+
+    Raises
+    ------
+    ImageInputError
+        For an array that is neither 2-D nor channel-last with 1 to 4 channels.
+
+    Examples
+    --------
+    >>> to_grey(np.array([[[10, 20, 31]]], np.uint8)).tolist()
+    [[20.333333333333332]]
+    >>> to_grey(np.array([[[0, 0, 255, 7]]], np.uint8)).tolist()
+    [[85.0]]
+    >>> to_grey(np.array([[1, 2]], np.uint16)).dtype
+    dtype('uint16')
     """
-    from pycocotools import mask as coco_mask
-
-    images, annotations = [], []
-    for image_id, (file_name, labels) in enumerate(sorted(labels_per_image.items()), start=1):
-        images.append({"id": image_id, "file_name": file_name, "height": int(labels.shape[0]),
-                       "width": int(labels.shape[1])})
-        for label in np.unique(labels[labels > 0]):  # only the labels present: ids may be sparse (32-bit)
-            mask = np.asfortranarray((labels == label).astype(np.uint8))
-            rle = coco_mask.encode(mask)
-            rle["counts"] = rle["counts"].decode("ascii")
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "segmentation": rle,
-                "area": float(coco_mask.area(rle)), "bbox": [float(v) for v in coco_mask.toBbox(rle)], "iscrowd": 0,
-            })
-    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": category}]}
-
-
-def coco_to_labels(coco: dict, file_name: str) -> np.ndarray:
-    """The label image of ``file_name`` rebuilt from COCO annotations (instance ``i`` labelled ``i``)."""
-    matches = [img for img in coco["images"] if img["file_name"] == file_name]
-    if not matches:
-        raise KeyError(f"{file_name} is not among the images of the annotation file")
-    from pycocotools import mask as coco_mask
-
-    info = matches[0]
-    labels = np.zeros((info["height"], info["width"]), np.int32)
-    for i, ann in enumerate(a for a in coco["annotations"] if a["image_id"] == info["id"]):
-        segmentation = ann["segmentation"]
-        if isinstance(segmentation, list):  # polygons
-            rles = coco_mask.frPyObjects(segmentation, info["height"], info["width"])
-            segmentation = coco_mask.merge(rles)
-        labels[coco_mask.decode(segmentation).astype(bool)] = i + 1
-    return labels
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image
+    if image.ndim != 3 or not 1 <= image.shape[-1] <= 4:
+        raise ImageInputError(f"expected a 2-D grey image or an HxWxC picture with 1 to 4 channels, got shape "
+                              f"{image.shape}")
+    if image.shape[-1] <= 2:  # grey, or grey + alpha
+        return image[..., 0]
+    return image[..., :3].astype(np.float64).mean(axis=-1)
 
 
 def ground_truth_file(image: str | Path, suffix: str) -> Path:
@@ -493,62 +484,6 @@ def ground_truth_file(image: str | Path, suffix: str) -> Path:
     image = Path(image)
     return image.with_name(image.stem + suffix)
 
-
-#: Image file types a class-folder dataset may hold (what microscopes and labs export).
-CLASS_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-
-
-@dataclass(frozen=True)
-class ClassFolderDataset:
-    """Image files labelled by the folder they sit in (``root/<class>/<image>``), the layout labs keep.
-
-    ``files[i]`` has label ``labels[i]``, an index into ``classes`` (folder names, sorted).
-    """
-
-    files: list[Path]
-    labels: list[int]
-    classes: list[str]
-
-    def counts(self) -> dict[str, int]:
-        return {name: self.labels.count(i) for i, name in enumerate(self.classes)}
-
-
-def list_class_folders(root: str | Path) -> ClassFolderDataset:
-    """The images of every class folder under ``root`` (any number of classes; PNG, TIFF or JPEG files).
-
-    Raises a ``FileNotFoundError`` naming the problem when ``root`` is missing, holds fewer than two class folders,
-    or a class folder holds no image (other files, such as notes, are ignored).
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> root = Path(tempfile.mkdtemp())
-    >>> for name in ("non_ec/a.png", "ec/b.tif", "ec/c.jpg", "ec/notes.txt"):
-    ...     (root / name).parent.mkdir(exist_ok=True); _ = (root / name).write_bytes(b"x")
-    >>> data = list_class_folders(root)
-    >>> data.classes, data.counts()
-    (['ec', 'non_ec'], {'ec': 2, 'non_ec': 1})
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder (expected one sub-folder of images per class)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:
-        raise FileNotFoundError(f"{root}: found {len(classes)} class folder(s) {classes}; a classifier needs at least two")
-    files: list[Path] = []
-    labels: list[int] = []
-    for index, name in enumerate(classes):
-        images = sorted(p for p in (root / name).iterdir()
-                        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in CLASS_IMAGE_SUFFIXES)
-        if not images:
-            raise FileNotFoundError(f"{root / name}: no images ({', '.join(CLASS_IMAGE_SUFFIXES)}) in class {name!r}")
-        files += images
-        labels += [index] * len(images)
-    return ClassFolderDataset(files=files, labels=labels, classes=classes)
-
-
-#: ITU-R BT.601 luma weights of red, green and blue: the grey level :func:`to_model_input` makes of a colour image.
-LUMA_WEIGHTS_BT601 = (0.299, 0.587, 0.114)
 
 #: Float images whose values all lie in [0, 1] give or take this much are taken as already scaled (and clipped);
 #: any other float image is rescaled by its own minimum and maximum.
@@ -569,7 +504,7 @@ def image_geometry(image: np.ndarray, *, source: str = "") -> tuple[int, int, in
     ((20, 30, 3), (20, 30, 1))
     >>> image_geometry(np.zeros((3, 20, 30), np.uint8), source="stack.tif")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    cellops.io.ImageInputError: stack.tif: a stack of 3 planes (shape (3, 20, 30)), not one image; expected ...
+    cellops.errors.ImageInputError: stack.tif: a stack of 3 planes (shape (3, 20, 30)), not one image; expected ...
     """
     name = source or "image"
     if image.size == 0:
@@ -591,119 +526,10 @@ def image_geometry(image: np.ndarray, *, source: str = "") -> tuple[int, int, in
     )
 
 
-def to_model_input(image: np.ndarray, *, channels: int, size: int, normalization: "Normalization",
-                   source: str = "") -> np.ndarray:
-    """One decoded image as a classifier's input: float32 of shape ``(channels, size, size)``.
-
-    Parameters
-    ----------
-    image : a 2-D grey image, an ``HxWx3`` (RGB) or ``HxWx4`` (RGBA) colour image, or a one-plane stack; uint8,
-        uint16 or float (as :func:`read_image_file` returns it).
-    channels : 1 gives grey: a colour image becomes its ITU-R BT.601 luma
-        ``0.299 R + 0.587 G + 0.114 B`` (:data:`LUMA_WEIGHTS_BT601`, in float64); 3 gives RGB: a grey image is
-        repeated in the three channels. An alpha channel is dropped (not composited).
-    size : side of the square output. A non-square image is first cropped to its centred largest square (the
-        cells at the borders of the long side are lost, none is stretched); then it is resized with area
-        averaging (``cv2.INTER_AREA``; bilinear when enlarging) if its side differs from ``size``.
-    normalization : how values are scaled (:class:`cellops.intensity.Normalization`, stored with the model): by
-        the image's own percentiles over all its channels (the default; the same picture as 8-bit, 16-bit or float
-        gives the same input), or by the dtype's fixed range. It is applied to the whole image, before cropping.
-    source : named in every error message (the file the image came from).
-
-    Raises
-    ------
-    ImageInputError
-        Naming ``source`` and the problem: empty image, a stack of several planes or a 4-D array (see
-        :func:`image_geometry`), a channel count other than 1, 3 or 4, an unsupported dtype, NaN or infinity, a
-        constant image (percentile mode), a float image outside [0, 1] (dtype mode).
-    ValueError
-        ``channels`` other than 1 or 3, or ``size`` below 1 (a caller's mistake, not the file's).
-
-    Examples
-    --------
-    >>> from cellops.intensity import Normalization
-    >>> red = np.zeros((4, 6, 3), np.uint8); red[..., 0] = 255
-    >>> to_model_input(red, channels=1, size=2, normalization=Normalization(mode="dtype")).astype(float).round(3).tolist()
-    [[[0.299, 0.299], [0.299, 0.299]]]
-    >>> ramp = np.arange(64, dtype=np.uint16).reshape(8, 8)
-    >>> to_model_input(ramp, channels=3, size=4, normalization=Normalization()).shape
-    (3, 4, 4)
-    """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
-    if size < 1:
-        raise ValueError(f"size must be at least 1 pixel, got {size}")
-    name = source or "image"
-    height, width, n_channels = image_geometry(image, source=source)
-    if n_channels not in (1, 3, 4):
-        raise ImageInputError(
-            f"{name}: {n_channels} channels (shape {image.shape}); supported: 1 (grey), 3 (RGB) or 4 (RGBA)"
-        )
-    if n_channels == 4:  # alpha is not signal: it takes no part in the intensity scale
-        image = image.reshape(height, width, n_channels)[..., :3]
-        n_channels = 3
-    values = normalization.apply(image.reshape(height, width, n_channels), source=name).astype(np.float64)
-    if n_channels == 1:
-        planes = values if channels == 1 else np.repeat(values, 3, axis=2)
-    elif channels == 1:
-        red, green, blue = LUMA_WEIGHTS_BT601
-        planes = (red * values[..., 0] + green * values[..., 1] + blue * values[..., 2])[..., None]
-    else:
-        planes = values[..., :3]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    planes = planes[top:top + side, left:left + side]
-    if side != size:
-        import cv2
-
-        planes = cv2.resize(np.ascontiguousarray(planes), (size, size), interpolation=cv2.INTER_AREA)
-        planes = planes.reshape(size, size, channels)  # cv2 drops a last axis of one channel
-    return np.ascontiguousarray(planes.transpose(2, 0, 1), dtype=np.float32)
-
-
-def load_class_images(paths: Sequence[Path], *, channels: int, size: int,
-                      normalization: "Normalization") -> tuple[np.ndarray, list[tuple[Path, str]]]:
-    """Read image files into one float32 batch ``(N, channels, size, size)`` for a classifier.
-
-    Each file goes through :func:`read_image_file` and :func:`to_model_input` (same ``channels``, ``size`` and
-    ``normalization``).
-    A file that cannot be used does not stop the batch: it is left out of the array and listed with its error
-    message instead, so the caller decides whether a bad file is fatal. The rows of the array follow ``paths``
-    with the failed files left out.
-
-    Returns
-    -------
-    images : float32 array ``(N, channels, size, size)``, normalised; ``N`` is 0 when no file was usable.
-    errors : ``(path, message)`` for every file that was not usable; each message names the file and the problem.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> good = write_tiff_stack(folder / "a.tif", np.zeros((6, 8), np.uint16))
-    >>> _ = (folder / "b.png").write_text("not an image")
-    >>> from cellops.intensity import Normalization
-    >>> images, errors = load_class_images([good, folder / "b.png"], channels=1, size=4,
-    ...                                    normalization=Normalization(mode="dtype"))
-    >>> images.shape, [path.name for path, _ in errors]
-    ((1, 1, 4, 4), ['b.png'])
-    """
-    images: list[np.ndarray] = []
-    errors: list[tuple[Path, str]] = []
-    for path in map(Path, paths):
-        try:
-            images.append(to_model_input(read_image_file(path), channels=channels, size=size,
-                                         normalization=normalization, source=str(path)))
-        except ImageInputError as error:
-            errors.append((path, str(error)))
-    batch = np.stack(images) if images else np.zeros((0, channels, size, size), np.float32)
-    return batch, errors
-
-
 def decode_picture(data: bytes, *, max_pixels: int, min_side: int = MIN_SIDE) -> np.ndarray:
     """Decode one uploaded picture as stored: PNG, JPEG or TIFF, grey or colour (RGB/RGBA, channel-last), 8/16-bit
-    or float (what :func:`to_model_input` takes). Errors name the problem; too many pixels raise
-    :class:`ImageTooLargeError`.
+    or float (what :func:`cellops.classifier.data.to_model_input` takes). Errors name the problem; too many pixels
+    raise :class:`ImageTooLargeError`.
 
     >>> decode_picture(encode_image(np.zeros((8, 8), np.uint8), "png"), max_pixels=100).shape
     (8, 8)

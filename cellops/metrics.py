@@ -334,3 +334,36 @@ def bootstrap_interval(statistic, *per_unit_arrays: np.ndarray, confidence: floa
     low, high = np.quantile(distribution[np.isfinite(distribution)], [alpha, 1 - alpha])
     return Interval(float(low), float(high), estimate, confidence, n_units,
                     f"percentile, {undefined} of {len(distribution)} resamples undefined")
+
+
+def sensitivity_interval(predicted: np.ndarray, labels: np.ndarray, positive: int) -> dict[str, float]:
+    """The 95 % Wilson score interval of the sensitivity: each positive image found or not (a bootstrap of a
+    proportion at 1 would have no width).
+
+    Parameters
+    ----------
+    predicted : np.ndarray
+        Predicted class index of each image, shape (N,).
+    labels : np.ndarray
+        True class index of each image, shape (N,).
+    positive : int
+        Index of the positive class.
+
+    Returns
+    -------
+    dict[str, float]
+        ``sensitivity_ci_low`` and ``sensitivity_ci_high``; both NaN when no image is positive (the sensitivity is
+        undefined, and so is its interval).
+
+    Examples
+    --------
+    >>> interval = sensitivity_interval(np.array([0, 0, 1]), np.array([0, 0, 0]), positive=0)
+    >>> round(interval["sensitivity_ci_low"], 3), round(interval["sensitivity_ci_high"], 3)
+    (0.208, 0.939)
+    """
+    is_positive = np.asarray(labels) == positive
+    if not is_positive.any():
+        return {"sensitivity_ci_low": float("nan"), "sensitivity_ci_high": float("nan")}
+    found = int(np.sum((np.asarray(predicted) == positive) & is_positive))
+    interval = proportion_interval(found, int(np.sum(is_positive)))
+    return {"sensitivity_ci_low": interval.low, "sensitivity_ci_high": interval.high}

@@ -11,13 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from cellops import analyze as batch
+from cellops.classical.analyses import (ANALYSES, BatchReport, analyze_calcium_files, analyze_colony_files,
+                                        analyze_nucleus_files, nuclei_group_report)
 from cellops.classical.calcium import CalciumParams
 from cellops.config import from_mapping
 from cellops.io import round_significant, write_table
 from cellops.classical.colonies import ColonyParams
 from cellops.classical.nuclei import NucleusParams
+from cellops.classical.plots import plot_superplot
+from cellops.classical.stats import group_statistics
 from cellops.scoring import score_calcium, score_colonies, score_nuclei
+
 
 @dataclass
 class DatasetReport:
@@ -56,7 +60,7 @@ def _groups(data_dir: Path, groups: list[str] | None) -> list[str]:
     return groups or sorted(p.name for p in data_dir.iterdir() if p.is_dir())
 
 
-def _raise_failures(kind: str, report: batch.BatchReport) -> None:
+def _raise_failures(kind: str, report: BatchReport) -> None:
     if report.failures:
         raise ValueError(f"{kind} analysis failed on {len(report.failures)} files: {report.failures}")
 
@@ -65,7 +69,7 @@ def colony_report(data_dir: Path, out_dir: Path, params: ColonyParams, *, patter
                   iou_threshold: float) -> DatasetReport:
     """Colonies of ``data_dir/<pattern>``; scored against ``data_dir/annotations`` (COCO) if present."""
     files = dataset_files(data_dir, pattern)
-    report = batch.analyze_colony_files(files, out_dir, params, group="colonies")
+    report = analyze_colony_files(files, out_dir, params, group="colonies")
     _raise_failures("colony", report)
     accuracy: dict = {"n_images": len(files), "n_colonies": len(report.table)}
     if (data_dir / annotations).is_file():
@@ -81,11 +85,11 @@ def nuclei_report(data_dir: Path, out_dir: Path, params: NucleusParams, *, patte
     files_by_group = {g: dataset_files(data_dir / g, pattern, ground_truth_suffix) for g in _groups(data_dir, groups)}
     tables = []
     for group, files in files_by_group.items():
-        report = batch.analyze_nucleus_files(files, out_dir / group, params, group)
+        report = analyze_nucleus_files(files, out_dir / group, params, group)
         _raise_failures("nucleus", report)
         tables.append(report.table)
     table = pd.concat(tables, ignore_index=True)
-    summary, statistics, plot = batch.nuclei_group_report(table, out_dir, features, replicate)
+    summary, statistics, plot = nuclei_group_report(table, out_dir, features, replicate)
     ellipses_file = data_dir / "ellipses.csv"
     ellipses = pd.read_csv(ellipses_file) if ellipses_file.is_file() else None
     accuracy: dict = {"n_nuclei": len(table), **{f"n_{g}": int((table["group"] == g).sum()) for g in files_by_group},
@@ -105,7 +109,7 @@ def calcium_report(data_dir: Path, out_dir: Path, params: CalciumParams, *, patt
     """Responses of the movies in ``data_dir/<group>/<pattern>``, group curves, and trace correlation against
     the ``ground_truth_suffix`` label images and ``*_traces.csv`` where present."""
     files = [f for g in _groups(data_dir, groups) for f in dataset_files(data_dir / g, pattern, ground_truth_suffix)]
-    report = batch.analyze_calcium_files(files, out_dir, params)
+    report = analyze_calcium_files(files, out_dir, params)
     _raise_failures("calcium", report)
     curves = pd.read_csv(out_dir / "calcium_group_curves.csv")
     accuracy: dict = {"n_cells": len(report.table),
@@ -113,9 +117,8 @@ def calcium_report(data_dir: Path, out_dir: Path, params: CalciumParams, *, patt
                       **score_calcium(files, out_dir, ground_truth_suffix=ground_truth_suffix,
                                       iou_threshold=iou_threshold)}
     features = features or ["peak_dff", "auc_dff_s", "time_to_peak_s"]
-    statistics = batch.group_statistics(report.table, features, replicate)
-    superplot = batch.plot_superplot(report.table, features, out_dir / "calcium_superplot.png",
-                                     replicate_column=replicate)
+    statistics = group_statistics(report.table, features, replicate)
+    superplot = plot_superplot(report.table, features, out_dir / "calcium_superplot.png", replicate_column=replicate)
     across = statistics[(statistics["feature"] == "peak_dff") & (statistics["comparison"] == "all groups")
                         & (statistics["level"] == "replicate")]
     if len(across):
@@ -134,5 +137,5 @@ def run_report(kind: str, data_dir: str | Path, out_dir: str | Path, analysis: d
     stages) both call this."""
     if kind not in REPORTS:
         raise ValueError(f"unknown analysis {kind!r}; expected one of {sorted(REPORTS)}")
-    params = from_mapping(batch.ANALYSES[kind].params, analysis)
+    params = from_mapping(ANALYSES[kind].params, analysis)
     return REPORTS[kind](Path(data_dir), Path(out_dir), params, **report)

@@ -1,6 +1,6 @@
 """Accuracy of the classical analyses against the ground truth shipped with a dataset.
 
-Each function reads what :mod:`cellops.analyze` wrote (label TIFFs, CSV tables) next to the dataset's own
+Each function reads what :mod:`cellops.classical.analyses` wrote (label TIFFs, CSV tables) next to the dataset's own
 ground truth (COCO annotations, label images, drawn ellipses, true traces) and returns plain figures, so a
 pipeline step, a DVC stage or a notebook can all score a run the same way.
 """
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellops.io import coco_to_labels, ground_truth_file, read_tiff_stack
+from cellops.coco import coco_to_labels
+from cellops.io import ground_truth_file, read_tiff_stack
 from cellops.metrics import match_instances
 
 

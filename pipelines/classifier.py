@@ -7,18 +7,13 @@ Run with ``zenml pipeline run pipelines.classifier.training_pipeline -c configs/
 from zenml import pipeline
 
 from cellops.classifier.specs import parse_models
-from steps.classifier import (
-    compare_classifiers,
-    index_class_folders,
-    load_classifier_images,
-    pretrain_source_backbone,
-    register_classifiers,
-    train_and_evaluate_classifier,
-    validate_classification_data,
-)
+from steps.classifier.data import index_class_folders, load_classifier_images
+from steps.classifier.register import register_classifiers
+from steps.classifier.runtime import optimise_classifier_runtime
+from steps.classifier.train import compare_classifiers, pretrain_source_backbone, train_and_evaluate_classifier
+from steps.classifier.validation import validate_classification_data
 from steps.deployment import build_bento, import_champion
 from steps.lineage import record_lineage
-from steps.runtimes import optimise_classifier_runtime
 from steps.validation import require_valid_dataset
 
 

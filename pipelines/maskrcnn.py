@@ -10,15 +10,17 @@ from zenml import pipeline
 from cellops.maskrcnn.specs import parse_models
 from steps.deployment import build_bento, import_champion
 from steps.lineage import record_lineage
-from steps.maskrcnn import (compare_maskrcnn, load_instance_annotations, pretrain_on_source, register_maskrcnn,
-                            train_and_evaluate_maskrcnn, validate_instance_annotations)
-from steps.runtimes import optimise_maskrcnn_runtime
+from steps.maskrcnn.data import load_instance_annotations
+from steps.maskrcnn.register import register_maskrcnn
+from steps.maskrcnn.runtime import optimise_maskrcnn_runtime
+from steps.maskrcnn.train import compare_maskrcnn, pretrain_on_source, train_and_evaluate_maskrcnn
+from steps.maskrcnn.validation import validate_instance_annotations
 from steps.validation import require_valid_dataset
 
 
 @pipeline
 def training_pipeline(models: dict, model: dict, training: dict, augmentation: dict, prediction: dict,
-                      max_detections: int, overlays: int, checkpoint_dir: str) -> None:
+                      max_detections: int, overlays: int, checkpoint_dir: str, resume: bool) -> None:
     """lineage -> annotations (any format, as COCO) + image split -> validate -> [pretrain on the source dataset]
     -> train and evaluate each model (same split, same seeded augmentation, one MLflow run each) -> compare ->
     register, promote the best -> export its backbone to the faster CPU runtimes."""
@@ -28,7 +30,7 @@ def training_pipeline(models: dict, model: dict, training: dict, augmentation: d
     validation_result, _ = validate_instance_annotations(annotations, dataset_index)
     valid = require_valid_dataset(validation_result)
     shared = dict(model=model, training=training, augmentation=augmentation, prediction=prediction,
-                  max_detections=max_detections, checkpoint_dir=checkpoint_dir)
+                  max_detections=max_detections, checkpoint_dir=checkpoint_dir, resume=resume)
     source_model = None
     if any(spec.init == "source" for spec in specs.values()):
         source_model = pretrain_on_source(lineage, **shared, after=[valid])

@@ -7,12 +7,13 @@ Run with ``zenml pipeline run pipelines.unet.training_pipeline -c configs/unet.y
 from zenml import pipeline
 
 from steps.deployment import build_bento, import_champion
-from steps.em_data import load_em_dataset, sample_augmented_patches, split_em_volume
 from steps.lineage import record_lineage
-from steps.registry import register_and_promote
-from steps.runtimes import optimise_unet_runtime
-from steps.unet import choose_unet_threshold, evaluate_unet, train_unet
-from steps.validation import require_valid_dataset, validate_segmentation_data
+from steps.unet.data import load_em_dataset, sample_augmented_patches, split_em_volume
+from steps.unet.register import register_unet
+from steps.unet.runtime import optimise_unet_runtime
+from steps.unet.train import choose_unet_threshold, evaluate_unet, train_unet
+from steps.unet.validation import validate_segmentation_data
+from steps.validation import require_valid_dataset
 
 
 @pipeline
@@ -34,7 +35,7 @@ def training_pipeline(inference: dict, architecture: dict) -> None:
                        inference=inference)
     served = choose_unet_threshold(model, val_image, val_mask, inference=inference)
     test_metrics, _ = evaluate_unet(model, test_image, test_mask, inference=served)
-    registration = register_and_promote(model, test_metrics, lineage, test_image, test_mask, inference=served)
+    registration = register_unet(model, test_metrics, lineage, test_image, test_mask, inference=served)
     optimise_unet_runtime(model, registration, fit_image, test_image, test_mask, inference=served)
 
 

@@ -1,9 +1,9 @@
-"""Steps of the batch inference pipeline: resolve a registered model, predict a folder with it (resumable), log
-the lineage of both the model and the inputs to MLflow (thin adapters over cellops.batch and tracking.batch)."""
+"""Steps of the batch inference pipeline: resolve a registered model, predict a folder with it on the batch engine
+(resumable), log the lineage of both the model and the inputs to MLflow (thin adapters over cellops.batch and
+tracking.batch)."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -12,10 +12,10 @@ import pandas as pd
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-from cellops.batch import DEFAULT_PATTERNS, list_inputs, run_batch
+from cellops.batch import DEFAULT_PATTERNS, EXIT_NOT_RUN, SUMMARY, batch_exit_code, list_inputs
 from cellops.data_version import dvc_file_md5
 from cellops.lineage import check_data_matches, git_commit, tracking_dvc_file
-from tracking.batch import batch_predictor, resolve_batch_model
+from tracking.batch import batch_key, predict_files, resolve_batch_model
 from tracking.runs import log_run_config, stack_tracking_uri
 
 logger = get_logger(__name__)
@@ -46,19 +46,17 @@ def input_lineage(input_dir: str | Path) -> dict[str, str]:
 @step
 def predict_folder(model_record: dict, input_dir: str, output_dir: str, patterns: list[str] | None, slab: int,
                    cams: bool) -> Annotated[pd.DataFrame, "batch_results"]:
-    """Predict every input of ``input_dir`` with the model into ``output_dir``: label TIFFs and tables per input,
-    ``results.csv`` for the batch. Inputs already predicted by the same version from the same content are skipped
-    (``batch_manifest.json``), so an interrupted run resumes. ``patterns`` None: images, TIFF stacks and zarr arrays. Logs the model's and the inputs' lineage, the counts
-    and the results table to MLflow. Fails when no input could be predicted."""
+    """Predict every input of ``input_dir`` with the model into ``output_dir`` on the batch engine
+    (:func:`tracking.batch.predict_files`): the family's outputs per input, named after it, and ``batch_summary.csv``
+    (one row per input: status, problem, outputs, results). Inputs already predicted by the same version from the
+    same content are skipped (``batch_manifest.json``), so an interrupted run resumes. ``patterns`` None: images,
+    TIFF stacks and zarr arrays. Logs the model's and the inputs' lineage, the counts and the summary to MLflow.
+    Fails when no input could be predicted."""
     inputs = list_inputs(input_dir, patterns or DEFAULT_PATTERNS)
-    model_key = f"{model_record['registered_model']}/{model_record['model_version']}"
-    predict = batch_predictor(stack_tracking_uri(), model_record, slab=slab, cams=cams)
+    model_key = batch_key(model_record, cams=cams)
     logger.info(f"{len(inputs)} inputs in {input_dir} -> {output_dir} with {model_key}")
-    result = run_batch(inputs, Path(output_dir), predict, model_key)
+    result = predict_files(stack_tracking_uri(), model_record, inputs, output_dir, slab=slab, cams=cams)
     table = result.table
-    if "outputs" in table:
-        table["outputs"] = table["outputs"].map(lambda files: ";".join(files) if isinstance(files, list) else "")
-    table.to_csv(Path(output_dir) / "results.csv", index=False)
 
     counts = {status: result.count(status) for status in ("done", "skipped", "failed")}
     log_run_config()
@@ -68,15 +66,11 @@ def predict_folder(model_record: dict, input_dir: str, output_dir: str, patterns
         "model.data_version": model_record.get("data_version") or "", "model.uri": model_record["model_uri"],
         "input.version": result.input_version, **input_lineage(input_dir)})
     mlflow.log_metrics({f"inputs_{status}": float(count) for status, count in counts.items()})
-    with tempfile.TemporaryDirectory() as tmp:
-        table.to_csv(Path(tmp) / "results.csv", index=False)
-        mlflow.log_artifact(str(Path(tmp) / "results.csv"))
+    mlflow.log_artifact(str(Path(output_dir) / SUMMARY))
     log_metadata({"inputs": counts, "input_version": result.input_version, "model": model_key})
-    for row in result.rows:
-        if row["status"] == "failed":
-            logger.warning(f"not predicted: {row['error']}")
+    for problem in result.failures.values():
+        logger.warning(f"not predicted: {problem}")
     logger.info(f"{counts['done']} predicted, {counts['skipped']} already done (skipped), {counts['failed']} failed")
-    if counts["failed"] and not counts["done"] and not counts["skipped"]:
-        raise RuntimeError(f"no input of {input_dir} could be predicted: "
-                           + "; ".join(row["error"] for row in result.rows))
+    if batch_exit_code(len(result.rows), counts["failed"]) == EXIT_NOT_RUN:
+        raise RuntimeError(f"no input of {input_dir} could be predicted: " + "; ".join(result.failures.values()))
     return table

@@ -20,7 +20,7 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from cellops.lineage import data_dir_for
-from cellops.analyze import ANALYSES
+from cellops.classical.analyses import ANALYSES
 from cellops.config import from_mapping
 from cellops.io import ground_truth_file, write_table
 from cellops.reports import DatasetReport, dataset_files, run_report

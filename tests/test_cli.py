@@ -1,18 +1,27 @@
 """`cellops analyze` on users' files: every readable file analysed, every bad one named; `cellops models` on a real
-MLflow store."""
+MLflow store; `cellops predict` of a registered model on the batch engine."""
 
 from __future__ import annotations
 
+import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 import test_lineage
 import tifffile
+from mlflow import MlflowClient
 from PIL import Image
 
-from cellops.cli import main
 from cellops.synthetic.calcium import generate_calcium_movie
 from cellops.synthetic.colonies import generate_colony_image
+from cellops.batch import SUMMARY
 from cellops.synthetic.nuclei import generate_nuclei_image
+from cellops.unet.predict import load_for_inference, segment
+from cellops.unet.specs import UNetServing
+from models.unet import UNet
+from tracking import tags
+from tracking.registry import register_and_maybe_promote
+from tracking.cli import main
 
 #: A real MLflow SQLite store holding ``cellops-test`` v1 (champion, dice 0.8) and v2 (dice 0.7, not promoted).
 registry = test_lineage.registry
@@ -145,3 +154,53 @@ def test_models_of_an_unknown_name_exits_2_naming_it_and_the_registered_ones(reg
     missing = tmp_path / "elsewhere" / "mlflow.db"
     assert main(["models", "--tracking-uri", f"sqlite:///{missing}"]) == 2
     assert f"no MLflow store at {missing}" in capsys.readouterr().err
+
+
+@pytest.fixture
+def unet_registry(tmp_path):
+    """A real MLflow SQLite store holding ``cellops-unet`` v1 (champion): a tiny untrained U-Net with its serving
+    record, registered as the training pipeline registers one."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("predict", artifact_location=(tmp_path / "artifacts").as_uri())
+    settings = UNetServing(tile_size=32, tile_overlap=8, batch_size=4, threshold=0.5)
+    model = UNet(base_channels=4, depth=2).eval()
+    with mlflow.start_run(experiment_id=experiment) as run:
+        logged = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", pip_requirements=[])
+        register_and_maybe_promote(MlflowClient(uri), logged.model_uri, "cellops-unet", {"dice": 0.5},
+                                   {**tags.lineage_to_tags({"data_version": "aaa.dir", "git_commit": "c0ffee"}),
+                                    **tags.inference_to_tags(settings.as_dict()), tags.MLFLOW_RUN_ID: run.info.run_id},
+                                   promotion_metric="dice", alias="champion", min_improvement=0.0)
+    yield uri, model, settings
+    mlflow.set_tracking_uri(None)
+
+
+def test_predict_runs_a_registered_model_on_the_batch_engine_and_a_rerun_keeps_what_is_done(unet_registry, tmp_path,
+                                                                                            capsys):
+    uri, model, settings = unet_registry
+    volume = np.random.default_rng(0).integers(0, 255, (5, 40, 48), dtype=np.uint8)
+    good, bad = tmp_path / "in" / "a.tif", tmp_path / "in" / "bad.tif"
+    good.parent.mkdir()
+    tifffile.imwrite(good, volume)
+    bad.write_bytes(b"")
+    out = tmp_path / "out"
+    assert main(["predict", "unet", str(good), str(bad), "--out", str(out), "--slab", "2", "--tracking-uri", uri]) == 1
+    captured = capsys.readouterr()
+    assert "1 of 2 files predicted with cellops-unet v1" in captured.out and "threshold 0.5" in captured.out
+    assert f"failed: {bad}" in captured.err and "some files failed (1 of 2)" in captured.err
+    expected = segment(load_for_inference(model), volume, settings)
+    assert np.array_equal(tifffile.imread(out / "a_mask.tif") > 0, expected)
+    summary = pd.read_csv(out / SUMMARY, dtype=str, keep_default_na=False)
+    assert list(summary["status"]) == ["done", "failed"] and summary["outputs"][0] == "a_mask.tif;a_slices.csv"
+    assert summary["problem"][1].startswith(f"{bad}: ") and summary["shape"][0] == "5x40x48"
+
+    assert main(["predict", "unet", str(good), "--out", str(out), "--tracking-uri", uri]) == 0
+    assert "1 of 1 files predicted (1 unchanged since the last run: kept)" in capsys.readouterr().out
+    assert list(pd.read_csv(out / SUMMARY)["status"]) == ["skipped"]
+
+    assert main(["predict", "classifier", str(good), "--out", str(tmp_path / "c"), "--model",
+                 "models:/cellops-unet@champion", "--tracking-uri", uri]) == 2
+    assert "cellops-unet v1 is a unet model, not a classifier" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["predict", "unet", str(good), "--out", str(tmp_path / "mask.tif"), "--tracking-uri", uri])
+    assert refused.value.code == 2 and "is the output folder" in capsys.readouterr().err

@@ -13,10 +13,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from cellops.analyze import input_names
-from cellops.cli import main
+from cellops.batch import SUMMARY, input_names
 from cellops.synthetic.calcium import generate_calcium_movie
 from cellops.synthetic.nuclei import generate_nuclei_image
+from tracking.cli import main
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -128,3 +128,56 @@ def test_output_names_do_not_depend_on_the_order_of_the_inputs():
     assert names[Path("y.tif")].stem == "y"
     assert names[Path("run1/Control/x.tif")].stem == "run1/Control/x"
     assert names[Path("run2/Control/x.png")].stem == "run2/Control/x.png"  # same folder, same stem: extension kept
+
+
+def test_a_rerun_keeps_unchanged_files_and_redoes_those_whose_content_settings_or_group_changed(tmp_path, capsys):
+    files = []
+    for group, seed in (("Control", 1), ("Film", 2), ("Film", 3)):
+        path = tmp_path / group / f"n{seed}.tif"
+        path.parent.mkdir(exist_ok=True)
+        tifffile.imwrite(path, generate_nuclei_image(group, (128, 128), seed=seed, n_nuclei=6).image)
+        files.append(str(path))
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"")
+    out = tmp_path / "out"
+    assert main(["analyze", "nuclei", *files, str(bad), "--out", str(out)]) == 1
+    first = (out / "nuclei_all.csv").read_text()
+    summary = pd.read_csv(out / SUMMARY, dtype=str, keep_default_na=False).set_index("input")
+    assert list(summary["status"]) == ["done", "done", "done", "failed"]
+    assert summary.loc["bad.tif", "problem"] == f"{bad}: empty file" and summary.loc["bad.tif", "outputs"] == ""
+    assert summary.loc["n1.tif", "outputs"] == "n1_nuclei.csv;n1_nuclei.tif"
+    assert summary.loc["n1.tif", "group"] == "Control"
+    assert int(summary.loc["n1.tif", "objects"]) == len(pd.read_csv(out / "n1_nuclei.csv"))
+    capsys.readouterr()
+
+    assert main(["analyze", "nuclei", *files, str(bad), "--out", str(out)]) == 1
+    assert "3 of 4 files analysed (3 unchanged since the last run: kept)" in capsys.readouterr().out
+    assert (out / "nuclei_all.csv").read_text() == first  # the kept files' tables, as analysed
+    assert (out / "nuclei_statistics.csv").is_file()
+
+    tifffile.imwrite(files[0], generate_nuclei_image("Control", (128, 128), seed=9, n_nuclei=6).image)
+    assert main(["analyze", "nuclei", *files, "--out", str(out)]) == 0
+    assert list(pd.read_csv(out / SUMMARY)["status"]) == ["done", "skipped", "skipped"]
+    assert main(["analyze", "nuclei", *files, "--group", "G", "--out", str(out)]) == 0
+    assert set(pd.read_csv(out / SUMMARY)["status"]) == {"done"}
+    assert set(pd.read_csv(out / "nuclei_all.csv")["group"]) == {"G"}
+    config = tmp_path / "c.yaml"
+    config.write_text("nucleus_diameter_px: 12\n")
+    assert main(["analyze", "nuclei", files[1], "--group", "G", "--config", str(config), "--out", str(out)]) == 0
+    assert list(pd.read_csv(out / SUMMARY)["status"]) == ["done"]
+
+
+def test_a_resumed_calcium_batch_gives_the_group_curves_of_a_fresh_one(tmp_path):
+    files = []
+    for group, seed in (("Control", 1), ("Film", 2)):
+        path = tmp_path / group / f"m{seed}.tif"
+        path.parent.mkdir()
+        tifffile.imwrite(path, generate_calcium_movie(group, (64, 64), n_frames=24, n_cells=4, seed=seed).movie)
+        files.append(str(path))
+    assert main(["analyze", "calcium", *files, "--out", str(tmp_path / "fresh")]) == 0
+    assert main(["analyze", "calcium", files[0], "--out", str(tmp_path / "resumed")]) == 0
+    assert main(["analyze", "calcium", *files, "--out", str(tmp_path / "resumed")]) == 0
+    assert list(pd.read_csv(tmp_path / "resumed" / SUMMARY)["status"]) == ["skipped", "done"]
+    for name in ("calcium_group_curves.csv", "calcium_all.csv"):
+        assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "fresh" / name).read_text(), name
+    assert set(pd.read_csv(tmp_path / "fresh" / "calcium_group_curves.csv")["group"]) == {"Control", "Film"}

@@ -4,7 +4,7 @@ import pytest
 from cellops.classical.colonies import ColonyParams, colony_overlay, colony_properties, measure_colonies
 from cellops.config import from_mapping
 from cellops.metrics import match_instances
-from cellops.io import coco_to_labels, labels_to_coco
+from cellops.coco import coco_to_labels, labels_to_coco
 from cellops.synthetic.colonies import generate_colony_image
 
 

@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 
 from cellops import data_version as dv
-from cellops.cli import main
 from cellops.synthetic.calcium import generate_calcium_movie
 from cellops.synthetic.colonies import generate_colony_image
 from cellops.synthetic.em import generate_em_volume
 from cellops.synthetic.endothelial import CLASSES, generate_cell_image
 from cellops.synthetic.nuclei import generate_nuclei_image
 from cellops.telemetry import TELEMETRY_OFF
+from tracking.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -57,7 +57,7 @@ def test_the_champion_predicts_a_folder_with_lineage_and_a_rerun_only_predicts_n
         model, np.ascontiguousarray(volume[::-1]), UNetServing.from_dict(tags.inference_from_tags(champion.tags))))
     slices = pd.read_csv(out / "a_slices.csv")
     assert np.allclose(slices["foreground_fraction"], expected.mean(axis=(1, 2)), atol=1e-6)
-    results = pd.read_csv(out / "results.csv")
+    results = pd.read_csv(out / "batch_summary.csv")
     assert list(results["input"]) == ["a.tif", "b.zarr"] and set(results["status"]) == {"done"}
 
     experiment = client.get_experiment_by_name("cellops-batch-inference")
@@ -68,7 +68,7 @@ def test_the_champion_predicts_a_folder_with_lineage_and_a_rerun_only_predicts_n
 
     tifffile.imwrite(inputs / "c.tif", volume[:4])
     run_command([*PIPELINE, config], root, env)
-    results = pd.read_csv(out / "results.csv")
+    results = pd.read_csv(out / "batch_summary.csv")
     assert dict(zip(results["input"], results["status"])) == {"a.tif": "skipped", "b.zarr": "skipped", "c.tif": "done"}
     assert tifffile.imread(out / "c_mask.tif").shape == (4, *volume.shape[1:])
 

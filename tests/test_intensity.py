@@ -99,7 +99,7 @@ def test_a_volume_read_slab_by_slab_is_scaled_as_read_whole(tmp_path):
 
 
 def test_classifier_probabilities_are_the_same_for_every_storage(picture8):
-    from cellops.io import to_model_input
+    from cellops.classifier.data import to_model_input
     from models.classifier import build_classifier
 
     torch.manual_seed(0)

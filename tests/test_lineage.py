@@ -13,7 +13,7 @@ import pytest
 import tifffile
 from mlflow import MlflowClient
 
-from cellops.cli import main
+from tracking.cli import main
 from cellops.lineage import DataNotAsRecorded, dvc_data_version, git_commit, require_recorded_data
 from tracking import tags
 from tracking.registry import register_and_maybe_promote

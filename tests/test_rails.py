@@ -62,20 +62,39 @@ def _string_imports(path: Path) -> list[str]:
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             if name in ("import_module", "__import__"):
                 first = node.args[0] if node.args else None
-                found.append(first.value if isinstance(first, ast.Constant) else "<dynamic>")
+                if isinstance(first, ast.Constant):
+                    found.append(first.value)
+                elif not _own_submodule(first):
+                    found.append("<dynamic>")
     return found
+
+
+def _own_submodule(node: ast.AST | None) -> bool:
+    """``f"{__name__}.{...}"``: a module of the importing package itself (a family's lazy ``__init__``)."""
+    return (isinstance(node, ast.JoinedStr) and bool(node.values) and isinstance(node.values[0], ast.FormattedValue)
+            and getattr(node.values[0].value, "id", None) == "__name__")
+
+
+#: Library files that import a module their caller names ({path: why}); an entry needs its reason.
+CALLER_NAMED_IMPORTS = {
+    "cellops/distributed.py": "a torchrun rank loads the epoch logger its caller names as 'module:function' "
+                              "(a subprocess cannot be handed a function)",
+}
 
 
 @pytest.mark.parametrize("package", ["cellops", "models"])
 def test_the_library_never_loads_an_adapter_by_name(package):
-    offenders = {str(p.relative_to(ROOT)): names for p in (ROOT / package).rglob("*.py")
-                 if (names := [n for n in _string_imports(p) if n == "<dynamic>" or n.split(".")[0] in ADAPTERS])}
+    offenders = {path: names for p in (ROOT / package).rglob("*.py")
+                 if (path := str(p.relative_to(ROOT))) not in CALLER_NAMED_IMPORTS
+                 and (names := [n for n in _string_imports(p) if n == "<dynamic>" or n.split(".")[0] in ADAPTERS])}
     assert not offenders
+    assert all(_string_imports(ROOT / path) == ["<dynamic>"] for path in CALLER_NAMED_IMPORTS)
 
 
 def test_the_string_import_rule_sees_import_module_and_dunder_import(tmp_path):
     source = tmp_path / "m.py"
-    source.write_text("import importlib\nimportlib.import_module('tracking.cli')\n__import__(name)\n")
+    source.write_text("import importlib\nimportlib.import_module('tracking.cli')\n__import__(name)\n"
+                      "importlib.import_module(f'{__name__}.train')\n")
     assert _string_imports(source) == ["tracking.cli", "<dynamic>"]
 
 
@@ -95,7 +114,7 @@ def _import_graph():
 def test_no_import_cycle_and_no_import_of_a_higher_layer():
     graph = _import_graph()
     modules = graph.project_graph(ROOT)
-    assert {"cellops.cli", "tracking.cli", "steps", "models.unet"} <= set(modules)
+    assert {"cellops.cli", "tracking.cli", "steps.unet.train", "models.unet"} <= set(modules)
     assert graph.find_cycles(modules) == []
     assert graph.layer_violations(modules) == []
 
@@ -149,7 +168,7 @@ def _steps():
     import steps
 
     # Every module of steps/, so that a new one cannot escape the rules.
-    modules = [importlib.import_module(f"steps.{info.name}") for info in pkgutil.iter_modules(steps.__path__)]
+    modules = [importlib.import_module(info.name) for info in pkgutil.walk_packages(steps.__path__, "steps.")]
     return {name: obj for module in modules for name, obj in vars(module).items() if hasattr(obj, "entrypoint")}
 
 
@@ -229,7 +248,7 @@ def test_each_bento_installs_what_its_files_import_at_the_locked_versions():
 
 
 def test_the_cli_offers_exactly_the_analyses_there_are():
-    from cellops.analyze import ANALYSES
+    from cellops.classical.analyses import ANALYSES
     from cellops.cli import KINDS
     from cellops.reports import REPORTS
 

@@ -166,9 +166,10 @@ def test_classifier_runtimes_give_the_same_probabilities_and_maps(tmp_path):
 
 def test_maskrcnn_backbone_runtime_detects_what_torch_detects(tmp_path):
     from cellops.maskrcnn.runtime import export_maskrcnn, with_runtime
+    from cellops.config import from_mapping
     from models.maskrcnn import MaskRCNNSettings, build_maskrcnn
 
-    settings = MaskRCNNSettings.from_dict({"backbone": "resnet18", "fpn_channels": 16, "representation_size": 32,
+    settings = from_mapping(MaskRCNNSettings, {"backbone": "resnet18", "fpn_channels": 16, "representation_size": 32,
                                            "mask_head_layers": 1, "min_size": 96, "max_size": 96,
                                            "anchor_sizes": [16, 32, 64, 128, 256], "score_threshold": 0.0,
                                            "detections_per_image": 10})

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pandas as pd
 
+from cellops.coco import labels_to_coco
 from cellops.io import write_tiff_stack
 from cellops.scoring import score_calcium, score_colonies, score_nuclei
-from cellops.io import labels_to_coco
 
 
 def test_colony_scores_of_a_perfect_and_a_grown_result(tmp_path):

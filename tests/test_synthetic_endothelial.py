@@ -6,7 +6,8 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cellops.io import list_class_folders, read_image_file
+from cellops.classifier.data import list_class_folders
+from cellops.io import read_image_file
 from cellops.synthetic.endothelial import CLASSES, generate_cell_image, image_seed, write_endothelial_dataset
 
 

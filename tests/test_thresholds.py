@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cellops.classifier.metrics import classification_scores
-from cellops.maskrcnn.annotations import to_rle
+from cellops.coco import to_rle
 from cellops.maskrcnn.evaluation import match_detections, match_f1
 from cellops.metrics import binary_segmentation_scores, pooled_f1
 from cellops.thresholds import (PROBABILITY_CANDIDATES, ThresholdChoice, choose_operating_point,

@@ -123,7 +123,7 @@ def test_zenml_dashboard_shows_the_last_training_runs_dag_and_its_overlay(unet_t
             page.goto(f"http://127.0.0.1:{port}/projects/default/runs/{run_id}")
             page.get_by_text(run_name).first.wait_for()
             for step in ("record_lineage", "validate_segmentation_data", "train_unet", "evaluate_unet",
-                         "register_and_promote"):
+                         "register_unet"):
                 page.get_by_text(step, exact=True).first.wait_for()
             _shot(page, root, "zenml-unet-training-dag")
             page.get_by_text("test_overlay", exact=True).first.click()

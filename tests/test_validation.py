@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cellops.validation import SegmentationExpectations, validate_segmentation_dataset
+from cellops.unet.validation import SegmentationExpectations, validate_segmentation_dataset
 
 
 @pytest.fixture(scope="module")

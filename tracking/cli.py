@@ -1,24 +1,33 @@
-"""`cellops models`, `cellops lineage` and `cellops predict`: the registry as a lab reads it, without a server or
-a dashboard.
+"""The `cellops` command: the application, assembled from the core commands (:mod:`cellops.cli`: data, analyses
+of users' own images, reports) and the registry commands here, which read the MLflow model registry as a lab reads
+it, without a server or a dashboard.
 
-ZenML's open-source dashboard has no Models page, so this lists every registered model family, its versions,
-their metrics, data versions and which one holds `champion` (with ZenML's stage for the same version).
-`predict` follows the batch exit codes of `cellops analyze` (:func:`cellops.cli.batch_exit_code`).
+    cellops generate-data | configs | check-data | analyze | report    (see cellops.cli)
+    cellops models [FAMILY]                       (registered versions, metrics, data versions, champion)
+    cellops lineage MODEL[:VERSION|@ALIAS] [--json]  (a version's lineage from the registry, no server)
+    cellops predict unet|classifier|maskrcnn FILE... --out DIR [--model models:/NAME@ALIAS]
+    cellops export-run EXPERIMENT --out DIR       (a run's metrics and curves, for the DVC training stages)
+
+ZenML's open-source dashboard has no Models page, so `models` lists every registered model family, its versions,
+their metrics, data versions and which one holds `champion` (with ZenML's stage for the same version). `predict`
+runs a registered model on the batch engine (:mod:`cellops.batch`, through :mod:`tracking.batch`), with the batch
+exit codes of `cellops analyze` (:func:`cellops.batch.batch_exit_code`).
+
+MLflow and ZenML are imported by the registry commands only, when they run: the core commands start without them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
-from mlflow import MlflowClient
-
-from cellops.cli import BATCH_EXIT_CODES, EXIT_NOT_RUN, EXIT_SOME_FAILED, batch_exit_code
+from cellops import cli as core
+from cellops.batch import BATCH_EXIT_CODES, EXIT_NOT_RUN, SUMMARY
+from cellops.telemetry import disable_telemetry
 from tracking import tags as names
-from tracking.registry import champion_version, describe_versions, resolve_version
-from tracking.runs import local_store_path, project_tracking_uri
 
 #: The alias ``cellops lineage MODEL`` and ``predict`` look for first.
 CHAMPION = "champion"
@@ -26,16 +35,9 @@ CHAMPION = "champion"
 
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else this checkout's own store (what `make setup` configures)."""
+    from tracking.runs import project_tracking_uri
+
     return os.environ.get("MLFLOW_TRACKING_URI") or project_tracking_uri(Path.cwd())
-
-
-def check_store_exists(tracking_uri: str) -> None:
-    """Raise a ``LookupError`` when ``tracking_uri`` is a local store that does not exist (MLflow would create an
-    empty one and answer that nothing is registered); a server is not checked."""
-    store = local_store_path(tracking_uri)
-    if store is not None and not store.exists():
-        raise LookupError(f"no MLflow store at {store}: run `make setup` and a training pipeline in this checkout, "
-                          "or give --tracking-uri (or MLFLOW_TRACKING_URI)")
 
 
 def _zenml_stages(model_name: str) -> dict[str, str]:
@@ -57,6 +59,10 @@ def list_models(tracking_uri: str, family: str | None = None) -> str:
     """A table of every version of every ``cellops-*`` registered model (or of ``family``: ``unet`` or
     ``cellops-unet``). Raises a ``LookupError`` naming ``family`` and the models this store holds when it is none
     of them."""
+    from mlflow import MlflowClient
+
+    from tracking.registry import describe_versions
+
     client = MlflowClient(tracking_uri)
     names = sorted(m.name for m in client.search_registered_models() if m.name.startswith("cellops-"))
     if family:
@@ -102,6 +108,10 @@ def parse_reference(reference: str) -> tuple[str, str | None]:
 def lineage(tracking_uri: str, reference: str) -> dict:
     """The full record of one registered version (:func:`tracking.tags.version_record`): ``MODEL:VERSION``,
     ``MODEL@ALIAS``, or ``MODEL`` alone for the version holding ``champion``, else the latest version."""
+    from mlflow import MlflowClient
+
+    from tracking.registry import champion_version, check_store_exists, resolve_version
+
     check_store_exists(tracking_uri)
     name, ref = parse_reference(reference)
     client = MlflowClient(tracking_uri)
@@ -170,165 +180,69 @@ def format_lineage(record: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_model_uri(uri: str) -> tuple[str, str | None]:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, ref for :func:`resolve_version`).
+#: The families ``cellops predict`` runs.
+FAMILIES = ("classifier", "maskrcnn", "unet")
+#: The registry commands of this module (:func:`add_commands`, :func:`run_command`).
+COMMANDS = ("models", "lineage", "predict", "export-run")
 
-    >>> parse_model_uri("models:/cellops-classifier@champion"), parse_model_uri("models:/cellops-classifier/3")
-    (('cellops-classifier', '@champion'), ('cellops-classifier', '3'))
+
+def predict(tracking_uri: str, family: str, model_uri: str, files: list[Path], out: Path, *, slab: int = 8,
+            cams: bool = True) -> int:
+    """Predict every file with a registered model on the batch engine (:func:`tracking.batch.predict_files`); the
+    outputs of each file are named after it in ``out``, with ``batch_summary.csv`` (one row per file: status,
+    problem, outputs, results) and the manifest that makes a rerun skip what is already done.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        The MLflow store.
+    family : str
+        ``unet``, ``classifier`` or ``maskrcnn``: the family the model must be of.
+    model_uri : str
+        ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``models:/NAME/latest``.
+    files : list of Path
+        Images (classifier, Mask R-CNN) or volumes (U-Net: TIFF stacks, zarr arrays).
+    out : Path
+        The output folder.
+    slab : int
+        U-Net: slices read, segmented and written at a time (memory stays bounded by one slab).
+    cams : bool
+        Classifier: draw each image's CAM overlay (``<name>_cam.png``).
+
+    Returns
+    -------
+    int
+        :func:`cellops.batch.batch_exit_code`: 0 every file predicted, 1 some failed, 2 none could be.
+
+    Raises
+    ------
+    LookupError
+        No such store, model, version or alias; a model of another family, or registered without its settings.
     """
-    if not uri.startswith("models:/"):
-        raise LookupError(f"{uri}: give a registry URI, models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest")
-    path = uri.removeprefix("models:/")
-    if "@" in path:
-        name, alias = path.split("@", 1)
-        return name, f"@{alias}"
-    if "/" in path:
-        name, version = path.split("/", 1)
-        return name, version
-    return path, None
+    from tracking.batch import describe_settings, predict_files, resolve_batch_model
 
-
-def resolve_registered(tracking_uri: str, model_uri: str) -> tuple[str, dict]:
-    """The registered model's name and :func:`resolve_version` record (LookupError naming what exists)."""
-    check_store_exists(tracking_uri)
-    name, ref = parse_model_uri(model_uri)
-    return name, resolve_version(MlflowClient(tracking_uri), name, ref)
-
-
-def load_registered(tracking_uri: str, name: str, record: dict):
-    """That version's PyTorch model, on the CPU, in eval mode."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pytorch.load_model(f"models:/{name}/{record['model_version']}", map_location="cpu").eval()
-
-
-def predict_classifier(tracking_uri: str, model_uri: str, images: list[Path], out: Path, *, cams: bool) -> int:
-    """Label and probabilities of every image in ``out/predictions.csv`` (unreadable files get a row with the
-    reason, and the batch goes on) and, with ``cams``, each image's CAM overlay as ``out/cams/<name>.png``.
-    Returns :func:`cellops.cli.batch_exit_code`: 0 every file classified, 1 some failed, 2 none could be."""
-    import csv
-
-    from cellops.classifier.predict import cam_overlay, classify_files
-    from cellops.classifier.specs import ClassifierServing
-    from cellops.plots import save_png
-
-    name, record = resolve_registered(tracking_uri, model_uri)
+    record = resolve_batch_model(tracking_uri, model_uri)
+    name, version = record["registered_model"], record["model_version"]
     if not record[names.INFERENCE_SETTINGS]:
-        raise LookupError(f"{name} v{record['model_version']} was registered without input settings; retrain it")
-    settings = ClassifierServing.from_dict(record[names.INFERENCE_SETTINGS])
-    model = load_registered(tracking_uri, name, record)
-    rows, failures, maps, inputs = classify_files(model, images, settings, with_cams=cams)
-    out.mkdir(parents=True, exist_ok=True)
-    if cams and maps is not None:
-        for number, (row, image, cam) in enumerate(zip(rows, inputs, maps)):
-            # Numbered: two files of the same name in different folders keep a CAM each.
-            row["cam"] = f"cams/{number:04d}_{Path(row['file']).stem}.png"
-            save_png(cam_overlay(image, cam), out / row["cam"])
-    columns = ["file", "label", *(f"p_{c}" for c in settings.classes), "cam", "error"]
-    with open(out / "predictions.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({"cam": "", **row, "error": ""} for row in rows)
-        writer.writerows({"file": str(path), "error": why} for path, why in failures)
-    point = "most probable class" if settings.decision_threshold is None else \
-        f"{settings.positive_class} from p >= {settings.decision_threshold:g}"
-    print(f"{len(rows)} images classified with {name} v{record['model_version']} ({settings.normalization.describe()} "
-          f"normalisation, {point}) -> {out / 'predictions.csv'}")
-    for path, why in failures:
-        print(f"cellops predict: skipped {why if why.startswith(str(path)) else f'{path}: {why}'}", file=sys.stderr)
-    return _batch_end(len(images), len(failures))
+        raise LookupError(f"{name} v{version} was registered without its inference settings; retrain it")
+    if record["family"] != family:
+        raise LookupError(f"{name} v{version} is a {record['family']} model, not a {family}")
+    files = core.distinct_inputs("cellops predict", files, "predicted")
+    core.output_folder(out)
+    result = predict_files(tracking_uri, record, files, out, slab=slab, cams=cams, progress=None)
+    print(f"{family}: {core.done_line(result, 'predicted')} with {name} v{version} ({describe_settings(record)}) "
+          f"-> {out} (each file: {out / SUMMARY})")
+    return core.finish_batch(f"cellops predict {family}", result, "predicted")
 
 
-def predict_unet(tracking_uri: str, model_uri: str, volume: Path, out: Path, *, slab: int) -> int:
-    """Segment the TIFF stack ``volume`` with a registered U-Net (its registered inference settings) into the mask
-    TIFF ``out``, slab by slab: memory stays bounded by one slab however large the volume."""
-    from tqdm.auto import tqdm
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add the registry commands (:data:`COMMANDS`) to the ``cellops`` parser's sub-commands.
 
-    from cellops.unet.predict import load_for_inference
-    from cellops.unet.specs import UNetServing
-    from cellops.unet.streaming import segment_volume_file
-
-    name, record = resolve_registered(tracking_uri, model_uri)
-    if not record[names.INFERENCE_SETTINGS]:
-        raise LookupError(f"{name} v{record['model_version']} was registered without inference settings; retrain it")
-    settings = UNetServing.from_dict(record[names.INFERENCE_SETTINGS])
-    model = load_for_inference(load_registered(tracking_uri, name, record))
-    with tqdm(desc=volume.name, unit="slice") as progress:
-        def advance(done: int, total: int) -> None:
-            progress.total = total
-            progress.update(done - progress.n)
-        info = segment_volume_file(model, volume, out, settings, slab=slab, on_slab=advance)
-    print(f"{volume}: {'x'.join(map(str, info.shape))} segmented with {name} v{record['model_version']} "
-          f"({settings.normalization.describe()} normalisation, threshold {settings.threshold:g}) -> {out}")
-    return 0
-
-
-def _batch_end(n_files: int, n_failed: int) -> int:
-    """The exit code of a prediction batch, with the closing line on stderr when files failed."""
-    code = batch_exit_code(n_files, n_failed)
-    if code == EXIT_SOME_FAILED:
-        print(f"cellops predict: some files failed ({n_failed} of {n_files}); the others were predicted",
-              file=sys.stderr)
-    elif code == EXIT_NOT_RUN:
-        print("cellops predict: no file could be used", file=sys.stderr)
-    return code
-
-
-def predict_maskrcnn(tracking_uri: str, model_uri: str, images: list[Path], out: Path) -> int:
-    """Segment every image with a registered Mask R-CNN: ``out/<stem>_labels.tif`` (16-bit label image),
-    ``out/<stem>_instances.csv`` (label, category, score, area, box, centroid) and ``out/<stem>_overlay.png`` per
-    image, tiled when larger than the training images; ``out/summary.csv`` lists every file with its instance
-    count or why it was skipped. Images that share a name get the folders that tell them apart
-    (:func:`cellops.analyze.input_names`: ``Control/x_labels.tif``); a file given twice is segmented once.
-    Returns :func:`cellops.cli.batch_exit_code`: 0 every file segmented, 1 some failed, 2 none could be."""
-    import csv
-
-    from cellops.analyze import distinct_files, input_names, repeat_note
-    from cellops.io import ImageInputError
-    from cellops.maskrcnn.predict import segment_image_to_files
-    from cellops.maskrcnn.specs import MaskRCNNServing
-
-    name, record = resolve_registered(tracking_uri, model_uri)
-    inference = record[names.INFERENCE_SETTINGS]
-    if not inference or "categories" not in inference:
-        raise LookupError(f"{name} v{record['model_version']} is not a Mask R-CNN registered with its prediction "
-                          "settings; retrain it with pipelines.maskrcnn")
-    settings = MaskRCNNServing.from_dict(inference)
-    model = load_registered(tracking_uri, name, record)
-    out.mkdir(parents=True, exist_ok=True)
-    images, repeats = distinct_files(images)
-    for repeat, first in repeats:
-        print(f"cellops predict: {repeat_note(repeat, first)}; segmented once", file=sys.stderr)
-    stems = {path: name.stem for path, name in input_names(images).items()}
-    summary = []
-    for path in images:
-        stem = stems[path]
-        try:
-            written = segment_image_to_files(model, path, out, stem, settings)
-        except Exception as error:  # noqa: BLE001 - one odd file never costs the others their results
-            why = str(error) if isinstance(error, (ImageInputError, OSError)) else f"{type(error).__name__}: {error}"
-            summary.append({"file": str(path), "instances": "", "error": why})
-            print(f"cellops predict: skipped {why if why.startswith(str(path)) else f'{path}: {why}'}", file=sys.stderr)
-            continue
-        summary.append({"file": str(path), "instances": written["instances"], "error": "", "outputs": stem})
-    with open(out / "summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "instances", "outputs", "error"])
-        writer.writeheader()
-        writer.writerows({"outputs": "", **row} for row in summary)
-    done = sum(1 for row in summary if not row["error"])
-    print(f"{done} images segmented with {name} v{record['model_version']} ({settings.normalization.describe()} "
-          f"normalisation, score threshold {settings.score_threshold:g}) -> {out}")
-    return _batch_end(len(summary), len(summary) - done)
-
-
-def main(argv: list[str]) -> int:
-    """``cellops models|lineage|predict``; returns the exit code (2 for an unknown model, version or alias, a
-    missing store or bad arguments; predict: :func:`cellops.cli.batch_exit_code`)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="cellops")
-    commands = parser.add_subparsers(dest="command", required=True)
+    Parameters
+    ----------
+    commands : argparse._SubParsersAction
+        What ``ArgumentParser.add_subparsers`` returned.
+    """
     models = commands.add_parser("models", help="registered model versions, metrics, data versions, champions",
                                  epilog="exit codes: 0 printed; 2 unknown model (the message lists what exists), or "
                                         "no store")
@@ -347,12 +261,15 @@ def main(argv: list[str]) -> int:
                      "mlruns/mlflow.db")
     pred = commands.add_parser("predict", help="classify or segment image files with a registered model",
                                epilog=BATCH_EXIT_CODES)
-    pred.add_argument("family", choices=["classifier", "maskrcnn", "unet"])
+    pred.add_argument("family", choices=FAMILIES)
     pred.add_argument("images", type=Path, nargs="+", help="PNG, TIFF or JPEG files, not folders (grey or RGB, "
-                      "8/16-bit); unet: one TIFF stack (Z, Y, X), as large as the disk allows")
-    pred.add_argument("--out", type=Path, required=True, help="output folder (classifier: predictions.csv and "
-                      "cams/; maskrcnn: label TIFF, instance CSV and overlay PNG per image, summary.csv); unet: the "
-                      "mask TIFF to write (uint8, 255 = mitochondria)")
+                      "8/16-bit); unet: TIFF stacks (Z, Y, X) or zarr arrays, as large as the disk allows")
+    pred.add_argument("--out", type=Path, required=True, help="output folder, with each file's outputs named after "
+                      "it (classifier: class probabilities in the summary, <name>_cam.png; maskrcnn: "
+                      "<name>_labels.tif, <name>_instances.csv, <name>_overlay.png; unet: <name>_mask.tif (uint8, "
+                      "255 = mitochondria), "
+                      f"<name>_slices.csv) and {SUMMARY}, one row per file; a file predicted there before by the same "
+                      "model version from the same content is kept")
     pred.add_argument("--model", default=None, help="models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest "
                       "(default: models:/cellops-<family>@champion)")
     pred.add_argument("--no-cams", action="store_true", help="classifier: skip the class-activation-map PNGs")
@@ -364,20 +281,38 @@ def main(argv: list[str]) -> int:
     exp.add_argument("experiment", help="e.g. cellops-unet")
     exp.add_argument("--out", type=Path, required=True, help="folder, e.g. reports/unet")
     exp.add_argument("--tracking-uri", default=None)
-    args = parser.parse_args(argv)
+
+
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the registry command of ``args``, one of :data:`COMMANDS`.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed arguments.
+    parser : argparse.ArgumentParser
+        Their parser (``parser.error`` for bad arguments: exit code 2).
+
+    Returns
+    -------
+    int
+        The exit code: 2 for an unknown model, version or alias, a missing store or bad arguments; predict:
+        :func:`cellops.batch.batch_exit_code`.
+    """
+    from tracking.registry import check_store_exists
+
     uri = args.tracking_uri or default_tracking_uri()
     try:
         if args.command == "predict":
-            if args.family != "unet" and args.out.exists() and not args.out.is_dir():
+            if args.out.exists() and not args.out.is_dir():
                 parser.error(f"--out {args.out}: exists and is not a folder")
+            if args.family == "unet" and args.out.suffix.lower() in (".tif", ".tiff"):
+                parser.error(f"unet: --out {args.out} is the output folder (each volume's mask is written there as "
+                             "<name>_mask.tif), not a .tif file")
+            if args.slab < 1:
+                parser.error(f"--slab must be at least 1 slice, got {args.slab}")
             model_uri = args.model or f"models:/cellops-{args.family}@{CHAMPION}"
-            if args.family == "unet":
-                if len(args.images) != 1 or args.out.suffix.lower() not in (".tif", ".tiff"):
-                    parser.error("unet: one TIFF stack in, and --out the mask's .tif file name")
-                return predict_unet(uri, model_uri, args.images[0], args.out, slab=args.slab)
-            if args.family == "maskrcnn":
-                return predict_maskrcnn(uri, model_uri, args.images, args.out)
-            return predict_classifier(uri, model_uri, args.images, args.out, cams=not args.no_cams)
+            return predict(uri, args.family, model_uri, args.images, args.out, slab=args.slab, cams=not args.no_cams)
         check_store_exists(uri)
         if args.command == "export-run":
             from tracking.export import export_latest_run
@@ -394,4 +329,48 @@ def main(argv: list[str]) -> int:
     except LookupError as error:
         print(f"cellops {args.command}: {error}", file=sys.stderr)
         return EXIT_NOT_RUN
+    except ValueError as error:  # predict: an unusable output folder or a damaged manifest in it
+        print(f"cellops {args.command}: {error}", file=sys.stderr)
+        return EXIT_NOT_RUN
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cellops`` parser: the core commands (:func:`cellops.cli.add_commands`) and the registry commands
+    (:func:`add_commands`).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The whole application's parser.
+    """
+    parser = argparse.ArgumentParser(prog="cellops", description="cellops: MLOps for cell imaging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    core.add_commands(commands)
+    add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``cellops`` console script.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: the command line's).
+
+    Returns
+    -------
+    int
+        The command's exit code.
+    """
+    disable_telemetry()
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command in core.COMMANDS:
+        return core.run_command(args, parser)
+    return run_command(args, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -203,3 +203,103 @@ def record_runtimes(client: MlflowClient, name: str, version: str, runtime: str,
         client.log_artifacts(model_version.run_id, tmp, names.RUNTIME_ARTIFACTS)
     for key, value in names.runtime_to_tags(runtime, checks).items():
         client.set_model_version_tag(name, version, key, value)
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None]:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, ref for :func:`resolve_version`).
+
+    Parameters
+    ----------
+    uri : str
+        A registry URI.
+
+    Returns
+    -------
+    name : str
+        The registered model.
+    ref : str or None
+        ``@ALIAS``, a version, ``latest``, or None (the URI names the model only).
+
+    Examples
+    --------
+    >>> parse_model_uri("models:/cellops-classifier@champion"), parse_model_uri("models:/cellops-classifier/3")
+    (('cellops-classifier', '@champion'), ('cellops-classifier', '3'))
+    """
+    if not uri.startswith("models:/"):
+        raise LookupError(f"{uri}: give a registry URI, models:/NAME@ALIAS, models:/NAME/VERSION or "
+                          "models:/NAME/latest")
+    path = uri.removeprefix("models:/")
+    if "@" in path:
+        name, alias = path.split("@", 1)
+        return name, f"@{alias}"
+    if "/" in path:
+        name, version = path.split("/", 1)
+        return name, version
+    return path, None
+
+
+def check_store_exists(tracking_uri: str) -> None:
+    """Raise a ``LookupError`` when ``tracking_uri`` is a local store that does not exist (MLflow would create an
+    empty one and answer that nothing is registered); a server is not checked.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        An MLflow tracking URI.
+    """
+    from tracking.runs import local_store_path
+
+    store = local_store_path(tracking_uri)
+    if store is not None and not store.exists():
+        raise LookupError(f"no MLflow store at {store}: run `make setup` and a training pipeline in this checkout, "
+                          "or give --tracking-uri (or MLFLOW_TRACKING_URI)")
+
+
+def resolve_registered(tracking_uri: str, model_uri: str) -> tuple[str, dict]:
+    """The registered model's name and :func:`resolve_version` record.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        The MLflow store.
+    model_uri : str
+        ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``models:/NAME/latest``.
+
+    Returns
+    -------
+    name : str
+        The registered model.
+    record : dict
+        The version's :func:`tracking.tags.version_record`.
+
+    Raises
+    ------
+    LookupError
+        Naming what exists, when there is no such store, model, version or alias.
+    """
+    check_store_exists(tracking_uri)
+    name, ref = parse_model_uri(model_uri)
+    return name, resolve_version(MlflowClient(tracking_uri), name, ref)
+
+
+def load_registered(tracking_uri: str, name: str, record: dict):
+    """That version's PyTorch model, on the CPU, in eval mode.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        The MLflow store.
+    name : str
+        The registered model.
+    record : dict
+        The version's record (:func:`resolve_registered`).
+
+    Returns
+    -------
+    torch.nn.Module
+        The model.
+    """
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pytorch.load_model(f"models:/{name}/{record['model_version']}", map_location="cpu").eval()

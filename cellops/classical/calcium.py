@@ -154,7 +154,7 @@ def check_cell_masks(labels: np.ndarray, movie_shape: tuple[int, ...], source: s
     [[0, 3], [3, 7]]
     >>> check_cell_masks(np.zeros((2, 2), np.uint8), (5, 2, 2))
     Traceback (most recent call last):
-    cellops.io.ImageInputError: masks: no cell (every pixel is 0)
+    cellops.errors.ImageInputError: masks: no cell (every pixel is 0)
     """
     if labels.ndim == 3 and labels.shape[0] == 1:
         labels = labels[0]

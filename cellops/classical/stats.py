@@ -157,3 +157,25 @@ def _hedges_g(a: np.ndarray, b: np.ndarray) -> float:
     if pooled == 0:
         return float("nan")
     return float((a.mean() - b.mean()) / pooled * (1 - 3 / (4 * (n_a + n_b) - 9)))
+
+
+def group_statistics(table: pd.DataFrame, features: list[str], replicate_column: str) -> pd.DataFrame:
+    """Replicate-level tests (the inference, :func:`compare_replicates`) followed by object-level tests (the
+    description, :func:`compare_groups`).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per object, with a ``group`` column, ``replicate_column`` and the ``features``.
+    features : list of str
+        The columns compared.
+    replicate_column : str
+        The column naming each object's replicate (an image, a movie).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of both, ``level`` ``replicate`` first, then ``object``.
+    """
+    replicate = compare_replicates(table, features, replicate_column=replicate_column)
+    return pd.concat([replicate, compare_groups(table, features)], ignore_index=True)

@@ -41,3 +41,24 @@ def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], *, batch_size
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000.0 / batch_size)
+
+
+def model_costs(model: nn.Module, input_shape: tuple[int, ...], *, latency_batch_size: int = 1) -> dict[str, float]:
+    """What a model costs to run: parameters, multiply-accumulates and CPU latency for one input of ``input_shape``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier, in eval mode.
+    input_shape : tuple of int
+        (channels, height, width) of one input.
+    latency_batch_size : int
+        Images per timed forward pass.
+
+    Returns
+    -------
+    dict[str, float]
+        ``parameters``, ``macs`` and ``cpu_latency_ms``.
+    """
+    return {"parameters": count_parameters(model), "macs": count_macs(model, input_shape),
+            "cpu_latency_ms": cpu_latency_ms(model, input_shape, batch_size=latency_batch_size)}

@@ -1,4 +1,5 @@
-"""Class-folder data for the classifier: a stratified split that keeps identical images together, and the seeded
+"""Class-folder data for the classifier: the image files of each class folder, each image made the classifier's
+input (grey or RGB, square, normalised), a stratified split that keeps identical images together, and the seeded
 augmentation (torchvision.transforms.v2) every model of a run sees identically."""
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import torch
 from torchvision.transforms import v2
 
 from cellops.config import FromMapping
+from cellops.errors import ImageInputError
+from cellops.intensity import Normalization
+from cellops.io import image_geometry, read_image_file
 
 SPLITS = ("train", "val", "test")
 
@@ -63,13 +67,13 @@ class SplitSettings(FromMapping):
     seed: int
 
 
-def test_set_fingerprint(content_hashes: Sequence[str], labels: Sequence[str], splits: Sequence[str],
+def classification_test_fingerprint(content_hashes: Sequence[str], labels: Sequence[str], splits: Sequence[str],
                          positive_class: str) -> str:
     """One md5 naming a test set: the contents and labels of its files and the class called positive. Scores
     measured on the same fingerprint are comparable, whatever the file names or the order.
 
-    >>> a = test_set_fingerprint(["x", "y"], ["ec", "non"], ["test", "test"], "ec")
-    >>> a == test_set_fingerprint(["y", "x"], ["non", "ec"], ["test", "test"], "ec"), a == test_set_fingerprint(
+    >>> a = classification_test_fingerprint(["x", "y"], ["ec", "non"], ["test", "test"], "ec")
+    >>> a == classification_test_fingerprint(["y", "x"], ["non", "ec"], ["test", "test"], "ec"), a == classification_test_fingerprint(
     ...     ["x", "y"], ["ec", "non"], ["test", "train"], "ec")
     (True, False)
     """
@@ -86,7 +90,6 @@ def index_class_folder(data_dir: str | Path, split: SplitSettings) -> dict:
     Returns ``{"root", "classes", "files", "labels", "md5", "splits"}`` (lists, one entry per file).
     """
     from cellops.data_version import file_md5
-    from cellops.io import list_class_folders
 
     dataset = list_class_folders(data_dir)
     hashes = [file_md5(path) for path in dataset.files]
@@ -149,3 +152,170 @@ def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int) -> Iterator
         batch = order[start:start + batch_size]
         if len(batch) > 1:
             yield number, batch
+
+
+#: Image file types a class-folder dataset may hold (what microscopes and labs export).
+CLASS_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class ClassFolderDataset:
+    """Image files labelled by the folder they sit in (``root/<class>/<image>``), the layout labs keep.
+
+    ``files[i]`` has label ``labels[i]``, an index into ``classes`` (folder names, sorted).
+    """
+
+    files: list[Path]
+    labels: list[int]
+    classes: list[str]
+
+    def counts(self) -> dict[str, int]:
+        return {name: self.labels.count(i) for i, name in enumerate(self.classes)}
+
+
+def list_class_folders(root: str | Path) -> ClassFolderDataset:
+    """The images of every class folder under ``root`` (any number of classes; PNG, TIFF or JPEG files).
+
+    Raises a ``FileNotFoundError`` naming the problem when ``root`` is missing, holds fewer than two class folders,
+    or a class folder holds no image (other files, such as notes, are ignored).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ("non_ec/a.png", "ec/b.tif", "ec/c.jpg", "ec/notes.txt"):
+    ...     (root / name).parent.mkdir(exist_ok=True); _ = (root / name).write_bytes(b"x")
+    >>> data = list_class_folders(root)
+    >>> data.classes, data.counts()
+    (['ec', 'non_ec'], {'ec': 2, 'non_ec': 1})
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder (expected one sub-folder of images per class)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise FileNotFoundError(f"{root}: found {len(classes)} class folder(s) {classes}; a classifier needs at least two")
+    files: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(classes):
+        images = sorted(p for p in (root / name).iterdir()
+                        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in CLASS_IMAGE_SUFFIXES)
+        if not images:
+            raise FileNotFoundError(f"{root / name}: no images ({', '.join(CLASS_IMAGE_SUFFIXES)}) in class {name!r}")
+        files += images
+        labels += [index] * len(images)
+    return ClassFolderDataset(files=files, labels=labels, classes=classes)
+
+
+#: ITU-R BT.601 luma weights of red, green and blue: the grey level :func:`to_model_input` makes of a colour image.
+LUMA_WEIGHTS_BT601 = (0.299, 0.587, 0.114)
+
+
+def to_model_input(image: np.ndarray, *, channels: int, size: int, normalization: Normalization,
+                   source: str = "") -> np.ndarray:
+    """One decoded image as a classifier's input: float32 of shape ``(channels, size, size)``.
+
+    Parameters
+    ----------
+    image : a 2-D grey image, an ``HxWx3`` (RGB) or ``HxWx4`` (RGBA) colour image, or a one-plane stack; uint8,
+        uint16 or float (as :func:`cellops.io.read_image_file` returns it).
+    channels : 1 gives grey: a colour image becomes its ITU-R BT.601 luma
+        ``0.299 R + 0.587 G + 0.114 B`` (:data:`LUMA_WEIGHTS_BT601`, in float64); 3 gives RGB: a grey image is
+        repeated in the three channels. An alpha channel is dropped (not composited).
+    size : side of the square output. A non-square image is first cropped to its centred largest square (the
+        cells at the borders of the long side are lost, none is stretched); then it is resized with area
+        averaging (``cv2.INTER_AREA``; bilinear when enlarging) if its side differs from ``size``.
+    normalization : how values are scaled (:class:`cellops.intensity.Normalization`, stored with the model): by
+        the image's own percentiles over all its channels (the default; the same picture as 8-bit, 16-bit or float
+        gives the same input), or by the dtype's fixed range. It is applied to the whole image, before cropping.
+    source : named in every error message (the file the image came from).
+
+    Raises
+    ------
+    ImageInputError
+        Naming ``source`` and the problem: empty image, a stack of several planes or a 4-D array (see
+        :func:`cellops.io.image_geometry`), a channel count other than 1, 3 or 4, an unsupported dtype, NaN or
+        infinity, a constant image (percentile mode), a float image outside [0, 1] (dtype mode).
+    ValueError
+        ``channels`` other than 1 or 3, or ``size`` below 1 (a caller's mistake, not the file's).
+
+    Examples
+    --------
+    >>> from cellops.intensity import Normalization
+    >>> red = np.zeros((4, 6, 3), np.uint8); red[..., 0] = 255
+    >>> to_model_input(red, channels=1, size=2, normalization=Normalization(mode="dtype")).astype(float).round(3).tolist()
+    [[[0.299, 0.299], [0.299, 0.299]]]
+    >>> ramp = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    >>> to_model_input(ramp, channels=3, size=4, normalization=Normalization()).shape
+    (3, 4, 4)
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if size < 1:
+        raise ValueError(f"size must be at least 1 pixel, got {size}")
+    name = source or "image"
+    height, width, n_channels = image_geometry(image, source=source)
+    if n_channels not in (1, 3, 4):
+        raise ImageInputError(
+            f"{name}: {n_channels} channels (shape {image.shape}); supported: 1 (grey), 3 (RGB) or 4 (RGBA)"
+        )
+    if n_channels == 4:  # alpha is not signal: it takes no part in the intensity scale
+        image = image.reshape(height, width, n_channels)[..., :3]
+        n_channels = 3
+    values = normalization.apply(image.reshape(height, width, n_channels), source=name).astype(np.float64)
+    if n_channels == 1:
+        planes = values if channels == 1 else np.repeat(values, 3, axis=2)
+    elif channels == 1:
+        red, green, blue = LUMA_WEIGHTS_BT601
+        planes = (red * values[..., 0] + green * values[..., 1] + blue * values[..., 2])[..., None]
+    else:
+        planes = values[..., :3]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    planes = planes[top:top + side, left:left + side]
+    if side != size:
+        import cv2
+
+        planes = cv2.resize(np.ascontiguousarray(planes), (size, size), interpolation=cv2.INTER_AREA)
+        planes = planes.reshape(size, size, channels)  # cv2 drops a last axis of one channel
+    return np.ascontiguousarray(planes.transpose(2, 0, 1), dtype=np.float32)
+
+
+def load_class_images(paths: Sequence[Path], *, channels: int, size: int,
+                      normalization: Normalization) -> tuple[np.ndarray, list[tuple[Path, str]]]:
+    """Read image files into one float32 batch ``(N, channels, size, size)`` for a classifier.
+
+    Each file goes through :func:`cellops.io.read_image_file` and :func:`to_model_input` (same ``channels``,
+    ``size`` and ``normalization``).
+    A file that cannot be used does not stop the batch: it is left out of the array and listed with its error
+    message instead, so the caller decides whether a bad file is fatal. The rows of the array follow ``paths``
+    with the failed files left out.
+
+    Returns
+    -------
+    images : float32 array ``(N, channels, size, size)``, normalised; ``N`` is 0 when no file was usable.
+    errors : ``(path, message)`` for every file that was not usable; each message names the file and the problem.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> from cellops.io import write_tiff_stack
+    >>> good = write_tiff_stack(folder / "a.tif", np.zeros((6, 8), np.uint16))
+    >>> _ = (folder / "b.png").write_text("not an image")
+    >>> from cellops.intensity import Normalization
+    >>> images, errors = load_class_images([good, folder / "b.png"], channels=1, size=4,
+    ...                                    normalization=Normalization(mode="dtype"))
+    >>> images.shape, [path.name for path, _ in errors]
+    ((1, 1, 4, 4), ['b.png'])
+    """
+    images: list[np.ndarray] = []
+    errors: list[tuple[Path, str]] = []
+    for path in map(Path, paths):
+        try:
+            images.append(to_model_input(read_image_file(path), channels=channels, size=size,
+                                         normalization=normalization, source=str(path)))
+        except ImageInputError as error:
+            errors.append((path, str(error)))
+    batch = np.stack(images) if images else np.zeros((0, channels, size, size), np.float32)
+    return batch, errors

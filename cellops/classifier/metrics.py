@@ -105,3 +105,5 @@ def positive_roc(probabilities: np.ndarray, labels: np.ndarray, positive: int) -
     """False- and true-positive rates of the positive class's probability as the threshold moves."""
     fpr, tpr, _ = roc_curve(np.asarray(labels) == positive, np.asarray(probabilities)[:, positive])
     return fpr, tpr
+
+

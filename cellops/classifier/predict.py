@@ -64,7 +64,7 @@ def classify_files(model: nn.Module, paths: Sequence[Path], settings: Classifier
     """Label and class probabilities of every readable file (one row each); unreadable files are returned with
     the reason, and the batch goes on. With ``with_cams`` also the CAMs (N, size, size) of the readable files;
     the prepared model inputs are returned last (for overlays)."""
-    from cellops.io import load_class_images
+    from cellops.classifier.data import load_class_images
 
     images, failures = load_class_images(list(paths), channels=settings.channels, size=settings.size,
                                          normalization=settings.normalization)

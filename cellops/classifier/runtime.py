@@ -61,7 +61,7 @@ def runtime_classifier(runtime: str, folder: str | Path | None, fast: nn.Module)
     return RuntimeClassifier(load_runtime(runtime, folder, _Trunk(fast)), fast.classifier)
 
 
-def classifier_runtime_checks(model: nn.Module, calibration_images: np.ndarray, test_images: np.ndarray,
+def runtime_checks(model: nn.Module, calibration_images: np.ndarray, test_images: np.ndarray,
                               test_labels: np.ndarray, positive: int, folder: str | Path, *,
                               runtimes: tuple[str, ...], tolerance: float, batch_size: int = 32,
                               repeats: int = 1, threshold: float | None = None) -> list[RuntimeCheck]:

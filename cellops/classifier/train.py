@@ -1,5 +1,5 @@
-"""Training a classifier: one epoch over seeded augmented batches, then :func:`fit` with per-epoch validation,
-keeping the best weights (highest validation accuracy, ties to the lower loss).
+"""Training a classifier: one epoch over seeded augmented batches, validation, and :func:`fit` with checkpoints
+and resume, keeping the best weights (highest validation accuracy, ties to the lower loss).
 
 Every model of a run gets the same batches in the same order with the same augmentation (see
 :func:`cellops.classifier.data.augment_batch`), so their curves compare like for like.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,17 +17,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cellops.checkpoints import LAST_CHECKPOINT, load_checkpoint, random_states, restore_random_states, save_atomically
+from cellops.checkpoints import EpochCallback, ResumableCheckpoint, TrainingHistory, model_key
 from cellops.classifier.data import augment_batch, epoch_batches
 from cellops.classifier.specs import ClassifierTraining
 from cellops.classifier.metrics import ClassificationScores, classification_scores
-from cellops.distributed import is_distributed, is_main_process, local_batch_size, rank, world_size
+from cellops.distributed import data_parallel, is_distributed, is_main_process, local_batch_size, rank, world_size
 
 
 @dataclass
-class ClassifierHistory:
-    """Per-epoch curves (train figures are measured on the augmented batches while training) and the epoch whose
-    weights :func:`fit` returns."""
+class ClassifierHistory(TrainingHistory):
+    """Per-epoch training and validation figures (train figures are measured on the augmented batches while
+    training), besides what every family's history holds."""
 
     train_loss: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
@@ -36,12 +35,18 @@ class ClassifierHistory:
     val_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
     val_sensitivity: list[float] = field(default_factory=list)
-    epoch_seconds: list[float] = field(default_factory=list)
-    best_epoch: int = -1
-    resumed_from_epoch: int | None = None  # the last epoch of the checkpoint training resumed from, if it did
 
-    def curves(self) -> dict[str, list[float]]:
-        return {k: v for k, v in vars(self).items() if isinstance(v, list)}
+    def improves_on_best(self, accuracy: float, loss: float) -> bool:
+        """Whether a validation ``accuracy`` and ``loss`` beat the best epoch's: higher accuracy, or as high and a
+        lower loss.
+
+        >>> history = ClassifierHistory(val_loss=[0.5], val_accuracy=[0.75], best_epoch=0)
+        >>> history.improves_on_best(0.75, 0.4), history.improves_on_best(0.75, 0.6), history.improves_on_best(0.8, 0.9)
+        (True, False, True)
+        """
+        if self.best_epoch < 0:
+            return True
+        return (accuracy, -loss) > (self.val_accuracy[self.best_epoch], -self.val_loss[self.best_epoch])
 
 
 @torch.inference_mode()
@@ -90,6 +95,33 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     return classification_scores(probabilities.numpy(), seen.numpy(), positive)
 
 
+def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray, positive: int,
+             batch_size: int, device: str | torch.device = "cpu") -> ClassificationScores:
+    """Score ``model`` on ``images`` (N, C, H, W) float in [0, 1] against ``labels`` (N,), in eval mode.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (put back in the mode it was in).
+    images : ndarray or Tensor
+        (N, C, H, W) float in [0, 1].
+    labels : ndarray
+        (N,) class indices.
+    positive : int
+        The index of the positive class (whose recall is the sensitivity).
+    batch_size : int
+        Images per forward pass.
+    device : str or torch.device
+        Where the model is.
+
+    Returns
+    -------
+    ClassificationScores
+        Accuracy, loss, sensitivity and the rest, at the argmax class.
+    """
+    return classification_scores(predict_probabilities(model, images, batch_size, device), np.asarray(labels), positive)
+
+
 def fit(
     model: nn.Module,
     train: tuple[np.ndarray, np.ndarray],
@@ -97,19 +129,45 @@ def fit(
     config: ClassifierTraining,
     transform,
     positive: int,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch_end: EpochCallback | None = None,
     checkpoint_dir: Path | None = None,
     *,
     resume: bool = True,
+    checkpoint_key: dict | None = None,
 ) -> ClassifierHistory:
-    """Train ``model`` on ``train`` (images (N, C, H, W) float in [0, 1], labels (N,)), validating on ``val`` after
-    each epoch; on return it holds the best weights by validation accuracy (then loss).
+    """Train ``model`` on ``train``, validating on ``val`` after each epoch; on return it holds the best weights by
+    validation accuracy (then loss).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier.
+    train, val : tuple of ndarray
+        Images (N, C, H, W) float in [0, 1] and labels (N,).
+    config : ClassifierTraining
+    transform : callable
+        The augmentation (:func:`cellops.classifier.data.build_augmentation`).
+    positive : int
+        The index of the positive class.
+    on_epoch_end : callable, optional
+        ``on_epoch_end(epoch, metrics)`` after each epoch (the last value of every curve of the history).
+    checkpoint_dir : Path, optional
+        Folder of the checkpoints (None: none).
+    resume : bool
+        Resume from a checkpoint of the same training when there is one.
+    checkpoint_key : dict, optional
+        What else must match to resume (e.g. the data version).
+
+    Returns
+    -------
+    ClassifierHistory
 
     AdamW with a one-cycle schedule (``warmup_fraction`` of the steps rising to ``learning_rate``). With
-    ``checkpoint_dir``, the model, optimiser, scheduler, history, best weights and random states are saved there
-    after every epoch (atomically); with ``resume`` and a checkpoint of the same settings, training continues
-    after its epoch and ends with the weights an uninterrupted run would have (batches and augmentation are
-    seeded by epoch, so the resumed epochs see the same data).
+    ``checkpoint_dir``, the state after every epoch is saved in a folder of it named after a fingerprint of the
+    settings, the model's shape, the data's size and ``checkpoint_key`` (e.g. the data version); with ``resume``
+    and a checkpoint there, training continues after its epoch (the epochs done are reported to ``on_epoch_end``
+    again) and ends with the weights an uninterrupted run would have (batches and augmentation are seeded by
+    epoch, so the resumed epochs see the same data). The folder is removed at the end.
 
     Run by every rank of a process group (see :mod:`cellops.classifier.distributed_train`), it trains with DDP: each
     rank takes its share of every global batch of ``config.batch_size``, rank 0 alone validates, calls
@@ -123,60 +181,28 @@ def fit(
     local_batch_size(config.batch_size)  # refuses a global batch the ranks cannot share evenly
     steps = sum(1 for _, batch in epoch_batches(len(images), config.batch_size, seed=config.seed, epoch=0)
                 if len(batch) >= 2 * world_size())
-    trained = model
-    if is_distributed():
-        if device.type == "cuda":
-            trained = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        trained = nn.parallel.DistributedDataParallel(trained, device_ids=[device] if device.type == "cuda" else None)
+    trained = data_parallel(model, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate,
                                                     total_steps=max(1, config.epochs * steps),
                                                     pct_start=config.warmup_fraction)
-    history, best = ClassifierHistory(), None
-    best_key = (-1.0, 0.0)
-    # What a checkpoint must match to be resumed: the settings, the model's shape and the data's size.
-    resolved = {"training": asdict(config), "model": type(model).__name__, "images": list(images.shape),
-                "parameters": {k: list(v.shape) for k, v in model.state_dict().items()}}
-    last = checkpoint_dir / LAST_CHECKPOINT if checkpoint_dir is not None else None
-    first_epoch = 0
-    state = load_checkpoint(last, device) if last is not None and resume else None
-    if state is not None:
-        if state["config"] != resolved:
-            raise ValueError(f"{last} was written with other settings; move it away to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_random_states(state["random"])
-        history = ClassifierHistory(**{**state["history"], "resumed_from_epoch": state["epoch"]})
-        best, best_key, first_epoch = state["best_model"], tuple(state["best_key"]), state["epoch"] + 1
-    for epoch in range(first_epoch, config.epochs):
-        start = time.perf_counter()
+    # What a checkpoint must match to be resumed: the settings, the model's shape, the data's size, the caller's key.
+    key = {"training": asdict(config), **model_key(model), "images": list(images.shape), "caller": checkpoint_key or {}}
+    checkpoint = ResumableCheckpoint(checkpoint_dir, key, ClassifierHistory(), model=model, optimizer=optimizer,
+                                     scheduler=scheduler, resume=resume)
+    history = checkpoint.restore(on_epoch_end)
+    for epoch in range(checkpoint.first_epoch, config.epochs):
+        started = time.perf_counter()
         fitted = train_one_epoch(trained, optimizer, scheduler, images, labels, transform, config, epoch, positive,
                                  device)
         if not is_main_process():  # rank 0 alone validates, keeps the best weights and writes checkpoints
             continue
-        checked = classification_scores(predict_probabilities(model, val[0], config.batch_size * 2, device),
-                                        np.asarray(val[1]), positive)
-        history.epoch_seconds.append(time.perf_counter() - start)
+        checked = evaluate(model, val[0], val[1], positive, config.batch_size * 2, device)
+        history.epoch_seconds.append(time.perf_counter() - started)
         for split, scores in (("train", fitted), ("val", checked)):
             for name in ("loss", "accuracy", "sensitivity"):
                 getattr(history, f"{split}_{name}").append(getattr(scores, name))
-        key = (checked.accuracy, -checked.loss)
-        if key > best_key:
-            best_key, history.best_epoch = key, epoch
-            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if last is not None:
-            save_atomically({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "random": random_states(), "best_model": best,
-                             "best_key": list(best_key), "config": resolved,
-                             "history": {k: v for k, v in asdict(history).items() if k != "resumed_from_epoch"}},
-                            last)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, {k: v[-1] for k, v in history.curves().items()})
-    if is_distributed():  # every rank ends with rank 0's best weights and history
-        shared = [best, asdict(history)]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        best, history = shared[0], ClassifierHistory(**shared[1])
-    if best is not None:
-        model.load_state_dict(best)
-    return history
+        if history.improves_on_best(checked.accuracy, checked.loss):
+            checkpoint.keep_best(epoch)
+        checkpoint.end_epoch(epoch, {k: v[-1] for k, v in history.curves().items()}, on_epoch_end)
+    return checkpoint.finish()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cellops.coco import labels_to_coco, segmentation_area, segmentation_bbox
 from cellops.io import read_image_file
 
 FORMATS = ("coco", "via", "labelme", "label_images")
@@ -66,8 +67,6 @@ def _complete(coco: dict) -> dict:
     """Category ids made 1..K (exports from Roboflow or CVAT may start at 0 or have gaps; the model's labels must be
     contiguous with 0 the background), and ``bbox``/``area`` filled in from the segmentation where a file omits
     them. When an annotation has an unknown category nothing is renumbered: validation names it."""
-    from pycocotools import mask as coco_mask
-
     order = sorted(c["id"] for c in coco["categories"])
     remap = {old: new for new, old in enumerate(order, start=1)}
     if any(a["category_id"] not in remap for a in coco["annotations"]):
@@ -79,9 +78,8 @@ def _complete(coco: dict) -> dict:
         ann = {**ann, "category_id": remap.get(ann["category_id"], ann["category_id"])}
         if ("bbox" not in ann or "area" not in ann) and ann["image_id"] in sizes:
             try:
-                rle = to_rle(ann["segmentation"], *sizes[ann["image_id"]])
-                ann.setdefault("bbox", [float(v) for v in coco_mask.toBbox(rle)])
-                ann.setdefault("area", float(coco_mask.area(rle)))
+                ann.setdefault("bbox", segmentation_bbox(ann["segmentation"], *sizes[ann["image_id"]]))
+                ann.setdefault("area", segmentation_area(ann["segmentation"], *sizes[ann["image_id"]]))
             except Exception:  # an invalid segmentation: validation names it
                 pass
         annotations.append(ann)
@@ -129,14 +127,12 @@ def _builder(categories: Sequence[str] | None):
                             "segmentation": polygons, "bbox": bbox, "area": float(bbox[2] * bbox[3]), "iscrowd": 0})
 
     def result() -> dict:
-        # Areas from the polygons themselves (pycocotools), not from the boxes.
-        from pycocotools import mask as coco_mask
-
+        # Areas from the polygons themselves, not from the boxes.
         size = {img["id"]: (img["height"], img["width"]) for img in images}
         for ann in annotations:
             if all(len(p) >= 6 for p in ann["segmentation"]) and ann["segmentation"]:
                 h, w = size[ann["image_id"]]
-                ann["area"] = float(coco_mask.area(coco_mask.merge(coco_mask.frPyObjects(ann["segmentation"], h, w))))
+                ann["area"] = segmentation_area(ann["segmentation"], h, w)
         return {"images": images, "annotations": annotations,
                 "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
 
@@ -245,8 +241,6 @@ def labelme_to_coco(paths: Sequence[str | Path], images_dir: str | Path | None =
 def label_images_to_coco(label_files: dict[str, str | Path], category: str = "object") -> dict:
     """Convert instance label images (0 background, one integer per instance; any integer type) keyed by the file
     name of the image they annotate. Masks are stored as RLE, exactly as drawn."""
-    from cellops.io import labels_to_coco
-
     labels = {}
     for name, path in label_files.items():
         image = read_image_file(path)
@@ -291,48 +285,3 @@ def load_annotations(format: str, path: str | Path, images_dir: str | Path, *,
             raise AnnotationError(f"{images_dir}: no label images ending in {label_suffix!r}")
         return label_images_to_coco(pairs, category=category)
     raise AnnotationError(f"unknown annotation format {format!r}; choose one of {list(FORMATS)}")
-
-
-def annotation_masks(coco: dict, image_id: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """The instances of one image: masks (N, H, W) bool, category ids (N,), annotation ids. Crowd regions are
-    left out (they are not instances)."""
-    info = next(img for img in coco["images"] if img["id"] == image_id)
-    height, width = int(info["height"]), int(info["width"])
-    masks, categories, ids = [], [], []
-    for ann in coco["annotations"]:
-        if ann["image_id"] != image_id or ann.get("iscrowd", 0):
-            continue
-        masks.append(segmentation_mask(ann["segmentation"], height, width))
-        categories.append(int(ann["category_id"]))
-        ids.append(ann["id"])
-    stacked = np.stack(masks) if masks else np.zeros((0, height, width), bool)
-    return stacked, np.asarray(categories, np.int64), ids
-
-
-def segmentation_mask(segmentation: list | dict, height: int, width: int) -> np.ndarray:
-    """A COCO segmentation (polygons, compressed or uncompressed RLE) as a (H, W) bool mask."""
-    from pycocotools import mask as coco_mask
-
-    if isinstance(segmentation, list) and not segmentation:
-        return np.zeros((height, width), bool)
-    return coco_mask.decode(to_rle(segmentation, height, width)).astype(bool)
-
-
-def to_rle(segmentation: list | dict, height: int, width: int) -> dict:
-    """Any COCO segmentation (polygons, uncompressed or compressed RLE) as compressed RLE (bytes counts)."""
-    from pycocotools import mask as coco_mask
-
-    if isinstance(segmentation, list):
-        return coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
-    if isinstance(segmentation.get("counts"), list):
-        return coco_mask.frPyObjects(segmentation, height, width)
-    counts = segmentation["counts"]
-    return {"size": list(segmentation["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """A (H, W) bool mask as COCO compressed RLE with a JSON-ready ``counts`` string."""
-    from pycocotools import mask as coco_mask
-
-    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}

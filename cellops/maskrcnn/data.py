@@ -18,7 +18,7 @@ from cellops.config import FromMapping
 from cellops.data_version import file_md5
 from cellops.intensity import Normalization
 from cellops.io import image_geometry, read_image_file
-from cellops.maskrcnn.annotations import annotation_masks
+from cellops.coco import annotation_masks
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cellops.maskrcnn.annotations import to_rle
+from cellops.coco import segmentation_area, segmentation_bbox, segmentation_ious, to_rle
+from cellops.maskrcnn.predict import coco_results, predict_picture
+
+if TYPE_CHECKING:
+    import torch
+
+    from cellops.maskrcnn.specs import MaskRCNNServing
 
 
 @dataclass(frozen=True)
@@ -61,9 +68,7 @@ def coco_ap(ground_truth: dict, detections: list[dict], iou_type: str, max_detec
     if iou_type == "segm":
         detections = [{**d, "segmentation": to_rle(d["segmentation"], *sizes[d["image_id"]])} for d in detections]
     gt = {"info": {}, "licenses": [], **ground_truth,
-          "annotations": [{**a, "iscrowd": a.get("iscrowd", 0),
-                           "area": a.get("area") or float(a["bbox"][2] * a["bbox"][3])}
-                          for a in ground_truth["annotations"]]}
+          "annotations": [_evaluable(a, *sizes[a["image_id"]], iou_type) for a in ground_truth["annotations"]]}
     if backend == "pycocotools":
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval as Evaluator
@@ -93,6 +98,20 @@ def coco_ap(ground_truth: dict, detections: list[dict], iou_type: str, max_detec
     thresholds = np.asarray(evaluator.params.iouThrs)
     return (mean_ap(precision), mean_ap(precision[np.isclose(thresholds, 0.5)]),
             mean_ap(precision[np.isclose(thresholds, 0.75)]))
+
+
+def _evaluable(annotation: dict, height: int, width: int, iou_type: str) -> dict:
+    """A ground truth annotation as both COCO evaluators take it: ``iscrowd`` and ``area`` given (the area of its
+    box, else of its mask, where the file has none), a mask in compressed RLE, a box where boxes are scored."""
+    annotation = {**annotation, "iscrowd": annotation.get("iscrowd", 0)}
+    if not annotation.get("area"):
+        annotation["area"] = (float(annotation["bbox"][2] * annotation["bbox"][3]) if "bbox" in annotation else
+                              segmentation_area(annotation["segmentation"], height, width))
+    if iou_type == "segm":
+        annotation["segmentation"] = to_rle(annotation["segmentation"], height, width)
+    elif "bbox" not in annotation:
+        annotation["bbox"] = segmentation_bbox(annotation["segmentation"], height, width)
+    return annotation
 
 
 @dataclass(frozen=True)
@@ -167,8 +186,6 @@ def match_detections(ground_truth: dict, detections: list[dict], *, iou_threshol
     >>> m.scores.tolist(), m.matched.tolist(), m.f1_at(0.5), m.f1_at(0.3)
     ([0.9, 0.4], [True, False], (1.0, 1.0, 1.0), (0.6666666666666666, 0.5, 1.0))
     """
-    from pycocotools import mask as coco_mask
-
     image_ids = [img["id"] for img in ground_truth["images"]]
     position = {image_id: i for i, image_id in enumerate(image_ids)}
     sizes = {img["id"]: (img["height"], img["width"]) for img in ground_truth["images"]}
@@ -198,10 +215,9 @@ def match_detections(ground_truth: dict, detections: list[dict], *, iou_threshol
         scores += [float(d["score"]) for d in found]
         image_index += [position[image_id]] * len(found)
         hits = np.zeros(len(found), bool)
-        truth = [to_rle(segmentation, *sizes[image_id]) for segmentation in truth_by_key.get((image_id, category), [])]
+        truth = truth_by_key.get((image_id, category), [])
         if truth:
-            ious = np.asarray(coco_mask.iou([to_rle(d["segmentation"], *sizes[image_id]) for d in found], truth,
-                                            [0] * len(truth))).reshape(len(found), len(truth))
+            ious = segmentation_ious([d["segmentation"] for d in found], truth, *sizes[image_id])
             taken = np.zeros(len(truth), bool)
             for k, row in enumerate(ious):
                 candidates = np.where(~taken & (row >= iou_threshold))[0]
@@ -239,3 +255,40 @@ def evaluate_instances(ground_truth: dict, detections: list[dict], *, max_detect
                   max_detections)
     f1, precision, recall = match_f1(ground_truth, detections, score_threshold=f1_score_threshold)
     return InstanceScores(*mask, *box, f1, precision, recall)
+
+
+def evaluate(model: torch.nn.Module, samples: list, ground_truth: dict,
+             settings: MaskRCNNServing) -> tuple[InstanceScores, list[dict]]:
+    """Predict every (image, target) sample as it would be served and score it against ``ground_truth`` (COCO).
+
+    AP ranks every detection the model reports (its own low ``score_threshold``), as COCO AP is defined: cutting
+    at the serving threshold would truncate the precision-recall curve. F1 counts only detections at or above
+    ``settings.score_threshold``, i.e. what a user gets.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A torchvision Mask R-CNN (left in eval mode).
+    samples : list
+        (image (3, H, W) normalised as served, target with ``image_id``) pairs.
+    ground_truth : dict
+        COCO annotations of those images.
+    settings : MaskRCNNServing
+        The served settings.
+
+    Returns
+    -------
+    InstanceScores
+        Mask and box AP, F1 and the rest.
+    list of dict
+        The detections, as COCO results.
+    """
+    model.eval()
+    detections = []
+    every = replace(settings, score_threshold=0.0)
+    for image, target in samples:
+        picture = image.permute(1, 2, 0).cpu().numpy()
+        instances = predict_picture(model, picture, every)  # samples are normalised as served already
+        detections += coco_results(instances, target["image_id"], picture.shape[:2])
+    return evaluate_instances(ground_truth, detections, max_detections=settings.max_detections,
+                              f1_score_threshold=settings.score_threshold), detections

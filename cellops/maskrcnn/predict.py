@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from cellops.coco import cropped_mask_to_rle
 from cellops.maskrcnn.data import network_picture
 from cellops.maskrcnn.specs import MaskRCNNServing
+from cellops.tiling import tile_starts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,19 +78,6 @@ def predict_instances(model: torch.nn.Module, picture: np.ndarray, settings: Mas
     return instances
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of side ``tile`` covering ``length`` with at least ``overlap`` between neighbours.
-
-    >>> tile_starts(1000, 512, 128)
-    [0, 244, 488]
-    """
-    if length <= tile:
-        return [0]
-    step = tile - overlap
-    n = int(np.ceil((length - tile) / step)) + 1
-    return np.linspace(0, length - tile, n).round().astype(int).tolist()
-
-
 def mask_iou(a: Instance, b: Instance) -> float:
     """Intersection over union of two instances' masks (computed on their boxes' overlap only)."""
     (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.box, b.box
@@ -111,7 +100,8 @@ def suppress_duplicates(instances: list[Instance], iou_threshold: float = 0.5) -
 
 def predict_tiled(predict: Callable[[np.ndarray], list[Instance]], image: np.ndarray, tile: int,
                   overlap: int) -> list[Instance]:
-    """Run ``predict`` on overlapping tiles and keep each instance from the one tile whose core holds the centre
+    """Run ``predict`` on tiles of side ``tile`` whose neighbours share at least ``overlap`` pixels
+    (:func:`cellops.tiling.tile_starts`) and keep each instance from the one tile whose core holds the centre
     of its box (cores split each overlap in half), so nothing is counted twice and nothing near a seam is cut,
     as long as objects are at most about ``overlap`` across; an object seen by two tiles whose boxes' centres fall
     on either side of a seam is kept once (:func:`suppress_duplicates`). An image that fits one tile is predicted
@@ -225,26 +215,15 @@ def instance_table(instances: list[Instance], categories: dict[int, str]) -> "pd
 
 def instance_rle(instance: Instance, shape: tuple[int, int]) -> dict:
     """The instance's mask as COCO compressed RLE of the whole ``shape``, from its crop alone (no full-size mask:
-    O(area), not O(image), per instance), with a JSON-ready ``counts`` string.
+    O(area), not O(image), per instance), with a JSON-ready ``counts`` string
+    (:func:`cellops.coco.cropped_mask_to_rle`).
 
-    >>> from cellops.maskrcnn.annotations import mask_to_rle
+    >>> from cellops.coco import mask_to_rle
     >>> inst = crop_instance(np.pad(np.ones((2, 3), bool), ((1, 2), (2, 0))), 1, 0.9)
     >>> instance_rle(inst, (5, 5)) == mask_to_rle(inst.full_mask((5, 5)))
     True
     """
-    from pycocotools import mask as coco_mask
-
-    height, width = shape
-    columns, rows = np.nonzero(instance.mask.T)  # column-major order, as COCO's runs go down the columns
-    linear = (columns + instance.x0) * height + rows + instance.y0
-    breaks = np.flatnonzero(np.diff(linear) != 1)
-    starts = np.r_[linear[0], linear[breaks + 1]]
-    ends = np.r_[linear[breaks] + 1, linear[-1] + 1]
-    counts = np.empty(2 * len(starts) + 1, np.int64)
-    counts[0::2] = np.r_[starts, height * width] - np.r_[0, ends]  # background runs, the last to the end
-    counts[1::2] = ends - starts
-    rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
-    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    return cropped_mask_to_rle(instance.mask, instance.y0, instance.x0, shape)
 
 
 def coco_results(instances: list[Instance], image_id: int, shape: tuple[int, int]) -> list[dict]:

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cellops.runtimes import export_runtime_files, load_runtime
+from cellops.maskrcnn.specs import MaskRCNNServing
+from cellops.maskrcnn.evaluation import evaluate
+from cellops.runtimes import RuntimeCheck, default_skips, export_runtime_files, load_runtime, measure_runtimes
 
 DYNAMIC_IMAGE = {0: "batch", 2: "height", 3: "width"}
 
@@ -86,3 +88,19 @@ def with_runtime(model: nn.Module, runtime: str, folder: str | Path | None,
     clone.backbone = RuntimeBackbone(load_runtime(runtime, folder, _Pyramid(model.backbone)), names,
                                      model.backbone.out_channels)
     return clone
+
+
+def runtime_checks(model: torch.nn.Module, calibration_images: list[torch.Tensor], test_samples: list,
+                   test_ground_truth: dict, settings: MaskRCNNServing, folder: str | Path, *,
+                   runtimes: tuple[str, ...], tolerance: float,
+                   repeats: int = 1) -> list[RuntimeCheck]:
+    """Export the backbone into ``folder`` (:mod:`cellops.maskrcnn.runtime`) and measure each runtime of
+    :mod:`cellops.runtimes` on the test samples as served (metric: mask AP50; ``tolerance``: the largest AP50 change
+    accepted)."""
+    names = export_maskrcnn(model, calibration_images, folder)
+
+    def mask_ap50(module: torch.nn.Module) -> float:
+        return evaluate(module, test_samples, test_ground_truth, settings)[0].mask_ap50
+
+    return measure_runtimes(lambda runtime: with_runtime(model, runtime, folder, names), mask_ap50, runtimes,
+                            tolerance, repeats=repeats, skip=default_skips(runtimes))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cellops.config import FromMapping
-from cellops.validation import ValidationReport, _run_suite, explained_failures, gx, tagged
+from cellops.validation import ValidationReport, explained_failures, gx, run_suite, tagged
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def summarise_annotations(coco: dict, images_dir: str | Path, index: dict,
     the suite checks and a ``problems`` column (JSON list of ``check: detail``) the failure messages quote.
     ``index`` is :func:`cellops.maskrcnn.data.split_images`'s (paths, content hashes and splits)."""
     from cellops.io import ImageInputError, read_image_file, to_unit_range
-    from cellops.maskrcnn.annotations import segmentation_mask
+    from cellops.coco import segmentation_mask
     from cellops.maskrcnn.predict import as_picture
 
     images_dir = Path(images_dir)
@@ -203,7 +203,7 @@ def validate_annotation_dataset(table: pd.DataFrame, expectations: AnnotationExp
                                 data_docs_dir: Path | None = None) -> ValidationReport:
     """Run the annotation suite on a :func:`summarise_annotations` table. Each line of ``failures`` names the
     expectation, its column and the first offending images and annotations in plain words."""
-    report = _run_suite(table.drop(columns=["problems"]), "instance_annotations", _suite(expectations), data_docs_dir)
+    report = run_suite(table.drop(columns=["problems"]), "instance_annotations", _suite(expectations), data_docs_dir)
     problems = [p for cell in table["problems"] for p in json.loads(cell)]
 
     def explain(check: str) -> str:

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from cellops.io import encode_image, labels_to_coco, write_files_safely
+from cellops.coco import labels_to_coco
+from cellops.io import encode_image, write_files_safely
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,7 @@ def image_seed(seed: int, label: str, index: int) -> int:
 def write_endothelial_dataset(out_dir: str | Path, *, images_per_class: int, size: int, seed: int,
                               overwrite: bool = False) -> dict[str, Path]:
     """Write ``<class>/<class>_NNNN.png`` under ``out_dir`` for both :data:`CLASSES` (the class-folder layout
-    :func:`cellops.io.list_class_folders` reads).
+    :func:`cellops.classifier.data.list_class_folders` reads).
 
     Image ``i`` of a class is drawn from :func:`image_seed` ``(seed, class, i)``, so it is the same whatever the
     number of images. Files already there with other contents are never overwritten unless ``overwrite``.

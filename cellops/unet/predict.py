@@ -50,7 +50,7 @@ def segment(model: nn.Module, image: np.ndarray, settings: UNetServing,
     --------
     >>> from models.unet import UNet
     >>> model = prepare_for_inference(UNet(base_channels=4, depth=2))
-    >>> settings = UNetServing(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5)
+    >>> settings = UNetServing(tile_size=32, tile_overlap=8, batch_size=4, threshold=0.5)
     >>> segment(model, np.zeros((2, 40, 48), np.uint8), settings).shape
     (2, 40, 48)
     """

@@ -51,7 +51,7 @@ def export_unet(model: nn.Module, calibration_volume: np.ndarray, settings: UNet
     return fast
 
 
-def unet_runtime_checks(model: nn.Module, calibration_volume: np.ndarray, test_image: np.ndarray,
+def runtime_checks(model: nn.Module, calibration_volume: np.ndarray, test_image: np.ndarray,
                         test_mask: np.ndarray, settings: UNetServing, folder: str | Path, *,
                         runtimes: tuple[str, ...], tolerance: float, repeats: int = 1) -> list[RuntimeCheck]:
     """Export the U-Net into ``folder`` and measure each runtime on the test volume (metric: foreground IoU,

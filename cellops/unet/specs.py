@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from cellops.config import FromMapping, ServingRecord
 from cellops.intensity import LEGACY, Normalization
+from cellops.tiling import overlap_from_fraction
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,11 @@ class UNetServing(ServingRecord):
     Attributes
     ----------
     tile_size : side of the square tiles (a multiple of ``2 ** depth`` of the U-Net).
-    tile_overlap : fraction of a tile shared with its neighbour, in [0, 1).
+    tile_overlap : least number of pixels a tile shares with its neighbour, in ``[0, tile_size)``
+        (:func:`cellops.tiling.tile_starts`). A float in (0, 1) is read as a fraction of ``tile_size`` (the form of
+        records registered with a fractional overlap) and converted to the pixels that lay the same tiles,
+        :func:`cellops.tiling.overlap_from_fraction`: ``round(fraction * tile_size)`` when that is a whole number
+        of pixels (0.25 of 128 is 32).
     batch_size : tiles per forward pass.
     threshold : foreground probability from which a pixel is mitochondrion (>=, as it was chosen on validation).
     flip_averaging : average the probabilities of the image and its three flips (test-time augmentation; the
@@ -57,7 +62,7 @@ class UNetServing(ServingRecord):
     family: ClassVar[str] = "unet"
 
     tile_size: int
-    tile_overlap: float
+    tile_overlap: int
     batch_size: int
     threshold: float
     flip_averaging: bool = False  # defaults only so that versions registered before these existed still load
@@ -68,8 +73,12 @@ class UNetServing(ServingRecord):
         object.__setattr__(self, "normalization", Normalization.coerce(self.normalization))
         if self.tile_size < 8:
             raise ValueError(f"tile_size must be at least 8, got {self.tile_size}")
-        if not 0.0 <= self.tile_overlap < 1.0:
-            raise ValueError(f"tile_overlap must lie in [0, 1), got {self.tile_overlap}")
+        if isinstance(self.tile_overlap, float) and 0.0 < self.tile_overlap < 1.0:
+            object.__setattr__(self, "tile_overlap", overlap_from_fraction(self.tile_overlap, self.tile_size))
+        if self.tile_overlap != int(self.tile_overlap) or not 0 <= self.tile_overlap < self.tile_size:
+            raise ValueError(f"tile_overlap must be a whole number of pixels in [0, tile_size {self.tile_size}) "
+                             f"(or a fraction in (0, 1)), got {self.tile_overlap}")
+        object.__setattr__(self, "tile_overlap", int(self.tile_overlap))
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if not 0.0 < self.threshold < 1.0:

@@ -120,7 +120,7 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
     >>> folder = Path(tempfile.mkdtemp())
     >>> tifffile.imwrite(folder / "v.tif", np.zeros((5, 40, 48), np.uint8))
     >>> model = prepare_for_inference(UNet(base_channels=4, depth=2))
-    >>> settings = UNetServing(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5)
+    >>> settings = UNetServing(tile_size=32, tile_overlap=8, batch_size=4, threshold=0.5)
     >>> segment_volume_file(model, folder / "v.tif", folder / "mask.tif", settings, slab=2).shape
     (5, 40, 48)
     >>> tifffile.imread(folder / "mask.tif").shape

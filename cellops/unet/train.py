@@ -1,14 +1,15 @@
-"""Training the U-Net: the loss, one epoch, and :func:`fit` with validation, checkpoints and resume.
+"""Training the U-Net: the loss, one epoch, validation, and :func:`fit` with checkpoints and resume.
 
 Shaped after torchvision's ``references/detection/engine.py``: short, explicit functions that anyone can step
-through, no framework hiding the loop. Checkpoints carry model, optimizer, scheduler, epoch, history, random
-states and the resolved config (as torchvision's references do), so an interrupted run resumes where it stopped.
+through, no framework hiding the loop. The state after every epoch (model, optimizer, scheduler, history, random
+states) is kept in a :class:`~cellops.checkpoints.ResumableCheckpoint`, so an interrupted run resumes where it
+stopped.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,11 +19,11 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
-from cellops.checkpoints import LAST_CHECKPOINT, save_atomically
-from cellops.distributed import is_distributed, is_main_process, local_batch_size, mean_over_ranks, rank, world_size
+from cellops.checkpoints import EpochCallback, ResumableCheckpoint, TrainingHistory, model_key
+from cellops.distributed import data_parallel, is_main_process, local_batch_size, mean_over_ranks, rank, world_size
+from cellops.metrics import BinarySegmentationScores
 from cellops.unet.predict import load_for_inference, score
-from cellops.unet.specs import UNetServing
-from cellops.unet.specs import Architecture, UNetTraining
+from cellops.unet.specs import Architecture, UNetServing, UNetTraining
 from models.unet import UNet
 
 
@@ -87,22 +88,41 @@ def train_one_epoch(
     return total / max(count, 1)
 
 
+def evaluate(model: nn.Module, volume: tuple[np.ndarray, np.ndarray], settings: UNetServing,
+             device: str | torch.device = "cpu") -> BinarySegmentationScores:
+    """Segment the slices of ``volume`` as served and score them against its mask.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The U-Net (left as it is: BatchNorm is folded into a copy).
+    volume : tuple of ndarray
+        Image and mask (non-zero: foreground), (Z, H, W).
+    settings : UNetServing
+        Tiling, threshold and normalisation, as served.
+    device : str or torch.device
+        Where the model is.
+
+    Returns
+    -------
+    BinarySegmentationScores
+        Foreground IoU, Dice and the rest, over all voxels.
+    """
+    image, mask = volume
+    return score(load_for_inference(model), image, mask, settings, device)[0]
+
+
 @dataclass
-class TrainingHistory:
-    """Per-epoch figures and which epoch gave the weights that :func:`fit` returns."""
+class UNetHistory(TrainingHistory):
+    """Per-epoch training loss and validation scores, besides what every family's history holds."""
 
     train_loss: list[float] = field(default_factory=list)
     val_foreground_iou: list[float] = field(default_factory=list)
     val_dice: list[float] = field(default_factory=list)
-    best_epoch: int = -1
-    resumed_from_epoch: int | None = None
 
     @property
     def best_val_foreground_iou(self) -> float:
         return self.val_foreground_iou[self.best_epoch] if self.best_epoch >= 0 else float("nan")
-
-
-BEST_CHECKPOINT = "best.pt"
 
 
 def fit(
@@ -111,17 +131,46 @@ def fit(
     val_volume: tuple[np.ndarray, np.ndarray],
     config: UNetTraining,
     inference: UNetServing,
-    checkpoint_dir: Path,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint_dir: Path | None,
+    on_epoch_end: EpochCallback | None = None,
     *,
     resume: bool = True,
-) -> TrainingHistory:
+    checkpoint_key: dict | None = None,
+) -> UNetHistory:
     """Train on augmented patches, validate on the whole validation slices after each epoch (segmented with
     ``inference``, as evaluation and serving do), keep the best weights by validation foreground IoU.
 
-    ``checkpoint_dir/last.pt`` is written after every epoch and ``best.pt`` whenever validation improves. With
-    ``resume`` and a ``last.pt`` of the same config in ``checkpoint_dir``, training continues after its epoch
-    and ends with the weights an uninterrupted run would have. On return ``model`` holds the best weights.
+    Parameters
+    ----------
+    model : nn.Module
+        The U-Net; on return it holds the best weights.
+    patches : tuple of Tensor
+        Augmented training images and masks, (N, 1, H, W).
+    val_volume : tuple of ndarray
+        Validation slices and their mask, (Z, H, W).
+    config : UNetTraining
+    inference : UNetServing
+        How validation segments, as served.
+    checkpoint_dir : Path or None
+        Folder of the checkpoints (None: none).
+    on_epoch_end : callable, optional
+        ``on_epoch_end(epoch, metrics)`` after each epoch (``train_loss``, ``val_foreground_iou``, ``val_dice``,
+        ``epoch_seconds``).
+    resume : bool
+        Resume from a checkpoint of the same training when there is one.
+    checkpoint_key : dict, optional
+        What else must match to resume (e.g. the data version).
+
+    Returns
+    -------
+    UNetHistory
+
+    AdamW with a one-cycle schedule (``warmup_fraction`` of the steps rising to ``learning_rate``). The state
+    after every epoch is saved in a folder of ``checkpoint_dir`` named after a fingerprint of the settings, the
+    model's shape, the patches' shape and ``checkpoint_key`` (e.g. the data version); with ``resume`` and a
+    checkpoint there, training continues after its epoch (the epochs done are reported to ``on_epoch_end``
+    again) and ends with the weights an uninterrupted run would have. The folder is removed at the end; on return
+    ``model`` holds the best weights.
 
     Run by every rank of a process group (see :mod:`cellops.unet.distributed_train`), it trains with DDP: each
     rank takes its share of every global batch of ``config.batch_size``, rank 0 alone validates, calls
@@ -142,65 +191,31 @@ def fit(
                         drop_last=len(patches[0]) > config.batch_size)
     loss_fn = DiceBCELoss(dice_weight=config.dice_weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    trained = model
-    if is_distributed():
-        if device.type == "cuda":
-            trained = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        trained = nn.parallel.DistributedDataParallel(trained, device_ids=[device] if device.type == "cuda" else None)
+    trained = data_parallel(model, device)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.learning_rate, total_steps=max(1, config.epochs * len(loader)),
         pct_start=config.warmup_fraction,
     )
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    # What a checkpoint must match to be resumed: the settings, the model's shape and the training data's size.
-    resolved = {"training": asdict(config), "inference": inference.as_dict(), "model": type(model).__name__,
-                "parameters": {k: list(v.shape) for k, v in model.state_dict().items()},
-                "patches": list(patches[0].shape)}
-    history, start, best_weights = TrainingHistory(), 0, None
-    last = checkpoint_dir / LAST_CHECKPOINT
-    if resume and last.is_file():
-        state = torch.load(last, map_location=device, weights_only=False)
-        if state["config"] != resolved:
-            raise ValueError(f"{last} was written with another config ({state['config']}); move it away to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        best_weights = state["best_model"]
-        history = TrainingHistory(**{**state["history"], "resumed_from_epoch": state["epoch"]})
-        start = state["epoch"] + 1
-    val_image, val_mask = val_volume
-    for epoch in range(start, config.epochs):
+    # What a checkpoint must match to be resumed: the settings, the model's shape, the data's size, the caller's key.
+    key = {"training": asdict(config), "inference": inference.as_dict(), **model_key(model),
+           "patches": list(patches[0].shape), "caller": checkpoint_key or {}}
+    checkpoint = ResumableCheckpoint(checkpoint_dir, key, UNetHistory(), model=model, optimizer=optimizer,
+                                     scheduler=scheduler, resume=resume)
+    history = checkpoint.restore(on_epoch_end)
+    for epoch in range(checkpoint.first_epoch, config.epochs):
+        started = time.perf_counter()
         sampler.set_epoch(epoch)
         loss = mean_over_ranks(train_one_epoch(trained, loss_fn, optimizer, scheduler, loader, device, epoch))
         if not is_main_process():  # rank 0 alone validates, keeps the best weights and writes checkpoints
             continue
-        scores, _ = score(load_for_inference(model), val_image, val_mask, inference, device)
+        scores = evaluate(model, val_volume, inference, device)
         history.train_loss.append(loss)
         history.val_foreground_iou.append(scores.foreground_iou)
         history.val_dice.append(scores.dice)
-        improved = history.best_epoch < 0 or scores.foreground_iou > history.best_val_foreground_iou
-        if improved:
-            history.best_epoch = epoch
-            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        # The best weights travel inside last.pt: one atomic write, so a kill can never leave them out of step
-        # with the history; best.pt is a copy for people who want just the model.
-        save_atomically({
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, "best_model": best_weights,
-            "history": {k: v for k, v in asdict(history).items() if k != "resumed_from_epoch"}, "config": resolved,
-        }, last)
-        if improved:
-            save_atomically({"epoch": epoch, "model": best_weights, "config": resolved}, checkpoint_dir / BEST_CHECKPOINT)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, {"train_loss": loss, "val_foreground_iou": scores.foreground_iou, "val_dice": scores.dice})
-    if is_distributed():  # every rank ends with rank 0's best weights and history
-        shared = [best_weights, asdict(history)]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        best_weights, history = shared[0], TrainingHistory(**shared[1])
-    if best_weights is not None:
-        model.load_state_dict(best_weights)
-    return history
+        history.epoch_seconds.append(time.perf_counter() - started)
+        if history.best_epoch < 0 or scores.foreground_iou > history.best_val_foreground_iou:
+            checkpoint.keep_best(epoch)
+        checkpoint.end_epoch(epoch, {"train_loss": loss, "val_foreground_iou": scores.foreground_iou,
+                                     "val_dice": scores.dice, "epoch_seconds": history.epoch_seconds[-1]},
+                             on_epoch_end)
+    return checkpoint.finish()

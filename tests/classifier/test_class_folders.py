@@ -9,12 +9,8 @@ from PIL import Image
 
 from cellops.data_version import file_md5
 from cellops.intensity import Normalization
-from cellops.io import (
-    ImageInputError,
-    list_class_folders,
-    load_class_images,
-    to_model_input,
-)
+from cellops.classifier.data import list_class_folders, load_class_images, to_model_input
+from cellops.io import ImageInputError
 
 #: Fixed scaling by the dtype's range: what these tests of the readers check (percentile scaling: tests/test_intensity.py).
 FIXED = Normalization(mode="dtype")

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from cellops.config import from_mapping
-from cellops.validation import (
+from cellops.classifier.validation import (
     CLASS_IMAGE_COLUMNS,
     ClassificationExpectations,
     summarise_class_images,

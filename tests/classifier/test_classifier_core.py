@@ -233,24 +233,37 @@ def test_an_interrupted_fit_resumes_to_the_weights_and_curves_of_an_uninterrupte
     class Interrupted(Exception):
         pass
 
-    def stop_after_second(epoch, metrics):
-        if epoch == 1:
-            raise Interrupted
+    def stop_after(last):
+        def report(epoch, metrics):
+            reported.append((epoch, metrics))
+            if epoch == last:
+                raise Interrupted
+        return report
 
-    with pytest.raises(Interrupted):
-        fit(net(), train, val, config, build_augmentation(AUG), positive=1, on_epoch_end=stop_after_second,
-            checkpoint_dir=tmp_path / "resumed")
+    def interrupted(last, settings=config, **options):
+        reported.clear()
+        with pytest.raises(Interrupted):
+            fit(net(), train, val, settings, build_augmentation(AUG), positive=1, on_epoch_end=stop_after(last),
+                checkpoint_dir=tmp_path / "resumed", **options)
+        return list(reported)
+
+    reported = []
+    assert [e for e, _ in interrupted(1)] == [0, 1]
+    # resume=False starts over whatever is saved (here: after epoch 1), and replaces it.
+    first = interrupted(0, resume=False)
+    assert [e for e, _ in first] == [0]
+    # Other settings start afresh in a folder of their own, leaving this one's checkpoint alone.
+    assert [e for e, _ in interrupted(0, ClassifierTraining(**{**vars(config), "epochs": 5}))] == [0]
+    assert len(list((tmp_path / "resumed").iterdir())) == 2
     resumed = net()
-    history = fit(resumed, train, val, config, build_augmentation(AUG), positive=1, checkpoint_dir=tmp_path / "resumed")
-    assert history.resumed_from_epoch == 1 and history.val_loss == expected.val_loss
+    again = []
+    history = fit(resumed, train, val, config, build_augmentation(AUG), positive=1, checkpoint_dir=tmp_path / "resumed",
+                  on_epoch_end=lambda epoch, metrics: again.append((epoch, metrics)))
+    assert history.resumed_from_epoch == 0 and history.val_loss == expected.val_loss
     assert history.best_epoch == expected.best_epoch
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
-    # resume=False starts over, whatever is on disk; other settings are refused rather than mixed in.
-    assert fit(net(), train, val, config, build_augmentation(AUG), positive=1, checkpoint_dir=tmp_path / "resumed",
-               resume=False).resumed_from_epoch is None
-    with pytest.raises(ValueError, match="other settings"):
-        fit(net(), train, val, ClassifierTraining(**{**vars(config), "epochs": 5}), build_augmentation(AUG),
-            positive=1, checkpoint_dir=tmp_path / "resumed")
+    # The epoch done before the interruption is reported again, as it was: the new run has the whole curve.
+    assert [e for e, _ in again] == [0, 1, 2, 3] and again[0] == first[0]
 
 
 def test_classify_files_names_bad_files_and_goes_on(tmp_path):

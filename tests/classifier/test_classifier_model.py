@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cellops.io import list_class_folders
+from cellops.classifier.data import list_class_folders
 from models.cam import class_activation_maps
 from models.classifier import EfficientCellNet
 

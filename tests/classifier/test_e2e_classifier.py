@@ -27,7 +27,7 @@ from cellops.classifier.specs import ClassifierServing
 from cellops.classifier.runtime import runtime_classifier
 from cellops.inference import prepare_for_inference
 from cellops.classifier.train import predict_probabilities
-from cellops.io import load_class_images
+from cellops.classifier.data import load_class_images
 from helpers import run_command as _run
 from helpers import (assert_runtimes_recorded, bad_uploads, built_bento, check_bento_environment, png_bytes,
                      served_bento, served_runtime)
@@ -124,17 +124,17 @@ def test_cellops_predict_writes_labels_probabilities_and_cams_and_names_bad_file
     result = _run(["cellops", "predict", "classifier", *map(str, good), str(bad), "--out", str(out)], root, env,
                   check=False)
     assert result.returncode == 1 and "broken.png" in result.stderr
-    rows = list(csv.DictReader(open(out / "predictions.csv")))
-    assert [r["file"] for r in rows[:3]] == [str(p) for p in good] and rows[3]["file"] == str(bad) and rows[3]["error"]
+    rows = list(csv.DictReader(open(out / "batch_summary.csv")))
+    assert [r["file"] for r in rows[:3]] == [str(p) for p in good] and rows[3]["file"] == str(bad) and rows[3]["problem"]
     for row in rows[:3]:
         assert row["label"] in ("hipsc_ec", "non_ec")
         assert float(row["p_hipsc_ec"]) + float(row["p_non_ec"]) == pytest.approx(1, abs=1e-6)
-    assert [r["cam"] for r in rows[:3]] == [f"cams/{i:04d}_{p.stem}.png" for i, p in enumerate(good)]
-    assert all((out / r["cam"]).is_file() for r in rows[:3]) and len(list((out / "cams").iterdir())) == 3
+    assert [r["outputs"] for r in rows[:3]] == [f"{p.stem}_cam.png" for p in good]
+    assert all((out / r["outputs"]).is_file() for r in rows[:3]) and len(list(out.glob("*_cam.png"))) == 3
     # Any registered version by URI; a missing one is named.
     other = _run(["cellops", "predict", "classifier", str(good[0]), "--out", str(tmp_path / "v2"), "--no-cams",
                   "--model", "models:/cellops-classifier/latest"], root, env)
-    assert "cellops-classifier v4" in other.stdout and not (tmp_path / "v2" / "cams").exists()
+    assert "cellops-classifier v4" in other.stdout and not list((tmp_path / "v2").glob("*_cam.png"))
     missing = _run(["cellops", "predict", "classifier", str(good[0]), "--out", str(tmp_path / "x"), "--model",
                     "models:/cellops-classifier/99"], root, env, check=False)
     assert missing.returncode == 2 and "no version 99" in missing.stdout + missing.stderr

@@ -8,8 +8,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from cellops.maskrcnn.annotations import (AnnotationError, annotation_masks, label_images_to_coco,
-                                          load_annotations, mask_to_rle, read_coco, segmentation_mask, via_to_coco)
+from cellops.coco import annotation_masks, mask_to_rle, segmentation_mask
+from cellops.maskrcnn.annotations import AnnotationError, label_images_to_coco, load_annotations, read_coco, via_to_coco
 from cellops.maskrcnn.data import ImageSplitSettings, split_images
 from cellops.maskrcnn.validation import AnnotationExpectations, summarise_annotations, validate_annotation_dataset
 

@@ -104,18 +104,19 @@ def test_cellops_predict_maskrcnn_writes_labels_tables_overlays_tiles_and_names_
     result = _run(["cellops", "predict", "maskrcnn", str(image), str(large), str(bad), "--out", str(out)], root, env,
                   check=False)
     assert result.returncode == 1 and "broken.png" in result.stderr, result.stdout + result.stderr
-    summary = list(csv.DictReader(open(out / "summary.csv")))
-    assert [r["file"] for r in summary] == [str(image), str(large), str(bad)] and summary[2]["error"]
+    summary = list(csv.DictReader(open(out / "batch_summary.csv")))
+    assert [r["file"] for r in summary] == [str(image), str(large), str(bad)] and summary[2]["problem"]
     # A training-like image and its 2x2 tiling: colonies found in both (a model that finds none would pass the rest).
     assert int(summary[0]["instances"]) > 0 and int(summary[1]["instances"]) >= int(summary[0]["instances"])
     assert "percentile" in result.stdout and "score threshold" in result.stdout
     for row, shape in zip(summary[:2], [picture.shape, (2 * picture.shape[0], 2 * picture.shape[1])]):
-        labels = tifffile.imread(out / f"{row['outputs']}_labels.tif")
+        stem = row["outputs"].split(";")[0].removesuffix("_labels.tif")
+        labels = tifffile.imread(out / f"{stem}_labels.tif")
         assert labels.dtype == np.uint16 and labels.shape == shape
-        table = pd.read_csv(out / f"{row['outputs']}_instances.csv")
+        table = pd.read_csv(out / f"{stem}_instances.csv")
         assert len(table) == int(row["instances"]) and set(np.unique(labels)) - {0} <= set(table["label"])
         assert list(table.columns)[:4] == ["label", "category", "score", "area"]
-        assert np.asarray(Image.open(out / f"{row['outputs']}_overlay.png")).shape == (*shape, 3)
+        assert np.asarray(Image.open(out / f"{stem}_overlay.png")).shape == (*shape, 3)
 
 
 def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):

@@ -11,10 +11,11 @@ from torchvision import tv_tensors
 from cellops.intensity import Normalization
 from cellops.maskrcnn.data import (InstanceAugmentation, InstanceDataset, build_instance_augmentation, model_image, network_picture,
                                    tidy_target)
-from cellops.maskrcnn.train import fit
+from cellops.maskrcnn.train import fit, warmup_cosine
 from cellops.maskrcnn.specs import MaskRCNNTraining
 from cellops.maskrcnn.evaluation import coco_ap, evaluate_instances, match_f1
-from cellops.maskrcnn.predict import crop_instance, instance_table, label_image, predict_image, predict_instances, predict_tiled, tile_starts
+from cellops.maskrcnn.predict import crop_instance, instance_table, label_image, predict_image, predict_instances, predict_tiled
+from cellops.tiling import tile_starts
 from cellops.maskrcnn.specs import MaskRCNNServing
 from cellops.maskrcnn.specs import parse_models
 from models.maskrcnn import MaskRCNNSettings, build_maskrcnn, find_initial_weights, transfer_weights
@@ -189,51 +190,67 @@ def test_training_resumes_from_its_checkpoint_and_removes_it_when_done(tmp_path)
 
     def interrupt_in_second_epoch(epoch, metrics):
         if epoch == 1:
-            raise KeyboardInterrupt  # e.g. Ctrl-C or a preempted machine, after epoch 0 was checkpointed
+            raise KeyboardInterrupt  # e.g. Ctrl-C or a preempted machine, once epoch 1 was checkpointed
 
     with pytest.raises(KeyboardInterrupt):
         fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, config, MaskRCNNServing(),
             checkpoint_dir=tmp_path, on_epoch_end=interrupt_in_second_epoch)
-    assert (tmp_path / "last.pt").is_file() and not (tmp_path / "last.partial").exists()
+    saved = list(tmp_path.glob("*/last.pt"))  # in a folder named after the settings' fingerprint
+    assert len(saved) == 1 and not list(tmp_path.glob("*/last.partial"))
+    # resume=False starts afresh, and other settings do too (in a folder of their own).
     epochs = []
     history = fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, config, MaskRCNNServing(),
-                  checkpoint_dir=tmp_path, on_epoch_end=lambda e, m: epochs.append(e))
-    assert history.resumed_from_epoch == 0 and epochs == [1, 2] and len(history.losses) == 3
-    assert not (tmp_path / "last.pt").exists()  # finished: a rerun starts afresh
-    # A checkpoint from other settings is not resumed.
+                  checkpoint_dir=tmp_path, on_epoch_end=lambda e, m: epochs.append(e), resume=False)
+    assert history.resumed_from_epoch is None and epochs == [0, 1, 2]
+    assert not any(tmp_path.iterdir())  # finished: a rerun starts afresh
     with pytest.raises(KeyboardInterrupt):
         fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, config, MaskRCNNServing(),
             checkpoint_dir=tmp_path, on_epoch_end=interrupt_in_second_epoch)
-    other = MaskRCNNTraining(**{**config.__dict__, "learning_rate": 0.001})
+    other = MaskRCNNTraining(**{**config.__dict__, "learning_rate": 0.001, "epochs": 1})
     epochs.clear()
     history = fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, other, MaskRCNNServing(),
                   checkpoint_dir=tmp_path, on_epoch_end=lambda e, m: epochs.append(e))
-    assert history.resumed_from_epoch is None and epochs == [0, 1, 2]
+    assert history.resumed_from_epoch is None and epochs == [0]
+    assert list(tmp_path.glob("*/last.pt")) == saved
+    epochs.clear()
+    history = fit(build_maskrcnn(TINY, 2), InstanceDataset(samples), [], {}, config, MaskRCNNServing(),
+                  checkpoint_dir=tmp_path, on_epoch_end=lambda e, m: epochs.append(e))
+    assert history.resumed_from_epoch == 1 and epochs == [0, 1, 2] and len(history.losses) == 3
 
 
-def test_a_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+def test_a_resumed_training_reports_the_whole_curve_and_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     torch.manual_seed(0)
     samples = [_sample() for _ in range(4)]
     config = MaskRCNNTraining(epochs=3, batch_size=2, learning_rate=0.005, warmup_iterations=2, threads=1)
 
-    def train(checkpoint_dir, on_epoch_end=None):
+    def train(checkpoint_dir, on_epoch_end):
         model = build_maskrcnn(TINY, 2)
-        fit(model, InstanceDataset(samples, build_instance_augmentation(InstanceAugmentation(flip=True))), [], {},
-            config, MaskRCNNServing(), checkpoint_dir=checkpoint_dir, on_epoch_end=on_epoch_end)
-        return model.state_dict()
+        history = fit(model, InstanceDataset(samples, build_instance_augmentation(InstanceAugmentation(flip=True))),
+                      [], {}, config, MaskRCNNServing(), checkpoint_dir=checkpoint_dir, on_epoch_end=on_epoch_end)
+        return model.state_dict(), history
 
     def interrupt_after_first_epoch(epoch, metrics):
         if epoch == 0:
             raise KeyboardInterrupt
 
-    uninterrupted = train(tmp_path / "straight")
+    straight, resumed = [], []
+    uninterrupted, expected = train(tmp_path / "straight", lambda epoch, metrics: straight.append((epoch, metrics)))
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "resumed", interrupt_after_first_epoch)
-    resumed = train(tmp_path / "resumed")  # the same command again: resumes after epoch 0
+    # The same command again: resumes after epoch 0, which it reports again, then trains epochs 1 and 2.
+    weights, history = train(tmp_path / "resumed", lambda epoch, metrics: resumed.append((epoch, metrics)))
+    assert history.resumed_from_epoch == 0 and history.losses == expected.losses
+
+    def without_timing(reports):
+        return [(epoch, {k: v for k, v in metrics.items() if k != "epoch_seconds"}) for epoch, metrics in reports]
+
+    assert [e for e, _ in resumed] == [0, 1, 2] and without_timing(resumed) == without_timing(straight)
+    # Two steps an epoch, six in all: linear warm-up over two, then a cosine to 1 %; "lr" is the last step's.
+    assert [m["lr"] for _, m in straight] == pytest.approx([0.005 * warmup_cosine(i, 2, 6) for i in (1, 3, 5)])
     # Model, optimiser, schedule position, sampler order and augmentation draws all restored: the same weights.
-    assert resumed.keys() == uninterrupted.keys()
+    assert weights.keys() == uninterrupted.keys()
     for name in uninterrupted:
-        assert torch.equal(resumed[name], uninterrupted[name]), name
+        assert torch.equal(weights[name], uninterrupted[name]), name
 
 
 def test_the_same_object_from_two_tiles_is_kept_once_and_pictures_are_checked():

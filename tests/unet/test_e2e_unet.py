@@ -104,18 +104,19 @@ def test_model_control_plane_and_cellops_models_follow_the_champion(trained):
 
 def test_cellops_predict_unet_streams_a_volume_into_the_champions_mask(trained, tmp_path):
     root, env, _ = trained
-    out = tmp_path / "mask.tif"
+    out = tmp_path / "out"
     shown = _run(["cellops", "predict", "unet", "data/em/testing.tif", "--out", str(out), "--slab", "3"], root, env)
     champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-unet", "champion")
     assert f"cellops-unet v{champion.version}" in shown.stdout
     model = load_for_inference(mlflow.pytorch.load_model(f"models:/cellops-unet/{champion.version}", map_location="cpu"))
     volume = tifffile.imread(root / "data" / "em" / "testing.tif")
     expected = segment(model, volume, UNetServing.from_dict(tags.inference_from_tags(champion.tags)))
-    assert np.array_equal(tifffile.imread(out) > 0, expected)  # slab by slab = the whole volume at once
+    assert np.array_equal(tifffile.imread(out / "testing_mask.tif") > 0, expected)  # slab by slab = the volume at once
     assert 0 < expected.mean() < 0.5  # and the champion segments something (an empty mask would pass the above)
     assert "percentile" in shown.stdout and "threshold" in shown.stdout  # which scaling and threshold ran
-    refused = _run(["cellops", "predict", "unet", "data/em/testing.tif", "--out", str(tmp_path)], root, env, check=False)
-    assert refused.returncode == 2 and "--out the mask's .tif file name" in refused.stderr
+    refused = _run(["cellops", "predict", "unet", "data/em/testing.tif", "--out", str(tmp_path / "mask.tif")], root, env,
+                   check=False)
+    assert refused.returncode == 2 and "is the output folder" in refused.stderr
 
 
 def test_deployed_service_segments_and_refuses_bad_uploads(trained):

@@ -9,7 +9,7 @@ from cellops.inference import prepare_for_inference
 from cellops.unet.predict import predict_probabilities, score, segment
 from cellops.unet.specs import UNetServing
 
-BASE = dict(tile_size=16, tile_overlap=0.25, batch_size=4, threshold=0.5)
+BASE = dict(tile_size=16, tile_overlap=4, batch_size=4, threshold=0.5)
 
 
 def _pointwise_model() -> torch.nn.Module:
@@ -21,8 +21,9 @@ def _pointwise_model() -> torch.nn.Module:
 
 
 def test_settings_refuse_impossible_values_and_name_keys():
-    with pytest.raises(ValueError, match="tile_overlap"):
-        UNetServing(**{**BASE, "tile_overlap": 1.0})
+    for overlap in (16, 1.5, -1):  # a whole tile, part of a pixel, negative
+        with pytest.raises(ValueError, match="tile_overlap"):
+            UNetServing(**{**BASE, "tile_overlap": overlap})
     with pytest.raises(ValueError, match="odd number"):
         UNetServing(**BASE, z_smoothing=2)
     with pytest.raises(ValueError, match=r"missing keys \['threshold'\]"):
@@ -31,6 +32,14 @@ def test_settings_refuse_impossible_values_and_name_keys():
                                                      "normalization": {"mode": "dtype", "low": 1.0, "high": 99.8}}
     with pytest.raises(ValueError, match="'classifier' model, not of a 'unet' one"):
         UNetServing.from_dict({**BASE, "family": "classifier"})
+
+
+def test_an_overlap_registered_as_a_fraction_reads_as_the_pixels_of_the_same_tiles():
+    assert UNetServing.from_dict({**BASE, "tile_overlap": 0.25}).tile_overlap == 4
+    assert UNetServing.from_dict({**BASE, "tile_size": 128, "tile_overlap": 0.25}) == \
+        UNetServing.from_dict({**BASE, "tile_size": 128, "tile_overlap": 32})
+    assert UNetServing.from_dict({**BASE, "tile_overlap": 4.0}).tile_overlap == 4
+    assert type(UNetServing.from_dict({**BASE, "tile_overlap": 0.0}).tile_overlap) is int
 
 
 def test_flip_averaging_is_exact_for_a_flip_equivariant_model(rng):
@@ -73,7 +82,7 @@ def test_a_volume_streamed_slab_by_slab_gives_the_in_memory_mask(tmp_path):
     torch.manual_seed(0)
     model = prepare_for_inference(UNet(base_channels=4, depth=2))
     volume = np.random.default_rng(0).integers(0, 255, (7, 40, 48), dtype=np.uint8)
-    settings = UNetServing(tile_size=32, tile_overlap=0.25, batch_size=4, threshold=0.5, z_smoothing=3)
+    settings = UNetServing(tile_size=32, tile_overlap=8, batch_size=4, threshold=0.5, z_smoothing=3)
     expected = segment(model, volume, settings)
     assert 0 < expected.mean() < 1  # neither empty nor full: the comparison means something
     for name, options in (("plain.tif", {}), ("deflate.tif", {"compression": "zlib"})):

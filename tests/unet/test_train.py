@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from cellops.checkpoints import LAST_CHECKPOINT
 from cellops.intensity import Normalization
 from cellops.unet.data import augment_patches, augmentation_margin, build_augmentation, sample_patches, split_slices
 from cellops.unet.specs import UNetServing
@@ -79,14 +80,15 @@ def test_fit_reports_each_epoch_and_returns_the_best_weights(small_volume, tmp_p
     def record(epoch, metrics):
         seen.append((epoch, sorted(metrics)))
         snapshots[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        assert len(list(tmp_path.glob(f"*/{LAST_CHECKPOINT}"))) == 1  # saved before it is reported
 
     history = fit(model, _patches(small_volume), (small_volume.image[:2], small_volume.mask[:2]), _config(epochs=3),
                   SETTINGS, tmp_path, on_epoch_end=record)
     assert [e for e, _ in seen] == [0, 1, 2]
-    assert seen[0][1] == ["train_loss", "val_dice", "val_foreground_iou"]
-    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
+    assert seen[0][1] == ["epoch_seconds", "train_loss", "val_dice", "val_foreground_iou"]
+    assert not any(tmp_path.iterdir())  # finished: the checkpoint is removed
     assert history.best_epoch == int(np.argmax(history.val_foreground_iou))
-    assert all(np.isfinite(history.train_loss)) and len(history.val_dice) == 3
+    assert all(np.isfinite(history.train_loss)) and len(history.val_dice) == len(history.epoch_seconds) == 3
     best = snapshots[history.best_epoch]
     assert all(torch.equal(best[k], v) for k, v in model.state_dict().items())  # the best epoch's weights
 
@@ -108,19 +110,37 @@ def test_an_interrupted_fit_resumes_to_the_weights_of_an_uninterrupted_one(small
     class Interrupted(Exception):
         pass
 
+    reported = []
+
     def stop_after_first(epoch, metrics):
+        reported.append((epoch, metrics))
         if epoch == 0:
             raise Interrupted
 
     with pytest.raises(Interrupted):
         fit(build_model(TINY, seed=0), patches, val, _config(epochs=3), SETTINGS, tmp_path / "resumed",
-            on_epoch_end=stop_after_first)
+            on_epoch_end=stop_after_first, checkpoint_key={"data_version": "v1"})
+    # Other settings (or another checkpoint_key) start afresh, in a folder of their own.
+    other = fit(build_model(TINY, seed=0), patches, val, _config(epochs=1), SETTINGS, tmp_path / "resumed",
+                checkpoint_key={"data_version": "v1"})
+    assert other.resumed_from_epoch is None and len(list((tmp_path / "resumed").iterdir())) == 1
     resumed = build_model(TINY, seed=0)
-    history = fit(resumed, patches, val, _config(epochs=3), SETTINGS, tmp_path / "resumed")
+    again = []
+    history = fit(resumed, patches, val, _config(epochs=3), SETTINGS, tmp_path / "resumed",
+                  on_epoch_end=lambda epoch, metrics: again.append((epoch, metrics)),
+                  checkpoint_key={"data_version": "v1"})
     assert history.resumed_from_epoch == 0 and len(history.train_loss) == 3
+    # The epoch done before the interruption is reported again, as it was, so the new run has the whole curve.
+    assert [e for e, _ in again] == [0, 1, 2] and again[0] == reported[0]
     assert all(torch.equal(x, y) for x, y in zip(whole.state_dict().values(), resumed.state_dict().values()))
-    with pytest.raises(ValueError, match="another config"):
-        fit(build_model(TINY, seed=0), patches, val, _config(epochs=4), SETTINGS, tmp_path / "resumed")
+    assert not any((tmp_path / "resumed").iterdir())
+    # resume=False starts afresh whatever is saved.
+    with pytest.raises(Interrupted):
+        fit(build_model(TINY, seed=0), patches, val, _config(epochs=1), SETTINGS, tmp_path / "resumed",
+            on_epoch_end=stop_after_first)
+    fresh = fit(build_model(TINY, seed=0), patches, val, _config(epochs=1), SETTINGS, tmp_path / "resumed",
+                resume=False)
+    assert fresh.resumed_from_epoch is None
 
 
 def test_training_settings_name_missing_and_unknown_keys():

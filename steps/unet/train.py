@@ -1,5 +1,5 @@
-"""Steps that train and evaluate the U-Net mitochondria segmenter, logging to MLflow (thin adapters over
-cellops.unet)."""
+"""Steps that train the U-Net, choose its threshold on validation and evaluate it on the test volume, logging to
+MLflow (thin adapters over cellops.unet)."""
 
 from __future__ import annotations
 
@@ -11,30 +11,23 @@ import mlflow
 import numpy as np
 import torch
 from PIL import Image
-from zenml import get_step_context, log_metadata, step
+from zenml import log_metadata, step
 from zenml.logger import get_logger
 
+from cellops.distributed import DistributedSettings
 from cellops.metrics import bootstrap_interval, per_slice_overlap, pooled_foreground_iou
 from cellops.plots import segmentation_overlay, training_curves
 from cellops.thresholds import choose_probability_threshold
-from cellops.unet.predict import load_for_inference, predict_probabilities, score
-from cellops.unet.specs import UNetServing
-from cellops.distributed import DistributedSettings
 from cellops.unet.distributed_train import fit_distributed
+from cellops.unet.predict import load_for_inference, predict_probabilities, score
+from cellops.unet.specs import Architecture, UNetServing, UNetTraining
 from cellops.unet.train import build_model, fit
-from cellops.unet.specs import Architecture, UNetTraining
-from tracking import tags
-from cellops.checkpoints import checkpoint_dir_for, remove_checkpoints
 from tracking.runs import (
+    training_run,
     active_run_id,
-    close_abandoned_runs,
-    closed_on_interrupt,
-    system_metrics,
     current_zenml_model,
-    log_png,
     log_dataset,
-    log_run_config,
-    process_tags,
+    log_png,
 )
 
 logger = get_logger(__name__)
@@ -61,41 +54,31 @@ def train_unet(
     Rank 0 logs each epoch to this step's MLflow run."""
     config = UNetTraining.from_dict(training)
     model = build_model(Architecture.from_dict(architecture), seed=config.seed)
-    log_run_config()
-    zenml_run_id = str(get_step_context().pipeline_run.id)
-    close_abandoned_runs()
-    mlflow.set_tags({**tags.lineage_to_tags(lineage), tags.ZENML_RUN_ID: zenml_run_id, **process_tags()})
-    log_dataset("em-training-patches", patch_images, lineage, source="data/em", context="training",
-                targets=patch_masks)
-    # Named after what must match to resume (not after the run): the same command after a kill finds it.
-    run_dir = checkpoint_dir_for(checkpoint_dir, {"architecture": architecture, "training": training,
-                                                  "inference": inference, "data_version": lineage["data_version"],
-                                                  "patches": list(patch_images.shape)})
+    # Checkpoints go to a folder of checkpoint_dir named after what must match to resume (not after the run): the
+    # same command after a kill finds it.
+    checkpoint_key = {"architecture": architecture, "training": training, "inference": inference,
+                      "data_version": lineage["data_version"], "patches": list(patch_images.shape)}
     logger.info("training %s parameters on %d patches, checkpoints in %s",
-                sum(p.numel() for p in model.parameters()), len(patch_images), run_dir)
+                sum(p.numel() for p in model.parameters()), len(patch_images), checkpoint_dir)
     parallel = DistributedSettings.from_dict(distributed)
-    with closed_on_interrupt(), system_metrics():
+    with training_run(lineage) as run:
+        log_dataset("em-training-patches", patch_images, lineage, source="data/em", context="training",
+                    targets=patch_masks)
         if parallel.enabled:
             mlflow.set_tags({"distributed.world_size": parallel.world_size, "distributed.backend": parallel.backend})
             with tempfile.TemporaryDirectory(prefix="ddp-", dir=Path(checkpoint_dir).parent) as work:
                 history, digests = fit_distributed(
                     model, (patch_images, patch_masks), (val_image, val_mask), architecture=architecture,
-                    training=training, inference=inference, checkpoint_dir=run_dir, resume=resume, settings=parallel,
-                    work_dir=Path(work), epoch_logger="tracking.runs:epoch_logger",
+                    training=training, inference=inference, checkpoint_dir=Path(checkpoint_dir), resume=resume,
+                    checkpoint_key=checkpoint_key, settings=parallel, work_dir=Path(work),
+                    epoch_logger="tracking.runs:epoch_logger",
                     epoch_logger_args={"tracking_uri": mlflow.get_tracking_uri(), "run_id": active_run_id()})
             mlflow.set_tag("distributed.weights_sha256", digests[0])
         else:
             history = fit(model, (torch.from_numpy(patch_images), torch.from_numpy(patch_masks)), (val_image, val_mask),
-                          config, UNetServing.from_dict(inference), run_dir,
-                          on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), resume=resume)
-    if history.resumed_from_epoch is not None:
-        # The epochs before the interruption were logged on the killed run: this run gets the whole curve too.
-        for epoch in range(history.resumed_from_epoch + 1):
-            mlflow.log_metrics({"train_loss": history.train_loss[epoch], "val_dice": history.val_dice[epoch],
-                                "val_foreground_iou": history.val_foreground_iou[epoch]}, step=epoch)
-        logger.info("resumed after epoch %d from %s", history.resumed_from_epoch, run_dir)
-    mlflow.set_tag(tags.RESUMED_FROM_EPOCH, str(history.resumed_from_epoch))
-    remove_checkpoints(run_dir)
+                          config, UNetServing.from_dict(inference), Path(checkpoint_dir),
+                          on_epoch_end=run.log_epoch, resume=resume, checkpoint_key=checkpoint_key)
+        run.record_resume(history.resumed_from_epoch)
     with tempfile.TemporaryDirectory() as tmp:
         curves = training_curves({"train loss": history.train_loss, "val foreground IoU": history.val_foreground_iou,
                                   "val Dice": history.val_dice}, Path(tmp) / "curves.png")

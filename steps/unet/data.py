@@ -1,4 +1,4 @@
-"""Steps that load, split and sample the EM mitochondria dataset (thin adapters over cellops.unet.data)."""
+"""Steps that load the EM volumes, split them and sample augmented patches (thin adapters over cellops.unet.data)."""
 
 from __future__ import annotations
 

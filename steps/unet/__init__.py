@@ -1,0 +1,1 @@
+"""ZenML steps of the U-Net family, mirroring :mod:`cellops.unet`: data, validation, train, register, runtime."""
