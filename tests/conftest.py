@@ -18,6 +18,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import ast  # noqa: E402
+import functools  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -43,52 +45,80 @@ TINY_PARAMS = {
 }
 
 
-#: The modules that read the session's shared U-Net training (``unet_trained``). Under pytest-xdist (``make test``)
-#: they run on one worker, so the U-Net is trained once; every other module runs whole on one worker, so its
-#: module fixtures (a training, a server) run once.
-SHARED_TRAINING_MODULES = frozenset({"tests/unet/test_e2e_unet.py", "tests/test_ui_browser.py", "tests/test_e2e_batch.py"})
-#: Modules whose tests share nothing (one subprocess each): scheduled test by test.
-INDEPENDENT_MODULES = frozenset({"tests/test_benchmark_smoke.py"})
-#: The longest work units (minutes each: trainings, servers), handed out first so that none starts last and leaves
-#: the other worker idle; every other module follows in collection order. The shared-training modules keep their
-#: order: the browser tests look at the shared training's run before the U-Net e2e tests start other runs.
-LONGEST_FIRST = ("tests/test_e2e_batch.py", "tests/test_ui_browser.py", "tests/unet/test_e2e_unet.py",
-                 "tests/test_team_stack.py", "tests/classifier/test_e2e_classifier.py",
-                 "tests/maskrcnn/test_e2e_maskrcnn.py", "tests/test_default_data.py", "tests/test_e2e_classical.py")
+#: The xdist group of the modules that read the session's shared U-Net training (``unet_trained``): one worker runs
+#: them all, so the U-Net is trained once.
+SHARED_TRAINING = "unet_trained"
+
+
+def _markers(path: Path) -> dict[str, list]:
+    """The markers a test module declares in ``pytestmark`` ({name: its literal arguments}), read from its source:
+    xdist's controller schedules node ids and never imports the modules."""
+    found: dict[str, list] = {}
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError):
+        return found
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
+            for call in ast.walk(node.value):
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
+                    found[call.func.attr] = [_literal(a) for a in call.args]
+                elif isinstance(call, ast.Attribute) and isinstance(call.value, ast.Attribute) \
+                        and getattr(call.value, "attr", None) == "mark":
+                    found.setdefault(call.attr, [])
+    return found
+
+
+def _literal(node: ast.AST) -> object:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:  # an expression (skipif's condition): not a scheduling argument
+        return None
+
+
+@functools.cache
+def scheduling_scope(module: str) -> str:
+    """The unit a test module is handed out in: its ``xdist_group`` (``pytest.mark.xdist_group("name")``), each test
+    alone where the module is marked ``pytest.mark.tests_alone`` (they share nothing), else the whole module."""
+    markers = _markers(ROOT / module)
+    if "xdist_group" in markers:
+        return str(markers["xdist_group"][0])
+    return "" if "tests_alone" in markers else module
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """Schedule whole modules, the shared-training ones as one unit (xdist's ``loadgroup`` would do this with
-    markers, but with pytest 9.2 it no longer renames the tests it groups)."""
+    """Schedule whole modules, or whole groups of modules (markers on the modules, :func:`scheduling_scope`); xdist's
+    own ``loadgroup`` does this too, but with pytest 9.2 it renames the tests it groups."""
     from xdist.scheduler import LoadScopeScheduling
 
     config.option.loadscopereorder = False  # keep the collection's order (longest first, see below)
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::")[0]
-            if module in INDEPENDENT_MODULES:
-                return nodeid
-            return "unet_trained" if module in SHARED_TRAINING_MODULES else module
+            return scheduling_scope(nodeid.split("::")[0]) or nodeid
 
     return ModuleScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Put the longest modules first (``LONGEST_FIRST``; a stable sort keeps each module's own order), and refuse a
-    module that reads the shared training without being listed in ``SHARED_TRAINING_MODULES`` (two workers would
-    each train it)."""
+    """Hand out the longest units first (the ``pytest.mark.minutes(n)`` of their modules together; a stable sort keeps
+    the collection order otherwise, inside a group too), so that none starts last and leaves the other worker idle;
+    and refuse a module that reads the shared training outside its group (two workers would each train it)."""
     def module(item) -> str:
         return item.nodeid.split("::")[0]
 
-    unlisted = {module(item) for item in items if "unet_trained" in getattr(item, "fixturenames", ())}
-    unlisted -= SHARED_TRAINING_MODULES
-    if unlisted:
-        raise pytest.UsageError(f"{sorted(unlisted)} use the unet_trained fixture: add them to "
-                                "SHARED_TRAINING_MODULES in tests/conftest.py")
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(module(item), len(rank)))
+    minutes: dict[str, float] = {}  # per unit handed out: the minutes of its modules together
+    for path in {module(item): item for item in items}.values():
+        marker = path.get_closest_marker("minutes")
+        scope = scheduling_scope(module(path)) or module(path)
+        minutes[scope] = minutes.get(scope, 0.0) + (float(marker.args[0]) if marker else 0.0)
+    strays = {module(item) for item in items if SHARED_TRAINING in getattr(item, "fixturenames", ())
+              and scheduling_scope(module(item)) != SHARED_TRAINING}
+    if strays:
+        raise pytest.UsageError(f"{sorted(strays)} use the {SHARED_TRAINING} fixture: mark them "
+                                f"pytest.mark.xdist_group({SHARED_TRAINING!r})")
+    items.sort(key=lambda item: -minutes.get(scheduling_scope(module(item)) or module(item), 0.0))
 
 
 @pytest.fixture(scope="session")

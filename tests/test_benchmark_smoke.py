@@ -23,6 +23,8 @@ NOT_BENCHMARKS = {"benchlib.py", "table.py"}
 SCRIPTS = sorted(path for path in BENCHMARKS.glob("*.py") if path.name not in NOT_BENCHMARKS)
 #: Per script; a smoke run takes seconds (tens on a busy machine), so this only stops a hung one.
 TIMEOUT_S = 240
+#: Each benchmark runs in a subprocess of its own: handed out one by one.
+pytestmark = pytest.mark.tests_alone
 
 
 def _benchlib():

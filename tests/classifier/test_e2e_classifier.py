@@ -34,7 +34,7 @@ from helpers import (assert_runtimes_recorded, bad_uploads, built_bento, check_b
 from hostile_corpus import probe
 from tracking import tags
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.minutes(6)]
 
 LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 

@@ -29,7 +29,7 @@ from cellops.maskrcnn.specs import MaskRCNNServing
 from cellops.maskrcnn.runtime import with_runtime
 from tracking import tags
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.minutes(6)]
 
 LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 

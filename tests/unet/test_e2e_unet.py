@@ -35,7 +35,7 @@ from hostile_corpus import probe
 ROOT = Path(__file__).resolve().parents[2]
 LOCK_FILE = ROOT / "requirements.lock"
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("unet_trained"), pytest.mark.minutes(8)]
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +92,8 @@ def test_model_control_plane_and_cellops_models_follow_the_champion(trained):
                        "v = Client().get_model_version('cellops-unet', ModelStages.PRODUCTION); "
                        "print(v.run_metadata['mlflow_model_version'])"], root, env).stdout
     assert production.strip().splitlines()[-1] == str(champion.version)
-    # (The text forms of `cellops models` and `cellops lineage` are tested on a store of their own: tests/test_cli.py
-    # and tests/test_lineage.py.)
+    # (The text forms of `cellops models` and `cellops lineage` are tested on a store of their own: tests/tracking/test_cli.py
+    # and tests/tracking/test_lineage.py.)
     record = json.loads(_run(["cellops", "lineage", "cellops-unet@champion", "--json"], root, env).stdout)
     assert record["model_version"] == str(champion.version) and record["aliases"] == ["champion"]
     assert record["mlflow_run_id"] == champion.run_id

@@ -22,7 +22,7 @@ from cellops.intensity import Normalization
 from cellops.io import encode_image, to_grey
 from hostile_corpus import _png, _tiff
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_environment_only_tightens_the_stored_limits(monkeypatch):

@@ -30,7 +30,8 @@ from cellops.synthetic.nuclei import generate_nuclei_image
 from cellops.telemetry import TELEMETRY_OFF
 from tracking.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.minutes(4)
 
 # Runs in each subprocess: write the default data, report which kernels actually ran.
 _GENERATE = """

@@ -14,7 +14,7 @@ from helpers import run_command
 
 from conftest import BIN, ROOT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.minutes(3)]
 
 
 @pytest.mark.parametrize(

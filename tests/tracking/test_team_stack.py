@@ -21,9 +21,10 @@ from mlflow import MlflowClient
 from helpers import free_port, run_command
 from tracking import tags
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.minutes(6),
     pytest.mark.skipif(not (Path("/usr/sbin/mariadbd").exists() and list(Path("/usr/lib/postgresql").glob("*/bin/initdb"))),
                        reason="Debian's postgresql and mariadb-server are not installed (make team-deps)"),
 ]

@@ -23,7 +23,7 @@ from cellops.synthetic.nuclei import generate_nuclei_image
 from helpers import png_bytes, served_bento
 from hostile_corpus import probe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BYTE_LIMIT = 3_000_000
 
 

@@ -10,7 +10,7 @@ from cellops.data_version import hash_folder
 from cellops.lineage import require_recorded_data
 from helpers import run_command
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_default_remote_is_a_folder_outside_the_repository():

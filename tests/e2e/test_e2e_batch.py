@@ -18,7 +18,7 @@ from helpers import run_command
 from tracking import tags
 from tracking.batch import resolve_batch_model
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("unet_trained"), pytest.mark.minutes(4)]
 PIPELINE = ["zenml", "pipeline", "run", "pipelines.batch_inference.batch_inference_pipeline", "-c"]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from helpers import built_bento, check_bento_environment, run_command
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_classical_bento_builds_by_hand_and_pins_the_locked_versions(tmp_path):

@@ -13,9 +13,9 @@ from mlflow import MlflowClient
 from browser import background_server, browser_page, requires_chromium
 from helpers import free_port, run_command
 
-pytestmark = [pytest.mark.e2e, requires_chromium]
+pytestmark = [pytest.mark.e2e, requires_chromium, pytest.mark.xdist_group("unet_trained"), pytest.mark.minutes(4)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _shot(page, root: Path, name: str) -> Path:

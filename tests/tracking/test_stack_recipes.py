@@ -15,7 +15,7 @@ from zenml.config import DockerSettings, ResourceSettings
 from zenml.enums import StackComponentType
 from zenml.stack.flavor_registry import FlavorRegistry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "stacks").glob("*.yaml"))
 #: Pipeline configs meant for a remote stack, and the recipe they run on.
 REMOTE_CONFIGS = {"configs/unet_k8s.yaml": "stacks/cellops-k8s.yaml"}
