@@ -70,9 +70,13 @@ def _string_imports(path: Path) -> list[str]:
 
 
 def _own_submodule(node: ast.AST | None) -> bool:
-    """``f"{__name__}.{...}"``: a module of the importing package itself (a family's lazy ``__init__``)."""
-    return (isinstance(node, ast.JoinedStr) and bool(node.values) and isinstance(node.values[0], ast.FormattedValue)
-            and getattr(node.values[0].value, "id", None) == "__name__")
+    """``f"{__name__}.{...}"`` or ``f".{...}"`` (relative): a module of the importing package itself (a family's lazy
+    API, :func:`cellops.lazy.lazy_api`)."""
+    if not (isinstance(node, ast.JoinedStr) and node.values):
+        return False
+    first = node.values[0]
+    return ((isinstance(first, ast.FormattedValue) and getattr(first.value, "id", None) == "__name__")
+            or (isinstance(first, ast.Constant) and str(first.value).startswith(".")))
 
 
 #: Library files that import a module their caller names ({path: why}); an entry needs its reason.
@@ -94,7 +98,7 @@ def test_the_library_never_loads_an_adapter_by_name(package):
 def test_the_string_import_rule_sees_import_module_and_dunder_import(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("import importlib\nimportlib.import_module('tracking.cli')\n__import__(name)\n"
-                      "importlib.import_module(f'{__name__}.train')\n")
+                      "importlib.import_module(f'{__name__}.train')\nimportlib.import_module(f'.{name}', package)\n")
     assert _string_imports(source) == ["tracking.cli", "<dynamic>"]
 
 

@@ -7,8 +7,9 @@ on first use, so that importing one module (as a service imports ``predict``) lo
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from cellops.lazy import lazy_api
 
 #: The family's modules, those a service needs first.
 MODULES = ("specs", "predict", "runtime", "data", "train", "validation")
@@ -19,14 +20,7 @@ __all__ = ["ClassifierModelSpec", "parse_models", "initial_weights", "Classifier
            "predict_probabilities", "train_one_epoch", "evaluate", "fit", "explain", "cam_overlay",
            "classify_files", "classify_image_to_files", "export_classifier", "runtime_classifier", "runtime_checks"]
 
-
-def __getattr__(name: str) -> object:
-    if name in __all__:
-        for module in MODULES:
-            found = importlib.import_module(f"{__name__}.{module}")
-            if hasattr(found, name):
-                return getattr(found, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_api(__name__, MODULES, __all__)
 
 
 if TYPE_CHECKING:  # what readers, IDEs and the API reference see

@@ -28,6 +28,24 @@ def stratified_split(labels: Sequence[int], groups: Sequence[str], *, val_fracti
     test image is also a training image. Each class gets at least one group in val and test when it has three
     or more and the fraction is positive.
 
+    Parameters
+    ----------
+    labels : sequence of int
+        Class index of every image.
+    groups : sequence of str
+        Group of every image (e.g. its content hash); a group is never split.
+    val_fraction : float
+        Fraction of each class's groups held out for validation.
+    test_fraction : float
+        Fraction of each class's groups held out for test; with ``val_fraction`` below 1.
+    seed : int
+        Seed of the shuffle that picks the groups.
+
+    Returns
+    -------
+    np.ndarray
+        The split of every image, one of :data:`SPLITS`.
+
     Examples
     --------
     >>> split = stratified_split([0] * 10 + [1] * 10, [str(i) for i in range(20)], val_fraction=0.2,
@@ -60,7 +78,17 @@ def stratified_split(labels: Sequence[int], groups: Sequence[str], *, val_fracti
 
 @dataclass(frozen=True)
 class SplitSettings(FromMapping):
-    """Fractions of each class held out for validation and test, and the seed that picks them."""
+    """Fractions of each class held out for validation and test, and the seed that picks them.
+
+    Attributes
+    ----------
+    val_fraction : float
+        Fraction of each class held out for validation.
+    test_fraction : float
+        Fraction of each class held out for test.
+    seed : int
+        Seed of :func:`stratified_split`.
+    """
 
     val_fraction: float
     test_fraction: float
@@ -72,6 +100,24 @@ def classification_test_fingerprint(content_hashes: Sequence[str], labels: Seque
     """One md5 naming a test set: the contents and labels of its files and the class called positive. Scores
     measured on the same fingerprint are comparable, whatever the file names or the order.
 
+    Parameters
+    ----------
+    content_hashes : sequence of str
+        Content hash of every file.
+    labels : sequence of str
+        Class name of every file.
+    splits : sequence of str
+        Split of every file; only ``"test"`` files count.
+    positive_class : str
+        The class called positive.
+
+    Returns
+    -------
+    str
+        Hexadecimal md5 digest.
+
+    Examples
+    --------
     >>> a = classification_test_fingerprint(["x", "y"], ["ec", "non"], ["test", "test"], "ec")
     >>> a == classification_test_fingerprint(["y", "x"], ["non", "ec"], ["test", "test"], "ec"), a == classification_test_fingerprint(
     ...     ["x", "y"], ["ec", "non"], ["test", "train"], "ec")
@@ -87,7 +133,17 @@ def index_class_folder(data_dir: str | Path, split: SplitSettings) -> dict:
     """Every image of ``data_dir/<class>/`` with its label (index into ``classes``), content md5 and split: the
     dataset index the pipeline passes between steps and the benchmark rebuilds the test split from.
 
-    Returns ``{"root", "classes", "files", "labels", "md5", "splits"}`` (lists, one entry per file).
+    Parameters
+    ----------
+    data_dir : str or Path
+        Root of the class folders (:func:`list_class_folders`).
+    split : SplitSettings
+        Fractions and seed of the split.
+
+    Returns
+    -------
+    dict
+        ``{"root", "classes", "files", "labels", "md5", "splits"}`` (lists, one entry per file).
     """
     from cellops.data_version import file_md5
 
@@ -101,7 +157,23 @@ def index_class_folder(data_dir: str | Path, split: SplitSettings) -> dict:
 
 @dataclass(frozen=True)
 class Augmentation(FromMapping):
-    """Random changes applied to each training image (all from the YAML config; 0 or false turns one off)."""
+    """Random changes applied to each training image (all from the YAML config; 0 or false turns one off).
+
+    Attributes
+    ----------
+    flip : bool
+        Random horizontal and vertical flips.
+    rotate90 : bool
+        Random quarter turns: micrographs have no "up".
+    brightness : float
+        ColorJitter brightness factor range 1 +- this.
+    contrast : float
+        ColorJitter contrast factor range 1 +- this.
+    blur_sigma : float
+        Gaussian blur up to this sigma (px), half of the time.
+    noise_sigma : float
+        Standard deviation of additive Gaussian noise, on the 0..1 scale.
+    """
 
     flip: bool  # horizontal and vertical flips
     rotate90: bool  # quarter turns: micrographs have no "up"
@@ -113,7 +185,29 @@ class Augmentation(FromMapping):
 
 def photometric_transforms(brightness: float, contrast: float, blur_sigma: float, noise_sigma: float) -> list:
     """Intensity changes every model family shares (image only; boxes and masks pass through), in this order:
-    ColorJitter, a random Gaussian blur (half the time), Gaussian noise; zero strengths leave each out."""
+    ColorJitter, a random Gaussian blur (half the time), Gaussian noise; zero strengths leave each out.
+
+    Parameters
+    ----------
+    brightness : float
+        ColorJitter brightness strength.
+    contrast : float
+        ColorJitter contrast strength.
+    blur_sigma : float
+        Largest sigma of the blur (px).
+    noise_sigma : float
+        Standard deviation of the noise.
+
+    Returns
+    -------
+    list
+        torchvision.transforms.v2 transforms, to be composed.
+
+    Examples
+    --------
+    >>> [type(t).__name__ for t in photometric_transforms(0.2, 0.0, 1.0, 0.0)]
+    ['ColorJitter', 'RandomApply']
+    """
     transforms: list = []
     if brightness or contrast:
         transforms.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
@@ -125,7 +219,18 @@ def photometric_transforms(brightness: float, contrast: float, blur_sigma: float
 
 
 def build_augmentation(aug: Augmentation) -> v2.Compose:
-    """The torchvision.transforms.v2 pipeline of ``aug`` for one float image (C, H, W) in [0, 1]."""
+    """The torchvision.transforms.v2 pipeline of ``aug`` for one float image (C, H, W) in [0, 1].
+
+    Parameters
+    ----------
+    aug : Augmentation
+        Which changes to apply, and how strongly.
+
+    Returns
+    -------
+    v2.Compose
+        The pipeline; its output is clamped to [0, 1].
+    """
     transforms: list = []
     if aug.flip:
         transforms += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
@@ -138,7 +243,22 @@ def build_augmentation(aug: Augmentation) -> v2.Compose:
 
 def augment_batch(images: torch.Tensor, transform: v2.Compose, seed: int) -> torch.Tensor:
     """Each image of the batch transformed on its own, from a random state set by ``seed`` alone (the global
-    generator is left as it was), so that every model of a run sees the very same augmented images."""
+    generator is left as it was), so that every model of a run sees the very same augmented images.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        Batch (N, C, H, W) of float images in [0, 1].
+    transform : v2.Compose
+        The augmentation (:func:`build_augmentation`).
+    seed : int
+        Seed of this batch's random changes.
+
+    Returns
+    -------
+    torch.Tensor
+        The augmented batch, same shape.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return torch.stack([transform(image) for image in images])
@@ -146,7 +266,31 @@ def augment_batch(images: torch.Tensor, transform: v2.Compose, seed: int) -> tor
 
 def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int) -> Iterator[tuple[int, np.ndarray]]:
     """(batch number, indices) of one shuffled epoch; the order depends on (seed, epoch) only. A last batch of one
-    image is dropped (batch normalisation cannot train on it)."""
+    image is dropped (batch normalisation cannot train on it).
+
+    Parameters
+    ----------
+    n : int
+        Number of images.
+    batch_size : int
+        Images per batch.
+    seed : int
+        Seed of the run.
+    epoch : int
+        The epoch's number.
+
+    Yields
+    ------
+    number : int
+        The batch's number in the epoch.
+    indices : np.ndarray
+        Indices of its images.
+
+    Examples
+    --------
+    >>> [len(batch) for _, batch in epoch_batches(7, 3, seed=0, epoch=0)]
+    [3, 3]
+    """
     order = np.random.default_rng([seed, epoch]).permutation(n)
     for number, start in enumerate(range(0, n, batch_size)):
         batch = order[start:start + batch_size]
@@ -163,6 +307,15 @@ class ClassFolderDataset:
     """Image files labelled by the folder they sit in (``root/<class>/<image>``), the layout labs keep.
 
     ``files[i]`` has label ``labels[i]``, an index into ``classes`` (folder names, sorted).
+
+    Attributes
+    ----------
+    files : list of Path
+        The image files.
+    labels : list of int
+        Class index of every file.
+    classes : list of str
+        Class names (folder names, sorted).
     """
 
     files: list[Path]
@@ -170,14 +323,34 @@ class ClassFolderDataset:
     classes: list[str]
 
     def counts(self) -> dict[str, int]:
+        """Images per class.
+
+        Returns
+        -------
+        dict of str to int
+            Number of files of each class, in the order of ``classes``.
+        """
         return {name: self.labels.count(i) for i, name in enumerate(self.classes)}
 
 
 def list_class_folders(root: str | Path) -> ClassFolderDataset:
     """The images of every class folder under ``root`` (any number of classes; PNG, TIFF or JPEG files).
 
-    Raises a ``FileNotFoundError`` naming the problem when ``root`` is missing, holds fewer than two class folders,
-    or a class folder holds no image (other files, such as notes, are ignored).
+    Parameters
+    ----------
+    root : str or Path
+        Folder with one sub-folder of images per class.
+
+    Returns
+    -------
+    ClassFolderDataset
+        The image files, their labels and the class names.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the problem when ``root`` is missing, holds fewer than two class folders, or a class folder holds
+        no image (other files, such as notes, are ignored).
 
     Examples
     --------
@@ -217,18 +390,28 @@ def to_model_input(image: np.ndarray, *, channels: int, size: int, normalization
 
     Parameters
     ----------
-    image : a 2-D grey image, an ``HxWx3`` (RGB) or ``HxWx4`` (RGBA) colour image, or a one-plane stack; uint8,
+    image : np.ndarray
+        A 2-D grey image, an ``HxWx3`` (RGB) or ``HxWx4`` (RGBA) colour image, or a one-plane stack; uint8,
         uint16 or float (as :func:`cellops.io.read_image_file` returns it).
-    channels : 1 gives grey: a colour image becomes its ITU-R BT.601 luma
+    channels : int
+        1 gives grey: a colour image becomes its ITU-R BT.601 luma
         ``0.299 R + 0.587 G + 0.114 B`` (:data:`LUMA_WEIGHTS_BT601`, in float64); 3 gives RGB: a grey image is
         repeated in the three channels. An alpha channel is dropped (not composited).
-    size : side of the square output. A non-square image is first cropped to its centred largest square (the
+    size : int
+        Side of the square output. A non-square image is first cropped to its centred largest square (the
         cells at the borders of the long side are lost, none is stretched); then it is resized with area
         averaging (``cv2.INTER_AREA``; bilinear when enlarging) if its side differs from ``size``.
-    normalization : how values are scaled (:class:`cellops.intensity.Normalization`, stored with the model): by
+    normalization : Normalization
+        How values are scaled (:class:`cellops.intensity.Normalization`, stored with the model): by
         the image's own percentiles over all its channels (the default; the same picture as 8-bit, 16-bit or float
         gives the same input), or by the dtype's fixed range. It is applied to the whole image, before cropping.
-    source : named in every error message (the file the image came from).
+    source : str, optional
+        Named in every error message (the file the image came from).
+
+    Returns
+    -------
+    np.ndarray
+        float32 array ``(channels, size, size)``, normalised.
 
     Raises
     ------
@@ -291,10 +474,23 @@ def load_class_images(paths: Sequence[Path], *, channels: int, size: int,
     message instead, so the caller decides whether a bad file is fatal. The rows of the array follow ``paths``
     with the failed files left out.
 
+    Parameters
+    ----------
+    paths : sequence of Path
+        The image files.
+    channels : int
+        1 (grey) or 3 (RGB).
+    size : int
+        Side of the square inputs.
+    normalization : Normalization
+        How values are scaled, as stored with the model.
+
     Returns
     -------
-    images : float32 array ``(N, channels, size, size)``, normalised; ``N`` is 0 when no file was usable.
-    errors : ``(path, message)`` for every file that was not usable; each message names the file and the problem.
+    images : np.ndarray
+        float32 array ``(N, channels, size, size)``, normalised; ``N`` is 0 when no file was usable.
+    errors : list of tuple of (Path, str)
+        ``(path, message)`` for every file that was not usable; each message names the file and the problem.
 
     Examples
     --------

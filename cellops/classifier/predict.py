@@ -17,6 +17,22 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.n
     """An RGB uint8 picture of ``image`` ((C, H, W) or (H, W), floats in [0, 1]) under the class-activation map
     ``cam`` ((H, W) in [0, 1]) in the jet colours: significant regions red, trivial ones blue.
 
+    Parameters
+    ----------
+    image : np.ndarray
+        (C, H, W) or (H, W), floats in [0, 1]; channels are averaged to grey.
+    cam : np.ndarray
+        Class-activation map (H, W) in [0, 1].
+    alpha : float, optional
+        Weight of the map's colours against the image.
+
+    Returns
+    -------
+    np.ndarray
+        RGB uint8 picture (H, W, 3).
+
+    Examples
+    --------
     >>> cam_overlay(np.zeros((1, 4, 4)), np.ones((4, 4))).shape
     (4, 4, 3)
     """
@@ -35,7 +51,26 @@ def explain(model: nn.Module, images: np.ndarray, batch_size: int,
     """Probabilities (N, classes) and the CAM of each image's predicted class (N, H, W), batch by batch, one
     forward pass per batch (see :func:`models.cam.class_activation_maps`). ``decide`` maps probabilities to the
     predicted classes (:meth:`ClassifierServing.predicted_classes`: the stored operating point); by default the
-    most probable class. Where it differs from the most probable, that image's map is computed again for it."""
+    most probable class. Where it differs from the most probable, that image's map is computed again for it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (put in eval mode).
+    images : np.ndarray
+        Model inputs (N, C, H, W) float in [0, 1].
+    batch_size : int
+        Images per forward pass.
+    decide : callable, optional
+        Maps probabilities (N, classes) to the predicted class of each row.
+
+    Returns
+    -------
+    probabilities : np.ndarray
+        Class probabilities (N, classes).
+    cams : np.ndarray
+        The map of each image's predicted class (N, H, W).
+    """
     from models.cam import class_activation_maps
 
     model.eval()
@@ -63,7 +98,30 @@ def classify_files(model: nn.Module, paths: Sequence[Path], settings: Classifier
                    with_cams: bool = False) -> tuple[list[dict], list[tuple[Path, str]], np.ndarray | None, np.ndarray]:
     """Label and class probabilities of every readable file (one row each); unreadable files are returned with
     the reason, and the batch goes on. With ``with_cams`` also the CAMs (N, size, size) of the readable files;
-    the prepared model inputs are returned last (for overlays)."""
+    the prepared model inputs are returned last (for overlays).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier.
+    paths : sequence of Path
+        The image files.
+    settings : ClassifierServing
+        How images are prepared and classes decided, as served.
+    with_cams : bool, optional
+        Also compute the class-activation maps.
+
+    Returns
+    -------
+    rows : list of dict
+        One row per readable file: ``file``, ``label`` and ``p_<class>`` for every class.
+    failures : list of tuple of (Path, str)
+        The unreadable files with the reason.
+    cams : np.ndarray or None
+        The CAMs (N, size, size) of the readable files with ``with_cams``, else None.
+    images : np.ndarray
+        The prepared model inputs of the readable files.
+    """
     from cellops.classifier.data import load_class_images
 
     images, failures = load_class_images(list(paths), channels=settings.channels, size=settings.size,
@@ -90,7 +148,33 @@ def classify_image_to_files(model: nn.Module, path: Path, out_dir: str | Path, s
                             settings: ClassifierServing, *, cams: bool = False) -> dict:
     """Label and class probabilities of one image file (a batch predictor: :func:`cellops.batch.run_batch`); with
     ``cams`` also its CAM overlay ``<stem>_cam.png`` under ``out_dir``. An unreadable image raises a ValueError
-    naming the file and why."""
+    naming the file and why.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier.
+    path : Path
+        The image file.
+    out_dir : str or Path
+        Folder of the overlay.
+    stem : str
+        Prefix of the overlay's name.
+    settings : ClassifierServing
+        How the image is prepared and the class decided, as served.
+    cams : bool, optional
+        Also write the CAM overlay.
+
+    Returns
+    -------
+    dict
+        ``outputs`` (files written), ``label`` and ``p_<class>`` for every class.
+
+    Raises
+    ------
+    ValueError
+        When the image cannot be read or used.
+    """
     from PIL import Image
 
     rows, failures, maps, inputs = classify_files(model, [path], settings, with_cams=cams)

@@ -26,6 +26,24 @@ class ClassifierModelSpec(FromMapping):
     the run's tags say) or ``source`` (the backbone pretrained on the project's own source task; the architecture
     must be the source task's). ``options`` go to the architecture (EfficientCellNet's widths...);
     ``training`` overrides the shared training settings for this model only.
+
+    Attributes
+    ----------
+    architecture : str
+        One of :data:`models.classifier.ARCHITECTURES`.
+    init : str
+        How the weights start: one of :data:`INITS`.
+    options : dict, optional
+        Keyword arguments of the architecture.
+    weights_file : str or None, optional
+        Local ImageNet weights file (``init: imagenet``).
+    training : dict, optional
+        Overrides of :class:`ClassifierTraining` fields for this model.
+
+    Examples
+    --------
+    >>> ClassifierModelSpec.from_dict({"architecture": "efficientcellnet", "init": "scratch"}).options
+    {}
     """
 
     architecture: str
@@ -44,7 +62,31 @@ class ClassifierModelSpec(FromMapping):
 
 
 def parse_models(models: dict[str, dict]) -> dict[str, ClassifierModelSpec]:
-    """The config's ``models`` mapping as specs, errors naming the model."""
+    """The config's ``models`` mapping as specs, errors naming the model.
+
+    Parameters
+    ----------
+    models : dict of str to dict
+        Model name to its :class:`ClassifierModelSpec` fields.
+
+    Returns
+    -------
+    dict of str to ClassifierModelSpec
+        The specs, by model name.
+
+    Raises
+    ------
+    ValueError
+        When ``models`` is empty or an entry is invalid (the message starts with ``models.<name>``).
+
+    Examples
+    --------
+    >>> parse_models({"tiny": {"architecture": "efficientcellnet", "init": "scratch"}})["tiny"].init
+    'scratch'
+    >>> parse_models({"tiny": {"architecture": "nope", "init": "scratch"}})
+    Traceback (most recent call last):
+    ValueError: models.tiny: unknown architecture 'nope'; choose one of ...
+    """
     if not models:
         raise ValueError("the config names no model to train (parameters.models is empty)")
     specs = {}
@@ -58,7 +100,25 @@ def parse_models(models: dict[str, dict]) -> dict[str, ClassifierModelSpec]:
 
 def initial_weights(spec: ClassifierModelSpec) -> tuple[Path | None, str]:
     """The local ImageNet weights file a spec starts from (None otherwise) and the init that really applies:
-    ``imagenet`` without a local file falls back to ``scratch`` (nothing is downloaded)."""
+    ``imagenet`` without a local file falls back to ``scratch`` (nothing is downloaded).
+
+    Parameters
+    ----------
+    spec : ClassifierModelSpec
+        The model's spec.
+
+    Returns
+    -------
+    weights : Path or None
+        The ImageNet weights file, None unless the init is ``imagenet`` and the file is there.
+    init : str
+        The init that applies.
+
+    Examples
+    --------
+    >>> initial_weights(ClassifierModelSpec("efficientcellnet", "scratch"))
+    (None, 'scratch')
+    """
     if spec.init != "imagenet":
         return None, spec.init
     weights = imagenet_weights_file(spec.architecture, spec.weights_file)
@@ -67,7 +127,29 @@ def initial_weights(spec: ClassifierModelSpec) -> tuple[Path | None, str]:
 
 @dataclass(frozen=True)
 class ClassifierTraining(FromMapping):
-    """Optimisation settings; every field comes from the YAML config."""
+    """Optimisation settings; every field comes from the YAML config.
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the training images.
+    batch_size : int
+        Images per optimiser step.
+    learning_rate : float
+        Peak learning rate of the schedule.
+    weight_decay : float
+        AdamW weight decay.
+    label_smoothing : float
+        Label smoothing of the cross-entropy loss.
+    warmup_fraction : float
+        Fraction of the steps over which the learning rate ramps up.
+    seed : int
+        Seed of the weights, shuffling and augmentation.
+    device : str
+        Torch device to train on.
+    threads : int
+        Torch CPU threads; 0 leaves torch's default.
+    """
 
     epochs: int
     batch_size: int
@@ -83,7 +165,26 @@ class ClassifierTraining(FromMapping):
 @dataclass(frozen=True)
 class ClassifierServing(ServingRecord):
     """How images reach the model, stored with every registered version (so the CLI and the service prepare
-    images exactly as training did)."""
+    images exactly as training did).
+
+    Attributes
+    ----------
+    classes : tuple of str
+        Class names, in the order of the model's outputs.
+    positive_class : str
+        The class of interest (one of ``classes``), scored by ROC and the operating point.
+    channels : int
+        Input channels, 1 or 3.
+    size : int
+        Side of the square model input (at least 8).
+    batch_size : int
+        Images per forward pass.
+    normalization : Normalization, optional
+        How intensities are scaled (:class:`cellops.intensity.Normalization`).
+    decision_threshold : float or None, optional
+        The operating point: an image is ``positive_class`` when that class's probability reaches it (chosen on
+        the validation split); ``None``: the most probable class.
+    """
 
     family: ClassVar[str] = "classifier"
 
@@ -116,6 +217,19 @@ class ClassifierServing(ServingRecord):
     def predicted_classes(self, probabilities: np.ndarray) -> np.ndarray:
         """The class index of each row of ``probabilities`` (N, classes) at the stored operating point.
 
+        Parameters
+        ----------
+        probabilities : np.ndarray
+            Class probabilities (N, classes).
+
+        Returns
+        -------
+        np.ndarray
+            Predicted class index of each row: ``positive`` when its probability reaches ``decision_threshold``,
+            else the most probable other class (without a threshold: the most probable class).
+
+        Examples
+        --------
         >>> s = ClassifierServing(("ec", "other"), "ec", 1, 8, 1, decision_threshold=0.3)
         >>> s.predicted_classes(np.array([[0.35, 0.65], [0.2, 0.8]])).tolist()
         [0, 1]
@@ -133,4 +247,17 @@ class ClassifierServing(ServingRecord):
         return {**values, "classes": tuple(values.get("classes", ()))}
 
     def as_dict(self) -> dict:
+        """The record as stored: JSON types (lists, the normalisation as a mapping), with ``family``.
+
+        Returns
+        -------
+        dict
+            The mapping :meth:`from_dict` reads back.
+
+        Examples
+        --------
+        >>> record = ClassifierServing(("ec", "other"), "ec", 1, 8, 1).as_dict()
+        >>> record["family"], record["classes"], ClassifierServing.from_dict(record).classes
+        ('classifier', ['ec', 'other'], ('ec', 'other'))
+        """
         return {**super().as_dict(), "classes": list(self.classes), "normalization": self.normalization.as_dict()}

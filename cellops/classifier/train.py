@@ -27,7 +27,23 @@ from cellops.distributed import data_parallel, is_distributed, is_main_process, 
 @dataclass
 class ClassifierHistory(TrainingHistory):
     """Per-epoch training and validation figures (train figures are measured on the augmented batches while
-    training), besides what every family's history holds."""
+    training), besides what every family's history holds.
+
+    Attributes
+    ----------
+    train_loss : list of float
+        Mean training loss of each epoch.
+    train_accuracy : list of float
+        Training accuracy of each epoch.
+    train_sensitivity : list of float
+        Training recall of the positive class of each epoch.
+    val_loss : list of float
+        Validation loss of each epoch.
+    val_accuracy : list of float
+        Validation accuracy of each epoch.
+    val_sensitivity : list of float
+        Validation recall of the positive class of each epoch.
+    """
 
     train_loss: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
@@ -40,6 +56,20 @@ class ClassifierHistory(TrainingHistory):
         """Whether a validation ``accuracy`` and ``loss`` beat the best epoch's: higher accuracy, or as high and a
         lower loss.
 
+        Parameters
+        ----------
+        accuracy : float
+            Validation accuracy of the epoch.
+        loss : float
+            Validation loss of the epoch.
+
+        Returns
+        -------
+        bool
+            True when there is no best epoch yet or the epoch beats it.
+
+        Examples
+        --------
         >>> history = ClassifierHistory(val_loss=[0.5], val_accuracy=[0.75], best_epoch=0)
         >>> history.improves_on_best(0.75, 0.4), history.improves_on_best(0.75, 0.6), history.improves_on_best(0.8, 0.9)
         (True, False, True)
@@ -52,7 +82,30 @@ class ClassifierHistory(TrainingHistory):
 @torch.inference_mode()
 def predict_probabilities(model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int,
                           device: str | torch.device = "cpu") -> np.ndarray:
-    """Softmax probabilities (N, classes) of ``images`` (N, C, H, W) float in [0, 1], in eval mode, batch by batch."""
+    """Softmax probabilities (N, classes) of ``images`` (N, C, H, W) float in [0, 1], in eval mode, batch by batch.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (put back in the mode it was in).
+    images : np.ndarray or torch.Tensor
+        (N, C, H, W) float in [0, 1].
+    batch_size : int
+        Images per forward pass.
+    device : str or torch.device, optional
+        Where the model is.
+
+    Returns
+    -------
+    np.ndarray
+        float64 probabilities (N, classes); shape (0, 0) when there is no image.
+
+    Examples
+    --------
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    >>> predict_probabilities(model, np.zeros((5, 1, 2, 2), np.float32), batch_size=2).sum(axis=1).round(6).tolist()
+    [1.0, 1.0, 1.0, 1.0, 1.0]
+    """
     was_training = model.training
     model.eval()
     images = torch.as_tensor(images)
@@ -68,7 +121,41 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     """One pass over shuffled, augmented batches; returns the scores of the predictions made while training.
 
     Under DDP every rank draws and augments the same global batch (same seeds), then trains on its interleaved share
-    of it; gradients are averaged by DDP, and the scores cover the predictions of all ranks."""
+    of it; gradients are averaged by DDP, and the scores cover the predictions of all ranks.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (or its DDP wrapper), trained in place.
+    optimizer : torch.optim.Optimizer
+        The optimiser, stepped once per batch.
+    scheduler : torch.optim.lr_scheduler.LRScheduler
+        Stepped once per batch.
+    images : torch.Tensor
+        Training images (N, C, H, W) float in [0, 1].
+    labels : torch.Tensor
+        Their class indices (N,).
+    transform : callable
+        The augmentation (:func:`cellops.classifier.data.build_augmentation`).
+    config : ClassifierTraining
+        Batch size, seed and label smoothing.
+    epoch : int
+        The epoch's number (seeds its shuffle and augmentation).
+    positive : int
+        The index of the positive class.
+    device : torch.device
+        Where the model is.
+
+    Returns
+    -------
+    ClassificationScores
+        Scores of the predictions made on the augmented batches.
+
+    Raises
+    ------
+    FloatingPointError
+        When a batch's loss is not finite.
+    """
     model.train()
     probabilities, seen = [], []
     share = slice(rank(), None, world_size())
@@ -111,7 +198,7 @@ def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.nda
         The index of the positive class (whose recall is the sensitivity).
     batch_size : int
         Images per forward pass.
-    device : str or torch.device
+    device : str or torch.device, optional
         Where the model is.
 
     Returns
@@ -138,30 +225,6 @@ def fit(
     """Train ``model`` on ``train``, validating on ``val`` after each epoch; on return it holds the best weights by
     validation accuracy (then loss).
 
-    Parameters
-    ----------
-    model : nn.Module
-        The classifier.
-    train, val : tuple of ndarray
-        Images (N, C, H, W) float in [0, 1] and labels (N,).
-    config : ClassifierTraining
-    transform : callable
-        The augmentation (:func:`cellops.classifier.data.build_augmentation`).
-    positive : int
-        The index of the positive class.
-    on_epoch_end : callable, optional
-        ``on_epoch_end(epoch, metrics)`` after each epoch (the last value of every curve of the history).
-    checkpoint_dir : Path, optional
-        Folder of the checkpoints (None: none).
-    resume : bool
-        Resume from a checkpoint of the same training when there is one.
-    checkpoint_key : dict, optional
-        What else must match to resume (e.g. the data version).
-
-    Returns
-    -------
-    ClassifierHistory
-
     AdamW with a one-cycle schedule (``warmup_fraction`` of the steps rising to ``learning_rate``). With
     ``checkpoint_dir``, the state after every epoch is saved in a folder of it named after a fingerprint of the
     settings, the model's shape, the data's size and ``checkpoint_key`` (e.g. the data version); with ``resume``
@@ -172,6 +235,34 @@ def fit(
     Run by every rank of a process group (see :mod:`cellops.classifier.distributed_train`), it trains with DDP: each
     rank takes its share of every global batch of ``config.batch_size``, rank 0 alone validates, calls
     ``on_epoch_end`` and writes the checkpoints, and all ranks return rank 0's best weights and history.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier.
+    train : tuple of np.ndarray
+        Training images (N, C, H, W) float in [0, 1] and labels (N,).
+    val : tuple of np.ndarray
+        Validation images and labels, likewise.
+    config : ClassifierTraining
+        Optimisation settings.
+    transform : callable
+        The augmentation (:func:`cellops.classifier.data.build_augmentation`).
+    positive : int
+        The index of the positive class.
+    on_epoch_end : EpochCallback, optional
+        ``on_epoch_end(epoch, metrics)`` after each epoch (the last value of every curve of the history).
+    checkpoint_dir : Path, optional
+        Folder of the checkpoints (None: none).
+    resume : bool, optional
+        Resume from a checkpoint of the same training when there is one.
+    checkpoint_key : dict, optional
+        What else must match to resume (e.g. the data version).
+
+    Returns
+    -------
+    ClassifierHistory
+        Per-epoch curves and the best epoch (rank 0's on every rank).
     """
     if config.threads:
         torch.set_num_threads(config.threads)

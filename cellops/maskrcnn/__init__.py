@@ -7,8 +7,9 @@ on first use, so that importing one module (as a service imports ``predict``) lo
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from cellops.lazy import lazy_api
 
 #: The family's modules, those a service needs first.
 MODULES = ("specs", "predict", "runtime", "data", "train", "validation")
@@ -20,14 +21,7 @@ __all__ = ["AnnotationSource", "SourceSettings", "MaskRCNNModelSpec", "parse_mod
            "instance_table", "overlay", "segment_image_to_files", "export_maskrcnn", "with_runtime",
            "runtime_checks"]
 
-
-def __getattr__(name: str) -> object:
-    if name in __all__:
-        for module in MODULES:
-            found = importlib.import_module(f"{__name__}.{module}")
-            if hasattr(found, name):
-                return getattr(found, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_api(__name__, MODULES, __all__)
 
 
 if TYPE_CHECKING:  # what readers, IDEs and the API reference see

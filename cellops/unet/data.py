@@ -22,7 +22,19 @@ LUCCHI_FILES = ("training.tif", "training_groundtruth.tif", "testing.tif", "test
 
 @dataclass(frozen=True)
 class EMDataset:
-    """Training and testing stacks (Z, Y, X) with their ground-truth masks (non-zero = mitochondrion)."""
+    """Training and testing stacks (Z, Y, X) with their ground-truth masks (non-zero = mitochondrion).
+
+    Attributes
+    ----------
+    train_image : np.ndarray
+        Training stack (Z, Y, X).
+    train_mask : np.ndarray
+        Ground truth of the training stack, same shape.
+    test_image : np.ndarray
+        Testing stack (Z, Y, X).
+    test_mask : np.ndarray
+        Ground truth of the testing stack, same shape.
+    """
 
     train_image: np.ndarray
     train_mask: np.ndarray
@@ -31,7 +43,23 @@ class EMDataset:
 
 
 def load_lucchi(data_dir: str | Path) -> EMDataset:
-    """Read the four Lucchi-layout TIFF stacks of ``data_dir``; a missing file is named with what to do."""
+    """Read the four Lucchi-layout TIFF stacks of ``data_dir``; a missing file is named with what to do.
+
+    Parameters
+    ----------
+    data_dir : str or Path
+        Folder holding the files of :data:`LUCCHI_FILES`.
+
+    Returns
+    -------
+    EMDataset
+        The training and testing stacks with their masks.
+
+    Raises
+    ------
+    FileNotFoundError
+        When one of the four files is missing.
+    """
     root = Path(data_dir)
     missing = [name for name in LUCCHI_FILES if not (root / name).is_file()]
     if missing:
@@ -44,7 +72,15 @@ def load_lucchi(data_dir: str | Path) -> EMDataset:
 
 @dataclass(frozen=True)
 class SliceSplit:
-    """Slice indices of one volume assigned to training and validation."""
+    """Slice indices of one volume assigned to training and validation.
+
+    Attributes
+    ----------
+    train : list of int
+        Slices used for training.
+    val : list of int
+        Slices used for validation.
+    """
 
     train: list[int]
     val: list[int]
@@ -55,6 +91,20 @@ def split_slices(n_slices: int, *, val_fraction: float = 0.2, gap: int = 1) -> S
 
     Neighbouring EM slices are nearly identical, so a random per-slice split would leak; a contiguous
     block with ``gap`` unused slices between the two parts does not.
+
+    Parameters
+    ----------
+    n_slices : int
+        Number of slices of the stack.
+    val_fraction : float, optional
+        Fraction of the slices used for validation, in (0, 1); at least one slice.
+    gap : int, optional
+        Unused slices between the training and the validation block.
+
+    Returns
+    -------
+    SliceSplit
+        The training block at the start and the validation block at the end.
 
     Examples
     --------
@@ -89,9 +139,38 @@ def sample_patches(
     percentile of the smoothed image: the structures most easily mistaken for mitochondria), the rest lie
     anywhere, so that sparse structures and their look-alikes are seen often enough.
 
+    Parameters
+    ----------
+    image : np.ndarray
+        Stack (Z, Y, X).
+    mask : np.ndarray
+        Its binary mask, same shape (non-zero = foreground).
+    n_patches : int
+        Number of patches to draw.
+    patch_size : int
+        Side of the square patches; at most the smaller side of the slices.
+    foreground_bias : float, optional
+        Fraction of patches centred near a foreground pixel.
+    hard_negative_bias : float, optional
+        Fraction of patches centred near a dark background pixel; with ``foreground_bias`` at most 1.
+    hard_negative_percentile : float, optional
+        Percentile of the smoothed image below which a background pixel counts as dark.
+    seed : int, optional
+        Seed of the random generator.
+
     Returns
     -------
-    (images, masks): arrays of shape (n_patches, patch_size, patch_size), dtypes of the inputs.
+    images : np.ndarray
+        Patches (n_patches, patch_size, patch_size), dtype of ``image``.
+    masks : np.ndarray
+        Their masks, same shape, dtype of ``mask``.
+
+    Examples
+    --------
+    >>> stack = np.zeros((2, 16, 16), np.uint8)
+    >>> images, masks = sample_patches(stack, stack, n_patches=3, patch_size=8)
+    >>> images.shape, masks.dtype
+    ((3, 8, 8), dtype('uint8'))
     """
     if image.shape != mask.shape or image.ndim != 3:
         raise ValueError(f"expected image and mask stacks of one shape, got {image.shape} and {mask.shape}")
@@ -130,6 +209,20 @@ def augmentation_margin(rotate_degrees: float, scale: tuple[float, float]) -> fl
     """How much larger than the output a patch must be sampled so that rotating and zooming it out never
     brings the outside (zero fill) into the centre crop.
 
+    Parameters
+    ----------
+    rotate_degrees : float
+        Largest rotation of the augmentation, in degrees.
+    scale : tuple of float
+        Range ``(low, high)`` of the zoom factor.
+
+    Returns
+    -------
+    float
+        Factor by which the sampled patch must exceed the output (at least 1).
+
+    Examples
+    --------
     >>> augmentation_margin(0, (1.0, 1.0)), round(augmentation_margin(45, (0.8, 1.25)), 3)
     (1.0, 1.768)
     """
@@ -152,6 +245,28 @@ def build_augmentation(
 
     torchvision.transforms.v2 dispatches on tv_tensors: a ``Mask`` is resampled with nearest neighbour
     and left alone by colour and noise transforms.
+
+    Parameters
+    ----------
+    output_size : int
+        Side of the centre crop the transform returns.
+    flip : bool, optional
+        Random horizontal and vertical flips.
+    rotate_degrees : float, optional
+        Largest random rotation, in degrees (0 for none).
+    scale : tuple of float, optional
+        Range of the random zoom factor (``(1.0, 1.0)`` for none).
+    brightness : float, optional
+        Strength of the random brightness change (0 for none).
+    contrast : float, optional
+        Strength of the random contrast change (0 for none).
+    noise_sigma : float, optional
+        Standard deviation of added Gaussian noise (0 for none).
+
+    Returns
+    -------
+    v2.Compose
+        The transform, called as ``transform(image, mask)`` on tv_tensors.
     """
     transforms: list[nn.Module] = []
     if flip:
@@ -172,9 +287,23 @@ def augment_patches(
     """Apply ``transform`` to every (image, mask) pair, seeded; float images are taken as normalised already (see
     :func:`training_patches`), integer ones are scaled by their dtype's range.
 
+    Parameters
+    ----------
+    images : np.ndarray
+        Patches (N, Y, X).
+    masks : np.ndarray
+        Their masks, same shape (non-zero = foreground).
+    transform : Callable
+        Transform taking and returning an ``(Image, Mask)`` pair, e.g. :func:`build_augmentation`.
+    seed : int, optional
+        Torch seed set before the first patch.
+
     Returns
     -------
-    (images, masks): float16 tensor (N, 1, P, P) and uint8 tensor (N, 1, P, P) of 0/1.
+    images : torch.Tensor
+        float16 tensor (N, 1, P, P).
+    masks : torch.Tensor
+        uint8 tensor (N, 1, P, P) of 0/1.
     """
     torch.manual_seed(seed)
     out_images, out_masks = [], []
@@ -204,8 +333,35 @@ def training_patches(
     :func:`cellops.unet.predict.segment` normalises a stack it is given), sampled larger than ``patch_size`` (by
     :func:`augmentation_margin`), transformed, centre-cropped.
 
-    Returns float32 images (N, 1, P, P), normalised, uint8 masks (N, 1, P, P) of 0/1, and the transform's
-    description.
+    Parameters
+    ----------
+    image : np.ndarray
+        Stack (Z, Y, X).
+    mask : np.ndarray
+        Its binary mask, same shape.
+    n_patches : int
+        Number of patches.
+    patch_size : int
+        Side of the returned patches.
+    foreground_bias : float
+        Fraction of patches centred near foreground (:func:`sample_patches`).
+    hard_negative_bias : float
+        Fraction of patches centred near dark background (:func:`sample_patches`).
+    augmentation : dict
+        Keyword arguments of :func:`build_augmentation`; ``rotate_degrees`` and ``scale`` are required.
+    seed : int
+        Seed of the sampling and of the transforms.
+    normalization : Normalization
+        How the stack's intensities are scaled before sampling.
+
+    Returns
+    -------
+    images : np.ndarray
+        float32 images (N, 1, P, P), normalised.
+    masks : np.ndarray
+        uint8 masks (N, 1, P, P) of 0/1.
+    description : str
+        The transform's description.
     """
     missing = [key for key in ("rotate_degrees", "scale") if key not in augmentation]
     if missing:  # the sampling margin must use the very values the transform will apply

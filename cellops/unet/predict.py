@@ -24,6 +24,24 @@ def predict_probabilities(model: nn.Module, image: np.ndarray, settings: UNetSer
     volume processed slab by slab, see :func:`cellops.unet.streaming.volume_bounds`).
 
     ``model`` should come from :func:`cellops.inference.prepare_for_inference` (done once, not per call).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The U-Net, prepared for inference.
+    image : np.ndarray
+        2-D image (Y, X) or 3-D stack (Z, Y, X).
+    settings : UNetServing
+        Tiling, flips, z-smoothing and normalisation, as served.
+    device : str or torch.device, optional
+        Where the model is.
+    bounds : tuple of float, optional
+        Intensity bounds to normalise with instead of those of ``image``.
+
+    Returns
+    -------
+    np.ndarray
+        float32 probabilities in [0, 1], shape of ``image``.
     """
     unit = settings.normalization.apply(image, bounds=bounds)
 
@@ -46,6 +64,22 @@ def segment(model: nn.Module, image: np.ndarray, settings: UNetServing,
             device: str | torch.device = "cpu") -> np.ndarray:
     """Boolean mitochondria mask of a 2-D image or 3-D stack.
 
+    Parameters
+    ----------
+    model : nn.Module
+        The U-Net, prepared for inference (:func:`load_for_inference`).
+    image : np.ndarray
+        2-D image (Y, X) or 3-D stack (Z, Y, X).
+    settings : UNetServing
+        How the model is applied and the probability threshold.
+    device : str or torch.device, optional
+        Where the model is.
+
+    Returns
+    -------
+    np.ndarray
+        Boolean mask, shape of ``image``: probability >= ``settings.threshold``.
+
     Examples
     --------
     >>> from models.unet import UNet
@@ -61,12 +95,41 @@ def score(model: nn.Module, image: np.ndarray, mask: np.ndarray, settings: UNetS
           device: str | torch.device = "cpu") -> tuple[BinarySegmentationScores, np.ndarray]:
     """Segment ``image`` and score it against the ground-truth ``mask`` (non-zero = foreground) over all voxels.
 
-    Returns the scores and the predicted mask (for overlays).
+    Parameters
+    ----------
+    model : nn.Module
+        The U-Net, prepared for inference (:func:`load_for_inference`).
+    image : np.ndarray
+        2-D image or 3-D stack.
+    mask : np.ndarray
+        Its ground truth, same shape (non-zero = foreground).
+    settings : UNetServing
+        How the model is applied, as served.
+    device : str or torch.device, optional
+        Where the model is.
+
+    Returns
+    -------
+    scores : BinarySegmentationScores
+        The scores over all voxels.
+    prediction : np.ndarray
+        The predicted boolean mask (for overlays).
     """
     prediction = segment(model, image, settings, device)
     return binary_segmentation_scores(prediction, mask > 0), prediction
 
 
 def load_for_inference(model: nn.Module) -> nn.Module:
-    """The model as it is served: eval mode, BatchNorm folded, channels-last (see ``prepare_for_inference``)."""
+    """The model as it is served: eval mode, BatchNorm folded, channels-last (see ``prepare_for_inference``).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained U-Net (left as it is).
+
+    Returns
+    -------
+    nn.Module
+        A copy ready for :func:`segment`.
+    """
     return prepare_for_inference(model)

@@ -20,6 +20,28 @@ def calibration_tiles(volume: np.ndarray, tile_size: int, normalization: Normali
     """``batches`` batches of random ``tile_size`` tiles (N, 1, T, T) of ``volume``, normalised as served, for int8
     calibration.
 
+    Parameters
+    ----------
+    volume : np.ndarray
+        Stack (Z, Y, X) or image (Y, X) whose slices are at least ``tile_size`` on each side.
+    tile_size : int
+        Side of the tiles.
+    normalization : Normalization
+        How the volume is scaled, as served.
+    batches : int, optional
+        Number of batches.
+    batch_size : int, optional
+        Tiles per batch.
+    seed : int, optional
+        Seed of the tile positions.
+
+    Returns
+    -------
+    list of np.ndarray
+        float32 batches (batch_size, 1, tile_size, tile_size).
+
+    Examples
+    --------
     >>> volume = np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 40, 50)
     >>> tiles = calibration_tiles(volume, 32, Normalization(), batches=2, batch_size=3)
     >>> len(tiles), tiles[0].shape, tiles[0].dtype
@@ -43,7 +65,24 @@ def calibration_tiles(volume: np.ndarray, tile_size: int, normalization: Normali
 def export_unet(model: nn.Module, calibration_volume: np.ndarray, settings: UNetServing,
                 folder: str | Path) -> nn.Module:
     """Fold ``model`` for inference and write its fp32 and int8 ONNX graphs (tiles of the settings' size, any batch)
-    into ``folder``; returns the folded torch model."""
+    into ``folder``; returns the folded torch model.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained U-Net (left as it is).
+    calibration_volume : np.ndarray
+        Stack whose tiles calibrate the int8 quantisation (:func:`calibration_tiles`).
+    settings : UNetServing
+        Tile size, batch size and normalisation, as served.
+    folder : str or Path
+        Where the runtime files are written.
+
+    Returns
+    -------
+    nn.Module
+        The model prepared for inference (:func:`cellops.unet.predict.load_for_inference`).
+    """
     fast = load_for_inference(model)
     tile = settings.tile_size
     example = torch.zeros(settings.batch_size, 1, tile, tile).contiguous(memory_format=torch.channels_last)
@@ -55,7 +94,34 @@ def runtime_checks(model: nn.Module, calibration_volume: np.ndarray, test_image:
                         test_mask: np.ndarray, settings: UNetServing, folder: str | Path, *,
                         runtimes: tuple[str, ...], tolerance: float, repeats: int = 1) -> list[RuntimeCheck]:
     """Export the U-Net into ``folder`` and measure each runtime on the test volume (metric: foreground IoU,
-    ``tolerance``: the largest IoU change accepted, either way)."""
+    ``tolerance``: the largest IoU change accepted, either way).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained U-Net.
+    calibration_volume : np.ndarray
+        Stack for int8 calibration (not the test volume).
+    test_image : np.ndarray
+        Test stack segmented by every runtime.
+    test_mask : np.ndarray
+        Its ground truth (non-zero = foreground).
+    settings : UNetServing
+        How the U-Net is applied, as served.
+    folder : str or Path
+        Where the runtime files are written.
+    runtimes : tuple of str
+        Names of the runtimes to measure (:mod:`cellops.runtimes`).
+    tolerance : float
+        Largest foreground-IoU change from torch fp32 accepted.
+    repeats : int, optional
+        Timed repetitions of each segmentation.
+
+    Returns
+    -------
+    list of RuntimeCheck
+        One result per runtime: metric, time, and whether it stayed within ``tolerance``.
+    """
     fast = export_unet(model, calibration_volume, settings, folder)
 
     def evaluate(module: nn.Module) -> float:

@@ -13,7 +13,27 @@ from cellops.tiling import overlap_from_fraction
 
 @dataclass(frozen=True)
 class Architecture(FromMapping):
-    """U-Net shape (see :class:`models.unet.UNet`)."""
+    """U-Net shape (see :class:`models.unet.UNet`).
+
+    Attributes
+    ----------
+    in_channels : int
+        Channels of the input image (1 for grey-level EM).
+    out_channels : int
+        Channels of the output logits (1 for a binary foreground map).
+    base_channels : int
+        Feature channels of the first encoder level, doubled at every level below.
+    depth : int
+        Number of down-sampling steps; tiles must be a multiple of ``2 ** depth``.
+    dropout : float
+        Dropout probability in the bottleneck.
+
+    Examples
+    --------
+    >>> Architecture.from_dict({"in_channels": 1, "out_channels": 1, "base_channels": 16, "depth": 4,
+    ...                         "dropout": 0.1}).depth
+    4
+    """
 
     in_channels: int
     out_channels: int
@@ -24,7 +44,29 @@ class Architecture(FromMapping):
 
 @dataclass(frozen=True)
 class UNetTraining(FromMapping):
-    """Optimisation settings; every field comes from the YAML config (no second set of defaults here)."""
+    """Optimisation settings; every field comes from the YAML config (no second set of defaults here).
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the training patches.
+    batch_size : int
+        Patches per optimiser step.
+    learning_rate : float
+        Peak learning rate of the schedule.
+    weight_decay : float
+        AdamW weight decay.
+    dice_weight : float
+        Weight of the Dice term in the Dice + BCE loss.
+    warmup_fraction : float
+        Fraction of the steps over which the learning rate ramps up linearly.
+    seed : int
+        Seed of torch, numpy and the patch sampler.
+    device : str
+        Torch device to train on (``"cpu"``, ``"cuda"``).
+    threads : int
+        Torch CPU threads; 0 leaves torch's default.
+    """
 
     epochs: int
     batch_size: int
@@ -43,20 +85,32 @@ class UNetServing(ServingRecord):
 
     Attributes
     ----------
-    tile_size : side of the square tiles (a multiple of ``2 ** depth`` of the U-Net).
-    tile_overlap : least number of pixels a tile shares with its neighbour, in ``[0, tile_size)``
+    tile_size : int
+        Side of the square tiles (a multiple of ``2 ** depth`` of the U-Net).
+    tile_overlap : int
+        Least number of pixels a tile shares with its neighbour, in ``[0, tile_size)``
         (:func:`cellops.tiling.tile_starts`). A float in (0, 1) is read as a fraction of ``tile_size`` (the form of
         records registered with a fractional overlap) and converted to the pixels that lay the same tiles,
         :func:`cellops.tiling.overlap_from_fraction`: ``round(fraction * tile_size)`` when that is a whole number
         of pixels (0.25 of 128 is 32).
-    batch_size : tiles per forward pass.
-    threshold : foreground probability from which a pixel is mitochondrion (>=, as it was chosen on validation).
-    flip_averaging : average the probabilities of the image and its three flips (test-time augmentation; the
+    batch_size : int
+        Tiles per forward pass.
+    threshold : float
+        Foreground probability from which a pixel is mitochondrion (>=, as it was chosen on validation).
+    flip_averaging : bool, optional
+        Average the probabilities of the image and its three flips (test-time augmentation; the
         U-Net is trained on flipped patches, so the four views are equally valid; four times the compute).
-    z_smoothing : for stacks, average each slice's probabilities with its neighbours over this many slices
+    z_smoothing : int, optional
+        For stacks, average each slice's probabilities with its neighbours over this many slices
         (odd; 1 = off): mitochondria are 3-D, a 2-D U-Net's slice-to-slice noise is not.
-    normalization : how intensities are scaled, for a 2-D image or a whole stack at once
+    normalization : Normalization, optional
+        How intensities are scaled, for a 2-D image or a whole stack at once
         (:class:`cellops.intensity.Normalization`; training patches are cut from volumes scaled the same way).
+
+    Examples
+    --------
+    >>> UNetServing(tile_size=128, tile_overlap=0.25, batch_size=4, threshold=0.5).tile_overlap
+    32
     """
 
     family: ClassVar[str] = "unet"

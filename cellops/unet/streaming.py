@@ -25,7 +25,15 @@ from cellops.unet.specs import UNetServing
 
 @dataclass(frozen=True)
 class VolumeInfo:
-    """Shape and dtype of a stack on disk, read from its header alone."""
+    """Shape and dtype of a stack on disk, read from its header alone.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        (Z, Y, X).
+    dtype : np.dtype
+        Voxel type.
+    """
 
     shape: tuple[int, ...]
     dtype: np.dtype
@@ -47,7 +55,23 @@ def _open_zarr(path: Path):
 
 def volume_info(path: str | Path) -> VolumeInfo:
     """The (Z, Y, X) shape and dtype of the TIFF stack or zarr array at ``path``, without reading its pixels; a
-    clear error for anything that is not a single grey stack."""
+    clear error for anything that is not a single grey stack.
+
+    Parameters
+    ----------
+    path : str or Path
+        A TIFF file or a zarr array; a 2-D image counts as a stack of one slice.
+
+    Returns
+    -------
+    VolumeInfo
+        Its (Z, Y, X) shape and dtype.
+
+    Raises
+    ------
+    ValueError
+        When the file is not a single (Z, Y, X) grey stack or not a readable zarr array.
+    """
     path = Path(path)
     if _is_zarr(path):
         array = _open_zarr(path)
@@ -67,7 +91,22 @@ def volume_info(path: str | Path) -> VolumeInfo:
 def read_slab(path: str | Path, start: int, stop: int) -> np.ndarray:
     """Slices ``start:stop`` of the TIFF stack or zarr array, reading only their pages or chunks (TIFF:
     memory-mapped where the file is uncompressed and contiguous). Always an in-memory copy: nothing of the file
-    stays mapped once the slab is processed."""
+    stays mapped once the slab is processed.
+
+    Parameters
+    ----------
+    path : str or Path
+        A TIFF stack or a zarr array.
+    start : int
+        First slice.
+    stop : int
+        Slice after the last one.
+
+    Returns
+    -------
+    np.ndarray
+        The slices (stop - start, Y, X).
+    """
     path = Path(path)
     if _is_zarr(path):
         array = _open_zarr(path)
@@ -82,7 +121,22 @@ def read_slab(path: str | Path, start: int, stop: int) -> np.ndarray:
 def volume_bounds(source: str | Path, normalization: Normalization, *, slab: int = 8) -> tuple[float, float]:
     """The values :class:`cellops.intensity.Normalization` maps to 0 and 1 for the whole volume at ``source``, read
     slab by slab: exactly those of the volume read whole (8- and 16-bit volumes add up their slabs' histograms; a
-    float volume in percentile mode is gathered once, at 4 bytes a voxel)."""
+    float volume in percentile mode is gathered once, at 4 bytes a voxel).
+
+    Parameters
+    ----------
+    source : str or Path
+        A TIFF stack or a zarr array.
+    normalization : Normalization
+        Mode and percentiles, as served.
+    slab : int, optional
+        Slices read at a time.
+
+    Returns
+    -------
+    tuple of float
+        The values mapped to 0 and to 1.
+    """
     info = volume_info(source)
     depth = info.shape[0]
     slabs = ((start, min(depth, start + slab)) for start in range(0, depth, slab))
@@ -111,6 +165,30 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
     ``out`` is written to a temporary name beside it and renamed when complete, so an interrupted run never leaves
     a truncated mask under the final name. ``on_slab(done, total)`` reports progress; ``on_mask(start, mask)``
     receives each slab's boolean mask (for statistics gathered on the way).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The U-Net, prepared for inference.
+    source : str or Path
+        A TIFF stack or a zarr array of 8- or 16-bit integers or floats.
+    out : str or Path
+        The mask TIFF to write.
+    settings : UNetServing
+        How the U-Net is applied, as served.
+    slab : int, optional
+        Slices segmented at a time.
+    device : str, optional
+        Where the model is.
+    on_slab : callable, optional
+        ``on_slab(done, total)`` after each slab.
+    on_mask : callable, optional
+        ``on_mask(start, mask)`` with each slab's boolean mask.
+
+    Returns
+    -------
+    VolumeInfo
+        Shape and dtype of ``source``.
 
     Examples
     --------
@@ -158,7 +236,30 @@ def segment_volume_to_files(model: nn.Module, source: str | Path, out_dir: str |
                             settings: UNetServing, *, slab: int = 8, device: str = "cpu") -> dict:
     """Segment ``source`` into ``<stem>_mask.tif`` and ``<stem>_slices.csv`` (foreground fraction per slice) under
     ``out_dir``: a batch predictor (:func:`cellops.batch.run_batch`); returns the outputs and the volume's shape and
-    mitochondria volume fraction."""
+    mitochondria volume fraction.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The U-Net, prepared for inference.
+    source : str or Path
+        A TIFF stack or a zarr array.
+    out_dir : str or Path
+        Folder of the outputs.
+    stem : str
+        Prefix of the output names.
+    settings : UNetServing
+        How the U-Net is applied, as served.
+    slab : int, optional
+        Slices segmented at a time.
+    device : str, optional
+        Where the model is.
+
+    Returns
+    -------
+    dict
+        ``outputs`` (the file names written), ``shape`` (``"ZxYxX"``) and ``foreground_fraction``.
+    """
     import pandas as pd
 
     out_dir = Path(out_dir)

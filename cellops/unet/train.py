@@ -30,6 +30,20 @@ from models.unet import UNet
 def build_model(architecture: Architecture, seed: int) -> UNet:
     """A U-Net whose initial weights depend on ``seed`` alone, not on the random state left by earlier code.
 
+    Parameters
+    ----------
+    architecture : Architecture
+        The U-Net's shape.
+    seed : int
+        Seed of the initial weights.
+
+    Returns
+    -------
+    UNet
+        The untrained model.
+
+    Examples
+    --------
     >>> a = build_model(Architecture(1, 1, 4, 2, 0.0), seed=1)
     >>> _ = torch.rand(100)  # other code drawing random numbers in between changes nothing
     >>> b = build_model(Architecture(1, 1, 4, 2, 0.0), seed=1)
@@ -42,7 +56,21 @@ def build_model(architecture: Architecture, seed: int) -> UNet:
 
 
 class DiceBCELoss(nn.Module):
-    """Binary cross-entropy plus soft Dice: BCE for calibrated pixels, Dice against class imbalance."""
+    """Binary cross-entropy plus soft Dice: BCE for calibrated pixels, Dice against class imbalance.
+
+    Parameters
+    ----------
+    dice_weight : float, optional
+        Weight of the Dice term.
+    smooth : float, optional
+        Added to numerator and denominator of the Dice coefficient (empty masks score 1, not 0/0).
+
+    Examples
+    --------
+    >>> loss = DiceBCELoss()(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4))
+    >>> round(loss.item(), 4)  # BCE of p = 0.5 on empty masks, plus their Dice loss
+    1.582
+    """
 
     def __init__(self, dice_weight: float = 1.0, smooth: float = 1.0) -> None:
         super().__init__()
@@ -50,6 +78,20 @@ class DiceBCELoss(nn.Module):
         self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch.
+
+        Parameters
+        ----------
+        logits : torch.Tensor
+            Raw outputs (N, 1, H, W).
+        target : torch.Tensor
+            Masks of 0/1, same shape, float.
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar: mean BCE plus ``dice_weight`` times the mean soft-Dice loss over the batch.
+        """
         bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
         prob = torch.sigmoid(logits)
         inter = (prob * target).sum(dim=(1, 2, 3))
@@ -67,7 +109,35 @@ def train_one_epoch(
     device: torch.device,
     epoch: int,
 ) -> float:
-    """One pass over ``data_loader``; returns the mean training loss. Stops on a non-finite loss."""
+    """One pass over ``data_loader``; returns the mean training loss. Stops on a non-finite loss.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The U-Net (or its DDP wrapper), trained in place.
+    loss_fn : nn.Module
+        Loss of ``(logits, masks)``, e.g. :class:`DiceBCELoss`.
+    optimizer : torch.optim.Optimizer
+        The optimiser, stepped once per batch.
+    scheduler : torch.optim.lr_scheduler.LRScheduler or None
+        Stepped once per batch when given.
+    data_loader : DataLoader
+        Batches of ``(images, masks)``.
+    device : torch.device
+        Where the model is.
+    epoch : int
+        The epoch's number, for the progress bar and the error message.
+
+    Returns
+    -------
+    float
+        Mean loss over the samples of the epoch.
+
+    Raises
+    ------
+    FloatingPointError
+        When a batch's loss is not finite.
+    """
     model.train()
     total, count = 0.0, 0
     progress = tqdm(data_loader, desc=f"epoch {epoch}", leave=False, mininterval=5.0)
@@ -100,7 +170,7 @@ def evaluate(model: nn.Module, volume: tuple[np.ndarray, np.ndarray], settings: 
         Image and mask (non-zero: foreground), (Z, H, W).
     settings : UNetServing
         Tiling, threshold and normalisation, as served.
-    device : str or torch.device
+    device : str or torch.device, optional
         Where the model is.
 
     Returns
@@ -114,7 +184,17 @@ def evaluate(model: nn.Module, volume: tuple[np.ndarray, np.ndarray], settings: 
 
 @dataclass
 class UNetHistory(TrainingHistory):
-    """Per-epoch training loss and validation scores, besides what every family's history holds."""
+    """Per-epoch training loss and validation scores, besides what every family's history holds.
+
+    Attributes
+    ----------
+    train_loss : list of float
+        Mean training loss of each epoch.
+    val_foreground_iou : list of float
+        Validation foreground IoU of each epoch.
+    val_dice : list of float
+        Validation Dice of each epoch.
+    """
 
     train_loss: list[float] = field(default_factory=list)
     val_foreground_iou: list[float] = field(default_factory=list)
@@ -140,31 +220,6 @@ def fit(
     """Train on augmented patches, validate on the whole validation slices after each epoch (segmented with
     ``inference``, as evaluation and serving do), keep the best weights by validation foreground IoU.
 
-    Parameters
-    ----------
-    model : nn.Module
-        The U-Net; on return it holds the best weights.
-    patches : tuple of Tensor
-        Augmented training images and masks, (N, 1, H, W).
-    val_volume : tuple of ndarray
-        Validation slices and their mask, (Z, H, W).
-    config : UNetTraining
-    inference : UNetServing
-        How validation segments, as served.
-    checkpoint_dir : Path or None
-        Folder of the checkpoints (None: none).
-    on_epoch_end : callable, optional
-        ``on_epoch_end(epoch, metrics)`` after each epoch (``train_loss``, ``val_foreground_iou``, ``val_dice``,
-        ``epoch_seconds``).
-    resume : bool
-        Resume from a checkpoint of the same training when there is one.
-    checkpoint_key : dict, optional
-        What else must match to resume (e.g. the data version).
-
-    Returns
-    -------
-    UNetHistory
-
     AdamW with a one-cycle schedule (``warmup_fraction`` of the steps rising to ``learning_rate``). The state
     after every epoch is saved in a folder of ``checkpoint_dir`` named after a fingerprint of the settings, the
     model's shape, the patches' shape and ``checkpoint_key`` (e.g. the data version); with ``resume`` and a
@@ -175,6 +230,33 @@ def fit(
     Run by every rank of a process group (see :mod:`cellops.unet.distributed_train`), it trains with DDP: each
     rank takes its share of every global batch of ``config.batch_size``, rank 0 alone validates, calls
     ``on_epoch_end`` and writes the checkpoints, and all ranks return rank 0's best weights and history.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The U-Net; on return it holds the best weights.
+    patches : tuple of Tensor
+        Augmented training images and masks, (N, 1, H, W).
+    val_volume : tuple of ndarray
+        Validation slices and their mask, (Z, H, W).
+    config : UNetTraining
+        Optimisation settings.
+    inference : UNetServing
+        How validation segments, as served.
+    checkpoint_dir : Path or None
+        Folder of the checkpoints (None: none).
+    on_epoch_end : EpochCallback, optional
+        ``on_epoch_end(epoch, metrics)`` after each epoch (``train_loss``, ``val_foreground_iou``, ``val_dice``,
+        ``epoch_seconds``).
+    resume : bool, optional
+        Resume from a checkpoint of the same training when there is one.
+    checkpoint_key : dict, optional
+        What else must match to resume (e.g. the data version).
+
+    Returns
+    -------
+    UNetHistory
+        Per-epoch curves and the best epoch (rank 0's on every rank).
     """
     torch.manual_seed(config.seed)
     if config.threads:

@@ -21,7 +21,19 @@ MASK_DTYPES = ["uint8", "bool"]
 
 @dataclass(frozen=True)
 class SegmentationExpectations:
-    """Thresholds of the segmentation dataset suite (all from the YAML config)."""
+    """Thresholds of the segmentation dataset suite (all from the YAML config).
+
+    Attributes
+    ----------
+    min_foreground_fraction : float, optional
+        Least foreground fraction of each volume.
+    max_foreground_fraction : float, optional
+        Largest foreground fraction of each volume.
+    min_slice_std : float, optional
+        Least standard deviation of a slice's pixels (lower: a constant slice).
+    min_slices : int, optional
+        Least number of slices of each volume.
+    """
 
     min_foreground_fraction: float = 0.005
     max_foreground_fraction: float = 0.5
@@ -46,6 +58,16 @@ def summarise_volumes(volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.D
     Each column describes one property, so that one fault shows in one column only: a mask one slice short
     fails ``shape_matches`` and nothing else (the slices both volumes have are still checked for binary values
     and foreground).
+
+    Parameters
+    ----------
+    volumes : dict of str to tuple of np.ndarray
+        Named (image, mask) volumes, (Z, Y, X).
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per slice: ``volume``, ``slice``, ``shape_matches`` and the figures of the other expectations.
 
     Examples
     --------
@@ -182,15 +204,20 @@ def validate_segmentation_dataset(
 
     Parameters
     ----------
-    volumes : e.g. ``{"training": (image, mask), "testing": (image, mask)}``, (Z, Y, X) arrays.
-    expectations : thresholds of the suite.
-    data_docs_dir : where to build Great Expectations' HTML Data Docs; none are built when omitted.
-    sources : the files each volume came from, quoted in the failures (e.g. ``{"training": "training.tif"}``).
+    volumes : dict of str to tuple of np.ndarray
+        E.g. ``{"training": (image, mask), "testing": (image, mask)}``, (Z, Y, X) arrays.
+    expectations : SegmentationExpectations, optional
+        Thresholds of the suite.
+    data_docs_dir : Path or None, optional
+        Where to build Great Expectations' HTML Data Docs; none are built when omitted.
+    sources : dict of str to str, optional
+        The files each volume came from, quoted in the failures (e.g. ``{"training": "training.tif"}``).
 
     Returns
     -------
-    ValidationReport; each line of ``failures`` names the failed expectation, the volume (and slices), what was
-    expected and what was found.
+    ValidationReport
+        Each line of its ``failures`` names the failed expectation, the volume (and slices), what was expected
+        and what was found.
     """
     table = summarise_volumes(volumes)
     report = run_suite(table, "segmentation_dataset", _segmentation_suite(expectations), data_docs_dir)
