@@ -21,7 +21,7 @@ from scipy import ndimage
 from skimage import filters, measure, morphology, segmentation
 
 from cellops.classical.common import to_gray_float
-from cellops.classical.scale import (ThresholdChoice, background_map, choose_threshold, estimate_blob_diameter,
+from cellops.classical.scale import (ThresholdingMethod, background_map, choose_threshold, estimate_blob_diameter,
                                     noise_sigma, normalise_intensity)
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def segment_nuclei_with_settings(image: np.ndarray, params: NucleusParams = Nucl
     if method == "auto":
         if blobs is None:
             blobs = estimate_blob_diameter(gray, min_diameter=diameter / 2, max_diameter=diameter * 2)
-        choice: ThresholdChoice = choose_threshold(smooth, blobs)
+        choice: ThresholdingMethod = choose_threshold(smooth, blobs)
         method, reason = choice.method, choice.describe()
     if method == "otsu":
         foreground = smooth > filters.threshold_otsu(smooth)

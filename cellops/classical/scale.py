@@ -210,7 +210,7 @@ def background_map(gray: np.ndarray, object_diameter: float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ThresholdChoice:
+class ThresholdingMethod:
     """The thresholding method chosen for an image and the measurements it rests on.
 
     Attributes
@@ -231,7 +231,7 @@ class ThresholdChoice:
 
 
 def choose_threshold(smooth: np.ndarray, blobs: BlobScale, *, max_unevenness: float = 0.25,
-                     max_dim_fraction: float = 0.05) -> ThresholdChoice:
+                     max_dim_fraction: float = 0.05) -> ThresholdingMethod:
     """Global Otsu when the background is even and no object would fall under it, local otherwise."""
     background = background_map(smooth, blobs.diameter_px)
     otsu = filters.threshold_otsu(smooth)
@@ -242,4 +242,4 @@ def choose_threshold(smooth: np.ndarray, blobs: BlobScale, *, max_unevenness: fl
     cols = np.clip(np.round(blobs.centres[:, 1]).astype(int), 0, smooth.shape[1] - 1)
     dim = float(np.mean(smooth[rows, cols] <= otsu)) if len(rows) else 0.0
     method = "local" if unevenness > max_unevenness or dim > max_dim_fraction else "otsu"
-    return ThresholdChoice(method=method, unevenness=unevenness, dim_fraction=dim)
+    return ThresholdingMethod(method=method, unevenness=unevenness, dim_fraction=dim)

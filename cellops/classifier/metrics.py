@@ -18,6 +18,27 @@ class ClassificationScores:
     """Scores on ``n`` images; sensitivity is the recall of the positive class, specificity that of the rest.
 
     ``confusion[i][j]`` counts images of class ``i`` predicted as ``j``.
+
+    Attributes
+    ----------
+    accuracy : float
+        Fraction of images predicted as their class.
+    loss : float
+        Mean cross-entropy (:func:`cross_entropy`).
+    sensitivity : float
+        Recall of the positive class (NaN without positive images).
+    specificity : float
+        Recall of the other classes together.
+    precision : float
+        Precision of the positive class.
+    f1 : float
+        Harmonic mean of precision and sensitivity.
+    roc_auc : float
+        Area under the ROC curve of the positive-class probability (NaN unless both kinds are present).
+    n : int
+        Number of images.
+    confusion : list of list of int
+        Confusion matrix, true class by predicted class.
     """
 
     accuracy: float
@@ -31,13 +52,33 @@ class ClassificationScores:
     confusion: list[list[int]]
 
     def as_dict(self) -> dict[str, float]:
-        """The scalar scores (what MLflow logs and the registry compares)."""
+        """The scalar scores (what MLflow logs and the registry compares).
+
+        Returns
+        -------
+        dict of str to float
+            Every field but ``confusion``.
+        """
         return {k: float(v) for k, v in asdict(self).items() if k not in ("confusion",)}
 
 
 def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-probability of the true class (probabilities clipped at 1e-12).
 
+    Parameters
+    ----------
+    probabilities : np.ndarray
+        Class probabilities (N, classes).
+    labels : np.ndarray
+        True class indices (N,).
+
+    Returns
+    -------
+    float
+        The mean cross-entropy.
+
+    Examples
+    --------
     >>> round(cross_entropy(np.array([[0.5, 0.5], [0.9, 0.1]]), np.array([0, 0])), 4)
     0.3993
     """
@@ -54,6 +95,22 @@ def classification_scores(probabilities: np.ndarray, labels: np.ndarray, positiv
     on the validation split by :func:`cellops.thresholds.choose_operating_point`), an image is predicted positive
     when its positive-class probability is at least ``threshold``, and otherwise as the most probable of the
     other classes. Loss and ROC-AUC do not depend on it.
+
+    Parameters
+    ----------
+    probabilities : np.ndarray
+        Class probabilities (N, classes).
+    labels : np.ndarray
+        True class indices (N,).
+    positive : int
+        The index of the positive class.
+    threshold : float or None, optional
+        Operating point on the positive-class probability.
+
+    Returns
+    -------
+    ClassificationScores
+        The scores.
 
     Examples
     --------
@@ -102,7 +159,30 @@ def classification_scores(probabilities: np.ndarray, labels: np.ndarray, positiv
 
 
 def positive_roc(probabilities: np.ndarray, labels: np.ndarray, positive: int) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates of the positive class's probability as the threshold moves."""
+    """False- and true-positive rates of the positive class's probability as the threshold moves.
+
+    Parameters
+    ----------
+    probabilities : np.ndarray
+        Class probabilities (N, classes).
+    labels : np.ndarray
+        True class indices (N,).
+    positive : int
+        The index of the positive class.
+
+    Returns
+    -------
+    fpr : np.ndarray
+        False-positive rates, increasing.
+    tpr : np.ndarray
+        True-positive rates at the same thresholds.
+
+    Examples
+    --------
+    >>> fpr, tpr = positive_roc(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 1]), positive=1)
+    >>> fpr.tolist(), tpr.tolist()
+    ([0.0, 0.0, 1.0], [0.0, 1.0, 1.0])
+    """
     fpr, tpr, _ = roc_curve(np.asarray(labels) == positive, np.asarray(probabilities)[:, positive])
     return fpr, tpr
 

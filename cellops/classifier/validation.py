@@ -23,12 +23,18 @@ class ClassificationExpectations:
 
     Attributes
     ----------
-    min_images_per_class : fewest images a class may have (all splits together).
-    max_class_imbalance : largest allowed ratio of the largest class count to the smallest one (>= 1).
-    min_side : smallest allowed image side in pixels.
-    allowed_channels : channel counts accepted (1 grey, 3 RGB, 4 RGBA; ``to_model_input`` takes no others).
-    require_consistent_size : whether every image must have the same height, width and channel count.
-    min_std : an image whose standard deviation (in its own grey levels) is not above this is taken as blank.
+    min_images_per_class : int
+        Fewest images a class may have (all splits together).
+    max_class_imbalance : float
+        Largest allowed ratio of the largest class count to the smallest one (>= 1).
+    min_side : int
+        Smallest allowed image side in pixels.
+    allowed_channels : tuple of int, optional
+        Channel counts accepted (1 grey, 3 RGB, 4 RGBA; ``to_model_input`` takes no others).
+    require_consistent_size : bool, optional
+        Whether every image must have the same height, width and channel count.
+    min_std : float, optional
+        An image whose standard deviation (in its own grey levels) is not above this is taken as blank.
     """
 
     min_images_per_class: int
@@ -65,21 +71,26 @@ def summarise_class_images(files: Sequence[Path], labels: Sequence[str], splits:
 
     Parameters
     ----------
-    files : the image files.
-    labels : the class name of each file.
-    splits : the split of each file (e.g. ``"train"``, ``"val"``, ``"test"``).
-    content_hashes : the md5 of each file when the caller has them already (the split needs them too);
+    files : sequence of Path
+        The image files.
+    labels : sequence of str
+        The class name of each file.
+    splits : sequence of str
+        The split of each file (e.g. ``"train"``, ``"val"``, ``"test"``).
+    content_hashes : sequence of str or None, optional
+        The md5 of each file when the caller has them already (the split needs them too);
         computed here otherwise.
 
     Returns
     -------
-    DataFrame with :data:`CLASS_IMAGE_COLUMNS`: ``readable`` (the file can be read as one finite image of a dtype
-    that :func:`cellops.classifier.data.to_model_input` takes, see :func:`cellops.io.image_geometry`; otherwise
-    ``problem`` says why and the image columns are empty),
-    ``height``, ``width``, ``channels`` (1 for a 2-D image), ``dtype``, ``std`` (in the file's grey levels),
-    ``content_md5`` of the bytes, ``duplicate_across_splits`` (another readable file with the same bytes is in a
-    different split) and ``duplicate_conflicting_label`` (another readable file with the same bytes has a
-    different label).
+    pd.DataFrame
+        The columns :data:`CLASS_IMAGE_COLUMNS`: ``readable`` (the file can be read as one finite image of a
+        dtype that :func:`cellops.classifier.data.to_model_input` takes, see :func:`cellops.io.image_geometry`;
+        otherwise ``problem`` says why and the image columns are empty),
+        ``height``, ``width``, ``channels`` (1 for a 2-D image), ``dtype``, ``std`` (in the file's grey levels),
+        ``content_md5`` of the bytes, ``duplicate_across_splits`` (another readable file with the same bytes is
+        in a different split) and ``duplicate_conflicting_label`` (another readable file with the same bytes has
+        a different label).
 
     Examples
     --------
@@ -263,15 +274,22 @@ def validate_classification_dataset(
 
     Parameters
     ----------
-    table : from :func:`summarise_class_images`.
-    classes : the class names the dataset must hold (e.g. the class folders).
-    expectations : thresholds of the suite.
-    data_docs_dir : where to build Great Expectations' HTML Data Docs; none are built when omitted.
+    table : pd.DataFrame
+        From :func:`summarise_class_images`.
+    classes : sequence of str
+        The class names the dataset must hold (e.g. the class folders).
+    expectations : ClassificationExpectations
+        Thresholds of the suite.
+    data_docs_dir : Path or None, optional
+        Where to build Great Expectations' HTML Data Docs; none are built when omitted.
+    splits : sequence of str or None, optional
+        The splits every class must appear in; by default those the table holds.
 
     Returns
     -------
-    ValidationReport; each line of ``failures`` names the failed expectation, its column and, in plain words,
-    what was observed (e.g. ``class 'non_ec' has 40 images, fewer than 50``, or the files found in two splits).
+    ValidationReport
+        Each line of its ``failures`` names the failed expectation, its column and, in plain words, what was
+        observed (e.g. ``class 'non_ec' has 40 images, fewer than 50``, or the files found in two splits).
     """
     missing = [c for c in CLASS_IMAGE_COLUMNS if c not in table.columns]
     if missing:
