@@ -80,7 +80,15 @@ def batch_exit_code(n_files: int, n_failed: int) -> int:
 class InputName(NamedTuple):
     """How a batch names one input: ``label`` in the tables and the summary (``n0.tif``, or ``Control/n0.tif`` when
     another input is also called ``n0``) and ``stem``, the start of its output files' names (``n0``, or
-    ``Control/n0``: a sub-folder of the output folder)."""
+    ``Control/n0``: a sub-folder of the output folder).
+
+    Attributes
+    ----------
+    label : str
+        Name of the input in the tables and the summary.
+    stem : str
+        Start of its output files' names, relative to the output folder.
+    """
 
     label: str
     stem: str
@@ -306,13 +314,39 @@ def input_version(hashes: Mapping[str, str]) -> str:
 class BatchResult:
     """What a batch did: one row per file, in order (``input``, ``file``, ``status`` done, skipped or failed,
     ``problem``, ``outputs``, the processor's results, ``sha256``), and the hash of all inputs
-    (:func:`input_version`; empty when the batch was not recorded)."""
+    (:func:`input_version`; empty when the batch was not recorded).
+
+    Attributes
+    ----------
+    rows : list of dict
+        One row per file, in order.
+    input_version : str
+        Hash of all inputs; empty when the batch was not recorded.
+
+    Examples
+    --------
+    >>> result = BatchResult([{"file": "a.tif", "status": "done"}, {"file": "b.tif", "status": "failed",
+    ...                                                               "problem": "b.tif: empty"}])
+    >>> result.count("done"), result.failures
+    (1, {'b.tif': 'b.tif: empty'})
+    """
 
     rows: list[dict] = field(default_factory=list)
     input_version: str = ""
 
     def count(self, status: str) -> int:
-        """The number of files of ``status`` (``done``, ``skipped`` or ``failed``)."""
+        """The number of files of ``status`` (``done``, ``skipped`` or ``failed``).
+
+        Parameters
+        ----------
+        status : str
+            ``done``, ``skipped`` or ``failed``.
+
+        Returns
+        -------
+        int
+            How many rows have that status.
+        """
         return sum(row["status"] == status for row in self.rows)
 
     @property
@@ -323,7 +357,13 @@ class BatchResult:
     @property
     def table(self) -> pd.DataFrame:
         """The rows as :data:`SUMMARY` holds them: outputs joined by ``;``, a result a file lacks left empty (and
-        whole numbers kept whole)."""
+        whole numbers kept whole).
+
+        Returns
+        -------
+        pd.DataFrame
+            The summary columns, the processor's results, then ``sha256``.
+        """
         table = pd.DataFrame(self.rows, columns=_columns(self.rows))
         table["outputs"] = table["outputs"].map(lambda files: ";".join(files) if isinstance(files, list) else "")
         return table.fillna({"problem": ""}).convert_dtypes()
@@ -356,7 +396,18 @@ def write_summary(result: BatchResult, out_dir: str | Path) -> Path:
 
 class Manifest:
     """``<out>/batch_manifest.json``: per input label, its content hash, the batch key and the outputs written.
-    Saved (atomically) after every input, so an interruption loses at most the input in progress."""
+    Saved (atomically) after every input, so an interruption loses at most the input in progress.
+
+    Parameters
+    ----------
+    out_dir : Path
+        The batch's output folder; a manifest already there is read.
+
+    Raises
+    ------
+    ValueError
+        When the file there is not a batch manifest.
+    """
 
     def __init__(self, out_dir: Path):
         self.path = out_dir / MANIFEST
@@ -369,7 +420,22 @@ class Manifest:
                                  "afresh") from None
 
     def finished(self, label: str, digest: str, key: str) -> dict | None:
-        """The entry of an input already processed from the same content with the same key, outputs in place."""
+        """The entry of an input already processed from the same content with the same key, outputs in place.
+
+        Parameters
+        ----------
+        label : str
+            The input's label (:class:`InputName`).
+        digest : str
+            SHA-256 of its content.
+        key : str
+            What else must match (model version, settings).
+
+        Returns
+        -------
+        dict or None
+            The recorded entry, None when the input must be processed (again).
+        """
         entry = self.entries.get(label)
         if (entry and entry.get("sha256") == digest and entry.get("key") == key
                 and all((self.path.parent / output).exists() for output in entry.get("outputs", []))):
@@ -377,7 +443,15 @@ class Manifest:
         return None
 
     def record(self, label: str, entry: dict) -> None:
-        """Record ``entry`` for ``label`` and save the manifest."""
+        """Record ``entry`` for ``label`` and save the manifest.
+
+        Parameters
+        ----------
+        label : str
+            The input's label.
+        entry : dict
+            Its ``sha256``, ``key``, ``outputs`` and the processor's ``results``.
+        """
         self.entries[label] = entry
         partial = self.path.with_name(f".{self.path.name}.partial")
         partial.write_text(json.dumps({"inputs": self.entries}, indent=1, sort_keys=True))

@@ -39,6 +39,18 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 def fingerprint(key: dict) -> str:
     """A short stable hash of ``key`` (JSON, sorted keys; values that are not JSON are taken as text).
 
+    Parameters
+    ----------
+    key : dict
+        What identifies a training.
+
+    Returns
+    -------
+    str
+        16 hexadecimal digits of its SHA-256.
+
+    Examples
+    --------
     >>> fingerprint({"lr": 0.1, "epochs": 3}) == fingerprint({"epochs": 3, "lr": 0.1})
     True
     """
@@ -48,6 +60,20 @@ def fingerprint(key: dict) -> str:
 def checkpoint_dir_for(root: str | Path, key: dict) -> Path:
     """The folder under ``root`` holding the checkpoints of a training described by ``key``.
 
+    Parameters
+    ----------
+    root : str or Path
+        Folder of the checkpoints of every training.
+    key : dict
+        What identifies this training.
+
+    Returns
+    -------
+    Path
+        ``root / fingerprint(key)``.
+
+    Examples
+    --------
     >>> checkpoint_dir_for("outputs/checkpoints", {"lr": 0.1}).parent.as_posix()
     'outputs/checkpoints'
     """
@@ -57,6 +83,18 @@ def checkpoint_dir_for(root: str | Path, key: dict) -> Path:
 def model_key(model: nn.Module) -> dict:
     """The part of a checkpoint's key that a model gives: its class and the shape of every tensor of its state.
 
+    Parameters
+    ----------
+    model : nn.Module
+        The model trained.
+
+    Returns
+    -------
+    dict
+        ``model`` (the class name) and ``parameters`` (name to shape).
+
+    Examples
+    --------
     >>> model_key(nn.Linear(3, 2))
     {'model': 'Linear', 'parameters': {'weight': [2, 3], 'bias': [2]}}
     """
@@ -65,7 +103,15 @@ def model_key(model: nn.Module) -> dict:
 
 def save_atomically(state: dict, path: Path) -> None:
     """``torch.save`` to a temporary file then rename: a kill mid-write never leaves a truncated checkpoint where
-    the last good one was."""
+    the last good one was.
+
+    Parameters
+    ----------
+    state : dict
+        What to save.
+    path : Path
+        The checkpoint file (its folder is created).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save(state, partial)
@@ -73,18 +119,51 @@ def save_atomically(state: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict | None:
-    """The state saved at ``path``, or None when there is none."""
+    """The state saved at ``path``, or None when there is none.
+
+    Parameters
+    ----------
+    path : Path
+        The checkpoint file.
+    device : str or torch.device, optional
+        Where its tensors are loaded.
+
+    Returns
+    -------
+    dict or None
+        The saved state.
+    """
     return torch.load(path, map_location=device, weights_only=False) if path.is_file() else None
 
 
 def random_states() -> dict:
-    """Python's, NumPy's and torch's (CPU and CUDA) global random states, to resume exactly."""
+    """Python's, NumPy's and torch's (CPU and CUDA) global random states, to resume exactly.
+
+    Returns
+    -------
+    dict
+        ``python``, ``numpy``, ``torch`` and ``cuda`` (None without a GPU).
+
+    Examples
+    --------
+    >>> states = random_states()
+    >>> first = torch.rand(1)
+    >>> restore_random_states(states)
+    >>> torch.equal(torch.rand(1), first)
+    True
+    """
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def restore_random_states(states: dict) -> None:
-    """Undo :func:`random_states`."""
+    """Set the global random states saved by :func:`random_states`.
+
+    Parameters
+    ----------
+    states : dict
+        From :func:`random_states`.
+    """
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
@@ -93,7 +172,13 @@ def restore_random_states(states: dict) -> None:
 
 
 def remove_checkpoints(directory: Path) -> None:
-    """Delete a completed training's checkpoint folder (its model is in the registry by then)."""
+    """Delete a completed training's checkpoint folder (its model is in the registry by then).
+
+    Parameters
+    ----------
+    directory : Path
+        The folder; a missing one is not an error.
+    """
     shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -103,9 +188,12 @@ class TrainingHistory:
 
     Attributes
     ----------
-    epoch_seconds : wall-clock seconds of each epoch (training and validation).
-    best_epoch : the epoch whose weights ``fit`` returned (-1 before any).
-    resumed_from_epoch : the last epoch of the checkpoint training resumed after, None when it started afresh.
+    epoch_seconds : list of float
+        Wall-clock seconds of each epoch (training and validation).
+    best_epoch : int
+        The epoch whose weights ``fit`` returned (-1 before any).
+    resumed_from_epoch : int or None
+        The last epoch of the checkpoint training resumed after, None when it started afresh.
     """
 
     epoch_seconds: list[float] = field(default_factory=list)
@@ -115,6 +203,13 @@ class TrainingHistory:
     def curves(self) -> dict[str, list[float]]:
         """Every per-epoch figure by name.
 
+        Returns
+        -------
+        dict of str to list of float
+            Each list-valued field.
+
+        Examples
+        --------
         >>> TrainingHistory(epoch_seconds=[1.5, 1.25]).curves()
         {'epoch_seconds': [1.5, 1.25]}
         """
@@ -144,12 +239,14 @@ class ResumableCheckpoint(Generic[History]):
     model : nn.Module
         The model trained (not a DDP wrapper of it).
     optimizer : torch.optim.Optimizer
+        The optimiser of ``model``.
     scheduler : torch.optim.lr_scheduler.LRScheduler, optional
+        The learning-rate schedule, when there is one.
     scaler : torch.amp.GradScaler, optional
         The gradient scaler of mixed-precision training.
     generator : torch.Generator, optional
         A generator the training draws from besides the global ones (e.g. a data loader's shuffling).
-    resume : bool
+    resume : bool, optional
         False: start afresh whatever is saved (and overwrite it).
 
     Attributes
@@ -212,7 +309,7 @@ class ResumableCheckpoint(Generic[History]):
 
         Parameters
         ----------
-        on_epoch_end : callable, optional
+        on_epoch_end : EpochCallback, optional
             ``on_epoch_end(epoch, metrics)``, as ``fit`` calls it after each epoch.
 
         Returns
@@ -246,14 +343,30 @@ class ResumableCheckpoint(Generic[History]):
         return self.history
 
     def keep_best(self, epoch: int) -> None:
-        """Note ``epoch`` as the best so far and keep a copy of the model's weights."""
+        """Note ``epoch`` as the best so far and keep a copy of the model's weights.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch just trained.
+        """
         self.history.best_epoch = epoch
         self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def end_epoch(self, epoch: int, metrics: dict[str, float], on_epoch_end: EpochCallback | None = None) -> None:
         """After ``epoch`` (on rank 0): save the whole state atomically, then report ``metrics`` to ``on_epoch_end``.
 
-        Saved first, so an epoch whose report fails is resumed after, and reported again then."""
+        Saved first, so an epoch whose report fails is resumed after, and reported again then.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch just trained.
+        metrics : dict of str to float
+            Its figures, reported now and again on resume.
+        on_epoch_end : EpochCallback, optional
+            ``on_epoch_end(epoch, metrics)``.
+        """
         self._reported.append((epoch, dict(metrics)))
         if self.path is not None and is_main_process():
             save_atomically({

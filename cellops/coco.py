@@ -153,6 +153,20 @@ def _json_ready(rle: dict) -> dict:
 def segmentation_area(segmentation: Segmentation, height: int, width: int) -> float:
     """Pixels of a COCO segmentation (any form), as COCO's ``area``.
 
+    Parameters
+    ----------
+    segmentation : list or dict
+        Polygons, uncompressed or compressed RLE.
+    height : int
+        Height of the image.
+    width : int
+        Width of the image.
+
+    Returns
+    -------
+    float
+        Number of pixels.
+
     Examples
     --------
     >>> segmentation_area([[0, 0, 4, 0, 4, 4, 0, 4]], 8, 8)
@@ -165,6 +179,20 @@ def segmentation_area(segmentation: Segmentation, height: int, width: int) -> fl
 
 def segmentation_bbox(segmentation: Segmentation, height: int, width: int) -> list[float]:
     """The box ``[x, y, width, height]`` of a COCO segmentation's pixels (any form), as COCO's ``bbox``.
+
+    Parameters
+    ----------
+    segmentation : list or dict
+        Polygons, uncompressed or compressed RLE.
+    height : int
+        Height of the image.
+    width : int
+        Width of the image.
+
+    Returns
+    -------
+    list of float
+        ``[x, y, width, height]``.
 
     Examples
     --------

@@ -21,6 +21,23 @@ T = TypeVar("T")
 def from_mapping(cls: type[T], values: dict | None) -> T:
     """Build the dataclass ``cls`` from a mapping, naming unknown and missing keys.
 
+    Parameters
+    ----------
+    cls : type
+        A dataclass.
+    values : dict or None
+        Its fields by name (None: no field given).
+
+    Returns
+    -------
+    T
+        The instance.
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown and the missing keys.
+
     Examples
     --------
     >>> from dataclasses import dataclass
@@ -52,6 +69,18 @@ class FromMapping:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> Self:
+        """The settings of a config mapping (:func:`from_mapping`).
+
+        Parameters
+        ----------
+        values : dict or None
+            The fields by name.
+
+        Returns
+        -------
+        Self
+            The settings.
+        """
         return from_mapping(cls, values)
 
 
@@ -62,6 +91,11 @@ class ServingRecord(FromMapping):
     :meth:`as_dict` carries the family's name, and :meth:`from_dict` takes the record as stored, checks that it
     belongs to this family and turns JSON forms (lists, string keys) back into the typed fields
     (:meth:`_from_json`), so no reader filters or converts keys itself.
+
+    Attributes
+    ----------
+    family : str
+        The family's name (a class variable), written into every record.
     """
 
     #: The family's name (its package under ``cellops/``), written into every record.
@@ -70,7 +104,23 @@ class ServingRecord(FromMapping):
     @classmethod
     def from_dict(cls, values: dict | None) -> Self:
         """The settings of a config or registry mapping; a record of another family, an unknown or a missing key
-        is named in the error."""
+        is named in the error.
+
+        Parameters
+        ----------
+        values : dict or None
+            The record, with or without ``family``.
+
+        Returns
+        -------
+        Self
+            The typed settings.
+
+        Raises
+        ------
+        ValueError
+            When the record is another family's, or has unknown or missing keys.
+        """
         values = dict(values or {})
         family = values.pop("family", cls.family)
         if family != cls.family:
@@ -83,13 +133,33 @@ class ServingRecord(FromMapping):
         return values
 
     def as_dict(self) -> dict:
-        """The record as stored: JSON types, with ``family``."""
+        """The record as stored: JSON types, with ``family``.
+
+        Returns
+        -------
+        dict
+            The mapping :meth:`from_dict` reads back.
+        """
         return {"family": self.family, **asdict(self)}  # type: ignore[call-overload]
 
 
 def deep_merge(base: dict, override: dict) -> dict:
     """``base`` with ``override`` merged in: mappings merge key by key, anything else is replaced.
 
+    Parameters
+    ----------
+    base : dict
+        The main mapping (left as it is).
+    override : dict
+        What changes.
+
+    Returns
+    -------
+    dict
+        A deep copy of ``base`` with ``override`` merged in.
+
+    Examples
+    --------
     >>> deep_merge({"a": {"x": 1, "y": 2}, "b": [1]}, {"a": {"y": 3}, "b": [2]})
     {'a': {'x': 1, 'y': 3}, 'b': [2]}
     """
@@ -105,6 +175,20 @@ def deep_merge(base: dict, override: dict) -> dict:
 def key_paths(mapping: Any, prefix: str = "") -> set[str]:
     """Every dotted key path of a nested mapping (lists are leaves).
 
+    Parameters
+    ----------
+    mapping : Any
+        A nested mapping (anything else has no key).
+    prefix : str, optional
+        Path of ``mapping`` itself.
+
+    Returns
+    -------
+    set of str
+        The paths.
+
+    Examples
+    --------
     >>> sorted(key_paths({"a": {"x": 1}, "b": 2}))
     ['a', 'a.x', 'b']
     """
@@ -126,6 +210,18 @@ def addable_key(key: str) -> bool:
     (tags, model-card fields, the named models of a comparison), ZenML's own settings and step operators (ZenML
     validates those against their classes). Parameters may not: a misspelt one would be silently ignored.
 
+    Parameters
+    ----------
+    key : str
+        A dotted key path.
+
+    Returns
+    -------
+    bool
+        Whether a derived config may add it.
+
+    Examples
+    --------
     >>> addable_key("steps.train_unet.step_operator"), addable_key("steps.train_unet.parameters.epoch")
     (True, False)
     """
@@ -136,7 +232,23 @@ def addable_key(key: str) -> bool:
 def render_derived(path: str | Path) -> dict:
     """The full config a derived file describes: its base (``derive_from``), rendered recursively, with the
     file's other keys merged in. Keys the base does not have are refused: an override of a misspelt key
-    would otherwise be silently ignored by the pipeline."""
+    would otherwise be silently ignored by the pipeline.
+
+    Parameters
+    ----------
+    path : str or Path
+        A config file, derived (``derive_from``) or not.
+
+    Returns
+    -------
+    dict
+        The full config.
+
+    Raises
+    ------
+    ValueError
+        When the derived file has keys its base lacks.
+    """
     path = Path(path)
     derived = yaml.safe_load(path.read_text()) or {}
     if BASE_KEY not in derived:
@@ -151,14 +263,38 @@ def render_derived(path: str | Path) -> dict:
 
 
 def derived_configs(root: str | Path) -> dict[Path, Path]:
-    """Every override file under ``root`` (``**/overrides/*.yaml``) and the config file it derives."""
+    """Every override file under ``root`` (``**/overrides/*.yaml``) and the config file it derives.
+
+    Parameters
+    ----------
+    root : str or Path
+        Folder searched (virtual environments are skipped).
+
+    Returns
+    -------
+    dict of Path to Path
+        Override file to the derived config it renders to (same name, one folder up).
+    """
     root = Path(root)
     return {path: path.parent.parent / path.name for path in sorted(root.glob("**/overrides/*.yaml"))
             if ".venv" not in path.parts}
 
 
 def render_text(override: Path, root: Path) -> str:
-    """The derived config file's text: a header naming its sources, then the merged YAML."""
+    """The derived config file's text: a header naming its sources, then the merged YAML.
+
+    Parameters
+    ----------
+    override : Path
+        The override file.
+    root : Path
+        The repository root, for the paths in the header.
+
+    Returns
+    -------
+    str
+        The YAML text.
+    """
     base = (override.parent / (yaml.safe_load(override.read_text()) or {})[BASE_KEY]).resolve()
     header = (f"# GENERATED by `make configs` from {override.resolve().relative_to(root.resolve())} over "
               f"{base.relative_to(root.resolve())}: edit those, not this file.\n")

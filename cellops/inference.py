@@ -25,6 +25,16 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     Folding only touches ``nn.Sequential`` children (where the pair order is explicit); the original model
     is left as it is.
 
+    Parameters
+    ----------
+    model : nn.Module
+        The trained model (left as it is).
+
+    Returns
+    -------
+    nn.Module
+        The folded, channels-last, eval-mode copy.
+
     Examples
     --------
     >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2)).eval()
@@ -54,6 +64,24 @@ def gaussian_weight_map(tile_size: int, sigma_scale: float = 0.125) -> torch.Ten
 
     The minimum is clamped above zero so that pixels at the image border, covered by one tile only, keep
     a prediction (the same choice as nnU-Net).
+
+    Parameters
+    ----------
+    tile_size : int
+        Side of the square tile.
+    sigma_scale : float, optional
+        Standard deviation of the Gaussian as a fraction of ``tile_size``.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 (tile_size, tile_size), 1 at the centre, at least 1e-3.
+
+    Examples
+    --------
+    >>> weights = gaussian_weight_map(8)
+    >>> tuple(weights.shape), round(float(weights.max()), 6), bool(weights.min() >= 1e-3)
+    ((8, 8), 1.0, True)
     """
     coords = torch.arange(tile_size, dtype=torch.float32) - (tile_size - 1) / 2.0
     sigma = max(tile_size * sigma_scale, 1e-3)
@@ -65,7 +93,17 @@ def gaussian_weight_map(tile_size: int, sigma_scale: float = 0.125) -> torch.Ten
 
 @dataclass(frozen=True)
 class TilingPlan:
-    """Where the tiles of one (padded) slice lie and how much each pixel is weighted in total."""
+    """Where the tiles of one (padded) slice lie and how much each pixel is weighted in total.
+
+    Attributes
+    ----------
+    padded_shape : tuple of int
+        (height, width) of the slice padded up to the tile size where smaller.
+    starts : list of tuple of int
+        (y, x) of every tile's top-left corner.
+    normaliser : torch.Tensor
+        (H, W) sum of the weights of every tile covering a pixel.
+    """
 
     padded_shape: tuple[int, int]
     starts: list[tuple[int, int]]
@@ -74,7 +112,32 @@ class TilingPlan:
 
 def plan_tiles(height: int, width: int, tile_size: int, overlap: int, weights: torch.Tensor) -> TilingPlan:
     """Lay tiles over an ``height`` x ``width`` slice (padded up to ``tile_size`` where smaller), neighbours sharing
-    at least ``overlap`` pixels (:func:`cellops.tiling.tile_starts`)."""
+    at least ``overlap`` pixels (:func:`cellops.tiling.tile_starts`).
+
+    Parameters
+    ----------
+    height : int
+        Rows of the slice.
+    width : int
+        Columns of the slice.
+    tile_size : int
+        Side of the square tiles.
+    overlap : int
+        Least number of pixels neighbouring tiles share.
+    weights : torch.Tensor
+        Blending weights of one tile (:func:`gaussian_weight_map`).
+
+    Returns
+    -------
+    TilingPlan
+        The tiles' corners and the weight normaliser.
+
+    Examples
+    --------
+    >>> plan = plan_tiles(40, 20, 32, 8, torch.ones(32, 32))
+    >>> plan.padded_shape, plan.starts
+    ((40, 32), [(0, 0), (8, 0)])
+    """
     padded = (max(height, tile_size), max(width, tile_size))
     starts = [(y, x) for y in tile_starts(padded[0], tile_size, overlap)
               for x in tile_starts(padded[1], tile_size, overlap)]
@@ -98,18 +161,25 @@ def sliding_window_predict(
 
     Parameters
     ----------
-    model : a module mapping (N, 1, T, T) float images to (N, 1, T, T) logits; it is put in eval mode.
+    model : nn.Module
+        A module mapping (N, 1, T, T) float images to (N, 1, T, T) logits; it is put in eval mode.
         Pass it through :func:`prepare_for_inference` once first for speed.
-    image : (Y, X) or (Z, Y, X) float32 array in [0, 1] (see :func:`cellops.io.to_unit_range`).
-    tile_size : side of the square tiles; must suit the model (a U-Net needs a multiple of 2**depth).
-    overlap : least number of pixels a tile shares with its neighbour, in ``[0, tile_size)``; by default a quarter
+    image : np.ndarray
+        (Y, X) or (Z, Y, X) float32 array in [0, 1] (see :func:`cellops.io.to_unit_range`).
+    tile_size : int, optional
+        Side of the square tiles; must suit the model (a U-Net needs a multiple of 2**depth).
+    overlap : int or None, optional
+        Least number of pixels a tile shares with its neighbour, in ``[0, tile_size)``; by default a quarter
         of the tile, rounded up.
-    batch_size : tiles per forward pass, gathered across slices.
-    device : where the model runs.
+    batch_size : int, optional
+        Tiles per forward pass, gathered across slices.
+    device : str or torch.device, optional
+        Where the model runs.
 
     Returns
     -------
-    float32 array of the image's shape with probabilities in [0, 1].
+    np.ndarray
+        float32 array of the image's shape with probabilities in [0, 1].
 
     Examples
     --------
@@ -156,6 +226,22 @@ def tile_count(shape: tuple[int, ...], tile_size: int, overlap: int) -> int:
     """How many tiles :func:`sliding_window_predict` runs over an image or stack of ``shape`` with neighbours sharing
     ``overlap`` pixels (the work a request causes: a slice smaller than a tile still costs a whole one).
 
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the image (Y, X) or stack (..., Y, X).
+    tile_size : int
+        Side of the square tiles.
+    overlap : int
+        Least number of pixels neighbouring tiles share.
+
+    Returns
+    -------
+    int
+        Number of tiles over all slices.
+
+    Examples
+    --------
     >>> tile_count((3, 100, 100), tile_size=64, overlap=16), tile_count((10, 10), tile_size=64, overlap=16)
     (12, 1)
     """

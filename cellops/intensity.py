@@ -36,10 +36,14 @@ class Normalization(FromMapping):
 
     Attributes
     ----------
-    mode : ``"percentile"``: ``(x - p_low) / (p_high - p_low)`` with the image's own ``low`` and ``high``
+    mode : str, optional
+        ``"percentile"``: ``(x - p_low) / (p_high - p_low)`` with the image's own ``low`` and ``high``
         percentiles (not clipped: brighter than ``p_high`` stays above 1, as in CSBDeep); ``"dtype"``: integers
         divided by their dtype's maximum, floats taken as already in [0, 1] (and refused outside it).
-    low, high : the percentiles (0-100) of ``percentile`` mode.
+    low : float, optional
+        The low percentile (0-100) of ``percentile`` mode.
+    high : float, optional
+        The high percentile (0-100) of ``percentile`` mode.
 
     Examples
     --------
@@ -65,7 +69,30 @@ class Normalization(FromMapping):
 
     @classmethod
     def coerce(cls, value: Normalization | dict | None, *, default: Normalization | None = None) -> Normalization:
-        """``value`` as a :class:`Normalization`: itself, from a mapping (config or registry), or ``default``."""
+        """``value`` as a :class:`Normalization`: itself, from a mapping (config or registry), or ``default``.
+
+        Parameters
+        ----------
+        value : Normalization or dict or None
+            A normalisation, its mapping, or None.
+        default : Normalization or None, optional
+            What None stands for.
+
+        Returns
+        -------
+        Normalization
+            The normalisation.
+
+        Raises
+        ------
+        ValueError
+            When ``value`` and ``default`` are both None, or the mapping is invalid.
+
+        Examples
+        --------
+        >>> Normalization.coerce({"mode": "dtype"}).mode, Normalization.coerce(None, default=LEGACY) is LEGACY
+        ('dtype', True)
+        """
         if isinstance(value, Normalization):
             return value
         if value is None:
@@ -75,18 +102,55 @@ class Normalization(FromMapping):
         return cls.from_dict(value)
 
     def as_dict(self) -> dict:
+        """The settings as a mapping (what configs and registry records hold).
+
+        Returns
+        -------
+        dict
+            ``mode``, ``low`` and ``high``.
+
+        Examples
+        --------
+        >>> Normalization().as_dict()
+        {'mode': 'percentile', 'low': 1.0, 'high': 99.8}
+        """
         return asdict(self)
 
     def describe(self) -> str:
         """One line for outputs and logs: which scaling was used.
 
+        Returns
+        -------
+        str
+            E.g. ``"percentile 1-99.8"`` or ``"dtype range"``.
+
+        Examples
+        --------
         >>> Normalization().describe(), Normalization(mode="dtype").describe()
         ('percentile 1-99.8', 'dtype range')
         """
         return f"percentile {self.low:g}-{self.high:g}" if self.mode == "percentile" else "dtype range"
 
     def bounds(self, image: np.ndarray, *, source: str = "") -> tuple[float, float]:
-        """The values mapped to 0 and 1 for ``image`` (all its pixels and channels together)."""
+        """The values mapped to 0 and 1 for ``image`` (all its pixels and channels together).
+
+        Parameters
+        ----------
+        image : np.ndarray
+            An 8- or 16-bit or float image, any shape.
+        source : str, optional
+            Named in error messages.
+
+        Returns
+        -------
+        tuple of float
+            The values mapped to 0 and to 1.
+
+        Examples
+        --------
+        >>> Normalization(mode="dtype").bounds(np.zeros(3, np.uint8))
+        (0.0, 255.0)
+        """
         if self.mode == "dtype":
             return dtype_bounds(image, source=source)
         return percentile_bounds(image, self.low, self.high, source=source)
@@ -94,7 +158,32 @@ class Normalization(FromMapping):
     def apply(self, image: np.ndarray, *, source: str = "",
               bounds: tuple[float, float] | None = None) -> np.ndarray:
         """``image`` scaled to float32 by its own :meth:`bounds` (or the ``bounds`` given, e.g. those of a whole
-        volume that is processed slab by slab)."""
+        volume that is processed slab by slab).
+
+        Parameters
+        ----------
+        image : np.ndarray
+            An 8- or 16-bit or float image, any shape.
+        source : str, optional
+            Named in error messages.
+        bounds : tuple of float or None, optional
+            The values mapped to 0 and 1, instead of the image's own.
+
+        Returns
+        -------
+        np.ndarray
+            float32, shape of ``image``.
+
+        Raises
+        ------
+        ImageInputError
+            For an empty, non-finite or constant image, or an unsupported dtype.
+
+        Examples
+        --------
+        >>> Normalization(mode="dtype").apply(np.array([0, 51, 255], np.uint8)).tolist()
+        [0.0, 0.20000000298023224, 1.0]
+        """
         low, high = self.bounds(image, source=source) if bounds is None else bounds
         scaled = (np.asarray(image, dtype=np.float64) - low) / (high - low)
         if self.mode == "dtype" and image.dtype.kind == "f":
@@ -119,7 +208,30 @@ def _check_pixels(image: np.ndarray, source: str) -> None:
 
 def dtype_bounds(image: np.ndarray, *, source: str = "") -> tuple[float, float]:
     """(0, dtype maximum) for 8- and 16-bit images; (0, 1) for floats, which must lie in [0, 1] (up to
-    :data:`FLOAT_UNIT_TOLERANCE`): a float image carries no fixed range to scale by."""
+    :data:`FLOAT_UNIT_TOLERANCE`): a float image carries no fixed range to scale by.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        An 8- or 16-bit or float image.
+    source : str, optional
+        Named in error messages.
+
+    Returns
+    -------
+    tuple of float
+        The values mapped to 0 and to 1.
+
+    Raises
+    ------
+    ImageInputError
+        For a float image outside [0, 1], or an unusable image.
+
+    Examples
+    --------
+    >>> dtype_bounds(np.zeros(2, np.uint16)), dtype_bounds(np.array([0.0, 0.5]))
+    ((0.0, 65535.0), (0.0, 1.0))
+    """
 
     _check_pixels(image, source)
     if image.dtype.kind == "u":
@@ -134,7 +246,24 @@ def dtype_bounds(image: np.ndarray, *, source: str = "") -> tuple[float, float]:
 
 def integer_histogram(image: np.ndarray) -> np.ndarray:
     """Counts of every grey level of an 8- or 16-bit image (what :func:`histogram_percentiles` reads; sums of the
-    histograms of a volume's slabs equal the histogram of the volume)."""
+    histograms of a volume's slabs equal the histogram of the volume).
+
+    Parameters
+    ----------
+    image : np.ndarray
+        An 8- or 16-bit image.
+
+    Returns
+    -------
+    np.ndarray
+        Counts, one per grey level from 0 to the dtype's maximum.
+
+    Examples
+    --------
+    >>> counts = integer_histogram(np.array([0, 2, 2], np.uint8))
+    >>> len(counts), counts[:3].tolist()
+    (256, [1, 0, 2])
+    """
     values = np.ascontiguousarray(image).reshape(-1)
     return np.bincount(values.astype(np.uint16, copy=False), minlength=int(np.iinfo(image.dtype).max) + 1)
 
@@ -143,6 +272,20 @@ def histogram_percentiles(histogram: np.ndarray, percentiles: Iterable[float]) -
     """Percentiles (numpy's default, linear interpolation between order statistics) of the values whose counts
     ``histogram`` holds, value ``i`` counted ``histogram[i]`` times.
 
+    Parameters
+    ----------
+    histogram : np.ndarray
+        Count of every value from 0.
+    percentiles : iterable of float
+        Percentiles in [0, 100].
+
+    Returns
+    -------
+    list of float
+        The values at those percentiles.
+
+    Examples
+    --------
     >>> values = np.array([3, 1, 4, 1, 5, 9, 2, 6], np.uint8)
     >>> histogram_percentiles(np.bincount(values), [0, 10, 50, 99.8]) == list(np.percentile(values, [0, 10, 50, 99.8]))
     True
@@ -164,7 +307,36 @@ def percentile_bounds(image: np.ndarray, low: float, high: float, *, source: str
                       histogram: np.ndarray | None = None) -> tuple[float, float]:
     """The ``low`` and ``high`` percentiles of ``image`` (its minimum and maximum where they coincide); a constant
     image raises an :class:`cellops.io.ImageInputError` naming ``source``. ``histogram`` (integer images) may be
-    given instead of reading the pixels, for volumes read slab by slab."""
+    given instead of reading the pixels, for volumes read slab by slab.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        An 8- or 16-bit or float image (only its dtype is read when ``histogram`` is given).
+    low : float
+        The low percentile, in [0, 100].
+    high : float
+        The high percentile.
+    source : str, optional
+        Named in error messages.
+    histogram : np.ndarray or None, optional
+        Counts of every grey level of the whole image or volume (:func:`integer_histogram`).
+
+    Returns
+    -------
+    tuple of float
+        The values mapped to 0 and to 1.
+
+    Raises
+    ------
+    ImageInputError
+        For a constant or otherwise unusable image.
+
+    Examples
+    --------
+    >>> percentile_bounds(np.arange(101, dtype=np.uint8), 1.0, 99.0)
+    (1.0, 99.0)
+    """
 
     if histogram is None:
         _check_pixels(image, source)

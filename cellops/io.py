@@ -32,6 +32,26 @@ def write_tiff_stack(path: str | Path, array: np.ndarray) -> Path:
 
     No timestamp or software tag varies between calls, so the same array always gives the same file
     (DVC versions datasets by content hash).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write (its folder is created).
+    array : np.ndarray
+        A 2-D image or 3-D stack.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> a = write_tiff_stack(folder / "a.tif", np.ones((2, 4, 4), np.uint8))
+    >>> a.read_bytes() == write_tiff_stack(folder / "b.tif", np.ones((2, 4, 4), np.uint8)).read_bytes()
+    True
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +66,18 @@ TABLE_SIGNIFICANT_DIGITS = 6
 
 def write_table(table: "pd.DataFrame", path: str | Path) -> Path:
     """Write a table as CSV (no index, floats to :data:`TABLE_SIGNIFICANT_DIGITS` significant digits).
+
+    Parameters
+    ----------
+    table : pd.DataFrame
+        The table.
+    path : str or Path
+        The CSV file to write (its folder is created).
+
+    Returns
+    -------
+    Path
+        The file written.
 
     Examples
     --------
@@ -63,6 +95,20 @@ def write_table(table: "pd.DataFrame", path: str | Path) -> Path:
 def round_significant(value: float, digits: int = TABLE_SIGNIFICANT_DIGITS) -> float:
     """``value`` rounded to ``digits`` significant digits (for metrics files that DVC hashes).
 
+    Parameters
+    ----------
+    value : float
+        The number.
+    digits : int, optional
+        Significant digits kept.
+
+    Returns
+    -------
+    float
+        The rounded number.
+
+    Examples
+    --------
     >>> round_significant(0.123456789)
     0.123457
     """
@@ -74,6 +120,33 @@ def write_files_safely(contents: dict[Path, bytes], *, overwrite: bool = False) 
 
     Generators of built-in datasets write where a lab keeps its own images: nothing is written at all
     when any file would be replaced, and the ``FileExistsError`` names them.
+
+    Parameters
+    ----------
+    contents : dict of Path to bytes
+        Each file's bytes.
+    overwrite : bool, optional
+        Replace files whose contents differ.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+
+    Raises
+    ------
+    FileExistsError
+        Naming the files that would be replaced, unless ``overwrite``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "a.txt"
+    >>> write_files_safely({path: b"x"}) == [path], write_files_safely({path: b"x"}) == [path]
+    (True, True)
+    >>> write_files_safely({path: b"y"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    FileExistsError: ...a.txt already exist with other contents (your own data?); ...
     """
     different = [p for p, data in contents.items() if p.exists() and p.read_bytes() != data]
     if different and not overwrite:
@@ -124,6 +197,16 @@ def read_tiff_stack(path: str | Path) -> np.ndarray:
     decompression-bomb limit (``2 * PIL.Image.MAX_IMAGE_PIXELS`` pixels, as for a PNG) the file is refused. A
     stack that tifffile finds damaged (a page offset past the end of a truncated file) is refused rather than
     returned short.
+
+    Parameters
+    ----------
+    path : str or Path
+        The TIFF file.
+
+    Returns
+    -------
+    np.ndarray
+        The image or stack, dtype as stored.
 
     Raises
     ------
@@ -186,6 +269,16 @@ def read_tiff_stack(path: str | Path) -> np.ndarray:
 def read_image_file(path: str | Path) -> np.ndarray:
     """Read a PNG, JPEG or TIFF file (one image or a stack) as stored; errors name the file and problem.
 
+    Parameters
+    ----------
+    path : str or Path
+        The image file (TIFF by its ``.tif``/``.tiff`` suffix, anything else through Pillow).
+
+    Returns
+    -------
+    np.ndarray
+        The image as stored (palette, CMYK and 1-bit images as the intensities they show; grey + alpha as grey).
+
     Raises
     ------
     ImageInputError
@@ -230,7 +323,15 @@ def _intensities(img: Image.Image) -> Image.Image:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """An uploaded image and the format it came in (``"png"`` or ``"tiff"``), to answer in kind."""
+    """An uploaded image and the format it came in (``"png"`` or ``"tiff"``), to answer in kind.
+
+    Attributes
+    ----------
+    array : np.ndarray
+        The decoded, checked image or stack.
+    format : str
+        ``"png"`` or ``"tiff"``.
+    """
 
     array: np.ndarray
     format: str
@@ -308,6 +409,31 @@ def check_pixels(array: np.ndarray, *, source: str = "", max_pixels: int | None 
     image would come out white. The models take floats of any range (their
     :class:`cellops.intensity.Normalization` decides).
 
+    Parameters
+    ----------
+    array : np.ndarray
+        The decoded image or stack.
+    source : str, optional
+        Named in error messages.
+    max_pixels : int or None, optional
+        Largest number of pixels accepted (None: no limit).
+    allowed_ndim : tuple of int, optional
+        Dimensionalities accepted.
+    min_side : int, optional
+        Smallest height and width accepted.
+    unit_floats : bool, optional
+        Refuse float images outside [0, 1].
+
+    Returns
+    -------
+    np.ndarray
+        ``array`` itself.
+
+    Raises
+    ------
+    ImageInputError
+        Naming ``source`` and the problem; ``ImageTooLargeError`` (a subclass) for too many pixels.
+
     Examples
     --------
     >>> check_pixels(np.zeros((8, 8), np.uint8)).shape
@@ -350,11 +476,22 @@ def decode_image(data: bytes, *, max_pixels: int, allowed_ndim: tuple[int, ...] 
 
     Parameters
     ----------
-    data : the raw bytes of the upload.
-    max_pixels : the largest number of pixels (all slices together) accepted; checked from the header, before
+    data : bytes
+        The raw bytes of the upload.
+    max_pixels : int
+        The largest number of pixels (all slices together) accepted; checked from the header, before
         anything is decompressed.
-    allowed_ndim : 2 for a single image, 3 for a stack of slices.
-    min_side : the smallest height and width accepted.
+    allowed_ndim : tuple of int, optional
+        2 for a single image, 3 for a stack of slices.
+    min_side : int, optional
+        The smallest height and width accepted.
+    unit_floats : bool, optional
+        Refuse float images outside [0, 1] (see :func:`check_pixels`).
+
+    Returns
+    -------
+    DecodedImage
+        The checked array and the format it came in.
 
     Raises
     ------
@@ -407,7 +544,30 @@ def _read_pillow_upload(data: bytes, max_pixels: int, formats: tuple[str, ...], 
 
 
 def encode_image(array: np.ndarray, fmt: str) -> bytes:
-    """Encode a 2-D array as PNG or a 2-D/3-D array as TIFF bytes."""
+    """Encode a 2-D array as PNG or a 2-D/3-D array as TIFF bytes.
+
+    Parameters
+    ----------
+    array : np.ndarray
+        A 2-D image (PNG or TIFF) or a 3-D stack (TIFF).
+    fmt : str
+        ``"png"`` or ``"tiff"``.
+
+    Returns
+    -------
+    bytes
+        The encoded file.
+
+    Raises
+    ------
+    ValueError
+        For an unknown format, or a stack as PNG.
+
+    Examples
+    --------
+    >>> encode_image(np.zeros((8, 8), np.uint8), "png")[1:4]
+    b'PNG'
+    """
     buffer = io.BytesIO()
     if fmt == "png":
         if array.ndim != 2:
@@ -425,6 +585,18 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
     integers by their maximum, floats taken as already in [0, 1] and refused outside it (a float image carries no
     range to scale by). Models are fed through their stored :class:`cellops.intensity.Normalization` instead.
 
+    Parameters
+    ----------
+    image : np.ndarray
+        An 8- or 16-bit or float image, any shape.
+
+    Returns
+    -------
+    np.ndarray
+        float32 in [0, 1], shape of ``image``.
+
+    Examples
+    --------
     >>> to_unit_range(np.array([0, 255], np.uint8)).tolist()
     [0.0, 1.0]
     """
@@ -478,6 +650,20 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 def ground_truth_file(image: str | Path, suffix: str) -> Path:
     """The ground-truth file that goes with ``image``: its stem plus ``suffix`` (e.g. ``_labels.tif``).
 
+    Parameters
+    ----------
+    image : str or Path
+        The image file.
+    suffix : str
+        What replaces its extension.
+
+    Returns
+    -------
+    Path
+        The ground-truth file, beside the image.
+
+    Examples
+    --------
     >>> ground_truth_file("Control/nuclei_000.tif", "_labels.tif").as_posix()
     'Control/nuclei_000_labels.tif'
     """
@@ -497,6 +683,27 @@ def image_geometry(image: np.ndarray, *, source: str = "") -> tuple[int, int, in
     (channel-last: 1 grey, 3 RGB, 4 RGBA, 2 grey + alpha) or its first axis has one (a one-plane stack). Any
     other 3-D array is a stack of planes (a z-stack, a time series or a channel-first colour TIFF) and is
     refused, as are empty arrays and arrays of other dimensionality. The channel count is not checked here.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        A decoded image.
+    source : str, optional
+        Named in error messages.
+
+    Returns
+    -------
+    height : int
+        Rows.
+    width : int
+        Columns.
+    channels : int
+        Channels (1 for grey).
+
+    Raises
+    ------
+    ImageInputError
+        For an empty array, a stack of planes or another dimensionality.
 
     Examples
     --------
@@ -531,6 +738,27 @@ def decode_picture(data: bytes, *, max_pixels: int, min_side: int = MIN_SIDE) ->
     or float (what :func:`cellops.classifier.data.to_model_input` takes). Errors name the problem; too many pixels
     raise :class:`ImageTooLargeError`.
 
+    Parameters
+    ----------
+    data : bytes
+        The raw bytes of the upload.
+    max_pixels : int
+        The largest number of pixels accepted; checked from the header, before decoding.
+    min_side : int, optional
+        The smallest height and width accepted.
+
+    Returns
+    -------
+    np.ndarray
+        The picture, (H, W) or channel-last (H, W, C).
+
+    Raises
+    ------
+    ImageInputError
+        Naming the problem.
+
+    Examples
+    --------
     >>> decode_picture(encode_image(np.zeros((8, 8), np.uint8), "png"), max_pixels=100).shape
     (8, 8)
     """

@@ -19,11 +19,18 @@ class BinarySegmentationScores:
 
     Attributes
     ----------
-    foreground_iou : Jaccard index of the foreground (mitochondria) class, TP / (TP + FP + FN).
-    dice : Dice coefficient of the foreground class, 2 TP / (2 TP + FP + FN).
-    background_iou : Jaccard index of the background class.
-    mean_iou : mean of the foreground and background IoU (the "mean IoU" some papers report).
-    precision, recall : of the foreground class.
+    foreground_iou : float
+        Jaccard index of the foreground (mitochondria) class, TP / (TP + FP + FN).
+    dice : float
+        Dice coefficient of the foreground class, 2 TP / (2 TP + FP + FN).
+    background_iou : float
+        Jaccard index of the background class.
+    mean_iou : float
+        Mean of the foreground and background IoU (the "mean IoU" some papers report).
+    precision : float
+        Precision of the foreground class.
+    recall : float
+        Recall of the foreground class.
     """
 
     foreground_iou: float
@@ -34,6 +41,13 @@ class BinarySegmentationScores:
     recall: float
 
     def as_dict(self) -> dict[str, float]:
+        """Every score by name (what MLflow logs and the registry compares).
+
+        Returns
+        -------
+        dict of str to float
+            The fields.
+        """
         return asdict(self)
 
 
@@ -44,6 +58,18 @@ def _ratio(numerator: int, denominator: int) -> float:
 
 def binary_segmentation_scores(prediction: np.ndarray, target: np.ndarray) -> BinarySegmentationScores:
     """Compare two binary masks of the same shape (any non-zero value is foreground).
+
+    Parameters
+    ----------
+    prediction : np.ndarray
+        Predicted mask, any shape.
+    target : np.ndarray
+        Ground truth, same shape.
+
+    Returns
+    -------
+    BinarySegmentationScores
+        The scores over all voxels (1.0 where a ratio is 0 / 0: nothing predicted and nothing true).
 
     Examples
     --------
@@ -79,9 +105,20 @@ class InstanceMatch:
 
     Attributes
     ----------
-    true_positives, false_positives, false_negatives : object counts.
-    precision, recall, f1 : from those counts.
-    pairs : (true label, predicted label, IoU) of every matched pair.
+    true_positives : int
+        Matched objects.
+    false_positives : int
+        Predicted objects left unmatched.
+    false_negatives : int
+        True objects left unmatched.
+    precision : float
+        TP / (TP + FP).
+    recall : float
+        TP / (TP + FN).
+    f1 : float
+        2 TP / (2 TP + FP + FN).
+    pairs : list of tuple of (int, int, float)
+        (true label, predicted label, IoU) of every matched pair.
     """
 
     true_positives: int
@@ -96,10 +133,27 @@ class InstanceMatch:
 def label_iou_matrix(truth: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IoU of every (true object, predicted object) pair, from one joint histogram of the two label images.
 
+    Parameters
+    ----------
+    truth : np.ndarray
+        True label image (0 background).
+    prediction : np.ndarray
+        Predicted label image, same shape.
+
     Returns
     -------
-    (iou, true_ids, predicted_ids): ``iou[i, j]`` is the IoU of object ``true_ids[i]`` and
-    ``predicted_ids[j]``; label 0 is background and is left out.
+    iou : np.ndarray
+        ``iou[i, j]`` is the IoU of object ``true_ids[i]`` and ``predicted_ids[j]``.
+    true_ids : np.ndarray
+        Labels of the true objects; label 0 is background and is left out.
+    predicted_ids : np.ndarray
+        Labels of the predicted objects.
+
+    Examples
+    --------
+    >>> iou, true_ids, predicted_ids = label_iou_matrix(np.array([[1, 1, 0]]), np.array([[0, 5, 5]]))
+    >>> iou.tolist(), true_ids.tolist(), predicted_ids.tolist()
+    ([[0.3333333333333333]], [1], [5])
     """
     if truth.shape != prediction.shape:
         raise ValueError(f"label images differ in shape: {truth.shape} and {prediction.shape}")
@@ -116,6 +170,20 @@ def label_iou_matrix(truth: np.ndarray, prediction: np.ndarray) -> tuple[np.ndar
 
 def match_instances(truth: np.ndarray, prediction: np.ndarray, *, iou_threshold: float = 0.5) -> InstanceMatch:
     """Match objects one-to-one by IoU (Hungarian assignment), counting a match only above ``iou_threshold``.
+
+    Parameters
+    ----------
+    truth : np.ndarray
+        True label image (0 background).
+    prediction : np.ndarray
+        Predicted label image, same shape.
+    iou_threshold : float, optional
+        IoU a match must exceed.
+
+    Returns
+    -------
+    InstanceMatch
+        Object counts, precision, recall, F1 and the matched pairs.
 
     Examples
     --------
@@ -149,11 +217,17 @@ def per_slice_overlap(prediction: np.ndarray, target: np.ndarray) -> tuple[np.nd
 
     Parameters
     ----------
-    prediction, target : (slices, ...) arrays of the same shape; any non-zero value is foreground.
+    prediction : np.ndarray
+        (slices, ...) predicted mask; any non-zero value is foreground.
+    target : np.ndarray
+        Ground truth, same shape.
 
     Returns
     -------
-    (intersection, union) : two int64 arrays of length ``slices``.
+    intersection : np.ndarray
+        int64 foreground intersection of each slice.
+    union : np.ndarray
+        int64 foreground union of each slice.
 
     Examples
     --------
@@ -180,6 +254,22 @@ def per_slice_overlap(prediction: np.ndarray, target: np.ndarray) -> tuple[np.nd
 def pooled_foreground_iou(intersection: np.ndarray, union: np.ndarray, axis: int = -1) -> np.ndarray | float:
     """Foreground IoU, sum(intersection) / sum(union), over units (EM slices); 1.0 when every union is empty.
 
+    Parameters
+    ----------
+    intersection : np.ndarray
+        Foreground intersection of each unit.
+    union : np.ndarray
+        Foreground union of each unit.
+    axis : int, optional
+        Axis of the units (scipy passes resamples along the others).
+
+    Returns
+    -------
+    np.ndarray or float
+        The pooled IoU (an array for resamples).
+
+    Examples
+    --------
     >>> pooled_foreground_iou(np.array([1, 0, 3]), np.array([2, 0, 4]))
     0.6666666666666666
     """
@@ -194,6 +284,24 @@ def pooled_f1(true_positives: np.ndarray, detections: np.ndarray, truth: np.ndar
     """F1 of matched instances, 2 sum(TP) / (sum(detections) + sum(truth)), over units (images); 0.0 when
     there are neither detections nor ground truth (as ``match_f1`` reports).
 
+    Parameters
+    ----------
+    true_positives : np.ndarray
+        Matched detections of each unit.
+    detections : np.ndarray
+        Detections of each unit.
+    truth : np.ndarray
+        Ground truth instances of each unit.
+    axis : int, optional
+        Axis of the units.
+
+    Returns
+    -------
+    np.ndarray or float
+        The pooled F1.
+
+    Examples
+    --------
     >>> pooled_f1(np.array([1, 2]), np.array([2, 2]), np.array([1, 3]))
     0.75
     """
@@ -206,6 +314,22 @@ def pooled_sensitivity(true_positives: np.ndarray, positives: np.ndarray, axis: 
     """Sensitivity, sum(TP) / sum(positives), over units (images, each 0 or 1 in both arrays); NaN without any
     positive unit (undefined, as ``classification_scores`` reports it).
 
+    Parameters
+    ----------
+    true_positives : np.ndarray
+        1 where a unit is positive and found.
+    positives : np.ndarray
+        1 where a unit is positive.
+    axis : int, optional
+        Axis of the units.
+
+    Returns
+    -------
+    np.ndarray or float
+        The pooled sensitivity.
+
+    Examples
+    --------
     >>> pooled_sensitivity(np.array([1, 0, 0, 1]), np.array([1, 1, 0, 1]))
     0.6666666666666666
     """
@@ -228,14 +352,21 @@ class Interval:
 
     Attributes
     ----------
-    low, high : interval bounds; equal to ``estimate`` when resampling cannot vary the metric (one unit, or every
+    low : float
+        Lower bound; equal to ``estimate`` when resampling cannot vary the metric (one unit, or every
         unit alike).
-    estimate : the metric on all units (what the promotion compares).
-    confidence : coverage, e.g. 0.95.
-    n_units : how many units were resampled.
-    method : ``"percentile"`` (scipy's percentile bootstrap), ``"degenerate"`` (no resampling possible or needed),
-        or ``"percentile, K of N resamples undefined"`` when the metric was undefined on K resamples (e.g. no
-        positive image drawn) and the interval comes from the rest.
+    high : float
+        Upper bound, likewise.
+    estimate : float
+        The metric on all units (what the promotion compares).
+    confidence : float
+        Coverage, e.g. 0.95.
+    n_units : int
+        How many units were resampled.
+    method : str
+        ``"percentile"`` (scipy's percentile bootstrap), ``"degenerate"`` (no resampling possible or needed),
+        ``"wilson"`` (:func:`proportion_interval`), or ``"percentile, K of N resamples undefined"`` when the
+        metric was undefined on K resamples (e.g. no positive image drawn) and the interval comes from the rest.
     """
 
     low: float
@@ -246,6 +377,13 @@ class Interval:
     method: str
 
     def as_dict(self) -> dict[str, float | int | str]:
+        """The fields by name.
+
+        Returns
+        -------
+        dict
+            ``low``, ``high``, ``estimate``, ``confidence``, ``n_units`` and ``method``.
+        """
         return asdict(self)
 
 
@@ -254,6 +392,22 @@ def proportion_interval(successes: int, trials: int, *, confidence: float = 0.95
     sensitivity: positive images found out of positive images. Unlike a percentile bootstrap it keeps its width at
     0 and 1: 60 positives all found is not certainty.
 
+    Parameters
+    ----------
+    successes : int
+        Units that succeeded.
+    trials : int
+        Units, at least 1.
+    confidence : float, optional
+        Coverage of the interval.
+
+    Returns
+    -------
+    Interval
+        The Wilson interval, method ``"wilson"``.
+
+    Examples
+    --------
     >>> ci = proportion_interval(60, 60)
     >>> round(ci.low, 3), ci.high, ci.estimate, ci.method
     (0.94, 1.0, 1.0, 'wilson')
@@ -279,14 +433,19 @@ def bootstrap_interval(statistic, *per_unit_arrays: np.ndarray, confidence: floa
     statistic : callable
         ``statistic(*per_unit_arrays)`` -> float. If it accepts ``axis`` (as :func:`pooled_foreground_iou`,
         :func:`pooled_f1` and :func:`pooled_sensitivity` do) it is called once on all resamples along that axis.
-    *per_unit_arrays : 1-D arrays, one value per unit each, all of the same length.
-    confidence : coverage of the interval, in (0, 1).
-    n_resamples : bootstrap resamples.
-    seed : seed of the resampling; the same seed gives the same interval.
+    *per_unit_arrays : np.ndarray
+        1-D arrays, one value per unit each, all of the same length.
+    confidence : float, optional
+        Coverage of the interval, in (0, 1).
+    n_resamples : int, optional
+        Bootstrap resamples.
+    seed : int, optional
+        Seed of the resampling; the same seed gives the same interval.
 
     Returns
     -------
     Interval
+        The interval, the estimate on all units and the method used.
 
     Examples
     --------
@@ -351,7 +510,7 @@ def sensitivity_interval(predicted: np.ndarray, labels: np.ndarray, positive: in
 
     Returns
     -------
-    dict[str, float]
+    dict of str to float
         ``sensitivity_ci_low`` and ``sensitivity_ci_high``; both NaN when no image is positive (the sensitivity is
         undefined, and so is its interval).
 

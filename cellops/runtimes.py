@@ -61,7 +61,13 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags (empty where ``/proc/cpuinfo`` is not readable)."""
+    """The CPU's feature flags (empty where ``/proc/cpuinfo`` is not readable).
+
+    Returns
+    -------
+    set of str
+        The ``flags`` of ``/proc/cpuinfo`` (e.g. ``avx2``).
+    """
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
@@ -74,6 +80,18 @@ def cpu_flags() -> set[str]:
 def native_bf16(flags: set[str] | None = None) -> bool:
     """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX), the only case where bf16 autocast pays.
 
+    Parameters
+    ----------
+    flags : set of str or None, optional
+        CPU flags; by default this CPU's (:func:`cpu_flags`).
+
+    Returns
+    -------
+    bool
+        True with ``avx512_bf16`` or ``amx_bf16``.
+
+    Examples
+    --------
     >>> native_bf16({"avx2", "fma"}), native_bf16({"avx512f", "avx512_bf16"})
     (False, True)
     """
@@ -83,7 +101,14 @@ def native_bf16(flags: set[str] | None = None) -> bool:
 
 def cpu_info() -> dict:
     """What ran a measurement: CPU model, the ISA flags that matter, cores and threads, the kernels torch's oneDNN
-    and OpenVINO's CPU plugin pick, and the library versions."""
+    and OpenVINO's CPU plugin pick, and the library versions.
+
+    Returns
+    -------
+    dict
+        ``cpu_model``, ``isa_flags``, ``logical_cpus``, ``usable_cpus``, torch's threads, capability and fp32
+        precision, ``native_bf16``, ``python``, ``versions`` and OpenVINO's device and capabilities.
+    """
     flags = cpu_flags()
     model = platform.processor() or platform.machine()
     try:
@@ -120,7 +145,23 @@ def cpu_info() -> dict:
 def library_versions(names: Sequence[str] = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "openvino",
                                              "monai", "grad-cam", "pycocotools", "faster-coco-eval",
                                              "scikit-image", "opencv-python-headless")) -> dict[str, str]:
-    """Installed versions of ``names`` (``None`` where one is not installed)."""
+    """Installed versions of ``names`` (``None`` where one is not installed).
+
+    Parameters
+    ----------
+    names : sequence of str, optional
+        Distribution names.
+
+    Returns
+    -------
+    dict of str to str
+        Each name's version, None where it is not installed.
+
+    Examples
+    --------
+    >>> library_versions(["numpy", "no-such-distribution"])["no-such-distribution"] is None
+    True
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
@@ -137,6 +178,26 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *,
     """Trace ``model`` (eval mode) on ``example`` into an ONNX file; ``dynamic_axes`` maps input/output axes to
     names that may vary (batch by default).
 
+    Parameters
+    ----------
+    model : nn.Module
+        The model (put in eval mode).
+    example : torch.Tensor
+        An input to trace with.
+    path : str or Path
+        The ONNX file to write (its folder is created).
+    dynamic_axes : dict of int to str or None, optional
+        Input axes whose size may vary, with their names; by default the batch axis.
+    output_names : sequence of str, optional
+        Names of the graph's outputs.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Examples
+    --------
     >>> import tempfile
     >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()).eval()
     >>> path = export_onnx(net, torch.rand(2, 1, 8, 8), Path(tempfile.mkdtemp()) / "net.onnx")
@@ -171,7 +232,22 @@ class _Calibration:
 
 def quantize_int8(onnx_path: str | Path, calibration: Iterable[np.ndarray], out_path: str | Path) -> Path:
     """Static post-training int8 quantisation of an fp32 ONNX graph (QDQ format, per-channel int8 weights, uint8
-    activations whose ranges come from the ``calibration`` batches: training images, never the test set)."""
+    activations whose ranges come from the ``calibration`` batches: training images, never the test set).
+
+    Parameters
+    ----------
+    onnx_path : str or Path
+        The fp32 graph.
+    calibration : iterable of np.ndarray
+        Input batches whose activation ranges set the quantisation.
+    out_path : str or Path
+        The int8 graph to write.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -189,7 +265,15 @@ def quantize_int8(onnx_path: str | Path, calibration: Iterable[np.ndarray], out_
 
 class OnnxRuntimeModule(nn.Module):
     """An ONNX graph in ONNX Runtime's CPU provider, called like the module it was exported from (one float32
-    tensor in; one tensor, or a tuple where the graph has several outputs, out)."""
+    tensor in; one tensor, or a tuple where the graph has several outputs, out).
+
+    Parameters
+    ----------
+    path : str or Path
+        The ONNX file.
+    threads : int or None, optional
+        Intra-op threads; by default torch's.
+    """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         super().__init__()
@@ -205,6 +289,18 @@ class OnnxRuntimeModule(nn.Module):
         self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
 
     def forward(self, x: torch.Tensor):
+        """Run the graph on ``x``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input batch (sent as float32).
+
+        Returns
+        -------
+        torch.Tensor or tuple of torch.Tensor
+            The output, or the outputs where the graph has several.
+        """
         outputs = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)})
         tensors = tuple(torch.from_numpy(output) for output in outputs)
         return tensors[0] if len(tensors) == 1 else tensors
@@ -220,6 +316,19 @@ class OpenVinoModule(nn.Module):
     cores). The last ``max_shapes`` shapes stay compiled; sliding-window inference uses two (full and last batch).
     Only graphs :func:`probe_static_shapes` found safe get it: OpenVINO 2026.4 crashes the process compiling some
     int8 graphs (DenseNet121's) with static shapes.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ONNX file.
+    threads : int or None, optional
+        Inference threads; by default torch's.
+    max_shapes : int, optional
+        Input shapes kept compiled with ``static_shapes``.
+    static_shapes : bool, optional
+        Compile once per input shape, that shape fixed.
+    precision : str, optional
+        ``"f32"`` or ``"bf16"``.
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, max_shapes: int = 8,
@@ -257,6 +366,18 @@ class OpenVinoModule(nn.Module):
         return self._compiled[shape]
 
     def forward(self, x: torch.Tensor):
+        """Run the compiled graph on ``x``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input batch (sent as float32).
+
+        Returns
+        -------
+        torch.Tensor or tuple of torch.Tensor
+            The output, or the outputs where the graph has several.
+        """
         data = np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)
         compiled, request = self._request(tuple(data.shape))
         result = request.infer({0: data})
@@ -265,13 +386,31 @@ class OpenVinoModule(nn.Module):
 
 
 class Bf16Module(nn.Module):
-    """``module`` under CPU bf16 autocast, answering float32."""
+    """``module`` under CPU bf16 autocast, answering float32.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The fp32 model.
+    """
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
 
     def forward(self, x: torch.Tensor):
+        """Run ``module`` on ``x`` under bf16 autocast.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input batch.
+
+        Returns
+        -------
+        torch.Tensor or tuple of torch.Tensor
+            The output(s), as float32.
+        """
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = self.module(x)
         return out.float() if isinstance(out, torch.Tensor) else tuple(o.float() for o in out)
@@ -281,7 +420,28 @@ def export_runtime_files(model: nn.Module, example: torch.Tensor, calibration: S
                          folder: str | Path, *, dynamic_axes: dict[int, str] | None = None,
                          output_names: Sequence[str] = ("output",)) -> dict[str, Path]:
     """Write the fp32 and int8 ONNX graphs of ``model`` (already folded for inference) into ``folder``; returns
-    {file name: path}."""
+    {file name: path}.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model, folded for inference.
+    example : torch.Tensor
+        An input to trace with (its shape is also the one OpenVINO's static compilation is probed with).
+    calibration : sequence of np.ndarray
+        Input batches for int8 calibration (training data).
+    folder : str or Path
+        Where the graphs are written.
+    dynamic_axes : dict of int to str or None, optional
+        Input axes whose size may vary; by default the batch axis.
+    output_names : sequence of str, optional
+        Names of the graph's outputs.
+
+    Returns
+    -------
+    dict of str to Path
+        The fp32 and int8 graphs by file name.
+    """
     folder = Path(folder)
     fp32 = export_onnx(model, example, folder / RUNTIME_FILES["onnxruntime"], dynamic_axes=dynamic_axes,
                        output_names=output_names)
@@ -300,7 +460,20 @@ _PROBE = ("import sys, openvino as ov; core = ov.Core(); graph = core.read_model
 def probe_static_shapes(folder: str | Path, shape: tuple[int, ...]) -> dict[str, bool]:
     """Compile each ONNX graph in ``folder`` with OpenVINO, its input fixed to ``shape``, each in a child process
     (a crash there costs nothing), and record in ``openvino_static_shapes.json`` which ones did; the others run on
-    OpenVINO's dynamic-shape path."""
+    OpenVINO's dynamic-shape path.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The folder of the exported graphs.
+    shape : tuple of int
+        The input shape compiled.
+
+    Returns
+    -------
+    dict of str to bool
+        Each graph's file name and whether it compiled.
+    """
     import json
     import subprocess
     import sys
@@ -318,14 +491,61 @@ def probe_static_shapes(folder: str | Path, shape: tuple[int, ...]) -> dict[str,
 
 def runtime_files(folder: str | Path) -> list[Path]:
     """The exported graphs in ``folder`` and what was learnt about them (what a registry or a bento has to carry for
-    the exported runtimes)."""
+    the exported runtimes).
+
+    Parameters
+    ----------
+    folder : str or Path
+        The folder of the exported graphs.
+
+    Returns
+    -------
+    list of Path
+        The files there, sorted.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> runtime_files(tempfile.mkdtemp())
+    []
+    """
     names = {*RUNTIME_FILES.values(), OPENVINO_SHAPES}
     return sorted(path for name in names if (path := Path(folder) / name).is_file())
 
 
 def load_runtime(runtime: str, folder: str | Path | None, model: nn.Module, threads: int | None = None) -> nn.Module:
     """The module that runs ``runtime``: ``model`` itself (``torch``), under bf16 autocast, or the exported graph
-    in ``folder`` in ONNX Runtime or OpenVINO."""
+    in ``folder`` in ONNX Runtime or OpenVINO.
+
+    Parameters
+    ----------
+    runtime : str
+        One of :data:`RUNTIMES`.
+    folder : str or Path or None
+        The folder of the exported graphs (not needed for ``torch`` and ``torch-bf16``).
+    model : nn.Module
+        The torch model, folded for inference.
+    threads : int or None, optional
+        Threads of ONNX Runtime or OpenVINO; by default torch's.
+
+    Returns
+    -------
+    nn.Module
+        A module called like ``model``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown runtime, or no folder where one is needed.
+    FileNotFoundError
+        When the runtime's graph is not in ``folder``.
+
+    Examples
+    --------
+    >>> layer = nn.Linear(2, 1)
+    >>> load_runtime("torch", None, layer) is layer, type(load_runtime("torch-bf16", None, layer)).__name__
+    (True, 'Bf16Module')
+    """
     if runtime == "torch":
         return model
     if runtime == "torch-bf16":
@@ -347,7 +567,27 @@ def load_runtime(runtime: str, folder: str | Path | None, model: nn.Module, thre
 
 
 def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
-    """Best wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed ones."""
+    """Best wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed ones.
+
+    Parameters
+    ----------
+    fn : callable
+        What to time.
+    repeats : int, optional
+        Timed calls.
+    warmup : int, optional
+        Untimed calls first.
+
+    Returns
+    -------
+    float
+        The shortest time, in seconds.
+
+    Examples
+    --------
+    >>> best_time(lambda: None, repeats=2) >= 0.0
+    True
+    """
     for _ in range(warmup):
         fn()
     times = []
@@ -363,7 +603,27 @@ class RuntimeCheck:
     """One runtime measured against torch fp32 on the same inputs: its time, its task metric and whether the
     metric stayed within ``tolerance`` of torch's (``change`` = metric - baseline metric; ``passed`` needs
     ``|change| <= tolerance`` and a ``seconds`` figure: a runtime must preserve the model's outputs, so a metric
-    that moves either way beyond the tolerance fails)."""
+    that moves either way beyond the tolerance fails).
+
+    Attributes
+    ----------
+    runtime : str
+        One of :data:`RUNTIMES`.
+    seconds : float or None
+        Best time of the task (None: not measured).
+    speedup : float or None
+        Torch fp32's time over this one.
+    metric : float or None
+        The task metric with this runtime.
+    change : float or None
+        ``metric`` minus torch fp32's.
+    tolerance : float
+        Largest ``|change|`` accepted.
+    passed : bool
+        Whether the metric stayed within ``tolerance`` and a time was measured.
+    note : str, optional
+        Why it failed or was skipped.
+    """
 
     runtime: str
     seconds: float | None
@@ -380,6 +640,18 @@ class RuntimeCheck:
         return RUNTIME_PRECISION.get(self.runtime, "unknown")
 
     def as_dict(self) -> dict:
+        """The fields and the precision, as logged and stored.
+
+        Returns
+        -------
+        dict
+            Every field, plus ``precision``.
+
+        Examples
+        --------
+        >>> RuntimeCheck("onnxruntime-int8", 1.0, 2.0, 0.9, 0.0, 0.01, True).as_dict()["precision"]
+        'int8'
+        """
         return {**asdict(self), "precision": self.precision}
 
 
@@ -387,6 +659,30 @@ def check_runtime(runtime: str, seconds: float | None, baseline_seconds: float, 
                   baseline_metric: float, tolerance: float, note: str = "") -> RuntimeCheck:
     """Compare a runtime's time and metric with the baseline's.
 
+    Parameters
+    ----------
+    runtime : str
+        The runtime's name.
+    seconds : float or None
+        Its best time (None: not measured).
+    baseline_seconds : float
+        Torch fp32's best time.
+    metric : float or None
+        Its task metric (None: not measured).
+    baseline_metric : float
+        Torch fp32's metric.
+    tolerance : float
+        Largest metric change accepted, either way.
+    note : str, optional
+        Why it was not measured.
+
+    Returns
+    -------
+    RuntimeCheck
+        The comparison.
+
+    Examples
+    --------
     >>> check_runtime("openvino", 1.0, 2.0, 0.899, 0.9, 0.002).passed
     True
     >>> check_runtime("openvino-int8", 0.5, 2.0, 0.85, 0.9, 0.002).note
@@ -406,6 +702,20 @@ def choose_runtime(checks: Sequence[RuntimeCheck], min_speedup: float = 1.05) ->
     """The fastest runtime that passed its accuracy check and is at least ``min_speedup`` times faster than torch
     fp32 (a tie is not worth a second runtime); ``torch`` where none is.
 
+    Parameters
+    ----------
+    checks : sequence of RuntimeCheck
+        The measured runtimes.
+    min_speedup : float, optional
+        Least speed-up over torch fp32 worth a runtime.
+
+    Returns
+    -------
+    str
+        The chosen runtime's name.
+
+    Examples
+    --------
     >>> a = RuntimeCheck("openvino", 1.0, 2.0, 0.9, 0.0, 0.002, True)
     >>> b = RuntimeCheck("openvino-int8", 0.5, 4.0, 0.7, -0.2, 0.002, False)
     >>> choose_runtime([a, b])
@@ -417,7 +727,25 @@ def choose_runtime(checks: Sequence[RuntimeCheck], min_speedup: float = 1.05) ->
 
 def interleaved_best(runs: dict[str, Callable[[], object]], repeats: int = 3) -> dict[str, float]:
     """Best wall time of each of ``runs`` over ``repeats`` rounds, one call of each per round in turn, so that a
-    slow spell of the machine (another process, frequency scaling) hits every contender alike."""
+    slow spell of the machine (another process, frequency scaling) hits every contender alike.
+
+    Parameters
+    ----------
+    runs : dict of str to callable
+        What to time, by name.
+    repeats : int, optional
+        Rounds.
+
+    Returns
+    -------
+    dict of str to float
+        Each run's shortest time, in seconds.
+
+    Examples
+    --------
+    >>> sorted(interleaved_best({"a": lambda: None, "b": lambda: None}, repeats=2))
+    ['a', 'b']
+    """
     best = {name: float("inf") for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
@@ -432,7 +760,35 @@ def measure_runtimes(module_for: Callable[[str], nn.Module], evaluate: Callable[
                      skip: dict[str, str] | None = None) -> list[RuntimeCheck]:
     """Measure torch fp32 and each of ``runtimes`` on the task: ``evaluate(module)`` once for its metric (also the
     warm-up), then timed in ``repeats`` interleaved rounds (:func:`interleaved_best`). ``skip`` maps runtimes not to
-    run to the reason, which is recorded; a runtime that fails to load or run is recorded as failed, not raised."""
+    run to the reason, which is recorded; a runtime that fails to load or run is recorded as failed, not raised.
+
+    Parameters
+    ----------
+    module_for : callable
+        ``module_for(runtime)``: the module running ``runtime`` (:func:`load_runtime`).
+    evaluate : callable
+        ``evaluate(module)``: the task metric of a module.
+    runtimes : sequence of str
+        The runtimes to compare with torch fp32.
+    tolerance : float
+        Largest metric change accepted, either way.
+    repeats : int, optional
+        Timed rounds.
+    skip : dict of str to str or None, optional
+        Runtimes not to run, with the reason.
+
+    Returns
+    -------
+    list of RuntimeCheck
+        Torch fp32 first, then each of ``runtimes``.
+
+    Examples
+    --------
+    >>> checks = measure_runtimes(lambda runtime: nn.Identity(), lambda module: 0.5, ["torch-bf16"], 0.01,
+    ...                           repeats=1, skip={"torch-bf16": "not here"})
+    >>> [(c.runtime, c.passed, c.note) for c in checks]
+    [('torch', True, ''), ('torch-bf16', False, 'not here')]
+    """
     skip = skip or {}
     pin_fp32_precision()
     modules = {BASELINE: module_for(BASELINE)}
@@ -464,6 +820,20 @@ def measure_runtimes(module_for: Callable[[str], nn.Module], evaluate: Callable[
 def default_skips(runtimes: Sequence[str], flags: set[str] | None = None) -> dict[str, str]:
     """Runtimes not worth measuring on this CPU, with the reason (bf16 without AVX512-BF16 or AMX).
 
+    Parameters
+    ----------
+    runtimes : sequence of str
+        The runtimes asked for.
+    flags : set of str or None, optional
+        CPU flags; by default this CPU's.
+
+    Returns
+    -------
+    dict of str to str
+        The bf16 runtimes among ``runtimes`` with the reason, on a CPU without native bf16; else empty.
+
+    Examples
+    --------
     >>> default_skips(["torch-bf16", "openvino-bf16", "openvino"], {"avx2"})  # doctest: +NORMALIZE_WHITESPACE
     {'torch-bf16': 'no AVX512-BF16/AMX on this CPU: bf16 is emulated, slower than fp32',
      'openvino-bf16': 'no AVX512-BF16/AMX on this CPU: bf16 is emulated, slower than fp32'}
@@ -479,6 +849,13 @@ def pin_fp32_precision() -> dict[str, str]:
     tf32 where a build, an environment variable such as ``ONEDNN_DEFAULT_FPMATH_MODE`` or a CPU allows it) and
     return the settings in force, for the record.
 
+    Returns
+    -------
+    dict of str to str
+        ``float32_matmul_precision`` and, where this torch has them, oneDNN's fp32 precision settings.
+
+    Examples
+    --------
     >>> pin_fp32_precision()["float32_matmul_precision"]
     'highest'
     """

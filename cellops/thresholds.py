@@ -32,10 +32,14 @@ class ThresholdChoice:
 
     Attributes
     ----------
-    value : the chosen threshold.
-    metric : name of the metric maximised (``"foreground_iou"``, ``"f1_50"``, ``"youden_j"``).
-    metric_value : the metric at ``value`` on the validation data.
-    curve : (candidate, metric) for every candidate tried, in ascending order of candidate.
+    value : float
+        The chosen threshold.
+    metric : str
+        Name of the metric maximised (``"foreground_iou"``, ``"f1_50"``, ``"youden_j"``).
+    metric_value : float
+        The metric at ``value`` on the validation data.
+    curve : tuple of tuple of float
+        (candidate, metric) for every candidate tried, in ascending order of candidate.
     """
 
     value: float
@@ -44,12 +48,36 @@ class ThresholdChoice:
     curve: tuple[tuple[float, float], ...]
 
     def as_dict(self) -> dict:
-        """JSON-ready: what is logged and stored with the served settings."""
+        """JSON-ready: what is logged and stored with the served settings.
+
+        Returns
+        -------
+        dict
+            ``value``, ``metric``, ``metric_value`` and ``curve`` (a list of pairs).
+
+        Examples
+        --------
+        >>> choice = ThresholdChoice(0.5, "foreground_iou", 0.8, ((0.4, 0.7), (0.5, 0.8)))
+        >>> ThresholdChoice.from_dict(choice.as_dict()) == choice
+        True
+        """
         return {"value": self.value, "metric": self.metric, "metric_value": self.metric_value,
                 "curve": [[candidate, metric] for candidate, metric in self.curve]}
 
     @classmethod
     def from_dict(cls, data: dict) -> ThresholdChoice:
+        """The choice :meth:`as_dict` wrote.
+
+        Parameters
+        ----------
+        data : dict
+            ``value``, ``metric``, ``metric_value`` and ``curve``.
+
+        Returns
+        -------
+        ThresholdChoice
+            The choice, numbers as floats and the curve as tuples.
+        """
         return cls(value=float(data["value"]), metric=str(data["metric"]), metric_value=float(data["metric_value"]),
                    curve=tuple((float(c), float(m)) for c, m in data["curve"]))
 
@@ -98,14 +126,20 @@ def foreground_iou_curve(probabilities: np.ndarray, truth: np.ndarray, candidate
 
     Parameters
     ----------
-    probabilities : foreground probabilities, any shape.
-    truth : ground truth of the same shape; any non-zero value is foreground.
-    candidates : thresholds in [0, 1].
+    probabilities : np.ndarray
+        Foreground probabilities, any shape.
+    truth : np.ndarray
+        Ground truth of the same shape; any non-zero value is foreground.
+    candidates : sequence of float, optional
+        Thresholds in [0, 1].
 
     Returns
     -------
-    (candidates, iou) : the candidates in ascending order and the IoU at each (1.0 where both masks are empty,
-        as :func:`cellops.metrics.binary_segmentation_scores` counts it).
+    candidates : np.ndarray
+        The candidates in ascending order, without repeats.
+    iou : np.ndarray
+        The IoU at each (1.0 where both masks are empty, as :func:`cellops.metrics.binary_segmentation_scores`
+        counts it).
 
     Examples
     --------
@@ -138,13 +172,17 @@ def choose_probability_threshold(probabilities: np.ndarray, truth: np.ndarray, *
 
     Parameters
     ----------
-    probabilities : foreground probabilities of the validation volume(s), any shape.
-    truth : their ground truth, same shape; any non-zero value is foreground.
-    candidates : thresholds tried, in [0, 1]; a voxel is foreground when its probability is >= the threshold.
+    probabilities : np.ndarray
+        Foreground probabilities of the validation volume(s), any shape.
+    truth : np.ndarray
+        Their ground truth, same shape; any non-zero value is foreground.
+    candidates : sequence of float, optional
+        Thresholds tried, in [0, 1]; a voxel is foreground when its probability is >= the threshold.
 
     Returns
     -------
-    ThresholdChoice with metric ``"foreground_iou"``.
+    ThresholdChoice
+        With metric ``"foreground_iou"``.
 
     Examples
     --------
@@ -163,13 +201,16 @@ def choose_score_threshold(matched: MatchedDetections, *, candidates=SCORE_CANDI
 
     Parameters
     ----------
-    matched : :func:`cellops.maskrcnn.evaluation.match_detections` of the validation predictions, matched at
+    matched : MatchedDetections
+        :func:`cellops.maskrcnn.evaluation.match_detections` of the validation predictions, matched at
         IoU 0.5 with no score threshold (or one below every candidate).
-    candidates : thresholds tried, in [0, 1]; a detection counts when its score is >= the threshold.
+    candidates : sequence of float, optional
+        Thresholds tried, in [0, 1]; a detection counts when its score is >= the threshold.
 
     Returns
     -------
-    ThresholdChoice with metric ``"f1_50"``.
+    ThresholdChoice
+        With metric ``"f1_50"``.
 
     Examples
     --------
@@ -202,14 +243,18 @@ def choose_operating_point(probabilities_positive: np.ndarray, is_positive: np.n
 
     Parameters
     ----------
-    probabilities_positive : (N,) each image's probability of the positive class.
-    is_positive : (N,) whether each image is of the positive class; both kinds must occur.
-    candidates : thresholds tried, in [0, 1]; an image is positive when its probability is >= the threshold.
+    probabilities_positive : np.ndarray
+        (N,) each image's probability of the positive class.
+    is_positive : np.ndarray
+        (N,) whether each image is of the positive class; both kinds must occur.
+    candidates : sequence of float, optional
+        Thresholds tried, in [0, 1]; an image is positive when its probability is >= the threshold.
 
     Returns
     -------
-    ThresholdChoice with metric ``"youden_j"``; pass its ``value`` as ``threshold`` to
-    :func:`cellops.classifier.metrics.classification_scores`.
+    ThresholdChoice
+        With metric ``"youden_j"``; pass its ``value`` as ``threshold`` to
+        :func:`cellops.classifier.metrics.classification_scores`.
 
     Examples
     --------

@@ -34,10 +34,14 @@ class ValidationReport:
 
     Attributes
     ----------
-    success : whether every expectation passed.
-    failures : one line per failed expectation, naming it, its column and what was observed.
-    results : the full Great Expectations result as a JSON-serialisable dict.
-    data_docs : path of the HTML Data Docs index, when they were built.
+    success : bool
+        Whether every expectation passed.
+    failures : list of str
+        One line per failed expectation, naming it, its column and what was observed.
+    results : dict
+        The full Great Expectations result as a JSON-serialisable dict.
+    data_docs : Path or None
+        Path of the HTML Data Docs index, when they were built.
     """
 
     success: bool
@@ -62,13 +66,13 @@ def run_suite(table: pd.DataFrame, name: str, expectations: list,
 
     Parameters
     ----------
-    table : pandas.DataFrame
+    table : pd.DataFrame
         The dataset's summary, one row per file, slice or image.
     name : str
         Name of the suite (and of its page in the Data Docs).
     expectations : list
         Great Expectations expectations, usually named by :func:`tagged`.
-    data_docs_dir : pathlib.Path, optional
+    data_docs_dir : Path, optional
         Where to build the HTML Data Docs; none are built when omitted.
 
     Returns
@@ -116,7 +120,18 @@ def run_suite(table: pd.DataFrame, name: str, expectations: list,
 
 def tagged(checks: Sequence[tuple[str, object]]) -> list:
     """The expectations of ``(check name, expectation)`` pairs, each carrying its check name (see
-    :func:`explained_failures`)."""
+    :func:`explained_failures`).
+
+    Parameters
+    ----------
+    checks : sequence of tuple of (str, object)
+        Check name and Great Expectations expectation, in suite order.
+
+    Returns
+    -------
+    list
+        The expectations, their ``meta`` naming the check.
+    """
     suite = []
     for check, expectation in checks:
         expectation.meta = {"cellops_check": check}
@@ -126,7 +141,20 @@ def tagged(checks: Sequence[tuple[str, object]]) -> list:
 
 def explained_failures(report: ValidationReport, explain: Callable[[str], str]) -> list[str]:
     """One line per failed expectation of ``report``: for one tagged by :func:`tagged`, its type, column and
-    ``explain(check)`` in plain words; for any other, or one GX could not evaluate, GX's own description."""
+    ``explain(check)`` in plain words; for any other, or one GX could not evaluate, GX's own description.
+
+    Parameters
+    ----------
+    report : ValidationReport
+        From :func:`run_suite`.
+    explain : callable
+        ``explain(check)``: what was observed, in plain words.
+
+    Returns
+    -------
+    list of str
+        One line per failed expectation.
+    """
     failures = []
     for result in report.results["results"]:
         if result["success"]:
@@ -144,7 +172,18 @@ def explained_failures(report: ValidationReport, explain: Callable[[str], str]) 
 
 def failed_checks(report: ValidationReport) -> list[str]:
     """The check names (see :func:`tagged`) of the expectations ``report`` failed, in suite order; GX's expectation
-    type for an untagged one."""
+    type for an untagged one.
+
+    Parameters
+    ----------
+    report : ValidationReport
+        From :func:`run_suite`.
+
+    Returns
+    -------
+    list of str
+        The failed checks' names.
+    """
     return [(r["expectation_config"].get("meta") or {}).get("cellops_check") or r["expectation_config"]["type"]
             for r in report.results["results"] if not r["success"]]
 
@@ -159,6 +198,20 @@ def _raised(result: dict) -> bool:
 def plural(n: int, word: str) -> str:
     """``n`` and ``word``, in the plural unless ``n`` is 1: the counts failure messages quote.
 
+    Parameters
+    ----------
+    n : int
+        The count.
+    word : str
+        The singular noun.
+
+    Returns
+    -------
+    str
+        ``"<n> <word>"``, with an ``s`` unless ``n`` is 1.
+
+    Examples
+    --------
     >>> plural(1, "slice"), plural(3, "image")
     ('1 slice', '3 images')
     """
@@ -167,7 +220,23 @@ def plural(n: int, word: str) -> str:
 
 @dataclass(frozen=True)
 class ImageSetExpectations:
-    """Thresholds of the image-folder suite used by the classical analyses (all from the YAML config)."""
+    """Thresholds of the image-folder suite used by the classical analyses (all from the YAML config).
+
+    Attributes
+    ----------
+    allowed_ndim : tuple of int, optional
+        Array dimensions accepted (2: single images).
+    allowed_dtypes : tuple of str, optional
+        Pixel types accepted.
+    min_images : int, optional
+        Fewest files the folder must hold.
+    min_side : int, optional
+        Smallest height and width accepted.
+    min_std : float, optional
+        An image whose standard deviation is not above this is taken as blank.
+    require_ground_truth : bool, optional
+        Whether every image must have its ground truth.
+    """
 
     allowed_ndim: tuple[int, ...] = (2,)
     allowed_dtypes: tuple[str, ...] = ("uint8", "uint16", "float32")
@@ -178,7 +247,21 @@ class ImageSetExpectations:
 
 
 def summarise_image_files(files: list[Path], ground_truth: dict[str, bool] | None = None) -> pd.DataFrame:
-    """One row per file: readable, ndim, dtype, smallest side, std, finite, whether ground truth exists."""
+    """One row per file: readable, ndim, dtype, smallest side, std, finite, whether ground truth exists.
+
+    Parameters
+    ----------
+    files : list of Path
+        The image files.
+    ground_truth : dict of str to bool or None, optional
+        Whether each file (by path) has its ground truth; a file not listed counts as having it.
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``file``, ``readable``, ``ndim``, ``dtype``, ``min_side``, ``std``, ``finite``,
+        ``has_ground_truth``.
+    """
     from cellops.io import ImageInputError, read_image_file
 
     rows = []
@@ -203,7 +286,24 @@ def validate_image_files(
     ground_truth: dict[str, bool] | None = None,
     data_docs_dir: Path | None = None,
 ) -> ValidationReport:
-    """Great Expectations suite over a set of image files (one row per file)."""
+    """Great Expectations suite over a set of image files (one row per file).
+
+    Parameters
+    ----------
+    files : list of Path
+        The image files.
+    expectations : ImageSetExpectations, optional
+        Thresholds of the suite.
+    ground_truth : dict of str to bool or None, optional
+        Whether each file (by path) has its ground truth.
+    data_docs_dir : Path or None, optional
+        Where to build the HTML Data Docs; none are built when omitted.
+
+    Returns
+    -------
+    ValidationReport
+        The suite's outcome.
+    """
     e = gx.expectations
     suite = [
         e.ExpectTableRowCountToBeBetween(min_value=expectations.min_images),

@@ -36,7 +36,22 @@ def _duplicates(champion: ModelVersion, tags: dict[str, str], scores: tuple[floa
 
 
 def champion_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version holding ``alias``, or None when there is no such model or alias yet."""
+    """The version holding ``alias``, or None when there is no such model or alias yet.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        The registry's client.
+    name : str
+        The registered model.
+    alias : str
+        The alias (e.g. ``champion``).
+
+    Returns
+    -------
+    ModelVersion or None
+        The version holding it.
+    """
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -67,6 +82,43 @@ def register_and_maybe_promote(
     ``rescore(champion)`` measures it on the candidate's test data (without ``rescore`` that is an error rather
     than a comparison of incomparable numbers). ``tie_breakers`` are metrics compared in order when the
     promotion metric is exactly equal (see :func:`cellops.promotion.should_promote`).
+
+    Parameters
+    ----------
+    client : MlflowClient
+        The registry's client.
+    model_uri : str
+        The logged model to register (e.g. ``runs:/<run id>/model``).
+    registered_model_name : str
+        The registered model.
+    metrics : dict of str to float
+        The candidate's test metrics; they include ``promotion_metric`` and ``tie_breakers``.
+    tags : dict of str to str
+        Lineage, inference settings and the rest, set on the new version.
+    promotion_metric : str
+        The metric compared (higher is better).
+    alias : str
+        The alias moved to a better version.
+    min_improvement : float
+        How much the candidate must beat the champion by.
+    rescore : callable or None, optional
+        ``rescore(champion)``: the champion's metrics on the candidate's test data.
+    tie_breakers : sequence of str, optional
+        Metrics compared in order on an exact tie.
+
+    Returns
+    -------
+    dict
+        The decision: ``version`` (None when not registered), ``registered``, ``promoted``, ``reason``,
+        ``champion_version`` and the scores compared (``candidate_score``, ``champion_score_before``,
+        ``champion_recorded_score``, ``champion_rescored_score``).
+
+    Raises
+    ------
+    KeyError
+        When a ranked metric is not among ``metrics``.
+    ValueError
+        When the champion must be re-scored and ``rescore`` is None.
     """
     ranked = [promotion_metric, *tie_breakers]
     check_promotion_metrics(ranked)
@@ -140,7 +192,20 @@ def register_and_maybe_promote(
 
 
 def describe_versions(client: MlflowClient, name: str) -> list[dict]:
-    """Every version of ``name`` as :func:`tracking.tags.version_record`, newest first."""
+    """Every version of ``name`` as :func:`tracking.tags.version_record`, newest first.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        The registry's client.
+    name : str
+        The registered model.
+
+    Returns
+    -------
+    list of dict
+        One record per version.
+    """
     versions = client.search_model_versions(f"name='{name}'")
     records = []
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
@@ -163,7 +228,27 @@ def resolve_version(client: MlflowClient, name: str, ref: str | None) -> dict:
     """One version by number, by ``@alias``, ``latest`` (the newest), or the champion when ``ref`` is None.
 
     Raises a ``LookupError`` naming what was asked for and what exists: the registered models when ``name`` is
-    not one, its versions when the version is missing, its aliases when the alias is."""
+    not one, its versions when the version is missing, its aliases when the alias is.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        The registry's client.
+    name : str
+        The registered model.
+    ref : str or None
+        A version number, ``@alias``, ``latest``, or None for ``@champion``.
+
+    Returns
+    -------
+    dict
+        The version's :func:`tracking.tags.version_record`.
+
+    Raises
+    ------
+    LookupError
+        Naming what was asked for and what exists.
+    """
     model = _registered_model(client, name)
     numbers = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     if ref == "latest":
@@ -189,7 +274,23 @@ def resolve_version(client: MlflowClient, name: str, ref: str | None) -> dict:
 def record_runtimes(client: MlflowClient, name: str, version: str, runtime: str, checks: list[dict],
                     files: Sequence[str]) -> None:
     """Keep the exported graphs (``files``) and the checks beside the torch model: in the ``runtimes/`` artifact
-    folder of the version's run, and as tags of the version (the chosen runtime and every check)."""
+    folder of the version's run, and as tags of the version (the chosen runtime and every check).
+
+    Parameters
+    ----------
+    client : MlflowClient
+        The registry's client.
+    name : str
+        The registered model.
+    version : str
+        The version.
+    runtime : str
+        The runtime chosen to serve it.
+    checks : list of dict
+        Every runtime's check (:meth:`cellops.runtimes.RuntimeCheck.as_dict`).
+    files : sequence of str
+        The exported graphs (:func:`cellops.runtimes.runtime_files`).
+    """
     import json
     import shutil
     import tempfile

@@ -22,7 +22,18 @@ logger = logging.getLogger(__name__)
 
 
 def stack_tracking_uri() -> str:
-    """The MLflow tracking URI of the active stack's experiment tracker, so every step uses one store."""
+    """The MLflow tracking URI of the active stack's experiment tracker, so every step uses one store.
+
+    Returns
+    -------
+    str
+        The tracking URI.
+
+    Raises
+    ------
+    RuntimeError
+        When the active stack has no MLflow experiment tracker.
+    """
     tracker = Client().active_stack.experiment_tracker
     if tracker is None or not hasattr(tracker, "get_tracking_uri"):
         raise RuntimeError(
@@ -39,6 +50,20 @@ PROJECT_STORE = "mlruns"
 def project_tracking_uri(root: str | Path, store: str = PROJECT_STORE) -> str:
     """The tracking URI of the MLflow store that belongs to the checkout at ``root``.
 
+    Parameters
+    ----------
+    root : str or Path
+        The checkout.
+    store : str, optional
+        The store's folder under ``root``.
+
+    Returns
+    -------
+    str
+        A ``sqlite:///`` URI with an absolute path.
+
+    Examples
+    --------
     >>> project_tracking_uri("/lab/cellops")
     'sqlite:////lab/cellops/mlruns/mlflow.db'
     """
@@ -46,7 +71,23 @@ def project_tracking_uri(root: str | Path, store: str = PROJECT_STORE) -> str:
 
 
 def local_store_path(tracking_uri: str) -> Path | None:
-    """The file of a ``sqlite:///`` or ``file:`` tracking URI; None for a server (``http(s)://``, databases)."""
+    """The file of a ``sqlite:///`` or ``file:`` tracking URI; None for a server (``http(s)://``, databases).
+
+    Parameters
+    ----------
+    tracking_uri : str
+        An MLflow tracking URI.
+
+    Returns
+    -------
+    Path or None
+        The store's file or folder.
+
+    Examples
+    --------
+    >>> local_store_path("sqlite:////lab/mlruns/mlflow.db").as_posix(), local_store_path("http://mlflow:5000")
+    ('/lab/mlruns/mlflow.db', None)
+    """
     parsed = urlparse(tracking_uri)
     if parsed.scheme == "sqlite":
         return Path(tracking_uri.removeprefix("sqlite:///"))
@@ -60,6 +101,25 @@ def check_store_belongs_to(tracking_uri: str, project_root: str | Path) -> None:
 
     A copied or moved checkout would otherwise log into the original's MLflow store: the URI written by
     ``make setup`` is absolute.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        An MLflow tracking URI.
+    project_root : str or Path
+        The checkout.
+
+    Raises
+    ------
+    RuntimeError
+        When the store is local and outside ``project_root``.
+
+    Examples
+    --------
+    >>> check_store_belongs_to("sqlite:////lab/a/mlruns/mlflow.db", "/lab/a")
+    >>> check_store_belongs_to("sqlite:////lab/a/mlruns/mlflow.db", "/lab/b")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    RuntimeError: this checkout (/lab/b) would log into the MLflow store of another one ...
     """
     root = Path(project_root).resolve()
     store = local_store_path(tracking_uri)
@@ -71,14 +131,26 @@ def check_store_belongs_to(tracking_uri: str, project_root: str | Path) -> None:
 
 
 def require_own_store() -> str:
-    """The active stack's tracking URI, after :func:`check_store_belongs_to` the ZenML repository's root."""
+    """The active stack's tracking URI, after :func:`check_store_belongs_to` the ZenML repository's root.
+
+    Returns
+    -------
+    str
+        The tracking URI.
+    """
     uri = stack_tracking_uri()
     check_store_belongs_to(uri, Client().root or Path.cwd())
     return uri
 
 
 def current_zenml_model():
-    """The ZenML Model of the running step's pipeline (its config's ``model:`` block), or None without one."""
+    """The ZenML Model of the running step's pipeline (its config's ``model:`` block), or None without one.
+
+    Returns
+    -------
+    zenml.Model or None
+        The pipeline's model.
+    """
     from zenml import get_step_context
 
     context = get_step_context()
@@ -86,7 +158,18 @@ def current_zenml_model():
 
 
 def active_run_id() -> str:
-    """The MLflow run ZenML opened for this step (steps need ``experiment_tracker`` set in the config)."""
+    """The MLflow run ZenML opened for this step (steps need ``experiment_tracker`` set in the config).
+
+    Returns
+    -------
+    str
+        The run's id.
+
+    Raises
+    ------
+    RuntimeError
+        When no MLflow run is active.
+    """
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError(
@@ -96,6 +179,17 @@ def active_run_id() -> str:
 
 
 def log_png(array: np.ndarray, artifact_path: str, name: str) -> None:
+    """Log an image as a PNG artifact of the active run.
+
+    Parameters
+    ----------
+    array : np.ndarray
+        The image (as :func:`cellops.plots.save_png` takes it).
+    artifact_path : str
+        The artifact folder.
+    name : str
+        The file name.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.log_artifact(str(save_png(array, Path(tmp) / name)), artifact_path=artifact_path)
 
@@ -109,7 +203,13 @@ def _flatten(prefix: str, value: object, out: dict[str, str]) -> None:
 
 
 def log_run_config() -> dict[str, str]:
-    """Log every step parameter of the running pipeline as MLflow params (``<step>.<name>``)."""
+    """Log every step parameter of the running pipeline as MLflow params (``<step>.<name>``).
+
+    Returns
+    -------
+    dict of str to str
+        The parameters logged, nested keys joined by dots.
+    """
     from zenml import get_step_context
 
     snapshot = get_step_context().pipeline_run.snapshot
@@ -124,7 +224,13 @@ def log_run_config() -> dict[str, str]:
 
 def process_tags() -> dict[str, str]:
     """Tags that let a later start tell whether the process writing a run is still alive (host, PID and the
-    process's start time, so a reused PID is not mistaken for it)."""
+    process's start time, so a reused PID is not mistaken for it).
+
+    Returns
+    -------
+    dict of str to str
+        ``process.host``, ``process.pid`` and ``process.started``.
+    """
     import os
     import socket
 
@@ -152,7 +258,13 @@ def close_abandoned_runs() -> list[str]:
     """Mark ``KILLED`` the MLflow runs still ``RUNNING`` whose process is gone (killed with SIGKILL, the machine
     lost power...), and their ZenML pipeline runs and steps ``failed``; return the MLflow run ids closed.
 
-    Called when training starts, so a killed attempt never stays "running" beside its rerun."""
+    Called when training starts, so a killed attempt never stays "running" beside its rerun.
+
+    Returns
+    -------
+    list of str
+        The MLflow run ids closed (nested runs' parents included).
+    """
     from zenml.enums import ExecutionStatus
     from zenml.models import PipelineRunUpdate, StepRunUpdate
 
@@ -216,7 +328,23 @@ def log_dataset(name: str, features: np.ndarray, lineage: dict, source: str, con
                 targets: np.ndarray | None = None) -> None:
     """Record the data a run used as an MLflow dataset input (the runs table's Dataset column): ``name``, the DVC
     data version as its digest and in its tags with the git commit (and the git revision the data came from, when
-    the config named a ``data_rev``), and the folder it came from."""
+    the config named a ``data_rev``), and the folder it came from.
+
+    Parameters
+    ----------
+    name : str
+        The dataset's name.
+    features : np.ndarray
+        The data (or a sample of it) whose schema MLflow records.
+    lineage : dict
+        The run's lineage: ``data_version``, ``git_commit`` and optionally ``data_rev``, ``data_rev_commit``.
+    source : str
+        The folder the data came from.
+    context : str
+        Its role in the run (e.g. ``training``).
+    targets : np.ndarray or None, optional
+        The labels, when there are any.
+    """
     import mlflow.data
 
     version = str(lineage.get("data_version", "unknown"))
@@ -233,7 +361,20 @@ def log_dataset(name: str, features: np.ndarray, lineage: dict, source: str, con
 def system_metrics(run_id: str | None = None, sampling_interval: float = 10.0):
     """Log CPU, memory, disk and network use (and GPU where one is there) to the MLflow run while the block runs:
     ``system/...`` metrics, sampled by MLflow's own monitor (psutil). ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``
-    overrides the interval in seconds."""
+    overrides the interval in seconds.
+
+    Parameters
+    ----------
+    run_id : str or None, optional
+        The run; by default the active one.
+    sampling_interval : float, optional
+        Seconds between samples.
+
+    Yields
+    ------
+    SystemMetricsMonitor
+        MLflow's monitor, stopped when the block ends.
+    """
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     run_id = run_id or active_run_id()
@@ -251,11 +392,25 @@ class TrainingRun:
     training resumed from a checkpoint."""
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Log one epoch's metrics at step ``epoch`` (an ``on_epoch_end`` callback of every family's ``fit``)."""
+        """Log one epoch's metrics at step ``epoch`` (an ``on_epoch_end`` callback of every family's ``fit``).
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch, MLflow's step.
+        metrics : dict of str to float
+            Its figures.
+        """
         mlflow.log_metrics(metrics, step=epoch)
 
     def record_resume(self, resumed_from_epoch: int | None) -> None:
-        """Tag the run with the last epoch of the checkpoint training resumed after (``None``: it started afresh)."""
+        """Tag the run with the last epoch of the checkpoint training resumed after (``None``: it started afresh).
+
+        Parameters
+        ----------
+        resumed_from_epoch : int or None
+            The history's ``resumed_from_epoch``.
+        """
         mlflow.set_tag(tags.RESUMED_FROM_EPOCH, str(resumed_from_epoch))
         if resumed_from_epoch is not None:
             logger.info("training resumed after epoch %d", resumed_from_epoch)
@@ -299,6 +454,18 @@ def model_requirements(lock_file: Path = LOCK_FILE) -> list[str] | None:
     """``["torch==2.14.1", ...]`` from the lock file: exact, and MLflow need not infer them (which imports the
     model in a subprocess, seconds per model); None (MLflow infers) when the lock file is not there.
 
+    Parameters
+    ----------
+    lock_file : Path, optional
+        The pinned requirements.
+
+    Returns
+    -------
+    list of str or None
+        ``name==version`` of each of :data:`MODEL_REQUIREMENTS` the lock file pins.
+
+    Examples
+    --------
     >>> [r.split("==")[0] for r in model_requirements()]
     ['torch', 'torchvision', 'numpy', 'cloudpickle']
     """
@@ -320,6 +487,22 @@ def log_pytorch_model(model, input_example: np.ndarray, code_paths: list[str], o
     turns that output into arrays; by default the output tensor itself). A model whose output is not a tensor
     (Mask R-CNN's list of dicts) passes ``output_of`` returning None: its signature then describes the input only,
     and no example is stored.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model (moved to the CPU, eval mode).
+    input_example : np.ndarray
+        An input batch.
+    code_paths : list of str
+        Source folders bundled with the model (its architecture's modules).
+    output_of : callable or None, optional
+        ``output_of(model, output)``: the output as arrays, or None for an output that is not a tensor.
+
+    Returns
+    -------
+    mlflow.models.model.ModelInfo
+        What MLflow logged (its ``model_uri`` is what the registry registers).
     """
     import mlflow.pytorch
     import torch
@@ -343,7 +526,20 @@ def log_pytorch_model(model, input_example: np.ndarray, code_paths: list[str], o
 
 def epoch_logger(tracking_uri: str, run_id: str):
     """``on_epoch_end(epoch, metrics)`` that logs to run ``run_id`` of ``tracking_uri``: what rank 0 of a distributed
-    training (another process) uses to log to the launching step's run, live."""
+    training (another process) uses to log to the launching step's run, live.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        The MLflow store.
+    run_id : str
+        The run logged to.
+
+    Returns
+    -------
+    EpochCallback
+        ``log(epoch, metrics)``.
+    """
     client = mlflow.MlflowClient(tracking_uri)
 
     def log(epoch: int, metrics: dict[str, float]) -> None:

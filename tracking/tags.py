@@ -43,6 +43,18 @@ RUNTIME_ARTIFACTS = "runtimes"
 def lineage_to_tags(lineage: Mapping[str, object]) -> dict[str, str]:
     """``{"data_version": ..., "git_commit": ...}`` -> ``{"lineage.data_version": ..., ...}``.
 
+    Parameters
+    ----------
+    lineage : Mapping of str to object
+        Lineage keys and values.
+
+    Returns
+    -------
+    dict of str to str
+        The tags, values as text.
+
+    Examples
+    --------
     >>> lineage_to_tags({"git_commit": "abc"})
     {'lineage.git_commit': 'abc'}
     """
@@ -52,6 +64,18 @@ def lineage_to_tags(lineage: Mapping[str, object]) -> dict[str, str]:
 def lineage_from_tags(tags: Mapping[str, str]) -> dict[str, str]:
     """The inverse of :func:`lineage_to_tags` (other tags are ignored).
 
+    Parameters
+    ----------
+    tags : Mapping of str to str
+        A run's or version's tags.
+
+    Returns
+    -------
+    dict of str to str
+        The lineage, keys without the prefix.
+
+    Examples
+    --------
     >>> lineage_from_tags({"lineage.git_commit": "abc", "other": "x"})
     {'git_commit': 'abc'}
     """
@@ -62,6 +86,18 @@ def metrics_to_tags(metrics: Mapping[str, float]) -> dict[str, str]:
     """Metrics as tags at full precision: the next run compares against this very number, and a rounded tag
     would let an equal retrain look better than the champion.
 
+    Parameters
+    ----------
+    metrics : Mapping of str to float
+        Metric names and values.
+
+    Returns
+    -------
+    dict of str to str
+        The tags, values as ``repr`` of the float.
+
+    Examples
+    --------
     >>> metrics_to_tags({"foreground_iou": 0.1 + 0.2})
     {'metric.foreground_iou': '0.30000000000000004'}
     """
@@ -71,6 +107,18 @@ def metrics_to_tags(metrics: Mapping[str, float]) -> dict[str, str]:
 def metrics_from_tags(tags: Mapping[str, str]) -> dict[str, float]:
     """The inverse of :func:`metrics_to_tags`.
 
+    Parameters
+    ----------
+    tags : Mapping of str to str
+        A run's or version's tags.
+
+    Returns
+    -------
+    dict of str to float
+        The metrics, keys without the prefix.
+
+    Examples
+    --------
     >>> metrics_from_tags({"metric.dice": "0.5", "x": "1"})
     {'dice': 0.5}
     """
@@ -80,6 +128,18 @@ def metrics_from_tags(tags: Mapping[str, str]) -> dict[str, float]:
 def inference_to_tags(settings: Mapping[str, object]) -> dict[str, str]:
     """The serving record of a version (:class:`cellops.config.ServingRecord` ``as_dict``) and its family.
 
+    Parameters
+    ----------
+    settings : Mapping of str to object
+        The serving record, JSON-ready.
+
+    Returns
+    -------
+    dict of str to str
+        ``inference_settings`` (sorted JSON) and, where the record names it, ``family``.
+
+    Examples
+    --------
     >>> inference_to_tags({"family": "unet", "tile_size": 64})["family"]
     'unet'
     """
@@ -88,7 +148,23 @@ def inference_to_tags(settings: Mapping[str, object]) -> dict[str, str]:
 
 
 def inference_from_tags(tags: Mapping[str, str]) -> dict | None:
-    """The inference settings stored with a model version, or None for a version registered without them."""
+    """The inference settings stored with a model version, or None for a version registered without them.
+
+    Parameters
+    ----------
+    tags : Mapping of str to str
+        A version's tags.
+
+    Returns
+    -------
+    dict or None
+        The serving record.
+
+    Examples
+    --------
+    >>> inference_from_tags(inference_to_tags({"family": "unet", "tile_size": 64})), inference_from_tags({})
+    ({'family': 'unet', 'tile_size': 64}, None)
+    """
     text = tags.get(INFERENCE_SETTINGS)
     return json.loads(text) if text else None
 
@@ -96,6 +172,20 @@ def inference_from_tags(tags: Mapping[str, str]) -> dict | None:
 def runtime_to_tags(runtime: str, checks: list[Mapping[str, object]]) -> dict[str, str]:
     """The chosen runtime and every runtime's check (compact JSON: a model version tag holds 5,000 characters).
 
+    Parameters
+    ----------
+    runtime : str
+        The runtime chosen to serve the version.
+    checks : list of Mapping of str to object
+        Every runtime's check (:meth:`cellops.runtimes.RuntimeCheck.as_dict`).
+
+    Returns
+    -------
+    dict of str to str
+        ``runtime`` and ``runtime_checks``.
+
+    Examples
+    --------
     >>> runtime_to_tags("openvino", [{"runtime": "openvino", "passed": True}])
     {'runtime': 'openvino', 'runtime_checks': '[{"runtime":"openvino","passed":true}]'}
     """
@@ -106,6 +196,20 @@ def runtime_from_tags(tags: Mapping[str, str]) -> tuple[str, list[dict]]:
     """The runtime a version is served with (``torch`` for one registered before runtimes were measured) and the
     checks behind it.
 
+    Parameters
+    ----------
+    tags : Mapping of str to str
+        A version's tags.
+
+    Returns
+    -------
+    runtime : str
+        The runtime's name.
+    checks : list of dict
+        The runtime checks (empty when none were recorded).
+
+    Examples
+    --------
     >>> runtime_from_tags({})
     ('torch', [])
     """
@@ -116,7 +220,33 @@ def runtime_from_tags(tags: Mapping[str, str]) -> tuple[str, list[dict]]:
 def version_record(name: str, version: str, run_id: str | None, tags: Mapping[str, str],
                    aliases: list[str] | None = None) -> dict:
     """Everything known about one registered model version, in the shape a service's metadata and
-    ``cellops lineage`` print: model, run ids, lineage, metrics and the settings they were measured with."""
+    ``cellops lineage`` print: model, run ids, lineage, metrics and the settings they were measured with.
+
+    Parameters
+    ----------
+    name : str
+        The registered model's name.
+    version : str
+        The version number.
+    run_id : str or None
+        The MLflow run that produced it (by default the one its tags name).
+    tags : Mapping of str to str
+        The version's tags.
+    aliases : list of str or None, optional
+        The version's aliases.
+
+    Returns
+    -------
+    dict
+        ``registered_model``, ``model_version``, ``aliases``, run ids, the lineage keys, ``metrics``,
+        ``promotion_metric``, ``inference_settings``, ``runtime`` and ``runtime_checks``.
+
+    Examples
+    --------
+    >>> record = version_record("mito", "3", "r1", {"lineage.git_commit": "abc", "metric.dice": "0.5"})
+    >>> record["model_version"], record["git_commit"], record["metrics"], record["runtime"]
+    ('3', 'abc', {'dice': 0.5}, 'torch')
+    """
     return {
         "registered_model": name,
         "model_version": str(version),

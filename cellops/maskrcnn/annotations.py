@@ -42,6 +42,23 @@ def _load_json(path: Path) -> object:
 def read_coco(path: str | Path) -> dict:
     """A COCO instance-annotation file, checked for the keys the pipeline needs.
 
+    Parameters
+    ----------
+    path : str or Path
+        The JSON file.
+
+    Returns
+    -------
+    dict
+        The COCO dataset.
+
+    Raises
+    ------
+    AnnotationError
+        When the file is missing, not JSON, or lacks a list or key the pipeline needs.
+
+    Examples
+    --------
     >>> import tempfile, os
     >>> f = os.path.join(tempfile.mkdtemp(), "a.json")
     >>> _ = open(f, "w").write('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "colony"}]}')
@@ -153,6 +170,29 @@ def via_to_coco(path: str | Path, images_dir: str | Path, *, label_attribute: st
 
     The category of a region is its ``label_attribute`` region attribute (by default its only attribute, or
     ``default_category`` when it has none). VIA stores no image sizes: they are read from ``images_dir``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The VIA JSON file.
+    images_dir : str or Path
+        The folder of the annotated images.
+    label_attribute : str or None, optional
+        The region attribute holding the category.
+    categories : sequence of str or None, optional
+        The allowed category names, in id order; by default in order of first appearance.
+    default_category : str, optional
+        Category of regions without a label attribute.
+
+    Returns
+    -------
+    dict
+        A COCO dataset with polygon segmentations.
+
+    Raises
+    ------
+    AnnotationError
+        Naming the file, image and region of the first problem.
     """
     path, images_dir = Path(path), Path(images_dir)
     data = _load_json(path)
@@ -202,7 +242,27 @@ def labelme_to_coco(paths: Sequence[str | Path], images_dir: str | Path | None =
                     categories: Sequence[str] | None = None) -> dict:
     """Convert LabelMe JSON files (one per image). Polygons, rectangles and circles are areas; shapes with the same
     label and ``group_id`` form one instance. Image names are ``imagePath`` relative to ``images_dir`` (by default
-    the JSON's folder)."""
+    the JSON's folder).
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        The LabelMe JSON files.
+    images_dir : str or Path or None, optional
+        The folder of the annotated images; by default each JSON's own folder.
+    categories : sequence of str or None, optional
+        The allowed category names, in id order; by default in order of first appearance.
+
+    Returns
+    -------
+    dict
+        A COCO dataset with polygon segmentations.
+
+    Raises
+    ------
+    AnnotationError
+        Naming the file and shape of the first problem.
+    """
     category_id, add_image, add_instance, result = _builder(categories)
     for path in sorted(Path(p) for p in paths):
         data = _load_json(path)
@@ -240,7 +300,25 @@ def labelme_to_coco(paths: Sequence[str | Path], images_dir: str | Path | None =
 
 def label_images_to_coco(label_files: dict[str, str | Path], category: str = "object") -> dict:
     """Convert instance label images (0 background, one integer per instance; any integer type) keyed by the file
-    name of the image they annotate. Masks are stored as RLE, exactly as drawn."""
+    name of the image they annotate. Masks are stored as RLE, exactly as drawn.
+
+    Parameters
+    ----------
+    label_files : dict of str to str or Path
+        Image file name to its label image file.
+    category : str, optional
+        Category name of every instance.
+
+    Returns
+    -------
+    dict
+        A COCO dataset with RLE segmentations.
+
+    Raises
+    ------
+    AnnotationError
+        When a label image is not 2-D integers.
+    """
     labels = {}
     for name, path in label_files.items():
         image = read_image_file(path)
@@ -260,6 +338,33 @@ def load_annotations(format: str, path: str | Path, images_dir: str | Path, *,
     - ``labelme``: ``path`` is a folder of LabelMe JSON files.
     - ``label_images``: ``images_dir`` holds images and, next to each, ``<stem><label_suffix>`` (searched
       recursively, so group folders work); ``path`` is unused.
+
+    Parameters
+    ----------
+    format : str
+        One of :data:`FORMATS`.
+    path : str or Path
+        The annotation file or folder (see above).
+    images_dir : str or Path
+        The folder of the annotated images.
+    label_suffix : str, optional
+        Ending of label image names (``label_images``).
+    category : str, optional
+        Category of label images and of VIA regions without a label attribute.
+    categories : sequence of str or None, optional
+        VIA and LabelMe: the allowed category names, in id order.
+    label_attribute : str or None, optional
+        VIA: the region attribute holding the category.
+
+    Returns
+    -------
+    dict
+        A COCO dataset, file names relative to ``images_dir``.
+
+    Raises
+    ------
+    AnnotationError
+        For an unknown format, missing files or a malformed annotation.
     """
     images_dir = Path(images_dir)
     if format == "coco":

@@ -23,7 +23,17 @@ from cellops.coco import annotation_masks
 
 @dataclass(frozen=True)
 class ImageSplitSettings(FromMapping):
-    """Fractions of the images held out for validation and test, and the seed that picks them."""
+    """Fractions of the images held out for validation and test, and the seed that picks them.
+
+    Attributes
+    ----------
+    val_fraction : float, optional
+        Fraction of the images held out for validation.
+    test_fraction : float, optional
+        Fraction of the images held out for test.
+    seed : int, optional
+        Seed of the split.
+    """
 
     val_fraction: float = 0.15
     test_fraction: float = 0.2
@@ -35,6 +45,21 @@ def split_images(coco: dict, images_dir: str | Path, settings: ImageSplitSetting
 
     Images are split, never instances, so no test image has instances in training; the same picture under two
     names stays in one split.
+
+    Parameters
+    ----------
+    coco : dict
+        The COCO dataset.
+    images_dir : str or Path
+        The folder its file names are relative to.
+    settings : ImageSplitSettings
+        Fractions and seed of the split.
+
+    Returns
+    -------
+    dict
+        ``images_dir``, and one entry per image in ``files``, ``md5`` (``missing:<path>`` for a missing file),
+        ``splits`` and ``image_ids``.
     """
     images_dir = Path(images_dir)
     files = [images_dir / img["file_name"] for img in coco["images"]]
@@ -46,7 +71,27 @@ def split_images(coco: dict, images_dir: str | Path, settings: ImageSplitSetting
 
 
 def subset_coco(coco: dict, image_ids: list[int]) -> dict:
-    """The images ``image_ids`` of ``coco`` and their annotations (e.g. one split, as its own ground truth)."""
+    """The images ``image_ids`` of ``coco`` and their annotations (e.g. one split, as its own ground truth).
+
+    Parameters
+    ----------
+    coco : dict
+        The COCO dataset.
+    image_ids : list of int
+        The images to keep.
+
+    Returns
+    -------
+    dict
+        A COCO dataset with those images, their annotations and every category.
+
+    Examples
+    --------
+    >>> coco = {"images": [{"id": 1}, {"id": 2}], "annotations": [{"id": 7, "image_id": 2}], "categories": []}
+    >>> part = subset_coco(coco, [2])
+    >>> [img["id"] for img in part["images"]], [a["id"] for a in part["annotations"]]
+    ([2], [7])
+    """
     keep = set(int(i) for i in image_ids)
     return {"images": [img for img in coco["images"] if int(img["id"]) in keep],
             "annotations": [a for a in coco["annotations"] if int(a["image_id"]) in keep],
@@ -58,6 +103,22 @@ def network_picture(image: np.ndarray, normalization: Normalization, source: str
     its channels together). Grey (and grey + alpha) is repeated into three channels, alpha dropped before scaling;
     stacks of planes are refused with an ``ImageInputError`` naming ``source``.
 
+    Parameters
+    ----------
+    image : np.ndarray
+        Grey (H, W), colour (H, W, 3 or 4) or a one-plane stack.
+    normalization : Normalization
+        How intensities are scaled, as served.
+    source : str, optional
+        Named in error messages.
+
+    Returns
+    -------
+    np.ndarray
+        float32 (H, W, 3).
+
+    Examples
+    --------
     >>> network_picture(np.arange(20, dtype=np.uint16).reshape(4, 5), Normalization()).shape
     (4, 5, 3)
     """
@@ -75,6 +136,22 @@ def network_picture(image: np.ndarray, normalization: Normalization, source: str
 def model_image(image: np.ndarray, normalization: Normalization, source: str = "") -> torch.Tensor:
     """:func:`network_picture` as the network's input tensor, float32 (3, H, W).
 
+    Parameters
+    ----------
+    image : np.ndarray
+        Grey (H, W), colour (H, W, 3 or 4) or a one-plane stack.
+    normalization : Normalization
+        How intensities are scaled, as served.
+    source : str, optional
+        Named in error messages.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 (3, H, W).
+
+    Examples
+    --------
     >>> model_image(np.arange(20, dtype=np.uint8).reshape(4, 5), Normalization()).shape
     torch.Size([3, 4, 5])
     """
@@ -84,7 +161,25 @@ def model_image(image: np.ndarray, normalization: Normalization, source: str = "
 def load_instance_samples(coco: dict, index: dict, split: str,
                           normalization: Normalization) -> list[tuple[torch.Tensor, dict]]:
     """The images of ``split``, each normalised as a whole as it will be served, with their targets (boxes XYXY,
-    masks, labels and image id), as tv_tensors."""
+    masks, labels and image id), as tv_tensors.
+
+    Parameters
+    ----------
+    coco : dict
+        The COCO dataset.
+    index : dict
+        The dataset index of :func:`split_images`.
+    split : str
+        One of :data:`SPLITS`.
+    normalization : Normalization
+        How intensities are scaled, as served.
+
+    Returns
+    -------
+    list of tuple of (torch.Tensor, dict)
+        ``(image, target)`` pairs: a tv_tensors ``Image`` (3, H, W) and ``boxes``, ``masks``, ``labels``,
+        ``image_id``.
+    """
     samples = []
     for file, split_of, image_id in zip(index["files"], index["splits"], index["image_ids"]):
         if split_of != split:
@@ -106,13 +201,22 @@ class InstanceAugmentation(FromMapping):
 
     Attributes
     ----------
-    flip : random horizontal and vertical flips.
-    rotate90 : random multiples of 90 degrees.
-    scale : range of random zoom (e.g. [0.8, 1.25]; [1, 1] disables it).
-    crop : side of a random crop taken after zooming (0: none); smaller crops are faster steps.
-    brightness, contrast : ColorJitter strengths.
-    blur_sigma : upper bound of a random Gaussian blur (0: none).
-    noise_sigma : standard deviation of added Gaussian noise (0: none).
+    flip : bool, optional
+        Random horizontal and vertical flips.
+    rotate90 : bool, optional
+        Random multiples of 90 degrees.
+    scale : tuple of float, optional
+        Range of random zoom (e.g. [0.8, 1.25]; [1, 1] disables it).
+    crop : int, optional
+        Side of a random crop taken after zooming (0: none); smaller crops are faster steps.
+    brightness : float, optional
+        ColorJitter brightness strength.
+    contrast : float, optional
+        ColorJitter contrast strength.
+    blur_sigma : float, optional
+        Upper bound of a random Gaussian blur (0: none).
+    noise_sigma : float, optional
+        Standard deviation of added Gaussian noise (0: none).
     """
 
     flip: bool = True
@@ -130,9 +234,35 @@ class RandomRotate90(v2.Transform):
     its height and width)."""
 
     def make_params(self, flat_inputs: list) -> dict:
+        """Draw the angle shared by every input of one call.
+
+        Parameters
+        ----------
+        flat_inputs : list
+            The call's inputs (image, boxes, masks), flattened.
+
+        Returns
+        -------
+        dict
+            ``angle``: 0, 90, 180 or 270.
+        """
         return {"angle": 90 * int(torch.randint(0, 4, ()))}
 
     def transform(self, inpt, params: dict):
+        """Rotate one input by the drawn angle.
+
+        Parameters
+        ----------
+        inpt : Any
+            An image, boxes or masks (tv_tensors).
+        params : dict
+            From :meth:`make_params`.
+
+        Returns
+        -------
+        Any
+            The input rotated, its canvas expanded to hold it.
+        """
         if params["angle"] == 0:
             return inpt
         return self._call_kernel(v2.functional.rotate, inpt, angle=params["angle"], expand=True)
@@ -140,7 +270,18 @@ class RandomRotate90(v2.Transform):
 
 def build_instance_augmentation(settings: InstanceAugmentation) -> v2.Compose:
     """The v2 pipeline for (image, target) pairs. Boxes are recomputed from the masks afterwards
-    (:func:`tidy_target`), so they stay tight around each instance after any geometric change."""
+    (:func:`tidy_target`), so they stay tight around each instance after any geometric change.
+
+    Parameters
+    ----------
+    settings : InstanceAugmentation
+        Which changes to apply, and how strongly.
+
+    Returns
+    -------
+    v2.Compose
+        The pipeline, called as ``transform(image, target)``.
+    """
     steps: list = []
     if settings.flip:
         steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
@@ -157,7 +298,27 @@ def build_instance_augmentation(settings: InstanceAugmentation) -> v2.Compose:
 
 def tidy_target(target: dict, min_pixels: int = 4) -> dict:
     """Drop instances with fewer than ``min_pixels`` mask pixels left (e.g. cropped away) and make every box the
-    tight box of its mask (XYXY, exclusive right/bottom edge as torchvision's detection models expect)."""
+    tight box of its mask (XYXY, exclusive right/bottom edge as torchvision's detection models expect).
+
+    Parameters
+    ----------
+    target : dict
+        ``masks`` (N, H, W), ``labels`` (N,) and other keys (kept).
+    min_pixels : int, optional
+        Fewest mask pixels an instance must keep.
+
+    Returns
+    -------
+    dict
+        The target with the small instances dropped and ``boxes`` recomputed.
+
+    Examples
+    --------
+    >>> masks = torch.zeros(2, 6, 6, dtype=torch.uint8); masks[0, 1:3, 2:5] = 1; masks[1, 0, 0] = 1
+    >>> tidy = tidy_target({"masks": masks, "labels": torch.tensor([1, 1])})
+    >>> tidy["boxes"].tolist(), len(tidy["labels"])
+    ([[2.0, 1.0, 5.0, 3.0]], 1)
+    """
     masks = target["masks"]
     keep = masks.flatten(1).sum(1) >= min_pixels if len(masks) else torch.zeros(0, dtype=torch.bool)
     masks = masks[keep]
@@ -168,7 +329,15 @@ def tidy_target(target: dict, min_pixels: int = 4) -> dict:
 
 class InstanceDataset(torch.utils.data.Dataset):
     """Samples from :func:`load_instance_samples` with an optional augmentation, as (image, target) pairs for
-    torchvision's detection models."""
+    torchvision's detection models.
+
+    Parameters
+    ----------
+    samples : list of tuple of (torch.Tensor, dict)
+        The ``(image, target)`` pairs.
+    augmentation : v2.Transform or None, optional
+        Applied to each pair when it is read; targets are tidied (:func:`tidy_target`) in any case.
+    """
 
     def __init__(self, samples: list[tuple[torch.Tensor, dict]], augmentation: v2.Transform | None = None) -> None:
         self.samples = samples
@@ -189,7 +358,23 @@ class InstanceDataset(torch.utils.data.Dataset):
 
 
 def collate(batch: list) -> tuple:
-    """Detection batches are lists (images differ in size and instance count)."""
+    """Detection batches are lists (images differ in size and instance count).
+
+    Parameters
+    ----------
+    batch : list
+        ``(image, target)`` pairs.
+
+    Returns
+    -------
+    tuple
+        The tuple of images and the tuple of targets.
+
+    Examples
+    --------
+    >>> collate([("a", {"id": 1}), ("b", {"id": 2})])
+    (('a', 'b'), ({'id': 1}, {'id': 2}))
+    """
     return tuple(zip(*batch))
 
 

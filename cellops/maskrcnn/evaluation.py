@@ -22,7 +22,29 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class InstanceScores:
     """COCO AP over IoU 0.50:0.95, AP50 and AP75 for masks and boxes; F1, precision and recall of masks matched
-    one to one at IoU >= 0.5 among detections scoring at least the F1 threshold."""
+    one to one at IoU >= 0.5 among detections scoring at least the F1 threshold.
+
+    Attributes
+    ----------
+    mask_ap : float
+        Mask AP over IoU 0.50:0.95.
+    mask_ap50 : float
+        Mask AP at IoU 0.5.
+    mask_ap75 : float
+        Mask AP at IoU 0.75.
+    box_ap : float
+        Box AP over IoU 0.50:0.95.
+    box_ap50 : float
+        Box AP at IoU 0.5.
+    box_ap75 : float
+        Box AP at IoU 0.75.
+    f1_50 : float
+        F1 of masks matched at IoU >= 0.5.
+    precision_50 : float
+        Precision of those matches.
+    recall_50 : float
+        Recall of those matches.
+    """
 
     mask_ap: float
     mask_ap50: float
@@ -35,6 +57,13 @@ class InstanceScores:
     recall_50: float
 
     def as_dict(self) -> dict[str, float]:
+        """Every score by name (what MLflow logs and the registry compares).
+
+        Returns
+        -------
+        dict of str to float
+            The fields as floats.
+        """
         return {k: float(v) for k, v in asdict(self).items()}
 
 
@@ -52,6 +81,30 @@ def coco_ap(ground_truth: dict, detections: list[dict], iou_type: str, max_detec
     images). No detections at all score 0. Images with no ground truth instance count their detections as false
     positives. ``backend`` is faster-coco-eval (C++, the default) or pycocotools (the reference).
 
+    Parameters
+    ----------
+    ground_truth : dict
+        COCO dataset (``images`` with ``height`` and ``width``, ``annotations``, ``categories``).
+    detections : list of dict
+        COCO result dicts.
+    iou_type : str
+        ``"segm"`` (masks) or ``"bbox"`` (boxes).
+    max_detections : int
+        Detections per image taken into account.
+    backend : str, optional
+        One of :data:`COCO_BACKENDS`.
+
+    Returns
+    -------
+    ap : float
+        AP over IoU 0.50:0.95.
+    ap50 : float
+        AP at IoU 0.5.
+    ap75 : float
+        AP at IoU 0.75.
+
+    Examples
+    --------
     >>> gt = {"images": [{"id": 1, "height": 8, "width": 8}], "categories": [{"id": 1}],
     ...       "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "area": 16}]}
     >>> det = [{"image_id": 1, "category_id": 1, "score": 0.9, "bbox": [0, 0, 4, 4]}]
@@ -124,12 +177,18 @@ class MatchedDetections:
 
     Attributes
     ----------
-    image_ids : (images,) the ground truth's image ids, in its order; the units of per-image counts.
-    truth_per_image : (images,) non-crowd ground truth instances of each image.
-    scores : (detections,) each detection's score.
-    matched : (detections,) whether it matched a ground truth instance.
-    image_index : (detections,) the position in ``image_ids`` of its image.
-    min_score : detections scoring below it were dropped before matching; counts hold for thresholds >= it.
+    image_ids : np.ndarray
+        (images,) the ground truth's image ids, in its order; the units of per-image counts.
+    truth_per_image : np.ndarray
+        (images,) non-crowd ground truth instances of each image.
+    scores : np.ndarray
+        (detections,) each detection's score.
+    matched : np.ndarray
+        (detections,) whether it matched a ground truth instance.
+    image_index : np.ndarray
+        (detections,) the position in ``image_ids`` of its image.
+    min_score : float, optional
+        Detections scoring below it were dropped before matching; counts hold for thresholds >= it.
     """
 
     image_ids: np.ndarray
@@ -141,7 +200,29 @@ class MatchedDetections:
 
     def per_image_counts(self, score_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(true positives, detections, ground truth instances) of each image, counting detections scoring at
-        least ``score_threshold``; the units :func:`cellops.metrics.bootstrap_interval` resamples for F1."""
+        least ``score_threshold``; the units :func:`cellops.metrics.bootstrap_interval` resamples for F1.
+
+        Parameters
+        ----------
+        score_threshold : float
+            Least score of a detection counted (at least ``min_score``).
+
+        Returns
+        -------
+        true_positives : np.ndarray
+            Matched detections of each image.
+        detections : np.ndarray
+            Detections of each image.
+        truth : np.ndarray
+            Ground truth instances of each image.
+
+        Examples
+        --------
+        >>> m = MatchedDetections(np.array([1, 2]), np.array([1, 2]), np.array([0.9, 0.4, 0.8]),
+        ...                       np.array([True, False, True]), np.array([0, 0, 1]))
+        >>> [counts.tolist() for counts in m.per_image_counts(0.5)]
+        [[1, 1], [1, 1], [1, 2]]
+        """
         kept = self.scores >= score_threshold
         n_images = len(self.image_ids)
         true_positives = np.bincount(self.image_index[kept & self.matched], minlength=n_images)
@@ -149,7 +230,22 @@ class MatchedDetections:
         return true_positives, detections, self.truth_per_image.copy()
 
     def f1_at(self, score_threshold: float) -> tuple[float, float, float]:
-        """F1, precision and recall over all images of detections scoring at least ``score_threshold``."""
+        """F1, precision and recall over all images of detections scoring at least ``score_threshold``.
+
+        Parameters
+        ----------
+        score_threshold : float
+            Least score of a detection counted (at least ``min_score``).
+
+        Returns
+        -------
+        f1 : float
+            Harmonic mean of precision and recall (0 when both are 0).
+        precision : float
+            Matched detections over detections (0 without detections).
+        recall : float
+            Matched detections over ground truth instances (0 without instances).
+        """
         kept = self.scores >= score_threshold
         true_positives = int(np.count_nonzero(kept & self.matched))
         n_detections, n_truth = int(np.count_nonzero(kept)), int(self.truth_per_image.sum())
@@ -167,14 +263,19 @@ def match_detections(ground_truth: dict, detections: list[dict], *, iou_threshol
 
     Parameters
     ----------
-    ground_truth : COCO dict (``images`` with ``height`` and ``width``, ``annotations`` with ``segmentation``).
-    detections : COCO result dicts with ``image_id``, ``category_id``, ``score`` and ``segmentation``.
-    iou_threshold : IoU a match needs.
-    min_score : detections scoring below it are dropped before matching (they change no match above it).
+    ground_truth : dict
+        COCO dataset (``images`` with ``height`` and ``width``, ``annotations`` with ``segmentation``).
+    detections : list of dict
+        COCO result dicts with ``image_id``, ``category_id``, ``score`` and ``segmentation``.
+    iou_threshold : float, optional
+        IoU a match needs.
+    min_score : float, optional
+        Detections scoring below it are dropped before matching (they change no match above it).
 
     Returns
     -------
     MatchedDetections
+        Every kept detection with whether it matched, and the ground truth count per image.
 
     Examples
     --------
@@ -236,6 +337,28 @@ def match_f1(ground_truth: dict, detections: list[dict], *, iou_threshold: float
     ``score_threshold``) matched greedily by score to the unmatched ground truth instance of highest IoU, a match
     counting when IoU >= ``iou_threshold`` (see :func:`match_detections`).
 
+    Parameters
+    ----------
+    ground_truth : dict
+        COCO dataset with mask ``segmentation``.
+    detections : list of dict
+        COCO result dicts with ``segmentation``.
+    iou_threshold : float, optional
+        IoU a match needs.
+    score_threshold : float, optional
+        Least score of a detection counted.
+
+    Returns
+    -------
+    f1 : float
+        F1 of the matches.
+    precision : float
+        Precision of the matches.
+    recall : float
+        Recall of the matches.
+
+    Examples
+    --------
     >>> gt = {"images": [{"id": 1, "height": 4, "width": 4}], "categories": [{"id": 1}],
     ...       "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]]}]}
     >>> det = [{"image_id": 1, "category_id": 1, "score": 0.9, "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]]}]
@@ -248,7 +371,24 @@ def match_f1(ground_truth: dict, detections: list[dict], *, iou_threshold: float
 
 def evaluate_instances(ground_truth: dict, detections: list[dict], *, max_detections: int,
                        f1_score_threshold: float = 0.5) -> InstanceScores:
-    """Every score of :class:`InstanceScores`; ``detections`` carry both ``segmentation`` (RLE) and ``bbox``."""
+    """Every score of :class:`InstanceScores`; ``detections`` carry both ``segmentation`` (RLE) and ``bbox``.
+
+    Parameters
+    ----------
+    ground_truth : dict
+        COCO dataset.
+    detections : list of dict
+        COCO result dicts with ``segmentation`` and ``bbox``.
+    max_detections : int
+        Detections per image taken into account by AP.
+    f1_score_threshold : float, optional
+        Least score of a detection counted by F1.
+
+    Returns
+    -------
+    InstanceScores
+        Mask and box AP, and F1, precision and recall at IoU 0.5.
+    """
     mask = coco_ap(ground_truth, [{k: v for k, v in d.items() if k != "bbox"} for d in detections], "segm",
                    max_detections)
     box = coco_ap(ground_truth, [{k: v for k, v in d.items() if k != "segmentation"} for d in detections], "bbox",
@@ -278,9 +418,9 @@ def evaluate(model: torch.nn.Module, samples: list, ground_truth: dict,
 
     Returns
     -------
-    InstanceScores
+    scores : InstanceScores
         Mask and box AP, F1 and the rest.
-    list of dict
+    detections : list of dict
         The detections, as COCO results.
     """
     model.eval()

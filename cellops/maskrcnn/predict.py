@@ -27,7 +27,21 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Instance:
     """One detected instance: ``mask`` (bool, cropped to rows ``y0:y0+h`` and columns ``x0:x0+w`` of the
-    image), its category id and score."""
+    image), its category id and score.
+
+    Attributes
+    ----------
+    y0 : int
+        Top row of the crop in the image.
+    x0 : int
+        Left column of the crop in the image.
+    mask : np.ndarray
+        Boolean mask, cropped to the instance's box.
+    category : int
+        Category id.
+    score : float
+        Detection score.
+    """
 
     y0: int
     x0: int
@@ -45,16 +59,73 @@ class Instance:
         return int(self.mask.sum())
 
     def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """The mask placed in an image of ``shape``.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            (height, width) of the image.
+
+        Returns
+        -------
+        np.ndarray
+            Boolean mask of ``shape``.
+
+        Examples
+        --------
+        >>> Instance(1, 2, np.ones((1, 2), bool), 1, 0.9).full_mask((3, 4)).astype(int).tolist()
+        [[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
+        """
         out = np.zeros(shape, bool)
         out[self.y0:self.y0 + self.mask.shape[0], self.x0:self.x0 + self.mask.shape[1]] = self.mask
         return out
 
     def shifted(self, dy: int, dx: int) -> "Instance":
+        """The same instance moved by ``dy`` rows and ``dx`` columns (from a tile's frame to the image's).
+
+        Parameters
+        ----------
+        dy : int
+            Rows to add to ``y0``.
+        dx : int
+            Columns to add to ``x0``.
+
+        Returns
+        -------
+        Instance
+            The moved instance (its mask shared, not copied).
+
+        Examples
+        --------
+        >>> Instance(1, 2, np.ones((1, 2), bool), 1, 0.9).shifted(10, 20).box
+        (22, 11, 24, 12)
+        """
         return Instance(self.y0 + dy, self.x0 + dx, self.mask, self.category, self.score)
 
 
 def crop_instance(mask: np.ndarray, category: int, score: float) -> Instance | None:
-    """An :class:`Instance` from a full-size bool mask; None when the mask is empty."""
+    """An :class:`Instance` from a full-size bool mask; None when the mask is empty.
+
+    Parameters
+    ----------
+    mask : np.ndarray
+        Full-size boolean mask.
+    category : int
+        Category id.
+    score : float
+        Detection score.
+
+    Returns
+    -------
+    Instance or None
+        The instance with its mask cropped to its box.
+
+    Examples
+    --------
+    >>> mask = np.zeros((4, 5), bool); mask[1:3, 2:4] = True
+    >>> crop_instance(mask, 1, 0.9).box, crop_instance(np.zeros((4, 5), bool), 1, 0.9)
+    ((2, 1, 4, 3), None)
+    """
     rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
     if not rows.any():
         return None
@@ -66,7 +137,22 @@ def crop_instance(mask: np.ndarray, category: int, score: float) -> Instance | N
 @torch.no_grad()
 def predict_instances(model: torch.nn.Module, picture: np.ndarray, settings: MaskRCNNServing) -> list[Instance]:
     """Instances the model finds in ``picture``, already as the network sees it (:func:`network_picture`: float32
-    (H, W, 3), normalised), whole picture at once."""
+    (H, W, 3), normalised), whole picture at once.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A torchvision Mask R-CNN in eval mode.
+    picture : np.ndarray
+        float32 (H, W, 3), normalised.
+    settings : MaskRCNNServing
+        Score and mask thresholds.
+
+    Returns
+    -------
+    list of Instance
+        The instances scoring at least ``settings.score_threshold`` with a non-empty mask, in the model's order.
+    """
     device = next(model.parameters()).device
     tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(picture, -1, 0), dtype=np.float32))
     output = model([tensor.to(device)])[0]
@@ -79,7 +165,26 @@ def predict_instances(model: torch.nn.Module, picture: np.ndarray, settings: Mas
 
 
 def mask_iou(a: Instance, b: Instance) -> float:
-    """Intersection over union of two instances' masks (computed on their boxes' overlap only)."""
+    """Intersection over union of two instances' masks (computed on their boxes' overlap only).
+
+    Parameters
+    ----------
+    a : Instance
+        One instance.
+    b : Instance
+        The other, in the same image.
+
+    Returns
+    -------
+    float
+        The IoU, 0 when the boxes do not overlap.
+
+    Examples
+    --------
+    >>> a = Instance(0, 0, np.ones((2, 2), bool), 1, 0.9)
+    >>> mask_iou(a, a.shifted(0, 1)), mask_iou(a, a.shifted(5, 5))
+    (0.3333333333333333, 0.0)
+    """
     (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.box, b.box
     x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
     if x0 >= x1 or y0 >= y1:
@@ -90,7 +195,26 @@ def mask_iou(a: Instance, b: Instance) -> float:
 
 def suppress_duplicates(instances: list[Instance], iou_threshold: float = 0.5) -> list[Instance]:
     """Greedy mask non-maximum suppression, highest score first: an instance overlapping a kept one of its category
-    by more than ``iou_threshold`` is dropped (the same object seen by two tiles)."""
+    by more than ``iou_threshold`` is dropped (the same object seen by two tiles).
+
+    Parameters
+    ----------
+    instances : list of Instance
+        Instances of one image.
+    iou_threshold : float, optional
+        Mask IoU above which the lower-scoring instance is dropped.
+
+    Returns
+    -------
+    list of Instance
+        The instances kept, highest score first.
+
+    Examples
+    --------
+    >>> a = Instance(0, 0, np.ones((4, 4), bool), 1, 0.9)
+    >>> [i.score for i in suppress_duplicates([a, Instance(0, 1, np.ones((4, 4), bool), 1, 0.8)])]
+    [0.9]
+    """
     kept: list[Instance] = []
     for instance in sorted(instances, key=lambda i: -i.score):
         if all(k.category != instance.category or mask_iou(k, instance) <= iou_threshold for k in kept):
@@ -107,6 +231,24 @@ def predict_tiled(predict: Callable[[np.ndarray], list[Instance]], image: np.nda
     on either side of a seam is kept once (:func:`suppress_duplicates`). An image that fits one tile is predicted
     whole.
 
+    Parameters
+    ----------
+    predict : callable
+        Instances of one tile (in the tile's frame).
+    image : np.ndarray
+        The whole image, (H, W) or (H, W, C).
+    tile : int
+        Side of the tiles.
+    overlap : int
+        Least number of pixels neighbouring tiles share.
+
+    Returns
+    -------
+    list of Instance
+        The instances of the whole image, in its frame.
+
+    Examples
+    --------
     >>> def blobs(img):
     ...     from scipy import ndimage
     ...     labels, n = ndimage.label(img > 0)
@@ -140,7 +282,22 @@ def predict_tiled(predict: Callable[[np.ndarray], list[Instance]], image: np.nda
 
 def predict_image(model: torch.nn.Module, image: np.ndarray, settings: MaskRCNNServing) -> list[Instance]:
     """Instances of ``image`` (2-D grey or channels-last colour; 8/16-bit or float), normalised as a whole by
-    ``settings.normalization``, tiled when a side exceeds ``settings.tile_size``; highest score first."""
+    ``settings.normalization``, tiled when a side exceeds ``settings.tile_size``; highest score first.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A torchvision Mask R-CNN in eval mode.
+    image : np.ndarray
+        2-D grey or channels-last colour image.
+    settings : MaskRCNNServing
+        Normalisation, tiling and thresholds, as served.
+
+    Returns
+    -------
+    list of Instance
+        The instances, highest score first.
+    """
     return predict_picture(model, network_picture(as_picture(image), settings.normalization), settings)
 
 
@@ -150,7 +307,22 @@ def predict_picture(model: torch.nn.Module, picture: np.ndarray, settings: MaskR
 
     Every tile is shown to the model at ``tile_size`` (smaller images and edge tiles are padded with the picture's
     median): the model scales each input to its ``min_size``, so this keeps objects at the scale it was trained
-    on (training images are ``tile_size`` across)."""
+    on (training images are ``tile_size`` across).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A torchvision Mask R-CNN in eval mode.
+    picture : np.ndarray
+        float32 (H, W, 3), normalised.
+    settings : MaskRCNNServing
+        Tiling and thresholds, as served.
+
+    Returns
+    -------
+    list of Instance
+        The instances, highest score first.
+    """
     image = picture
     fill = np.median(image, axis=(0, 1)).astype(image.dtype)
     tile = settings.tile_size
@@ -174,7 +346,25 @@ def predict_picture(model: torch.nn.Module, picture: np.ndarray, settings: MaskR
 
 def as_picture(image: np.ndarray, source: str = "") -> np.ndarray:
     """One picture as (H, W) or (H, W, C): a one-plane stack (1, H, W) is squeezed; stacks of planes and pictures
-    with a side under 16 pixels are refused with an ``ImageInputError`` naming ``source``."""
+    with a side under 16 pixels are refused with an ``ImageInputError`` naming ``source``.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        A decoded image.
+    source : str, optional
+        Named in error messages.
+
+    Returns
+    -------
+    np.ndarray
+        (H, W) or (H, W, C).
+
+    Examples
+    --------
+    >>> as_picture(np.zeros((1, 20, 30), np.uint8)).shape
+    (20, 30)
+    """
     from cellops.io import ImageInputError, image_geometry
 
     height, width, _ = image_geometry(image, source=source)
@@ -187,7 +377,26 @@ def as_picture(image: np.ndarray, source: str = "") -> np.ndarray:
 
 def label_image(instances: list[Instance], shape: tuple[int, int]) -> np.ndarray:
     """A uint16 label image (0 background; instance ``i`` of the list labelled ``i + 1``); where instances overlap,
-    the earlier (higher-scoring) one keeps the pixel."""
+    the earlier (higher-scoring) one keeps the pixel.
+
+    Parameters
+    ----------
+    instances : list of Instance
+        The instances, highest score first.
+    shape : tuple of int
+        (height, width) of the image.
+
+    Returns
+    -------
+    np.ndarray
+        uint16 label image of ``shape``.
+
+    Examples
+    --------
+    >>> a, b = Instance(0, 0, np.ones((1, 2), bool), 1, 0.9), Instance(0, 1, np.ones((1, 2), bool), 1, 0.8)
+    >>> label_image([a, b], (1, 4)).tolist()
+    [[1, 1, 2, 0]]
+    """
     if len(instances) > np.iinfo(np.uint16).max:
         raise ValueError(f"{len(instances)} instances do not fit a 16-bit label image")
     labels = np.zeros(shape, np.uint16)
@@ -198,7 +407,27 @@ def label_image(instances: list[Instance], shape: tuple[int, int]) -> np.ndarray
 
 
 def instance_table(instances: list[Instance], categories: dict[int, str]) -> "pd.DataFrame":
-    """One row per instance: label (as in :func:`label_image`), category, score, area in pixels, box and centroid."""
+    """One row per instance: label (as in :func:`label_image`), category, score, area in pixels, box and centroid.
+
+    Parameters
+    ----------
+    instances : list of Instance
+        The instances, in label order.
+    categories : dict of int to str
+        Category id to name (an unknown id is written as its number).
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``label``, ``category``, ``score``, ``area``, ``box_x0`` .. ``box_y1``, ``centroid_x``,
+        ``centroid_y``.
+
+    Examples
+    --------
+    >>> table = instance_table([Instance(1, 2, np.ones((2, 2), bool), 1, 0.9)], {1: "cell"})
+    >>> table[["category", "area", "centroid_x"]].values.tolist()
+    [['cell', 4, 2.5]]
+    """
     import pandas as pd
 
     rows = []
@@ -218,6 +447,20 @@ def instance_rle(instance: Instance, shape: tuple[int, int]) -> dict:
     O(area), not O(image), per instance), with a JSON-ready ``counts`` string
     (:func:`cellops.coco.cropped_mask_to_rle`).
 
+    Parameters
+    ----------
+    instance : Instance
+        The instance.
+    shape : tuple of int
+        (height, width) of the image.
+
+    Returns
+    -------
+    dict
+        COCO RLE: ``size`` and ``counts`` (str).
+
+    Examples
+    --------
     >>> from cellops.coco import mask_to_rle
     >>> inst = crop_instance(np.pad(np.ones((2, 3), bool), ((1, 2), (2, 0))), 1, 0.9)
     >>> instance_rle(inst, (5, 5)) == mask_to_rle(inst.full_mask((5, 5)))
@@ -227,7 +470,27 @@ def instance_rle(instance: Instance, shape: tuple[int, int]) -> dict:
 
 
 def coco_results(instances: list[Instance], image_id: int, shape: tuple[int, int]) -> list[dict]:
-    """The instances as COCO result entries (mask RLE, box XYWH, score, category) for pycocotools."""
+    """The instances as COCO result entries (mask RLE, box XYWH, score, category) for pycocotools.
+
+    Parameters
+    ----------
+    instances : list of Instance
+        Instances of one image.
+    image_id : int
+        The image's id in the ground truth.
+    shape : tuple of int
+        (height, width) of the image.
+
+    Returns
+    -------
+    list of dict
+        One entry per instance: ``image_id``, ``category_id``, ``score``, ``segmentation``, ``bbox``.
+
+    Examples
+    --------
+    >>> coco_results([Instance(1, 2, np.ones((2, 3), bool), 1, 0.9)], 7, (5, 5))[0]["bbox"]
+    [2.0, 1.0, 3.0, 2.0]
+    """
     results = []
     for instance in instances:
         x0, y0, x1, y1 = instance.box
@@ -238,7 +501,22 @@ def coco_results(instances: list[Instance], image_id: int, shape: tuple[int, int
 
 
 def overlay(image: np.ndarray, instances: list[Instance], categories: dict[int, str] | None = None) -> np.ndarray:
-    """An RGB uint8 picture of ``image`` with each instance's outline, box and score drawn in its own colour."""
+    """An RGB uint8 picture of ``image`` with each instance's outline, box and score drawn in its own colour.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        Grey (H, W) or colour (H, W, C) image, any dtype (scaled by its 0.5 and 99.5 percentiles).
+    instances : list of Instance
+        The instances to draw.
+    categories : dict of int to str or None, optional
+        Category names written before the scores.
+
+    Returns
+    -------
+    np.ndarray
+        uint8 (H, W, 3).
+    """
     import cv2
 
     grey = np.asarray(image, dtype=np.float64)
@@ -265,7 +543,26 @@ def segment_image_to_files(model: torch.nn.Module, path: str | Path, out_dir: st
     """Segment one image file into ``<stem>_labels.tif`` (16-bit label image), ``<stem>_instances.csv`` (label,
     category, score, area, box, centroid) and ``<stem>_overlay.png`` under ``out_dir``, tiled when larger than the
     training images. Returns the outputs and the instance count (a batch predictor: :func:`cellops.batch.run_batch`);
-    an image that cannot be used raises :class:`cellops.io.ImageInputError` naming the file."""
+    an image that cannot be used raises :class:`cellops.io.ImageInputError` naming the file.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A torchvision Mask R-CNN in eval mode.
+    path : str or Path
+        The image file.
+    out_dir : str or Path
+        Folder of the outputs.
+    stem : str
+        Prefix of the output names.
+    settings : MaskRCNNServing
+        How the model is applied, as served.
+
+    Returns
+    -------
+    dict
+        ``outputs`` (the file names written), ``instances`` (their count) and ``normalization`` (its description).
+    """
     from cellops.io import check_pixels, read_image_file, write_tiff_stack
     from cellops.plots import save_png
 

@@ -35,20 +35,55 @@ class _Pyramid(nn.Module):
 
 class RuntimeBackbone(nn.Module):
     """Stands in for ``model.backbone``: the pyramid computed by another runtime, handed to the heads as the
-    OrderedDict they expect."""
+    OrderedDict they expect.
+
+    Parameters
+    ----------
+    pyramid : nn.Module
+        The backbone and pyramid in a runtime, returning a tuple of levels.
+    names : list of str
+        The levels' names, in output order (:func:`pyramid_names`).
+    out_channels : int
+        Channels of every level (what the heads read from ``model.backbone``).
+    """
 
     def __init__(self, pyramid: nn.Module, names: list[str], out_channels: int) -> None:
         super().__init__()
         self.pyramid, self.names, self.out_channels = pyramid, list(names), out_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict:
+        """The feature pyramid of a batch of transformed images.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Images (N, 3, H, W) as the model's transform makes them.
+
+        Returns
+        -------
+        OrderedDict
+            Level name to feature map.
+        """
         outputs = self.pyramid(x)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         return OrderedDict(zip(self.names, outputs))
 
 
 def backbone_inputs(model: nn.Module, images: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each image as the backbone sees it: resized, normalised and padded by the model's own transform."""
+    """Each image as the backbone sees it: resized, normalised and padded by the model's own transform.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A torchvision Mask R-CNN (put in eval mode).
+    images : list of torch.Tensor
+        Images (3, H, W) in [0, 1].
+
+    Returns
+    -------
+    list of torch.Tensor
+        One batch (1, 3, H', W') per image.
+    """
     model.eval()
     with torch.no_grad():
         return [model.transform([image])[0].tensors for image in images]
@@ -56,7 +91,22 @@ def backbone_inputs(model: nn.Module, images: list[torch.Tensor]) -> list[torch.
 
 def export_maskrcnn(model: nn.Module, calibration_images: list[torch.Tensor], folder: str | Path) -> list[str]:
     """Write the fp32 and int8 ONNX graphs of ``model``'s backbone and pyramid (any image size) into ``folder``,
-    calibrated on ``calibration_images`` ((3, H, W) in [0, 1], training images); returns the pyramid's level names."""
+    calibrated on ``calibration_images`` ((3, H, W) in [0, 1], training images); returns the pyramid's level names.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained torchvision Mask R-CNN.
+    calibration_images : list of torch.Tensor
+        Images (3, H, W) in [0, 1] for int8 calibration.
+    folder : str or Path
+        Where the runtime files are written.
+
+    Returns
+    -------
+    list of str
+        The pyramid's level names, in output order.
+    """
     model.eval()
     inputs = backbone_inputs(model, calibration_images)
     with torch.no_grad():
@@ -67,7 +117,18 @@ def export_maskrcnn(model: nn.Module, calibration_images: list[torch.Tensor], fo
 
 
 def pyramid_names(model: nn.Module) -> list[str]:
-    """The names of the backbone's pyramid levels, in output order."""
+    """The names of the backbone's pyramid levels, in output order.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A torchvision Mask R-CNN (put in eval mode).
+
+    Returns
+    -------
+    list of str
+        The level names (e.g. ``["0", "1", "2", "3", "pool"]``).
+    """
     model.eval()
     with torch.no_grad():
         return list(model.backbone(torch.zeros(1, 3, 64, 64)).keys())
@@ -76,7 +137,24 @@ def pyramid_names(model: nn.Module) -> list[str]:
 def with_runtime(model: nn.Module, runtime: str, folder: str | Path | None,
                  names: list[str] | None = None) -> nn.Module:
     """``model`` itself (``torch``) or a copy of it whose backbone runs in ``runtime`` (``names``: the pyramid's
-    level names, found from the model when not given)."""
+    level names, found from the model when not given).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A torchvision Mask R-CNN.
+    runtime : str
+        Name of the runtime (:mod:`cellops.runtimes`).
+    folder : str or Path or None
+        Where :func:`export_maskrcnn` wrote the runtime files.
+    names : list of str or None, optional
+        The pyramid's level names.
+
+    Returns
+    -------
+    nn.Module
+        ``model`` for ``torch``, else a shallow copy sharing its heads.
+    """
     if runtime == "torch":
         return model
     import copy
@@ -96,7 +174,34 @@ def runtime_checks(model: torch.nn.Module, calibration_images: list[torch.Tensor
                    repeats: int = 1) -> list[RuntimeCheck]:
     """Export the backbone into ``folder`` (:mod:`cellops.maskrcnn.runtime`) and measure each runtime of
     :mod:`cellops.runtimes` on the test samples as served (metric: mask AP50; ``tolerance``: the largest AP50 change
-    accepted)."""
+    accepted).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A trained torchvision Mask R-CNN.
+    calibration_images : list of torch.Tensor
+        Training images (3, H, W) in [0, 1] for int8 calibration.
+    test_samples : list
+        (image, target) test samples, normalised as served.
+    test_ground_truth : dict
+        COCO annotations of the test images.
+    settings : MaskRCNNServing
+        How the model is applied, as served.
+    folder : str or Path
+        Where the runtime files are written.
+    runtimes : tuple of str
+        Names of the runtimes to measure.
+    tolerance : float
+        Largest mask-AP50 change from torch fp32 accepted.
+    repeats : int, optional
+        Timed repetitions of each evaluation.
+
+    Returns
+    -------
+    list of RuntimeCheck
+        One result per runtime.
+    """
     names = export_maskrcnn(model, calibration_images, folder)
 
     def mask_ap50(module: torch.nn.Module) -> float:

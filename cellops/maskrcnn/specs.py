@@ -24,13 +24,20 @@ class AnnotationSource(FromMapping):
 
     Attributes
     ----------
-    format : coco, via, labelme or label_images.
-    images_dir : the folder the annotations' file names are relative to.
-    path : the COCO or VIA JSON file, or the folder of LabelMe files (unused for label images).
-    category : category name of label images and of VIA regions without a label attribute.
-    label_suffix : label images are ``<image stem><label_suffix>`` next to their image.
-    label_attribute : VIA: the region attribute holding the category (needed when regions have several).
-    categories : VIA and LabelMe: the allowed category names, in id order (others are refused); by default, in
+    format : str
+        ``coco``, ``via``, ``labelme`` or ``label_images``.
+    images_dir : str
+        The folder the annotations' file names are relative to.
+    path : str, optional
+        The COCO or VIA JSON file, or the folder of LabelMe files (unused for label images).
+    category : str, optional
+        Category name of label images and of VIA regions without a label attribute.
+    label_suffix : str, optional
+        Label images are ``<image stem><label_suffix>`` next to their image.
+    label_attribute : str or None, optional
+        VIA: the region attribute holding the category (needed when regions have several).
+    categories : list of str or None, optional
+        VIA and LabelMe: the allowed category names, in id order (others are refused); by default, in
         order of first appearance.
     """
 
@@ -43,7 +50,13 @@ class AnnotationSource(FromMapping):
     categories: list[str] | None = None
 
     def load(self) -> dict:
-        """The annotations as COCO (see :func:`cellops.maskrcnn.annotations.load_annotations`)."""
+        """The annotations as COCO (see :func:`cellops.maskrcnn.annotations.load_annotations`).
+
+        Returns
+        -------
+        dict
+            A COCO dataset (``images``, ``annotations``, ``categories``), file names relative to ``images_dir``.
+        """
         from cellops.maskrcnn.annotations import load_annotations
 
         return load_annotations(self.format, self.path, self.images_dir, label_suffix=self.label_suffix,
@@ -54,7 +67,23 @@ class AnnotationSource(FromMapping):
 @dataclass(frozen=True)
 class SourceSettings(FromMapping):
     """The source dataset models with ``init: source`` are pretrained on, and its overrides of the shared model,
-    training and augmentation settings; ``expectations`` are its annotation suite's thresholds."""
+    training and augmentation settings; ``expectations`` are its annotation suite's thresholds.
+
+    Attributes
+    ----------
+    annotations : dict
+        :class:`AnnotationSource` fields of the source dataset.
+    split : dict
+        Its image split settings.
+    expectations : dict
+        Thresholds of its annotation suite.
+    model : dict, optional
+        Overrides of the shared model settings.
+    training : dict, optional
+        Overrides of the shared training settings.
+    augmentation : dict, optional
+        Overrides of the shared augmentation settings.
+    """
 
     annotations: dict
     split: dict
@@ -67,7 +96,19 @@ class SourceSettings(FromMapping):
 @dataclass(frozen=True)
 class MaskRCNNModelSpec(FromMapping):
     """One model of the comparison: how it starts (``init``: scratch, source = pretrained on the source dataset
-    in this run, imagenet or coco = a local weights file) and its overrides of the shared settings."""
+    in this run, imagenet or coco = a local weights file) and its overrides of the shared settings.
+
+    Attributes
+    ----------
+    init : str, optional
+        One of :data:`INITS`.
+    weights_file : str or None, optional
+        The local weights file of ``imagenet`` and ``coco``.
+    model : dict, optional
+        Overrides of the shared model settings.
+    training : dict, optional
+        Overrides of the shared training settings.
+    """
 
     init: str = "scratch"
     weights_file: str | None = None
@@ -79,11 +120,41 @@ class MaskRCNNModelSpec(FromMapping):
             raise ValueError(f"init {self.init!r}: choose one of {list(INITS)}")
 
     def settings(self, shared_model: dict) -> MaskRCNNSettings:
+        """The model settings of this entry: the shared ones with its overrides merged in.
+
+        Parameters
+        ----------
+        shared_model : dict
+            The config's shared model settings.
+
+        Returns
+        -------
+        MaskRCNNSettings
+            The merged settings (unknown keys are named).
+        """
         return from_mapping(MaskRCNNSettings, deep_merge(shared_model, self.model))
 
 
 def parse_models(models: dict, shared_model: dict) -> dict[str, MaskRCNNModelSpec]:
-    """Every configured model, checked before anything runs (unknown keys, backbones and inits are named)."""
+    """Every configured model, checked before anything runs (unknown keys, backbones and inits are named).
+
+    Parameters
+    ----------
+    models : dict
+        Model name to its :class:`MaskRCNNModelSpec` fields.
+    shared_model : dict
+        The shared model settings each entry overrides.
+
+    Returns
+    -------
+    dict of str to MaskRCNNModelSpec
+        The specs, by model name.
+
+    Raises
+    ------
+    ValueError
+        When ``models`` is empty or an entry is invalid (the message starts with ``models.<name>``).
+    """
     if not models:
         raise ValueError("no models configured: add at least one entry under parameters.models")
     specs = {}
@@ -100,6 +171,20 @@ def instance_test_fingerprint(coco: dict, index: dict) -> str:
     """A hash of the test split by content: each test image's bytes (md5) with its annotations (categories and
     segmentations). Two runs scored on the same fingerprint are comparable; otherwise the champion is re-scored.
 
+    Parameters
+    ----------
+    coco : dict
+        The COCO dataset.
+    index : dict
+        ``image_ids``, ``md5`` and ``splits``, one entry per image.
+
+    Returns
+    -------
+    str
+        16 hexadecimal digits.
+
+    Examples
+    --------
     >>> coco = {"images": [{"id": 1}], "annotations": [], "categories": [{"id": 1, "name": "colony"}]}
     >>> len(instance_test_fingerprint(coco, {"image_ids": [1], "md5": ["abc"], "splits": ["test"]}))
     16
@@ -120,17 +205,30 @@ class MaskRCNNTraining(FromMapping):
 
     Attributes
     ----------
-    epochs : passes over the training images.
-    batch_size : images per step.
-    learning_rate : peak SGD learning rate, reached after the warm-up, then decayed by a cosine to 1 %.
-    momentum, weight_decay : SGD's.
-    warmup_iterations : linear warm-up from 1/1000 of the peak (torchvision's references use up to 1000).
-    clip_grad_norm : largest gradient norm (0: no clipping); keeps the first steps from scratch stable.
-    amp : mixed precision when training on a GPU (ignored on a CPU).
-    device : cpu, cuda, or auto (cuda when available).
-    threads : CPU threads (0: torch's default).
-    seed : seeds the weights, the augmentation and the batch order.
-    validate_every : epochs between validations (the best validated epoch's weights are kept).
+    epochs : int, optional
+        Passes over the training images.
+    batch_size : int, optional
+        Images per step.
+    learning_rate : float, optional
+        Peak SGD learning rate, reached after the warm-up, then decayed by a cosine to 1 %.
+    momentum : float, optional
+        SGD's momentum.
+    weight_decay : float, optional
+        SGD's weight decay.
+    warmup_iterations : int, optional
+        Linear warm-up from 1/1000 of the peak (torchvision's references use up to 1000).
+    clip_grad_norm : float, optional
+        Largest gradient norm (0: no clipping); keeps the first steps from scratch stable.
+    amp : bool, optional
+        Mixed precision when training on a GPU (ignored on a CPU).
+    device : str, optional
+        ``cpu``, ``cuda``, or ``auto`` (cuda when available).
+    threads : int, optional
+        CPU threads (0: torch's default).
+    seed : int, optional
+        Seeds the weights, the augmentation and the batch order.
+    validate_every : int, optional
+        Epochs between validations (the best validated epoch's weights are kept).
     """
 
     epochs: int = 20
@@ -147,6 +245,23 @@ class MaskRCNNTraining(FromMapping):
     validate_every: int = 1
 
     def resolved_device(self) -> torch.device:
+        """The torch device to train on, ``auto`` resolved.
+
+        Returns
+        -------
+        torch.device
+            ``cuda`` when configured (or ``auto``) and available, else ``cpu``.
+
+        Raises
+        ------
+        RuntimeError
+            When a CUDA device is configured and no GPU is available.
+
+        Examples
+        --------
+        >>> MaskRCNNTraining(device="cpu").resolved_device()
+        device(type='cpu')
+        """
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -160,15 +275,21 @@ class MaskRCNNServing(ServingRecord):
 
     Attributes
     ----------
-    score_threshold : instances scoring below it are dropped.
-    mask_threshold : a pixel belongs to an instance where its mask probability is at least this.
-    tile_size : images with a side above this are predicted in tiles of this side (the training image size).
-    tile_overlap : overlap of neighbouring tiles; objects up to about half of it across are never cut.
-    normalization : how intensities are scaled, over the whole picture before it is tiled
+    score_threshold : float, optional
+        Instances scoring below it are dropped.
+    mask_threshold : float, optional
+        A pixel belongs to an instance where its mask probability is at least this.
+    tile_size : int, optional
+        Images with a side above this are predicted in tiles of this side (the training image size).
+    tile_overlap : int, optional
+        Overlap of neighbouring tiles; objects up to about half of it across are never cut.
+    normalization : Normalization, optional
+        How intensities are scaled, over the whole picture before it is tiled
         (:class:`cellops.intensity.Normalization`; versions registered before it was a setting used dtype scaling).
-    max_detections : the most instances an image may have (the model's ``detections_per_img``; COCO scoring's
-        maximum).
-    categories : category id to name, as in the training annotations.
+    max_detections : int, optional
+        The most instances an image may have (the model's ``detections_per_img``; COCO scoring's maximum).
+    categories : Mapping of int to str, optional
+        Category id to name, as in the training annotations.
     """
 
     family: ClassVar[str] = "maskrcnn"
@@ -188,8 +309,38 @@ class MaskRCNNServing(ServingRecord):
             raise ValueError(f"tile_overlap {self.tile_overlap} must be in [0, tile_size {self.tile_size})")
 
     def as_dict(self) -> dict:
+        """The record as stored: JSON types (category ids as strings), with ``family``.
+
+        Returns
+        -------
+        dict
+            The mapping :meth:`from_dict` reads back.
+
+        Examples
+        --------
+        >>> record = MaskRCNNServing(categories={1: "colony"}).as_dict()
+        >>> record["categories"], MaskRCNNServing.from_dict(record).categories
+        ({'1': 'colony'}, {1: 'colony'})
+        """
         return {**super().as_dict(), "categories": {str(k): v for k, v in self.categories.items()}}
 
     def category_name(self, category: int) -> str:
-        """The name of category id ``category`` (its number when the record names no such category)."""
+        """The name of category id ``category`` (its number when the record names no such category).
+
+        Parameters
+        ----------
+        category : int
+            A category id.
+
+        Returns
+        -------
+        str
+            Its name.
+
+        Examples
+        --------
+        >>> serving = MaskRCNNServing(categories={1: "colony"})
+        >>> serving.category_name(1), serving.category_name(2)
+        ('colony', '2')
+        """
         return self.categories.get(int(category), str(category))

@@ -28,9 +28,12 @@ class MaskRCNNHistory(TrainingHistory):
 
     Attributes
     ----------
-    losses : each epoch's mean of every loss term (``loss`` is their sum).
-    validation : the scores of each validated epoch, with its ``epoch``.
-    best_score : the best epoch's validation mask AP50 (plus 1/1000 of its AP, to break ties).
+    losses : list of dict of str to float
+        Each epoch's mean of every loss term (``loss`` is their sum).
+    validation : list of dict of str to float
+        The scores of each validated epoch, with its ``epoch``.
+    best_score : float
+        The best epoch's validation mask AP50 (plus 1/1000 of its AP, to break ties).
     """
 
     losses: list[dict[str, float]] = field(default_factory=list)
@@ -41,6 +44,13 @@ class MaskRCNNHistory(TrainingHistory):
         """Every curve by name: each loss term and ``epoch_seconds`` per epoch, validation mask AP50, AP and F1
         per validated epoch.
 
+        Returns
+        -------
+        dict of str to list of float
+            The curves, by name (validation ones prefixed ``val_``).
+
+        Examples
+        --------
         >>> history = MaskRCNNHistory(losses=[{"loss": 2.0}, {"loss": 1.5}], epoch_seconds=[3.0, 2.5],
         ...                           validation=[{"epoch": 1, "mask_ap50": 0.5, "mask_ap": 0.25, "f1_50": 0.5}])
         >>> curves = history.curves()
@@ -96,12 +106,15 @@ def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int,
     ----------
     optimizer : torch.optim.Optimizer
         Its learning rate is the peak.
-    warmup, total : int
-        Steps of the warm-up and of the whole training.
+    warmup : int
+        Steps of the warm-up.
+    total : int
+        Steps of the whole training.
 
     Returns
     -------
     torch.optim.lr_scheduler.LambdaLR
+        The schedule, to step after every optimiser step.
 
     Examples
     --------
@@ -129,21 +142,25 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     model : torch.nn.Module
         A torchvision Mask R-CNN (in training mode it returns its loss terms).
     optimizer : torch.optim.Optimizer
+        The optimiser, stepped once per batch.
     scheduler : torch.optim.lr_scheduler.LRScheduler
+        Stepped once per batch.
     data_loader : DataLoader
+        Batches of (images, targets), as :func:`cellops.maskrcnn.data.collate` makes them.
     device : torch.device
+        Where the model is.
     epoch : int
         For the error message.
     scaler : torch.amp.GradScaler, optional
         Mixed precision (autocast and a scaled loss) when given.
-    clip_grad_norm : float
+    clip_grad_norm : float, optional
         Largest gradient norm (0: no clipping).
 
     Returns
     -------
-    dict
+    losses : dict of str to float
         The epoch's mean of every loss term (``loss`` is their sum).
-    float
+    lr : float
         The learning rate of the epoch's last step.
 
     Raises
@@ -209,21 +226,23 @@ def fit(model: torch.nn.Module, train: InstanceDataset, val_samples: list, val_g
     val_ground_truth : dict
         COCO annotations of the validation images.
     config : MaskRCNNTraining
+        Optimisation settings.
     prediction : MaskRCNNServing
         How validation predicts, as served.
     checkpoint_dir : Path, optional
         Folder of the checkpoints (None: none).
     checkpoint_key : dict, optional
         What else must match to resume (e.g. a hash of the annotations).
-    on_epoch_end : callable, optional
+    on_epoch_end : EpochCallback, optional
         ``on_epoch_end(epoch, metrics)`` after each epoch: the loss terms, ``lr``, ``epoch_seconds`` and, when
         validated, the ``val_`` scores.
-    resume : bool
+    resume : bool, optional
         Resume from a checkpoint of the same training when there is one.
 
     Returns
     -------
     MaskRCNNHistory
+        Per-epoch losses, validation scores and the best epoch.
     """
     if config.threads:
         torch.set_num_threads(config.threads)

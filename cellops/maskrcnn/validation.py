@@ -26,10 +26,16 @@ class AnnotationExpectations(FromMapping):
 
     Attributes
     ----------
-    min_images : images the dataset must have.
-    min_instances_per_image, max_instances_per_image : instance count bounds per image.
-    min_box_iou : a given ``bbox`` must overlap the box of its mask by at least this IoU.
-    outside_tolerance : polygon coordinates may lie this many pixels outside the image (annotation tools round).
+    min_images : int, optional
+        Images the dataset must have.
+    min_instances_per_image : int, optional
+        Fewest instances an image may have.
+    max_instances_per_image : int, optional
+        Most instances an image may have.
+    min_box_iou : float, optional
+        A given ``bbox`` must overlap the box of its mask by at least this IoU.
+    outside_tolerance : float, optional
+        Polygon coordinates may lie this many pixels outside the image (annotation tools round).
     """
 
     min_images: int = 3
@@ -80,7 +86,25 @@ def summarise_annotations(coco: dict, images_dir: str | Path, index: dict,
                           expectations: AnnotationExpectations) -> pd.DataFrame:
     """One row per image of ``coco`` (plus one per unknown image id that annotations refer to), with the columns
     the suite checks and a ``problems`` column (JSON list of ``check: detail``) the failure messages quote.
-    ``index`` is :func:`cellops.maskrcnn.data.split_images`'s (paths, content hashes and splits)."""
+    ``index`` is :func:`cellops.maskrcnn.data.split_images`'s (paths, content hashes and splits).
+
+    Parameters
+    ----------
+    coco : dict
+        The COCO dataset.
+    images_dir : str or Path
+        The folder its file names are relative to.
+    index : dict
+        The dataset index (image ids, content hashes, splits).
+    expectations : AnnotationExpectations
+        Thresholds the per-image columns are computed against.
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per image: ``file``, ``image_id``, ``split``, one column per check of :data:`CHECKS` and
+        ``problems``.
+    """
     from cellops.io import ImageInputError, read_image_file, to_unit_range
     from cellops.coco import segmentation_mask
     from cellops.maskrcnn.predict import as_picture
@@ -202,7 +226,22 @@ def _suite(expect: AnnotationExpectations) -> list:
 def validate_annotation_dataset(table: pd.DataFrame, expectations: AnnotationExpectations,
                                 data_docs_dir: Path | None = None) -> ValidationReport:
     """Run the annotation suite on a :func:`summarise_annotations` table. Each line of ``failures`` names the
-    expectation, its column and the first offending images and annotations in plain words."""
+    expectation, its column and the first offending images and annotations in plain words.
+
+    Parameters
+    ----------
+    table : pd.DataFrame
+        From :func:`summarise_annotations`.
+    expectations : AnnotationExpectations
+        Thresholds of the suite.
+    data_docs_dir : Path or None, optional
+        Where to build Great Expectations' HTML Data Docs; none are built when omitted.
+
+    Returns
+    -------
+    ValidationReport
+        The suite's results with explained ``failures``.
+    """
     report = run_suite(table.drop(columns=["problems"]), "instance_annotations", _suite(expectations), data_docs_dir)
     problems = [p for cell in table["problems"] for p in json.loads(cell)]
 
