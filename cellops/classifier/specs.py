@@ -193,11 +193,7 @@ class ClassifierServing(ServingRecord):
     channels: int
     size: int
     batch_size: int
-    #: How intensities are scaled (:class:`cellops.intensity.Normalization`); versions registered before it was a
-    #: setting were trained on dtype scaling.
     normalization: Normalization = LEGACY
-    #: The operating point: an image is ``positive_class`` when that class's probability reaches it (chosen on the
-    #: validation split); ``None``: the most probable class.
     decision_threshold: float | None = None
 
     def __post_init__(self) -> None:
