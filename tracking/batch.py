@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cellops.batch import BatchResult, Processor, run_batch
-from cellops.families import record_family
+from cellops.families import read_serving, record_family
 from tracking import tags as names
 from tracking.registry import load_registered, resolve_registered
 
@@ -114,25 +114,20 @@ def batch_predictor(tracking_uri: str, record: dict, *, slab: int = 8, cams: boo
     cellops.batch.Processor
         ``(path, out_dir, stem) -> {"outputs": [...], **results}``.
     """
-    name, inference = record["registered_model"], record[names.INFERENCE_SETTINGS]
-    model = load_registered(tracking_uri, name, record)
+    settings = read_serving(record[names.INFERENCE_SETTINGS])  # the family's <Family>Serving, parsed once
+    model = load_registered(tracking_uri, record["registered_model"], record)
     if record["family"] == "unet":
         from cellops.unet.predict import load_for_inference
-        from cellops.unet.specs import UNetServing
         from cellops.unet.streaming import segment_volume_to_files
 
-        settings, model = UNetServing.from_dict(inference), load_for_inference(model)
+        model = load_for_inference(model)
         return lambda path, out, stem: segment_volume_to_files(model, path, out, stem, settings, slab=slab)
     if record["family"] == "maskrcnn":
         from cellops.maskrcnn.predict import segment_image_to_files
-        from cellops.maskrcnn.specs import MaskRCNNServing
 
-        settings = MaskRCNNServing.from_dict(inference)
         return lambda path, out, stem: segment_image_to_files(model, path, out, stem, settings)
     from cellops.classifier.predict import classify_image_to_files
-    from cellops.classifier.specs import ClassifierServing
 
-    settings = ClassifierServing.from_dict(inference)
     return lambda path, out, stem: classify_image_to_files(model, Path(path), out, stem, settings, cams=cams)
 
 
