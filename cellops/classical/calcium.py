@@ -9,7 +9,7 @@ curve, responder yes/no; per group: mean +- SEM curves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -36,8 +36,9 @@ class CalciumParams:
         of all cells, extrapolated over the recording and divided out).
     frame_interval_s : seconds between frames, for times and areas in seconds.
     responder_threshold : peak dF/F0 above which a cell counts as responding.
-    cell_diameter_um, pixel_size_um : the diameter in micrometres and the pixel size; when given, they
-        replace ``cell_diameter_px``.
+    cell_diameter_um : the diameter in micrometres; when given it replaces ``cell_diameter_px`` and is converted
+        with each movie's own pixel size (:meth:`at_pixel_size`).
+    pixel_size_um : the pixel size used for movies whose metadata has none (a file's own pixel size wins).
     motion_correction : register every frame to the baseline (rigid, sub-pixel phase correlation) before
         anything else, so stage drift does not move cells out of their masks.
     """
@@ -62,6 +63,15 @@ class CalciumParams:
 
     def __post_init__(self) -> None:
         self.segmenter()
+
+    def at_pixel_size(self, pixel_size_um: float | None) -> "CalciumParams":
+        """These settings for a movie whose pixel size is ``pixel_size_um`` (None: the file states none, and
+        ``pixel_size_um`` of the config, if any, is used).
+
+        >>> CalciumParams(cell_diameter_um=15.0).at_pixel_size(0.5).segmenter().diameter_px
+        30.0
+        """
+        return self if pixel_size_um is None else replace(self, pixel_size_um=pixel_size_um)
 
 
 @dataclass

@@ -11,7 +11,7 @@ equivalent diameter.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -21,6 +21,8 @@ from skimage import filters, measure, morphology, segmentation
 
 from cellops.classical.common import to_uint8_gray
 from cellops.classical.scale import weighted_median
+from cellops.errors import ImageInputError
+from cellops.units import check_pixel_size_um
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,10 @@ class ColonyParams:
     exclude_border : drop colonies touching the image border (the table flags them either way).
     min_colony_diameter_px : a measured width below this means no colony was seen (only single cells and
         debris): the 10x sizes are used then.
+    colony_diameter_um, min_area_um2 : the colony width in µm and the smallest colony in µm²; when given they
+        replace ``colony_diameter_px`` and ``min_area`` and are converted with each file's own pixel size
+        (:meth:`at_pixel_size`), so one config serves a 4x and a 10x objective.
+    pixel_size_um : the pixel size used for files whose metadata has none (a file's own pixel size wins).
     """
 
     colony_diameter_px: float | str = AUTO
@@ -67,8 +73,17 @@ class ColonyParams:
     refine_edges: bool = True
     exclude_border: bool = False
     min_colony_diameter_px: float = 24.0
+    colony_diameter_um: float | None = None
+    min_area_um2: float | None = None
+    pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
+        if self.pixel_size_um is not None:
+            check_pixel_size_um(self.pixel_size_um, source="pixel_size_um")
+        for name in ("colony_diameter_um", "min_area_um2"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
         for name in ("colony_diameter_px", "blur_sigma", "canny_low", "canny_high", "dilate_iterations",
                      "erode_iterations", "min_area"):
             value = getattr(self, name)
@@ -76,6 +91,32 @@ class ColonyParams:
                 raise ValueError(f"{name} must be a number or 'auto', got {value!r}")
             if not isinstance(value, str) and value < 0:
                 raise ValueError(f"{name} must not be negative, got {value}")
+
+
+    def at_pixel_size(self, pixel_size_um: float | None) -> "ColonyParams":
+        """These settings in pixels for a file whose pixel size is ``pixel_size_um`` (None: the file states none,
+        and ``pixel_size_um`` of the config, if any, is used): sizes in µm become pixels.
+
+        >>> params = ColonyParams(colony_diameter_um=400.0, min_area_um2=10000.0).at_pixel_size(2.0)
+        >>> params.colony_diameter_px, params.min_area
+        (200.0, 2500.0)
+
+        Raises
+        ------
+        ImageInputError
+            If a size is in µm and no pixel size is known.
+        """
+        pixel_size = self.pixel_size_um if pixel_size_um is None else pixel_size_um
+        if self.colony_diameter_um is None and self.min_area_um2 is None:
+            return self if pixel_size == self.pixel_size_um else replace(self, pixel_size_um=pixel_size)
+        if pixel_size is None:
+            raise ImageInputError("colony sizes are given in µm (colony_diameter_um, min_area_um2) but the image "
+                                  "states no pixel size: give pixel_size_um in the config (or the sizes in pixels)")
+        size = check_pixel_size_um(pixel_size)
+        return replace(self, pixel_size_um=size, colony_diameter_um=None, min_area_um2=None,
+                       colony_diameter_px=(self.colony_diameter_px if self.colony_diameter_um is None
+                                           else self.colony_diameter_um / size),
+                       min_area=self.min_area if self.min_area_um2 is None else self.min_area_um2 / size**2)
 
 
 #: The fixed 10x settings of the releases before sizes were measured: blur, Canny, dilation, fill, erosion and
@@ -163,6 +204,7 @@ def colony_settings(image: np.ndarray, params: ColonyParams = ColonyParams()) ->
     >>> bool(colony_settings(at_4x.image).min_area < colony_settings(at_10x.image).min_area / 3)
     True
     """
+    params = params.at_pixel_size(None)  # sizes in µm become pixels (the config's pixel size), or a clear error
     gray = to_uint8_gray(image)
     if params.colony_diameter_px == AUTO:
         low, high = _canny_thresholds(cv2.GaussianBlur(gray, (0, 0), 1.0))

@@ -12,7 +12,7 @@ marker-controlled watershed on shape and intensity (:func:`split_touching`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -21,8 +21,10 @@ from scipy import ndimage
 from skimage import filters, measure, morphology, segmentation
 
 from cellops.classical.common import to_gray_float
+from cellops.errors import ImageInputError
 from cellops.classical.scale import (ThresholdingMethod, background_map, choose_threshold, estimate_blob_diameter,
                                     noise_sigma, normalise_intensity)
+from cellops.units import check_pixel_size_um
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,9 @@ class NucleusParams:
     marker_depth_fraction : h of the h-maxima, as a fraction of the diameter: a neck between two nuclei must
         be at least this much narrower than their radii for them to be split.
     exclude_border : drop nuclei touching the image border (their shape is cut).
-    nucleus_diameter_um, pixel_size_um : the diameter in micrometres and the pixel size; when given, they
-        replace ``nucleus_diameter_px`` (see :attr:`diameter_px`).
+    nucleus_diameter_um : the diameter in micrometres; when given it replaces ``nucleus_diameter_px`` and is
+        converted with each file's own pixel size (:meth:`at_pixel_size`), so one config serves every objective.
+    pixel_size_um : the pixel size used for files whose metadata has none (a file's own pixel size wins).
     """
 
     nucleus_diameter_px: float | str = "auto"
@@ -56,11 +59,13 @@ class NucleusParams:
     pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
-        if (self.nucleus_diameter_um is None) != (self.pixel_size_um is None):
-            raise ValueError("give nucleus_diameter_um and pixel_size_um together (or neither, and nucleus_diameter_px)")
+        if self.pixel_size_um is not None:
+            check_pixel_size_um(self.pixel_size_um, source="pixel_size_um")
+        if self.nucleus_diameter_um is not None and not self.nucleus_diameter_um > 0:
+            raise ValueError(f"nucleus_diameter_um must be positive, got {self.nucleus_diameter_um}")
         if isinstance(self.nucleus_diameter_px, str) and self.nucleus_diameter_px != "auto":
             raise ValueError(f"nucleus_diameter_px must be a number of pixels or 'auto', got {self.nucleus_diameter_px!r}")
-        if self.diameter_px is not None and self.diameter_px <= 0:
+        if self.nucleus_diameter_um is None and self.diameter_px is not None and self.diameter_px <= 0:
             raise ValueError(f"the nucleus diameter must be positive, got {self.diameter_px} px")
         if self.threshold not in THRESHOLDS:
             raise ValueError(f"unknown threshold method {self.threshold!r}: expected one of {list(THRESHOLDS)}")
@@ -73,12 +78,32 @@ class NucleusParams:
         30.0
         >>> NucleusParams().diameter_px is None
         True
+
+        Raises
+        ------
+        ImageInputError
+            If the diameter is in µm and no pixel size is known (neither the file's nor ``pixel_size_um``).
         """
-        if self.nucleus_diameter_um is not None and self.pixel_size_um is not None:
+        if self.nucleus_diameter_um is not None:
+            if self.pixel_size_um is None:
+                raise ImageInputError(f"nucleus_diameter_um is {self.nucleus_diameter_um:g} µm but the image states "
+                                      "no pixel size: give pixel_size_um in the config (or nucleus_diameter_px)")
             return nucleus_diameter_in_pixels(self.nucleus_diameter_um, self.pixel_size_um)
         if self.nucleus_diameter_px == "auto":
             return None
         return float(self.nucleus_diameter_px)
+
+
+    def at_pixel_size(self, pixel_size_um: float | None) -> "NucleusParams":
+        """These settings for a file whose pixel size is ``pixel_size_um`` (None: the file states none, and
+        ``pixel_size_um`` of the config, if any, is used).
+
+        >>> NucleusParams(nucleus_diameter_um=12.0).at_pixel_size(0.4).diameter_px
+        30.0
+        >>> NucleusParams(nucleus_diameter_um=12.0, pixel_size_um=0.2).at_pixel_size(None).diameter_px
+        60.0
+        """
+        return self if pixel_size_um is None else replace(self, pixel_size_um=pixel_size_um)
 
 
 THRESHOLDS = ("auto", "otsu", "local")
