@@ -298,6 +298,23 @@ def read_image_file(path: str | Path) -> np.ndarray:
     _check_input_file(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         return read_tiff_stack(path)
+    return read_picture_file(path)
+
+
+def read_picture_file(path: str | Path) -> np.ndarray:
+    """Read a PNG, JPEG (or any Pillow format) file as stored: the pixels of :func:`read_image_file` for files that
+    are not TIFF; errors name the file and problem.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "a.png"
+    >>> _ = path.write_bytes(encode_image(np.full((9, 8), 7, np.uint8), "png"))
+    >>> read_picture_file(path).shape
+    (9, 8)
+    """
+    path = Path(path)
+    _check_input_file(path)
     try:
         with Image.open(path) as img:
             return np.asarray(_intensities(img))
