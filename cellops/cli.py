@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -141,13 +142,13 @@ def _pipeline_parameters(config: Path) -> dict:
 
 
 def _analysis_params(kind: str, config: Path | None):
-    """Parameters of ``kind``: from a pipeline config (its ``parameters.analysis``) or a plain mapping of parameter
-    names to values; the defaults when no file is given."""
-    from cellops.classical.analyses import ANALYSES
-    from cellops.config import from_mapping
+    """Parameters of ``kind`` and the :class:`~cellops.classical.analyses.FileReading` (channel, scene): from a
+    pipeline config (its ``parameters.analysis``) or a plain mapping of parameter names to values; the defaults when
+    no file is given."""
+    from cellops.classical.analyses import analysis_settings
 
     if config is None:
-        return ANALYSES[kind].params()
+        return analysis_settings(kind, {})
     try:
         values = yaml.safe_load(config.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as error:
@@ -157,7 +158,7 @@ def _analysis_params(kind: str, config: Path | None):
         values = (parameters.get("analysis") if isinstance(parameters, dict) else parameters) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{config}: expected a mapping of parameter names to values, got {type(values).__name__}")
-    return from_mapping(ANALYSES[kind].params, values)
+    return analysis_settings(kind, values)
 
 
 def distinct_inputs(command: str, files: list[Path], verb: str) -> list[Path]:
@@ -260,7 +261,7 @@ def done_line(result: BatchResult, verb: str) -> str:
 
 
 def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config: Path | None,
-            masks: list[Path] | None = None) -> int:
+            masks: list[Path] | None = None, channel: str | None = None, scene: str | None = None) -> int:
     """Run one analysis over ``inputs`` on the batch engine (:mod:`cellops.batch`); returns its exit code.
 
     Every file that cannot be analysed is named on stderr with its problem, one line each, and the others are
@@ -283,6 +284,8 @@ def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config:
         A YAML file of the analysis parameters (None: the defaults).
     masks : list of Path, optional
         Calcium: one label TIFF per movie, in the same order, measured instead of segmenting.
+    channel, scene : str, optional
+        The channel and scene (name or index) to read from each file; they replace the config's.
 
     Returns
     -------
@@ -296,7 +299,9 @@ def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config:
     """
     from cellops.classical.analyses import analyze_batch
 
-    params = _analysis_params(kind, config)
+    params, reading = _analysis_params(kind, config)
+    if channel is not None or scene is not None:
+        reading = replace(reading, **{k: v for k, v in (("channel", channel), ("scene", scene)) if v is not None})
     baseline = getattr(params, "baseline_frames", 1)
     if isinstance(baseline, bool) or not isinstance(baseline, int) or baseline < 1:
         raise ValueError(f"{config}: baseline_frames must be a whole number of frames (1 or more), got {baseline!r}")
@@ -314,7 +319,8 @@ def analyze(kind: str, inputs: list[Path], out: Path, group: str | None, config:
                 raise ValueError(f"{movie} is given twice, with the masks {pairs[movie]} and {mask}")
     files = distinct_inputs("cellops analyze", inputs, "analysed")
     output_folder(out)
-    result, table = analyze_batch(kind, files, out, params, names=input_names(files), group=group, masks=pairs)
+    result, table = analyze_batch(kind, files, out, params, names=input_names(files), group=group, masks=pairs,
+                                  reading=reading)
     failed = result.count("failed") == len(result.rows)
     print(f"{kind}: {done_line(result, 'analysed')}"
           + ("" if failed else f", {len(table)} objects; results in {out} (each file: {out / SUMMARY})"))
@@ -382,6 +388,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                           "a file analysed there before with the same content and settings is kept")
     ana.add_argument("--group", help="culture group of these files (default: each file's folder name)")
     ana.add_argument("--config", type=Path, help="YAML with the analysis parameters (e.g. configs/nuclei.yaml)")
+    ana.add_argument("--channel", metavar="NAME|INDEX",
+                     help="the channel to analyse in multi-channel files (a name from the file's metadata, or an index)")
+    ana.add_argument("--scene", metavar="NAME|INDEX", help="the scene (series) to analyse in multi-scene files")
     ana.add_argument("--masks", type=Path, nargs="+", metavar="LABELS.tif",
                      help="calcium: cell masks drawn elsewhere (Fiji, napari, Cellpose), one label TIFF per movie")
     rep = commands.add_parser("report", help="whole-dataset report with accuracy, as in the pipeline config")
@@ -418,7 +427,8 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         if args.config is not None and not args.config.is_file():
             parser.error(f"{args.config}: no such config file")
         try:
-            return analyze(args.kind, args.inputs, args.out, args.group, args.config, args.masks)
+            return analyze(args.kind, args.inputs, args.out, args.group, args.config, args.masks, args.channel,
+                           args.scene)
         except ValueError as error:  # a bad config, bad masks or an unusable output folder
             print(f"cellops analyze: {error}", file=sys.stderr)
             return EXIT_NOT_RUN

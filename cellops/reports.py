@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cellops.classical.analyses import (ANALYSES, BatchReport, analyze_calcium_files, analyze_colony_files,
+from cellops.classical.analyses import (BatchReport, FileReading, analysis_settings, analyze_calcium_files, analyze_colony_files,
                                         analyze_nucleus_files, nuclei_group_report)
 from cellops.classical.calcium import CalciumParams
-from cellops.config import from_mapping
 from cellops.io import round_significant, write_table
 from cellops.classical.colonies import ColonyParams
 from cellops.classical.nuclei import NucleusParams
@@ -65,11 +64,12 @@ def _raise_failures(kind: str, report: BatchReport) -> None:
         raise ValueError(f"{kind} analysis failed on {len(report.failures)} files: {report.failures}")
 
 
-def colony_report(data_dir: Path, out_dir: Path, params: ColonyParams, *, pattern: str, annotations: str,
+def colony_report(data_dir: Path, out_dir: Path, params: ColonyParams, *, reading: FileReading = FileReading(),
+                  pattern: str, annotations: str,
                   iou_threshold: float) -> DatasetReport:
     """Colonies of ``data_dir/<pattern>``; scored against ``data_dir/annotations`` (COCO) if present."""
     files = dataset_files(data_dir, pattern)
-    report = analyze_colony_files(files, out_dir, params, group="colonies")
+    report = analyze_colony_files(files, out_dir, params, group="colonies", reading=reading)
     _raise_failures("colony", report)
     accuracy: dict = {"n_images": len(files), "n_colonies": len(report.table)}
     if (data_dir / annotations).is_file():
@@ -77,7 +77,8 @@ def colony_report(data_dir: Path, out_dir: Path, params: ColonyParams, *, patter
     return DatasetReport({"colonies": report.table}, accuracy, sorted(out_dir.glob("*_overlay.png")))
 
 
-def nuclei_report(data_dir: Path, out_dir: Path, params: NucleusParams, *, pattern: str, groups: list[str] | None,
+def nuclei_report(data_dir: Path, out_dir: Path, params: NucleusParams, *, reading: FileReading = FileReading(),
+                  pattern: str, groups: list[str] | None,
                   features: list[str], ground_truth_suffix: str, iou_threshold: float,
                   replicate: str = "image") -> DatasetReport:
     """Nuclei of ``data_dir/<group>/<pattern>``, group statistics, and scores against the ``ground_truth_suffix``
@@ -85,7 +86,7 @@ def nuclei_report(data_dir: Path, out_dir: Path, params: NucleusParams, *, patte
     files_by_group = {g: dataset_files(data_dir / g, pattern, ground_truth_suffix) for g in _groups(data_dir, groups)}
     tables = []
     for group, files in files_by_group.items():
-        report = analyze_nucleus_files(files, out_dir / group, params, group)
+        report = analyze_nucleus_files(files, out_dir / group, params, group, reading=reading)
         _raise_failures("nucleus", report)
         tables.append(report.table)
     table = pd.concat(tables, ignore_index=True)
@@ -103,13 +104,14 @@ def nuclei_report(data_dir: Path, out_dir: Path, params: NucleusParams, *, patte
     return DatasetReport({"nuclei": table, "group_statistics": statistics, "group_summary": summary}, accuracy, [plot])
 
 
-def calcium_report(data_dir: Path, out_dir: Path, params: CalciumParams, *, pattern: str, groups: list[str] | None,
+def calcium_report(data_dir: Path, out_dir: Path, params: CalciumParams, *, reading: FileReading = FileReading(),
+                   pattern: str, groups: list[str] | None,
                    ground_truth_suffix: str, iou_threshold: float, replicate: str = "movie",
                    features: list[str] | None = None) -> DatasetReport:
     """Responses of the movies in ``data_dir/<group>/<pattern>``, group curves, and trace correlation against
     the ``ground_truth_suffix`` label images and ``*_traces.csv`` where present."""
     files = [f for g in _groups(data_dir, groups) for f in dataset_files(data_dir / g, pattern, ground_truth_suffix)]
-    report = analyze_calcium_files(files, out_dir, params)
+    report = analyze_calcium_files(files, out_dir, params, reading=reading)
     _raise_failures("calcium", report)
     curves = pd.read_csv(out_dir / "calcium_group_curves.csv")
     accuracy: dict = {"n_cells": len(report.table),
@@ -137,5 +139,5 @@ def run_report(kind: str, data_dir: str | Path, out_dir: str | Path, analysis: d
     stages) both call this."""
     if kind not in REPORTS:
         raise ValueError(f"unknown analysis {kind!r}; expected one of {sorted(REPORTS)}")
-    params = from_mapping(ANALYSES[kind].params, analysis)
-    return REPORTS[kind](Path(data_dir), Path(out_dir), params, **report)
+    params, reading = analysis_settings(kind, analysis)
+    return REPORTS[kind](Path(data_dir), Path(out_dir), params, reading=reading, **report)

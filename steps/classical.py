@@ -20,7 +20,7 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from cellops.lineage import data_dir_for
-from cellops.classical.analyses import ANALYSES
+from cellops.classical.analyses import analysis_settings
 from cellops.config import from_mapping
 from cellops.io import ground_truth_file, write_table
 from cellops.reports import DatasetReport, dataset_files, run_report
@@ -59,8 +59,8 @@ def _report(kind: str, lineage: dict, data_dir: str, out_dir: str, analysis: dic
     log_run_config()
     mlflow.set_tags(lineage_to_tags(lineage))
     result = run_report(kind, str(data_dir_for(data_dir, lineage)), out_dir, analysis, report)
-    resolved = from_mapping(ANALYSES[kind].params, analysis)
-    mlflow.log_params({f"analysis.{k}": v for k, v in asdict(resolved).items()})
+    resolved, reading = analysis_settings(kind, analysis)
+    mlflow.log_params({f"analysis.{k}": v for k, v in {**asdict(resolved), **asdict(reading)}.items()})
     mlflow.log_metrics({k: float(v) for k, v in result.accuracy.items()})
     with tempfile.TemporaryDirectory() as tmp:
         for name, table in result.tables.items():

@@ -50,7 +50,7 @@ def _bad_files(folder: Path) -> dict[Path, str]:
         _bomb_png(folder / "bomb.png"): "image too large",
         folder / "truncated.png": "not a readable image",
         folder / "empty.png": "empty file",
-        folder / "notes.txt": "not a readable image",
+        folder / "notes.txt": "unsupported file type (suffix '.txt'). Supported: ",
         folder / "complex.tif": "unsupported dtype complex64",
         folder / "rgb.png": "an RGB(A) image (shape (32, 32, 3)), not a grey-level time-lapse stack",
         folder / "short.tif": "5 frames; a movie needs at least 16",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cellops.batch import BatchResult, Processor, run_batch
 from cellops.families import read_serving, record_family
+from cellops.io import FileReading
 from tracking import tags as names
 from tracking.registry import load_registered, resolve_registered
 
@@ -37,7 +38,7 @@ def resolve_batch_model(tracking_uri: str, model_uri: str) -> dict:
     return {**record, "family": record_family(record[names.INFERENCE_SETTINGS]), "model_uri": model_uri}
 
 
-def batch_key(record: dict, *, cams: bool = False) -> str:
+def batch_key(record: dict, *, cams: bool = False, reading: FileReading = FileReading()) -> str:
     """What a prediction's outputs depend on besides the input (the batch key of :func:`cellops.batch.run_batch`):
     the model version, and for a classifier whether CAMs are drawn.
 
@@ -47,11 +48,13 @@ def batch_key(record: dict, *, cams: bool = False) -> str:
         :func:`resolve_batch_model`.
     cams : bool
         Classifier: CAM overlays drawn.
+    reading : FileReading
+        The channel and scene read from each file (added when chosen).
 
     Returns
     -------
     str
-        ``NAME/VERSION``, ``+cams`` added for a classifier drawing them.
+        ``NAME/VERSION``, ``+cams`` added for a classifier drawing them, ``+channel=...`` for a chosen channel.
 
     Examples
     --------
@@ -59,7 +62,9 @@ def batch_key(record: dict, *, cams: bool = False) -> str:
     'cellops-classifier/3+cams'
     """
     key = f"{record['registered_model']}/{record['model_version']}"
-    return key + ("+cams" if cams and record["family"] == "classifier" else "")
+    key += "+cams" if cams and record["family"] == "classifier" else ""
+    return key + "".join(f"+{name}={value}" for name, value in (("channel", reading.channel), ("scene", reading.scene))
+                         if value is not None)
 
 
 def describe_settings(record: dict) -> str:
@@ -95,7 +100,8 @@ def describe_settings(record: dict) -> str:
     return f"{settings.normalization.describe()} normalisation, {decision}"
 
 
-def batch_predictor(tracking_uri: str, record: dict, *, slab: int = 8, cams: bool = False) -> Processor:
+def batch_predictor(tracking_uri: str, record: dict, *, slab: int = 8, cams: bool = False,
+                    reading: FileReading = FileReading()) -> Processor:
     """Load the version of ``record`` on the CPU and return its batch processor.
 
     Parameters
@@ -108,6 +114,8 @@ def batch_predictor(tracking_uri: str, record: dict, *, slab: int = 8, cams: boo
         U-Net: slices read, segmented and written at a time.
     cams : bool
         Classifier: draw each image's CAM overlay (``<stem>_cam.png``).
+    reading : FileReading
+        The channel and scene to read from multi-channel or multi-scene files (Mask R-CNN, classifier).
 
     Returns
     -------
@@ -125,14 +133,16 @@ def batch_predictor(tracking_uri: str, record: dict, *, slab: int = 8, cams: boo
     if record["family"] == "maskrcnn":
         from cellops.maskrcnn.predict import segment_image_to_files
 
-        return lambda path, out, stem: segment_image_to_files(model, path, out, stem, settings)
+        return lambda path, out, stem: segment_image_to_files(model, path, out, stem, settings, reading=reading)
     from cellops.classifier.predict import classify_image_to_files
 
-    return lambda path, out, stem: classify_image_to_files(model, Path(path), out, stem, settings, cams=cams)
+    return lambda path, out, stem: classify_image_to_files(model, Path(path), out, stem, settings, cams=cams,
+                                                           reading=reading)
 
 
 def predict_files(tracking_uri: str, record: dict, files: Sequence[Path], out_dir: str | Path, *, slab: int = 8,
-                  cams: bool = False, progress: bool | None = True) -> BatchResult:
+                  cams: bool = False, progress: bool | None = True,
+                  reading: FileReading = FileReading()) -> BatchResult:
     """Predict every file with the version of ``record`` on the batch engine, resumable: a file predicted into
     ``out_dir`` before by the same version (and, for a classifier, with CAMs as asked) from the same content is
     skipped.
@@ -153,11 +163,13 @@ def predict_files(tracking_uri: str, record: dict, files: Sequence[Path], out_di
         Classifier: draw each image's CAM overlay.
     progress : bool or None
         Progress bar over the files (None: only on a terminal).
+    reading : FileReading
+        The channel and scene to read from multi-channel or multi-scene files.
 
     Returns
     -------
     cellops.batch.BatchResult
         One row per file.
     """
-    predict = batch_predictor(tracking_uri, record, slab=slab, cams=cams)
-    return run_batch(files, out_dir, predict, batch_key(record, cams=cams), progress=progress)
+    predict = batch_predictor(tracking_uri, record, slab=slab, cams=cams, reading=reading)
+    return run_batch(files, out_dir, predict, batch_key(record, cams=cams, reading=reading), progress=progress)

@@ -187,7 +187,7 @@ COMMANDS = ("models", "lineage", "predict", "export-run")
 
 
 def predict(tracking_uri: str, family: str, model_uri: str, files: list[Path], out: Path, *, slab: int = 8,
-            cams: bool = True) -> int:
+            cams: bool = True, channel: str | None = None, scene: str | None = None) -> int:
     """Predict every file with a registered model on the batch engine (:func:`tracking.batch.predict_files`); the
     outputs of each file are named after it in ``out``, with ``batch_summary.csv`` (one row per file: status,
     problem, outputs, results) and the manifest that makes a rerun skip what is already done.
@@ -208,6 +208,8 @@ def predict(tracking_uri: str, family: str, model_uri: str, files: list[Path], o
         U-Net: slices read, segmented and written at a time (memory stays bounded by one slab).
     cams : bool
         Classifier: draw each image's CAM overlay (``<name>_cam.png``).
+    channel, scene : str, optional
+        The channel and scene (name or index) to read from multi-channel or multi-scene files.
 
     Returns
     -------
@@ -229,7 +231,10 @@ def predict(tracking_uri: str, family: str, model_uri: str, files: list[Path], o
         raise LookupError(f"{name} v{version} is a {record['family']} model, not a {family}")
     files = core.distinct_inputs("cellops predict", files, "predicted")
     core.output_folder(out)
-    result = predict_files(tracking_uri, record, files, out, slab=slab, cams=cams, progress=None)
+    from cellops.io import FileReading
+
+    result = predict_files(tracking_uri, record, files, out, slab=slab, cams=cams, progress=None,
+                           reading=FileReading(channel, scene))
     print(f"{family}: {core.done_line(result, 'predicted')} with {name} v{version} ({describe_settings(record)}) "
           f"-> {out} (each file: {out / SUMMARY})")
     return core.finish_batch(f"cellops predict {family}", result, "predicted")
@@ -262,8 +267,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     pred = commands.add_parser("predict", help="classify or segment image files with a registered model",
                                epilog=BATCH_EXIT_CODES)
     pred.add_argument("family", choices=FAMILIES)
-    pred.add_argument("images", type=Path, nargs="+", help="PNG, TIFF or JPEG files, not folders (grey or RGB, "
-                      "8/16-bit); unet: TIFF stacks (Z, Y, X) or zarr arrays, as large as the disk allows")
+    pred.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, TIFF, OME-TIFF, ImageJ, OME-Zarr, "
+                      "ND2, CZI, LIF; grey or RGB, 8/16-bit); unet: TIFF stacks (Z, Y, X) or zarr arrays, as large as "
+                      "the disk allows")
     pred.add_argument("--out", type=Path, required=True, help="output folder, with each file's outputs named after "
                       "it (classifier: class probabilities in the summary, <name>_cam.png; maskrcnn: "
                       "<name>_labels.tif, <name>_instances.csv, <name>_overlay.png; unet: <name>_mask.tif (uint8, "
@@ -272,6 +278,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                       "model version from the same content is kept")
     pred.add_argument("--model", default=None, help="models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest "
                       "(default: models:/cellops-<family>@champion)")
+    pred.add_argument("--channel", metavar="NAME|INDEX",
+                      help="the channel to read from multi-channel files (a name from the file's metadata, or an index)")
+    pred.add_argument("--scene", metavar="NAME|INDEX", help="the scene (series) to read from multi-scene files")
     pred.add_argument("--no-cams", action="store_true", help="classifier: skip the class-activation-map PNGs")
     pred.add_argument("--slab", type=int, default=8, help="unet: slices read, segmented and written at a time (memory "
                       "stays bounded by one slab)")
@@ -312,7 +321,8 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             if args.slab < 1:
                 parser.error(f"--slab must be at least 1 slice, got {args.slab}")
             model_uri = args.model or f"models:/cellops-{args.family}@{CHAMPION}"
-            return predict(uri, args.family, model_uri, args.images, args.out, slab=args.slab, cams=not args.no_cams)
+            return predict(uri, args.family, model_uri, args.images, args.out, slab=args.slab, cams=not args.no_cams,
+                           channel=args.channel, scene=args.scene)
         check_store_exists(uri)
         if args.command == "export-run":
             from tracking.export import export_latest_run

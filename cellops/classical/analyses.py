@@ -4,15 +4,18 @@ reports (:mod:`cellops.reports`) run.
 Each file is analysed on its own (:func:`analyze_colony_file`, :func:`analyze_nucleus_file`,
 :func:`analyze_calcium_file`): a file that cannot be analysed (unreadable, a directory, too large, wrong
 dimensionality or dtype, a colour image or too short a movie for calcium...) is reported with its name and the
-problem, and the rest of the batch goes on (the batch engine, :func:`cellops.batch.run_batch`). Outputs per file: a
-label TIFF (16-bit, opens in Fiji and napari), CSV tables and PNG figures, named after the file
+problem, and the rest of the batch goes on (the batch engine, :func:`cellops.batch.run_batch`). Files are opened by
+:func:`cellops.microscopy.open_image` (OME-TIFF, ImageJ, OME-Zarr, ND2, CZI, LIF, PNG...): one channel and scene,
+chosen by :class:`FileReading`, and the file's pixel size, which converts the sizes the settings give in µm and adds a
+µm column beside every size in pixels. Outputs per file: a label image as OME-TIFF (16-bit, with the input's pixel
+size, so Fiji and napari overlay it at the right scale), CSV tables and PNG figures, named after the file
 (:func:`cellops.batch.input_names`); per batch: the table of every object and the group figures and statistics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +28,11 @@ from cellops.classical.common import to_gray_float
 from cellops.classical.nuclei import NucleusParams, nucleus_table, segment_nuclei_with_settings
 from cellops.classical.plots import plot_feature_by_group, plot_group_curves, plot_superplot
 from cellops.classical.stats import group_statistics, summarise_groups
-from cellops.io import ImageInputError, check_pixels, read_image_file, write_table, write_tiff_stack
+from cellops.config import from_mapping
+from cellops.io import FileReading, ImageInputError, check_pixels, write_table
+from cellops.microscopy import MicroscopeImage, open_image, write_ome_tiff
 from cellops.plots import save_png
+from cellops.units import add_physical_columns
 
 #: The shape features of nuclei that the group report compares.
 NUCLEUS_FEATURES = ["aspect_ratio_ellipse", "aspect_ratio_rectangle", "area", "circularity", "solidity",
@@ -52,9 +58,56 @@ class BatchReport:
     failures: dict[str, str] = field(default_factory=dict)
 
 
-def _labels_tiff(path: Path, labels: np.ndarray) -> Path:
+#: Sizes in pixels in the nucleus and colony tables, and in pixels squared: each gets a µm (µm²) column beside it.
+LENGTH_COLUMNS = ["perimeter", "major_axis", "minor_axis", "feret_max", "feret_min", "equivalent_diameter",
+                  "width", "height", "box_width", "box_height", "rotated_width", "rotated_height", "hull_perimeter",
+                  "colony_width_px", "segmented_diameter_px"]
+AREA_COLUMNS = ["area", "convex_area", "hull_area", "box_area", "rotated_box_area"]
+
+
+def analysis_settings(kind: str, values: Mapping | None) -> tuple[object, FileReading]:
+    """The parameters of analysis ``kind`` and the :class:`FileReading` from a config's ``analysis`` mapping (its
+    ``channel`` and ``scene`` keys choose what is read; every other key is a parameter of ``ANALYSES[kind].params``).
+
+    Examples
+    --------
+    >>> params, reading = analysis_settings("nuclei", {"channel": "DAPI", "threshold": "otsu"})
+    >>> params.threshold, reading.channel
+    ('otsu', 'DAPI')
+    """
+    values = dict(values or {})
+    reading = FileReading(channel=values.pop("channel", None), scene=values.pop("scene", None))
+    return from_mapping(ANALYSES[kind].params, values), reading
+
+
+def _labels_tiff(path: Path, labels: np.ndarray, opened: MicroscopeImage, pixel_size_um: float | None) -> Path:
+    """A label image as OME-TIFF with the input's pixel size (16-bit while labels fit)."""
     dtype = np.uint16 if labels.max() < 65536 else np.uint32
-    return write_tiff_stack(path, labels.astype(dtype))
+    axes = "YX" if labels.ndim == 2 else "ZYX"
+    sizes = {axis: size for axis, size in opened.pixel_size_um.items() if axis in axes}
+    if pixel_size_um is not None:
+        sizes.setdefault("Y", pixel_size_um)
+        sizes.setdefault("X", pixel_size_um)
+    return write_ome_tiff(path, labels.astype(dtype), axes=axes, pixel_size_um=sizes or None, overwrite=True)
+
+
+def _plane(opened: MicroscopeImage, path: Path, purpose: str) -> np.ndarray:
+    """The one 2-D image (grey, or RGB samples) of ``opened``; a stack is refused naming its axes."""
+    if opened.axes not in ("YX", "YXS"):
+        raise ImageInputError(f"{path}: {purpose} reads one 2-D image, this file has axes {opened.axes} (shape "
+                              f"{opened.data.shape}); save or choose a single plane")
+    return opened.data
+
+
+def _pixel_size(opened: MicroscopeImage, fallback: float | None) -> float | None:
+    """The file's own in-plane pixel size, else the config's."""
+    own = opened.yx_pixel_size_um
+    return own if own is not None else fallback
+
+
+def _with_units(table: pd.DataFrame, pixel_size_um: float | None) -> pd.DataFrame:
+    return add_physical_columns(table, pixel_size_um, lengths=[c for c in LENGTH_COLUMNS if c in table],
+                                areas=[c for c in AREA_COLUMNS if c in table])
 
 
 def _check_intensities(array: np.ndarray, path: Path, allowed_ndim: tuple[int, ...]) -> np.ndarray:
@@ -157,7 +210,7 @@ def as_movie(movie: np.ndarray, path: Path, params: CalciumParams) -> np.ndarray
 
 
 def analyze_colony_file(path: Path, out: Path, name: InputName, group: str,
-                        params: ColonyParams = ColonyParams()) -> FileAnalysis:
+                        params: ColonyParams = ColonyParams(), *, reading: FileReading = FileReading()) -> FileAnalysis:
     """Colony table, label image and overlay (upright box red, rotated box green, hull white, contour blue) of one
     image: ``<stem>_colonies.csv``, ``<stem>_colonies.tif`` and ``<stem>_overlay.png`` under ``out``.
 
@@ -172,24 +225,32 @@ def analyze_colony_file(path: Path, out: Path, name: InputName, group: str,
     group : str
         Its culture group, in the table.
     params : ColonyParams
-        The analysis settings.
+        The analysis settings (sizes in µm are converted with the file's pixel size).
+    reading : FileReading
+        The channel and scene to read.
 
     Returns
     -------
     FileAnalysis
-        One row per colony.
+        One row per colony, sizes in pixels and in µm (when the pixel size is known).
     """
-    image = as_grey_image(read_image_file(path), path)
-    result = measure_colonies(image, params)
+    opened = reading.open(path, "the colony analysis")
+    image = as_grey_image(_plane(opened, path, "the colony analysis"), path)
+    pixel_size = _pixel_size(opened, params.pixel_size_um)
+    result = measure_colonies(image, params.at_pixel_size(pixel_size))
     table = result.table.assign(image=name.label, group=group,
                                 colony_width_px=round(result.settings.colony_diameter_px, 2))
+    table = _with_units(table, pixel_size)
+    overlay = colony_overlay(image, result.contours)
     return FileAnalysis(table, [write_table(table, out / f"{name.stem}_colonies.csv"),
-                                _labels_tiff(out / f"{name.stem}_colonies.tif", result.labels),
-                                save_png(colony_overlay(image, result.contours), out / f"{name.stem}_overlay.png")])
+                                _labels_tiff(out / f"{name.stem}_colonies.tif", result.labels, opened, pixel_size),
+                                save_png(overlay, out / f"{name.stem}_overlay.png"),
+                                write_ome_tiff(out / f"{name.stem}_overlay.ome.tif", overlay, axes="YXS",
+                                               pixel_size_um=pixel_size, overwrite=True)])
 
 
 def analyze_nucleus_file(path: Path, out: Path, name: InputName, group: str,
-                         params: NucleusParams = NucleusParams()) -> FileAnalysis:
+                         params: NucleusParams = NucleusParams(), *, reading: FileReading = FileReading()) -> FileAnalysis:
     """Nucleus labels and per-nucleus shape table of one image: ``<stem>_nuclei.csv`` and ``<stem>_nuclei.tif``
     under ``out``.
 
@@ -204,24 +265,30 @@ def analyze_nucleus_file(path: Path, out: Path, name: InputName, group: str,
     group : str
         Its culture group, in the table.
     params : NucleusParams
-        The analysis settings.
+        The analysis settings (a diameter in µm is converted with the file's pixel size).
+    reading : FileReading
+        The channel and scene to read.
 
     Returns
     -------
     FileAnalysis
-        One row per nucleus, with the diameter and threshold the image was segmented with (measured or given).
+        One row per nucleus, sizes in pixels and in µm (when the pixel size is known), with the diameter and
+        threshold the image was segmented with (measured or given).
     """
-    image = as_grey_image(read_image_file(path), path)
-    found = segment_nuclei_with_settings(image, params)
+    opened = reading.open(path, "the nucleus analysis")
+    image = as_grey_image(_plane(opened, path, "the nucleus analysis"), path)
+    pixel_size = _pixel_size(opened, params.pixel_size_um)
+    found = segment_nuclei_with_settings(image, params.at_pixel_size(pixel_size))
     table = nucleus_table(found.labels, image).assign(image=name.label, group=group,
                                                       segmented_diameter_px=round(found.diameter_px, 2),
                                                       segmented_threshold=found.threshold)
+    table = _with_units(table, pixel_size)
     return FileAnalysis(table, [write_table(table, out / f"{name.stem}_nuclei.csv"),
-                                _labels_tiff(out / f"{name.stem}_nuclei.tif", found.labels)])
+                                _labels_tiff(out / f"{name.stem}_nuclei.tif", found.labels, opened, pixel_size)])
 
 
 def analyze_calcium_file(path: Path, out: Path, name: InputName, group: str, params: CalciumParams = CalciumParams(),
-                         *, mask: Path | None = None) -> FileAnalysis:
+                         *, mask: Path | None = None, reading: FileReading = FileReading()) -> FileAnalysis:
     """Cell labels, per-cell dF/F0 traces, response metrics and dF/F0 plot of one time-lapse stack:
     ``<stem>_cells.tif``, ``<stem>_dff.csv``, ``<stem>_responses.csv`` and ``<stem>_dff.png`` under ``out``.
 
@@ -240,25 +307,40 @@ def analyze_calcium_file(path: Path, out: Path, name: InputName, group: str, par
     mask : Path, optional
         A label TIFF of its cells drawn elsewhere (Fiji, napari, Cellpose): those cells are measured, with their
         own ids, instead of segmenting the movie.
+    reading : FileReading
+        The channel and scene to read.
 
     Returns
     -------
     FileAnalysis
-        One row per cell, and the cells' dF/F0 traces.
+        One row per cell (its area in pixels and µm² when the pixel size is known), and the cells' dF/F0 traces.
+        The movie's own time step, when its metadata states one, replaces ``frame_interval_s``.
     """
-    movie = as_movie(read_image_file(path), path, params)
+    opened = reading.open(path, "the calcium analysis")
+    pixel_size = _pixel_size(opened, params.pixel_size_um)
+    params = params.at_pixel_size(pixel_size)
+    if opened.time_step_s is not None and opened.time_step_s > 0:
+        params = replace(params, frame_interval_s=float(opened.time_step_s))
+    if "T" in opened.axes and "Z" in opened.axes:
+        raise ImageInputError(f"{path}: the calcium analysis reads a time-lapse of one plane (frames, rows, columns); "
+                              f"this file has axes {opened.axes} (shape {opened.data.shape})")
+    # A stack without metadata reads as Z; the calcium analysis takes its one stack axis as time.
+    movie = as_movie(opened.data, path, params)
     labels = None
     if mask is not None:
-        drawn = read_image_file(mask)
+        drawn = open_image(mask).data
         if drawn.dtype.kind not in "uif":
             raise ImageInputError(f"{mask}: a label image holds whole numbers (cell ids), got {drawn.dtype}")
         labels = check_cell_masks(drawn, movie.shape, source=str(mask))
     result = measure_calcium_movie(movie, params, labels)
     traces = pd.DataFrame(result.dff.T, columns=[f"cell_{i}" for i in result.cell_ids])
     traces.insert(0, "time_s", np.arange(len(traces)) * params.frame_interval_s)
-    table = result.metrics.assign(movie=name.label, group=group)
+    areas = np.bincount(result.labels.ravel())
+    table = result.metrics.assign(area=areas[result.cell_ids].astype(float), movie=name.label, group=group,
+                                  frame_interval_s=params.frame_interval_s)
+    table = _with_units(table, pixel_size)
     curves = group_curves({Path(name.stem).name: result.dff}, params.frame_interval_s)
-    return FileAnalysis(table, [_labels_tiff(out / f"{name.stem}_cells.tif", result.labels),
+    return FileAnalysis(table, [_labels_tiff(out / f"{name.stem}_cells.tif", result.labels, opened, pixel_size),
                                 write_table(traces, out / f"{name.stem}_dff.csv"),
                                 write_table(table, out / f"{name.stem}_responses.csv"),
                                 plot_group_curves(curves, out / f"{name.stem}_dff.png")], result.dff)
@@ -345,7 +427,8 @@ def _analyze_in_memory(files: list[Path], out: Path, names: Mapping[Path, InputN
 
 
 def analyze_colony_files(files: list[Path], out: Path, params: ColonyParams = ColonyParams(),
-                         group: str | None = None, names: Mapping[Path, InputName] | None = None) -> BatchReport:
+                         group: str | None = None, names: Mapping[Path, InputName] | None = None, *,
+                         reading: FileReading = FileReading()) -> BatchReport:
     """:func:`analyze_colony_file` of every file, the tables in memory (the dataset reports).
 
     Parameters
@@ -360,6 +443,8 @@ def analyze_colony_files(files: list[Path], out: Path, params: ColonyParams = Co
         The files' culture group (default: each file's folder name).
     names : mapping of Path to InputName, optional
         Each file's table label and output name (default: its own name and stem).
+    reading : FileReading
+        The channel and scene to read.
 
     Returns
     -------
@@ -367,11 +452,12 @@ def analyze_colony_files(files: list[Path], out: Path, params: ColonyParams = Co
         One row per colony; the files that failed, with why.
     """
     return _analyze_in_memory(files, out, names, lambda path, name: analyze_colony_file(
-        path, out, name, group or path.parent.name, params))[0]
+        path, out, name, group or path.parent.name, params, reading=reading))[0]
 
 
 def analyze_nucleus_files(files: list[Path], out: Path, params: NucleusParams = NucleusParams(),
-                          group: str | None = None, names: Mapping[Path, InputName] | None = None) -> BatchReport:
+                          group: str | None = None, names: Mapping[Path, InputName] | None = None, *,
+                          reading: FileReading = FileReading()) -> BatchReport:
     """:func:`analyze_nucleus_file` of every file, the tables in memory (the dataset reports).
 
     Parameters
@@ -386,6 +472,8 @@ def analyze_nucleus_files(files: list[Path], out: Path, params: NucleusParams = 
         The files' culture group (default: each file's folder name).
     names : mapping of Path to InputName, optional
         Each file's table label and output name (default: its own name and stem).
+    reading : FileReading
+        The channel and scene to read.
 
     Returns
     -------
@@ -393,12 +481,13 @@ def analyze_nucleus_files(files: list[Path], out: Path, params: NucleusParams = 
         One row per nucleus; the files that failed, with why.
     """
     return _analyze_in_memory(files, out, names, lambda path, name: analyze_nucleus_file(
-        path, out, name, group or path.parent.name, params))[0]
+        path, out, name, group or path.parent.name, params, reading=reading))[0]
 
 
 def analyze_calcium_files(files: list[Path], out: Path, params: CalciumParams = CalciumParams(),
                           group: str | None = None, masks: Mapping[Path, Path] | None = None,
-                          names: Mapping[Path, InputName] | None = None) -> BatchReport:
+                          names: Mapping[Path, InputName] | None = None, *,
+                          reading: FileReading = FileReading()) -> BatchReport:
     """:func:`analyze_calcium_file` of every movie, the tables in memory (the dataset reports), and the group
     curves (:func:`write_group_curves`).
 
@@ -416,6 +505,8 @@ def analyze_calcium_files(files: list[Path], out: Path, params: CalciumParams = 
         Movie -> a label TIFF of its cells drawn elsewhere.
     names : mapping of Path to InputName, optional
         Each movie's table label and output name (default: its own name and stem).
+    reading : FileReading
+        The channel and scene to read.
 
     Returns
     -------
@@ -424,7 +515,7 @@ def analyze_calcium_files(files: list[Path], out: Path, params: CalciumParams = 
     """
     groups = {path: group or path.parent.name for path in files}
     report, analysed = _analyze_in_memory(files, out, names, lambda path, name: analyze_calcium_file(
-        path, out, name, groups[path], params, mask=(masks or {}).get(path)))
+        path, out, name, groups[path], params, mask=(masks or {}).get(path), reading=reading))
     dff_by_group: dict[str, list[np.ndarray]] = {}
     for path in files:
         if path in analysed:
@@ -461,7 +552,8 @@ def _read_file_table(path: Path, file_column: str) -> pd.DataFrame:
 
 def analyze_batch(kind: str, files: list[Path], out: Path, params: object, *, names: Mapping[Path, InputName],
                   group: str | None = None, masks: Mapping[Path, Path] | None = None,
-                  progress: bool | None = None) -> tuple[BatchResult, pd.DataFrame]:
+                  progress: bool | None = None,
+                  reading: FileReading = FileReading()) -> tuple[BatchResult, pd.DataFrame]:
     """The analysis ``kind`` of every file on the batch engine, resumable: a file analysed before with the same
     content, settings, group (and mask) is skipped. Then the batch's outputs, from every file's own table: the
     table of every object (``<kind>_all.csv``), for nuclei of several groups the group report
@@ -485,6 +577,8 @@ def analyze_batch(kind: str, files: list[Path], out: Path, params: object, *, na
         Calcium: movie -> a label TIFF of its cells drawn elsewhere.
     progress : bool or None
         Progress bar over the files (None: only on a terminal).
+    reading : FileReading
+        The channel and scene to read from each file (part of the settings a resumed batch compares).
 
     Returns
     -------
@@ -498,14 +592,15 @@ def analyze_batch(kind: str, files: list[Path], out: Path, params: object, *, na
     groups = {path: group or path.parent.name for path in files}
 
     def key(path: Path) -> str:
-        settings = {**asdict(params), "group": groups[path]}
+        settings = {**asdict(params), "group": groups[path], **({"reading": asdict(reading)} if reading != FileReading()
+                                                                  else {})}
         if path in masks:
             settings["mask"] = content_hash(masks[path])
         return settings_key(kind, settings)
 
     def process(path: Path, out_dir: Path, stem: str) -> dict:
         extra = {"mask": masks[path]} if path in masks else {}
-        analysed = analysis.analyze_file(path, out_dir, names[path], groups[path], params, **extra)
+        analysed = analysis.analyze_file(path, out_dir, names[path], groups[path], params, reading=reading, **extra)
         return {"outputs": [p.relative_to(out_dir).as_posix() for p in analysed.written],
                 "objects": len(analysed.table), "group": groups[path]}
 

@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 from cellops.config import FromMapping
 from cellops.errors import ImageInputError
 from cellops.intensity import Normalization
-from cellops.io import image_geometry, read_image_file
+from cellops.io import FileReading, image_geometry, read_image_file
 
 SPLITS = ("train", "val", "test")
 
@@ -464,8 +464,8 @@ def to_model_input(image: np.ndarray, *, channels: int, size: int, normalization
     return np.ascontiguousarray(planes.transpose(2, 0, 1), dtype=np.float32)
 
 
-def load_class_images(paths: Sequence[Path], *, channels: int, size: int,
-                      normalization: Normalization) -> tuple[np.ndarray, list[tuple[Path, str]]]:
+def load_class_images(paths: Sequence[Path], *, channels: int, size: int, normalization: Normalization,
+                      reading: FileReading | None = None) -> tuple[np.ndarray, list[tuple[Path, str]]]:
     """Read image files into one float32 batch ``(N, channels, size, size)`` for a classifier.
 
     Each file goes through :func:`cellops.io.read_image_file` and :func:`to_model_input` (same ``channels``,
@@ -484,6 +484,8 @@ def load_class_images(paths: Sequence[Path], *, channels: int, size: int,
         Side of the square inputs.
     normalization : Normalization
         How values are scaled, as stored with the model.
+    reading : FileReading, optional
+        The channel and scene to read from multi-channel or multi-scene files.
 
     Returns
     -------
@@ -509,7 +511,9 @@ def load_class_images(paths: Sequence[Path], *, channels: int, size: int,
     errors: list[tuple[Path, str]] = []
     for path in map(Path, paths):
         try:
-            images.append(to_model_input(read_image_file(path), channels=channels, size=size,
+            chosen = reading or FileReading()
+            images.append(to_model_input(read_image_file(path, channel=chosen.channel, scene=chosen.scene),
+                                         channels=channels, size=size,
                                          normalization=normalization, source=str(path)))
         except ImageInputError as error:
             errors.append((path, str(error)))

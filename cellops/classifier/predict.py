@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from cellops.classifier.specs import ClassifierServing
+
+if TYPE_CHECKING:
+    from cellops.io import FileReading
 
 
 def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -95,7 +99,8 @@ def explain(model: nn.Module, images: np.ndarray, batch_size: int,
 
 
 def classify_files(model: nn.Module, paths: Sequence[Path], settings: ClassifierServing, *,
-                   with_cams: bool = False) -> tuple[list[dict], list[tuple[Path, str]], np.ndarray | None, np.ndarray]:
+                   with_cams: bool = False, reading: FileReading | None = None,
+                   ) -> tuple[list[dict], list[tuple[Path, str]], np.ndarray | None, np.ndarray]:
     """Label and class probabilities of every readable file (one row each); unreadable files are returned with
     the reason, and the batch goes on. With ``with_cams`` also the CAMs (N, size, size) of the readable files;
     the prepared model inputs are returned last (for overlays).
@@ -110,6 +115,8 @@ def classify_files(model: nn.Module, paths: Sequence[Path], settings: Classifier
         How images are prepared and classes decided, as served.
     with_cams : bool, optional
         Also compute the class-activation maps.
+    reading : FileReading, optional
+        The channel and scene to read from multi-channel or multi-scene files.
 
     Returns
     -------
@@ -125,7 +132,7 @@ def classify_files(model: nn.Module, paths: Sequence[Path], settings: Classifier
     from cellops.classifier.data import load_class_images
 
     images, failures = load_class_images(list(paths), channels=settings.channels, size=settings.size,
-                                         normalization=settings.normalization)
+                                         normalization=settings.normalization, reading=reading)
     failed = {Path(p) for p, _ in failures}
     readable = [Path(p) for p in paths if Path(p) not in failed]
     if len(readable) == 0:
@@ -145,7 +152,8 @@ def classify_files(model: nn.Module, paths: Sequence[Path], settings: Classifier
 
 
 def classify_image_to_files(model: nn.Module, path: Path, out_dir: str | Path, stem: str,
-                            settings: ClassifierServing, *, cams: bool = False) -> dict:
+                            settings: ClassifierServing, *, cams: bool = False,
+                            reading: FileReading | None = None) -> dict:
     """Label and class probabilities of one image file (a batch predictor: :func:`cellops.batch.run_batch`); with
     ``cams`` also its CAM overlay ``<stem>_cam.png`` under ``out_dir``. An unreadable image raises a ValueError
     naming the file and why.
@@ -164,6 +172,8 @@ def classify_image_to_files(model: nn.Module, path: Path, out_dir: str | Path, s
         How the image is prepared and the class decided, as served.
     cams : bool, optional
         Also write the CAM overlay.
+    reading : FileReading, optional
+        The channel and scene to read from a multi-channel or multi-scene file.
 
     Returns
     -------
@@ -177,7 +187,7 @@ def classify_image_to_files(model: nn.Module, path: Path, out_dir: str | Path, s
     """
     from PIL import Image
 
-    rows, failures, maps, inputs = classify_files(model, [path], settings, with_cams=cams)
+    rows, failures, maps, inputs = classify_files(model, [path], settings, with_cams=cams, reading=reading)
     if failures:
         raise ValueError(failures[0][1])
     result = {key: value for key, value in rows[0].items() if key != "file"}

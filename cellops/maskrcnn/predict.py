@@ -23,6 +23,8 @@ from cellops.tiling import tile_starts
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cellops.io import FileReading
+
 
 @dataclass(frozen=True)
 class Instance:
@@ -539,40 +541,52 @@ def overlay(image: np.ndarray, instances: list[Instance], categories: dict[int, 
 
 
 def segment_image_to_files(model: torch.nn.Module, path: str | Path, out_dir: str | Path, stem: str,
-                           settings: MaskRCNNServing) -> dict:
-    """Segment one image file into ``<stem>_labels.tif`` (16-bit label image), ``<stem>_instances.csv`` (label,
-    category, score, area, box, centroid) and ``<stem>_overlay.png`` under ``out_dir``, tiled when larger than the
-    training images. Returns the outputs and the instance count (a batch predictor: :func:`cellops.batch.run_batch`);
-    an image that cannot be used raises :class:`cellops.io.ImageInputError` naming the file.
+                           settings: MaskRCNNServing, *, reading: FileReading | None = None) -> dict:
+    """Segment one image file into ``<stem>_labels.tif`` (16-bit label image, OME-TIFF with the input's pixel size),
+    ``<stem>_instances.csv`` (label, category, score, area, box, centroid; areas and lengths also in µm when the pixel
+    size is known) and ``<stem>_overlay.png`` under ``out_dir``, tiled when larger than the training images. Returns
+    the outputs and the instance count (a batch predictor: :func:`cellops.batch.run_batch`); an image that cannot be
+    used raises :class:`cellops.io.ImageInputError` naming the file.
 
     Parameters
     ----------
     model : torch.nn.Module
         A torchvision Mask R-CNN in eval mode.
     path : str or Path
-        The image file.
+        The image file (any format :func:`cellops.microscopy.open_image` reads).
     out_dir : str or Path
         Folder of the outputs.
     stem : str
         Prefix of the output names.
     settings : MaskRCNNServing
         How the model is applied, as served.
+    reading : FileReading, optional
+        The channel and scene to read from a multi-channel or multi-scene file.
 
     Returns
     -------
     dict
-        ``outputs`` (the file names written), ``instances`` (their count) and ``normalization`` (its description).
+        ``outputs`` (the file names written), ``instances`` (their count), ``normalization`` (its description) and
+        ``pixel_size_um`` (None when the file states none).
     """
-    from cellops.io import check_pixels, read_image_file, write_tiff_stack
+    from cellops.io import FileReading, check_pixels
+    from cellops.microscopy import write_ome_tiff
     from cellops.plots import save_png
+    from cellops.units import add_physical_columns
 
     out_dir = Path(out_dir)
-    image = as_picture(read_image_file(path), source=str(path))
+    opened = (reading or FileReading()).open(path, "Mask R-CNN")
+    image = as_picture(opened.data, source=str(path))
     check_pixels(np.moveaxis(image, -1, 0) if image.ndim == 3 else image, source=str(path), allowed_ndim=(image.ndim,),
                  unit_floats=False)  # the model takes floats of any range: its normalisation scales them
+    pixel_size = opened.yx_pixel_size_um
     instances = predict_image(model, image, settings)
-    write_tiff_stack(out_dir / f"{stem}_labels.tif", label_image(instances, image.shape[:2]))
-    instance_table(instances, settings.categories).to_csv(out_dir / f"{stem}_instances.csv", index=False)
+    write_ome_tiff(out_dir / f"{stem}_labels.tif", label_image(instances, image.shape[:2]), axes="YX",
+                   pixel_size_um=pixel_size, overwrite=True)
+    table = add_physical_columns(instance_table(instances, settings.categories), pixel_size,
+                                 lengths=["box_width", "box_height"], areas=["area"])
+    table.to_csv(out_dir / f"{stem}_instances.csv", index=False)
     save_png(overlay(image, instances, settings.categories), out_dir / f"{stem}_overlay.png")
     return {"outputs": [f"{stem}_labels.tif", f"{stem}_instances.csv", f"{stem}_overlay.png"],
-            "instances": len(instances), "normalization": settings.normalization.describe()}
+            "instances": len(instances), "normalization": settings.normalization.describe(),
+            "pixel_size_um": pixel_size}

