@@ -29,7 +29,8 @@ from cellops.robustness import SweepSettings, robustness_sweep, summarise_sweep
 from cellops.synthetic.colonies import generate_colony_image
 from cellops.synthetic.nuclei import generate_nuclei_image
 
-TARGETS = {"nuclei": {"f1": 0.85}, "colonies": {"f1": 0.90, "median_area_error": 0.05},
+#: Nuclei: F1 0.92 in every condition (issue 27: the harder conditions real fields show).
+TARGETS = {"nuclei": {"f1": 0.92}, "colonies": {"f1": 0.90, "median_area_error": 0.05},
            "calcium": {"median_r": 0.98}}
 
 FIXED_NUCLEI = NucleusParams(nucleus_diameter_px=30.0, threshold="otsu")

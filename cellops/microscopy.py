@@ -249,6 +249,36 @@ def open_image(path: str | Path, *, channel: str | int | None = None,
     return _select_channel(_canonical(read, path), channel)
 
 
+def physical_pixel_sizes(path: str | Path) -> dict[str, float]:
+    """The physical sizes (µm) a TIFF (OME, ImageJ, LSM) or OME-Zarr states for its Z, Y and X axes, read from its
+    metadata without reading its pixels (for volumes larger than memory); ``{}`` when it states none or is another
+    format.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = write_ome_tiff(Path(tempfile.mkdtemp()) / "v.ome.tif", np.zeros((3, 8, 8), np.uint8), axes="ZYX",
+    ...                       pixel_size_um={"Z": 1.5, "Y": 0.5, "X": 0.5})
+    >>> physical_pixel_sizes(path)
+    {'Z': 1.5, 'Y': 0.5, 'X': 0.5}
+    """
+    path = Path(path)
+    if path.suffix.lower() in _TIFF_SUFFIXES and path.is_file():
+        return dict(_read_tiff(path, 0, pixels=False).pixel_size_um)
+    if _is_zarr(path) and _is_dir(path):
+        try:
+            from bioio import BioImage
+            import bioio_ome_zarr
+
+            image = BioImage(str(path), reader=bioio_ome_zarr.Reader)
+            sizes = image.physical_pixel_sizes
+        except Exception:  # a plain zarr array (no NGFF metadata) states no size
+            return {}
+        return {axis: check_pixel_size_um(getattr(sizes, axis), source=f"{path}: scale of {axis}")
+                for axis in "ZYX" if getattr(sizes, axis) is not None}
+    return {}
+
+
 def _read(path: Path, scene: str | int | None) -> _Read:
     """Dispatch on what ``path`` is: a zarr folder, or a file by its suffix."""
     if _is_dir(path):
@@ -435,9 +465,9 @@ def _seconds(value: object, unit: object, source: str) -> float | None:
 # -- TIFF ----------------------------------------------------------------------------------------------------------
 
 
-def _read_tiff(path: Path, scene: str | int | None) -> _Read:
+def _read_tiff(path: Path, scene: str | int | None, *, pixels: bool = True) -> _Read:
     """TIFF, OME-TIFF, ImageJ hyperstacks and LSM through tifffile: metadata from the header, pixels through
-    :func:`cellops.files.read_tiff_stack` (its size and truncation checks)."""
+    :func:`cellops.files.read_tiff_stack` (its size and truncation checks); ``pixels=False``: the metadata only."""
     try:
         tif = tifffile.TiffFile(path)
     except Exception:  # not a TIFF tifffile can parse: read_tiff_stack names the problem, or reads it via Pillow
@@ -467,6 +497,8 @@ def _read_tiff(path: Path, scene: str | int | None) -> _Read:
                 axes = _plain_axes(path, axes, shape)
                 sizes, time_step = _lsm_sizes(path, tif.lsm_metadata or {}, axes) if tif.is_lsm else ({}, None)
                 read = _Read(None, axes, "tiff", sizes, None, time_step, scenes, scenes[index])
+            if not pixels:
+                return read
             pixels = read_tiff_stack(path) if index == 0 else _read_tiff_series(path, chosen)
             if pixels.shape != shape:
                 if pixels.size != int(np.prod(shape)):

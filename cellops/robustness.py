@@ -1,7 +1,10 @@
 """Robustness of the classical analyses with their default settings, across imaging conditions.
 
 Each condition is a set of synthetic-generator settings that makes one thing hard (tiny or huge nuclei, dim
-nuclei beside bright ones, dense clusters, strong vignetting, defocus, low light, 8-bit; small colonies at 4x,
+nuclei beside bright ones, dense clusters, strong vignetting, defocus, low light, 8-bit, and the harder ones real
+fields show: a low dynamic range on a high camera offset, a dim population mixed with a bright one, a blotchy
+and vignetted background, dim blurred nuclei of another focal plane beside sharp ones (they count as nuclei),
+confluent clusters of small nuclei touching on several sides; small colonies at 4x,
 touching colonies, differentiated rims; cells of mixed size, slow drift). The sweep draws a few images per
 condition, runs the analysis with the defaults (nothing tuned per condition) and scores it against the
 generator's ground truth: F1 at IoU 0.5 for nuclei and colonies (plus the median area error of matched
@@ -39,6 +42,12 @@ NUCLEI_CONDITIONS: dict[str, dict] = {
     "out of focus": {"defocus_sigma": 5.0},
     "low light": {"photons": 40.0, "noise_sigma": 0.04},
     "8-bit": {"bit_depth": 8},
+    # Harder than the above, as real images are (issue 27): each one thing a real field does.
+    "16-bit, low dynamic range": {"levels_per_unit": 300.0, "offset_levels": 2000.0},
+    "dim and bright populations": {"dim_fraction": 0.35, "dim_gain": 0.2},
+    "blotchy, vignetted background": {"blotchy_background": 0.35, "vignetting": 0.5},
+    "out-of-focus neighbours": {"out_of_focus_fraction": 0.3},
+    "confluent clusters (18 px)": {"diameter_scale": 0.6, "confluence": 0.7, "density": 6.0},
 }
 
 #: Colonies: condition -> generator settings.

@@ -259,7 +259,7 @@ def detect_colony_labels(image: np.ndarray, params: ColonyParams = ColonyParams(
     if params.refine_edges and labels.max():
         labels = refine_colony_edges(gray, labels, inner_band=max(2, int(round(0.06 * radius))),
                                      outer_band=max(3, int(round(0.2 * radius))),
-                                     opening=max(2, int(round(0.15 * radius))))
+                                     opening=max(2, int(round(0.25 * radius))))
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     keep = np.flatnonzero(sizes >= settings.min_area)
@@ -312,7 +312,10 @@ def bright_seams(gray: np.ndarray, mask: np.ndarray, radius: float, min_area: fl
 
 def split_touching_colonies(mask: np.ndarray, radius: float, seams: np.ndarray | None = None) -> np.ndarray:
     """Labels of ``mask`` with touching colonies apart: a watershed on the distance transform from its h-maxima
-    (h = a tenth of the typical colony radius: a neck must be that much narrower than the colonies). ``seams``
+    (h = 4 % of the typical colony radius, at least 1 px: the detection mask fills the concave corners where
+    two colonies meet, so their neck is only a little narrower than they are; a tenth merged touching pairs,
+    and lobed colonies still stay whole). The line between them is only roughly placed here;
+    :func:`refine_colony_edges` moves it onto the seam. ``seams``
     (see :func:`bright_seams`) are cut out of the mask before the distance transform, so colonies that meet
     along a wide front are split too."""
     # On a grid a few pixels coarse (colonies are tens of pixels wide): the watershed and the h-maxima
@@ -331,7 +334,7 @@ def split_touching_colonies(mask: np.ndarray, radius: float, seams: np.ndarray |
     cut = small & ~coarse_grid(seams, np.any) if seams is not None and seams.any() else small
     distance = ndimage.distance_transform_edt(cut) * factor
     distance = ndimage.gaussian_filter(distance, max(1.0, 0.05 * radius) / factor)
-    markers = measure.label(morphology.h_maxima(distance, max(2.0, 0.1 * radius)))
+    markers = measure.label(morphology.h_maxima(distance, max(1.0, 0.04 * radius)))
     coarse = segmentation.watershed(-distance, markers, mask=small).astype(np.int32)
     labels = np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[:mask.shape[0], :mask.shape[1]]
     return np.where(mask, labels, 0).astype(np.int32)
@@ -343,8 +346,12 @@ def refine_colony_edges(gray: np.ndarray, labels: np.ndarray, inner_band: int, o
     outwards (a flattened, paler rim of differentiating cells is weakly textured, so detection stops short of
     the colony's true edge, its phase-dark border against the bright halo). One watershed on the gradient
     magnitude from markers: each colony shrunk by ``inner_band``, and the background beyond ``outer_band``;
-    colonies meet each other on the strongest edge between them. Only the ring between the markers is
-    flooded, so the cost follows the colonies' outlines, not the image's area."""
+    colonies meet each other on the brightest line between them (their seam or the halo of a narrow gap),
+    anywhere within ``3 * inner_band`` of the first split line, which follows the mask's shape, not the image.
+    Only the ring between the markers is flooded, so the cost follows the colonies' outlines, not the image's
+    area. Growth outwards that an opening of radius ``opening`` removes (single cells hanging on by their halo)
+    is dropped, and so is whatever the opening removes from the first outline: clusters of single cells the
+    detection mask joined to a colony."""
     smooth = cv2.GaussianBlur(gray.astype(np.float32), (0, 0), 1.0)
     gradient = np.hypot(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
     # The flooding order follows the gradient: quantised to integers, ties and order do not depend on the
@@ -356,6 +363,17 @@ def refine_colony_edges(gray: np.ndarray, labels: np.ndarray, inner_band: int, o
     as_float = labels.astype(np.float32)
     settled = cv2.erode(as_float, _disk(inner_band), borderValue=float(labels.max() + 1)) == \
         cv2.dilate(as_float, _disk(inner_band), borderValue=0)
+    # Where two colonies meet, the split's line follows the distance transform, not the image: within
+    # 3 x inner_band of another colony nothing is settled, and the flooding there follows the smoothed
+    # intensity, so the colonies meet on the bright seam (or halo-filled gap) between them.
+    interface_band = 3 * inner_band
+    beyond = np.float32(labels.max() + 1)
+    nearest_other = cv2.erode(np.where(mask, as_float, beyond), _disk(interface_band), borderValue=float(beyond))
+    interface = mask & (nearest_other < beyond) & \
+        (nearest_other != cv2.dilate(as_float, _disk(interface_band), borderValue=0))
+    if interface.any():
+        settled &= ~interface
+        landscape = np.where(interface, np.rint(smooth * 4).astype(np.int32), landscape)
     near = cv2.dilate(mask.astype(np.uint8), _disk(outer_band)) > 0
     markers = np.where(settled & mask, labels, 0)
     background = labels.max() + 1
@@ -368,8 +386,8 @@ def refine_colony_edges(gray: np.ndarray, labels: np.ndarray, inner_band: int, o
     refined = segmentation.watershed(landscape, markers, mask=ring)
     refined = np.where(ring, refined, markers)
     refined[refined == background] = 0
-    # Growth outwards must be colony rim, not single cells hanging on by the halo: what an opening at the
-    # inner band's scale removes beyond the first outline goes.
+    # Colony rim, not single cells hanging on by the halo: what the opening removes goes (detect_colony_labels
+    # uses a quarter of the colony radius: clusters of single cells next to a colony are narrower than that).
     opened = cv2.morphologyEx((refined > 0).astype(np.uint8), cv2.MORPH_OPEN, _disk(opening)) > 0
     refined[~opened] = 0
     return refined.astype(np.int32)

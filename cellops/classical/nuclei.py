@@ -3,10 +3,14 @@
 Nothing here is tuned to a particular dataset. Every size derives from the typical nucleus diameter, which by
 default (``nucleus_diameter_px="auto"``) is measured in each image from its scale-space blob response
 (:func:`cellops.classical.scale.estimate_blob_diameter`); give it in pixels, or in micrometres with the pixel
-size, to override. The foreground threshold is global (Otsu) or local (Gaussian-weighted, for uneven light or
-dim nuclei beside bright ones); ``threshold="auto"`` picks one per image from the measured background
-unevenness and the share of nuclei a global threshold would lose. Touching nuclei are split by a
-marker-controlled watershed on shape and intensity (:func:`split_touching`).
+size, to override. A measured diameter is checked on the nuclei the first segmentation separated and, when
+they disagree by more than a fifth (dense clusters bias the blob response), the image is segmented again
+at theirs. The foreground threshold is global (Otsu) or local (above a rolling-ball-like background, for
+uneven light or dim nuclei beside bright ones); ``threshold="auto"`` picks one per image from the measured
+background unevenness and the share of nuclei a global threshold would lose. Touching nuclei are split by a
+marker-controlled watershed on shape and intensity (:func:`split_touching`); each nucleus is then cut at a
+quarter of its own peak contrast, so a dim nucleus keeps its whole area and a loose foreground (a bright
+neighbour's halo, a blotchy background) does not widen it.
 """
 
 from __future__ import annotations
@@ -157,6 +161,11 @@ def segment_nuclei(image: np.ndarray, params: NucleusParams = NucleusParams()) -
 def segment_nuclei_with_settings(image: np.ndarray, params: NucleusParams = NucleusParams()) -> NucleusSegmentation:
     """:func:`segment_nuclei`, also returning the diameter and threshold used and why (logged too).
 
+    The diameter is measured twice when it is not given: first from the scale-space blob response, which
+    dense clusters bias (a cluster answers like one big blob, or its seams make the nuclei look smaller),
+    then from the nuclei this first segmentation separated (the median equivalent diameter of the convex
+    ones); when the two differ by more than a fifth, the image is segmented again at the second.
+
     Examples
     --------
     >>> from cellops.synthetic.nuclei import generate_nuclei_image
@@ -172,6 +181,47 @@ def segment_nuclei_with_settings(image: np.ndarray, params: NucleusParams = Nucl
         diameter, source = blobs.diameter_px, "measured"
     else:
         diameter, source = params.diameter_px, "given"
+    labels, method, reason = _segment_at(gray, diameter, params, blobs)
+    if source == "measured":
+        separated = separated_diameter(labels)
+        if separated is not None and abs(np.log(separated / diameter)) > np.log(_REMEASURE_RATIO):
+            log.info("nucleus diameter %.1f px from the blob response, %.1f px from the separated nuclei: "
+                     "segmenting again", diameter, separated)
+            diameter = separated
+            labels, method, reason = _segment_at(gray, diameter, params, None)
+    if params.exclude_border:
+        labels = segmentation.clear_border(labels)
+    relabelled, _, _ = segmentation.relabel_sequential(labels)
+    log.info("nucleus diameter %.1f px (%s), %s: %d nuclei", diameter, source,
+             method if reason == "given" else reason, int(relabelled.max()))
+    return NucleusSegmentation(labels=relabelled.astype(np.int32), diameter_px=float(diameter),
+                               diameter_source=source, threshold=method, threshold_reason=reason)
+
+
+#: A second segmentation when the blob-response diameter and the separated nuclei's differ by more than this.
+_REMEASURE_RATIO = 1.2
+#: Each nucleus keeps the pixels brighter than this share of its own peak contrast (above the background):
+#: its edge, whatever its brightness, so a dim nucleus is as whole as a bright one.
+_EDGE_FRACTION = 0.25
+
+
+def separated_diameter(labels: np.ndarray, min_objects: int = 8) -> float | None:
+    """Median equivalent diameter of the convex (solidity >= 0.9, so likely single) objects of ``labels``;
+    None when fewer than ``min_objects`` are.
+
+    >>> yy, xx = np.mgrid[:100, :100]
+    >>> labels = sum((i + 1) * (((yy - 12 - 25 * (i // 4)) ** 2 + (xx - 12 - 25 * (i % 4)) ** 2) <= 10 ** 2)
+    ...              for i in range(16))
+    >>> round(separated_diameter(labels.astype(np.int32)))
+    20
+    """
+    regions = measure.regionprops(labels)
+    sizes = [r.equivalent_diameter_area for r in regions if r.area >= 9 and r.solidity >= 0.9]
+    return float(np.median(sizes)) if len(sizes) >= min_objects else None
+
+
+def _segment_at(gray: np.ndarray, diameter: float, params: NucleusParams, blobs) -> tuple[np.ndarray, str, str]:
+    """Labels of ``gray`` (normalised) at nucleus ``diameter``, the threshold method used and why."""
     sigma = max(0.5, params.smoothing_fraction * diameter)
     smooth = cv2.GaussianBlur(gray, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     method, reason = params.threshold, "given"
@@ -180,21 +230,18 @@ def segment_nuclei_with_settings(image: np.ndarray, params: NucleusParams = Nucl
             blobs = estimate_blob_diameter(gray, min_diameter=diameter / 2, max_diameter=diameter * 2)
         choice: ThresholdingMethod = choose_threshold(smooth, blobs)
         method, reason = choice.method, choice.describe()
+    background = background_map(smooth, diameter)
+    noise = noise_sigma(gray) / (2 * np.sqrt(np.pi) * sigma)
     if method == "otsu":
         foreground = smooth > filters.threshold_otsu(smooth)
     else:
-        foreground = _local_foreground(smooth, diameter, noise_sigma(gray) / (2 * np.sqrt(np.pi) * sigma))
+        foreground = _local_foreground(smooth, diameter, noise, background)
     min_area = params.min_area_fraction * np.pi * (diameter / 2) ** 2
     foreground = ndimage.binary_fill_holes(morphology.remove_small_objects(foreground, max_size=int(min_area)))
     labels = split_touching(foreground, smooth, diameter, params.marker_depth_fraction)
+    labels = _trim_to_own_edge(labels, smooth - background, diameter, 4.0 * noise)
     labels = morphology.remove_small_objects(labels, max_size=int(min_area))
-    if params.exclude_border:
-        labels = segmentation.clear_border(labels)
-    relabelled, _, _ = segmentation.relabel_sequential(labels)
-    log.info("nucleus diameter %.1f px (%s), %s: %d nuclei", diameter, source,
-             method if reason == "given" else reason, int(relabelled.max()))
-    return NucleusSegmentation(labels=relabelled.astype(np.int32), diameter_px=float(diameter),
-                               diameter_source=source, threshold=method, threshold_reason=reason)
+    return labels, method, reason
 
 
 def split_touching(foreground: np.ndarray, smooth: np.ndarray, diameter: float, depth_fraction: float) -> np.ndarray:
@@ -215,14 +262,27 @@ def split_touching(foreground: np.ndarray, smooth: np.ndarray, diameter: float, 
     return segmentation.watershed(-landscape, markers, mask=foreground)
 
 
-def _local_foreground(smooth: np.ndarray, diameter: float, noise: float) -> np.ndarray:
-    """Pixels brighter than their Gaussian-weighted neighbourhood (a window of about four nuclei) and clearly
-    above the local background: uneven light and dim nuclei next to bright ones both pass."""
-    local_mean = cv2.GaussianBlur(smooth, (0, 0), 0.67 * diameter, borderType=cv2.BORDER_REFLECT)
-    background = background_map(smooth, diameter)
+def _trim_to_own_edge(labels: np.ndarray, contrast: np.ndarray, diameter: float, floor: float) -> np.ndarray:
+    """Each nucleus cut at :data:`_EDGE_FRACTION` of its own peak contrast (and above ``floor``), holes filled:
+    a loose foreground (a low global threshold, the halo of a bright neighbour) no longer widens it."""
+    if labels.max() == 0:
+        return labels
+    peak_map = cv2.GaussianBlur(contrast.astype(np.float32), (0, 0), max(0.5, 0.08 * diameter))
+    peaks = np.zeros(int(labels.max()) + 1, np.float32)
+    index = np.arange(1, labels.max() + 1)
+    peaks[1:] = ndimage.maximum(peak_map, labels, index)
+    keep = (labels > 0) & (contrast > np.maximum(floor, _EDGE_FRACTION * peaks[labels]))
+    kept = np.where(keep, labels, 0)
+    return segmentation.watershed(np.zeros(labels.shape, np.uint8), kept, mask=ndimage.binary_fill_holes(keep))
+
+
+def _local_foreground(smooth: np.ndarray, diameter: float, noise: float, background: np.ndarray) -> np.ndarray:
+    """Pixels clearly above the local background (a rolling-ball-like opening larger than the nuclei), by four
+    noise sigmas and 5 % of the brightest contrast: uneven light and dim nuclei next to bright ones both pass;
+    each nucleus is then cut at its own edge (:func:`_trim_to_own_edge`)."""
     contrast = smooth - background
-    floor = max(4.0 * noise, 0.1 * filters.threshold_otsu(contrast))
-    return (smooth > local_mean) & (contrast > floor)
+    floor = max(4.0 * noise, 0.05 * float(np.percentile(contrast, 99.5)))
+    return contrast > floor
 
 
 def _min_feret(coords: np.ndarray) -> float:

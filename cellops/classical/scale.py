@@ -73,6 +73,8 @@ def noise_sigma(gray: np.ndarray) -> float:
 
 #: Standard deviation of the scale-normalised LoG response to unit white noise, times sigma (measured).
 _LOG_NOISE_GAIN = 0.40
+#: Blobs that count: those answering at least this share of the strong ones (a dim population is kept).
+STRONG_SHARE = 0.1
 
 
 def estimate_blob_diameter(image: np.ndarray, *, min_diameter: float = 6.0, max_diameter: float = 200.0,
@@ -127,7 +129,7 @@ def estimate_blob_diameter(image: np.ndarray, *, min_diameter: float = 6.0, max_
         raise ValueError("no object stands out of the noise: the typical object size cannot be estimated "
                          "(give the diameter explicitly)")
     # Weighted by response: faint texture and noise blobs count little, well-contrasted objects much.
-    strong = responses >= 0.25 * np.percentile(responses, 90)
+    strong = responses >= STRONG_SHARE * np.percentile(responses, 90)
     return BlobScale(diameter_px=weighted_median(diameters[strong], responses[strong]), n_blobs=int(strong.sum()),
                      centres=centres[strong], diameters=diameters[strong], responses=responses[strong])
 

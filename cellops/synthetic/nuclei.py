@@ -53,6 +53,14 @@ def generate_nuclei_image(
     defocus_sigma: float = 2.5,
     photons: float = 800.0,
     bit_depth: int = 16,
+    levels_per_unit: float = 40000.0,
+    offset_levels: float = 0.0,
+    dim_fraction: float = 0.0,
+    dim_gain: float = 0.2,
+    blotchy_background: float = 0.0,
+    vignetting: float = 0.0,
+    out_of_focus_fraction: float = 0.0,
+    confluence: float = 0.0,
 ) -> NucleiImage:
     """Draw one nuclear-stain image of ``group`` (a key of :data:`GROUP_SHAPES`).
 
@@ -72,6 +80,24 @@ def generate_nuclei_image(
     defocus_sigma : blur of the out-of-focus parts of the field (a smooth field mixes it with a sharp one).
     photons : photons per unit brightness (shot noise: fewer photons, noisier image).
     bit_depth : 16 or 8 (the image is stored in that many bits).
+    levels_per_unit, offset_levels : 16-bit storage: grey levels per unit of brightness and the camera offset
+        (300 and 2000: the signal spans a few hundred grey levels on a high offset, a low dynamic range).
+    dim_fraction, dim_gain : share of nuclei whose brightness is multiplied by ``dim_gain`` (a dim population
+        mixed with the bright one, as in a stain taken up unevenly or cells in different cycle phases).
+    blotchy_background : amplitude of a blotchy additive background (haze of out-of-focus light and
+        autofluorescence on scales of one to several nuclei), on the brightness scale of the nuclei.
+    vignetting : fractional loss of light in the corners (radial fall-off, not a linear gradient).
+    out_of_focus_fraction : nuclei from another focal plane, as a share of ``n_nuclei``: dim (0.25-0.45 of the
+        brightness) and blurred (sigma 0.15 x diameter), placed against in-focus ones. They are nuclei of the
+        sample and visible, so they COUNT as ground truth (labelled like the others, after the in-focus ones;
+        their ``kind`` is ``"out of focus"``): a count or a per-nucleus measurement that dropped them would be
+        biased, and they are what a segmenter must not merge into its sharp neighbours.
+    confluence : share of the field covered by confluent clusters: nuclei are placed on a jittered hexagonal
+        lattice at one nucleus diameter (touching on several sides, as in a confluent HaCaT field) inside
+        smooth random cluster regions; ``n_nuclei`` caps the count.
+
+    Every option off (the default) leaves the image byte-identical to earlier releases: the optional draws
+    come from their own random stream.
 
     Examples
     --------
@@ -86,6 +112,9 @@ def generate_nuclei_image(
     rng = np.random.default_rng(seed)
     # Draws for the optional nucleus kinds come from their own stream: the default images stay byte-identical.
     kinds = np.random.default_rng([seed, 1])
+    # The options added for the harder sweep draw from a third stream, and only when they are used.
+    extra = np.random.default_rng([seed, 2])
+    tagged = bool(mitotic_fraction or flat_fraction or out_of_focus_fraction)
     ar_median, ar_spread, area_median = GROUP_SHAPES[group]
     area_median *= diameter_scale**2
     height, width = shape
@@ -94,8 +123,9 @@ def generate_nuclei_image(
     labels = np.zeros(shape, np.int32)
     rows: list[dict] = []
     centres: list[tuple[float, float, float]] = []
-    for _ in range(n_nuclei * 20):
-        if len(rows) == n_nuclei:
+    lattice = _confluent_lattice(shape, 2 * np.sqrt(area_median / np.pi), confluence, extra) if confluence else None
+    for attempt in range(n_nuclei * 20):
+        if len(rows) == n_nuclei or (lattice is not None and attempt >= len(lattice)):
             break
         aspect = float(np.clip(ar_median * np.exp(rng.normal(0, ar_spread)), 1.0, 4.0))
         area = float(area_median * np.exp(rng.normal(0, 0.2)))
@@ -109,7 +139,10 @@ def generate_nuclei_image(
         minor = np.sqrt(area / (np.pi * aspect))
         major = minor * aspect
         angle = float(rng.uniform(0, np.pi))
-        if centres and rng.random() < touching_fraction:
+        if lattice is not None:
+            # A confluent cluster: this lattice site, the nucleus shrunk until it fits between its neighbours.
+            cy, cx = lattice[attempt]
+        elif centres and rng.random() < touching_fraction:
             # Against a neighbour: centre distance about the sum of the two radii in that direction.
             cy0, cx0, r0 = centres[int(rng.integers(len(centres)))]
             direction = rng.uniform(0, 2 * np.pi)
@@ -125,11 +158,20 @@ def generate_nuclei_image(
         inside = (u / major) ** 2 + (v / minor) ** 2 <= 1.0
         # At most a sliver of overlap with nuclei already drawn (touching is fine, stacking is not).
         overlap = float((inside & (labels > 0)).sum()) / max(1, int(inside.sum()))
+        if lattice is not None:
+            for _shrink in range(4):
+                if overlap <= 0.08:
+                    break
+                major, minor = 0.9 * major, 0.9 * minor
+                inside = (u / major) ** 2 + (v / minor) ** 2 <= 1.0
+                overlap = float((inside & (labels > 0)).sum()) / max(1, int(inside.sum()))
         if overlap > 0.08 or inside.sum() < max(6.0, 30 * diameter_scale**2):
             continue
         label = len(rows) + 1
         labels[inside] = label
         level = rng.uniform(*brightness) * gain
+        if dim_fraction and extra.random() < dim_fraction:
+            level *= dim_gain
         chromatin = ndimage.gaussian_filter(rng.normal(size=shape), 1.5 * max(diameter_scale, 0.4))
         texture = 1.0 + 0.25 * chromatin / max(1e-6, float(chromatin.std()))
         edge = np.power(np.clip(1.0 - ((u / major) ** 2 + (v / minor) ** 2), 0, 1), 0.3)  # brighter core, soft rim
@@ -137,7 +179,12 @@ def generate_nuclei_image(
         centres.append((cy, cx, (major + minor) / 2))
         rows.append({"label": label, "centroid_y": cy, "centroid_x": cx, "major_axis": 2 * major,
                      "minor_axis": 2 * minor, "angle_rad": angle, "aspect_ratio": aspect, "group": group,
-                     **({"kind": kind} if mitotic_fraction or flat_fraction else {})})
+                     **({"kind": kind} if tagged else {})})
+
+    blurred_signal = None
+    if out_of_focus_fraction:
+        labels, blurred_signal = _out_of_focus_nuclei(labels, rows, centres, int(round(out_of_focus_fraction * n_nuclei)),
+                                                      area_median, ar_median, brightness, group, extra)
 
     # Out-of-focus: a smooth field mixes a sharp and a blurred rendering.
     focus = ndimage.gaussian_filter(rng.random(shape), 60)
@@ -148,16 +195,93 @@ def generate_nuclei_image(
              + focus * ndimage.gaussian_filter(signal, defocus_sigma * optics))
     illumination = 1.0 + illumination_gradient * ((xx / width - 0.5) * rng.uniform(-1, 1)
                                                   + (yy / height - 0.5) * rng.uniform(-1, 1))
-    image = (0.06 + image) * illumination
+    if blurred_signal is not None:
+        image = np.maximum(image, blurred_signal)
+    background = 0.06
+    if blotchy_background:
+        background = 0.06 + blotchy_background * _blotches(shape, 2 * np.sqrt(area_median / np.pi), extra)
+    if vignetting:
+        radius2 = ((yy - height / 2) ** 2 + (xx - width / 2) ** 2) / ((height / 2) ** 2 + (width / 2) ** 2)
+        illumination = illumination * (1.0 - vignetting * radius2)
+    image = (background + image) * illumination
     image = rng.poisson(image * photons) / photons + rng.normal(0, noise_sigma, shape)
     if bit_depth == 8:
         stored = np.clip(np.rint(image * 40000 * 255 / 65535), 0, 255).astype(np.uint8)
+    elif levels_per_unit != 40000.0 or offset_levels:
+        stored = np.clip(np.rint(offset_levels + image * levels_per_unit), 0, 65535).astype(np.uint16)
     else:
         stored = np.clip(np.rint(image * 40000), 0, 65535).astype(np.uint16)
     table = pd.DataFrame(rows)
     visible = set(np.unique(labels).tolist()) - {0}
     table["visible"] = table["label"].isin(visible)
     return NucleiImage(image=stored, labels=labels, ellipses=table)
+
+
+def _confluent_lattice(shape: tuple[int, int], diameter: float, coverage: float,
+                       rng: np.random.Generator) -> np.ndarray:
+    """Centres (row, col) of a jittered hexagonal lattice at one ``diameter`` inside smooth random cluster regions
+    covering about ``coverage`` of the field, in random order."""
+    height, width = shape
+    rows_, cols_ = np.mgrid[0:height:diameter * np.sqrt(3) / 2, 0:width:diameter]
+    cols_ = cols_ + (np.arange(rows_.shape[0])[:, None] % 2) * diameter / 2
+    points = np.stack([rows_.ravel(), cols_.ravel()], axis=1) + rng.normal(0, 0.1 * diameter, (rows_.size, 2))
+    field = ndimage.gaussian_filter(rng.random(shape), 3 * diameter)
+    cut = np.quantile(field, 1 - coverage)
+    inner = ((points[:, 0] >= 0) & (points[:, 0] < height - 1) & (points[:, 1] >= 0) & (points[:, 1] < width - 1))
+    points = points[inner]
+    points = points[field[points[:, 0].astype(int), points[:, 1].astype(int)] >= cut]
+    return points[rng.permutation(len(points))]
+
+
+def _blotches(shape: tuple[int, int], diameter: float, rng: np.random.Generator) -> np.ndarray:
+    """A 0..1 blotchy field: smooth noise on scales of one, three and eight nucleus diameters."""
+    field = sum(weight * ndimage.gaussian_filter(rng.normal(size=shape), scale * diameter, mode="reflect")
+                for weight, scale in ((0.3, 1.0), (0.4, 3.0), (0.3, 8.0)))
+    field = field - np.quantile(field, 0.01)
+    return np.clip(field / max(1e-9, float(np.quantile(field, 0.99))), 0, 1)
+
+
+def _out_of_focus_nuclei(labels: np.ndarray, rows: list[dict], centres: list[tuple[float, float, float]],
+                         count: int, area_median: float, ar_median: float, brightness: tuple[float, float],
+                         group: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Add ``count`` dim, blurred nuclei of another focal plane against in-focus ones; their labels (ground truth,
+    where no sharp nucleus covers them) and their blurred signal."""
+    height, width = labels.shape
+    yy, xx = np.mgrid[:height, :width].astype(np.float64)
+    signal = np.zeros(labels.shape, np.float64)
+    labels = labels.copy()
+    added = 0
+    for _ in range(count * 20):
+        if added == count or not centres:
+            break
+        aspect = float(np.clip(ar_median * np.exp(rng.normal(0, 0.1)), 1.0, 4.0))
+        area = float(area_median * np.exp(rng.normal(0, 0.2)))
+        minor = np.sqrt(area / (np.pi * aspect))
+        major = minor * aspect
+        angle = float(rng.uniform(0, np.pi))
+        cy0, cx0, r0 = centres[int(rng.integers(len(centres)))]
+        direction = rng.uniform(0, 2 * np.pi)
+        dist = (r0 + (minor + major) / 2) * rng.uniform(0.9, 1.05)
+        cy, cx = cy0 + dist * np.sin(direction), cx0 + dist * np.cos(direction)
+        if not (major <= cy < height - major and major <= cx < width - major):
+            continue
+        dy, dx = yy - cy, xx - cx
+        u = dx * np.cos(angle) + dy * np.sin(angle)
+        v = -dx * np.sin(angle) + dy * np.cos(angle)
+        inside = (u / major) ** 2 + (v / minor) ** 2 <= 1.0
+        if float((inside & (labels > 0)).sum()) / max(1, int(inside.sum())) > 0.08:
+            continue
+        label = len(rows) + 1
+        labels[inside & (labels == 0)] = label
+        level = rng.uniform(*brightness) * rng.uniform(0.25, 0.45)
+        signal[inside] = level * np.power(np.clip(1.0 - ((u / major) ** 2 + (v / minor) ** 2)[inside], 0, 1), 0.3)
+        centres.append((cy, cx, (major + minor) / 2))
+        rows.append({"label": label, "centroid_y": cy, "centroid_x": cx, "major_axis": 2 * major,
+                     "minor_axis": 2 * minor, "angle_rad": angle, "aspect_ratio": aspect, "group": group,
+                     "kind": "out of focus"})
+        added += 1
+    diameter = 2 * np.sqrt(area_median / np.pi)
+    return labels, ndimage.gaussian_filter(signal, 0.15 * diameter)
 
 
 def write_nuclei_dataset(root: str | Path, *, images_per_group: int = 4, shape: tuple[int, int] = (512, 512),

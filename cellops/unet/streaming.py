@@ -19,6 +19,7 @@ import tifffile
 from torch import nn
 
 from cellops.intensity import Normalization, dtype_bounds, integer_histogram, percentile_bounds
+from cellops.microscopy import physical_pixel_sizes, write_ome_zarr
 from cellops.unet.predict import predict_probabilities
 from cellops.unet.specs import UNetServing
 
@@ -159,8 +160,8 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
                         slab: int = 8, device: str = "cpu",
                         on_slab: Callable[[int, int], None] | None = None,
                         on_mask: Callable[[int, np.ndarray], None] | None = None) -> VolumeInfo:
-    """Segment the TIFF stack or zarr array ``source`` into a uint8 mask TIFF ``out`` (255 foreground), ``slab``
-    slices at a time.
+    """Segment the TIFF stack or zarr array ``source`` into a uint8 mask OME-TIFF ``out`` (255 foreground, the
+    source's voxel size), ``slab`` slices at a time.
 
     ``out`` is written to a temporary name beside it and renamed when complete, so an interrupted run never leaves
     a truncated mask under the final name. ``on_slab(done, total)`` reports progress; ``on_mask(start, mask)``
@@ -215,7 +216,8 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
     halo = settings.z_smoothing // 2
     out = Path(out)
     partial = out.with_name(f".{out.name}.partial")
-    with tifffile.TiffWriter(partial, bigtiff=True) as writer:
+
+    def pages():
         for start in range(0, depth, slab):
             stop = min(depth, start + slab)
             first, last = max(0, start - halo), min(depth, stop + halo)
@@ -224,17 +226,25 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
             mask = probabilities[start - first:stop - first] >= settings.threshold
             if on_mask is not None:
                 on_mask(start, mask)
-            for page in mask:  # 2-D pages appended to one contiguous series: a (Z, Y, X) stack for any reader
-                writer.write((page * np.uint8(255)).astype(np.uint8), contiguous=True, photometric="minisblack")
+            yield from (mask * np.uint8(255)).astype(np.uint8)
             if on_slab is not None:
                 on_slab(stop, depth)
+
+    # One OME-TIFF series written page by page as the slabs come (memory stays one slab), with the source's own
+    # voxel size, so napari and Fiji lay the mask over the volume at its scale.
+    sizes = physical_pixel_sizes(source)
+    metadata = {"axes": "ZYX", **{f"PhysicalSize{axis}": size for axis, size in sizes.items()},
+                **{f"PhysicalSize{axis}Unit": "µm" for axis in sizes}}
+    with tifffile.TiffWriter(partial, bigtiff=True, ome=True) as writer:
+        writer.write(pages(), shape=info.shape, dtype=np.uint8, photometric="minisblack", metadata=metadata)
     os.replace(partial, out)
     return info
 
 
 def segment_volume_to_files(model: nn.Module, source: str | Path, out_dir: str | Path, stem: str,
                             settings: UNetServing, *, slab: int = 8, device: str = "cpu") -> dict:
-    """Segment ``source`` into ``<stem>_mask.tif`` and ``<stem>_slices.csv`` (foreground fraction per slice) under
+    """Segment ``source`` into ``<stem>_mask.tif`` (OME-TIFF), ``<stem>_mask.ome.zarr`` (the same mask as OME-Zarr;
+    both with the source's voxel size) and ``<stem>_slices.csv`` (foreground fraction per slice) under
     ``out_dir``: a batch predictor (:func:`cellops.batch.run_batch`); returns the outputs and the volume's shape and
     mitochondria volume fraction.
 
@@ -264,9 +274,13 @@ def segment_volume_to_files(model: nn.Module, source: str | Path, out_dir: str |
 
     out_dir = Path(out_dir)
     fractions: list[float] = []
-    info = segment_volume_file(model, source, out_dir / f"{stem}_mask.tif", settings, slab=slab, device=device,
+    mask_file = out_dir / f"{stem}_mask.tif"
+    info = segment_volume_file(model, source, mask_file, settings, slab=slab, device=device,
                                on_mask=lambda start, mask: fractions.extend(mask.mean(axis=(1, 2)).tolist()))
+    # The same mask as OME-Zarr, chunked plane by plane, copied from the memory-mapped TIFF (never whole in memory).
+    write_ome_zarr(out_dir / f"{stem}_mask.ome.zarr", tifffile.memmap(mask_file, mode="r"), axes="ZYX",
+                   pixel_size_um=physical_pixel_sizes(mask_file) or None, overwrite=True)
     table = pd.DataFrame({"slice": range(len(fractions)), "foreground_fraction": np.round(fractions, 6)})
     table.to_csv(out_dir / f"{stem}_slices.csv", index=False)
-    return {"outputs": [f"{stem}_mask.tif", f"{stem}_slices.csv"], "shape": "x".join(map(str, info.shape)),
-            "foreground_fraction": round(float(np.mean(fractions)), 6)}
+    return {"outputs": [f"{stem}_mask.tif", f"{stem}_mask.ome.zarr", f"{stem}_slices.csv"],
+            "shape": "x".join(map(str, info.shape)), "foreground_fraction": round(float(np.mean(fractions)), 6)}

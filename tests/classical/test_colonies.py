@@ -24,6 +24,20 @@ def test_detection_f1_and_area_error_on_synthetic_images(samples):
     assert np.median(errors) < 0.05
 
 
+def test_touching_colonies_among_single_cells_and_debris_are_split_and_not_inflated():
+    # Colonies 0-3 px apart (most meet along a bright seam) with three times the single cells and debris: the
+    # earlier split (fixed neck depth, outlines on the distance transform's line) merged pairs here.
+    f1s, errors = [], []
+    for seed in (100, 101):
+        sample = generate_colony_image((512, 512), seed=seed, gap=(0.0, 3.0), clutter=3.0)
+        found = measure_colonies(sample.image).labels
+        match = match_instances(sample.labels, found)
+        f1s.append(match.f1)
+        errors += [abs((found == p).sum() / (sample.labels == t).sum() - 1) for t, p, _ in match.pairs]
+    assert np.mean(f1s) >= 0.95
+    assert np.median(errors) <= 0.05
+
+
 def test_properties_of_a_hand_drawn_rectangle():
     rect = np.array([[[10, 20]], [[10, 59]], [[89, 59]], [[89, 20]]], np.int32)  # 80 x 40 (x, y)
     p = colony_properties(rect)

@@ -72,3 +72,25 @@ def test_holm_and_unknown_threshold():
     assert holm_correction([0.01, 0.02, 0.5]).tolist() == pytest.approx([0.03, 0.04, 0.5])
     with pytest.raises(ValueError, match="unknown threshold method 'li'"):
         segment_nuclei(np.ones((10, 10)), NucleusParams(threshold="li"))
+
+
+def test_harder_generator_options_leave_the_default_image_alone_and_do_what_they_say():
+    plain = generate_nuclei_image("Control", (128, 128), seed=5, n_nuclei=8)
+    # Off (the default) each option draws nothing: the built-in dataset keeps its bytes.
+    again = generate_nuclei_image("Control", (128, 128), seed=5, n_nuclei=8, dim_fraction=0.0, confluence=0.0,
+                                  blotchy_background=0.0, vignetting=0.0, out_of_focus_fraction=0.0)
+    assert plain.image.tobytes() == again.image.tobytes()
+    low = generate_nuclei_image("Control", (128, 128), seed=5, n_nuclei=8, levels_per_unit=300.0,
+                                offset_levels=2000.0).image
+    assert low.min() > 1900 and int(low.max()) - int(low.min()) < 700  # a few hundred grey levels on an offset
+    blurred = generate_nuclei_image("Control", (128, 128), seed=5, n_nuclei=8, out_of_focus_fraction=0.5)
+    kinds = blurred.ellipses["kind"].value_counts()
+    assert kinds.get("out of focus", 0) >= 2 and blurred.labels.max() == len(blurred.ellipses)  # they count
+    dense = generate_nuclei_image("Control", (128, 128), seed=5, n_nuclei=200, diameter_scale=0.6, confluence=0.8)
+    assert dense.labels.max() >= 25  # packed on a lattice, many more than 8 would fit scattered
+
+
+def test_dim_population_and_out_of_focus_neighbours_are_found():
+    for settings in ({"dim_fraction": 0.35}, {"out_of_focus_fraction": 0.3}):
+        sample = generate_nuclei_image("Control", (256, 256), seed=2, n_nuclei=12, **settings)
+        assert match_instances(sample.labels, segment_nuclei(sample.image)).f1 >= 0.85, settings

@@ -97,13 +97,23 @@ def test_a_volume_streamed_slab_by_slab_gives_the_in_memory_mask(tmp_path):
     # A chunked zarr array (chunks that do not align with the slabs) streams to the same mask.
     import zarr
 
+    from cellops.microscopy import open_image, write_ome_tiff
+
     zarr.create_array(tmp_path / "volume.zarr", shape=volume.shape, chunks=(3, 16, 16), dtype=volume.dtype)[:] = volume
     assert volume_info(tmp_path / "volume.zarr").shape == (7, 40, 48)
     written = segment_volume_to_files(model, tmp_path / "volume.zarr", tmp_path, "from_zarr", settings, slab=2)
     assert np.array_equal(tifffile.imread(tmp_path / "from_zarr_mask.tif") > 0, expected)
     table = pd.read_csv(tmp_path / "from_zarr_slices.csv")
     assert np.allclose(table["foreground_fraction"], expected.mean(axis=(1, 2)), atol=1e-6)
-    assert written["outputs"] == ["from_zarr_mask.tif", "from_zarr_slices.csv"] and written["shape"] == "7x40x48"
+    assert written["outputs"] == ["from_zarr_mask.tif", "from_zarr_mask.ome.zarr", "from_zarr_slices.csv"]
+    assert written["shape"] == "7x40x48"
+    as_zarr = open_image(tmp_path / "from_zarr_mask.ome.zarr")
+    assert as_zarr.axes == "ZYX" and np.array_equal(as_zarr.data > 0, expected)
+    # A source that states its voxel size gives masks (OME-TIFF and OME-Zarr) with that size.
+    write_ome_tiff(tmp_path / "scaled.ome.tif", volume, axes="ZYX", pixel_size_um={"Z": 0.05, "Y": 0.005, "X": 0.005})
+    segment_volume_to_files(model, tmp_path / "scaled.ome.tif", tmp_path, "scaled", settings, slab=3)
+    for mask in ("scaled_mask.tif", "scaled_mask.ome.zarr"):
+        assert open_image(tmp_path / mask).pixel_size_um == {"Z": 0.05, "Y": 0.005, "X": 0.005}, mask
     (tmp_path / "empty.zarr").mkdir()
     with pytest.raises(ValueError, match="empty.zarr: not a readable zarr array"):
         volume_info(tmp_path / "empty.zarr")
