@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from http import HTTPStatus
 from pathlib import Path
@@ -156,7 +156,7 @@ def upload_errors(name: str = "", hint: str = "") -> Iterator[None]:
 
 
 def read_upload(data: bytes, max_pixels: int, wanted: Wanted = "image or stack", *, normalization=None,
-                name: str = "", hint: str = "") -> DecodedImage:
+                name: str = "", hint: str = "", channel: str | None = None) -> DecodedImage:
     """Read one uploaded file as the endpoint wants it, or answer 413 (too many pixels) or 400 (anything else
     unusable) naming the problem (:func:`upload_errors`).
 
@@ -176,12 +176,15 @@ def read_upload(data: bytes, max_pixels: int, wanted: Wanted = "image or stack",
         The upload's name in error messages (empty: messages as :mod:`cellops.io` words them).
     hint : str
         Appended to a 400's message: what the endpoint takes.
+    channel : str, optional
+        The channel (name or index) of a multi-channel OME-TIFF or ImageJ upload (:func:`microscope_upload`).
 
     Returns
     -------
     DecodedImage
-        The array and the format it came in (``"png"``, ``"tiff"``, or ``"jpeg"`` for a picture). A grey picture
-        of a colour upload is float64 on the upload's own scale (:func:`cellops.io.to_grey`).
+        The array and the format it came in (``"png"``, ``"tiff"``, or ``"jpeg"`` for a picture), and the pixel
+        size an OME-TIFF or ImageJ upload states. A grey picture of a colour upload is float64 on the upload's own
+        scale (:func:`cellops.io.to_grey`).
 
     Examples
     --------
@@ -195,6 +198,7 @@ def read_upload(data: bytes, max_pixels: int, wanted: Wanted = "image or stack",
     bento.common.PayloadTooLarge: image: image too large: 192 pixels, the limit is 100
     """
     unit_floats = normalization is None
+    data, pixel_size = microscope_upload(data, max_pixels, channel=channel, name=name)
     with upload_errors(name, hint):
         if wanted in _GREY_NDIM:
             decoded = decode_image(data, max_pixels=max_pixels, allowed_ndim=_GREY_NDIM[wanted],
@@ -208,7 +212,86 @@ def read_upload(data: bytes, max_pixels: int, wanted: Wanted = "image or stack",
             raise ValueError(f"unknown upload {wanted!r}: expected one of {get_args(Wanted)}")
         if normalization is not None:
             normalization.bounds(decoded.array, source=name)
-    return decoded
+    return replace(decoded, pixel_size_um=pixel_size)
+
+
+def microscope_upload(data: bytes, max_pixels: int, *, channel: str | None = None,
+                      name: str = "") -> tuple[bytes, float | None]:
+    """An OME-TIFF or ImageJ upload read as the microscope file it is (:func:`cellops.microscopy.open_image`): its
+    pixel size, and its chosen channel re-encoded as a one-channel TIFF for :func:`read_upload`'s checks; a
+    multi-channel upload without a channel is refused naming its channels. Any other upload comes back as sent.
+
+    Parameters
+    ----------
+    data : bytes
+        The file as uploaded.
+    max_pixels : int
+        The most pixels accepted (all channels together), checked from the header first.
+    channel : str, optional
+        A channel name or index (empty or None: the file must have one channel).
+    name : str
+        The upload's name in messages.
+
+    Returns
+    -------
+    data : bytes
+        The upload, or its chosen channel as TIFF.
+    pixel_size_um : float or None
+        The in-plane pixel size the file states.
+
+    Raises
+    ------
+    bentoml.exceptions.InvalidArgument
+        A channel the file does not have (its channels named), several channels and none chosen, a channel chosen
+        for a format without channels, a pixel size of 0, NaN or over 1 mm in its metadata.
+    PayloadTooLarge
+        More pixels than ``max_pixels``.
+
+    Examples
+    --------
+    >>> from cellops.io import encode_image
+    >>> png = encode_image(np.zeros((8, 8), np.uint8), "png")
+    >>> microscope_upload(png, 100) == (png, None)
+    True
+    """
+    import io
+
+    import tifffile
+
+    channel = channel or None
+    hint = "choose one with the form field channel=NAME|INDEX"
+    if data[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        if channel is not None:
+            raise InvalidArgument(_named(name, ImageInputError(f"channel {channel!r} chosen, but only a TIFF "
+                                                                "(OME-TIFF, ImageJ) upload has channels")))
+        return data, None
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            described = tif.is_ome or tif.is_imagej
+            pixels = int(np.prod(tif.series[0].shape))
+    except Exception:  # not a TIFF tifffile can parse: read_upload names the problem
+        return data, None
+    if not described and channel is None:
+        return data, None
+    if pixels > max_pixels:
+        raise PayloadTooLarge(_named(name, ImageTooLargeError(f"image too large: {pixels} pixels, the limit is "
+                                                              f"{max_pixels}")))
+    import tempfile
+
+    from cellops.io import FileReading, encode_image
+
+    with upload_errors(name), tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "upload.tif"
+        path.write_bytes(data)
+        try:
+            opened = FileReading(channel).open(path, "this endpoint")
+        except ImageInputError as error:
+            raise ImageInputError(str(error).replace(f"{path}: ", "").replace(
+                "choose one with --channel NAME|INDEX (config key `channel`)", hint)) from None
+        pixel_size = opened.yx_pixel_size_um
+    if opened.channel is None:
+        return data, pixel_size
+    return encode_image(opened.data, "tiff"), pixel_size
 
 
 def _grey(picture: np.ndarray, unit_floats: bool) -> np.ndarray:
@@ -279,10 +362,16 @@ MAX_FILE_NAME = 255
 
 @dataclass(frozen=True)
 class Upload:
-    """What one endpoint takes: the multipart field holding its file(s), and whether several are allowed."""
+    """What one endpoint takes: the multipart field holding its file(s), whether several are allowed, and the short
+    text fields it also takes (e.g. ``channel``)."""
 
     field: str
     many: bool = False
+    options: tuple[str, ...] = ()
+
+
+#: The longest value a text field of a request may hold (a channel name, an index).
+MAX_OPTION_BYTES = 256
 
 
 @dataclass
@@ -362,8 +451,9 @@ def check_multipart(body: bytes, content_type: str, upload: Upload) -> None:
     ------
     RequestProblem
         415 for another content type; 400 for a missing boundary, malformed parts, a field other than
-        ``upload.field``, a text value instead of a file, an empty file, an unusable file name
-        (:func:`check_file_name`), or several files where ``upload.many`` is false.
+        ``upload.field`` and ``upload.options``, a text value instead of a file, a file or a value over
+        :data:`MAX_OPTION_BYTES` in an option, an empty file, an unusable file name (:func:`check_file_name`), or
+        several files where ``upload.many`` is false.
     """
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -409,16 +499,24 @@ def check_multipart(body: bytes, content_type: str, upload: Upload) -> None:
         raise RequestProblem(400, f"malformed multipart body ({error})") from error
     if not parts or parser.state.name != "END":
         raise RequestProblem(400, f"malformed or incomplete multipart body: send {wanted}")
+    files = [part for part in parts if part.name not in upload.options]
     for part in parts:
+        if part.name in upload.options and (part.filename is not None or part.size > MAX_OPTION_BYTES):
+            raise RequestProblem(400, f"field {part.name!r} takes a short text value (at most {MAX_OPTION_BYTES} "
+                                      "bytes), not a file")
+    if not files:
+        raise RequestProblem(400, f"no file: send {wanted}")
+    for part in files:
         if part.name != upload.field:
-            raise RequestProblem(400, f"unexpected field {str(part.name)[:80]!r}: send {wanted}")
+            extra = f" (and the text fields {', '.join(upload.options)})" if upload.options else ""
+            raise RequestProblem(400, f"unexpected field {str(part.name)[:80]!r}: send {wanted}{extra}")
         if part.filename is None:
             raise RequestProblem(400, f"field {upload.field!r} holds a text value, not a file: send {wanted}")
         check_file_name(part.filename)
         if part.size == 0:
             raise RequestProblem(400, f"empty upload: the file {part.filename[:80]!r} has no bytes")
-    if len(parts) > 1 and not upload.many:
-        raise RequestProblem(400, f"{len(parts)} files in field {upload.field!r}: send one")
+    if len(files) > 1 and not upload.many:
+        raise RequestProblem(400, f"{len(files)} files in field {upload.field!r}: send one")
 
 
 class RequestGuard:

@@ -241,10 +241,13 @@ class DecodedImage:
         The decoded, checked image or stack.
     format : str
         ``"png"`` or ``"tiff"``.
+    pixel_size_um : float or None
+        The in-plane pixel size an OME-TIFF or ImageJ upload states (None when it states none).
     """
 
     array: np.ndarray
     format: str
+    pixel_size_um: float | None = None
 
 
 #: Smallest side (pixels) of an image a service or analysis accepts: a 1xN "image" has no neighbourhood to

@@ -104,3 +104,23 @@ def add_physical_columns(table: pd.DataFrame, pixel_size_um: float | None, *, le
     out = pd.DataFrame(columns, index=table.index)
     out["pixel_size_um"] = scale
     return out
+
+
+#: Sizes in pixels in the tables of the analyses (nuclei, colonies, cells, instances), and in pixels squared: each gets a
+#: µm (µm²) column beside it (:func:`with_physical_sizes`).
+LENGTH_COLUMNS = ("perimeter", "major_axis", "minor_axis", "feret_max", "feret_min", "equivalent_diameter",
+                  "width", "height", "box_width", "box_height", "rotated_width", "rotated_height", "hull_perimeter",
+                  "colony_width_px", "segmented_diameter_px")
+AREA_COLUMNS = ("area", "convex_area", "hull_area", "box_area", "rotated_box_area")
+
+
+def with_physical_sizes(table: pd.DataFrame, pixel_size_um: float | None) -> pd.DataFrame:
+    """:func:`add_physical_columns` for every column of :data:`LENGTH_COLUMNS` and :data:`AREA_COLUMNS` that
+    ``table`` has.
+
+    >>> table = with_physical_sizes(pd.DataFrame({"label": [1], "area": [40.0]}), 0.5)
+    >>> list(table.columns), float(table.loc[0, "area_um2"])
+    (['label', 'area', 'area_um2', 'pixel_size_um'], 10.0)
+    """
+    return add_physical_columns(table, pixel_size_um, lengths=[c for c in LENGTH_COLUMNS if c in table],
+                                areas=[c for c in AREA_COLUMNS if c in table])

@@ -7,6 +7,11 @@ moments, shape measures, ``touches_border``) and the sizes the image was analyse
 ``POST /calcium`` / ``/calcium_overlay`` (``movie``, a (frames, rows, columns) TIFF stack): per-cell response
 metrics and dF/F0 traces / the cells outlined on the movie's mean frame. ``POST /metadata``: the settings and
 the code version. Bad requests get a 4xx naming the problem (see :mod:`bento.common`).
+
+Uploads may be OME-TIFF or ImageJ TIFF: the optional form field ``channel`` (a name or an index) chooses the channel
+of a multi-channel file (one with several and none chosen is refused, naming them), and the pixel size the file
+states converts the sizes the configs give in µm and adds a µm column beside every size in pixels
+(``pixel_size_um`` in the answer; null without one).
 """
 
 from __future__ import annotations
@@ -37,7 +42,19 @@ LIMITS = {**STORED_LIMITS, "max_pixels": max_pixels(STORED_LIMITS),
 
 
 def _analysis(config: str) -> dict:
-    return yaml.safe_load((CONFIGS / config).read_text())["parameters"]["analysis"]
+    """The analysis parameters of a config; its ``channel`` and ``scene`` keys are for files, not for uploads (a
+    request chooses its channel)."""
+    values = dict(yaml.safe_load((CONFIGS / config).read_text())["parameters"]["analysis"])
+    values.pop("channel", None)
+    values.pop("scene", None)
+    return values
+
+
+def _pixel_size(table) -> float | None:
+    """The pixel size a table's sizes were converted with (None: pixels only)."""
+    if not len(table) or "pixel_size_um" not in table or table["pixel_size_um"].isna().all():
+        return None
+    return float(table["pixel_size_um"].iloc[0])
 
 
 def _records(table) -> list[dict]:
@@ -70,41 +87,52 @@ class ClassicalAnalyses:
         self.calcium_params = from_mapping(CalciumParams, _analysis("calcium.yaml"))
 
     @staticmethod
-    def _image(data: bytes) -> np.ndarray:
-        """A 2-D grey image (colour pictures are made grey: phase contrast and stains are one channel)."""
-        return read_upload(data, LIMITS["max_pixels"], "grey picture").array
+    def _image(data: bytes, channel: str | int) -> tuple[np.ndarray, float | None]:
+        """A 2-D grey image (colour pictures are made grey: phase contrast and stains are one channel) and the pixel
+        size its file states."""
+        # A form value that looks like a number arrives as one: an index.
+        decoded = read_upload(data, LIMITS["max_pixels"], "grey picture", channel=str(channel))
+        return decoded.array, decoded.pixel_size_um
 
-    def _movie(self, data: bytes) -> np.ndarray:
-        movie = read_upload(data, LIMITS["max_pixels"], "stack",
-                            hint="a calcium movie is a (frames, rows, columns) TIFF stack").array
+    def _movie(self, data: bytes, channel: str | int) -> tuple[np.ndarray, float | None]:
+        decoded = read_upload(data, LIMITS["max_pixels"], "stack", channel=str(channel),
+                              hint="a calcium movie is a (frames, rows, columns) TIFF stack")
+        movie = decoded.array
         needed = self.calcium_params.baseline_frames + 2
         if not needed <= len(movie) <= LIMITS["max_frames"]:
             raise InvalidArgument(f"a movie of {len(movie)} frames; this analysis needs {needed} to "
                                   f"{LIMITS['max_frames']} (the first {self.calcium_params.baseline_frames} "
                                   "are the F0 baseline)")
-        return movie
+        return movie, decoded.pixel_size_um
 
-    def _colonies(self, data: bytes):
+    def _colonies(self, data: bytes, channel: str | int = ""):
         from cellops.classical.colonies import measure_colonies
+        from cellops.units import with_physical_sizes
 
-        image = self._image(data)
+        image, pixel_size = self._image(data, channel)
         with _unprocessable():
-            return image, measure_colonies(image, self.colony_params)
+            params = self.colony_params.at_pixel_size(pixel_size)
+            result = measure_colonies(image, params)
+            result.table = with_physical_sizes(result.table, params.pixel_size_um)
+            return image, result
 
-    def _nuclei(self, data: bytes):
+    def _nuclei(self, data: bytes, channel: str | int = ""):
         from cellops.classical.nuclei import nucleus_table, segment_nuclei_with_settings
+        from cellops.units import with_physical_sizes
 
-        image = self._image(data)
+        image, pixel_size = self._image(data, channel)
         with _unprocessable():
-            found = segment_nuclei_with_settings(image, self.nucleus_params)
-            return image, found, nucleus_table(found.labels, image)
+            params = self.nucleus_params.at_pixel_size(pixel_size)
+            found = segment_nuclei_with_settings(image, params)
+            return image, found, with_physical_sizes(nucleus_table(found.labels, image), params.pixel_size_um)
 
-    def _calcium(self, data: bytes):
+    def _calcium(self, data: bytes, channel: str | int = ""):
         from cellops.classical.calcium import measure_calcium_movie
 
-        movie = self._movie(data)
+        movie, pixel_size = self._movie(data, channel)
         with _unprocessable():
-            return movie, measure_calcium_movie(movie, self.calcium_params)
+            params = self.calcium_params.at_pixel_size(pixel_size)
+            return movie, measure_calcium_movie(movie, params), params.pixel_size_um
 
     @staticmethod
     def _png(rgb: np.ndarray, ctx: bentoml.Context, name: str) -> Path:
@@ -113,54 +141,59 @@ class ClassicalAnalyses:
         return save_png(rgb, Path(ctx.temp_dir) / name)  # removed after the response
 
     @bentoml.api
-    async def colonies(self, image: Path) -> dict:
-        """Per-colony table and the settings the image was analysed with."""
+    async def colonies(self, image: Path, channel: str | int = "") -> dict:
+        """Per-colony table (sizes in pixels, and in µm when the file states its pixel size) and the settings the
+        image was analysed with."""
         from dataclasses import asdict
 
-        _, result = await asyncio.to_thread(self._colonies, Path(image).read_bytes())
-        return {"count": len(result.table), "colonies": _records(result.table), "settings": asdict(result.settings)}
+        _, result = await asyncio.to_thread(self._colonies, Path(image).read_bytes(), channel)
+        return {"count": len(result.table), "colonies": _records(result.table), "settings": asdict(result.settings),
+                "pixel_size_um": _pixel_size(result.table)}
 
     @bentoml.api
-    async def colonies_overlay(self, image: Path, ctx: bentoml.Context) -> Path:
+    async def colonies_overlay(self, image: Path, ctx: bentoml.Context, channel: str | int = "") -> Path:
         """Overlay PNG: upright box red, rotated box green, convex hull white, contour blue."""
         from cellops.classical.colonies import colony_overlay
 
-        picture, result = await asyncio.to_thread(self._colonies, Path(image).read_bytes())
+        picture, result = await asyncio.to_thread(self._colonies, Path(image).read_bytes(), channel)
         ctx.response.headers["X-Colonies"] = str(len(result.table))
         return self._png(colony_overlay(picture, result.contours), ctx, "colonies.png")
 
     @bentoml.api
-    async def nuclei(self, image: Path) -> dict:
-        """Per-nucleus shape table, the diameter and threshold used and why."""
-        _, found, table = await asyncio.to_thread(self._nuclei, Path(image).read_bytes())
+    async def nuclei(self, image: Path, channel: str | int = "") -> dict:
+        """Per-nucleus shape table (sizes in pixels, and in µm when the file states its pixel size), the diameter
+        and threshold used and why."""
+        _, found, table = await asyncio.to_thread(self._nuclei, Path(image).read_bytes(), channel)
         return {"count": len(table), "nuclei": _records(table), "diameter_px": round(found.diameter_px, 2),
+                "pixel_size_um": _pixel_size(table),
                 "diameter_source": found.diameter_source, "threshold": found.threshold,
                 "threshold_reason": found.threshold_reason}
 
     @bentoml.api
-    async def nuclei_overlay(self, image: Path, ctx: bentoml.Context) -> Path:
+    async def nuclei_overlay(self, image: Path, ctx: bentoml.Context, channel: str | int = "") -> Path:
         """Nucleus outlines on the image, as a PNG."""
         from cellops.classical.common import label_overlay
 
-        picture, found, table = await asyncio.to_thread(self._nuclei, Path(image).read_bytes())
+        picture, found, table = await asyncio.to_thread(self._nuclei, Path(image).read_bytes(), channel)
         ctx.response.headers["X-Nuclei"] = str(len(table))
         return self._png(label_overlay(picture, found.labels), ctx, "nuclei.png")
 
     @bentoml.api
-    async def calcium(self, movie: Path) -> dict:
+    async def calcium(self, movie: Path, channel: str | int = "") -> dict:
         """Per-cell response metrics and dF/F0 traces (one list per cell, one value per frame)."""
-        _, result = await asyncio.to_thread(self._calcium, Path(movie).read_bytes())
+        _, result, pixel_size = await asyncio.to_thread(self._calcium, Path(movie).read_bytes(), channel)
         return {"cells": len(result.cell_ids), "frame_interval_s": self.calcium_params.frame_interval_s,
+                "pixel_size_um": pixel_size,
                 "metrics": _records(result.metrics),
                 "dff": {str(int(cell)): [round(float(v), 5) for v in trace]
                         for cell, trace in zip(result.cell_ids, result.dff)}}
 
     @bentoml.api
-    async def calcium_overlay(self, movie: Path, ctx: bentoml.Context) -> Path:
+    async def calcium_overlay(self, movie: Path, ctx: bentoml.Context, channel: str | int = "") -> Path:
         """Cell outlines on the movie's mean frame, as a PNG."""
         from cellops.classical.common import label_overlay
 
-        frames, result = await asyncio.to_thread(self._calcium, Path(movie).read_bytes())
+        frames, result, _ = await asyncio.to_thread(self._calcium, Path(movie).read_bytes(), channel)
         ctx.response.headers["X-Cells"] = str(len(result.cell_ids))
         return self._png(label_overlay(frames.mean(axis=0), result.labels), ctx, "cells.png")
 
@@ -174,6 +207,6 @@ class ClassicalAnalyses:
                 "calcium": asdict(self.calcium_params), "limits": LIMITS}
 
 
-guard(ClassicalAnalyses, {f"/{route}": Upload(field) for route, field in (
+guard(ClassicalAnalyses, {f"/{route}": Upload(field, options=("channel",)) for route, field in (
     ("colonies", "image"), ("colonies_overlay", "image"), ("nuclei", "image"), ("nuclei_overlay", "image"),
     ("calcium", "movie"), ("calcium_overlay", "movie"))}, LIMITS)

@@ -32,7 +32,7 @@ from cellops.config import from_mapping
 from cellops.io import FileReading, ImageInputError, check_pixels, write_table
 from cellops.microscopy import MicroscopeImage, open_image, write_ome_tiff
 from cellops.plots import save_png
-from cellops.units import add_physical_columns
+from cellops.units import with_physical_sizes
 
 #: The shape features of nuclei that the group report compares.
 NUCLEUS_FEATURES = ["aspect_ratio_ellipse", "aspect_ratio_rectangle", "area", "circularity", "solidity",
@@ -56,13 +56,6 @@ class BatchReport:
     table: pd.DataFrame
     written: list[Path] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
-
-
-#: Sizes in pixels in the nucleus and colony tables, and in pixels squared: each gets a µm (µm²) column beside it.
-LENGTH_COLUMNS = ["perimeter", "major_axis", "minor_axis", "feret_max", "feret_min", "equivalent_diameter",
-                  "width", "height", "box_width", "box_height", "rotated_width", "rotated_height", "hull_perimeter",
-                  "colony_width_px", "segmented_diameter_px"]
-AREA_COLUMNS = ["area", "convex_area", "hull_area", "box_area", "rotated_box_area"]
 
 
 def analysis_settings(kind: str, values: Mapping | None) -> tuple[object, FileReading]:
@@ -105,9 +98,6 @@ def _pixel_size(opened: MicroscopeImage, fallback: float | None) -> float | None
     return own if own is not None else fallback
 
 
-def _with_units(table: pd.DataFrame, pixel_size_um: float | None) -> pd.DataFrame:
-    return add_physical_columns(table, pixel_size_um, lengths=[c for c in LENGTH_COLUMNS if c in table],
-                                areas=[c for c in AREA_COLUMNS if c in table])
 
 
 def _check_intensities(array: np.ndarray, path: Path, allowed_ndim: tuple[int, ...]) -> np.ndarray:
@@ -240,7 +230,7 @@ def analyze_colony_file(path: Path, out: Path, name: InputName, group: str,
     result = measure_colonies(image, params.at_pixel_size(pixel_size))
     table = result.table.assign(image=name.label, group=group,
                                 colony_width_px=round(result.settings.colony_diameter_px, 2))
-    table = _with_units(table, pixel_size)
+    table = with_physical_sizes(table, pixel_size)
     overlay = colony_overlay(image, result.contours)
     return FileAnalysis(table, [write_table(table, out / f"{name.stem}_colonies.csv"),
                                 _labels_tiff(out / f"{name.stem}_colonies.tif", result.labels, opened, pixel_size),
@@ -282,7 +272,7 @@ def analyze_nucleus_file(path: Path, out: Path, name: InputName, group: str,
     table = nucleus_table(found.labels, image).assign(image=name.label, group=group,
                                                       segmented_diameter_px=round(found.diameter_px, 2),
                                                       segmented_threshold=found.threshold)
-    table = _with_units(table, pixel_size)
+    table = with_physical_sizes(table, pixel_size)
     return FileAnalysis(table, [write_table(table, out / f"{name.stem}_nuclei.csv"),
                                 _labels_tiff(out / f"{name.stem}_nuclei.tif", found.labels, opened, pixel_size)])
 
@@ -338,7 +328,7 @@ def analyze_calcium_file(path: Path, out: Path, name: InputName, group: str, par
     areas = np.bincount(result.labels.ravel())
     table = result.metrics.assign(area=areas[result.cell_ids].astype(float), movie=name.label, group=group,
                                   frame_interval_s=params.frame_interval_s)
-    table = _with_units(table, pixel_size)
+    table = with_physical_sizes(table, pixel_size)
     curves = group_curves({Path(name.stem).name: result.dff}, params.frame_interval_s)
     return FileAnalysis(table, [_labels_tiff(out / f"{name.stem}_cells.tif", result.labels, opened, pixel_size),
                                 write_table(traces, out / f"{name.stem}_dff.csv"),

@@ -572,7 +572,7 @@ def segment_image_to_files(model: torch.nn.Module, path: str | Path, out_dir: st
     from cellops.io import FileReading, check_pixels
     from cellops.microscopy import write_ome_tiff
     from cellops.plots import save_png
-    from cellops.units import add_physical_columns
+    from cellops.units import with_physical_sizes
 
     out_dir = Path(out_dir)
     opened = (reading or FileReading()).open(path, "Mask R-CNN")
@@ -583,8 +583,7 @@ def segment_image_to_files(model: torch.nn.Module, path: str | Path, out_dir: st
     instances = predict_image(model, image, settings)
     write_ome_tiff(out_dir / f"{stem}_labels.tif", label_image(instances, image.shape[:2]), axes="YX",
                    pixel_size_um=pixel_size, overwrite=True)
-    table = add_physical_columns(instance_table(instances, settings.categories), pixel_size,
-                                 lengths=["box_width", "box_height"], areas=["area"])
+    table = with_physical_sizes(instance_table(instances, settings.categories), pixel_size)
     table.to_csv(out_dir / f"{stem}_instances.csv", index=False)
     save_png(overlay(image, instances, settings.categories), out_dir / f"{stem}_overlay.png")
     return {"outputs": [f"{stem}_labels.tif", f"{stem}_instances.csv", f"{stem}_overlay.png"],

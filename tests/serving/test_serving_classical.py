@@ -64,6 +64,7 @@ def test_colonies_nuclei_and_calcium_answer_tables_and_overlays(service):
     answer = httpx.post(f"{base}/nuclei", files={"image": ("n.png", png_bytes(nuclei.image))}, timeout=120).json()
     assert abs(answer["count"] - int(nuclei.labels.max())) <= 2 and answer["diameter_source"] == "measured"
     assert {"circularity", "solidity", "area"} <= set(answer["nuclei"][0])
+    plain_nuclei = answer
 
     movie = generate_calcium_movie("Film", (128, 128), n_frames=40, seed=1, n_cells=6)
     answer = httpx.post(f"{base}/calcium", files={"movie": ("m.tif", _tiff(movie.movie))}, timeout=120)
@@ -75,6 +76,28 @@ def test_colonies_nuclei_and_calcium_answer_tables_and_overlays(service):
     rgb = httpx.post(f"{base}/calcium", files={"movie": ("rgb.tif", _tiff(np.zeros((64, 64, 3), np.uint8)))},
                      timeout=60)
     assert rgb.status_code == 400, rgb.text
+
+    # A two-channel OME-TIFF: refused naming its channels, measured in µm once one is chosen (by name or index).
+    noise = np.random.default_rng(0).integers(0, 40, nuclei.image.shape).astype(np.uint16)
+    ome = io.BytesIO()
+    tifffile.imwrite(ome, np.stack([noise, nuclei.image]), ome=True, photometric="minisblack",
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.4, "PhysicalSizeY": 0.4, "Channel": {"Name": ["GFP", "DAPI"]}})
+    upload = {"image": ("n.ome.tif", ome.getvalue())}
+    refused = httpx.post(f"{base}/nuclei", files=upload, timeout=60)
+    assert refused.status_code == 400 and "GFP" in refused.text and "DAPI" in refused.text, refused.text
+    assert "channel=NAME|INDEX" in refused.text
+    unknown = httpx.post(f"{base}/nuclei", files=upload, data={"channel": "mCherry"}, timeout=60)
+    assert unknown.status_code == 400 and "mCherry" in unknown.text, unknown.text
+    for choice in ("DAPI", "1"):
+        chosen = httpx.post(f"{base}/nuclei", files=upload, data={"channel": choice}, timeout=120)
+        assert chosen.status_code == 200, chosen.text
+        body = chosen.json()
+        assert body["pixel_size_um"] == 0.4 and body["count"] == plain_nuclei["count"]
+        assert body["nuclei"][0]["area_um2"] == pytest.approx(body["nuclei"][0]["area"] * 0.16)
+    assert plain_nuclei["pixel_size_um"] is None and plain_nuclei["nuclei"][0]["area_um2"] is None
+    png_channel = httpx.post(f"{base}/nuclei", files={"image": ("n.png", png_bytes(nuclei.image))},
+                             data={"channel": "DAPI"}, timeout=60)
+    assert png_channel.status_code == 400 and "only a TIFF" in png_channel.text
 
     meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
     assert meta["colonies"]["colony_diameter_px"] == "auto" and "git_commit" in meta["bento_build"]
