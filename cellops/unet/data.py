@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cellops.intensity import Normalization
-from cellops.io import read_tiff_stack, to_unit_range
+from cellops.io import read_image_file, to_unit_range
 
 #: The four files of the EPFL/Lucchi layout, in the order :func:`load_lucchi` returns them.
 LUCCHI_FILES = ("training.tif", "training_groundtruth.tif", "testing.tif", "testing_groundtruth.tif")
@@ -67,7 +67,7 @@ def load_lucchi(data_dir: str | Path) -> EMDataset:
             f"{root}: missing {', '.join(missing)}; run `make data` for the default dataset or put the Lucchi "
             "files there"
         )
-    return EMDataset(*(read_tiff_stack(root / name) for name in LUCCHI_FILES))
+    return EMDataset(*(read_image_file(root / name) for name in LUCCHI_FILES))
 
 
 @dataclass(frozen=True)
