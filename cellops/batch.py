@@ -119,11 +119,13 @@ def input_names(files: Sequence[Path]) -> dict[Path, InputName]:
     >>> names = input_names([Path("a/Control/n0.tif"), Path("a/Film/n0.tif"), Path("a/Film/n1.tif")])
     >>> [(n.label, n.stem) for n in names.values()]
     [('Control/n0.tif', 'Control/n0'), ('Film/n0.tif', 'Film/n0'), ('n1.tif', 'n1')]
+    >>> input_names([Path("plate/a1.ome.tif")])[Path("plate/a1.ome.tif")].stem
+    'a1'
     """
     folders = {f: Path(os.path.abspath(f)).parent.parts[1:] for f in files}  # without the root: names are relative
     by_stem: dict[str, list[Path]] = defaultdict(list)
     for f in files:
-        by_stem[f.stem.casefold()].append(f)
+        by_stem[f.name.removesuffix(_suffix(f)).casefold()].append(f)
     names: dict[Path, InputName] = {}
     for same in by_stem.values():
         distinct = {tuple(part.casefold() for part in folders[f]) for f in same}
@@ -134,13 +136,20 @@ def input_names(files: Sequence[Path]) -> dict[Path, InputName]:
             prefix = "/".join(folders[f][max(0, len(folders[f]) - depth):]) if depth else ""
             label = f"{prefix}/{f.name}" if prefix else f.name
             in_one_folder = sum(folders[g] == folders[f] for g in same) > 1
-            names[f] = InputName(label, label if in_one_folder else label.removesuffix(f.suffix))
+            names[f] = InputName(label, label if in_one_folder else label.removesuffix(_suffix(f)))
     stems = Counter(name.stem.casefold() for name in names.values())
     for f, name in names.items():
         if stems[name.stem.casefold()] > 1:  # e.g. x.tif and x.TIF in one folder of a case-sensitive file system
             digest = hashlib.sha1(os.path.abspath(f).encode()).hexdigest()[:8]
             names[f] = InputName(name.label, f"{name.stem}_{digest}")
     return {f: names[f] for f in files}
+
+
+def _suffix(path: Path) -> str:
+    """The file type's suffix, ``.ome.tif`` and ``.ome.zarr`` whole: ``a.ome.tif`` names its outputs ``a_...``."""
+    if path.stem.lower().endswith(".ome"):
+        return path.name[len(path.stem) - 4:]
+    return path.suffix
 
 
 def distinct_files(files: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, Path]]]:

@@ -53,14 +53,14 @@ def test_a_multichannel_file_is_refused_without_a_channel_and_read_with_one(tmp_
     assert analyze("nuclei", [source], tmp_path / "out", None, None, channel="DAPI") == 0
     by_index = tmp_path / "by_index"
     assert analyze("nuclei", [source], by_index, None, None, channel="1") == 0
-    table = pd.read_csv(tmp_path / "out" / "two.ome_nuclei.csv")
-    assert table.equals(pd.read_csv(by_index / "two.ome_nuclei.csv"))
+    table = pd.read_csv(tmp_path / "out" / "two_nuclei.csv")
+    assert table.equals(pd.read_csv(by_index / "two_nuclei.csv"))
     assert len(table) >= 10
     assert np.allclose(table["area_um2"], table["area"] * 0.4**2)
     assert np.allclose(table["feret_max_um"], table["feret_max"] * 0.4)
     assert (table["pixel_size_um"] == 0.4).all()
 
-    labels = open_image(tmp_path / "out" / "two.ome_nuclei.tif")
+    labels = open_image(tmp_path / "out" / "two_nuclei.tif")
     assert labels.pixel_size_um["X"] == pytest.approx(0.4) and labels.pixel_size_um["Y"] == pytest.approx(0.4)
     assert labels.data.shape == nuclei_sample.image.shape and int(labels.data.max()) == len(table)
 
@@ -117,7 +117,7 @@ def test_colony_sizes_in_um_at_two_pixel_sizes(tmp_path):
     assert len(low_table) == len(high_table) >= 3
     a, b = low_table["area_um2"].sum(), high_table["area_um2"].sum()
     assert abs(a - b) / a < 0.05
-    overlay = open_image(tmp_path / "out" / "low.ome_overlay.ome.tif")
+    overlay = open_image(tmp_path / "out" / "low_overlay.ome.tif")
     assert overlay.axes == "YXS" and overlay.pixel_size_um["X"] == pytest.approx(2.0)
 
 
