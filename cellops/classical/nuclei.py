@@ -8,9 +8,11 @@ they disagree by more than a fifth (dense clusters bias the blob response), the 
 at theirs. The foreground threshold is global (Otsu) or local (above a rolling-ball-like background, for
 uneven light or dim nuclei beside bright ones); ``threshold="auto"`` picks one per image from the measured
 background unevenness and the share of nuclei a global threshold would lose. Touching nuclei are split by a
-marker-controlled watershed on shape and intensity (:func:`split_touching`); each nucleus is then cut at a
-quarter of its own peak contrast, so a dim nucleus keeps its whole area and a loose foreground (a bright
-neighbour's halo, a blotchy background) does not widen it.
+marker-controlled watershed on shape and intensity (:func:`split_touching`); objects larger than one and a
+half nuclei are split again along the dark seams inside them (confluent clusters, where the foreground is one
+sheet and shape alone cannot part it), and fragments with no brightness peak of their own go back to their
+neighbours. Each nucleus is then cut at a quarter of its own peak contrast, so a dim nucleus keeps its whole
+area and a loose foreground (a bright neighbour's halo, a blotchy background) does not widen it.
 """
 
 from __future__ import annotations
@@ -239,6 +241,7 @@ def _segment_at(gray: np.ndarray, diameter: float, params: NucleusParams, blobs)
     min_area = params.min_area_fraction * np.pi * (diameter / 2) ** 2
     foreground = ndimage.binary_fill_holes(morphology.remove_small_objects(foreground, max_size=int(min_area)))
     labels = split_touching(foreground, smooth, diameter, params.marker_depth_fraction)
+    labels = _split_on_seams(labels, gray, background, diameter, noise)
     labels = _trim_to_own_edge(labels, smooth - background, diameter, 4.0 * noise)
     labels = morphology.remove_small_objects(labels, max_size=int(min_area))
     return labels, method, reason
@@ -262,9 +265,88 @@ def split_touching(foreground: np.ndarray, smooth: np.ndarray, diameter: float, 
     return segmentation.watershed(-landscape, markers, mask=foreground)
 
 
+#: Seams are looked for on the image smoothed at this fraction of the diameter (chromatin texture gone, the
+#: dark line between two touching nuclei kept).
+_SEAM_SMOOTHING = 0.1
+#: A seam is a dip of at least this much in log contrast (about 11 %) below the dimmer of the two nuclei.
+_SEAM_DEPTH = 0.12
+#: Only objects at least this many typical nucleus areas are searched for seams.
+_SEAM_MIN_AREA = 1.5
+#: A piece of the shape split smaller than this share of a typical nucleus, with no brightness peak of its own
+#: and touching another piece, is a fragment of its neighbour.
+_FRAGMENT_AREA = 0.7
+
+
+def _split_on_seams(labels: np.ndarray, gray: np.ndarray, background: np.ndarray, diameter: float,
+                    noise: float) -> np.ndarray:
+    """``labels`` with every large object split again along the dark seams inside it, then the fragments the
+    shape split left (small pieces with no brightness peak of their own) merged into their neighbours.
+
+    Why: in a confluent cluster the foreground is one sheet and its distance transform has no necks, so the
+    shape markers of :func:`split_touching` fall anywhere; the nuclei still show as brightness peaks parted by
+    dark seams. Only large objects are re-split (an ordinary touching pair keeps the shape split, which is
+    what separates overlapping nuclei with no seam), and only at seams deeper than :data:`_SEAM_DEPTH`, so
+    chromatin texture and a large flat nucleus stay whole.
+    """
+    if labels.max() == 0:
+        return labels
+    smooth = cv2.GaussianBlur(gray, (0, 0), max(0.7, _SEAM_SMOOTHING * diameter), borderType=cv2.BORDER_REFLECT)
+    relief = np.log(np.maximum(smooth - background, 2.0 * noise))
+    typical = np.pi * (diameter / 2) ** 2
+    out = labels.copy()
+    next_label = int(labels.max()) + 1
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box)
+        mask = labels[box] == index
+        if mask.sum() < _SEAM_MIN_AREA * typical:
+            continue
+        crop = np.where(mask, relief[box], relief[box][mask].min() - 1)
+        markers, count = ndimage.label(morphology.h_maxima(crop, _SEAM_DEPTH) & mask)
+        if count < 2:
+            continue
+        pieces = segmentation.watershed(-crop, markers, mask=mask)
+        for piece in range(2, count + 1):
+            out[box][pieces == piece] = next_label
+            next_label += 1
+    return _merge_fragments(out, relief, typical)
+
+
+def _merge_fragments(labels: np.ndarray, relief: np.ndarray, typical: float) -> np.ndarray:
+    """Pieces smaller than :data:`_FRAGMENT_AREA` typical nuclei that touch another piece and hold no peak of
+    ``relief`` (an h-maximum, h = :data:`_SEAM_DEPTH`) handed to their neighbours by a watershed on ``relief``.
+    The peaks are searched only in the clusters that hold such a piece (the h-maxima of a whole large image
+    take seconds)."""
+    foreground = labels > 0
+    index = np.arange(1, int(labels.max()) + 1)
+    highest = ndimage.grey_dilation(labels, size=3)
+    lowest = ndimage.grey_erosion(np.where(foreground, labels, np.iinfo(np.int32).max).astype(np.int32), size=3)
+    beside_another = foreground & ((highest > labels) | (lowest < labels))
+    candidates = np.zeros(len(index) + 1, bool)
+    candidates[1:] = ((ndimage.maximum(beside_another, labels, index) > 0)
+                      & (ndimage.sum(foreground, labels, index) < _FRAGMENT_AREA * typical))
+    if not candidates.any():
+        return labels
+    clusters, _ = ndimage.label(foreground)
+    boxes = ndimage.find_objects(clusters)
+    peaks = np.zeros(labels.shape, bool)
+    for cluster in np.unique(clusters[candidates[labels]]):
+        box = boxes[cluster - 1]
+        inside = clusters[box] == cluster
+        crop = np.where(inside, relief[box], relief[box][inside].min() - 1)
+        peaks[box] |= morphology.h_maxima(crop, _SEAM_DEPTH).astype(bool) & inside
+    drop = candidates.copy()
+    drop[1:] &= ndimage.maximum(peaks, labels, index) == 0
+    if not drop.any():
+        return labels
+    return segmentation.watershed(-relief, np.where(drop[labels], 0, labels), mask=foreground)
+
+
 def _trim_to_own_edge(labels: np.ndarray, contrast: np.ndarray, diameter: float, floor: float) -> np.ndarray:
-    """Each nucleus cut at :data:`_EDGE_FRACTION` of its own peak contrast (and above ``floor``), holes filled:
-    a loose foreground (a low global threshold, the halo of a bright neighbour) no longer widens it."""
+    """Each nucleus cut at :data:`_EDGE_FRACTION` of its own peak contrast (and above ``floor``), its own holes
+    filled: a loose foreground (a low global threshold, the halo of a bright neighbour) no longer widens it, and
+    the seams between the nuclei of a cluster are not filled in as holes of the cluster."""
     if labels.max() == 0:
         return labels
     peak_map = cv2.GaussianBlur(contrast.astype(np.float32), (0, 0), max(0.5, 0.08 * diameter))
@@ -272,16 +354,49 @@ def _trim_to_own_edge(labels: np.ndarray, contrast: np.ndarray, diameter: float,
     index = np.arange(1, labels.max() + 1)
     peaks[1:] = ndimage.maximum(peak_map, labels, index)
     keep = (labels > 0) & (contrast > np.maximum(floor, _EDGE_FRACTION * peaks[labels]))
-    kept = np.where(keep, labels, 0)
-    return segmentation.watershed(np.zeros(labels.shape, np.uint8), kept, mask=ndimage.binary_fill_holes(keep))
+    return _fill_own_holes(np.where(keep, labels, 0))
+
+
+def _fill_own_holes(labels: np.ndarray) -> np.ndarray:
+    """``labels`` with every hole enclosed by one nucleus filled with it; a gap enclosed by several (the seams
+    between the nuclei of a confluent cluster) stays background.
+
+    >>> labels = np.zeros((7, 11), np.int32)
+    >>> labels[1:6, 1:4] = 1; labels[1:6, 4:7] = 2; labels[1:6, 8:10] = 3
+    >>> labels[3, 2] = 0; labels[3, 4] = 0  # a hole in nucleus 1, and one on the seam of 1 and 2
+    >>> filled = _fill_own_holes(labels)
+    >>> int(filled[3, 2]), int(filled[3, 4])
+    (1, 0)
+    """
+    foreground = labels > 0
+    holes, count = ndimage.label(ndimage.binary_fill_holes(foreground) & ~foreground)
+    if count == 0:
+        return labels
+    index = np.arange(1, count + 1)
+    highest = ndimage.maximum(ndimage.grey_dilation(labels, size=3), holes, index)
+    marked = np.where(foreground, labels, np.iinfo(np.int32).max).astype(np.int32)
+    lowest = ndimage.minimum(ndimage.grey_erosion(marked, size=3), holes, index)
+    fill = np.zeros(count + 1, labels.dtype)
+    single = highest == lowest
+    fill[1:][single] = highest[single]
+    return np.where(holes > 0, fill[holes], labels)
 
 
 def _local_foreground(smooth: np.ndarray, diameter: float, noise: float, background: np.ndarray) -> np.ndarray:
     """Pixels clearly above the local background (a rolling-ball-like opening larger than the nuclei), by four
-    noise sigmas and 5 % of the brightest contrast: uneven light and dim nuclei next to bright ones both pass;
-    each nucleus is then cut at its own edge (:func:`_trim_to_own_edge`)."""
+    noise sigmas, four sigmas of the background's own roughness and 5 % of the brightest contrast: uneven
+    light and dim nuclei next to bright ones both pass, a blotchy background does not; each nucleus is then
+    cut at its own edge (:func:`_trim_to_own_edge`)."""
     contrast = smooth - background
     floor = max(4.0 * noise, 0.05 * float(np.percentile(contrast, 99.5)))
+    # A blotchy background leaves bumps of a nucleus's size above the background map: the floor also clears
+    # four robust sigmas of what lies below it (about the pixel noise on an even background).
+    step = max(1, min(contrast.shape) // 512)
+    sample = contrast[::step, ::step]
+    below = sample[sample <= floor]
+    if below.size > 100:
+        centre = float(np.median(below))
+        floor = max(floor, centre + 4.0 * 1.4826 * float(np.median(np.abs(below - centre))))
     return contrast > floor
 
 
