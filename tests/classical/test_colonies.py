@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from cellops.classical.colonies import ColonyParams, colony_overlay, colony_properties, measure_colonies
+import cv2
+from scipy import ndimage
+from skimage.segmentation import find_boundaries
+
+from cellops.classical.colonies import (ColonyParams, _edge_regions, bright_seams, colony_overlay, colony_properties,
+                                        colony_settings, measure_colonies)
+from cellops.classical.common import to_uint8_gray
 from cellops.config import from_mapping
 from cellops.metrics import match_instances
 from cellops.coco import coco_to_labels, labels_to_coco
@@ -36,6 +42,48 @@ def test_touching_colonies_among_single_cells_and_debris_are_split_and_not_infla
         errors += [abs((found == p).sum() / (sample.labels == t).sum() - 1) for t, p, _ in match.pairs]
     assert np.mean(f1s) >= 0.95
     assert np.median(errors) <= 0.05
+
+
+def _detection_mask(gray):
+    """The detection mask split_touching_colonies gets (detect_colony_labels' first steps)."""
+    settings = colony_settings(gray)
+    regions = _edge_regions(gray, settings.blur_sigma, settings.canny_low, settings.canny_high, 5,
+                            settings.dilate_iterations, settings.erode_iterations)
+    _, components, stats, _ = cv2.connectedComponentsWithStats(regions, connectivity=8)
+    big = stats[:, cv2.CC_STAT_AREA] > int(settings.min_area * 0.5)
+    big[0] = False
+    return big[components], settings
+
+
+def test_chain_of_small_touching_4x_colonies_is_split_along_its_seams():
+    # Five small 4x colonies in a chain that detection sees as one blob; the seams between them are a pixel
+    # wide and no brighter per pixel than the texture (a2c0712 found one colony of the five: F1 0.29).
+    sample = generate_colony_image((512, 512), seed=103, magnification=4.0, gap=(0.0, 3.0), clutter=3.0)
+    found = measure_colonies(sample.image).labels
+    match = match_instances(sample.labels, found)
+    assert len(match.pairs) >= 4 and match.f1 >= 0.85
+    errors = [abs((found == p).sum() / (sample.labels == t).sum() - 1) for t, p, _ in match.pairs]
+    assert np.median(errors) <= 0.05
+
+
+def test_seams_lie_on_the_lines_between_colonies():
+    for seed in (103, 107):
+        sample = generate_colony_image((512, 512), seed=seed, magnification=4.0, gap=(0.0, 3.0), clutter=3.0)
+        gray = to_uint8_gray(sample.image)
+        mask, settings = _detection_mask(gray)
+        seams = bright_seams(gray, mask, settings.colony_diameter_px / 2, 0.5 * settings.min_area)
+        assert seams.sum() > 50 and not (seams & ~mask).any()
+        # Every seam pixel within a few pixels of a true outline (a seam or a colony's edge), none inside.
+        distance = ndimage.distance_transform_edt(~find_boundaries(sample.labels))
+        assert distance[seams].max() <= 5
+
+
+def test_no_seams_inside_lone_colonies():
+    for seed in (3, 4):
+        sample = generate_colony_image((384, 384), seed=seed, n_colonies=(1, 1), radius=(60, 80))
+        gray = to_uint8_gray(sample.image)
+        mask, settings = _detection_mask(gray)
+        assert not bright_seams(gray, mask, settings.colony_diameter_px / 2, 0.5 * settings.min_area).any()
 
 
 def test_properties_of_a_hand_drawn_rectangle():
