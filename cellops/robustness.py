@@ -36,6 +36,7 @@ NUCLEI_CONDITIONS: dict[str, dict] = {
     "diameter 15 px": {"diameter_scale": 0.5},
     "diameter 60 px": {"diameter_scale": 2.0},
     "dim beside bright": {"brightness": (0.08, 1.0)},
+    "elongated nuclei (PDA film)": {"group": "Film"},
     "dense touching clusters": {"touching_fraction": 0.85, "density": 1.6},
     "mitotic and flat nuclei": {"mitotic_fraction": 0.12, "flat_fraction": 0.12},
     "strong vignetting": {"illumination_gradient": 0.8},
@@ -84,9 +85,10 @@ def _nuclei_score(condition: dict, seed: int, params: NucleusParams) -> dict[str
     settings = dict(condition)
     scale = settings.get("diameter_scale", 1.0)
     density = settings.pop("density", 1.0)
+    group = settings.pop("group", "Control")
     side = int(np.clip(512 * scale, 256, 1024))
     n_nuclei = int(round(45 * (side / 512) ** 2 / scale**2 * density))
-    sample = generate_nuclei_image("Control", (side, side), seed=seed, n_nuclei=n_nuclei, **settings)
+    sample = generate_nuclei_image(group, (side, side), seed=seed, n_nuclei=n_nuclei, **settings)
     match = match_instances(sample.labels, segment_nuclei(sample.image, params), iou_threshold=0.5)
     return {"f1": match.f1, "objects": int(sample.labels.max())}
 

@@ -87,14 +87,14 @@ class ClassicalAnalyses:
         self.calcium_params = from_mapping(CalciumParams, _analysis("calcium.yaml"))
 
     @staticmethod
-    def _image(data: bytes, channel: str | int) -> tuple[np.ndarray, float | None]:
+    def _image(data: bytes, channel: str | int = "") -> tuple[np.ndarray, float | None]:
         """A 2-D grey image (colour pictures are made grey: phase contrast and stains are one channel) and the pixel
         size its file states."""
         # A form value that looks like a number arrives as one: an index.
         decoded = read_upload(data, LIMITS["max_pixels"], "grey picture", channel=str(channel))
         return decoded.array, decoded.pixel_size_um
 
-    def _movie(self, data: bytes, channel: str | int) -> tuple[np.ndarray, float | None]:
+    def _movie(self, data: bytes, channel: str | int = "") -> tuple[np.ndarray, float | None]:
         decoded = read_upload(data, LIMITS["max_pixels"], "stack", channel=str(channel),
                               hint="a calcium movie is a (frames, rows, columns) TIFF stack")
         movie = decoded.array

@@ -272,6 +272,9 @@ _SEAM_SMOOTHING = 0.1
 _SEAM_DEPTH = 0.12
 #: Only objects at least this many typical nucleus areas are searched for seams.
 _SEAM_MIN_AREA = 1.5
+#: ... and only objects this far from convex: one nucleus, however elongated (PDA film), is convex; nuclei merged
+#: into one object leave notches between them.
+_SEAM_MAX_SOLIDITY = 0.86
 #: A piece of the shape split smaller than this share of a typical nucleus, with no brightness peak of its own
 #: and touching another piece, is a fragment of its neighbour.
 _FRAGMENT_AREA = 0.7
@@ -300,7 +303,7 @@ def _split_on_seams(labels: np.ndarray, gray: np.ndarray, background: np.ndarray
             continue
         box = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box)
         mask = labels[box] == index
-        if mask.sum() < _SEAM_MIN_AREA * typical:
+        if mask.sum() < _SEAM_MIN_AREA * typical or _solidity(mask) >= _SEAM_MAX_SOLIDITY:
             continue
         crop = np.where(mask, relief[box], relief[box][mask].min() - 1)
         markers, count = ndimage.label(morphology.h_maxima(crop, _SEAM_DEPTH) & mask)
@@ -311,6 +314,20 @@ def _split_on_seams(labels: np.ndarray, gray: np.ndarray, background: np.ndarray
             out[box][pieces == piece] = next_label
             next_label += 1
     return _merge_fragments(out, relief, typical)
+
+
+def _solidity(mask: np.ndarray) -> float:
+    """Area of a one-object mask over the area of its convex hull (1 for a convex object).
+
+    >>> square = np.zeros((12, 12), bool); square[2:10, 2:10] = True
+    >>> _solidity(square)
+    1.0
+    """
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.concatenate(contours))
+    hull_area = cv2.contourArea(hull)
+    outline_area = sum(cv2.contourArea(c) for c in contours)
+    return float(min(1.0, outline_area / hull_area)) if hull_area > 0 else 1.0
 
 
 def _merge_fragments(labels: np.ndarray, relief: np.ndarray, typical: float) -> np.ndarray:

@@ -41,7 +41,7 @@ def test_colonies_batch_goes_on_past_bad_files(tmp_path, capsys):
     empty = tmp_path / "in" / "empty.tif"
     empty.write_bytes(b"")
     stack = tmp_path / "in" / "stack.tif"
-    tifffile.imwrite(stack, np.zeros((3, 64, 64), np.uint8))
+    tifffile.imwrite(stack, np.zeros((3, 64, 64), np.uint8), photometric="minisblack")  # three grey pages, not RGB
     out = tmp_path / "out"
     code = main(["analyze", "colonies", str(good), str(rgb), str(sixteen), str(corrupt), str(empty), str(stack),
                  "--out", str(out)])
@@ -49,7 +49,7 @@ def test_colonies_batch_goes_on_past_bad_files(tmp_path, capsys):
     assert code == 1
     assert "corrupt.png: not a readable image" in err
     assert "empty.tif: empty file" in err
-    assert "stack.tif: expected a 2-D grey-level or RGB image, got shape (3, 64, 64)" in err
+    assert "stack.tif: the colony analysis reads one 2-D image, this file has axes ZYX (shape (3, 64, 64))" in err
     table = pd.read_csv(out / "colonies_all.csv")
     counts = table.groupby("image").size()
     assert counts["good.png"] == counts["rgb.png"] == counts["sixteen.tif"] == sample.labels.max()
@@ -191,7 +191,7 @@ def test_predict_runs_a_registered_model_on_the_batch_engine_and_a_rerun_keeps_w
     expected = segment(load_for_inference(model), volume, settings)
     assert np.array_equal(tifffile.imread(out / "a_mask.tif") > 0, expected)
     summary = pd.read_csv(out / SUMMARY, dtype=str, keep_default_na=False)
-    assert list(summary["status"]) == ["done", "failed"] and summary["outputs"][0] == "a_mask.tif;a_slices.csv"
+    assert list(summary["status"]) == ["done", "failed"] and summary["outputs"][0] == "a_mask.tif;a_mask.ome.zarr;a_slices.csv"
     assert summary["problem"][1].startswith(f"{bad}: ") and summary["shape"][0] == "5x40x48"
 
     assert main(["predict", "unet", str(good), "--out", str(out), "--tracking-uri", uri]) == 0
