@@ -69,7 +69,8 @@ def test_nuclei_groups_from_folders_get_statistics(tmp_path):
     assert main(["analyze", "nuclei", *files, "--out", str(tmp_path / "out")]) == 0
     stats = pd.read_csv(tmp_path / "out" / "nuclei_statistics.csv")
     row = stats[(stats.feature == "aspect_ratio_ellipse") & (stats.comparison == "Control vs Film")].iloc[0]
-    assert row.p_holm < 0.01
+    # Two images per group: a Welch test on replicate means has about one degree of freedom, so 0.05 is the bar.
+    assert row.level == "replicate" and row.p_holm < 0.05
     assert (tmp_path / "out" / "nuclei_by_group.png").is_file()
 
 
