@@ -283,6 +283,20 @@ _SEAM_SCORE = 3.5
 _SEAM_PATH_SCORE = 3.0
 
 
+#: Regions at least this convex (area over convex-hull area) are single colonies: no seam is searched in them.
+_SEAM_MAX_SOLIDITY = 0.95
+
+
+def _region_solidity(regions: np.ndarray, region: int, stats: np.ndarray) -> float:
+    """Area over convex-hull area of connected component ``region`` (``stats``: its row of
+    ``cv2.connectedComponentsWithStats``)."""
+    x, y, w, h, area = (int(v) for v in stats[:5])
+    own = (regions[y:y + h, x:x + w] == region).astype(np.uint8)
+    contours, _ = cv2.findContours(own, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull_area = cv2.contourArea(cv2.convexHull(np.concatenate(contours)))
+    return float(area / hull_area) if hull_area > 0 else 1.0
+
+
 def bright_seams(gray: np.ndarray, mask: np.ndarray, radius: float, min_area: float) -> np.ndarray:
     """Bright lines that cut a region of ``mask`` into colonies: where two colonies touch, each keeps its
     compacted edge and a thin line of halo shows between them. A seam is often no brighter per pixel than the
@@ -313,6 +327,9 @@ def bright_seams(gray: np.ndarray, mask: np.ndarray, radius: float, min_area: fl
         return seams
     count, regions, region_stats, _ = cv2.connectedComponentsWithStats(mask8, connectivity=8)
     candidates = np.flatnonzero(region_stats[1:, cv2.CC_STAT_AREA] >= 2 * min_area) + 1
+    # Colonies that touch leave notches where they meet: a convex region is one colony, and is not searched.
+    candidates = np.array([r for r in candidates
+                           if _region_solidity(regions, r, region_stats[r]) < _SEAM_MAX_SOLIDITY], dtype=int)
     if not len(candidates):
         return seams
     margin = max(3, int(round(0.05 * radius)))
