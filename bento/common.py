@@ -228,7 +228,8 @@ def microscope_upload(data: bytes, max_pixels: int, *, channel: str | None = Non
     max_pixels : int
         The most pixels accepted (all channels together), checked from the header first.
     channel : str, optional
-        A channel name or index (empty or None: the file must have one channel).
+        A channel name or index; empty: the file must have one channel (the endpoint takes a ``channel`` field);
+        None: the same, for an endpoint without that field (its message says so).
     name : str
         The upload's name in messages.
 
@@ -258,8 +259,10 @@ def microscope_upload(data: bytes, max_pixels: int, *, channel: str | None = Non
 
     import tifffile
 
+    # None: the endpoint takes no channel field; "" (or a name): it does, and its message says how to choose.
+    hint = ("choose one with the form field channel=NAME|INDEX" if channel is not None
+            else "this endpoint reads one channel: send it alone (e.g. saved from Fiji or napari)")
     channel = channel or None
-    hint = "choose one with the form field channel=NAME|INDEX"
     if data[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         if channel is not None:
             raise InvalidArgument(_named(name, ImageInputError(f"channel {channel!r} chosen, but only a TIFF "

@@ -164,3 +164,30 @@ def test_one_mapping_names_the_upload_once():
             raise ImageInputError("too dark")
     with upload_errors("image"):  # nothing raised: nothing answered
         pass
+
+
+def _ome_upload(channels: list[str], shape=(2, 32, 32)) -> bytes:
+    import io
+
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.arange(np.prod(shape), dtype=np.uint16).reshape(shape), ome=True,
+                     photometric="minisblack", metadata={"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                                                         "Channel": {"Name": channels}})
+    return buffer.getvalue()
+
+
+def test_a_multichannel_upload_names_its_channels_and_how_to_choose_one():
+    from bento.common import microscope_upload, read_upload
+
+    upload = _ome_upload(["GFP", "DAPI"])
+    with pytest.raises(InvalidArgument, match="2 channels \\(0: GFP, 1: DAPI\\).*this endpoint reads one channel"):
+        read_upload(upload, 10_000, "image or stack", name="image")  # an endpoint without a channel field
+    with pytest.raises(InvalidArgument, match="form field channel=NAME\\|INDEX"):
+        read_upload(upload, 10_000, "grey picture", name="image", channel="")
+    chosen = read_upload(upload, 10_000, "grey picture", name="image", channel="DAPI")
+    assert chosen.array.shape == (32, 32) and chosen.pixel_size_um == 0.5
+    assert chosen.array[0, 0] == 32 * 32  # the second plane
+    with pytest.raises(PayloadTooLarge):
+        microscope_upload(upload, 1000, channel="DAPI")
