@@ -104,9 +104,10 @@ def test_outlines_reach_a_paler_differentiated_rim():
 #: reports (touching and cluttered colonies, calcium cells of mixed sizes; nuclei under strong vignetting sit at
 #: the target). Every condition is checked: a regression in any of them fails, a miss cannot hide.
 SWEEP_FLOORS = {
-    # Measured with one image per condition (seed 100): 0.905, 0.911, 0.874, 0.925, the rest >= 0.944.
-    "nuclei": {"f1": {"diameter 60 px": 0.88, "strong vignetting": 0.88, "dim and bright populations": 0.85,
-                      "confluent clusters (18 px)": 0.90, "*": 0.92}},
+    # Measured with one image per condition (seed 100): dim beside bright 0.894, strong vignetting 0.911, low light
+    # and 8-bit 0.932, dim and bright populations 0.867, confluent 0.925, the rest >= 0.955 (a nucleus is 0.02 here).
+    "nuclei": {"f1": {"dim beside bright": 0.87, "strong vignetting": 0.88, "low light": 0.90, "8-bit": 0.90,
+                      "dim and bright populations": 0.84, "confluent clusters (18 px)": 0.90, "*": 0.92}},
     "colonies": {"f1": {"touching colonies": 0.70, "4x, touching, cluttered": 0.75, "4x magnification": 0.85, "*": 0.90},
                  "median_area_error": {"touching colonies": 0.25, "4x, touching, cluttered": 0.15,
                                        "4x magnification": 0.08, "*": 0.05}},

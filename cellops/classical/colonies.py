@@ -283,8 +283,10 @@ _SEAM_SCORE = 3.5
 _SEAM_PATH_SCORE = 3.0
 
 
-#: Regions at least this convex (area over convex-hull area) are single colonies: no seam is searched in them.
+#: Regions at least this convex (area over convex-hull area) and at most this many typical colony areas are single
+#: colonies: no seam is searched in them.
 _SEAM_MAX_SOLIDITY = 0.95
+_SEAM_SINGLE_AREA = 1.5
 
 
 def _region_solidity(regions: np.ndarray, region: int, stats: np.ndarray) -> float:
@@ -327,9 +329,11 @@ def bright_seams(gray: np.ndarray, mask: np.ndarray, radius: float, min_area: fl
         return seams
     count, regions, region_stats, _ = cv2.connectedComponentsWithStats(mask8, connectivity=8)
     candidates = np.flatnonzero(region_stats[1:, cv2.CC_STAT_AREA] >= 2 * min_area) + 1
-    # Colonies that touch leave notches where they meet: a convex region is one colony, and is not searched.
-    candidates = np.array([r for r in candidates
-                           if _region_solidity(regions, r, region_stats[r]) < _SEAM_MAX_SOLIDITY], dtype=int)
+    # Colonies that touch leave notches where they meet: a convex region no larger than a big colony is one colony,
+    # and is not searched (colonies pressed flat along a wide front make a convex region, but twice as large).
+    single = _SEAM_SINGLE_AREA * np.pi * radius**2
+    candidates = np.array([r for r in candidates if region_stats[r, cv2.CC_STAT_AREA] > single
+                           or _region_solidity(regions, r, region_stats[r]) < _SEAM_MAX_SOLIDITY], dtype=int)
     if not len(candidates):
         return seams
     margin = max(3, int(round(0.05 * radius)))
