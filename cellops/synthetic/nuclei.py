@@ -152,10 +152,9 @@ def generate_nuclei_image(
             cy, cx = rng.uniform(major, height - major), rng.uniform(major, width - major)
         if not (minor <= cy < height - minor and minor <= cx < width - minor):
             continue
-        dy, dx = yy - cy, xx - cx
-        u = dx * np.cos(angle) + dy * np.sin(angle)
-        v = -dx * np.sin(angle) + dy * np.cos(angle)
-        inside = (u / major) ** 2 + (v / minor) ** 2 <= 1.0
+        u, v = _along_axes(yy, xx, cy, cx, angle)
+        radius2 = _radius2(u, v, major, minor)
+        inside = radius2 <= 1.0
         # At most a sliver of overlap with nuclei already drawn (touching is fine, stacking is not).
         overlap = float((inside & (labels > 0)).sum()) / max(1, int(inside.sum()))
         if lattice is not None:
@@ -163,7 +162,8 @@ def generate_nuclei_image(
                 if overlap <= 0.08:
                     break
                 major, minor = 0.9 * major, 0.9 * minor
-                inside = (u / major) ** 2 + (v / minor) ** 2 <= 1.0
+                radius2 = _radius2(u, v, major, minor)
+                inside = radius2 <= 1.0
                 overlap = float((inside & (labels > 0)).sum()) / max(1, int(inside.sum()))
         if overlap > 0.08 or inside.sum() < max(6.0, 30 * diameter_scale**2):
             continue
@@ -174,7 +174,7 @@ def generate_nuclei_image(
             level *= dim_gain
         chromatin = ndimage.gaussian_filter(rng.normal(size=shape), 1.5 * max(diameter_scale, 0.4))
         texture = 1.0 + 0.25 * chromatin / max(1e-6, float(chromatin.std()))
-        edge = np.power(np.clip(1.0 - ((u / major) ** 2 + (v / minor) ** 2), 0, 1), 0.3)  # brighter core, soft rim
+        edge = np.power(np.clip(1.0 - radius2, 0, 1), 0.3)  # brighter core, soft rim
         signal = np.where(inside, np.maximum(signal, level * texture * edge), signal)
         centres.append((cy, cx, (major + minor) / 2))
         rows.append({"label": label, "centroid_y": cy, "centroid_x": cx, "major_axis": 2 * major,
@@ -215,6 +215,17 @@ def generate_nuclei_image(
     visible = set(np.unique(labels).tolist()) - {0}
     table["visible"] = table["label"].isin(visible)
     return NucleiImage(image=stored, labels=labels, ellipses=table)
+
+
+def _along_axes(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates along an ellipse's major (``u``) and minor (``v``) axis, from its centre."""
+    dy, dx = yy - cy, xx - cx
+    return dx * np.cos(angle) + dy * np.sin(angle), -dx * np.sin(angle) + dy * np.cos(angle)
+
+
+def _radius2(u: np.ndarray, v: np.ndarray, major: float, minor: float) -> np.ndarray:
+    """Squared elliptical radius: 1 on the outline of the ellipse with semi-axes ``major`` and ``minor``."""
+    return (u / major) ** 2 + (v / minor) ** 2
 
 
 def _confluent_lattice(shape: tuple[int, int], diameter: float, coverage: float,
@@ -265,16 +276,15 @@ def _out_of_focus_nuclei(labels: np.ndarray, rows: list[dict], centres: list[tup
         cy, cx = cy0 + dist * np.sin(direction), cx0 + dist * np.cos(direction)
         if not (major <= cy < height - major and major <= cx < width - major):
             continue
-        dy, dx = yy - cy, xx - cx
-        u = dx * np.cos(angle) + dy * np.sin(angle)
-        v = -dx * np.sin(angle) + dy * np.cos(angle)
-        inside = (u / major) ** 2 + (v / minor) ** 2 <= 1.0
+        u, v = _along_axes(yy, xx, cy, cx, angle)
+        radius2 = _radius2(u, v, major, minor)
+        inside = radius2 <= 1.0
         if float((inside & (labels > 0)).sum()) / max(1, int(inside.sum())) > 0.08:
             continue
         label = len(rows) + 1
         labels[inside & (labels == 0)] = label
         level = rng.uniform(*brightness) * rng.uniform(0.25, 0.45)
-        signal[inside] = level * np.power(np.clip(1.0 - ((u / major) ** 2 + (v / minor) ** 2)[inside], 0, 1), 0.3)
+        signal[inside] = level * np.power(np.clip(1.0 - radius2[inside], 0, 1), 0.3)
         centres.append((cy, cx, (major + minor) / 2))
         rows.append({"label": label, "centroid_y": cy, "centroid_x": cx, "major_axis": 2 * major,
                      "minor_axis": 2 * minor, "angle_rad": angle, "aspect_ratio": aspect, "group": group,
