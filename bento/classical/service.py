@@ -50,13 +50,6 @@ def _analysis(config: str) -> dict:
     return values
 
 
-def _pixel_size(table) -> float | None:
-    """The pixel size a table's sizes were converted with (None: pixels only)."""
-    if not len(table) or "pixel_size_um" not in table or table["pixel_size_um"].isna().all():
-        return None
-    return float(table["pixel_size_um"].iloc[0])
-
-
 def _records(table) -> list[dict]:
     """Rows of a table as JSON-safe dicts (numpy scalars and NaN made plain)."""
     import json
@@ -114,7 +107,7 @@ class ClassicalAnalyses:
             params = self.colony_params.at_pixel_size(pixel_size)
             result = measure_colonies(image, params)
             result.table = with_physical_sizes(result.table, params.pixel_size_um)
-            return image, result
+            return image, result, params.pixel_size_um
 
     def _nuclei(self, data: bytes, channel: str | int = ""):
         from cellops.classical.nuclei import nucleus_table, segment_nuclei_with_settings
@@ -124,7 +117,8 @@ class ClassicalAnalyses:
         with _unprocessable():
             params = self.nucleus_params.at_pixel_size(pixel_size)
             found = segment_nuclei_with_settings(image, params)
-            return image, found, with_physical_sizes(nucleus_table(found.labels, image), params.pixel_size_um)
+            table = with_physical_sizes(nucleus_table(found.labels, image), params.pixel_size_um)
+            return image, found, table, params.pixel_size_um
 
     def _calcium(self, data: bytes, channel: str | int = ""):
         from cellops.classical.calcium import measure_calcium_movie
@@ -146,16 +140,16 @@ class ClassicalAnalyses:
         image was analysed with."""
         from dataclasses import asdict
 
-        _, result = await asyncio.to_thread(self._colonies, Path(image).read_bytes(), channel)
+        _, result, pixel_size = await asyncio.to_thread(self._colonies, Path(image).read_bytes(), channel)
         return {"count": len(result.table), "colonies": _records(result.table), "settings": asdict(result.settings),
-                "pixel_size_um": _pixel_size(result.table)}
+                "pixel_size_um": pixel_size}
 
     @bentoml.api
     async def colonies_overlay(self, image: Path, ctx: bentoml.Context, channel: str | int = "") -> Path:
         """Overlay PNG: upright box red, rotated box green, convex hull white, contour blue."""
         from cellops.classical.colonies import colony_overlay
 
-        picture, result = await asyncio.to_thread(self._colonies, Path(image).read_bytes(), channel)
+        picture, result, _ = await asyncio.to_thread(self._colonies, Path(image).read_bytes(), channel)
         ctx.response.headers["X-Colonies"] = str(len(result.table))
         return self._png(colony_overlay(picture, result.contours), ctx, "colonies.png")
 
@@ -163,9 +157,9 @@ class ClassicalAnalyses:
     async def nuclei(self, image: Path, channel: str | int = "") -> dict:
         """Per-nucleus shape table (sizes in pixels, and in µm when the file states its pixel size), the diameter
         and threshold used and why."""
-        _, found, table = await asyncio.to_thread(self._nuclei, Path(image).read_bytes(), channel)
+        _, found, table, pixel_size = await asyncio.to_thread(self._nuclei, Path(image).read_bytes(), channel)
         return {"count": len(table), "nuclei": _records(table), "diameter_px": round(found.diameter_px, 2),
-                "pixel_size_um": _pixel_size(table),
+                "pixel_size_um": pixel_size,
                 "diameter_source": found.diameter_source, "threshold": found.threshold,
                 "threshold_reason": found.threshold_reason}
 
@@ -174,7 +168,7 @@ class ClassicalAnalyses:
         """Nucleus outlines on the image, as a PNG."""
         from cellops.classical.common import label_overlay
 
-        picture, found, table = await asyncio.to_thread(self._nuclei, Path(image).read_bytes(), channel)
+        picture, found, table, _ = await asyncio.to_thread(self._nuclei, Path(image).read_bytes(), channel)
         ctx.response.headers["X-Nuclei"] = str(len(table))
         return self._png(label_overlay(picture, found.labels), ctx, "nuclei.png")
 
