@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from cellops.microscopy import MicroscopeImage
 
 # The file readers live one layer down (cellops.microscopy builds on them); most callers import them from here.
-_check_input_file = _files._check_input_file
 read_tiff_stack = _files.read_tiff_stack
 read_picture_file = _files.read_picture_file
 
