@@ -203,6 +203,9 @@ def key_paths(mapping: Any, prefix: str = "") -> set[str]:
 
 #: Key of a derived config naming the config it overrides (a path relative to the derived file).
 BASE_KEY = "derive_from"
+#: Key of a derived config listing dotted paths its values replace whole instead of merging into (e.g.
+#: ``parameters.models``: a different set of models), or add (a step its pipeline adds).
+REPLACE_KEY = "replace"
 
 
 def addable_key(key: str) -> bool:
@@ -231,8 +234,9 @@ def addable_key(key: str) -> bool:
 
 def render_derived(path: str | Path) -> dict:
     """The full config a derived file describes: its base (``derive_from``), rendered recursively, with the
-    file's other keys merged in. Keys the base does not have are refused: an override of a misspelt key
-    would otherwise be silently ignored by the pipeline.
+    file's other keys merged in (those under the paths it lists in ``replace`` replace the base's whole). Keys
+    the base does not have are refused: an override of a misspelt key would otherwise be silently ignored by
+    the pipeline.
 
     Parameters
     ----------
@@ -255,8 +259,21 @@ def render_derived(path: str | Path) -> dict:
         return derived
     base_path = path.parent / derived.pop(BASE_KEY)
     base = render_derived(base_path)
+    replaced = derived.pop(REPLACE_KEY, None) or []
+    for dotted in replaced:
+        parts = dotted.split(".")
+        node = derived
+        for part in parts:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ValueError(f"{path}: `{REPLACE_KEY}` names {dotted}, which the file does not set")
+        parent = base
+        for part in parts[:-1]:
+            parent = parent.setdefault(part, {})
+        parent[parts[-1]] = {}
     unknown = sorted(key_paths(derived) - key_paths(base))
-    unknown = [k for k in unknown if not addable_key(k)]
+    unknown = [k for k in unknown if not addable_key(k)
+               and not any(k == r or k.startswith(r + ".") for r in replaced)]
     if unknown:
         raise ValueError(f"{path}: keys not in {base_path.name}: {unknown}")
     return deep_merge(base, derived)

@@ -4,6 +4,8 @@ Run with ``zenml pipeline run pipelines.classifier.training_pipeline -c configs/
 ``zenml pipeline run pipelines.classifier.deployment_pipeline -c configs/classifier_deploy.yaml``.
 """
 
+from typing import Optional
+
 from zenml import pipeline
 
 from cellops.classifier.specs import parse_models
@@ -13,19 +15,22 @@ from steps.classifier.runtime import optimise_classifier_runtime
 from steps.classifier.train import compare_classifiers, pretrain_source_backbone, train_and_evaluate_classifier
 from steps.classifier.validation import validate_classification_data
 from steps.deployment import build_bento, import_champion
-from steps.lineage import record_lineage
+from steps.lineage import record_corrections, record_lineage
 from steps.validation import require_valid_dataset
 
 
 @pipeline
 def training_pipeline(input: dict, positive_class: str, models: dict, training: dict, augmentation: dict,
                       gallery_size: int, latency_batch_size: int, checkpoint_dir: str, resume: bool,
-                      distributed: dict) -> None:
+                      distributed: dict, after: Optional[str] = None) -> None:
     """lineage -> index + split -> validate -> load -> [pretrain on the source task] -> train and evaluate each
     model (same split, same seeded augmentation, one MLflow run each) -> compare -> register, promote the best ->
-    export the best to the faster CPU runtimes."""
+    export the best to the faster CPU runtimes.
+
+    ``after``: the invocation id of a step that must finish first (the corrections pipeline's import).
+    """
     specs = parse_models(models)  # a bad model entry fails here, before anything runs
-    lineage = record_lineage()
+    lineage = record_corrections(record_lineage(after=after))
     dataset_index = index_class_folders(lineage)
     validation_result, _ = validate_classification_data(dataset_index)
     valid = require_valid_dataset(validation_result)

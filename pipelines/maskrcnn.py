@@ -5,11 +5,13 @@ Run with ``zenml pipeline run pipelines.maskrcnn.training_pipeline -c configs/ma
 ``zenml pipeline run pipelines.maskrcnn.deployment_pipeline -c configs/maskrcnn_deploy.yaml``.
 """
 
+from typing import Optional
+
 from zenml import pipeline
 
 from cellops.maskrcnn.specs import parse_models
 from steps.deployment import build_bento, import_champion
-from steps.lineage import record_lineage
+from steps.lineage import record_corrections, record_lineage
 from steps.maskrcnn.data import load_instance_annotations
 from steps.maskrcnn.register import register_maskrcnn
 from steps.maskrcnn.runtime import optimise_maskrcnn_runtime
@@ -20,12 +22,15 @@ from steps.validation import require_valid_dataset
 
 @pipeline
 def training_pipeline(models: dict, model: dict, training: dict, augmentation: dict, prediction: dict,
-                      max_detections: int, overlays: int, checkpoint_dir: str, resume: bool) -> None:
+                      max_detections: int, overlays: int, checkpoint_dir: str, resume: bool, after: Optional[str] = None) -> None:
     """lineage -> annotations (any format, as COCO) + image split -> validate -> [pretrain on the source dataset]
     -> train and evaluate each model (same split, same seeded augmentation, one MLflow run each) -> compare ->
-    register, promote the best -> export its backbone to the faster CPU runtimes."""
+    register, promote the best -> export its backbone to the faster CPU runtimes.
+
+    ``after``: the invocation id of a step that must finish first (the corrections pipeline's import).
+    """
     specs = parse_models(models, model)  # a bad model entry fails here, before anything runs
-    lineage = record_lineage()
+    lineage = record_corrections(record_lineage(after=after))
     annotations, dataset_index = load_instance_annotations(lineage)
     validation_result, _ = validate_instance_annotations(annotations, dataset_index)
     valid = require_valid_dataset(validation_result)

@@ -4,10 +4,12 @@ Run with ``zenml pipeline run pipelines.unet.training_pipeline -c configs/unet.y
 ``zenml pipeline run pipelines.unet.deployment_pipeline -c configs/unet_deploy.yaml``.
 """
 
+from typing import Optional
+
 from zenml import pipeline
 
 from steps.deployment import build_bento, import_champion
-from steps.lineage import record_lineage
+from steps.lineage import record_corrections, record_lineage
 from steps.unet.data import load_em_dataset, sample_augmented_patches, split_em_volume
 from steps.unet.register import register_unet
 from steps.unet.runtime import optimise_unet_runtime
@@ -17,20 +19,22 @@ from steps.validation import require_valid_dataset
 
 
 @pipeline
-def training_pipeline(inference: dict, architecture: dict) -> None:
+def training_pipeline(inference: dict, architecture: dict, after: Optional[str] = None) -> None:
     """lineage -> load -> validate -> split -> augment -> train -> evaluate -> register (promote if better) ->
     export to the faster CPU runtimes and keep the fastest that holds its IoU.
 
     ``inference`` (tile, overlap, batch, normalisation, threshold) is set once for the run and used by validation
     during training; the probability threshold is then chosen on the validation block, and evaluation, the
     registered model (hence the service) and the runtime checks use the chosen one.
+
+    ``after``: the invocation id of a step that must finish first (the corrections pipeline's import).
     """
-    lineage = record_lineage()
+    lineage = record_corrections(record_lineage(after=after))
     train_image, train_mask, test_image, test_mask = load_em_dataset(lineage)
     validation_result, _ = validate_segmentation_data(train_image, train_mask, test_image, test_mask)
     valid = require_valid_dataset(validation_result)
     fit_image, fit_mask, val_image, val_mask = split_em_volume(train_image, train_mask, after=[valid])
-    patch_images, patch_masks = sample_augmented_patches(fit_image, fit_mask, inference=inference)
+    patch_images, patch_masks = sample_augmented_patches(fit_image, fit_mask, lineage=lineage, inference=inference)
     model = train_unet(patch_images, patch_masks, val_image, val_mask, lineage, architecture=architecture,
                        inference=inference)
     served = choose_unet_threshold(model, val_image, val_mask, inference=inference)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
+from cellops.corrections import lineage_with_corrections
 from cellops.lineage import collect_lineage, require_recorded_data
 from tracking.runs import require_own_store
 
@@ -36,4 +37,15 @@ def record_lineage(dvc_file: str, modified_data: str, data_rev: Optional[str]) -
         require_recorded_data(dvc_file)
     lineage = collect_lineage(dvc_file, data_rev=data_rev).as_dict()
     log_metadata(metadata={"lineage": lineage})
+    return lineage
+
+
+@step
+def record_corrections(lineage: dict, store: str, use: str) -> Annotated[dict, "lineage"]:
+    """The lineage with the corrections the loading steps add to training (``use: train``) or leave out
+    (``none``): which images, pre-annotated by which model versions, corrected by whom (`cellops lineage` shows
+    it for every model trained on them)."""
+    lineage = lineage_with_corrections(lineage, store, use)
+    logger.info("corrections: %s", lineage["corrections"])
+    log_metadata(metadata={"corrections": lineage["corrections"]})
     return lineage

@@ -125,6 +125,11 @@ def pytest_collection_modifyitems(config, items):
 def project(tmp_path_factory):
     """A fresh copy of the project with tiny data and its own git, DVC, ZenML, MLflow and BentoML state:
     what a user has after cloning, `make setup` and `make data`."""
+    return build_project(tmp_path_factory)
+
+
+def build_project(tmp_path_factory) -> tuple[Path, dict]:
+    """A new tiny project (see :func:`project`), for a module whose runs must not touch the session's one."""
     root = tmp_path_factory.mktemp("project")
     state = tmp_path_factory.mktemp("state")
     for name in COPIED:

@@ -151,11 +151,28 @@ def test_derived_configs_are_up_to_date_and_have_the_keys_of_their_base():
         "configs/maskrcnn_full.yaml", "tests/configs/maskrcnn_tiny.yaml"}
     for override, target in overrides.items():
         assert target.read_text() == render_text(override, ROOT), f"{target} is stale: run `make configs`"
-        base = (override.parent / yaml.safe_load(override.read_text())["derive_from"]).resolve()
+        values = yaml.safe_load(override.read_text())
+        base = (override.parent / values["derive_from"]).resolve()
+        replaced = values.get("replace") or []
+
+        def kept(keys: set[str]) -> set[str]:  # keys outside the blocks the override replaces whole
+            return {k for k in keys if not any(k == r or k.startswith(r + ".") for r in replaced)}
+
         # Same keys, except what a derived config may add (named models of a comparison, ZenML settings).
-        added = key_paths(yaml.safe_load(target.read_text())) - key_paths(yaml.safe_load(base.read_text()))
-        assert key_paths(yaml.safe_load(base.read_text())) <= key_paths(yaml.safe_load(target.read_text())), target
+        added = kept(key_paths(yaml.safe_load(target.read_text()))) - key_paths(yaml.safe_load(base.read_text()))
+        assert kept(key_paths(yaml.safe_load(base.read_text()))) <= key_paths(yaml.safe_load(target.read_text())), target
         assert all(addable_key(k) for k in added), (target, added)
+
+
+def test_an_override_replaces_the_blocks_it_lists_whole(tmp_path):
+    (tmp_path / "base.yaml").write_text("parameters: {models: {a: {init: scratch}, b: {init: source}}, epochs: 3}\n")
+    (tmp_path / "over.yaml").write_text("derive_from: base.yaml\nreplace: [parameters.models, steps.extra]\n"
+                                        "parameters: {models: {c: {init: x}}}\nsteps: {extra: {parameters: {n: 1}}}\n")
+    assert render_derived(tmp_path / "over.yaml") == {"parameters": {"models": {"c": {"init": "x"}}, "epochs": 3},
+                                                      "steps": {"extra": {"parameters": {"n": 1}}}}
+    (tmp_path / "bad.yaml").write_text("derive_from: base.yaml\nreplace: [parameters.model]\n")
+    with pytest.raises(ValueError, match="parameters.model"):
+        render_derived(tmp_path / "bad.yaml")
 
 
 def test_an_override_of_a_key_the_base_lacks_is_refused(tmp_path):

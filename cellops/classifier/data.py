@@ -519,3 +519,46 @@ def load_class_images(paths: Sequence[Path], *, channels: int, size: int, normal
             errors.append((path, str(error)))
     batch = np.stack(images) if images else np.zeros((0, channels, size, size), np.float32)
     return batch, errors
+
+
+def add_corrections(index: dict, corrections: Sequence) -> dict:
+    """The dataset index with corrected images (:func:`cellops.corrections.stored_corrections`) added to the split
+    each was imported for (training by default): the test split stays exactly as it was.
+
+    Parameters
+    ----------
+    index : dict
+        The index of :func:`index_class_folder`.
+    corrections : sequence of cellops.corrections.StoredCorrection
+        The corrected images with their classes.
+
+    Returns
+    -------
+    dict
+        A new index (the argument is not changed).
+
+    Raises
+    ------
+    ValueError
+        For a correction whose class is not one of the dataset's.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as Entry
+    >>> index = {"root": "d", "classes": ["a", "b"], "files": ["d/a/1.png"], "labels": [0], "md5": ["x"],
+    ...          "splits": ["test"]}
+    >>> add_corrections(index, [])["splits"]
+    ['test']
+    """
+    from cellops.data_version import file_md5
+
+    index = {key: list(value) if isinstance(value, list) else value for key, value in index.items()}
+    for correction in corrections:
+        if correction.label not in index["classes"]:
+            raise ValueError(f"correction {correction.id}: class {correction.label!r} is not one of the dataset's "
+                             f"({', '.join(index['classes'])})")
+        index["files"].append(str(correction.image))
+        index["labels"].append(index["classes"].index(correction.label))
+        index["md5"].append(file_md5(correction.image))
+        index["splits"].append(correction.split)
+    return index

@@ -4,6 +4,7 @@ boxes and masks together with the image."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -380,3 +381,66 @@ def collate(batch: list) -> tuple:
 
 __all__ = ["SPLITS", "ImageSplitSettings", "split_images", "subset_coco", "model_image", "network_picture", "load_instance_samples",
            "InstanceAugmentation", "build_instance_augmentation", "tidy_target", "InstanceDataset", "collate"]
+
+
+def add_corrections(coco: dict, index: dict, corrections: Sequence) -> tuple[dict, dict]:
+    """The dataset with corrected images (:func:`cellops.corrections.stored_corrections`) added to the split each
+    was imported for (training by default): the test split stays exactly as it was.
+
+    Each correction's label image becomes COCO annotations (RLE, exactly as drawn) of a new image; its file name
+    is relative to the dataset's images folder, so the validation suite reads it like any other image (and
+    refuses a corrected picture that is also a test picture).
+
+    Parameters
+    ----------
+    coco : dict
+        The dataset's COCO annotations.
+    index : dict
+        Its index (:func:`split_images`).
+    corrections : sequence of cellops.corrections.StoredCorrection
+        The corrected images with their label images.
+
+    Returns
+    -------
+    coco, index : dict
+        New dicts (the arguments are not changed).
+
+    Raises
+    ------
+    ValueError
+        For a correction naming a category the dataset does not have.
+    """
+    import os
+
+    from cellops.coco import mask_to_rle
+
+    coco = {**coco, "images": list(coco["images"]), "annotations": list(coco["annotations"])}
+    index = {key: list(value) if isinstance(value, list) else value for key, value in index.items()}
+    category_ids = {c["name"]: int(c["id"]) for c in coco["categories"]}
+    default_category = min(category_ids.values())
+    next_image = max([int(img["id"]) for img in coco["images"]] + [0]) + 1
+    next_annotation = max([int(a["id"]) for a in coco["annotations"]] + [0]) + 1
+    for correction in corrections:
+        labels = correction.read_labels()
+        names = {int(k): v for k, v in (correction.categories or {}).items()}
+        unknown = sorted(set(names.values()) - set(category_ids))
+        if unknown:
+            raise ValueError(f"correction {correction.id}: categories {unknown} are not the dataset's "
+                             f"({', '.join(category_ids)})")
+        coco["images"].append({"id": next_image, "file_name": os.path.relpath(correction.image, index["images_dir"]),
+                               "height": int(labels.shape[0]), "width": int(labels.shape[1])})
+        for instance in sorted(int(v) for v in np.unique(labels[labels > 0])):
+            mask = labels == instance
+            ys, xs = np.nonzero(mask)
+            coco["annotations"].append({
+                "id": next_annotation, "image_id": next_image, "iscrowd": 0, "area": int(mask.sum()),
+                "category_id": category_ids.get(names.get(instance, ""), default_category),
+                "segmentation": mask_to_rle(mask),
+                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]})
+            next_annotation += 1
+        index["files"].append(str(correction.image))
+        index["md5"].append(file_md5(correction.image))
+        index["splits"].append(correction.split)
+        index["image_ids"].append(next_image)
+        next_image += 1
+    return coco, index

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -374,3 +374,72 @@ def training_patches(
     transform = build_augmentation(patch_size, **augmentation)
     patch_images, patch_masks = augment_patches(images, masks, transform, seed=seed)
     return patch_images.float().numpy(), patch_masks.numpy(), str(transform)
+
+
+def correction_patches(
+    corrections: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    n_patches: int,
+    patch_size: int,
+    foreground_bias: float,
+    hard_negative_bias: float,
+    augmentation: dict,
+    seed: int,
+    normalization: Normalization,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, augmented training patches of corrected images (:mod:`cellops.corrections`), sampled as
+    :func:`training_patches` samples the training volume, each image normalised on its own as it is served.
+
+    The patches are shared among the images in proportion to their pixels (at least one each); an image smaller
+    than a sampled patch is mirrored out to its size.
+
+    Parameters
+    ----------
+    corrections : sequence of (image, mask)
+        2-D images (Y, X) or stacks (Z, Y, X) and their 0/1 masks.
+    n_patches : int
+        Patches in all.
+    patch_size, foreground_bias, hard_negative_bias, augmentation, seed, normalization
+        As :func:`training_patches`.
+
+    Returns
+    -------
+    images : np.ndarray
+        float32 (N, 1, P, P), N = ``n_patches`` (or the number of images, when larger).
+    masks : np.ndarray
+        uint8 (N, 1, P, P).
+
+    Examples
+    --------
+    >>> from cellops.intensity import Normalization
+    >>> image = np.random.default_rng(0).random((40, 50)).astype(np.float32)
+    >>> aug = {"flip": True, "rotate_degrees": 0.0, "scale": [1.0, 1.0]}
+    >>> images, masks = correction_patches([(image, image > 0.5)], n_patches=3, patch_size=32, foreground_bias=0.5,
+    ...                                    hard_negative_bias=0.0, augmentation=aug, seed=0,
+    ...                                    normalization=Normalization("percentile", 1.0, 99.8))
+    >>> images.shape, masks.shape
+    ((3, 1, 32, 32), (3, 1, 32, 32))
+    """
+    if not corrections:
+        return (np.zeros((0, 1, patch_size, patch_size), np.float32), np.zeros((0, 1, patch_size, patch_size), np.uint8))
+    margin = augmentation_margin(augmentation["rotate_degrees"], tuple(augmentation["scale"]))
+    needed = int(np.ceil(patch_size * margin))
+    volumes = []
+    for image, mask in corrections:
+        image = image[None] if image.ndim == 2 else image
+        mask = (mask[None] if mask.ndim == 2 else mask) > 0
+        pad = [(0, 0)] + [(0, max(0, needed - n)) for n in image.shape[1:]]
+        volumes.append((np.pad(image, pad, mode="reflect") if any(p[1] for p in pad) else image,
+                        np.pad(mask, pad, mode="reflect").astype(np.uint8)))
+    pixels = np.array([v[0].size for v in volumes], float)
+    shares = np.maximum(1, np.floor(n_patches * pixels / pixels.sum()).astype(int))
+    shares[np.argmax(pixels)] += max(0, n_patches - int(shares.sum()))
+    images, masks = [], []
+    for i, ((image, mask), n) in enumerate(zip(volumes, shares)):
+        patch_images, patch_masks, _ = training_patches(
+            image, mask, n_patches=int(n), patch_size=patch_size, foreground_bias=foreground_bias,
+            hard_negative_bias=hard_negative_bias, augmentation=augmentation, seed=seed + 1009 * (i + 1),
+            normalization=normalization)
+        images.append(patch_images)
+        masks.append(patch_masks)
+    return np.concatenate(images), np.concatenate(masks)

@@ -9,7 +9,8 @@ import numpy as np
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-from cellops.classifier.data import index_class_folder, load_class_images, SPLITS, SplitSettings
+from cellops.classifier.data import SPLITS, SplitSettings, add_corrections, index_class_folder, load_class_images
+from cellops.corrections import corrections_in_lineage
 from cellops.classifier.specs import ClassifierServing
 from cellops.intensity import Normalization
 from cellops.lineage import data_dir_for
@@ -33,8 +34,13 @@ def split_subset(images: np.ndarray, labels: np.ndarray, dataset_index: dict, sp
 @step
 def index_class_folders(lineage: dict, data_dir: str, split: dict) -> Annotated[dict, "dataset_index"]:
     """Every image of ``data_dir/<class>/`` (of the lineage's ``data_rev`` when it names one), its label, content
-    hash and split (stratified per class; identical pictures stay in one split)."""
+    hash and split (stratified per class; identical pictures stay in one split). The dataset's corrected images
+    (the lineage's corrections) are added to training; the test split stays as it was."""
     index = index_class_folder(data_dir_for(data_dir, lineage), SplitSettings.from_dict(split))
+    corrections = corrections_in_lineage(lineage, "classifier")
+    if corrections:
+        index = add_corrections(index, corrections)
+        logger.info("%d corrected images added", len(corrections))
     labels, splits = np.asarray(index["labels"]), np.asarray(index["splits"])
     counts = {name: {s: int(np.sum((labels == i) & (splits == s))) for s in SPLITS}
               for i, name in enumerate(index["classes"])}

@@ -14,7 +14,8 @@ from zenml.logger import get_logger
 
 from cellops.io import read_image_file
 from cellops.lineage import data_dir_for
-from cellops.maskrcnn.data import ImageSplitSettings, model_image, split_images, SPLITS
+from cellops.corrections import corrections_in_lineage
+from cellops.maskrcnn.data import ImageSplitSettings, SPLITS, add_corrections, model_image, split_images
 from cellops.maskrcnn.specs import AnnotationSource, MaskRCNNServing
 
 logger = get_logger(__name__)
@@ -73,8 +74,13 @@ def serving_settings(coco: dict, prediction: dict, max_detections: int) -> MaskR
 def load_instance_annotations(lineage: dict, annotations: dict, split: dict) -> tuple[Annotated[dict, "annotations"],
                                                                       Annotated[dict, "dataset_index"]]:
     """Read the annotations (COCO, VIA, LabelMe or label images) as COCO, and split the images (not the
-    instances) into train, val and test; identical pictures stay in one split."""
+    instances) into train, val and test; identical pictures stay in one split. The dataset's corrected images
+    (the lineage's corrections) are added to training."""
     coco, index = read_annotations(annotations, split, lineage)
+    corrections = corrections_in_lineage(lineage, "maskrcnn")
+    if corrections:  # to the split each was imported for (training): the test images stay as they were
+        coco, index = add_corrections(coco, index, corrections)
+        logger.info("%d corrected images added", len(corrections))
     counts = {s: index["splits"].count(s) for s in SPLITS}
     instances = {s: sum(1 for a in coco["annotations"] if a["image_id"] in set(split_ids(index, s))) for s in SPLITS}
     log_metadata(metadata={"images": counts, "instances": instances,

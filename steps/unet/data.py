@@ -8,8 +8,10 @@ import numpy as np
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
+from cellops.corrections import corrections_in_lineage
+from cellops.io import read_image_file
 from cellops.lineage import data_dir_for
-from cellops.unet.data import load_lucchi, split_slices, training_patches
+from cellops.unet.data import correction_patches, load_lucchi, split_slices, training_patches
 from cellops.unet.specs import UNetServing
 
 logger = get_logger(__name__)
@@ -60,14 +62,32 @@ def sample_augmented_patches(
     augmentation: dict,
     seed: int,
     inference: dict,
+    lineage: dict,
+    corrections_share: float,
 ) -> tuple[Annotated[np.ndarray, "patch_images"], Annotated[np.ndarray, "patch_masks"]]:
     """Seeded patches of the training block, normalised as the model will be served (``inference``), with
-    torchvision v2 augmentation applied to image and mask."""
+    torchvision v2 augmentation applied to image and mask; with corrected images in the dataset (the lineage's
+    corrections), ``corrections_share`` of the patches come from them and the rest from the training block, so a
+    model fine-tuned on corrections does not forget the original data."""
+    if not 0.0 <= corrections_share < 1.0:
+        raise ValueError(f"corrections_share must be in [0, 1), got {corrections_share}")
     normalization = UNetServing.from_dict(inference).normalization
+    corrections = [(read_image_file(c.image), c.read_labels()) for c in corrections_in_lineage(lineage, "unet")
+                   if c.split == "train"]
+    n_corrected = int(round(n_patches * corrections_share)) if corrections else 0
     patch_images, patch_masks, transform = training_patches(
-        image, mask, n_patches=n_patches, patch_size=patch_size, foreground_bias=foreground_bias,
+        image, mask, n_patches=n_patches - n_corrected, patch_size=patch_size, foreground_bias=foreground_bias,
         hard_negative_bias=hard_negative_bias, augmentation=augmentation, seed=seed, normalization=normalization,
     )
-    log_metadata(metadata={"n_patches": n_patches, "patch_size": patch_size, "augmentation": transform,
-                           "normalization": normalization.describe()})
+    if corrections:
+        corrected_images, corrected_masks = correction_patches(
+            corrections, n_patches=n_corrected, patch_size=patch_size, foreground_bias=foreground_bias,
+            hard_negative_bias=hard_negative_bias, augmentation=augmentation, seed=seed, normalization=normalization)
+        patch_images = np.concatenate([patch_images, corrected_images])
+        patch_masks = np.concatenate([patch_masks, corrected_masks])
+        logger.info("%d of %d patches from %d corrected images", len(corrected_images), len(patch_images),
+                    len(corrections))
+    log_metadata(metadata={"n_patches": len(patch_images), "patch_size": patch_size, "augmentation": transform,
+                           "normalization": normalization.describe(), "corrected_images": len(corrections),
+                           "corrected_patches": len(patch_images) - (n_patches - n_corrected)})
     return patch_images, patch_masks
