@@ -232,3 +232,29 @@ def test_a_classifier_review_set_takes_a_class_and_refuses_others(tmp_path):
     shutil.rmtree(tmp_path / "r" / "images")
     with pytest.raises(ValueError, match="img0.tif: no such file"):
         ReviewSet.open(tmp_path / "r").read_image("img0")
+
+
+def test_unknown_label_ids_and_categories_are_refused_at_import(tmp_path):
+    from cellops.microscopy import write_ome_tiff
+
+    paths = _images(tmp_path / "in", n=1)
+    mask = np.zeros((24, 32), np.uint8)
+    mask[4:9, 4:9] = 1
+    review = write_review_set(tmp_path / "r", family="unet", model={"name": "cellops-unet", "version": "2"},
+                              uncertainty_method="flip-tta", predictions=[ReviewPrediction(paths[0], 0.4, labels=mask)])
+    with pytest.raises(ReviewError, match=r"label ids \[2\]"):
+        review.save_correction("img0", status="corrected", annotator="ana", labels=mask * 2)
+    review.save_correction("img0", status="corrected", annotator="ana", labels=mask)
+    write_ome_tiff(tmp_path / "r/corrections/img0_labels.ome.tif", mask * 3, axes="YX", overwrite=True)
+    with pytest.raises(CorrectionsError, match=r"corrections/img0.json: .*label ids \[3\]"):
+        import_corrections(review.path, tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+    colonies = write_review_set(
+        tmp_path / "m", family="maskrcnn", model=MODEL, uncertainty_method="flip-tta", categories={1: "colony"},
+        predictions=[ReviewPrediction(paths[0], 0.4, labels=_disc_labels(), categories={1: "colony", 2: "colony"})])
+    colonies.save_correction("img0", status="accepted", annotator="ana")
+    record = json.loads((tmp_path / "m/corrections/img0.json").read_text())
+    (tmp_path / "m/corrections/img0.json").write_text(json.dumps({**record, "categories": {"1": "nucleus"}}))
+    with pytest.raises(CorrectionsError, match=r"corrections/img0.json: categories \['nucleus'\]"):
+        import_corrections(colonies.path, tmp_path / "store")
