@@ -618,3 +618,68 @@ def _read_labels(path: Path) -> np.ndarray:
         return tifffile.imread(path)
     except Exception as error:  # tifffile raises many kinds on damaged files
         raise ReviewError(f"{path}: unreadable label image ({error})") from None
+
+
+def save_annotations(review: ReviewSet, format: str, path: str | Path, *, annotator: str,
+                     categories: Sequence[str] | None = None, label_attribute: str | None = None) -> dict[str, list[str]]:
+    """Save corrections made in another annotation tool (CVAT, Label Studio, VIA, LabelMe): each annotated image's
+    objects become its corrected label image (U-Net: their union as the mask), checked like any correction.
+
+    Start the tool from ``predictions/predictions.json`` (COCO) and the ``images/`` folder, export COCO, VIA or
+    LabelMe, and give the export here. Images the export names by file name (``<id>.tif``) must be images of the
+    set; images it holds without any object are left unreviewed (mark truly empty ones in napari or by a record).
+
+    Parameters
+    ----------
+    review : ReviewSet
+        A review set of a segmentation family.
+    format : str
+        ``coco``, ``via`` or ``labelme`` (:func:`cellops.maskrcnn.annotations.load_annotations`).
+    path : str or Path
+        The export (a JSON file; LabelMe: a folder of them).
+    annotator : str
+        Who corrected them.
+    categories, label_attribute
+        VIA and LabelMe: the category names in id order, and VIA's region attribute holding the category.
+
+    Returns
+    -------
+    dict
+        ``saved``: item ids given a correction; ``unannotated``: item ids the export holds without objects.
+
+    Raises
+    ------
+    ReviewError
+        For a classifier review set, an export naming an image that is not in the set, or a correction the set
+        refuses (another size, unknown categories...); corrections saved before the failure stay saved.
+    """
+    from cellops.coco import coco_to_labels
+    from cellops.maskrcnn.annotations import AnnotationError, load_annotations
+
+    if review.family not in SEGMENTATION_FAMILIES:
+        raise ReviewError(f"{review.path}: a {review.family} review set takes labels, not annotation files")
+    try:
+        coco = load_annotations(format, path, review.path / "images", categories=categories,
+                                label_attribute=label_attribute)
+    except AnnotationError as error:
+        raise ReviewError(str(error)) from None
+    by_file = {Path(item.image).name: item for item in review.items.values()}
+    unknown = sorted(Path(img["file_name"]).name for img in coco["images"] if Path(img["file_name"]).name not in by_file)
+    if unknown:
+        raise ReviewError(f"{path}: images {unknown[:5]} are not images of the review set {review.path}")
+    names = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
+    saved, unannotated = [], []
+    for image in coco["images"]:
+        item = by_file[Path(image["file_name"]).name]
+        annotations = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        if not annotations:
+            unannotated.append(item.id)
+            continue
+        labels = coco_to_labels(coco, image["file_name"])
+        instance_categories = {i: names.get(int(a["category_id"]), "") for i, a in enumerate(annotations, start=1)}
+        several = len(set(review.categories.values())) > 1
+        review.save_correction(item.id, status="corrected", annotator=annotator,
+                               labels=(labels > 0).astype(np.uint8) if review.family == "unet" else labels,
+                               categories=instance_categories if review.family == "maskrcnn" and several else None)
+        saved.append(item.id)
+    return {"saved": saved, "unannotated": unannotated}

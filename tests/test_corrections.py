@@ -258,3 +258,24 @@ def test_unknown_label_ids_and_categories_are_refused_at_import(tmp_path):
     (tmp_path / "m/corrections/img0.json").write_text(json.dumps({**record, "categories": {"1": "nucleus"}}))
     with pytest.raises(CorrectionsError, match=r"corrections/img0.json: categories \['nucleus'\]"):
         import_corrections(colonies.path, tmp_path / "store")
+
+
+def test_an_export_of_another_annotation_tool_becomes_corrections(maskrcnn_review, tmp_path):
+    from cellops.review import save_annotations
+
+    review = maskrcnn_review
+    coco = json.loads((review.path / "predictions/predictions.json").read_text())
+    # The annotator deletes every object of img1 but the first, and leaves img2 without any.
+    img1 = next(i["id"] for i in coco["images"] if i["file_name"] == "img1.tif")
+    img2 = next(i["id"] for i in coco["images"] if i["file_name"] == "img2.tif")
+    first = next(a for a in coco["annotations"] if a["image_id"] == img1)
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] not in (img1, img2)] + [first]
+    (tmp_path / "cvat.json").write_text(json.dumps(coco))
+    done = save_annotations(review, "coco", tmp_path / "cvat.json", annotator="cvat-team")
+    assert sorted(done["saved"]) == ["img0", "img1"] and done["unannotated"] == ["img2"]
+    assert review.correction("img1")["annotator"] == "cvat-team"
+    assert review.read_correction_labels("img1").max() == 1
+    coco["images"].append({"id": 99, "file_name": "other.tif", "height": 24, "width": 32})
+    (tmp_path / "cvat.json").write_text(json.dumps(coco))
+    with pytest.raises(ReviewError, match=r"\['other.tif'\] are not images of the review set"):
+        save_annotations(review, "coco", tmp_path / "cvat.json", annotator="cvat-team")

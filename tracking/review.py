@@ -176,6 +176,17 @@ def add_commands(commands) -> None:
     export.add_argument("--tracking-uri", default=None)
     status = actions.add_parser("status", help="how far a review set's review has come")
     status.add_argument("review_dir", type=Path)
+    annotations = actions.add_parser(
+        "import-annotations", help="save corrections made in CVAT, Label Studio, VIA or LabelMe into a review set",
+        description="Each image the export annotates gets its objects as its corrected label image (U-Net: their "
+                    "union as the mask), checked like any correction. Start the tool from the review set's "
+                    "predictions/predictions.json (COCO) and images/.",
+        epilog="exit codes: 0 saved; 2 refused (named)")
+    annotations.add_argument("review_dir", type=Path)
+    annotations.add_argument("export", type=Path, help="the tool's export: a COCO or VIA JSON file, or a folder of "
+                             "LabelMe JSON files")
+    annotations.add_argument("--format", choices=("coco", "via", "labelme"), default="coco")
+    annotations.add_argument("--annotator", required=True, help="who corrected them")
     corrections = commands.add_parser("corrections", help="import a review set's corrections into the dataset")
     actions = corrections.add_subparsers(dest="action", required=True)
     imp = actions.add_parser(
@@ -255,6 +266,14 @@ def run_command(args, parser, tracking_uri: str) -> int:
             for path, why in failures:
                 print(f"cellops review export: {path}: left out ({why})", file=sys.stderr)
             return 1 if failures else 0
+        if args.command == "review" and args.action == "import-annotations":
+            from cellops.review import save_annotations
+
+            done = save_annotations(ReviewSet.open(args.review_dir), args.format, args.export, annotator=args.annotator)
+            print(f"{args.review_dir}: {len(done['saved'])} corrections saved from {args.export}"
+                  + (f"; without objects, left unreviewed: {', '.join(done['unannotated'])}" if done["unannotated"]
+                     else ""))
+            return 0
         if args.command == "review":
             review = ReviewSet.open(args.review_dir)
             done, total = review.progress()
