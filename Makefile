@@ -33,7 +33,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help setup configs data data-accept train deploy train-classifier deploy-classifier train-maskrcnn \
 	train-maskrcnn-nuclei deploy-maskrcnn analyses reports demo deploy-all serve serve-unet serve-classifier serve-maskrcnn ui dashboard \
-	dashboard-stop batch-inference team-deps team-stack team-stack-down team-status browser test bench bench-table docs docs-serve lock clean
+	dashboard-stop batch-inference team-deps team-stack team-stack-down team-status browser qt-deps test bench bench-table docs docs-serve lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -154,7 +154,20 @@ browser:  ## Debian's chromium and chromium-driver for the browser tests (apt-ge
 		{ apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
 	else echo "no /usr/bin/chromium and no root for apt-get: the browser tests will be skipped"; fi
 
-test: setup browser team-deps  ## set up as for the demo (and Debian's chromium, postgresql, mariadb-server for the browser and team-stack tests), then run the test suite
+# What Qt (PyQt6's wheel brings Qt itself) needs from the system to draw napari's OpenGL canvas without a screen:
+# the X and GL client libraries, Mesa's software OpenGL, a font, and Xvfb, the virtual X server the napari tests start.
+QT_DEPS := xvfb libgl1 libegl1 libgl1-mesa-dri libglx-mesa0 libdbus-1-3 libfontconfig1 fonts-dejavu-core \
+	libxkbcommon0 libxkbcommon-x11-0 libx11-xcb1 libxcb-cursor0 libxcb-glx0 libxcb-icccm4 libxcb-image0 \
+	libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-sync1 libxcb-xfixes0 libxcb-xkb1
+
+qt-deps:  ## Debian's Xvfb and the X/OpenGL libraries Qt needs, for napari and its tests (apt-get, as root; told where not root)
+	@if dpkg -s $(QT_DEPS) >/dev/null 2>&1; then echo "Xvfb and Qt's system libraries installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q --no-install-recommends $(QT_DEPS) >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(QT_DEPS) >/dev/null; }; \
+	else echo "no root for apt-get: install $(QT_DEPS) (the napari tests need Xvfb and Qt needs the libraries)"; fi
+
+test: setup browser team-deps qt-deps  ## set up as for the demo (and Debian's chromium, postgresql, mariadb-server for the browser and team-stack tests, Xvfb for napari's), then run the test suite
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 bench: $(VENV)/.installed  ## every benchmark against its peers (after the demo), then one table of the results (outputs/benchmarks/*.json)

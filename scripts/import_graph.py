@@ -16,10 +16,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The project's packages, lowest layer first; ``bento`` and ``pipelines`` share the top (neither imports the other).
-LAYERS = {"models": 0, "cellops": 1, "tracking": 2, "steps": 3, "pipelines": 4, "bento": 4, "scripts": 5,
+LAYERS = {"models": 0, "cellops": 1, "cellops_napari": 2, "tracking": 2, "steps": 3, "pipelines": 4, "bento": 4, "scripts": 5,
           "benchmarks": 5}
 #: Packages that are the project's own (imports of anything else are third-party or the standard library).
-PACKAGES = ("models", "cellops", "tracking", "steps", "pipelines", "bento")
+PACKAGES = ("models", "cellops", "cellops_napari", "tracking", "steps", "pipelines", "bento")
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
