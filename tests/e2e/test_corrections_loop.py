@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from cellops.review import ReviewSet
 from cellops.synthetic.em import generate_em_volume
 
-pytestmark = [pytest.mark.e2e, pytest.mark.minutes(5)]
+pytestmark = [pytest.mark.e2e, pytest.mark.minutes(6)]
 
 
 @pytest.fixture(scope="module")
