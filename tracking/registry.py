@@ -9,12 +9,14 @@ as ZenML's e2e template does, and both of its numbers are returned for the run's
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from cellops.families import record_family
 from cellops.promotion import check_promotion_metrics, should_promote
 from tracking import tags as names
 
@@ -73,6 +75,9 @@ def register_and_maybe_promote(
 ) -> dict:
     """Register ``model_uri`` as a new version (tagged with its metrics and ``tags``, which carry its lineage and
     inference settings) and move ``alias`` to it if it beats the champion by more than ``min_improvement``.
+
+    A model that started from a registered version carries its parent (:data:`tracking.tags.PARENT_MODEL`,
+    :func:`run_parent_tags`) from its training run to the new version, where ``cellops lineage`` shows it.
 
     Two cases are decided deliberately: a candidate that is the champion again (same model name, settings, data
     and weights, exactly the same scores) is not registered (``registered: False``); one trained on data no version
@@ -169,7 +174,8 @@ def register_and_maybe_promote(
                 "reason": f"ties {alias} v{champion.version} on {', '.join(ranked)} with the same model, settings "
                           "and data: a duplicate, not registered"}
     version = mlflow.register_model(model_uri, registered_model_name).version
-    all_tags = {**names.metrics_to_tags(metrics), **tags, names.PROMOTION_METRIC: promotion_metric}
+    all_tags = {**names.metrics_to_tags(metrics), **run_parent_tags(client, tags), **tags,
+                names.PROMOTION_METRIC: promotion_metric}
     for key, value in all_tags.items():
         client.set_model_version_tag(registered_model_name, version, key, value)
     if not _identifies_data(candidate_data):
@@ -189,6 +195,34 @@ def register_and_maybe_promote(
         "promoted": promoted,
         "champion_version": str(version) if promoted else (str(champion.version) if champion is not None else None),
     }
+
+
+def run_parent_tags(client: MlflowClient, tags: dict[str, str]) -> dict[str, str]:
+    """The parent model (``lineage.parent_model``) recorded on the training run that ``tags`` name
+    (``mlflow_run_id``), for its registered version; empty when ``tags`` carry it already, name no run, or the
+    run started from no registered version.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        The registry's client.
+    tags : dict of str to str
+        The tags a version is registered with.
+
+    Returns
+    -------
+    dict of str to str
+        ``{"lineage.parent_model": "NAME:VERSION"}`` or ``{}``.
+    """
+    key = f"{names.LINEAGE_PREFIX}{names.PARENT_MODEL}"
+    run_id = tags.get(names.MLFLOW_RUN_ID)
+    if key in tags or not run_id:
+        return {}
+    try:
+        parent = client.get_run(run_id).data.tags.get(key)
+    except MlflowException:  # a version registered from a run of another store
+        return {}
+    return {key: parent} if parent else {}
 
 
 def describe_versions(client: MlflowClient, name: str) -> list[dict]:
@@ -404,3 +438,63 @@ def load_registered(tracking_uri: str, name: str, record: dict):
 
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.pytorch.load_model(f"models:/{name}/{record['model_version']}", map_location="cpu").eval()
+
+
+@dataclass(frozen=True)
+class InitWeights:
+    """A registered version's weights, to start a training from (``init: models:/NAME@ALIAS``).
+
+    Attributes
+    ----------
+    parent : str
+        The version, ``NAME:VERSION`` (the run's and the new version's :data:`tracking.tags.PARENT_MODEL`).
+    state_dict : dict
+        Its weights, on the CPU.
+    architecture : str or None
+        Its ``architecture`` tag (classifier and Mask R-CNN versions), None when it has none.
+    settings : dict
+        Its serving record (:func:`tracking.tags.inference_from_tags`).
+    """
+
+    parent: str
+    state_dict: dict
+    architecture: str | None
+    settings: dict
+
+
+def load_init_weights(tracking_uri: str, reference: str, family: str) -> InitWeights:
+    """The weights of the registered version ``reference`` names, for a training of ``family`` to start from.
+
+    The architecture is the caller's to check against its config (``cellops.<family>.specs``) before loading.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        The MLflow store (in a step: ``mlflow.get_tracking_uri()``).
+    reference : str
+        ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``models:/NAME/latest``.
+    family : str
+        The family being trained: a version of another family is refused.
+
+    Returns
+    -------
+    InitWeights
+        The parent ``NAME:VERSION``, its weights, architecture tag and serving record.
+
+    Raises
+    ------
+    LookupError
+        No such store, model, version or alias (naming what exists); a version of another family, or registered
+        without a family's serving record.
+    """
+    name, record = resolve_registered(tracking_uri, reference)
+    parent = f"{name}:{record['model_version']}"
+    settings = record[names.INFERENCE_SETTINGS] or {}
+    registered_family = record_family(settings)
+    if registered_family != family:
+        raise LookupError(f"init {reference}: {parent} is a {registered_family} model, not a {family}")
+    version = MlflowClient(tracking_uri).get_model_version(name, record["model_version"])
+    model = load_registered(tracking_uri, name, record)
+    state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+    return InitWeights(parent=parent, state_dict=state, architecture=version.tags.get(names.ARCHITECTURE),
+                       settings=settings)

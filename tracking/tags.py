@@ -30,8 +30,12 @@ MODEL_NAME = "model_name"
 #: sha256 of a version's parameters and buffers: equal only for bit-identical weights (``cellops.distributed``).
 WEIGHTS_SHA256 = "weights_sha256"
 ARCHITECTURE = "architecture"
-INIT = "init"  # configured: scratch, imagenet or source
-INIT_USED = "init_used"  # what really happened (imagenet without a local weights file: scratch)
+INIT = "init"  # configured: scratch, imagenet, source, coco, or a registered version models:/NAME@ALIAS|/VERSION
+# What really happened: imagenet without a local weights file is scratch; a registered version is its NAME:VERSION.
+INIT_USED = "init_used"
+#: Lineage key (tag ``lineage.parent_model``, on the training run and on the version registered from it) of the
+#: registered version a model started from, ``NAME:VERSION``: `cellops lineage` prints it as "parent model".
+PARENT_MODEL = "parent_model"
 IMAGENET_WEIGHTS = "imagenet_weights"
 # Which runtime serves a version (cellops.runtimes): the fastest that kept its task metric, the measurements behind
 # that choice, and the artifact folder of the version's run that holds the exported graphs.
@@ -238,14 +242,16 @@ def version_record(name: str, version: str, run_id: str | None, tags: Mapping[st
     Returns
     -------
     dict
-        ``registered_model``, ``model_version``, ``aliases``, run ids, the lineage keys, ``metrics``,
-        ``promotion_metric``, ``inference_settings``, ``runtime`` and ``runtime_checks``.
+        ``registered_model``, ``model_version``, ``aliases``, run ids, the lineage keys (among them
+        :data:`PARENT_MODEL` for a model started from a registered version), ``metrics``, ``promotion_metric``,
+        ``inference_settings``, ``runtime`` and ``runtime_checks``.
 
     Examples
     --------
-    >>> record = version_record("mito", "3", "r1", {"lineage.git_commit": "abc", "metric.dice": "0.5"})
-    >>> record["model_version"], record["git_commit"], record["metrics"], record["runtime"]
-    ('3', 'abc', {'dice': 0.5}, 'torch')
+    >>> record = version_record("mito", "3", "r1", {"lineage.git_commit": "abc", "metric.dice": "0.5",
+    ...                                               "lineage.parent_model": "mito:2"})
+    >>> record["model_version"], record["git_commit"], record["metrics"], record["runtime"], record["parent_model"]
+    ('3', 'abc', {'dice': 0.5}, 'torch', 'mito:2')
     """
     return {
         "registered_model": name,

@@ -12,6 +12,7 @@ import numpy as np
 
 from cellops.config import FromMapping, ServingRecord
 from cellops.intensity import LEGACY, Normalization
+from cellops.registered_init import check_init, check_same, registered_init
 from models.classifier import ARCHITECTURES, imagenet_weights_file
 
 INITS = ("scratch", "imagenet", "source")
@@ -23,16 +24,18 @@ class ClassifierModelSpec(FromMapping):
 
     ``init``: ``scratch`` (random weights), ``imagenet`` (torchvision architectures; the local file
     ``weights_file`` or torchvision's file in ``$TORCH_HOME/hub/checkpoints``, else random weights, as the log and
-    the run's tags say) or ``source`` (the backbone pretrained on the project's own source task; the architecture
-    must be the source task's). ``options`` go to the architecture (EfficientCellNet's widths...);
-    ``training`` overrides the shared training settings for this model only.
+    the run's tags say), ``source`` (the backbone pretrained on the project's own source task; the architecture
+    must be the source task's) or a registered version, ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (the
+    whole network, head included: same architecture, options, channels and classes). ``options`` go to the
+    architecture (EfficientCellNet's widths...); ``training`` overrides the shared training settings for this model
+    only.
 
     Attributes
     ----------
     architecture : str
         One of :data:`models.classifier.ARCHITECTURES`.
     init : str
-        How the weights start: one of :data:`INITS`.
+        How the weights start: one of :data:`INITS`, or a registered version.
     options : dict, optional
         Keyword arguments of the architecture.
     weights_file : str or None, optional
@@ -55,8 +58,7 @@ class ClassifierModelSpec(FromMapping):
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-        if self.init not in INITS:
-            raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        check_init(self.init, INITS)
         if self.init == "imagenet" and self.architecture == "efficientcellnet":
             raise ValueError("efficientcellnet has no ImageNet weights; use init: source (in-project pretraining)")
 
@@ -100,7 +102,8 @@ def parse_models(models: dict[str, dict]) -> dict[str, ClassifierModelSpec]:
 
 def initial_weights(spec: ClassifierModelSpec) -> tuple[Path | None, str]:
     """The local ImageNet weights file a spec starts from (None otherwise) and the init that really applies:
-    ``imagenet`` without a local file falls back to ``scratch`` (nothing is downloaded).
+    ``imagenet`` without a local file falls back to ``scratch`` (nothing is downloaded); a registered version's
+    network is built as from ``scratch``, then gets that version's weights (the training step loads them).
 
     Parameters
     ----------
@@ -120,9 +123,47 @@ def initial_weights(spec: ClassifierModelSpec) -> tuple[Path | None, str]:
     (None, 'scratch')
     """
     if spec.init != "imagenet":
-        return None, spec.init
+        return None, "scratch" if registered_init(spec.init) else spec.init
     weights = imagenet_weights_file(spec.architecture, spec.weights_file)
     return weights, ("imagenet" if weights is not None else "scratch")
+
+
+def check_parent_classifier(parent: str, architecture: str | None, record: dict | None, spec: ClassifierModelSpec,
+                            classes: tuple[str, ...], channels: int) -> None:
+    """Raise a ``ValueError`` naming both when a registered classifier has another architecture, classes or input
+    channels than the model the config builds (other options show tensor by tensor when its weights load,
+    :func:`cellops.registered_init.load_parent_state`).
+
+    Parameters
+    ----------
+    parent : str
+        The registered version, ``NAME:VERSION``.
+    architecture : str or None
+        Its ``architecture`` tag; None when it records none.
+    record : dict or None
+        Its serving record (:meth:`ClassifierServing.as_dict`); None when it records none.
+    spec : ClassifierModelSpec
+        The configured model.
+    classes : tuple of str
+        The training data's classes, in the model's output order.
+    channels : int
+        The configured input channels.
+
+    Examples
+    --------
+    >>> spec = ClassifierModelSpec("efficientcellnet", "models:/cellops-classifier@champion")
+    >>> record = {"classes": ["ec", "other"], "channels": 1}
+    >>> check_parent_classifier("cellops-classifier:4", "efficientcellnet", record, spec, ("ec", "other"), 1)
+    >>> check_parent_classifier("cellops-classifier:4", "resnet18", record, spec, ("ec", "other"), 1)
+    Traceback (most recent call last):
+    ValueError: cellops-classifier:4 is a classifier with architecture resnet18; this config builds one with architecture efficientcellnet: ...
+    """
+    record = record or {}
+    registered = {"architecture": architecture,
+                  "classes": list(record["classes"]) if "classes" in record else None,
+                  "channels": record.get("channels")}
+    check_same(parent, registered, {"architecture": spec.architecture, "classes": list(classes), "channels": channels},
+               "classifier")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 
 from cellops.config import FromMapping, ServingRecord, deep_merge, from_mapping
 from cellops.intensity import LEGACY, Normalization
+from cellops.registered_init import check_init, check_same
 from models.maskrcnn import MaskRCNNSettings
 
 INITS = ("scratch", "source", "imagenet", "coco")
@@ -96,12 +97,13 @@ class SourceSettings(FromMapping):
 @dataclass(frozen=True)
 class MaskRCNNModelSpec(FromMapping):
     """One model of the comparison: how it starts (``init``: scratch, source = pretrained on the source dataset
-    in this run, imagenet or coco = a local weights file) and its overrides of the shared settings.
+    in this run, imagenet or coco = a local weights file, or a registered version ``models:/NAME@ALIAS`` /
+    ``models:/NAME/VERSION`` of the same architecture and categories) and its overrides of the shared settings.
 
     Attributes
     ----------
     init : str, optional
-        One of :data:`INITS`.
+        One of :data:`INITS`, or a registered version.
     weights_file : str or None, optional
         The local weights file of ``imagenet`` and ``coco``.
     model : dict, optional
@@ -116,8 +118,7 @@ class MaskRCNNModelSpec(FromMapping):
     training: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"init {self.init!r}: choose one of {list(INITS)}")
+        check_init(self.init, INITS)
 
     def settings(self, shared_model: dict) -> MaskRCNNSettings:
         """The model settings of this entry: the shared ones with its overrides merged in.
@@ -165,6 +166,41 @@ def parse_models(models: dict, shared_model: dict) -> dict[str, MaskRCNNModelSpe
         except (ValueError, TypeError) as error:
             raise ValueError(f"models.{name}: {error}") from None
     return specs
+
+
+def check_parent_model(parent: str, architecture: str | None, categories: Mapping | None,
+                       settings: MaskRCNNSettings, configured_categories: Mapping[int, str]) -> None:
+    """Raise a ``ValueError`` naming both when a registered Mask R-CNN has another backbone or other categories
+    than the model the config builds (the other shapes are checked tensor by tensor when its weights load,
+    :func:`cellops.registered_init.load_parent_state`).
+
+    Parameters
+    ----------
+    parent : str
+        The registered version, ``NAME:VERSION``.
+    architecture : str or None
+        Its ``architecture`` tag (``maskrcnn_<backbone>_fpn``); None when it records none.
+    categories : Mapping or None
+        Its serving record's categories (id to name); None when it records none.
+    settings : MaskRCNNSettings
+        The config's model settings.
+    configured_categories : Mapping of int to str
+        The training annotations' categories.
+
+    Examples
+    --------
+    >>> settings = MaskRCNNSettings(backbone="resnet18", anchor_sizes=(8, 16, 32, 64, 128))
+    >>> check_parent_model("cellops-maskrcnn:2", "maskrcnn_resnet18_fpn", {"1": "colony"}, settings, {1: "colony"})
+    >>> check_parent_model("cellops-maskrcnn:2", "maskrcnn_resnet50_fpn", {"1": "colony"}, settings, {1: "colony"})
+    Traceback (most recent call last):
+    ValueError: cellops-maskrcnn:2 is a Mask R-CNN with backbone resnet50; this config builds one with backbone resnet18: ...
+    """
+    backbone = architecture.removeprefix("maskrcnn_").removesuffix("_fpn") if architecture else None
+    registered = {"backbone": backbone,
+                  "categories": {str(k): str(v) for k, v in categories.items()} if categories is not None else None}
+    configured = {"backbone": settings.backbone,
+                  "categories": {str(k): str(v) for k, v in configured_categories.items()}}
+    check_same(parent, registered, configured, "Mask R-CNN")
 
 
 def instance_test_fingerprint(coco: dict, index: dict) -> str:

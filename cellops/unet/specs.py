@@ -3,12 +3,19 @@ and how a trained U-Net is applied (:class:`UNetServing`, the record stored with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
 from cellops.config import FromMapping, ServingRecord
 from cellops.intensity import LEGACY, Normalization
+from cellops.registered_init import check_init, check_same
 from cellops.tiling import overlap_from_fraction
+
+#: How a U-Net may start besides a registered version (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``).
+INITS = ("scratch",)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,92 @@ class Architecture(FromMapping):
     base_channels: int
     depth: int
     dropout: float
+
+    def shape(self) -> dict[str, int]:
+        """What decides the shapes of the weights (dropout does not): :func:`unet_shape` of a trained U-Net.
+
+        Returns
+        -------
+        dict of str to int
+            ``in_channels``, ``out_channels``, ``base_channels`` and ``depth``.
+        """
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "base_channels": self.base_channels, "depth": self.depth}
+
+
+def unet_shape(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """The :meth:`Architecture.shape` of a :class:`models.unet.UNet`, read from its weights (a registered version
+    records no architecture).
+
+    Parameters
+    ----------
+    state_dict : Mapping of str to torch.Tensor
+        A U-Net's weights.
+
+    Returns
+    -------
+    dict of str to int
+        ``in_channels``, ``out_channels``, ``base_channels`` and ``depth``.
+
+    Raises
+    ------
+    ValueError
+        When the weights are not a U-Net's.
+
+    Examples
+    --------
+    >>> from models.unet import UNet
+    >>> unet_shape(UNet(in_channels=1, out_channels=2, base_channels=4, depth=3).state_dict())
+    {'in_channels': 1, 'out_channels': 2, 'base_channels': 4, 'depth': 3}
+    """
+    try:
+        first, head = state_dict["encoders.0.0.weight"], state_dict["head.weight"]
+    except KeyError as error:
+        raise ValueError(f"these weights are not a U-Net's (no {error.args[0]})") from None
+    depth = len({key.split(".")[1] for key in state_dict if key.startswith("decoders.")})
+    return {"in_channels": int(first.shape[1]), "out_channels": int(head.shape[0]),
+            "base_channels": int(first.shape[0]), "depth": depth}
+
+
+def check_unet_init(init: str) -> None:
+    """Raise a ``ValueError`` unless ``init`` is ``scratch`` or a registered version
+    (:func:`cellops.registered_init.check_init`).
+
+    Parameters
+    ----------
+    init : str
+        The training step's ``init``.
+
+    Examples
+    --------
+    >>> check_unet_init("models:/cellops-unet@champion")
+    """
+    check_init(init, INITS)
+
+
+def check_parent_architecture(parent: str, state_dict: Mapping[str, torch.Tensor], architecture: Architecture) -> None:
+    """Raise a ``ValueError`` naming both when a registered U-Net's weights are of another shape than the config's
+    architecture (another depth, base_channels or channel count).
+
+    Parameters
+    ----------
+    parent : str
+        The registered version, ``NAME:VERSION``.
+    state_dict : Mapping of str to torch.Tensor
+        Its weights.
+    architecture : Architecture
+        The config's.
+
+    Examples
+    --------
+    >>> from models.unet import UNet
+    >>> weights = UNet(base_channels=4, depth=2).state_dict()
+    >>> check_parent_architecture("cellops-unet:3", weights, Architecture(1, 1, 4, 2, 0.1))
+    >>> check_parent_architecture("cellops-unet:3", weights, Architecture(1, 1, 8, 2, 0.0))
+    Traceback (most recent call last):
+    ValueError: cellops-unet:3 is a U-Net with base_channels 4; this config builds one with base_channels 8: ...
+    """
+    check_same(parent, unet_shape(state_dict), architecture.shape(), "U-Net")
 
 
 @dataclass(frozen=True)

@@ -22,17 +22,19 @@ from cellops.classifier.distributed_train import fit_distributed
 from cellops.classifier.metrics import classification_scores, positive_roc
 from cellops.classifier.plots import cam_galleries, comparison_bars, roc_curves
 from cellops.classifier.source_task import source_task_patches, SourceTask
-from cellops.classifier.specs import ClassifierModelSpec, ClassifierTraining, initial_weights
+from cellops.classifier.specs import check_parent_classifier, ClassifierModelSpec, ClassifierTraining, initial_weights
 from cellops.classifier.train import ClassifierHistory, fit, predict_probabilities
 from cellops.config import deep_merge
 from cellops.metrics import sensitivity_interval
 from cellops.distributed import DistributedSettings, weights_digest
 from cellops.plots import training_curves
+from cellops.registered_init import load_parent_state, registered_init
 from cellops.thresholds import choose_operating_point
 from models.classifier import build_classifier, transfer_features
 from steps.classifier.data import SCORE_COLUMNS, serving_settings, split_subset
 from steps.registry import log_comparison
 from tracking import tags
+from tracking.registry import load_init_weights
 from tracking.runs import (
     training_run,
     active_run_id,
@@ -85,9 +87,10 @@ def pretrain_source_backbone(
     return model
 
 
-def _build_model(name: str, model_spec: ClassifierModelSpec, settings, seed: int,
-                 source_backbone: Optional[nn.Module]) -> tuple[nn.Module, dict[str, str]]:
-    """The configured model with its initial weights, and the tags saying where they came from."""
+def initial_model(name: str, model_spec: ClassifierModelSpec, settings, seed: int,
+                  source_backbone: Optional[nn.Module]) -> tuple[nn.Module, dict[str, str], str | None]:
+    """The configured model with its initial weights, the tags saying where they came from, and the registered
+    version it starts from (``NAME:VERSION``; None for the other inits), checked against the config first."""
     weights, init_used = initial_weights(model_spec)
     if model_spec.init == "imagenet" and weights is None:
         logger.warning("%s: no local ImageNet weights for %s (set weights_file, or put torchvision's file in "
@@ -99,8 +102,15 @@ def _build_model(name: str, model_spec: ClassifierModelSpec, settings, seed: int
         if source_backbone is None:
             raise ValueError(f"{name}: init 'source' needs the pretrained source backbone, which this run did not train")
         transfer_features(model, source_backbone)
+    parent = None
+    if registered_init(model_spec.init):
+        start = load_init_weights(mlflow.get_tracking_uri(), model_spec.init, "classifier")
+        check_parent_classifier(start.parent, start.architecture, start.settings, model_spec, settings.classes,
+                                settings.channels)
+        load_parent_state(model, start.parent, start.state_dict)
+        parent = init_used = start.parent
     return model, {tags.MODEL_NAME: name, tags.ARCHITECTURE: model_spec.architecture, tags.INIT: model_spec.init,
-                   tags.INIT_USED: init_used, tags.IMAGENET_WEIGHTS: str(weights) if weights else "none"}
+                   tags.INIT_USED: init_used, tags.IMAGENET_WEIGHTS: str(weights) if weights else "none"}, parent
 
 
 def _train(model: nn.Module, train: tuple, val: tuple, config: ClassifierTraining, augmentation: dict, positive: int,
@@ -164,7 +174,7 @@ def train_and_evaluate_classifier(
     model_spec = ClassifierModelSpec.from_dict(spec)
     config = ClassifierTraining.from_dict(deep_merge(training, model_spec.training))
     settings = serving_settings(dataset_index, input, positive_class)
-    model, init_tags = _build_model(name, model_spec, settings, config.seed, source_backbone)
+    model, init_tags, parent = initial_model(name, model_spec, settings, config.seed, source_backbone)
     train, val = split_subset(images, labels, dataset_index, "train"), split_subset(images, labels, dataset_index, "val")
     test = split_subset(images, labels, dataset_index, "test")
     logger.info("%s: %s from %s, %d parameters; %d train / %d val / %d test images", name, model_spec.architecture,
@@ -172,8 +182,8 @@ def train_and_evaluate_classifier(
     # Checkpoints go to a folder of checkpoint_dir named after what must match to resume (not after the run).
     checkpoint_key = {"name": name, "spec": spec, "training": asdict(config), "input": input,
                       "augmentation": augmentation, "data_version": lineage["data_version"],
-                      "dataset_index": dataset_index}
-    with training_run(lineage, init_tags) as run:
+                      "dataset_index": dataset_index, **({tags.PARENT_MODEL: parent} if parent else {})}
+    with training_run({**lineage, tags.PARENT_MODEL: parent} if parent else lineage, init_tags) as run:
         mlflow.log_params({"model.epochs": config.epochs, "model.learning_rate": config.learning_rate})
         log_dataset("classifier-train", train[0], lineage, source=str(dataset_index.get("root", "data")),
                     context="training", targets=train[1])

@@ -27,13 +27,20 @@ from cellops.maskrcnn.data import (
 )
 from cellops.maskrcnn.evaluation import match_detections
 from cellops.maskrcnn.predict import overlay, predict_picture
-from cellops.maskrcnn.specs import MaskRCNNModelSpec, MaskRCNNServing, MaskRCNNTraining, SourceSettings
+from cellops.maskrcnn.specs import (
+    check_parent_model,
+    MaskRCNNModelSpec,
+    MaskRCNNServing,
+    MaskRCNNTraining,
+    SourceSettings,
+)
 from cellops.maskrcnn.train import MaskRCNNHistory, evaluate, fit
 from cellops.maskrcnn.validation import AnnotationExpectations, summarise_annotations, validate_annotation_dataset
 from cellops.metrics import bootstrap_interval, pooled_f1
 from cellops.plots import save_png, training_curves
+from cellops.registered_init import load_parent_state, registered_init
 from cellops.thresholds import choose_score_threshold
-from models.maskrcnn import build_maskrcnn, find_initial_weights, transfer_weights
+from models.maskrcnn import build_maskrcnn, find_initial_weights, MaskRCNNSettings, transfer_weights
 from steps.maskrcnn.data import (
     content_key,
     input_example,
@@ -45,6 +52,7 @@ from steps.maskrcnn.data import (
 )
 from steps.registry import log_comparison
 from tracking import tags
+from tracking.registry import load_init_weights
 from tracking.runs import (
     training_run,
     active_run_id,
@@ -76,6 +84,34 @@ def _weights_key(model: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def initial_model(name: str, model_spec: MaskRCNNModelSpec, settings: MaskRCNNSettings, categories: list[dict],
+                  seed: int, source_model: Optional[torch.nn.Module]) -> tuple[torch.nn.Module, str, str | None]:
+    """The configured Mask R-CNN with its initial weights; the init that really applied (``NAME:VERSION`` for a
+    registered version); and that version (None for the other inits), checked against the config first (backbone,
+    categories, every tensor's shape)."""
+    from_registry = registered_init(model_spec.init)  # the network is built as from scratch, then loaded
+    weights = find_initial_weights("scratch" if from_registry else model_spec.init, settings.backbone,
+                                   model_spec.weights_file)
+    for note in weights.notes:
+        logger.warning("%s: %s", name, note)
+    net = build_maskrcnn(settings, len(categories) + 1, imagenet_weights=weights.imagenet,
+                         coco_weights=weights.coco, seed=seed)
+    if model_spec.init == "source":
+        if source_model is None:
+            raise ValueError(f"{name}: init 'source' needs the model pretrained on the source dataset, which this "
+                             "run did not train (set steps.pretrain_on_source)")
+        skipped = transfer_weights(net, source_model)
+        logger.info("%s: initialised from the source model (not transferred: %s)", name, skipped or "nothing")
+    if not from_registry:
+        return net, weights.kind, None
+    start = load_init_weights(mlflow.get_tracking_uri(), model_spec.init, "maskrcnn")
+    check_parent_model(start.parent, start.architecture, start.settings.get("categories"), settings,
+                       {c["id"]: c["name"] for c in categories})
+    load_parent_state(net, start.parent, start.state_dict)
+    logger.info("%s: starting from %s (%s)", name, start.parent, model_spec.init)
+    return net, start.parent, start.parent
 
 
 @step
@@ -135,29 +171,20 @@ def train_and_evaluate_maskrcnn(
     model_spec = MaskRCNNModelSpec.from_dict(spec)
     settings = model_spec.settings(model)
     config = deep_merge(training, model_spec.training)
-    weights = find_initial_weights(model_spec.init, settings.backbone, model_spec.weights_file)
-    for note in weights.notes:
-        logger.warning("%s: %s", name, note)
-    net = build_maskrcnn(settings, len(coco["categories"]) + 1, imagenet_weights=weights.imagenet,
-                         coco_weights=weights.coco, seed=int(config.get("seed", 0)))
-    if model_spec.init == "source":
-        if source_model is None:
-            raise ValueError(f"{name}: init 'source' needs the model pretrained on the source dataset, which this "
-                             "run did not train (set steps.pretrain_on_source)")
-        skipped = transfer_weights(net, source_model)
-        logger.info("%s: initialised from the source model (not transferred: %s)", name, skipped or "nothing")
+    net, init_used, parent = initial_model(name, model_spec, settings, coco["categories"], int(config.get("seed", 0)),
+                                           source_model)
     served = serving_settings(coco, prediction, max_detections)
     parameters = sum(p.numel() for p in net.parameters())
-    logger.info("%s: Mask R-CNN %s-FPN from %s, %d parameters; %s images", name, settings.backbone, weights.kind,
+    logger.info("%s: Mask R-CNN %s-FPN from %s, %d parameters; %s images", name, settings.backbone, init_used,
                 parameters, {s: index["splits"].count(s) for s in SPLITS})
     run_tags = {tags.MODEL_NAME: name, tags.ARCHITECTURE: f"maskrcnn_{settings.backbone}_fpn",
-                tags.INIT: model_spec.init, tags.INIT_USED: weights.kind}
-    with training_run(lineage, run_tags) as run:
+                tags.INIT: model_spec.init, tags.INIT_USED: init_used}
+    with training_run({**lineage, tags.PARENT_MODEL: parent} if parent else lineage, run_tags) as run:
         mlflow.log_params({f"model.{k}": v for k, v in settings.as_dict().items()})
         history, _, val = _train(name, net, coco, index, config, augmentation, served, checkpoint_dir, resume,
                                  {"data": index["md5"], "annotations": content_key(coco), "splits": index["splits"],
                                   "spec": spec, "model": settings.as_dict(), "augmentation": augmentation,
-                                  "init_used": weights.kind,
+                                  "init_used": init_used,
                                   "source": _weights_key(net) if model_spec.init == "source" else None},
                                  run.log_epoch)
         run.record_resume(history.resumed_from_epoch)
@@ -197,7 +224,7 @@ def train_and_evaluate_maskrcnn(
     info = log_pytorch_model(net, input_example(index, served), ["models"],
                              output_of=no_output_schema)
     evaluation = {"name": name, "architecture": f"maskrcnn_{settings.backbone}_fpn", "init": model_spec.init,
-                  "init_used": weights.kind, "model_uri": info.model_uri, "mlflow_run_id": active_run_id(),
+                  "init_used": init_used, "model_uri": info.model_uri, "mlflow_run_id": active_run_id(),
                   "weights_sha256": weights_digest(net),
                   "scores": scores, "costs": costs, "settings": served.as_dict(),
                   "resumed_from_epoch": history.resumed_from_epoch}

@@ -17,11 +17,14 @@ from zenml.logger import get_logger
 from cellops.distributed import DistributedSettings
 from cellops.metrics import bootstrap_interval, per_slice_overlap, pooled_foreground_iou
 from cellops.plots import segmentation_overlay, training_curves
+from cellops.registered_init import load_parent_state, registered_init
 from cellops.thresholds import choose_probability_threshold
 from cellops.unet.distributed_train import fit_distributed
 from cellops.unet.predict import load_for_inference, predict_probabilities, score
-from cellops.unet.specs import Architecture, UNetServing, UNetTraining
+from cellops.unet.specs import Architecture, check_parent_architecture, check_unet_init, UNetServing, UNetTraining
 from cellops.unet.train import build_model, fit
+from tracking import tags
+from tracking.registry import load_init_weights
 from tracking.runs import (
     training_run,
     active_run_id,
@@ -33,6 +36,24 @@ from tracking.runs import (
 logger = get_logger(__name__)
 
 
+def initial_model(architecture: Architecture, init: str, seed: int,
+                  distributed: bool) -> tuple[torch.nn.Module, str | None]:
+    """The U-Net the config builds, seeded, or with the weights of the registered version ``init`` names once they
+    are checked against ``architecture``; and that version's ``NAME:VERSION`` (None from scratch)."""
+    check_unet_init(init)
+    model = build_model(architecture, seed=seed)
+    if not registered_init(init):
+        return model, None
+    if distributed:  # each rank builds its model from the seed again (cellops.unet.distributed_train)
+        raise ValueError(f"init {init}: starting from a registered version is not supported under distributed "
+                         "training yet; train in one process (distributed.nproc_per_node: 1, nnodes: 1)")
+    start = load_init_weights(mlflow.get_tracking_uri(), init, "unet")
+    check_parent_architecture(start.parent, start.state_dict, architecture)
+    load_parent_state(model, start.parent, start.state_dict)
+    logger.info("starting from %s (%s)", start.parent, init)
+    return model, start.parent
+
+
 @step
 def train_unet(
     patch_images: np.ndarray,
@@ -41,6 +62,7 @@ def train_unet(
     val_mask: np.ndarray,
     lineage: dict,
     architecture: dict,
+    init: str,
     training: dict,
     inference: dict,
     checkpoint_dir: str,
@@ -49,19 +71,25 @@ def train_unet(
 ) -> Annotated[torch.nn.Module, "model"]:
     """Train a U-Net on the augmented patches, validating on whole slices; returns the best weights.
 
+    ``init``: ``scratch`` (seeded random weights) or a registered version, ``models:/NAME@ALIAS`` or
+    ``models:/NAME/VERSION``, of the same architecture (checked before training); its ``NAME:VERSION`` is recorded
+    as the run's ``lineage.parent_model``, which the registered version inherits.
+
     With ``distributed`` naming more than one process, training runs under DDP: ``torchrun`` is started as a
     subprocess of this step (the step keeps its ZenML context, MLflow run and artifacts; the ranks only compute).
     Rank 0 logs each epoch to this step's MLflow run."""
     config = UNetTraining.from_dict(training)
-    model = build_model(Architecture.from_dict(architecture), seed=config.seed)
+    parallel = DistributedSettings.from_dict(distributed)
+    model, parent = initial_model(Architecture.from_dict(architecture), init, config.seed, parallel.enabled)
     # Checkpoints go to a folder of checkpoint_dir named after what must match to resume (not after the run): the
     # same command after a kill finds it.
     checkpoint_key = {"architecture": architecture, "training": training, "inference": inference,
-                      "data_version": lineage["data_version"], "patches": list(patch_images.shape)}
+                      "data_version": lineage["data_version"], "patches": list(patch_images.shape),
+                      **({tags.PARENT_MODEL: parent} if parent else {})}
     logger.info("training %s parameters on %d patches, checkpoints in %s",
                 sum(p.numel() for p in model.parameters()), len(patch_images), checkpoint_dir)
-    parallel = DistributedSettings.from_dict(distributed)
-    with training_run(lineage) as run:
+    run_lineage = {**lineage, tags.PARENT_MODEL: parent} if parent else lineage
+    with training_run(run_lineage, {tags.INIT: init, tags.INIT_USED: parent or init}) as run:
         log_dataset("em-training-patches", patch_images, lineage, source="data/em", context="training",
                     targets=patch_masks)
         if parallel.enabled:
