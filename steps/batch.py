@@ -46,21 +46,22 @@ def input_lineage(input_dir: str | Path) -> dict[str, str]:
 
 @step
 def predict_folder(model_record: dict, input_dir: str, output_dir: str, patterns: list[str] | None, slab: int,
-                   cams: bool, channel: str | int | None,
-                   scene: str | int | None) -> Annotated[pd.DataFrame, "batch_results"]:
+                   cams: bool, channel: str | int | None, scene: str | int | None,
+                   uncertainty: bool) -> Annotated[pd.DataFrame, "batch_results"]:
     """Predict every input of ``input_dir`` with the model into ``output_dir`` on the batch engine
     (:func:`tracking.batch.predict_files`): the family's outputs per input, named after it, and ``batch_summary.csv``
     (one row per input: status, problem, outputs, results). Inputs already predicted by the same version from the
     same content are skipped (``batch_manifest.json``), so an interrupted run resumes. ``patterns`` None: images,
     TIFF stacks and zarr arrays. ``channel`` and ``scene``: what to read from multi-channel or multi-scene files.
-    Logs the model's and the inputs' lineage, the counts and the summary to MLflow. Fails when no input could be
-    predicted."""
+    ``uncertainty``: also measure each prediction's uncertainty (``uncertainty`` column of the summary, see
+    :mod:`cellops.uncertainty`). Logs the model's and the inputs' lineage, the counts and the summary to MLflow.
+    Fails when no input could be predicted."""
     reading = FileReading(channel, scene)
     inputs = list_inputs(input_dir, patterns or DEFAULT_PATTERNS)
-    model_key = batch_key(model_record, cams=cams, reading=reading)
+    model_key = batch_key(model_record, cams=cams, reading=reading, uncertainty=uncertainty)
     logger.info(f"{len(inputs)} inputs in {input_dir} -> {output_dir} with {model_key}")
     result = predict_files(stack_tracking_uri(), model_record, inputs, output_dir, slab=slab, cams=cams,
-                           reading=reading)
+                           reading=reading, uncertainty=uncertainty)
     table = result.table
 
     counts = {status: result.count(status) for status in ("done", "skipped", "failed")}

@@ -38,9 +38,11 @@ def resolve_batch_model(tracking_uri: str, model_uri: str) -> dict:
     return {**record, "family": record_family(record[names.INFERENCE_SETTINGS]), "model_uri": model_uri}
 
 
-def batch_key(record: dict, *, cams: bool = False, reading: FileReading = FileReading()) -> str:
+def batch_key(record: dict, *, cams: bool = False, reading: FileReading = FileReading(),
+              uncertainty: bool = False) -> str:
     """What a prediction's outputs depend on besides the input (the batch key of :func:`cellops.batch.run_batch`):
-    the model version, and for a classifier whether CAMs are drawn.
+    the model version, for a classifier whether CAMs are drawn, and whether the uncertainty is measured (so that
+    results without it are predicted again when it is asked for).
 
     Parameters
     ----------
@@ -50,19 +52,25 @@ def batch_key(record: dict, *, cams: bool = False, reading: FileReading = FileRe
         Classifier: CAM overlays drawn.
     reading : FileReading
         The channel and scene read from each file (added when chosen).
+    uncertainty : bool
+        The uncertainty of each prediction measured.
 
     Returns
     -------
     str
-        ``NAME/VERSION``, ``+cams`` added for a classifier drawing them, ``+channel=...`` for a chosen channel.
+        ``NAME/VERSION``, ``+cams`` added for a classifier drawing them, ``+uncertainty`` when measured,
+        ``+channel=...`` for a chosen channel.
 
     Examples
     --------
     >>> batch_key({"registered_model": "cellops-classifier", "model_version": "3", "family": "classifier"}, cams=True)
     'cellops-classifier/3+cams'
+    >>> batch_key({"registered_model": "cellops-unet", "model_version": "2", "family": "unet"}, uncertainty=True)
+    'cellops-unet/2+uncertainty'
     """
     key = f"{record['registered_model']}/{record['model_version']}"
     key += "+cams" if cams and record["family"] == "classifier" else ""
+    key += "+uncertainty" if uncertainty else ""
     return key + "".join(f"+{name}={value}" for name, value in (("channel", reading.channel), ("scene", reading.scene))
                          if value is not None)
 
@@ -101,7 +109,7 @@ def describe_settings(record: dict) -> str:
 
 
 def batch_predictor(tracking_uri: str, record: dict, *, slab: int = 8, cams: bool = False,
-                    reading: FileReading = FileReading()) -> Processor:
+                    reading: FileReading = FileReading(), uncertainty: bool = False) -> Processor:
     """Load the version of ``record`` on the CPU and return its batch processor.
 
     Parameters
@@ -116,6 +124,9 @@ def batch_predictor(tracking_uri: str, record: dict, *, slab: int = 8, cams: boo
         Classifier: draw each image's CAM overlay (``<stem>_cam.png``).
     reading : FileReading
         The channel and scene to read from multi-channel or multi-scene files (Mask R-CNN, classifier).
+    uncertainty : bool
+        Also measure each prediction's uncertainty (``uncertainty`` and ``uncertainty_method`` in its results;
+        :mod:`cellops.uncertainty`); the predictions themselves are the same.
 
     Returns
     -------
@@ -129,23 +140,67 @@ def batch_predictor(tracking_uri: str, record: dict, *, slab: int = 8, cams: boo
         from cellops.unet.streaming import segment_volume_to_files
 
         model = load_for_inference(model)
-        return lambda path, out, stem: segment_volume_to_files(model, path, out, stem, settings, slab=slab)
+        if not uncertainty:
+            return lambda path, out, stem: segment_volume_to_files(model, path, out, stem, settings, slab=slab)
+
+        def segment_measured(path, out, stem) -> dict:
+            results = segment_volume_to_files(model, path, out, stem, settings, slab=slab)
+            measured = volume_uncertainty(model, path, settings, slab=slab)
+            return {**results, "uncertainty": round(measured.image, 6), "uncertainty_method": measured.method}
+
+        return segment_measured
     if record["family"] == "maskrcnn":
         from cellops.maskrcnn.predict import segment_image_to_files
 
-        return lambda path, out, stem: segment_image_to_files(model, path, out, stem, settings, reading=reading)
+        return lambda path, out, stem: segment_image_to_files(model, path, out, stem, settings, reading=reading,
+                                                              uncertainty=uncertainty)
     from cellops.classifier.predict import classify_image_to_files
 
     return lambda path, out, stem: classify_image_to_files(model, Path(path), out, stem, settings, cams=cams,
-                                                           reading=reading)
+                                                           reading=reading, uncertainty=uncertainty)
+
+
+def volume_uncertainty(model, source: str | Path, settings, *, slab: int = 8):
+    """The U-Net's uncertainty over a whole volume file, read slab by slab as it was segmented
+    (:func:`cellops.unet.predict.stack_uncertainty`: the same normalisation bounds and z-smoothing halos).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The U-Net, prepared for inference.
+    source : str or Path
+        The TIFF stack or zarr array.
+    settings : UNetServing
+        As served.
+    slab : int
+        Slices read at a time.
+
+    Returns
+    -------
+    cellops.uncertainty.Uncertainty
+        Method ``flip-tta``, without a pixel map.
+    """
+    from cellops.unet.predict import stack_uncertainty
+    from cellops.unet.streaming import read_slab, volume_bounds, volume_info
+
+    depth = volume_info(source).shape[0]
+    halo = settings.z_smoothing // 2
+
+    def slabs():
+        for start in range(0, depth, slab):
+            stop = min(depth, start + slab)
+            first, last = max(0, start - halo), min(depth, stop + halo)
+            yield read_slab(source, first, last), slice(start - first, stop - first)
+
+    return stack_uncertainty(model, slabs(), settings, bounds=volume_bounds(source, settings.normalization, slab=slab))
 
 
 def predict_files(tracking_uri: str, record: dict, files: Sequence[Path], out_dir: str | Path, *, slab: int = 8,
                   cams: bool = False, progress: bool | None = True,
-                  reading: FileReading = FileReading()) -> BatchResult:
+                  reading: FileReading = FileReading(), uncertainty: bool = False) -> BatchResult:
     """Predict every file with the version of ``record`` on the batch engine, resumable: a file predicted into
-    ``out_dir`` before by the same version (and, for a classifier, with CAMs as asked) from the same content is
-    skipped.
+    ``out_dir`` before by the same version (and, for a classifier, with CAMs as asked; with the uncertainty when
+    asked) from the same content is skipped.
 
     Parameters
     ----------
@@ -165,11 +220,16 @@ def predict_files(tracking_uri: str, record: dict, files: Sequence[Path], out_di
         Progress bar over the files (None: only on a terminal).
     reading : FileReading
         The channel and scene to read from multi-channel or multi-scene files.
+    uncertainty : bool
+        Also measure each prediction's uncertainty: ``uncertainty`` and ``uncertainty_method`` columns in
+        ``batch_summary.csv`` (costs about eight predictions per file instead of one for the segmentation
+        families; see ``benchmarks/uncertainty_cost.py``).
 
     Returns
     -------
     cellops.batch.BatchResult
         One row per file.
     """
-    predict = batch_predictor(tracking_uri, record, slab=slab, cams=cams, reading=reading)
-    return run_batch(files, out_dir, predict, batch_key(record, cams=cams, reading=reading), progress=progress)
+    predict = batch_predictor(tracking_uri, record, slab=slab, cams=cams, reading=reading, uncertainty=uncertainty)
+    return run_batch(files, out_dir, predict, batch_key(record, cams=cams, reading=reading, uncertainty=uncertainty),
+                     progress=progress)

@@ -5,7 +5,7 @@ it, without a server or a dashboard.
     cellops generate-data | configs | check-data | analyze | report    (see cellops.cli)
     cellops models [FAMILY]                       (registered versions, metrics, data versions, champion)
     cellops lineage MODEL[:VERSION|@ALIAS] [--json]  (a version's lineage from the registry, no server)
-    cellops predict unet|classifier|maskrcnn FILE... --out DIR [--model models:/NAME@ALIAS]
+    cellops predict unet|classifier|maskrcnn FILE... --out DIR [--model models:/NAME@ALIAS] [--uncertainty]
     cellops export-run EXPERIMENT --out DIR       (a run's metrics and curves, for the DVC training stages)
 
 ZenML's open-source dashboard has no Models page, so `models` lists every registered model family, its versions,
@@ -27,6 +27,7 @@ from pathlib import Path
 from cellops import cli as core
 from cellops.batch import BATCH_EXIT_CODES, EXIT_NOT_RUN, SUMMARY
 from cellops.telemetry import disable_telemetry
+from tracking import review
 from tracking import tags as names
 
 #: The alias ``cellops lineage MODEL`` and ``predict`` look for first.
@@ -131,17 +132,19 @@ def _value(value: object) -> str:
 
 def format_lineage(record: dict) -> str:
     """A version's record (:func:`lineage`) as a person reads it: the chain from the model version back to the
-    runs, the data and the code, then the metrics at registration and the settings they were measured with.
+    runs, the data, the code and the other lineage keys (the registered version it was fine-tuned from, ``parent
+    model``, among them), then the metrics at registration and the settings they were measured with.
 
     >>> print(format_lineage({"registered_model": "cellops-unet", "model_version": "3", "aliases": ["champion"],
     ...                       "mlflow_run_id": "r1", "zenml_run_id": None, "data_version": "ab12.dir",
-    ...                       "git_commit": "c0ffee", "metrics": {"dice": 0.91234567}, "promotion_metric": "dice",
-    ...                       "inference_settings": {"tile_size": 256}}))
+    ...                       "git_commit": "c0ffee", "parent_model": "cellops-unet:2", "metrics": {"dice": 0.91234567},
+    ...                       "promotion_metric": "dice", "inference_settings": {"tile_size": 256}}))
     cellops-unet version 3 (aliases: champion)
       MLflow run      r1
       ZenML run       - (not recorded)
       data version    ab12.dir (DVC hash of the training data)
       git commit      c0ffee
+      parent model    cellops-unet:2
       metrics at registration (promotion metric: dice):
         dice          0.912346
       measured with these inference settings:
@@ -187,7 +190,8 @@ COMMANDS = ("models", "lineage", "predict", "export-run")
 
 
 def predict(tracking_uri: str, family: str, model_uri: str, files: list[Path], out: Path, *, slab: int = 8,
-            cams: bool = True, channel: str | None = None, scene: str | None = None) -> int:
+            cams: bool = True, channel: str | None = None, scene: str | None = None,
+            uncertainty: bool = False) -> int:
     """Predict every file with a registered model on the batch engine (:func:`tracking.batch.predict_files`); the
     outputs of each file are named after it in ``out``, with ``batch_summary.csv`` (one row per file: status,
     problem, outputs, results) and the manifest that makes a rerun skip what is already done.
@@ -210,6 +214,9 @@ def predict(tracking_uri: str, family: str, model_uri: str, files: list[Path], o
         Classifier: draw each image's CAM overlay (``<name>_cam.png``).
     channel, scene : str, optional
         The channel and scene (name or index) to read from multi-channel or multi-scene files.
+    uncertainty : bool
+        Also measure each prediction's uncertainty (``uncertainty`` and ``uncertainty_method`` columns of the
+        summary; Mask R-CNN: an ``uncertainty`` column per instance too).
 
     Returns
     -------
@@ -234,9 +241,10 @@ def predict(tracking_uri: str, family: str, model_uri: str, files: list[Path], o
     from cellops.io import FileReading
 
     result = predict_files(tracking_uri, record, files, out, slab=slab, cams=cams, progress=None,
-                           reading=FileReading(channel, scene))
-    print(f"{family}: {core.done_line(result, 'predicted')} with {name} v{version} ({describe_settings(record)}) "
-          f"-> {out} (each file: {out / SUMMARY})")
+                           reading=FileReading(channel, scene), uncertainty=uncertainty)
+    measured = " with its uncertainty" if uncertainty else ""
+    print(f"{family}: {core.done_line(result, 'predicted')}{measured} with {name} v{version} "
+          f"({describe_settings(record)}) -> {out} (each file: {out / SUMMARY})")
     return core.finish_batch(f"cellops predict {family}", result, "predicted")
 
 
@@ -284,6 +292,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     pred.add_argument("--no-cams", action="store_true", help="classifier: skip the class-activation-map PNGs")
     pred.add_argument("--slab", type=int, default=8, help="unet: slices read, segmented and written at a time (memory "
                       "stays bounded by one slab)")
+    pred.add_argument("--uncertainty", action="store_true", help="also measure how sure the model is of each "
+                      "prediction (columns uncertainty, uncertainty_method of the summary, 0 sure to 1 unsure; "
+                      "maskrcnn: per instance too): test-time flips and rotations for unet and maskrcnn (8 to 10 "
+                      "times the time), predictive entropy for the classifier (no extra cost)")
     pred.add_argument("--tracking-uri", default=None)
     exp = commands.add_parser("export-run", help="the latest run of an experiment as metrics.json, curves.csv and "
                               "run.json (the files dvc.yaml's training stages declare)")
@@ -322,7 +334,7 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                 parser.error(f"--slab must be at least 1 slice, got {args.slab}")
             model_uri = args.model or f"models:/cellops-{args.family}@{CHAMPION}"
             return predict(uri, args.family, model_uri, args.images, args.out, slab=args.slab, cams=not args.no_cams,
-                           channel=args.channel, scene=args.scene)
+                           channel=args.channel, scene=args.scene, uncertainty=args.uncertainty)
         check_store_exists(uri)
         if args.command == "export-run":
             from tracking.export import export_latest_run
@@ -358,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     core.add_commands(commands)
     add_commands(commands)
+    review.add_commands(commands)
     return parser
 
 
@@ -379,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command in core.COMMANDS:
         return core.run_command(args, parser)
+    if args.command in review.COMMANDS:
+        return review.run_command(args, parser, args.tracking_uri if getattr(args, "tracking_uri", None)
+                                  else default_tracking_uri())
     return run_command(args, parser)
 
 

@@ -7,7 +7,11 @@ uploads first, so that a bad file is answered with a 4xx naming it and never fai
 ``POST /classify`` (multipart field ``image``): label and class probabilities; ``POST /classify_batch`` (field
 ``images``, several files): one answer per file, in order; ``POST /explain`` (``image``): the class-activation
 map of the predicted class over the image as a PNG (significant regions red, trivial ones blue), label and
-probability in headers; ``POST /metadata``: which model answers, its lineage, metrics and input settings.
+probability in headers. ``/classify`` and ``/classify_batch`` take the optional form field ``uncertainty``
+(``true``; default ``false``): each answer then holds ``uncertainty`` (0 sure to 1 unsure: the normalised
+predictive entropy of the served probabilities, as :func:`cellops.classifier.predict.uncertainties`; no extra pass,
+and it holds on every runtime the registry may serve, which MC dropout would not); ``POST /metadata``: which
+model answers, its lineage, metrics and input settings.
 """
 
 from __future__ import annotations
@@ -101,23 +105,30 @@ class Classifier:
             return to_model_input(picture, channels=self.settings.channels, size=self.settings.size,
                                   normalization=self.settings.normalization, source=name)
 
-    def _answer(self, probabilities: np.ndarray) -> dict:
+    def _answer(self, probabilities: np.ndarray, uncertainty: bool = False) -> dict:
         best = int(self.settings.predicted_classes(np.asarray(probabilities)[None])[0])
+        extra = {}
+        if uncertainty:
+            from cellops.uncertainty import Uncertainty, normalised_entropy
+
+            entropy = float(normalised_entropy(np.asarray(probabilities)[None])[0])
+            extra = {"uncertainty": Uncertainty(entropy, "entropy").as_dict()}
         return {"label": self.settings.classes[best],
                 "probabilities": {c: round(float(p), 6) for c, p in zip(self.settings.classes, probabilities)},
                 "decision_threshold": self.settings.decision_threshold,
                 "normalization": self.settings.normalization.describe(),
-                "model_version": self.info.get("model_version")}
+                "model_version": self.info.get("model_version"), **extra}
 
     @bentoml.api
-    async def classify(self, image: Path) -> dict:
-        """Label and class probabilities of one uploaded image (PNG, TIFF or JPEG; grey or RGB; 8/16-bit)."""
+    async def classify(self, image: Path, uncertainty: bool = False) -> dict:
+        """Label and class probabilities of one uploaded image (PNG, TIFF or JPEG; grey or RGB; 8/16-bit); with
+        ``uncertainty`` also how sure the model is."""
         # Decoding runs in a worker thread: a large upload must not stall the other requests.
         x = await asyncio.to_thread(self._prepare, Path(image).read_bytes(), "image")
-        return self._answer(np.asarray(await self.network.to_async.predict(x[None]))[0])
+        return self._answer(np.asarray(await self.network.to_async.predict(x[None]))[0], uncertainty)
 
     @bentoml.api
-    async def classify_batch(self, images: list[Path]) -> list[dict]:
+    async def classify_batch(self, images: list[Path], uncertainty: bool = False) -> list[dict]:
         """One answer per uploaded file, in the order sent; any bad file fails the request, naming it."""
         if not images:
             raise InvalidArgument("no images: send one or more files in the 'images' field")
@@ -125,7 +136,7 @@ class Classifier:
             raise InvalidArgument(f"{len(images)} images in one request; the limit is {self.max_batch_files}")
         batch = await asyncio.to_thread(self._prepare_batch, [Path(p) for p in images])
         probabilities = np.asarray(await self.network.to_async.predict(batch))
-        return [self._answer(p) for p in probabilities]
+        return [self._answer(p, uncertainty) for p in probabilities]
 
     def _prepare_batch(self, paths: list[Path]) -> np.ndarray:
         pictures, total = [], 0
@@ -164,5 +175,6 @@ class Classifier:
         return self.info
 
 
-guard(Classifier, {"/classify": Upload("image"), "/classify_batch": Upload("images", many=True),
+guard(Classifier, {"/classify": Upload("image", options=("uncertainty",)),
+                   "/classify_batch": Upload("images", many=True, options=("uncertainty",)),
                    "/explain": Upload("image")}, Classifier.inner.bento_model)

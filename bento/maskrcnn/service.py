@@ -1,7 +1,10 @@
 """BentoML service: the champion Mask R-CNN (hiPSC colonies by default; any registered Mask R-CNN).
 
 ``POST /segment`` (multipart field ``image``): every instance as JSON (mask as COCO RLE, box, score, area,
-centroid, category), tiled when the image is larger than the training images; ``POST /overlay`` (``image``): the
+centroid, category), tiled when the image is larger than the training images; with the optional form field
+``uncertainty`` (``true``; default ``false``) also how sure the model is of each instance and of the image, from
+its agreement under eight flips and quarter turns (:func:`cellops.maskrcnn.predict.predict_with_uncertainty`;
+eight predictions instead of one); ``POST /overlay`` (``image``): the
 image with each instance's outline, box and score drawn, as a PNG (instance count in ``X-Instances``);
 ``POST /metadata``: which model answers, its lineage, metrics and prediction settings.
 """
@@ -45,34 +48,53 @@ class MaskRCNN:
         self.lock = threading.Lock()  # one forward pass at a time: the model uses every core already
 
     def _segment(self, data: bytes) -> tuple[np.ndarray, list]:
-        from cellops.maskrcnn.predict import as_picture, predict_image
+        from cellops.maskrcnn.predict import predict_image
+
+        picture = self._picture(data)
+        with self.lock:
+            return picture, predict_image(self.model, picture, self.settings)
+
+    def _picture(self, data: bytes) -> np.ndarray:
+        from cellops.maskrcnn.predict import as_picture
 
         picture = read_upload(data, self.max_pixels, "picture", normalization=self.settings.normalization,
                               name="image").array
         with upload_errors("image"):
-            picture = as_picture(picture, source="image")
+            return as_picture(picture, source="image")
+
+    def _segment_measured(self, data: bytes) -> tuple[np.ndarray, list, object]:
+        from cellops.maskrcnn.predict import predict_with_uncertainty
+
+        picture = self._picture(data)
         with self.lock:
-            return picture, predict_image(self.model, picture, self.settings)
+            return (picture, *predict_with_uncertainty(self.model, picture, self.settings))
 
     @bentoml.api
-    async def segment(self, image: Path) -> dict:
-        """Instances of one uploaded image (PNG, TIFF or JPEG; grey or RGB; 8/16-bit), highest score first."""
+    async def segment(self, image: Path, uncertainty: bool = False) -> dict:
+        """Instances of one uploaded image (PNG, TIFF or JPEG; grey or RGB; 8/16-bit), highest score first; with
+        ``uncertainty`` each instance's and the image's uncertainty (0 sure to 1 unsure)."""
         from cellops.maskrcnn.predict import instance_rle
 
         # Decoding and the forward pass run in a worker thread: other requests (metadata) stay answered.
-        picture, instances = await asyncio.to_thread(self._segment, Path(image).read_bytes())
+        data = Path(image).read_bytes()
+        if uncertainty:
+            picture, instances, measured = await asyncio.to_thread(self._segment_measured, data)
+        else:
+            (picture, instances), measured = await asyncio.to_thread(self._segment, data), None
         shape = picture.shape[:2]
         answer = []
         for label, instance in enumerate(instances, start=1):
             ys, xs = np.nonzero(instance.mask)
+            extra = {} if measured is None else {"uncertainty": round(measured.per_object[label - 1], 6)}
             answer.append({"label": label, "category": self.settings.category_name(instance.category),
                            "score": round(instance.score, 6), "area": instance.area, "box": list(instance.box),
                            "centroid": [round(float(xs.mean()) + instance.x0, 2), round(float(ys.mean()) + instance.y0, 2)],
-                           "mask": instance_rle(instance, shape)})
+                           "mask": instance_rle(instance, shape), **extra})
+        extra = {} if measured is None else {"uncertainty": measured.as_dict()}
         return {"height": int(shape[0]), "width": int(shape[1]), "count": len(answer), "instances": answer,
                 "score_threshold": self.settings.score_threshold,
                 "normalization": self.settings.normalization.describe(),
-                "model_version": self.info.get("model_version")}
+                "model_version": self.info.get("model_version"), **extra}
 
     @bentoml.api
     async def overlay(self, image: Path, ctx: bentoml.Context) -> Path:
@@ -92,4 +114,5 @@ class MaskRCNN:
         return self.info
 
 
-guard(MaskRCNN, {"/segment": Upload("image"), "/overlay": Upload("image")}, MaskRCNN.inner.bento_model)
+guard(MaskRCNN, {"/segment": Upload("image", options=("uncertainty",)), "/overlay": Upload("image")},
+      MaskRCNN.inner.bento_model)

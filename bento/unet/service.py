@@ -8,8 +8,11 @@ naming it and never fails other clients' batch.
 
 ``POST /segment`` (multipart field ``image``) answers with the mask in the format sent (PNG or TIFF, 0/255
 uint8) and the foreground fraction in the ``X-Foreground-Fraction`` header; ``POST /segment_stats`` answers
-JSON only; ``POST /metadata`` tells which model answers, where it came from and the inference settings it
-applies (those its registered test metrics were measured with). Bad requests get a 4xx naming the problem.
+JSON only. Both take the optional form field ``uncertainty`` (``true``; default ``false``): the same mask, and how
+sure the model is of it from its agreement under eight flips and quarter turns
+(:func:`cellops.unet.predict.segment_with_uncertainty`; eight times the tiles): in the ``X-Uncertainty`` header, or
+as ``uncertainty`` (image score, method) in the JSON; ``POST /metadata`` tells which model answers, where it
+came from and the inference settings it applies (those its registered test metrics were measured with). Bad requests get a 4xx naming the problem.
 """
 
 from __future__ import annotations
@@ -94,35 +97,44 @@ class UNetSegmenter:
         self.max_pixels = max_pixels(limits)
         self.max_tiles = int(limits.get("max_tiles", 4096))
 
-    def _decode(self, data: bytes):
+    def _decode(self, data: bytes, uncertainty: bool = False):
         from cellops.inference import tile_count
 
         decoded = read_upload(data, self.max_pixels, "image or stack", normalization=self.settings.normalization)
         tiles = tile_count(decoded.array.shape, self.settings.tile_size, self.settings.tile_overlap)
-        tiles *= 4 if self.settings.flip_averaging else 1
+        tiles *= 8 if uncertainty else 4 if self.settings.flip_averaging else 1  # views per tile
         if tiles > self.max_tiles:
             # Pixels alone do not bound the work: every slice costs at least one whole tile.
             raise PayloadTooLarge(f"image of shape {decoded.array.shape} needs {tiles} tiles of "
                                   f"{self.settings.tile_size} px; the limit is {self.max_tiles}")
         return decoded
 
-    async def _segment(self, data: bytes) -> tuple[np.ndarray, str]:
-        from cellops.unet.predict import segment
+    async def _segment(self, data: bytes, uncertainty: bool = False) -> tuple[np.ndarray, str, object]:
+        from cellops.unet.predict import segment, segment_with_uncertainty
 
-        decoded = await asyncio.to_thread(self._decode, data)
+        decoded = await asyncio.to_thread(self._decode, data, uncertainty)
         cancelled = threading.Event()
         remote = _RemoteNetwork(self.network, asyncio.get_running_loop(), cancelled)
+        measured = None
         try:
-            mask = await asyncio.to_thread(segment, remote, decoded.array, self.settings)
+            if uncertainty:
+                mask, measured = await asyncio.to_thread(segment_with_uncertainty, remote, decoded.array,
+                                                         self.settings)
+            else:
+                mask = await asyncio.to_thread(segment, remote, decoded.array, self.settings)
         except asyncio.CancelledError:
             cancelled.set()  # the worker thread stops before its next tile batch
             raise
-        return mask.astype(np.uint8) * 255, decoded.format
+        return mask.astype(np.uint8) * 255, decoded.format, measured
 
     @bentoml.api
-    async def segment(self, image: Path, ctx: bentoml.Context) -> Path:
-        """Mask of an uploaded 2-D image or 3-D stack, in the format sent; fraction in a header."""
-        mask, fmt = await self._segment(Path(image).read_bytes())
+    async def segment(self, image: Path, ctx: bentoml.Context, uncertainty: bool = False) -> Path:
+        """Mask of an uploaded 2-D image or 3-D stack, in the format sent; fraction (and, when asked, the
+        uncertainty) in headers."""
+        mask, fmt, measured = await self._segment(Path(image).read_bytes(), uncertainty)
+        if measured is not None:
+            ctx.response.headers["X-Uncertainty"] = f"{measured.image:.6f}"
+            ctx.response.headers["X-Uncertainty-Method"] = measured.method
         ctx.response.headers["X-Foreground-Fraction"] = f"{float((mask > 0).mean()):.6f}"
         ctx.response.headers["X-Model-Version"] = str(self.info.get("model_version", "unknown"))
         ctx.response.headers["X-Normalization"] = self.settings.normalization.describe()
@@ -131,16 +143,19 @@ class UNetSegmenter:
         return out
 
     @bentoml.api
-    async def segment_stats(self, image: Path) -> dict:
-        """Foreground fraction (whole upload and per slice) without sending the mask back."""
-        mask, _ = await self._segment(Path(image).read_bytes())
+    async def segment_stats(self, image: Path, uncertainty: bool = False) -> dict:
+        """Foreground fraction (whole upload and per slice) without sending the mask back; with ``uncertainty``
+        also how sure the model is (``uncertainty``: image score and method)."""
+        mask, _, measured = await self._segment(Path(image).read_bytes(), uncertainty)
         per_slice = (mask > 0).reshape(-1, *mask.shape[-2:]).mean(axis=(1, 2))
+        extra = {} if measured is None else {"uncertainty": measured.as_dict()}
         return {
             "shape": list(mask.shape),
             "foreground_fraction": float((mask > 0).mean()),
             "slice_foreground_fraction": [round(float(v), 6) for v in per_slice],
             "model_version": self.info.get("model_version"),
             "normalization": self.settings.normalization.describe(),
+            **extra,
         }
 
     @bentoml.api
@@ -149,5 +164,6 @@ class UNetSegmenter:
         return self.info
 
 
-guard(UNetSegmenter, {"/segment": Upload("image"), "/segment_stats": Upload("image")},
+guard(UNetSegmenter, {"/segment": Upload("image", options=("uncertainty",)),
+                      "/segment_stats": Upload("image", options=("uncertainty",))},
       UNetSegmenter.inner.bento_model)
