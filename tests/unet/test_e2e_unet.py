@@ -169,6 +169,12 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
         # tile batches (merged across requests) take another kernel path than the test's.
         assert ((served > 0) == expected).mean() >= 0.999
         assert float(response.headers["x-foreground-fraction"]) == pytest.approx(expected.mean(), abs=1e-5)
+        # Asked for, the same mask comes with its uncertainty (test-time augmentation), in [0, 1].
+        uncertain = httpx.post(f"{base}/segment", files={"image": ("slice.png", png.getvalue(), "image/png")},
+                               data={"uncertainty": "true"}, timeout=120)
+        assert uncertain.status_code == 200, uncertain.text
+        assert (np.asarray(Image.open(io.BytesIO(uncertain.content))) == served).mean() >= 0.999
+        assert 0.0 <= float(uncertain.headers["x-uncertainty"]) <= 1.0 and "x-uncertainty" not in response.headers
 
         # A 3-D TIFF stack comes back as a TIFF stack; the mask overlaps the ground truth.
         stack = io.BytesIO()
