@@ -128,3 +128,20 @@ def test_table_prints_a_line_per_summary_row(tmp_path):
     assert "alpha comparison" in lines[0] and "2.0x" in lines[0] and "**no**" in lines[0]
     assert "beta comparison (a note)" in lines[1] and "2.0x" in lines[1]
     assert "machine: " in result.stdout
+
+
+def test_active_learning_fraction_reached_counts_the_first_round_at_random_orders_final(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("active_learning_under_test", BENCHMARKS / "active_learning.py")
+    active_learning = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, active_learning)  # its dataclasses look their module up there
+    spec.loader.exec_module(active_learning)
+    counts = [0, 4, 8, 12]
+    assert active_learning.corrections_to_reach(counts, [0.5, 0.6, 0.7, 0.72], 0.7) == 8
+    assert active_learning.fraction_reached(counts, [0.5, 0.55, 0.6, 0.7], [0.5, 0.6, 0.7, 0.72]) == 8 / 12
+    assert active_learning.fraction_reached(counts, [0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.7, 0.72]) is None
+    runs = [{"random": {"curve": [0.5, 0.6, 0.7, 0.8]}, "uncertainty": {"curve": [0.5, 0.8, 0.8, 0.8]}},
+            {"random": {"curve": [0.5, 0.6, 0.7, 0.6]}, "uncertainty": {"curve": [0.5, 0.6, 0.6, 0.6]}}]
+    summary = active_learning.summarise("unet", "foreground IoU", counts, runs)
+    assert summary["mean"]["random"][-1] == pytest.approx(0.7) and summary["corrections_needed"] == 4  # means: 0.7 at 4
+    assert summary["fraction_reached_per_seed"] == [4 / 12, 4 / 12] and summary["met"] is True
