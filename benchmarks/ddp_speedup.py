@@ -58,7 +58,8 @@ def main() -> None:
     architecture = config["parameters"]["architecture"]
     inference = config["parameters"]["inference"]
     threads = os.cpu_count() or 1
-    sampling = {k: v for k, v in steps["sample_augmented_patches"]["parameters"].items() if k != "n_patches"}
+    sampling = {k: v for k, v in steps["sample_augmented_patches"]["parameters"].items()
+                if k not in ("n_patches", "corrections_share")}  # no corrections in the benchmark's data
     if args.smoke:  # one thread per process: a smoke run is a check, often beside other work on the same cores
         args.patches, args.epochs, threads = 8, 1, 1
         architecture = {**architecture, "base_channels": 4, "depth": 2}

@@ -632,10 +632,9 @@ def lineage_with_corrections(lineage: Mapping[str, object], store: str | Path, u
     """
     if use not in ("train", "none"):
         raise CorrectionsError(f"corrections use {use!r}: train or none")
-    from cellops.lineage import data_dir_for
-
-    folder = data_dir_for(store, dict(lineage)) if Path(store).exists() or lineage.get("data_rev") else Path(store)
-    summary = corrections_lineage(folder) if use == "train" else "not used (corrections use: none)"
+    folder = _store_folder(store, lineage) if use == "train" else None
+    summary = (("none" if folder is None else corrections_lineage(folder)) if use == "train"
+               else "not used (corrections use: none)")
     return {**lineage, "corrections": summary, "corrections_store": str(store), "corrections_use": use}
 
 
@@ -648,5 +647,23 @@ def corrections_in_lineage(lineage: Mapping[str, object], family: str) -> list[S
     from cellops.lineage import data_dir_for
 
     use = str(lineage.get("corrections_use", "train"))
-    folder = data_dir_for(store, dict(lineage)) if use == "train" and lineage.get("data_rev") else Path(store)
-    return stored_corrections(folder, family, use=use)
+    folder = _store_folder(store, lineage) if use == "train" else Path(store)
+    return [] if folder is None else stored_corrections(folder, family, use=use)
+
+
+def _store_folder(store: str | Path, lineage: Mapping[str, object]) -> Path | None:
+    """The corrections folder a run reads: ``store`` itself, or, when the lineage names a ``data_rev``, the folder
+    as it is in that data version (None when that version has no corrections yet)."""
+    if not lineage.get("data_rev"):
+        return Path(store)
+    from cellops.data_revision import resolve_data_revision, revision_listing
+    from cellops.lineage import data_dir_for
+
+    revision = resolve_data_revision("data.dvc", str(lineage["data_rev_commit"]))
+    try:
+        prefix = Path(store).relative_to(revision.data_path).as_posix() + "/"
+    except ValueError:
+        prefix = None  # not under the tracked folder: data_dir_for says so
+    if prefix is not None and not any(path.startswith(prefix) for path in revision_listing(revision)):
+        return None
+    return data_dir_for(store, dict(lineage))

@@ -279,3 +279,22 @@ def test_an_export_of_another_annotation_tool_becomes_corrections(maskrcnn_revie
     (tmp_path / "cvat.json").write_text(json.dumps(coco))
     with pytest.raises(ReviewError, match=r"\['other.tif'\] are not images of the review set"):
         save_annotations(review, "coco", tmp_path / "cvat.json", annotator="cvat-team")
+
+
+def test_a_data_version_from_before_any_correction_has_none(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data/a.txt").write_text("a")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    import os
+
+    for command in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "add", "-q", "data"], ["git", "add", "-A"],
+                    ["git", "commit", "-qm", "v1"], ["git", "tag", "v1"]):
+        subprocess.run(command, cwd=repo, check=True, capture_output=True, env={**os.environ, **env})
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    monkeypatch.chdir(repo)
+    lineage = lineage_with_corrections({"data_rev": "v1", "data_rev_commit": commit}, "data/corrections/cellops-unet",
+                                       "train")
+    assert lineage["corrections"] == "none"
+    assert corrections_in_lineage(lineage, "unet") == []
