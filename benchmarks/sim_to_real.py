@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8], help="corrected images per point")
     parser.add_argument("--seeds", type=int, default=1, help="repeats with other weights and corrected images")
-    parser.add_argument("--fine-tune-epochs", type=int, default=4, help="epochs of every fine-tuning")
+    parser.add_argument("--fine-tune-epochs", type=int, default=8, help="epochs of every fine-tuning")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "img")
