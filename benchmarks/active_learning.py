@@ -196,6 +196,13 @@ def plot(path: Path, summary: dict, title: str, ylabel: str) -> None:
     ax.set_ylabel(f"test {ylabel} (mean of {len(summary['runs'])} seeds)")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write and close a benchmark figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

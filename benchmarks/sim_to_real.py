@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from active_learning import (NORMALIZATION, Item, instance_test_set, maskrcnn_model_settings, maskrcnn_train)
+from active_learning import (NORMALIZATION, Item, instance_test_set, maskrcnn_model_settings, maskrcnn_train,
+                             save_figure)
 from benchlib import row, write_result
 
 from cellops.maskrcnn.evaluation import evaluate, match_detections
@@ -202,11 +203,7 @@ def plot(path: Path, xs: list[int], mean: dict, target: float, synthetic_f1: flo
                  "fine-tuned on corrections of a harder domain", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    print(f"-> {path}")
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

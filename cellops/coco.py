@@ -13,6 +13,8 @@ What the project writes is compressed RLE with a JSON-ready ``counts`` string (:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 Segmentation = list | dict
@@ -289,16 +291,51 @@ def labels_to_coco(labels_per_image: dict[str, np.ndarray], category: str = "col
     """
     images, annotations = [], []
     for image_id, (file_name, labels) in enumerate(sorted(labels_per_image.items()), start=1):
-        height, width = int(labels.shape[0]), int(labels.shape[1])
-        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-        for label in np.unique(labels[labels > 0]):  # only the labels present: ids may be sparse (32-bit)
-            rle = mask_to_rle(labels == label)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "segmentation": rle,
-                "area": segmentation_area(rle, height, width), "bbox": segmentation_bbox(rle, height, width),
-                "iscrowd": 0,
-            })
+        images.append({"id": image_id, "file_name": file_name, "height": int(labels.shape[0]),
+                       "width": int(labels.shape[1])})
+        annotations += label_annotations(labels, image_id, first_id=len(annotations) + 1)
     return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": category}]}
+
+
+def label_annotations(labels: np.ndarray, image_id: int, *, first_id: int = 1,
+                      category_of: Mapping[int, int] | None = None, default_category: int = 1) -> list[dict]:
+    """COCO annotations (compressed RLE mask, box, area) of every instance of one label image, in label order.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        ``(H, W)`` integer label image (0 background, one value per instance; ids may be sparse).
+    image_id : int
+        The COCO image the instances belong to.
+    first_id : int
+        The first annotation's id (the next ones follow).
+    category_of : Mapping of int to int, optional
+        Label -> category id; labels it lacks get ``default_category``.
+    default_category : int
+        The category id of the other labels.
+
+    Returns
+    -------
+    list of dict
+        One annotation per label present, in increasing label order.
+
+    Examples
+    --------
+    >>> [(a["id"], a["category_id"], a["area"]) for a in label_annotations(np.array([[0, 3], [5, 5]]), 7,
+    ...                                                                    first_id=4, category_of={5: 2})]
+    [(4, 1, 1.0), (5, 2, 2.0)]
+    """
+    height, width = int(labels.shape[0]), int(labels.shape[1])
+    annotations = []
+    for label in np.unique(labels[labels > 0]):  # only the labels present: ids may be sparse (32-bit)
+        rle = mask_to_rle(labels == label)
+        annotations.append({
+            "id": first_id + len(annotations), "image_id": image_id,
+            "category_id": int((category_of or {}).get(int(label), default_category)), "segmentation": rle,
+            "area": segmentation_area(rle, height, width), "bbox": segmentation_bbox(rle, height, width),
+            "iscrowd": 0,
+        })
+    return annotations
 
 
 def coco_to_labels(coco: dict, file_name: str) -> np.ndarray:

@@ -319,7 +319,7 @@ def _count_objects(labels: np.ndarray, family: str) -> int:
 def _write_family_files(folder: Path, family: str, entries: list[ReviewItem], predictions: Sequence[ReviewPrediction],
                         classes: Sequence[str] | None, categories: Mapping[int, str] | None) -> None:
     if family == "maskrcnn":
-        from cellops.coco import mask_to_rle
+        from cellops.coco import label_annotations
 
         names = {int(k): str(v) for k, v in (categories or {1: "object"}).items()}
         ids = {name: key for key, name in names.items()}
@@ -329,15 +329,13 @@ def _write_family_files(folder: Path, family: str, entries: list[ReviewItem], pr
             labels = np.asarray(prediction.labels)
             coco["images"].append({"id": image_id, "file_name": Path(entry.image).name, "height": int(labels.shape[0]),
                                    "width": int(labels.shape[1])})
-            for instance in sorted(int(v) for v in np.unique(labels[labels > 0])):
-                mask = labels == instance
-                ys, xs = np.nonzero(mask)
-                category = (prediction.categories or {}).get(instance, names[min(names)])
-                coco["annotations"].append({
-                    "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": ids.get(category, min(names)),
-                    "segmentation": mask_to_rle(mask), "area": int(mask.sum()), "iscrowd": 0,
-                    "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
-                    "instance_id": instance})
+            category_of = {int(instance): ids.get(name, min(names))
+                           for instance, name in (prediction.categories or {}).items()}
+            found = label_annotations(labels, image_id, first_id=len(coco["annotations"]) + 1,
+                                      category_of=category_of, default_category=min(names))
+            for annotation, instance in zip(found, np.unique(labels[labels > 0])):
+                annotation["instance_id"] = int(instance)  # the id in the label image
+            coco["annotations"] += found
         _write_json(folder / "predictions" / "predictions.json", coco)
     if family == "classifier":
         classes = list(classes or [])

@@ -412,7 +412,7 @@ def add_corrections(coco: dict, index: dict, corrections: Sequence) -> tuple[dic
     """
     import os
 
-    from cellops.coco import mask_to_rle
+    from cellops.coco import label_annotations
 
     coco = {**coco, "images": list(coco["images"]), "annotations": list(coco["annotations"])}
     index = {key: list(value) if isinstance(value, list) else value for key, value in index.items()}
@@ -429,15 +429,10 @@ def add_corrections(coco: dict, index: dict, corrections: Sequence) -> tuple[dic
                              f"({', '.join(category_ids)})")
         coco["images"].append({"id": next_image, "file_name": os.path.relpath(correction.image, index["images_dir"]),
                                "height": int(labels.shape[0]), "width": int(labels.shape[1])})
-        for instance in sorted(int(v) for v in np.unique(labels[labels > 0])):
-            mask = labels == instance
-            ys, xs = np.nonzero(mask)
-            coco["annotations"].append({
-                "id": next_annotation, "image_id": next_image, "iscrowd": 0, "area": int(mask.sum()),
-                "category_id": category_ids.get(names.get(instance, ""), default_category),
-                "segmentation": mask_to_rle(mask),
-                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]})
-            next_annotation += 1
+        found = label_annotations(labels, next_image, first_id=next_annotation, default_category=default_category,
+                                  category_of={label: category_ids[name] for label, name in names.items()})
+        coco["annotations"] += found
+        next_annotation += len(found)
         index["files"].append(str(correction.image))
         index["md5"].append(file_md5(correction.image))
         index["splits"].append(correction.split)

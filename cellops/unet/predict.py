@@ -47,20 +47,13 @@ def predict_probabilities(model: nn.Module, image: np.ndarray, settings: UNetSer
         float32 probabilities in [0, 1], shape of ``image``.
     """
     unit = settings.normalization.apply(image, bounds=bounds)
-
-    def predict(view: np.ndarray) -> np.ndarray:
-        return sliding_window_predict(model, np.ascontiguousarray(view), tile_size=settings.tile_size,
-                                      overlap=settings.tile_overlap, batch_size=settings.batch_size, device=device)
-
-    probabilities = predict(unit)
+    probabilities = _predict_view(model, unit, settings, device)
     if settings.flip_averaging:
         axes = (unit.ndim - 1, unit.ndim - 2)  # columns, rows
         for flip in ((axes[0],), (axes[1],), axes):
-            probabilities += np.flip(predict(np.flip(unit, flip)), flip)
+            probabilities += np.flip(_predict_view(model, np.flip(unit, flip), settings, device), flip)
         probabilities /= 4.0
-    if settings.z_smoothing > 1 and probabilities.ndim == 3:
-        probabilities = ndimage.uniform_filter1d(probabilities, settings.z_smoothing, axis=0, mode="nearest")
-    return probabilities
+    return _z_smoothed(probabilities, settings)
 
 
 def segment(model: nn.Module, image: np.ndarray, settings: UNetServing,
@@ -174,10 +167,14 @@ def tta_probabilities(model: nn.Module, image: np.ndarray, settings: UNetServing
     unit = settings.normalization.apply(image, bounds=bounds)
     views = np.empty((len(DIHEDRAL), *unit.shape), np.float32)
     for i, view in enumerate(DIHEDRAL):
-        seen = sliding_window_predict(model, np.ascontiguousarray(view.apply(unit)), tile_size=settings.tile_size,
-                                      overlap=settings.tile_overlap, batch_size=settings.batch_size, device=device)
-        views[i] = view.invert(seen)
+        views[i] = view.invert(_predict_view(model, view.apply(unit), settings, device))
     return views
+
+
+def _predict_view(model: nn.Module, unit: np.ndarray, settings: UNetServing, device: str | torch.device) -> np.ndarray:
+    """Probabilities of one (normalised, possibly flipped) view, tiled as served."""
+    return sliding_window_predict(model, np.ascontiguousarray(unit), tile_size=settings.tile_size,
+                                  overlap=settings.tile_overlap, batch_size=settings.batch_size, device=device)
 
 
 def served_probabilities(views: np.ndarray, settings: UNetServing) -> np.ndarray:
