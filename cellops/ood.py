@@ -16,6 +16,7 @@ statistics alone, pooled backbone activations) on every family and shifted domai
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import deque
@@ -120,29 +121,31 @@ def unscorable_reason(unit: np.ndarray) -> str | None:
     return None
 
 
-def _plane_features(plane: np.ndarray) -> np.ndarray:
-    from scipy import stats
+@functools.lru_cache(maxsize=16)
+def _frequency_bands(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the low (< 1/32 cycle per pixel) and middle (< 1/8) bands of an rfft2 of that shape."""
+    radius = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
+    return radius < 1 / 32, (radius >= 1 / 32) & (radius < 1 / 8)
 
+
+def _plane_features(plane: np.ndarray) -> np.ndarray:
     eps = 1e-6
-    std = float(plane.std())
-    gy, gx = np.gradient(plane)
-    gradient = float(np.hypot(gx, gy).mean())
+    mean, std = float(plane.mean()), float(plane.std())
+    gradient = float(np.abs(np.diff(plane, axis=0)).mean() + np.abs(np.diff(plane, axis=1)).mean())
     laplacian = (-4.0 * plane[1:-1, 1:-1] + plane[:-2, 1:-1] + plane[2:, 1:-1] + plane[1:-1, :-2] + plane[1:-1, 2:])
     # The Laplacian's median absolute deviation estimates the noise (kernel norm sqrt(20)); texture barely moves it.
-    noise = float(np.median(np.abs(laplacian - np.median(laplacian)))) / 0.6745 / math.sqrt(20.0)
-    power = np.abs(np.fft.rfft2(plane - plane.mean())) ** 2
-    fy = np.fft.fftfreq(plane.shape[0])[:, None]
-    fx = np.fft.rfftfreq(plane.shape[1])[None, :]
-    radius = np.hypot(fy, fx)
+    # Order statistics are taken on every other pixel: a quarter of the cost, the same estimate.
+    sample = laplacian[::2, ::2]
+    noise = float(np.median(np.abs(sample - np.median(sample)))) / 0.6745 / math.sqrt(20.0)
+    power = np.abs(np.fft.rfft2(plane - mean)) ** 2
+    low_band, mid_band = _frequency_bands(*plane.shape)
     total = float(power.sum()) + eps
-    low = float(power[radius < 1 / 32].sum()) / total
-    mid = float(power[(radius >= 1 / 32) & (radius < 1 / 8)].sum()) / total
-    skew = float(stats.skew(plane, axis=None)) if std > eps else 0.0
-    p05, p95 = np.percentile(plane, [5, 95])
+    skew = float(np.mean(((plane - mean) / std) ** 3)) if std > eps else 0.0
+    p05, p95 = np.percentile(plane[::2, ::2], [5, 95])
     return np.array([
-        float(plane.mean()), std, float(np.clip(skew, -50, 50)), float(p05), float(p95),
+        mean, std, float(np.clip(skew, -50, 50)), float(p05), float(p95),
         math.log(gradient / (std + eps) + eps), math.log(float(np.abs(laplacian).mean()) / (gradient + eps) + eps),
-        math.log(noise / (std + eps) + eps), low, mid,
+        math.log(noise / (std + eps) + eps), float(power[low_band].sum()) / total, float(power[mid_band].sum()) / total,
     ])
 
 
