@@ -24,7 +24,9 @@ choice), ``input`` (input statistics alone), ``output`` (the output statistics a
 detection score), ``deep`` (Mahalanobis on pooled activations: the U-Net bottleneck, the classifier's GAP features,
 Mask R-CNN's FPN levels; torch only, a hook).
 
-Latency: the verdict's features against the prediction itself, per image, interleaved (best of ``--repeats``).
+Latency: the work of a served request (decode the PNG upload, predict, answer) without and with the verdict, per
+upload size, interleaved (best of ``--repeats``); HTTP and BentoML's own overhead, which only dilute the cost, are
+left out.
 
     python benchmarks/ood.py [--family unet classifier maskrcnn] [--out PATH] [--csv DIR]
     python benchmarks/ood.py --smoke --out /tmp/x.json   (tiny sets, one step of training: checks the script runs)
@@ -216,8 +218,9 @@ def evaluate_candidates(run: FamilyRun) -> list[dict]:
         for domain in domains:
             items = [s for s in run.tested if s.domain == domain]
             flagged = fitted.scores(rows_of(items)) > fitted.threshold
+            truths = np.array([s.accuracy for s in items if s.accuracy is not None])
             rows.append({"family": run.family, "candidate": name, "domain": domain, "images": len(items),
-                         "flagged": round(float(flagged.mean()), 4)})
+                         "flagged": round(float(flagged.mean()), 4), "task_score": _mean(truths)})
     return rows
 
 
@@ -286,22 +289,49 @@ def run_unet(smoke: bool, repeats: int, log) -> FamilyRun:
               + [Sample(f, None, "other assay: nuclei") for f in nuclei_fields(n_other, size, 300)]
               + [Sample(f, None, "other assay: colonies") for f, _ in colony_fields(n_other, size, 400)])
     tested = [scored(s) for s in test + shifted(test, 7) + others]
-    image = test[0].image
-    latency = latency_of(lambda: predict_probabilities(model, image, settings),
-                         lambda: unet_ood.image_features(settings.normalization.apply(image),
-                                                         predict_probabilities(model, image, settings), 0.5),
-                         repeats, f"{size}x{size} slice")
-    log(f"U-Net: reference {len(reference)}, calibration {len(calibration)}, tested {len(tested)}")
+    served_reference = fit_reference("unet", np.array([r.features for r in reference]),
+                                     np.array([c.features for c in calibration]), unet_ood.FEATURE_NAMES)
+
+    def served(data: bytes, verdict: bool) -> bytes:
+        from cellops.io import encode_image
+
+        image = decoded(data)
+        probabilities = predict_probabilities(model, image, settings)
+        if verdict:
+            unet_ood.verdict_for(served_reference, image, probabilities, settings)
+        return encode_image((probabilities >= settings.threshold).astype(np.uint8) * 255, "png")
+
+    big = np.concatenate([np.concatenate([t.image for t in test[i:i + 4]], axis=1) for i in (0, 4, 8)])[:768, :1024] \
+        if not smoke else test[0].image
+    latency = latency_of(served, {f"{size}x{size} PNG": png(test[0].image),
+                                  f"{big.shape[1]}x{big.shape[0]} PNG": png(big)}, repeats)
+    log(f"U-Net: reference {len(reference)}, calibration {len(calibration)}, tested {len(tested)}; {latency}")
     return FamilyRun("unet", unet_ood.FEATURE_NAMES, "mean_entropy", reference, calibration, tested, latency,
                      f"U-Net base 8, depth 3, {len(train)} training slices of {size}x{size}")
 
 
-def latency_of(predict: Callable, predict_and_features: Callable, repeats: int, what: str) -> dict:
-    """Seconds of the prediction alone and with the verdict's features, best of ``repeats``, interleaved."""
-    times = interleaved_best({"prediction": predict, "with verdict": predict_and_features}, repeats)
-    return {"input": what, "prediction_s": round(times["prediction"], 5),
-            "with_verdict_s": round(times["with verdict"], 5),
-            "extra": round(times["with verdict"] / times["prediction"] - 1.0, 4)}
+def latency_of(served: Callable[[bytes, bool], object], uploads: dict[str, bytes], repeats: int) -> list[dict]:
+    """Seconds of a served request's work (decode the upload, predict, answer) without and with the verdict, per
+    upload, best of ``repeats``, interleaved."""
+    out = []
+    for what, data in uploads.items():
+        times = interleaved_best({"without": lambda: served(data, False), "with": lambda: served(data, True)},
+                                 repeats)
+        out.append({"input": what, "without_s": round(times["without"], 5), "with_verdict_s": round(times["with"], 5),
+                    "extra": round(times["with"] / times["without"] - 1.0, 4)})
+    return out
+
+
+def png(image: np.ndarray) -> bytes:
+    from cellops.io import encode_image
+
+    return encode_image(image, "png")
+
+
+def decoded(data: bytes) -> np.ndarray:
+    from cellops.io import decode_image
+
+    return decode_image(data, max_pixels=1 << 26).array
 
 
 # --- classifier ----------------------------------------------------------------------------------------------------
@@ -361,12 +391,19 @@ def run_classifier(smoke: bool, repeats: int, log) -> FamilyRun:
               + [Sample(f, None, "other assay: nuclei") for f in nuclei_fields(n_other, 128, 600)]
               + [Sample(f, None, "other assay: colonies") for f, _ in colony_fields(n_other, 128, 700)])
     tested = scored_all(test_samples + shifted(test_samples, 11) + harder + others)
-    batch = stack(test_samples[:32])
-    latency = latency_of(lambda: predict_probabilities(model, batch, settings.batch_size),
-                         lambda: [classifier_ood.image_features(x, p) for x, p in
-                                  zip(batch, predict_probabilities(model, batch, settings.batch_size))],
-                         repeats, f"batch of {len(batch)} at {size}x{size}")
-    log(f"classifier: reference {len(reference)}, calibration {len(calibration)}, tested {len(tested)}")
+    served_reference = fit_reference("classifier", np.array([r.features for r in reference]),
+                                     np.array([c.features for c in calibration]), classifier_ood.FEATURE_NAMES)
+
+    def served(data: bytes, verdict: bool) -> str:
+        inputs = prepared(decoded(data))[None].astype(np.float32)
+        probabilities = predict_probabilities(model, inputs, settings.batch_size)[0]
+        if verdict:
+            classifier_ood.verdict_for(served_reference, inputs[0], probabilities)
+        return CLASSES[int(probabilities.argmax())]
+
+    latency = latency_of(served, {f"{size}x{size} PNG": png(test_samples[0].image),
+                                  "256x256 PNG": png(cv2.resize(test_samples[0].image, (256, 256)))}, repeats)
+    log(f"classifier: reference {len(reference)}, calibration {len(calibration)}, tested {len(tested)}; {latency}")
     return FamilyRun("classifier", classifier_ood.FEATURE_NAMES, "top_probability", reference, calibration, tested,
                      latency, f"efficientcellnet, {len(train)} training images of {size}x{size}, {epochs} epochs")
 
@@ -427,15 +464,19 @@ def run_maskrcnn(smoke: bool, repeats: int, log) -> FamilyRun:
               + [Sample(f, None, "other assay: EM") for f in em_fields(n_other, size, 800)]
               + [Sample(f, None, "other assay: nuclei") for f in nuclei_fields(n_other, size, 900)])
     tested = [scored(s) for s in test + shifted(test, 13) + others]
-    picture = network_picture(test[0].image, settings.normalization)
+    served_reference = fit_reference("maskrcnn", np.array([r.features for r in reference]),
+                                     np.array([c.features for c in calibration]), maskrcnn_ood.FEATURE_NAMES)
 
-    def predict():
+    def served(data: bytes, verdict: bool) -> int:
+        picture = network_picture(decoded(data), settings.normalization)
         with torch.no_grad():
-            return predict_picture(model, picture, settings)
+            instances = predict_picture(model, picture, settings)
+        if verdict:
+            maskrcnn_ood.verdict_for(served_reference, picture, instances)
+        return len(instances)
 
-    latency = latency_of(predict, lambda: maskrcnn_ood.image_features(picture, predict()), repeats,
-                         f"{size}x{size} field")
-    log(f"Mask R-CNN: reference {len(reference)}, calibration {len(calibration)}, tested {len(tested)}")
+    latency = latency_of(served, {f"{size}x{size} PNG": png(test[0].image)}, repeats)
+    log(f"Mask R-CNN: reference {len(reference)}, calibration {len(calibration)}, tested {len(tested)}; {latency}")
     return FamilyRun("maskrcnn", maskrcnn_ood.FEATURE_NAMES, "top_score", reference, calibration, tested, latency,
                      f"Mask R-CNN ResNet-18-FPN, {len(fields)} training fields of {size}x{size}, 24 epochs")
 
@@ -456,7 +497,8 @@ def summary_table(results: list[dict]) -> list[dict]:
             target = "<= 5 %" if inside else ">= 95 %"
             met = entry["flagged"] <= RATE if inside else entry["flagged"] >= 0.95
             table.append({"family": r["family"], "domain": entry["domain"], "images": entry["images"],
-                          "flagged": entry["flagged"], "target": target, "met": met})
+                          "flagged": entry["flagged"], "target": target, "met": met,
+                          "task_score": entry.get("task_score")})
     return table
 
 
@@ -482,7 +524,8 @@ def summary_rows(results: list[dict]) -> list[dict]:
 def write_csv(path: Path, results: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["family", "candidate", "domain", "images", "flagged"])
+        writer = csv.DictWriter(handle, fieldnames=["family", "candidate", "domain", "images", "flagged",
+                                                    "task_score"])
         writer.writeheader()
         for r in results:
             for entry in r["candidates"]:
@@ -511,8 +554,9 @@ def main() -> None:
         print(results[-1]["accuracy_by_flag"], results[-1]["latency"])
     table = summary_table(results)
     for line in table:
+        score = "" if line["task_score"] is None else f"{line['task_score']:.3f}"
         print(f"{line['family']:<11} {line['domain']:<32} {line['images']:>4} {line['flagged']:>7.1%} "
-              f"{line['target']:>8} {'ok' if line['met'] else 'MISSED'}")
+              f"{line['target']:>8} {'ok' if line['met'] else 'MISSED':>6} {score:>6}")
     write_result("ood", {"false_alarm_rate": RATE, "table": table, "families": results}, summary_rows(results),
                  args.out, smoke=args.smoke)
     if not args.smoke or args.csv:
