@@ -161,9 +161,10 @@ def _like(original, transformed):
 
 
 def em_fields(n: int, size: int, seed: int) -> list[np.ndarray]:
+    """One slice of each of ``n`` EM volumes (neighbouring slices of one volume are near-duplicates)."""
     from cellops.synthetic.em import generate_em_volume
 
-    return list(generate_em_volume((n, size, size), seed=seed).image)
+    return [generate_em_volume((1, size, size), seed=seed + i).image[0] for i in range(n)]
 
 
 def nuclei_fields(n: int, size: int, seed: int) -> list[np.ndarray]:

@@ -47,7 +47,7 @@ def test_calibration_needs_enough_held_out_images_and_says_how_many():
     rng = np.random.default_rng(3)
     with pytest.raises(ValueError, match="at least 19 held-out"):
         fit_reference("demo", rng.normal(size=(50, 3)), rng.normal(size=(10, 3)), ["a", "b", "c"])
-    with pytest.raises(ValueError, match="more than 3 training images"):
+    with pytest.raises(ValueError, match="at least 10 training images"):
         fit_reference("demo", rng.normal(size=(3, 3)), rng.normal(size=(40, 3)), ["a", "b", "c"])
     with pytest.raises(ValueError, match="non-finite"):
         fit_reference("demo", np.full((50, 3), np.nan), rng.normal(size=(40, 3)), ["a", "b", "c"])

@@ -38,7 +38,7 @@ def image_features(inputs: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     --------
     >>> rng = np.random.default_rng(0)
     >>> image_features(rng.random((3, 64, 64)), np.array([0.9, 0.1])).shape
-    (18,)
+    (30,)
     """
     p = np.asarray(probabilities, dtype=np.float64)[None]
     return np.concatenate([intensity_features(grey_input(inputs)),

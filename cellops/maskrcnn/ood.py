@@ -58,7 +58,7 @@ def image_features(picture: np.ndarray, instances: Sequence) -> np.ndarray:
     Examples
     --------
     >>> image_features(np.random.default_rng(0).random((64, 64, 3)), []).shape
-    (20,)
+    (32,)
     """
     grey = grey_picture(picture)
     return np.concatenate([intensity_features(grey), detection_features(instances, grey.shape)])

@@ -50,7 +50,7 @@ def image_features(unit: np.ndarray, probabilities: np.ndarray, threshold: float
     --------
     >>> rng = np.random.default_rng(0)
     >>> image_features(rng.random((64, 64)), rng.random((64, 64)), 0.5).shape
-    (19,)
+    (31,)
     """
     return np.concatenate([intensity_features(unit), output_features(probabilities, threshold)])
 
