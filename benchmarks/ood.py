@@ -347,7 +347,7 @@ def run_classifier(smoke: bool, repeats: int, log) -> FamilyRun:
     from cellops.synthetic.endothelial import CLASSES, generate_cell_image, image_seed
     from models.classifier import build_classifier
 
-    size, n_train, n_test, epochs = (32, 16, 4, 1) if smoke else (64, 160, 50, 10)
+    size, n_train, n_test, epochs = (32, 16, 4, 1) if smoke else (96, 150, 50, 10)
     normalization = Normalization(mode="percentile", low=1.0, high=99.8)
 
     def prepared(picture: np.ndarray) -> np.ndarray:
@@ -357,7 +357,7 @@ def run_classifier(smoke: bool, repeats: int, log) -> FamilyRun:
         return [Sample(generate_cell_image(name, size, seed=image_seed(0, name, offset + i)), label, "")
                 for label, name in enumerate(CLASSES) for i in range(n)]
 
-    train, val, test = draw(n_train, 0), draw(max(10, n_train // 4), 10_000), draw(n_test, 20_000)
+    train, val, test = draw(n_train, 0), draw(10 if smoke else 75, 10_000), draw(n_test, 20_000)
     stack = lambda samples: np.stack([prepared(s.image) for s in samples]).astype(np.float32)  # noqa: E731
     labels = lambda samples: np.array([s.truth for s in samples])  # noqa: E731
     model = build_classifier("efficientcellnet", num_classes=2, in_channels=1,
@@ -388,9 +388,9 @@ def run_classifier(smoke: bool, repeats: int, log) -> FamilyRun:
     test_samples = [Sample(s.image, s.truth, "in distribution") for s in test]
     n_other = 4 if smoke else 40
     harder = [Sample(noisy(blurred(s.image, 2.0), 3, 0.1), s.truth, "noise and blur (harder)") for s in test_samples]
-    others = ([Sample(f, None, "other assay: EM") for f in em_fields(n_other, 128, 500)]
-              + [Sample(f, None, "other assay: nuclei") for f in nuclei_fields(n_other, 128, 600)]
-              + [Sample(f, None, "other assay: colonies") for f, _ in colony_fields(n_other, 128, 700)])
+    others = ([Sample(f, None, "other assay: EM") for f in em_fields(n_other, 256, 500)]
+              + [Sample(f, None, "other assay: nuclei") for f in nuclei_fields(n_other, 256, 600)]
+              + [Sample(f, None, "other assay: colonies") for f, _ in colony_fields(n_other, 256, 700)])
     tested = scored_all(test_samples + shifted(test_samples, 11) + harder + others)
     served_reference = fit_reference("classifier", np.array([r.features for r in reference]),
                                      np.array([c.features for c in calibration]), classifier_ood.FEATURE_NAMES)

@@ -35,10 +35,9 @@ POLICIES = ("flag", "refuse")
 DEFAULT_POLICY = "flag"
 #: Images with a shorter side than this are not scored (too few pixels for texture statistics).
 MIN_SIDE = 32
-#: The central square of larger images that the input statistics are taken from (bounds their cost).
-MAX_SIDE = 512
-#: Planes at least this large on their short side are described at half size (area averaging).
-HALVE_FROM = 256
+#: The central square of larger images that the input statistics are taken from: it bounds their cost, and it is
+#: cropped, never resampled, so that the pixel scale (the magnification) stays what the network sees.
+MAX_SIDE = 192
 #: The fewest training images a reference is fitted on.
 MIN_REFERENCE = 10
 #: Calibration rows kept in the reference, for drift reports.
@@ -78,19 +77,16 @@ def grey_planes(unit: np.ndarray) -> list[np.ndarray]:
     Returns
     -------
     list of np.ndarray
-        float64 planes: the central square of at most :data:`MAX_SIDE` on a side, halved when its short side is
-        :data:`HALVE_FROM` or more.
+        float32 planes: the central square of at most :data:`MAX_SIDE` pixels on a side.
 
     Examples
     --------
     >>> [p.shape for p in grey_planes(np.zeros((40, 600)))]
-    [(40, 512)]
-    >>> [p.shape for p in grey_planes(np.zeros((768, 1024)))]
-    [(256, 256)]
+    [(40, 192)]
     >>> len(grey_planes(np.zeros((20, 64, 64))))
     8
     """
-    array = np.asarray(unit, dtype=np.float64)
+    array = np.asarray(unit)
     if array.ndim == 2:
         planes = [array]
     elif array.ndim == 3:
@@ -105,13 +101,7 @@ def grey_planes(unit: np.ndarray) -> list[np.ndarray]:
 def _central(plane: np.ndarray) -> np.ndarray:
     height, width = plane.shape
     top, left = max(0, (height - MAX_SIDE) // 2), max(0, (width - MAX_SIDE) // 2)
-    plane = plane[top:top + MAX_SIDE, left:left + MAX_SIDE]
-    if min(plane.shape) >= HALVE_FROM:  # statistics of the half-size plane: a quarter of the cost
-        import cv2
-
-        plane = cv2.resize(plane, (plane.shape[1] // 2, plane.shape[0] // 2),
-                           interpolation=cv2.INTER_AREA).astype(np.float64)
-    return plane
+    return np.ascontiguousarray(plane[top:top + MAX_SIDE, left:left + MAX_SIDE], dtype=np.float32)
 
 
 def unscorable_reason(unit: np.ndarray) -> str | None:
@@ -171,7 +161,11 @@ def _hessian_features(plane: np.ndarray, sigma: float) -> list[float]:
     of bright borders from dark membranes, round nuclei from thin lines, whatever the intensity scale."""
     import cv2
 
-    smooth = cv2.GaussianBlur(plane, (0, 0), sigma)
+    # A scale-space pyramid: scale s is sigma 1 on the plane reduced s times (a fraction of the cost of sigma s).
+    level = plane if sigma <= 1 else cv2.resize(plane, (max(8, plane.shape[1] // int(sigma)),
+                                                        max(8, plane.shape[0] // int(sigma))),
+                                                interpolation=cv2.INTER_AREA)
+    smooth = cv2.GaussianBlur(level, (0, 0), 1.0)
     hxx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0)
     hyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2)
     hxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1)
@@ -189,6 +183,7 @@ def _hessian_features(plane: np.ndarray, sigma: float) -> list[float]:
 
 
 def _plane_features(plane: np.ndarray) -> np.ndarray:
+    """The statistics of one float32 plane (:data:`INTENSITY_FEATURES`), as float64."""
     import cv2
 
     eps = 1e-6
@@ -203,8 +198,7 @@ def _plane_features(plane: np.ndarray) -> np.ndarray:
     sample = laplacian[::2, ::2]
     noise = float(np.median(np.abs(sample - np.median(sample)))) / 0.6745 / math.sqrt(20.0)
     # The Laplacian's skewness tells bright thin ridges (negative) from dark ones (positive): the contrast's polarity.
-    plane32 = plane.astype(np.float32)
-    coarse = _laplacian(cv2.GaussianBlur(plane32, (0, 0), 2.0).astype(np.float64))
+    coarse = _laplacian(cv2.GaussianBlur(plane, (0, 0), 2.0))
     power = np.abs(np.fft.rfft2(plane - mean)) ** 2
     total = float(power.sum()) + eps
     bands = [float(power[band].sum()) / total for band in _frequency_bands(*plane.shape)]
@@ -213,7 +207,7 @@ def _plane_features(plane: np.ndarray) -> np.ndarray:
         mean, std, _skew(plane), float(p05), float(p95),
         math.log(gradient / (std + eps) + eps), math.log(float(np.abs(laplacian).mean()) / (gradient + eps) + eps),
         math.log(noise / (std + eps) + eps), *bands, coherence, _skew(laplacian), _skew(coarse),
-        *(value for scale in HESSIAN_SCALES for value in _hessian_features(plane32, scale)),
+        *(value for scale in HESSIAN_SCALES for value in _hessian_features(plane, scale)),
     ])
 
 
