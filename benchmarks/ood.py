@@ -18,11 +18,12 @@ images at a 5 % false-alarm rate). It then meets:
   0.5) of every image that has a ground truth, split by the verdict: a flag means something when flagged images
   score lower.
 
-Candidates (all calibrated the same way): ``combined`` (input statistics + output statistics, the library's
-choice), ``input`` (input statistics alone), ``output`` (the output statistics alone, Mahalanobis), ``output score``
-(the classic one-number score: U-Net mean entropy, classifier 1 - top softmax probability, Mask R-CNN 1 - top
-detection score), ``deep`` (Mahalanobis on pooled activations: the U-Net bottleneck, the classifier's GAP features,
-Mask R-CNN's FPN levels; torch only, a hook).
+Candidates (all calibrated the same way): ``combined`` (input statistics + output statistics, distance to the
+nearest training image in the whitened space: the library's choice), ``combined, Mahalanobis`` (the same features,
+distance to their mean), ``input`` (input statistics alone), ``output`` (the output statistics alone), ``output
+score`` (the classic one-number score: U-Net mean entropy, classifier top softmax probability, Mask R-CNN top
+detection score), ``deep`` and ``deep, Mahalanobis`` (pooled activations: the U-Net bottleneck, the classifier's
+GAP features, Mask R-CNN's FPN levels; torch only, a hook).
 
 Latency: the work of a served request (decode the PNG upload, predict, answer) without and with the verdict, per
 upload size, interleaved (best of ``--repeats``); HTTP and BentoML's own overhead, which only dilute the cost, are
@@ -190,16 +191,20 @@ def endothelial_fields(n: int, size: int, seed: int) -> list[np.ndarray]:
 # --- scoring -------------------------------------------------------------------------------------------------------
 
 
-def candidates(run: FamilyRun) -> dict[str, Callable[[list[Scored]], np.ndarray]]:
-    """Candidate name -> feature rows of a list of scored images."""
+def candidates(run: FamilyRun) -> dict[str, tuple[Callable[[list[Scored]], np.ndarray], str]]:
+    """Candidate name -> (feature rows of a list of scored images, the distance they are scored by)."""
     n_input = len(INTENSITY_FEATURES)
     out_index = run.feature_names.index(run.output_score)
+    combined = lambda items: np.array([s.features for s in items])  # noqa: E731
+    deep = lambda items: np.array([s.deep for s in items])  # noqa: E731
     return {
-        "combined": lambda items: np.array([s.features for s in items]),
-        "input": lambda items: np.array([s.features[:n_input] for s in items]),
-        "output": lambda items: np.array([s.features[n_input:] for s in items]),
-        "output score": lambda items: np.array([[s.features[out_index]] for s in items]),
-        "deep": lambda items: np.array([s.deep for s in items]),
+        "combined": (combined, "nearest"),
+        "combined, Mahalanobis": (combined, "mahalanobis"),
+        "input": (lambda items: np.array([s.features[:n_input] for s in items]), "nearest"),
+        "output": (lambda items: np.array([s.features[n_input:] for s in items]), "nearest"),
+        "output score": (lambda items: np.array([[s.features[out_index]] for s in items]), "mahalanobis"),
+        "deep": (deep, "nearest"),
+        "deep, Mahalanobis": (deep, "mahalanobis"),
     }
 
 
@@ -207,15 +212,10 @@ def evaluate_candidates(run: FamilyRun) -> list[dict]:
     """Per candidate and domain: the share flagged (false alarms in distribution, detection elsewhere)."""
     rows = []
     domains = list(dict.fromkeys(s.domain for s in run.tested))
-    for name, rows_of in candidates(run).items():
+    for name, (rows_of, score) in candidates(run).items():
         reference, calibration = rows_of(run.reference), rows_of(run.calibration)
         names = [f"f{i}" for i in range(reference.shape[1])]
-        try:
-            fitted = fit_reference(run.family, reference, calibration, names, false_alarm_rate=RATE)
-        except ValueError as error:  # e.g. more deep features than reference images
-            rows.append({"family": run.family, "candidate": name, "domain": "(not fitted)", "images": 0,
-                         "flagged": None, "note": str(error)})
-            continue
+        fitted = fit_reference(run.family, reference, calibration, names, false_alarm_rate=RATE, score=score)
         for domain in domains:
             items = [s for s in run.tested if s.domain == domain]
             flagged = fitted.scores(rows_of(items)) > fitted.threshold
@@ -227,7 +227,7 @@ def evaluate_candidates(run: FamilyRun) -> list[dict]:
 
 def accuracy_split(run: FamilyRun) -> dict:
     """The task score of the images with a ground truth, flagged vs unflagged by the chosen (combined) score."""
-    rows_of = candidates(run)["combined"]
+    rows_of = candidates(run)["combined"][0]
     fitted = fit_reference(run.family, rows_of(run.reference), rows_of(run.calibration), run.feature_names,
                            false_alarm_rate=RATE)
     items = [s for s in run.tested if s.accuracy is not None]

@@ -339,10 +339,16 @@ def check_policy(policy: str) -> str:
     return policy
 
 
+#: The distances an image's features can be scored by: to the nearest training image after whitening by the
+#: shrunk covariance (the default: training images of several kinds, the classifier's classes, are several
+#: clusters), or to their mean (Mahalanobis).
+SCORES = ("nearest", "mahalanobis")
+
+
 @dataclass(frozen=True)
 class OODReference:
     """What a registered model version knows of its training images: the mean and shrunk inverse covariance of
-    their standardised features, and the calibrated distance threshold.
+    their standardised features, the training images' features themselves, and the calibrated threshold.
 
     Build it with :func:`fit_reference`; store it with :meth:`save`, read it back with :meth:`load`.
     """
@@ -358,20 +364,31 @@ class OODReference:
     reference_features: np.ndarray
     n_reference: int
     n_calibration: int
-    score_name: str = "mahalanobis"
+    score_name: str = "nearest"
     notes: dict = field(default_factory=dict)
+    training_rows: np.ndarray | None = None
+
+    def _whitened(self, rows: np.ndarray) -> np.ndarray:
+        # W = V sqrt(eigenvalues) of the (symmetric) precision: |(x - mean) / scale @ W| is the Mahalanobis distance.
+        values, vectors = np.linalg.eigh((self.precision + self.precision.T) / 2)
+        return ((rows - self.center) / self.scale) @ (vectors * np.sqrt(np.clip(values, 0.0, None)))
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
-        """Mahalanobis distances of feature rows (N, features) from the reference."""
+        """Distances of feature rows (N, features) from the reference (:data:`SCORES`)."""
         rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
         if rows.shape[1] != len(self.feature_names):
             raise ValueError(f"{rows.shape[1]} features given; the {self.family} reference has "
                              f"{len(self.feature_names)} ({', '.join(self.feature_names)})")
-        z = (rows - self.center) / self.scale
-        return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", z, self.precision, z), 0.0))
+        whitened = self._whitened(rows)
+        if self.score_name == "mahalanobis" or self.training_rows is None or len(self.training_rows) == 0:
+            return np.sqrt(np.einsum("ni,ni->n", whitened, whitened))
+        training = self._whitened(self.training_rows)
+        squared = ((whitened ** 2).sum(axis=1)[:, None] + (training ** 2).sum(axis=1)[None, :]
+                   - 2.0 * whitened @ training.T)
+        return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
 
     def score(self, features: np.ndarray) -> float:
-        """The Mahalanobis distance of one feature vector."""
+        """The distance of one feature vector from the reference."""
         return float(self.scores(features)[0])
 
     def verdict(self, features: np.ndarray) -> Verdict:
@@ -393,7 +410,8 @@ class OODReference:
                 "scale": self.scale.tolist(), "precision": self.precision.tolist(),
                 "calibration_scores": self.calibration_scores.tolist(), "threshold": self.threshold,
                 "false_alarm_rate": self.false_alarm_rate, "reference_features": self.reference_features.tolist(),
-                "n_reference": self.n_reference, "n_calibration": self.n_calibration, "notes": self.notes}
+                "n_reference": self.n_reference, "n_calibration": self.n_calibration, "notes": self.notes,
+                "training_rows": None if self.training_rows is None else self.training_rows.tolist()}
 
     @classmethod
     def from_dict(cls, values: Mapping) -> OODReference:
@@ -411,7 +429,9 @@ class OODReference:
                    reference_features=np.asarray(values.get("reference_features") or np.zeros((0, len(names))),
                                                  np.float64).reshape(-1, len(names)),
                    n_reference=int(values.get("n_reference", 0)), n_calibration=int(values.get("n_calibration", 0)),
-                   score_name=str(values.get("score", "mahalanobis")), notes=dict(values.get("notes") or {}))
+                   score_name=str(values.get("score", "nearest")), notes=dict(values.get("notes") or {}),
+                   training_rows=None if values.get("training_rows") is None else
+                   np.asarray(values["training_rows"], np.float64).reshape(-1, len(names)))
 
     def save(self, path: str | Path) -> Path:
         """Write the reference as JSON to ``path`` (a file, or a folder that gets :data:`REFERENCE_FILE`)."""
@@ -467,9 +487,12 @@ def conformal_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
 
 def fit_reference(family: str, reference_rows: np.ndarray, calibration_rows: np.ndarray,
                   feature_names: Sequence[str], *, false_alarm_rate: float = 0.05, seed: int = 0,
-                  notes: Mapping | None = None) -> OODReference:
+                  notes: Mapping | None = None, score: str = "nearest") -> OODReference:
     """Fit the reference of a model version: standardise the training images' features, shrink their covariance
     (Ledoit-Wolf) and calibrate the distance threshold on held-out in-distribution images.
+
+    An image's score is its distance to the nearest training image in the space whitened by that covariance
+    (``nearest``, the default), or to their mean (``mahalanobis``); ``benchmarks/ood.py`` measured both.
 
     Parameters
     ----------
@@ -487,6 +510,8 @@ def fit_reference(family: str, reference_rows: np.ndarray, calibration_rows: np.
         Seed of the subsample of calibration rows kept for drift reports.
     notes : mapping, optional
         Stored with the reference (e.g. where its images came from).
+    score : str
+        One of :data:`SCORES`.
 
     Returns
     -------
@@ -508,6 +533,8 @@ def fit_reference(family: str, reference_rows: np.ndarray, calibration_rows: np.
 
     if not 0.0 < false_alarm_rate <= 0.5:
         raise ValueError(f"false_alarm_rate must be in (0, 0.5]; got {false_alarm_rate}")
+    if score not in SCORES:
+        raise ValueError(f"unknown OOD score {score!r}; one of {', '.join(SCORES)}")
     names = tuple(feature_names)
     reference = np.asarray(reference_rows, dtype=np.float64)
     calibration = np.asarray(calibration_rows, dtype=np.float64)
@@ -525,13 +552,13 @@ def fit_reference(family: str, reference_rows: np.ndarray, calibration_rows: np.
     scale = np.maximum(reference.std(axis=0), 1e-3 * np.maximum(1.0, np.abs(center)))
     precision = LedoitWolf().fit((reference - center) / scale).precision_
     partial = OODReference(family, names, center, scale, precision, np.zeros(0), math.inf, false_alarm_rate,
-                           np.zeros((0, len(names))), len(reference), len(calibration))
-    calibration_scores = partial.scores(calibration)
+                           np.zeros((0, len(names))), len(reference), len(calibration), score, {}, reference)
+    calibration_scores = partial.scores(calibration)  # held out: none of them is among the training rows
     threshold = conformal_threshold(calibration_scores, false_alarm_rate)
     keep = np.sort(np.random.default_rng(seed).permutation(len(calibration))[:KEPT_ROWS])
     return OODReference(family, names, center, scale, precision, np.sort(calibration_scores), threshold,
-                        false_alarm_rate, calibration[keep], len(reference), len(calibration),
-                        notes=dict(notes or {}))
+                        false_alarm_rate, calibration[keep], len(reference), len(calibration), score,
+                        dict(notes or {}), reference)
 
 
 def verdict_of(reference: OODReference | None, unit: np.ndarray, features: np.ndarray | None) -> Verdict:
