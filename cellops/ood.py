@@ -379,11 +379,18 @@ class OODReference:
     score_name: str = "nearest"
     notes: dict = field(default_factory=dict)
     training_rows: np.ndarray | None = None
+    _whitener: np.ndarray = field(init=False, repr=False, compare=False)
+    _training: np.ndarray = field(init=False, repr=False, compare=False)
 
-    def _whitened(self, rows: np.ndarray) -> np.ndarray:
+    def __post_init__(self) -> None:
         # W = V sqrt(eigenvalues) of the (symmetric) precision: |(x - mean) / scale @ W| is the Mahalanobis distance.
         values, vectors = np.linalg.eigh((self.precision + self.precision.T) / 2)
-        return ((rows - self.center) / self.scale) @ (vectors * np.sqrt(np.clip(values, 0.0, None)))
+        object.__setattr__(self, "_whitener", vectors * np.sqrt(np.clip(values, 0.0, None)))
+        rows = np.zeros((0, len(self.feature_names))) if self.training_rows is None else self.training_rows
+        object.__setattr__(self, "_training", self._whitened(rows))
+
+    def _whitened(self, rows: np.ndarray) -> np.ndarray:
+        return ((rows - self.center) / self.scale) @ self._whitener
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """Distances of feature rows (N, features) from the reference (:data:`SCORES`)."""
@@ -392,9 +399,9 @@ class OODReference:
             raise ValueError(f"{rows.shape[1]} features given; the {self.family} reference has "
                              f"{len(self.feature_names)} ({', '.join(self.feature_names)})")
         whitened = self._whitened(rows)
-        if self.score_name == "mahalanobis" or self.training_rows is None or len(self.training_rows) == 0:
+        if self.score_name == "mahalanobis" or len(self._training) == 0:
             return np.sqrt(np.einsum("ni,ni->n", whitened, whitened))
-        training = self._whitened(self.training_rows)
+        training = self._training
         squared = ((whitened ** 2).sum(axis=1)[:, None] + (training ** 2).sum(axis=1)[None, :]
                    - 2.0 * whitened @ training.T)
         return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
