@@ -379,26 +379,30 @@ class OODReference:
     score_name: str = "nearest"
     notes: dict = field(default_factory=dict)
     training_rows: np.ndarray | None = None
+    scored_features: tuple[str, ...] = ()
     _whitener: np.ndarray = field(init=False, repr=False, compare=False)
     _training: np.ndarray = field(init=False, repr=False, compare=False)
+    _columns: list = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # W = V sqrt(eigenvalues) of the (symmetric) precision: |(x - mean) / scale @ W| is the Mahalanobis distance.
         values, vectors = np.linalg.eigh((self.precision + self.precision.T) / 2)
         object.__setattr__(self, "_whitener", vectors * np.sqrt(np.clip(values, 0.0, None)))
-        rows = np.zeros((0, len(self.feature_names))) if self.training_rows is None else self.training_rows
+        rows = np.zeros((0, len(self.center))) if self.training_rows is None else self.training_rows
+        object.__setattr__(self, "_columns", [self.feature_names.index(n) for n in self.scored_features]
+                           if self.scored_features else list(range(len(self.feature_names))))
         object.__setattr__(self, "_training", self._whitened(rows))
 
     def _whitened(self, rows: np.ndarray) -> np.ndarray:
         return ((rows - self.center) / self.scale) @ self._whitener
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
-        """Distances of feature rows (N, features) from the reference (:data:`SCORES`)."""
+        """Distances of feature rows (N, features) from the reference (:data:`SCORES`), over its scored features."""
         rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
         if rows.shape[1] != len(self.feature_names):
             raise ValueError(f"{rows.shape[1]} features given; the {self.family} reference has "
                              f"{len(self.feature_names)} ({', '.join(self.feature_names)})")
-        whitened = self._whitened(rows)
+        whitened = self._whitened(rows[:, self._columns])
         if self.score_name == "mahalanobis" or len(self._training) == 0:
             return np.sqrt(np.einsum("ni,ni->n", whitened, whitened))
         training = self._training
@@ -430,7 +434,8 @@ class OODReference:
                 "calibration_scores": self.calibration_scores.tolist(), "threshold": self.threshold,
                 "false_alarm_rate": self.false_alarm_rate, "reference_features": self.reference_features.tolist(),
                 "n_reference": self.n_reference, "n_calibration": self.n_calibration, "notes": self.notes,
-                "training_rows": None if self.training_rows is None else self.training_rows.tolist()}
+                "training_rows": None if self.training_rows is None else self.training_rows.tolist(),
+                "scored_features": list(self.scored_features)}
 
     @classmethod
     def from_dict(cls, values: Mapping) -> OODReference:
@@ -450,7 +455,8 @@ class OODReference:
                    n_reference=int(values.get("n_reference", 0)), n_calibration=int(values.get("n_calibration", 0)),
                    score_name=str(values.get("score", "nearest")), notes=dict(values.get("notes") or {}),
                    training_rows=None if values.get("training_rows") is None else
-                   np.asarray(values["training_rows"], np.float64).reshape(-1, len(names)))
+                   np.asarray(values["training_rows"], np.float64).reshape(-1, len(values["center"])),
+                   scored_features=tuple(values.get("scored_features") or ()))
 
     def save(self, path: str | Path) -> Path:
         """Write the reference as JSON to ``path`` (a file, or a folder that gets :data:`REFERENCE_FILE`)."""
@@ -506,12 +512,17 @@ def conformal_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
 
 def fit_reference(family: str, reference_rows: np.ndarray, calibration_rows: np.ndarray,
                   feature_names: Sequence[str], *, false_alarm_rate: float = 0.05, seed: int = 0,
-                  notes: Mapping | None = None, score: str = "nearest") -> OODReference:
+                  notes: Mapping | None = None, score: str = "nearest",
+                  scored_features: Sequence[str] | None = None) -> OODReference:
     """Fit the reference of a model version: standardise the training images' features, shrink their covariance
     (Ledoit-Wolf) and calibrate the distance threshold on held-out in-distribution images.
 
     An image's score is its distance to the nearest training image in the space whitened by that covariance
-    (``nearest``, the default), or to their mean (``mahalanobis``); ``benchmarks/ood.py`` measured both.
+    (``nearest``, the default), or to their mean (``mahalanobis``), over the scored features: by default the input
+    statistics (:data:`INTENSITY_FEATURES`) among ``feature_names``. ``benchmarks/ood.py`` measured the choices:
+    the output statistics added nothing to the input statistics' detection for the U-Net and Mask R-CNN and lowered
+    the classifier's (its confident softmax varies on in-distribution images only); they are kept in every row
+    for the drift report.
 
     Parameters
     ----------
@@ -531,6 +542,9 @@ def fit_reference(family: str, reference_rows: np.ndarray, calibration_rows: np.
         Stored with the reference (e.g. where its images came from).
     score : str
         One of :data:`SCORES`.
+    scored_features : sequence of str, optional
+        The features the score uses (default: those of :data:`INTENSITY_FEATURES` in ``feature_names``, or all of
+        them when there are none).
 
     Returns
     -------
@@ -566,18 +580,25 @@ def fit_reference(family: str, reference_rows: np.ndarray, calibration_rows: np.
         # Ledoit-Wolf shrinkage keeps the covariance invertible with fewer images than features, and the
         # calibration holds the false-alarm rate whatever the fit; a sharper reference needs a few times more.
         raise ValueError(f"a reference needs at least {MIN_REFERENCE} training images; got {len(reference)}")
+    scored = tuple(scored_features) if scored_features is not None else \
+        tuple(n for n in names if n in INTENSITY_FEATURES) or names
+    unknown = [n for n in scored if n not in names]
+    if unknown:
+        raise ValueError(f"scored features not among the features: {', '.join(unknown)}")
+    reference = reference[:, [names.index(n) for n in scored]]
     center = reference.mean(axis=0)
     # A feature constant over the training images would make any change infinitely far: its scale has a floor.
     scale = np.maximum(reference.std(axis=0), 1e-3 * np.maximum(1.0, np.abs(center)))
     precision = LedoitWolf().fit((reference - center) / scale).precision_
     partial = OODReference(family, names, center, scale, precision, np.zeros(0), math.inf, false_alarm_rate,
-                           np.zeros((0, len(names))), len(reference), len(calibration), score, {}, reference)
+                           np.zeros((0, len(names))), len(reference), len(calibration), score, {}, reference,
+                           scored)
     calibration_scores = partial.scores(calibration)  # held out: none of them is among the training rows
     threshold = conformal_threshold(calibration_scores, false_alarm_rate)
     keep = np.sort(np.random.default_rng(seed).permutation(len(calibration))[:KEPT_ROWS])
     return OODReference(family, names, center, scale, precision, np.sort(calibration_scores), threshold,
                         false_alarm_rate, calibration[keep], len(reference), len(calibration), score,
-                        dict(notes or {}), reference)
+                        dict(notes or {}), reference, scored)
 
 
 def verdict_of(reference: OODReference | None, unit: np.ndarray, features: np.ndarray | None) -> Verdict:
