@@ -33,7 +33,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help setup configs data data-accept train deploy train-classifier deploy-classifier train-maskrcnn \
 	train-maskrcnn-nuclei deploy-maskrcnn analyses reports demo deploy-all serve serve-unet serve-classifier serve-maskrcnn ui dashboard \
-	dashboard-stop batch-inference team-deps team-stack team-stack-down team-status browser qt-deps test bench bench-table docs docs-serve lock clean
+	dashboard-stop batch-inference monitor team-deps team-stack team-stack-down team-status browser qt-deps test bench bench-table docs docs-serve lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -128,6 +128,9 @@ dashboard-stop:  ## stop the local ZenML server; the client goes back to the loc
 
 batch-inference: setup  ## batch inference with a registered model over a folder, resumable (configs/batch_inference.yaml)
 	$(BIN)/zenml pipeline run pipelines.batch_inference.batch_inference_pipeline -c configs/batch_inference.yaml
+
+monitor: setup  ## drift report of the services' request logs against the model's OOD reference (configs/monitoring.yaml)
+	$(BIN)/zenml pipeline run pipelines.monitoring.monitoring_pipeline -c configs/monitoring.yaml
 
 team-deps:  ## Debian's postgresql and mariadb-server for the team stack (apt-get, as root; skipped where not root)
 	@if [ -x /usr/sbin/mariadbd ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \

@@ -412,7 +412,8 @@ def _windows(scores: pd.DataFrame, reference: OODReference, size: int) -> pd.Dat
     for number, start in enumerate(range(0, len(scores), size), start=1):
         part = scores.iloc[start:start + size]
         values = np.clip(part["ood_score"].to_numpy(), None, np.finfo(np.float64).max)
-        drift = float(ks_2samp(values, reference.calibration_scores).statistic) \
+        # One-sided, as the services' drift gauge (cellops.ood.DriftWindow): only scores above the calibration's.
+        drift = float(ks_2samp(values, reference.calibration_scores, alternative="less").statistic) \
             if len(reference.calibration_scores) else 0.0
         rows.append({"window": number, "start": part["time"].iloc[0], "end": part["time"].iloc[-1],
                      "requests": len(part), "ood_rate": float((~part["in_distribution"]).mean()),
@@ -635,7 +636,8 @@ its logged features; above the dashed threshold it is out of distribution.</p>
 {score_plot}
 <h2 id="windows">OOD rate per window</h2>
 <p>Windows of {int(windows['requests'].max()) if len(windows) else 0} consecutive scored requests: the share above
-the threshold and the Kolmogorov-Smirnov distance of their scores from the calibration scores (0 same, 1 disjoint).</p>
+the threshold and the one-sided Kolmogorov-Smirnov distance of their scores above the calibration scores (0 not
+higher, 1 all higher).</p>
 {window_plot}
 {_table_html(window_table)}
 <h2 id="features">Per-feature drift</h2>

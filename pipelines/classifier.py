@@ -10,6 +10,7 @@ from zenml import pipeline
 
 from cellops.classifier.specs import parse_models
 from steps.classifier.data import index_class_folders, load_classifier_images
+from steps.classifier.ood import record_classifier_ood
 from steps.classifier.register import register_classifiers
 from steps.classifier.runtime import optimise_classifier_runtime
 from steps.classifier.train import compare_classifiers, pretrain_source_backbone, train_and_evaluate_classifier
@@ -25,7 +26,8 @@ def training_pipeline(input: dict, positive_class: str, models: dict, training: 
                       distributed: dict, after: Optional[str] = None) -> None:
     """lineage -> index + split -> validate -> load -> [pretrain on the source task] -> train and evaluate each
     model (same split, same seeded augmentation, one MLflow run each) -> compare -> register, promote the best ->
-    export the best to the faster CPU runtimes.
+    export the best to the faster CPU runtimes; keep every registered version's out-of-distribution reference with
+    it (training split, calibrated on the validation split).
 
     ``after``: the invocation id of a step that must finish first (the corrections pipeline's import).
     """
@@ -50,6 +52,7 @@ def training_pipeline(input: dict, positive_class: str, models: dict, training: 
     compare_classifiers(evaluations)
     registration = register_classifiers(evaluations, dataset_index, lineage)
     optimise_classifier_runtime(registration, images, labels, dataset_index)
+    record_classifier_ood(registration, dataset_index)
 
 
 @pipeline

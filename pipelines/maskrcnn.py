@@ -13,6 +13,7 @@ from cellops.maskrcnn.specs import parse_models
 from steps.deployment import build_bento, import_champion
 from steps.lineage import record_corrections, record_lineage
 from steps.maskrcnn.data import load_instance_annotations
+from steps.maskrcnn.ood import record_maskrcnn_ood
 from steps.maskrcnn.register import register_maskrcnn
 from steps.maskrcnn.runtime import optimise_maskrcnn_runtime
 from steps.maskrcnn.train import compare_maskrcnn, pretrain_on_source, train_and_evaluate_maskrcnn
@@ -25,7 +26,8 @@ def training_pipeline(models: dict, model: dict, training: dict, augmentation: d
                       max_detections: int, overlays: int, checkpoint_dir: str, resume: bool, after: Optional[str] = None) -> None:
     """lineage -> annotations (any format, as COCO) + image split -> validate -> [pretrain on the source dataset]
     -> train and evaluate each model (same split, same seeded augmentation, one MLflow run each) -> compare ->
-    register, promote the best -> export its backbone to the faster CPU runtimes.
+    register, promote the best -> export its backbone to the faster CPU runtimes; keep every registered version's
+    out-of-distribution reference with it (training images, calibrated on the validation images).
 
     ``after``: the invocation id of a step that must finish first (the corrections pipeline's import).
     """
@@ -48,6 +50,7 @@ def training_pipeline(models: dict, model: dict, training: dict, augmentation: d
     compare_maskrcnn(evaluations)
     registration = register_maskrcnn(evaluations, annotations, dataset_index, lineage)
     optimise_maskrcnn_runtime(registration, annotations, dataset_index)
+    record_maskrcnn_ood(registration, dataset_index)
 
 
 @pipeline

@@ -11,6 +11,7 @@ from zenml import pipeline
 from steps.deployment import build_bento, import_champion
 from steps.lineage import record_corrections, record_lineage
 from steps.unet.data import load_em_dataset, sample_augmented_patches, split_em_volume
+from steps.unet.ood import record_unet_ood
 from steps.unet.register import register_unet
 from steps.unet.runtime import optimise_unet_runtime
 from steps.unet.train import choose_unet_threshold, evaluate_unet, train_unet
@@ -21,7 +22,8 @@ from steps.validation import require_valid_dataset
 @pipeline
 def training_pipeline(inference: dict, architecture: dict, after: Optional[str] = None) -> None:
     """lineage -> load -> validate -> split -> augment -> train -> evaluate -> register (promote if better) ->
-    export to the faster CPU runtimes and keep the fastest that holds its IoU.
+    export to the faster CPU runtimes and keep the fastest that holds its IoU; keep the registered version's
+    out-of-distribution reference with it (training block, calibrated on the validation block).
 
     ``inference`` (tile, overlap, batch, normalisation, threshold) is set once for the run and used by validation
     during training; the probability threshold is then chosen on the validation block, and evaluation, the
@@ -41,6 +43,7 @@ def training_pipeline(inference: dict, architecture: dict, after: Optional[str] 
     test_metrics, _ = evaluate_unet(model, test_image, test_mask, inference=served)
     registration = register_unet(model, test_metrics, lineage, test_image, test_mask, inference=served)
     optimise_unet_runtime(model, registration, fit_image, test_image, test_mask, inference=served)
+    record_unet_ood(model, registration, fit_image, val_image, inference=served)
 
 
 @pipeline

@@ -16,7 +16,7 @@ from cellops.batch import DEFAULT_PATTERNS, EXIT_NOT_RUN, SUMMARY, batch_exit_co
 from cellops.data_version import dvc_file_md5
 from cellops.io import FileReading
 from cellops.lineage import check_data_matches, git_commit, tracking_dvc_file
-from tracking.batch import batch_key, predict_files, resolve_batch_model
+from tracking.batch import batch_key, ood_counts, predict_files, resolve_batch_model
 from tracking.runs import log_run_config, stack_tracking_uri
 
 logger = get_logger(__name__)
@@ -47,33 +47,36 @@ def input_lineage(input_dir: str | Path) -> dict[str, str]:
 @step
 def predict_folder(model_record: dict, input_dir: str, output_dir: str, patterns: list[str] | None, slab: int,
                    cams: bool, channel: str | int | None, scene: str | int | None,
-                   uncertainty: bool) -> Annotated[pd.DataFrame, "batch_results"]:
+                   uncertainty: bool, ood_policy: str) -> Annotated[pd.DataFrame, "batch_results"]:
     """Predict every input of ``input_dir`` with the model into ``output_dir`` on the batch engine
     (:func:`tracking.batch.predict_files`): the family's outputs per input, named after it, and ``batch_summary.csv``
     (one row per input: status, problem, outputs, results). Inputs already predicted by the same version from the
     same content are skipped (``batch_manifest.json``), so an interrupted run resumes. ``patterns`` None: images,
     TIFF stacks and zarr arrays. ``channel`` and ``scene``: what to read from multi-channel or multi-scene files.
     ``uncertainty``: also measure each prediction's uncertainty (``uncertainty`` column of the summary, see
-    :mod:`cellops.uncertainty`). Logs the model's and the inputs' lineage, the counts and the summary to MLflow.
-    Fails when no input could be predicted."""
+    :mod:`cellops.uncertainty`). Every row carries the input's out-of-distribution verdict (``ood_score``,
+    ``ood_threshold``, ``in_distribution``, ``ood_reason``); ``ood_policy`` ``refuse`` fails the inputs out of
+    distribution, naming their score and the threshold. Logs the model's and the inputs' lineage, the counts (the
+    OOD verdicts among them) and the summary to MLflow. Fails when no input could be predicted."""
     reading = FileReading(channel, scene)
     inputs = list_inputs(input_dir, patterns or DEFAULT_PATTERNS)
-    model_key = batch_key(model_record, cams=cams, reading=reading, uncertainty=uncertainty)
+    model_key = batch_key(model_record, cams=cams, reading=reading, uncertainty=uncertainty, policy=ood_policy)
     logger.info(f"{len(inputs)} inputs in {input_dir} -> {output_dir} with {model_key}")
     result = predict_files(stack_tracking_uri(), model_record, inputs, output_dir, slab=slab, cams=cams,
-                           reading=reading, uncertainty=uncertainty)
+                           reading=reading, uncertainty=uncertainty, policy=ood_policy)
     table = result.table
 
     counts = {status: result.count(status) for status in ("done", "skipped", "failed")}
+    verdicts = ood_counts(result.rows)
     log_run_config()
     mlflow.set_tags({
         "model.name": model_record["registered_model"], "model.version": model_record["model_version"],
         "model.family": model_record["family"], "model.mlflow_run_id": model_record["mlflow_run_id"],
         "model.data_version": model_record.get("data_version") or "", "model.uri": model_record["model_uri"],
         "input.version": result.input_version, **input_lineage(input_dir)})
-    mlflow.log_metrics({f"inputs_{status}": float(count) for status, count in counts.items()})
+    mlflow.log_metrics({f"inputs_{status}": float(count) for status, count in {**counts, **verdicts}.items()})
     mlflow.log_artifact(str(Path(output_dir) / SUMMARY))
-    log_metadata({"inputs": counts, "input_version": result.input_version, "model": model_key})
+    log_metadata({"inputs": counts, "ood": verdicts, "input_version": result.input_version, "model": model_key})
     for problem in result.failures.values():
         logger.warning(f"not predicted: {problem}")
     logger.info(f"{counts['done']} predicted, {counts['skipped']} already done (skipped), {counts['failed']} failed")

@@ -14,6 +14,7 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 
 from cellops.lineage import git_commit
+from cellops.ood import OOD_ARTIFACTS, REFERENCE_FILE, OODReference, check_policy
 from tracking import tags
 from tracking.registry import resolve_version
 from tracking.runs import require_own_store
@@ -27,20 +28,24 @@ def import_champion(
     bento_model_name: str,
     alias: str,
     service_limits: dict,
+    ood_policy: str,
 ) -> Annotated[str, "bento_model_tag"]:
     """Import ``models:/<name>@<alias>`` into the BentoML model store. Its metadata is the registry's record of
     the version (lineage, metrics and the inference settings they were measured with, which the service
-    uses) plus the service's own limits."""
+    uses, and its out-of-distribution threshold) plus the service's own limits and what it does with an
+    out-of-distribution image (``ood_policy``: ``flag`` or ``refuse``, :func:`cellops.ood.check_policy`)."""
+    check_policy(ood_policy)
     mlflow.set_tracking_uri(require_own_store())
     record = resolve_version(MlflowClient(), registered_model_name, f"@{alias}")
     if not record[tags.INFERENCE_SETTINGS]:
         raise ValueError(f"{registered_model_name} v{record['model_version']} was registered without inference "
                          "settings; retrain it with the current pipeline before deploying")
     # BentoML metadata takes no None: a runtime check that was skipped has no time, so those keys are left out.
-    metadata = without_none({**record, "alias": alias, "service_limits": service_limits})
+    metadata = without_none({**record, "alias": alias, "service_limits": service_limits, "ood_policy": ood_policy})
     bento_model = import_with_runtime(bento_model_name, registered_model_name, record, metadata)
     log_metadata(metadata={"bento_model": str(bento_model.tag), "model_version": record["model_version"],
-                           "runtime": record[tags.RUNTIME]})
+                           "runtime": record[tags.RUNTIME], "ood_policy": ood_policy,
+                           "ood_reference": record.get("ood") is not None})
     logger.info("imported %s v%s as %s, served with %s", registered_model_name, record["model_version"],
                 bento_model.tag, record[tags.RUNTIME])
     return str(bento_model.tag)
@@ -63,7 +68,10 @@ def import_with_runtime(bento_model_name: str, registered_model_name: str, recor
                         metadata: dict) -> bentoml.Model:
     """A BentoML model laid out as ``bentoml.mlflow.import_model`` lays it out (the MLflow model in
     ``mlflow_model/``), plus the exported graphs of the version's chosen runtime in ``runtimes/`` (from the
-    ``runtimes/`` artifacts of the version's run) when that runtime is not torch."""
+    ``runtimes/`` artifacts of the version's run) when that runtime is not torch, and its out-of-distribution
+    reference in ``ood/`` (``bento_model.path_of("ood/reference.json")``, from the ``ood/`` artifacts of its run).
+    A version registered without a reference is imported all the same, with a warning: its service answers
+    ``in_distribution`` unknown, saying why (:func:`cellops.ood.no_reference_verdict`)."""
     import shutil
     import tempfile
 
@@ -84,6 +92,15 @@ def import_with_runtime(bento_model_name: str, registered_model_name: str, recor
             graphs = download_artifacts(run_id=run_id, artifact_path=tags.RUNTIME_ARTIFACTS,
                                         dst_path=str(Path(tmp) / "graphs"))
             shutil.copytree(graphs, bento_model.path_of("runtimes"))
+        if record.get("ood") is None:
+            logger.warning("%s v%s has no out-of-distribution reference (registered before references existed): "
+                           "its service will answer in_distribution unknown; retrain it with its training pipeline "
+                           "to get one", registered_model_name, version)
+        else:
+            run_id = MlflowClient().get_model_version(registered_model_name, version).run_id
+            folder = download_artifacts(run_id=run_id, artifact_path=OOD_ARTIFACTS, dst_path=str(Path(tmp) / "ood"))
+            shutil.copytree(folder, bento_model.path_of(OOD_ARTIFACTS))
+            OODReference.load(bento_model.path_of(f"{OOD_ARTIFACTS}/{REFERENCE_FILE}"))  # fails here, not at serve time
     return bento_model
 
 

@@ -1,6 +1,8 @@
 """What every family's registration step (``steps/<family>/register.py``) shares: register the run's models best
 first and promote one only when it beats the champion (:func:`tracking.registry.register_and_maybe_promote`), let
-ZenML's Model Control Plane follow the same decision, and log the comparison table of the run's models."""
+ZenML's Model Control Plane follow the same decision, and log the comparison table of the run's models; and what
+every family's OOD step (``steps/<family>/ood.py``) shares: keep a registered version's out-of-distribution
+reference with it (:func:`record_reference`)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from zenml import get_step_context, log_metadata
 from zenml.enums import ModelStages
 from zenml.logger import get_logger
 
+from cellops.ood import OODReference
 from cellops.promotion import check_promotion_metrics, ranking_key
 from tracking import tags
-from tracking.registry import register_and_maybe_promote
+from tracking.registry import record_ood, register_and_maybe_promote
 from tracking.runs import current_zenml_model
 
 logger = get_logger(__name__)
@@ -103,3 +106,62 @@ def log_comparison(evaluations: list[dict], score_columns: Sequence[str],
     comparison = {"rows": json.loads(table.to_json(orient="records"))}
     log_metadata(metadata={"comparison": comparison})
     return comparison
+
+
+def registered_versions(registration: dict) -> list[dict]:
+    """The versions a registration step registered (its decision, or every decision of :func:`register_ranked`),
+    best first; a model not registered (a duplicate of the champion) is left out.
+
+    Examples
+    --------
+    >>> registered_versions({"registered_model": "m", "version": "3", "promoted": True})
+    [{'registered_model': 'm', 'version': '3', 'promoted': True}]
+    >>> registered_versions({"versions": [{"version": None}, {"registered_model": "m", "version": "5"}]})
+    [{'registered_model': 'm', 'version': '5'}]
+    """
+    decisions = registration["versions"] if "versions" in registration else [registration]
+    return [d for d in decisions if d.get("version") is not None]
+
+
+def record_reference(name: str, version: str, reference: OODReference, *, label: str = "") -> dict:
+    """Keep ``reference`` with the registered ``version`` (:func:`tracking.registry.record_ood`: artifact and
+    tags) and log its threshold and row counts as metrics of this step's MLflow run (``ood_<label>_...`` when
+    a run registers several models, ``ood_...`` otherwise).
+
+    Parameters
+    ----------
+    name : str
+        The registered model.
+    version : str
+        The version.
+    reference : OODReference
+        Its reference.
+    label : str, optional
+        The model's name in the run (several models registered by one run).
+
+    Returns
+    -------
+    dict
+        The summary the step returns and logs as metadata: version, threshold, false-alarm rate, score, row counts
+        and the share of calibration images flagged.
+    """
+    import numpy as np
+
+    record_ood(MlflowClient(), name, version, reference)
+    flagged = float(np.mean(reference.calibration_scores > reference.threshold))
+    summary = {"registered_model": name, "version": str(version), **({"model_name": label} if label else {}),
+               "score": reference.score_name, "threshold": reference.threshold,
+               "false_alarm_rate": reference.false_alarm_rate, "reference_rows": reference.n_reference,
+               "calibration_rows": reference.n_calibration, "calibration_flagged": flagged,
+               "features": list(reference.feature_names),
+               "scored_features": list(reference.scored_features or reference.feature_names)}
+    if mlflow.active_run() is not None:
+        prefix = f"ood_{label}_" if label else "ood_"
+        mlflow.log_metrics({f"{prefix}threshold": reference.threshold, f"{prefix}reference_rows": reference.n_reference,
+                            f"{prefix}calibration_rows": reference.n_calibration,
+                            f"{prefix}calibration_flagged": flagged})
+    logger.info("%s v%s: OOD reference of %d training and %d held-out images, %s threshold %.3f (%.0f%% false "
+                "alarms; %.1f%% of the held-out images above it)", name, version, reference.n_reference,
+                reference.n_calibration, reference.score_name, reference.threshold, 100 * reference.false_alarm_rate,
+                100 * flagged)
+    return summary

@@ -17,11 +17,14 @@ from cellops.families import FAMILIES, serving_type
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The modules every family package has.
-MODULES = ("specs", "data", "validation", "train", "predict", "runtime")
+MODULES = ("specs", "data", "validation", "train", "predict", "runtime", "ood")
 #: The class-name prefix of each family.
 PREFIX = {"unet": "UNet", "classifier": "Classifier", "maskrcnn": "MaskRCNN"}
 #: What every family's train.py offers.
 TRAINING_API = ("train_one_epoch", "evaluate", "fit")
+#: What every family's ood.py offers (cellops.ood): its features, a verdict from the served pass, the rows a
+#: reference is fitted on.
+OOD_API = ("FEATURE_NAMES", "image_features", "verdict_for", "reference_rows")
 
 
 def test_every_family_is_listed_and_has_a_prefix():
@@ -74,6 +77,18 @@ def test_steps_mirror_the_family(family):
     steps = ROOT / "steps" / family
     assert (steps / "__init__.py").is_file(), f"steps/{family}/ is missing"
     assert {p.stem for p in steps.glob("*.py")} - {"__init__"} <= set(MODULES) | {"register"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_family_describes_images_for_ood_and_a_step_records_the_reference(family):
+    ood = importlib.import_module(f"cellops.{family}.ood")
+    assert [name for name in OOD_API if not hasattr(ood, name)] == []
+    assert len(set(ood.FEATURE_NAMES)) == len(ood.FEATURE_NAMES)
+    step = getattr(importlib.import_module(f"steps.{family}.ood"), f"record_{family}_ood")
+    parameters = inspect.signature(step.entrypoint).parameters
+    assert {"registration", "false_alarm_rate", "seed"} <= set(parameters)
+    pipeline = (ROOT / "pipelines" / f"{family}.py").read_text()
+    assert f"record_{family}_ood(" in pipeline, f"pipelines/{family}.py does not record the OOD reference"
 
 
 def test_no_two_public_classes_share_a_name():

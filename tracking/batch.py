@@ -10,6 +10,7 @@ from pathlib import Path
 from cellops.batch import BatchResult, Processor, run_batch
 from cellops.families import read_serving, record_family
 from cellops.io import FileReading
+from cellops.ood import DEFAULT_POLICY, OODReference, check_policy
 from tracking import tags as names
 from tracking.registry import load_registered, resolve_registered
 
@@ -39,10 +40,11 @@ def resolve_batch_model(tracking_uri: str, model_uri: str) -> dict:
 
 
 def batch_key(record: dict, *, cams: bool = False, reading: FileReading = FileReading(),
-              uncertainty: bool = False) -> str:
+              uncertainty: bool = False, policy: str = DEFAULT_POLICY) -> str:
     """What a prediction's outputs depend on besides the input (the batch key of :func:`cellops.batch.run_batch`):
-    the model version, for a classifier whether CAMs are drawn, and whether the uncertainty is measured (so that
-    results without it are predicted again when it is asked for).
+    the model version, for a classifier whether CAMs are drawn, whether the uncertainty is measured (so that
+    results without it are predicted again when it is asked for), and the ``refuse`` OOD policy (a file refused
+    is never recorded as done, but one predicted under ``flag`` must be judged again when refusal is asked for).
 
     Parameters
     ----------
@@ -54,12 +56,14 @@ def batch_key(record: dict, *, cams: bool = False, reading: FileReading = FileRe
         The channel and scene read from each file (added when chosen).
     uncertainty : bool
         The uncertainty of each prediction measured.
+    policy : str
+        The out-of-distribution policy (:data:`cellops.ood.POLICIES`).
 
     Returns
     -------
     str
         ``NAME/VERSION``, ``+cams`` added for a classifier drawing them, ``+uncertainty`` when measured,
-        ``+channel=...`` for a chosen channel.
+        ``+refuse`` under the refuse policy, ``+channel=...`` for a chosen channel.
 
     Examples
     --------
@@ -67,10 +71,13 @@ def batch_key(record: dict, *, cams: bool = False, reading: FileReading = FileRe
     'cellops-classifier/3+cams'
     >>> batch_key({"registered_model": "cellops-unet", "model_version": "2", "family": "unet"}, uncertainty=True)
     'cellops-unet/2+uncertainty'
+    >>> batch_key({"registered_model": "cellops-unet", "model_version": "2", "family": "unet"}, policy="refuse")
+    'cellops-unet/2+refuse'
     """
     key = f"{record['registered_model']}/{record['model_version']}"
     key += "+cams" if cams and record["family"] == "classifier" else ""
     key += "+uncertainty" if uncertainty else ""
+    key += "+refuse" if check_policy(policy) == "refuse" else ""
     return key + "".join(f"+{name}={value}" for name, value in (("channel", reading.channel), ("scene", reading.scene))
                          if value is not None)
 
@@ -108,9 +115,32 @@ def describe_settings(record: dict) -> str:
     return f"{settings.normalization.describe()} normalisation, {decision}"
 
 
+def batch_reference(tracking_uri: str, record: dict) -> OODReference | None:
+    """The OOD reference registered with the version of ``record`` (None for a version registered without one:
+    its predictions then say so in ``ood_reason``).
+
+    Parameters
+    ----------
+    tracking_uri : str
+        The MLflow store.
+    record : dict
+        :func:`resolve_batch_model`.
+
+    Returns
+    -------
+    OODReference or None
+    """
+    from tracking.registry import load_ood_reference
+
+    return load_ood_reference(tracking_uri, record["registered_model"], record["model_version"])
+
+
 def batch_predictor(tracking_uri: str, record: dict, *, slab: int = 8, cams: bool = False,
-                    reading: FileReading = FileReading(), uncertainty: bool = False) -> Processor:
-    """Load the version of ``record`` on the CPU and return its batch processor.
+                    reading: FileReading = FileReading(), uncertainty: bool = False,
+                    policy: str = DEFAULT_POLICY) -> Processor:
+    """Load the version of ``record`` on the CPU with its OOD reference (:func:`batch_reference`) and return its
+    batch processor: each file's results carry its out-of-distribution verdict (``ood_score``, ``ood_threshold``,
+    ``in_distribution``, ``ood_reason``).
 
     Parameters
     ----------
@@ -127,37 +157,42 @@ def batch_predictor(tracking_uri: str, record: dict, *, slab: int = 8, cams: boo
     uncertainty : bool
         Also measure each prediction's uncertainty (``uncertainty`` and ``uncertainty_method`` in its results;
         :mod:`cellops.uncertainty`); the predictions themselves are the same.
+    policy : str
+        ``flag``: predict every file and flag those out of distribution; ``refuse``: such a file fails with the
+        :class:`cellops.ood.OutOfDistribution` message (the batch goes on).
 
     Returns
     -------
     cellops.batch.Processor
         ``(path, out_dir, stem) -> {"outputs": [...], **results}``.
     """
+    check_policy(policy)
     settings = read_serving(record[names.INFERENCE_SETTINGS])  # the family's <Family>Serving, parsed once
     model = load_registered(tracking_uri, record["registered_model"], record)
+    ood = {"reference": batch_reference(tracking_uri, record), "policy": policy}
     if record["family"] == "unet":
         from cellops.unet.predict import load_for_inference
         from cellops.unet.streaming import segment_volume_to_files
 
         model = load_for_inference(model)
         if not uncertainty:
-            return lambda path, out, stem: segment_volume_to_files(model, path, out, stem, settings, slab=slab)
+            return lambda path, out, stem: segment_volume_to_files(model, path, out, stem, settings, slab=slab, **ood)
 
         def segment_measured(path, out, stem) -> dict:
-            results = segment_volume_to_files(model, path, out, stem, settings, slab=slab)
+            results = segment_volume_to_files(model, path, out, stem, settings, slab=slab, **ood)
             measured = volume_uncertainty(model, path, settings, slab=slab)
             return {**results, "uncertainty": round(measured.image, 6), "uncertainty_method": measured.method}
 
         return segment_measured
     if record["family"] == "maskrcnn":
-        from cellops.maskrcnn.predict import segment_image_to_files
+        from cellops.maskrcnn.files import segment_image_to_files
 
         return lambda path, out, stem: segment_image_to_files(model, path, out, stem, settings, reading=reading,
-                                                              uncertainty=uncertainty)
+                                                              uncertainty=uncertainty, **ood)
     from cellops.classifier.predict import classify_image_to_files
 
     return lambda path, out, stem: classify_image_to_files(model, Path(path), out, stem, settings, cams=cams,
-                                                           reading=reading, uncertainty=uncertainty)
+                                                           reading=reading, uncertainty=uncertainty, **ood)
 
 
 def volume_uncertainty(model, source: str | Path, settings, *, slab: int = 8):
@@ -197,10 +232,12 @@ def volume_uncertainty(model, source: str | Path, settings, *, slab: int = 8):
 
 def predict_files(tracking_uri: str, record: dict, files: Sequence[Path], out_dir: str | Path, *, slab: int = 8,
                   cams: bool = False, progress: bool | None = True,
-                  reading: FileReading = FileReading(), uncertainty: bool = False) -> BatchResult:
+                  reading: FileReading = FileReading(), uncertainty: bool = False,
+                  policy: str = DEFAULT_POLICY) -> BatchResult:
     """Predict every file with the version of ``record`` on the batch engine, resumable: a file predicted into
     ``out_dir`` before by the same version (and, for a classifier, with CAMs as asked; with the uncertainty when
-    asked) from the same content is skipped.
+    asked; under the same OOD policy) from the same content is skipped. Each file's row carries its
+    out-of-distribution verdict.
 
     Parameters
     ----------
@@ -224,12 +261,33 @@ def predict_files(tracking_uri: str, record: dict, files: Sequence[Path], out_di
         Also measure each prediction's uncertainty: ``uncertainty`` and ``uncertainty_method`` columns in
         ``batch_summary.csv`` (costs about eight predictions per file instead of one for the segmentation
         families; see ``benchmarks/uncertainty_cost.py``).
+    policy : str
+        The OOD policy: ``flag`` (default) or ``refuse`` (a file out of distribution fails with the reason).
 
     Returns
     -------
     cellops.batch.BatchResult
-        One row per file.
+        One row per file: ``ood_score``, ``ood_threshold``, ``in_distribution`` and ``ood_reason`` among its
+        results.
     """
-    predict = batch_predictor(tracking_uri, record, slab=slab, cams=cams, reading=reading, uncertainty=uncertainty)
-    return run_batch(files, out_dir, predict, batch_key(record, cams=cams, reading=reading, uncertainty=uncertainty),
-                     progress=progress)
+    predict = batch_predictor(tracking_uri, record, slab=slab, cams=cams, reading=reading, uncertainty=uncertainty,
+                              policy=policy)
+    key = batch_key(record, cams=cams, reading=reading, uncertainty=uncertainty, policy=policy)
+    return run_batch(files, out_dir, predict, key, progress=progress)
+
+
+def ood_counts(rows: list[dict]) -> dict[str, int]:
+    """How many inputs of a batch's rows (:attr:`cellops.batch.BatchResult.rows`) were predicted in and out of
+    distribution or not scored (kept from an earlier run included), and how many were refused (failed under the
+    ``refuse`` policy).
+
+    >>> ood_counts([{"status": "done", "in_distribution": False}, {"status": "failed", "problem": "a: the image is "
+    ...             "out of distribution: ..."}, {"status": "skipped", "in_distribution": None}])
+    {'in_distribution': 0, 'out_of_distribution': 1, 'not_scored': 1, 'refused': 1}
+    """
+    kept = [r for r in rows if r.get("status") in ("done", "skipped")]
+    return {"in_distribution": sum(r.get("in_distribution") is True for r in kept),
+            "out_of_distribution": sum(r.get("in_distribution") is False for r in kept),
+            "not_scored": sum(r.get("in_distribution") is None for r in kept),
+            "refused": sum(r.get("status") == "failed" and "out of distribution" in str(r.get("problem", ""))
+                           for r in rows)}

@@ -6,6 +6,8 @@ it, without a server or a dashboard.
     cellops models [FAMILY]                       (registered versions, metrics, data versions, champion)
     cellops lineage MODEL[:VERSION|@ALIAS] [--json]  (a version's lineage from the registry, no server)
     cellops predict unet|classifier|maskrcnn FILE... --out DIR [--model models:/NAME@ALIAS] [--uncertainty]
+                                                  [--ood-policy flag|refuse]
+    cellops monitor LOG... --model models:/NAME@ALIAS --out report.html  (drift report of a service's requests)
     cellops export-run EXPERIMENT --out DIR       (a run's metrics and curves, for the DVC training stages)
 
 ZenML's open-source dashboard has no Models page, so `models` lists every registered model family, its versions,
@@ -26,8 +28,9 @@ from pathlib import Path
 
 from cellops import cli as core
 from cellops.batch import BATCH_EXIT_CODES, EXIT_NOT_RUN, SUMMARY
+from cellops.ood import DEFAULT_POLICY, POLICIES
 from cellops.telemetry import disable_telemetry
-from tracking import review
+from tracking import monitor, review
 from tracking import tags as names
 
 #: The alias ``cellops lineage MODEL`` and ``predict`` look for first.
@@ -191,10 +194,11 @@ COMMANDS = ("models", "lineage", "predict", "export-run")
 
 def predict(tracking_uri: str, family: str, model_uri: str, files: list[Path], out: Path, *, slab: int = 8,
             cams: bool = True, channel: str | None = None, scene: str | None = None,
-            uncertainty: bool = False) -> int:
+            uncertainty: bool = False, policy: str = "flag") -> int:
     """Predict every file with a registered model on the batch engine (:func:`tracking.batch.predict_files`); the
     outputs of each file are named after it in ``out``, with ``batch_summary.csv`` (one row per file: status,
-    problem, outputs, results) and the manifest that makes a rerun skip what is already done.
+    problem, outputs, results, and the file's out-of-distribution verdict: ``ood_score``, ``ood_threshold``,
+    ``in_distribution``, ``ood_reason``) and the manifest that makes a rerun skip what is already done.
 
     Parameters
     ----------
@@ -217,6 +221,9 @@ def predict(tracking_uri: str, family: str, model_uri: str, files: list[Path], o
     uncertainty : bool
         Also measure each prediction's uncertainty (``uncertainty`` and ``uncertainty_method`` columns of the
         summary; Mask R-CNN: an ``uncertainty`` column per instance too).
+    policy : str
+        ``flag`` (default): predict every file, flag those unlike the training images (``in_distribution`` false);
+        ``refuse``: such a file fails with the reason (score and threshold), the others are predicted.
 
     Returns
     -------
@@ -241,11 +248,31 @@ def predict(tracking_uri: str, family: str, model_uri: str, files: list[Path], o
     from cellops.io import FileReading
 
     result = predict_files(tracking_uri, record, files, out, slab=slab, cams=cams, progress=None,
-                           reading=FileReading(channel, scene), uncertainty=uncertainty)
+                           reading=FileReading(channel, scene), uncertainty=uncertainty, policy=policy)
     measured = " with its uncertainty" if uncertainty else ""
     print(f"{family}: {core.done_line(result, 'predicted')}{measured} with {name} v{version} "
           f"({describe_settings(record)}) -> {out} (each file: {out / SUMMARY})")
+    print(f"{family}: {ood_line(result.rows)}")
     return core.finish_batch(f"cellops predict {family}", result, "predicted")
+
+
+def ood_line(rows: list[dict]) -> str:
+    """The out-of-distribution verdicts of a batch's files in one line (:func:`tracking.batch.ood_counts`).
+
+    >>> ood_line([{"status": "done", "in_distribution": True}, {"status": "done", "in_distribution": False},
+    ...           {"status": "failed", "problem": "x: the image is out of distribution: ..."}])
+    'out of distribution: 1 flagged, 1 refused, 1 in distribution, 0 not scored'
+    >>> ood_line([{"status": "done", "in_distribution": None, "ood_reason": "this model version has no reference"}])
+    'out of distribution: not scored (this model version has no reference)'
+    """
+    from tracking.batch import ood_counts
+
+    counts = ood_counts(rows)
+    kept = [r for r in rows if r.get("status") in ("done", "skipped")]
+    if kept and counts["not_scored"] == len(kept) and not counts["refused"]:
+        return f"out of distribution: not scored ({kept[0].get('ood_reason') or 'no verdict'})"
+    return (f"out of distribution: {counts['out_of_distribution']} flagged, {counts['refused']} refused, "
+            f"{counts['in_distribution']} in distribution, {counts['not_scored']} not scored")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -296,6 +323,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                       "prediction (columns uncertainty, uncertainty_method of the summary, 0 sure to 1 unsure; "
                       "maskrcnn: per instance too): test-time flips and rotations for unet and maskrcnn (8 to 10 "
                       "times the time), predictive entropy for the classifier (no extra cost)")
+    pred.add_argument("--ood-policy", choices=POLICIES, default=DEFAULT_POLICY, help="what to do with a file unlike "
+                      "the model's training images (columns ood_score, ood_threshold, in_distribution, ood_reason of "
+                      "the summary): flag predicts it and sets in_distribution false (default); refuse records it as "
+                      "failed naming its score and the threshold, and goes on with the others")
     pred.add_argument("--tracking-uri", default=None)
     exp = commands.add_parser("export-run", help="the latest run of an experiment as metrics.json, curves.csv and "
                               "run.json (the files dvc.yaml's training stages declare)")
@@ -334,7 +365,8 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                 parser.error(f"--slab must be at least 1 slice, got {args.slab}")
             model_uri = args.model or f"models:/cellops-{args.family}@{CHAMPION}"
             return predict(uri, args.family, model_uri, args.images, args.out, slab=args.slab, cams=not args.no_cams,
-                           channel=args.channel, scene=args.scene, uncertainty=args.uncertainty)
+                           channel=args.channel, scene=args.scene, uncertainty=args.uncertainty,
+                           policy=args.ood_policy)
         check_store_exists(uri)
         if args.command == "export-run":
             from tracking.export import export_latest_run
@@ -371,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_commands(commands)
     add_commands(commands)
     review.add_commands(commands)
+    monitor.add_monitor_parser(commands)
     return parser
 
 
@@ -395,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in review.COMMANDS:
         return review.run_command(args, parser, args.tracking_uri if getattr(args, "tracking_uri", None)
                                   else default_tracking_uri())
+    if args.command in monitor.COMMANDS:
+        return monitor.run_command(args, parser, args.tracking_uri or default_tracking_uri())
     return run_command(args, parser)
 
 

@@ -17,6 +17,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from cellops.families import record_family
+from cellops.ood import OOD_ARTIFACTS, REFERENCE_FILE, OODReference
 from cellops.promotion import check_promotion_metrics, should_promote
 from tracking import tags as names
 
@@ -338,6 +339,88 @@ def record_runtimes(client: MlflowClient, name: str, version: str, runtime: str,
         client.log_artifacts(model_version.run_id, tmp, names.RUNTIME_ARTIFACTS)
     for key, value in names.runtime_to_tags(runtime, checks).items():
         client.set_model_version_tag(name, version, key, value)
+
+
+def record_ood(client: MlflowClient, name: str, version: str, reference: OODReference) -> dict[str, str]:
+    """Keep a version's out-of-distribution reference with it: ``ood/reference.json`` in the artifacts of the
+    version's run (:data:`cellops.ood.OOD_ARTIFACTS`, :data:`cellops.ood.REFERENCE_FILE`), and its threshold,
+    false-alarm rate, score and the features the score uses as version tags (:func:`tracking.tags.ood_to_tags`). The deployment copies
+    the folder into the BentoML model; :func:`load_ood_reference` reads it back.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        The registry's client.
+    name : str
+        The registered model.
+    version : str
+        The version.
+    reference : OODReference
+        Its reference (:func:`cellops.ood.fit_reference`).
+
+    Returns
+    -------
+    dict of str to str
+        The tags set on the version.
+
+    Raises
+    ------
+    ValueError
+        For a version registered from no run (nowhere to keep the artifact).
+    """
+    import tempfile
+    from pathlib import Path
+
+    model_version = client.get_model_version(name, str(version))
+    if not model_version.run_id:
+        raise ValueError(f"{name} v{version} was registered from no MLflow run: there is no run to keep its "
+                         "out-of-distribution reference in")
+    with tempfile.TemporaryDirectory() as tmp:
+        reference.save(Path(tmp) / REFERENCE_FILE)
+        client.log_artifacts(model_version.run_id, tmp, OOD_ARTIFACTS)
+    tags = names.ood_to_tags(reference.threshold, reference.false_alarm_rate, reference.score_name,
+                             reference.scored_features or reference.feature_names)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    return tags
+
+
+def load_ood_reference(tracking: str | MlflowClient, name: str, version: str) -> OODReference | None:
+    """The out-of-distribution reference :func:`record_ood` kept with a version, or None for a version registered
+    without one (before references existed: its predictions get :func:`cellops.ood.no_reference_verdict`).
+
+    Parameters
+    ----------
+    tracking : str or MlflowClient
+        The MLflow store's tracking URI, or a client of it.
+    name : str
+        The registered model.
+    version : str
+        The version.
+
+    Returns
+    -------
+    OODReference or None
+        The reference.
+
+    Raises
+    ------
+    LookupError
+        When the version is tagged with a reference that its run's artifacts do not hold.
+    """
+    import tempfile
+
+    client = tracking if isinstance(tracking, MlflowClient) else MlflowClient(tracking)
+    model_version = client.get_model_version(name, str(version))
+    if names.OOD_THRESHOLD not in (model_version.tags or {}):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(model_version.run_id, f"{OOD_ARTIFACTS}/{REFERENCE_FILE}", tmp)
+        except (MlflowException, OSError) as error:
+            raise LookupError(f"{name} v{version} is tagged with an out-of-distribution reference, but its run "
+                              f"{model_version.run_id} holds no {OOD_ARTIFACTS}/{REFERENCE_FILE}: {error}") from error
+        return OODReference.load(path)
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None]:

@@ -42,6 +42,14 @@ IMAGENET_WEIGHTS = "imagenet_weights"
 RUNTIME = "runtime"
 RUNTIME_CHECKS = "runtime_checks"
 RUNTIME_ARTIFACTS = "runtimes"
+# A version's out-of-distribution reference (cellops.ood): the reference itself is the ``ood/`` artifact folder of the
+# version's run (cellops.ood.OOD_ARTIFACTS); these tags say, without downloading it, that the version has one, the
+# distance threshold it flags above, the false-alarm rate that threshold was calibrated to, the score and the
+# features it uses.
+OOD_THRESHOLD = "cellops.ood.threshold"
+OOD_FALSE_ALARM_RATE = "cellops.ood.false_alarm_rate"
+OOD_SCORE = "cellops.ood.score"
+OOD_FEATURES = "cellops.ood.features"
 
 
 def lineage_to_tags(lineage: Mapping[str, object]) -> dict[str, str]:
@@ -221,6 +229,63 @@ def runtime_from_tags(tags: Mapping[str, str]) -> tuple[str, list[dict]]:
     return tags.get(RUNTIME, "torch"), json.loads(text) if text else []
 
 
+def ood_to_tags(threshold: float, false_alarm_rate: float, score: str, features: list[str] | tuple[str, ...]
+                ) -> dict[str, str]:
+    """An OOD reference's summary as version tags (the threshold at full precision, the features as compact JSON).
+
+    Parameters
+    ----------
+    threshold : float
+        The distance above which an image is out of distribution.
+    false_alarm_rate : float
+        The share of in-distribution images the threshold was calibrated to flag.
+    score : str
+        The score's name (:data:`cellops.ood.SCORES`).
+    features : sequence of str
+        The features it uses, in order.
+
+    Returns
+    -------
+    dict of str to str
+        :data:`OOD_THRESHOLD`, :data:`OOD_FALSE_ALARM_RATE`, :data:`OOD_SCORE` and :data:`OOD_FEATURES`.
+
+    Examples
+    --------
+    >>> ood_to_tags(4.5, 0.05, "nearest", ["a", "b"])[OOD_FEATURES]
+    '["a","b"]'
+    """
+    return {OOD_THRESHOLD: repr(float(threshold)), OOD_FALSE_ALARM_RATE: repr(float(false_alarm_rate)),
+            OOD_SCORE: str(score), OOD_FEATURES: json.dumps(list(features), separators=(",", ":"))}
+
+
+def ood_from_tags(tags: Mapping[str, str]) -> dict | None:
+    """The OOD summary a version carries (:func:`ood_to_tags`), or None for a version registered without a reference.
+
+    Parameters
+    ----------
+    tags : Mapping of str to str
+        A version's tags.
+
+    Returns
+    -------
+    dict or None
+        ``threshold``, ``false_alarm_rate``, ``score`` and ``features``.
+
+    Examples
+    --------
+    >>> ood_from_tags(ood_to_tags(4.5, 0.05, "nearest", ["a"]))
+    {'threshold': 4.5, 'false_alarm_rate': 0.05, 'score': 'nearest', 'features': ['a']}
+    >>> ood_from_tags({}) is None
+    True
+    """
+    if OOD_THRESHOLD not in tags:
+        return None
+    features = tags.get(OOD_FEATURES)
+    rate = tags.get(OOD_FALSE_ALARM_RATE)
+    return {"threshold": float(tags[OOD_THRESHOLD]), "false_alarm_rate": float(rate) if rate else None,
+            "score": tags.get(OOD_SCORE), "features": json.loads(features) if features else []}
+
+
 def version_record(name: str, version: str, run_id: str | None, tags: Mapping[str, str],
                    aliases: list[str] | None = None) -> dict:
     """Everything known about one registered model version, in the shape a service's metadata and
@@ -244,7 +309,8 @@ def version_record(name: str, version: str, run_id: str | None, tags: Mapping[st
     dict
         ``registered_model``, ``model_version``, ``aliases``, run ids, the lineage keys (among them
         :data:`PARENT_MODEL` for a model started from a registered version), ``metrics``, ``promotion_metric``,
-        ``inference_settings``, ``runtime`` and ``runtime_checks``.
+        ``inference_settings``, ``runtime``, ``runtime_checks`` and ``ood`` (:func:`ood_from_tags`: the
+        out-of-distribution threshold and rate, None for a version without a reference).
 
     Examples
     --------
@@ -265,4 +331,5 @@ def version_record(name: str, version: str, run_id: str | None, tags: Mapping[st
         INFERENCE_SETTINGS: inference_from_tags(tags),
         RUNTIME: runtime_from_tags(tags)[0],
         RUNTIME_CHECKS: runtime_from_tags(tags)[1],
+        "ood": ood_from_tags(tags),
     }

@@ -16,6 +16,7 @@ from cellops.uncertainty import Uncertainty, normalised_entropy
 
 if TYPE_CHECKING:
     from cellops.io import FileReading
+    from cellops.ood import OODReference
 
 
 def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -305,10 +306,12 @@ def classify_files(model: nn.Module, paths: Sequence[Path], settings: Classifier
 
 def classify_image_to_files(model: nn.Module, path: Path, out_dir: str | Path, stem: str,
                             settings: ClassifierServing, *, cams: bool = False,
-                            reading: FileReading | None = None, uncertainty: bool = False) -> dict:
+                            reading: FileReading | None = None, uncertainty: bool = False,
+                            reference: OODReference | None = None, policy: str = "flag") -> dict:
     """Label and class probabilities of one image file (a batch predictor: :func:`cellops.batch.run_batch`); with
     ``cams`` also its CAM overlay ``<stem>_cam.png`` under ``out_dir``. An unreadable image raises a ValueError
-    naming the file and why.
+    naming the file and why. The answer carries the image's out-of-distribution verdict
+    (:func:`cellops.classifier.ood.verdict_for`, from the model input and the probabilities of the same pass).
 
     Parameters
     ----------
@@ -328,26 +331,40 @@ def classify_image_to_files(model: nn.Module, path: Path, out_dir: str | Path, s
         The channel and scene to read from a multi-channel or multi-scene file.
     uncertainty : bool, optional
         Also measure the image's uncertainty (``uncertainty``, ``uncertainty_method`` in the answer).
+    reference : OODReference, optional
+        The model version's OOD reference (None: it has none, and the verdict says so).
+    policy : str, optional
+        ``flag`` (answer and flag) or ``refuse`` (:func:`cellops.ood.enforce`).
 
     Returns
     -------
     dict
-        ``outputs`` (files written), ``label`` and ``p_<class>`` for every class (and the uncertainty).
+        ``outputs`` (files written), ``label`` and ``p_<class>`` for every class (and the uncertainty), then
+        ``ood_score``, ``ood_threshold``, ``in_distribution`` and ``ood_reason``.
 
     Raises
     ------
     ValueError
         When the image cannot be read or used.
+    cellops.ood.OutOfDistribution
+        Under the ``refuse`` policy, for an image out of distribution (a ValueError: the batch records the file
+        as failed with the message and goes on).
     """
     from PIL import Image
 
+    from cellops.classifier.ood import verdict_for
+    from cellops.ood import check_policy, enforce
+
+    check_policy(policy)
     rows, failures, maps, inputs = classify_files(model, [path], settings, with_cams=cams, reading=reading,
                                                   uncertainty=uncertainty)
     if failures:
         raise ValueError(failures[0][1])
     result = {key: value for key, value in rows[0].items() if key != "file"}
+    probabilities = np.array([result[f"p_{name}"] for name in settings.classes])
+    verdict = enforce(verdict_for(reference, inputs[0], probabilities), policy)
     outputs = []
     if cams and maps is not None:
         Image.fromarray(cam_overlay(inputs[0], maps[0])).save(Path(out_dir) / f"{stem}_cam.png")
         outputs.append(f"{stem}_cam.png")
-    return {"outputs": outputs, **result}
+    return {"outputs": outputs, **result, **verdict.as_dict()}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from cellops.lazy import lazy_api
 
 #: The family's modules, those a service needs first.
-MODULES = ("specs", "predict", "runtime", "data", "train", "validation")
+MODULES = ("specs", "predict", "files", "runtime", "data", "train", "validation")
 __all__ = ["AnnotationSource", "SourceSettings", "MaskRCNNModelSpec", "parse_models", "MaskRCNNTraining",
            "MaskRCNNServing", "ImageSplitSettings", "split_images", "subset_coco", "load_instance_samples",
            "InstanceAugmentation", "build_instance_augmentation", "InstanceDataset", "AnnotationExpectations",
@@ -51,6 +51,6 @@ if TYPE_CHECKING:  # what readers, IDEs and the API reference see
         label_image,
         instance_table,
         overlay,
-        segment_image_to_files,
     )
+    from cellops.maskrcnn.files import segment_image_to_files
     from cellops.maskrcnn.runtime import export_maskrcnn, with_runtime, runtime_checks

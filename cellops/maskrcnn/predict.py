@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,8 +22,6 @@ from cellops.uncertainty import DIHEDRAL, Dihedral, Uncertainty
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from cellops.io import FileReading
 
 
 @dataclass(frozen=True)
@@ -663,68 +660,3 @@ def overlay(image: np.ndarray, instances: list[Instance], categories: dict[int, 
         cv2.putText(rgb, f"{name} {instance.score:.2f}".strip(), (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.35, colour, 1, cv2.LINE_AA)
     return rgb
-
-
-def segment_image_to_files(model: torch.nn.Module, path: str | Path, out_dir: str | Path, stem: str,
-                           settings: MaskRCNNServing, *, reading: FileReading | None = None,
-                           uncertainty: bool = False) -> dict:
-    """Segment one image file into ``<stem>_labels.tif`` (16-bit label image, OME-TIFF with the input's pixel size),
-    ``<stem>_instances.csv`` (label, category, score, area, box, centroid; areas and lengths also in µm when the pixel
-    size is known) and ``<stem>_overlay.png`` under ``out_dir``, tiled when larger than the training images. Returns
-    the outputs and the instance count (a batch predictor: :func:`cellops.batch.run_batch`); an image that cannot be
-    used raises :class:`cellops.io.ImageInputError` naming the file.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        A torchvision Mask R-CNN in eval mode.
-    path : str or Path
-        The image file (any format :func:`cellops.microscopy.open_image` reads).
-    out_dir : str or Path
-        Folder of the outputs.
-    stem : str
-        Prefix of the output names.
-    settings : MaskRCNNServing
-        How the model is applied, as served.
-    reading : FileReading, optional
-        The channel and scene to read from a multi-channel or multi-scene file.
-    uncertainty : bool, optional
-        Predict with :func:`predict_with_uncertainty` (eight predictions): the table gets an ``uncertainty``
-        column, the answer the image's ``uncertainty`` and ``uncertainty_method``.
-
-    Returns
-    -------
-    dict
-        ``outputs`` (the file names written), ``instances`` (their count), ``normalization`` (its description) and
-        ``pixel_size_um`` (None when the file states none); with ``uncertainty`` also ``uncertainty`` and
-        ``uncertainty_method``.
-    """
-    from cellops.io import FileReading, check_pixels
-    from cellops.microscopy import write_ome_tiff
-    from cellops.plots import save_png
-    from cellops.units import with_physical_sizes
-
-    out_dir = Path(out_dir)
-    opened = (reading or FileReading()).open(path, "Mask R-CNN")
-    image = as_picture(opened.data, source=str(path))
-    check_pixels(np.moveaxis(image, -1, 0) if image.ndim == 3 else image, source=str(path), allowed_ndim=(image.ndim,),
-                 unit_floats=False)  # the model takes floats of any range: its normalisation scales them
-    pixel_size = opened.yx_pixel_size_um
-    measured = None
-    if uncertainty:
-        instances, measured = predict_with_uncertainty(model, image, settings)
-    else:
-        instances = predict_image(model, image, settings)
-    write_ome_tiff(out_dir / f"{stem}_labels.tif", label_image(instances, image.shape[:2]), axes="YX",
-                   pixel_size_um=pixel_size, overwrite=True)
-    table = with_physical_sizes(instance_table(instances, settings.categories), pixel_size)
-    if measured is not None:
-        table["uncertainty"] = np.round(np.asarray(measured.per_object, dtype=float), 4)
-    table.to_csv(out_dir / f"{stem}_instances.csv", index=False)
-    save_png(overlay(image, instances, settings.categories), out_dir / f"{stem}_overlay.png")
-    result = {"outputs": [f"{stem}_labels.tif", f"{stem}_instances.csv", f"{stem}_overlay.png"],
-              "instances": len(instances), "normalization": settings.normalization.describe(),
-              "pixel_size_um": pixel_size}
-    if measured is not None:
-        result.update({"uncertainty": round(measured.image, 6), "uncertainty_method": measured.method})
-    return result

@@ -20,6 +20,7 @@ from torch import nn
 
 from cellops.intensity import Normalization, dtype_bounds, integer_histogram, percentile_bounds
 from cellops.microscopy import physical_pixel_sizes, write_ome_zarr
+from cellops.ood import OODReference, Verdict
 from cellops.unet.predict import predict_probabilities
 from cellops.unet.specs import UNetServing
 
@@ -159,13 +160,16 @@ def volume_bounds(source: str | Path, normalization: Normalization, *, slab: int
 def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, settings: UNetServing, *,
                         slab: int = 8, device: str = "cpu",
                         on_slab: Callable[[int, int], None] | None = None,
-                        on_mask: Callable[[int, np.ndarray], None] | None = None) -> VolumeInfo:
+                        on_mask: Callable[[int, np.ndarray], None] | None = None,
+                        on_probabilities: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+                        bounds: tuple[float, float] | None = None) -> VolumeInfo:
     """Segment the TIFF stack or zarr array ``source`` into a uint8 mask OME-TIFF ``out`` (255 foreground, the
     source's voxel size), ``slab`` slices at a time.
 
     ``out`` is written to a temporary name beside it and renamed when complete, so an interrupted run never leaves
     a truncated mask under the final name. ``on_slab(done, total)`` reports progress; ``on_mask(start, mask)``
-    receives each slab's boolean mask (for statistics gathered on the way).
+    receives each slab's boolean mask and ``on_probabilities(start, slices, probabilities)`` its raw slices and
+    their probabilities (for statistics gathered on the way).
 
     Parameters
     ----------
@@ -185,6 +189,10 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
         ``on_slab(done, total)`` after each slab.
     on_mask : callable, optional
         ``on_mask(start, mask)`` with each slab's boolean mask.
+    on_probabilities : callable, optional
+        ``on_probabilities(start, slices, probabilities)`` with each slab's raw slices and their probabilities.
+    bounds : tuple of float, optional
+        The normalisation bounds, when already computed (:func:`volume_bounds` of ``source``).
 
     Returns
     -------
@@ -212,7 +220,8 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
         raise ValueError(f"{source}: {info.dtype} voxels; a grey EM volume of 8- or 16-bit integers or floats is "
                          "expected")
     depth = info.shape[0]
-    bounds = volume_bounds(source, settings.normalization, slab=slab)  # the whole volume's, as if read whole
+    if bounds is None:
+        bounds = volume_bounds(source, settings.normalization, slab=slab)  # the whole volume's, as if read whole
     halo = settings.z_smoothing // 2
     out = Path(out)
     partial = out.with_name(f".{out.name}.partial")
@@ -221,9 +230,12 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
         for start in range(0, depth, slab):
             stop = min(depth, start + slab)
             first, last = max(0, start - halo), min(depth, stop + halo)
-            probabilities = predict_probabilities(model, read_slab(source, first, last), settings, device,
-                                                  bounds=bounds)
-            mask = probabilities[start - first:stop - first] >= settings.threshold
+            slices = read_slab(source, first, last)
+            probabilities = predict_probabilities(model, slices, settings, device, bounds=bounds)
+            core = slice(start - first, stop - first)
+            mask = probabilities[core] >= settings.threshold
+            if on_probabilities is not None:
+                on_probabilities(start, slices[core], probabilities[core])
             if on_mask is not None:
                 on_mask(start, mask)
             yield from (mask * np.uint8(255)).astype(np.uint8)
@@ -241,12 +253,87 @@ def segment_volume_file(model: nn.Module, source: str | Path, out: str | Path, s
     return info
 
 
+#: Slices of a volume whose features make its out-of-distribution verdict (evenly spaced, as
+#: :func:`cellops.ood.grey_planes` picks a stack's).
+VERDICT_SLICES = 8
+
+
+def verdict_slices(depth: int, count: int = VERDICT_SLICES) -> list[int]:
+    """The slices of a ``depth``-slice volume its verdict is taken from: ``count`` evenly spaced, ends included.
+
+    Examples
+    --------
+    >>> verdict_slices(100), verdict_slices(3)
+    ([0, 14, 28, 42, 57, 71, 85, 99], [0, 1, 2])
+    """
+    return np.unique(np.linspace(0, depth - 1, min(count, depth)).round().astype(int)).tolist()
+
+
+class VolumeVerdict:
+    """A volume's out-of-distribution verdict, gathered as its slabs are segmented: each of the
+    :func:`verdict_slices` is described as a 2-D image would be when served
+    (:func:`cellops.unet.ood.image_features` of the slice normalised with the volume's bounds, and its
+    probabilities), and the verdict is that of the mean of those features. The reference is fitted on 2-D crops of
+    training slices, so each slice is on its scale; averaging keeps the verdict's cost at a few slices whatever the
+    depth. Slices too small or uniform to score are left out (all of them: the verdict says why, unscored).
+
+    Parameters
+    ----------
+    reference : OODReference or None
+        The model version's reference (None: the verdict says it has none, and nothing is computed).
+    settings : UNetServing
+        As served.
+    depth : int
+        Slices of the volume.
+    bounds : tuple of float
+        The volume's normalisation bounds (:func:`volume_bounds`).
+    """
+
+    def __init__(self, reference: OODReference | None, settings: UNetServing, depth: int,
+                 bounds: tuple[float, float]) -> None:
+        self.reference, self.settings, self.bounds = reference, settings, bounds
+        self.picked = set(verdict_slices(depth)) if reference is not None else set()
+        self.rows: list[np.ndarray] = []
+        self.reasons: list[str] = []
+
+    def add(self, start: int, slices: np.ndarray, probabilities: np.ndarray) -> None:
+        """Describe the picked slices among ``slices`` (raw, the first being slice ``start``) and their
+        probabilities (a callback of :func:`segment_volume_file`)."""
+        from cellops.ood import unscorable_reason
+        from cellops.unet.ood import image_features
+
+        for offset in range(len(slices)):
+            if start + offset not in self.picked:
+                continue
+            unit = self.settings.normalization.apply(slices[offset], bounds=self.bounds)
+            reason = unscorable_reason(unit)
+            if reason is not None:
+                self.reasons.append(f"slice {start + offset}: {reason}")
+                continue
+            self.rows.append(image_features(unit, probabilities[offset], self.settings.threshold))
+
+    def verdict(self) -> Verdict:
+        """The verdict of the mean features of the slices described."""
+        from cellops.ood import no_reference_verdict
+
+        if self.reference is None:
+            return no_reference_verdict()
+        if not self.rows:
+            return Verdict(None, self.reference.threshold, None,
+                           "; ".join(self.reasons) or "no slice could be described")
+        judged = self.reference.verdict(np.mean(self.rows, axis=0))
+        return Verdict(judged.ood_score, judged.threshold, judged.in_distribution,
+                       f"{judged.reason}; mean features of {len(self.rows)} evenly spaced slices")
+
+
 def segment_volume_to_files(model: nn.Module, source: str | Path, out_dir: str | Path, stem: str,
-                            settings: UNetServing, *, slab: int = 8, device: str = "cpu") -> dict:
+                            settings: UNetServing, *, slab: int = 8, device: str = "cpu",
+                            reference: OODReference | None = None, policy: str = "flag") -> dict:
     """Segment ``source`` into ``<stem>_mask.tif`` (OME-TIFF), ``<stem>_mask.ome.zarr`` (the same mask as OME-Zarr;
     both with the source's voxel size) and ``<stem>_slices.csv`` (foreground fraction per slice) under
-    ``out_dir``: a batch predictor (:func:`cellops.batch.run_batch`); returns the outputs and the volume's shape and
-    mitochondria volume fraction.
+    ``out_dir``: a batch predictor (:func:`cellops.batch.run_batch`); returns the outputs, the volume's shape and
+    mitochondria volume fraction, and its out-of-distribution verdict (:class:`VolumeVerdict`: from the slices
+    and probabilities of the segmentation itself, no second pass).
 
     Parameters
     ----------
@@ -264,23 +351,41 @@ def segment_volume_to_files(model: nn.Module, source: str | Path, out_dir: str |
         Slices segmented at a time.
     device : str, optional
         Where the model is.
+    reference : OODReference, optional
+        The model version's OOD reference (None: it has none, and the verdict says so).
+    policy : str, optional
+        ``flag`` (answer and flag) or ``refuse``: a volume out of distribution raises
+        :class:`cellops.ood.OutOfDistribution` (a ValueError) and its mask is removed.
 
     Returns
     -------
     dict
-        ``outputs`` (the file names written), ``shape`` (``"ZxYxX"``) and ``foreground_fraction``.
+        ``outputs`` (the file names written), ``shape`` (``"ZxYxX"``), ``foreground_fraction``, then
+        ``ood_score``, ``ood_threshold``, ``in_distribution`` and ``ood_reason``.
     """
     import pandas as pd
 
+    from cellops.ood import check_policy, enforce
+
+    check_policy(policy)
     out_dir = Path(out_dir)
     fractions: list[float] = []
     mask_file = out_dir / f"{stem}_mask.tif"
-    info = segment_volume_file(model, source, mask_file, settings, slab=slab, device=device,
-                               on_mask=lambda start, mask: fractions.extend(mask.mean(axis=(1, 2)).tolist()))
+    bounds = volume_bounds(source, settings.normalization, slab=slab)
+    judge = VolumeVerdict(reference, settings, volume_info(source).shape[0], bounds)
+    info = segment_volume_file(model, source, mask_file, settings, slab=slab, device=device, bounds=bounds,
+                               on_mask=lambda start, mask: fractions.extend(mask.mean(axis=(1, 2)).tolist()),
+                               on_probabilities=judge.add if reference is not None else None)
+    try:
+        verdict = enforce(judge.verdict(), policy)
+    except ValueError:
+        mask_file.unlink(missing_ok=True)
+        raise
     # The same mask as OME-Zarr, chunked plane by plane, copied from the memory-mapped TIFF (never whole in memory).
     write_ome_zarr(out_dir / f"{stem}_mask.ome.zarr", tifffile.memmap(mask_file, mode="r"), axes="ZYX",
                    pixel_size_um=physical_pixel_sizes(mask_file) or None, overwrite=True)
     table = pd.DataFrame({"slice": range(len(fractions)), "foreground_fraction": np.round(fractions, 6)})
     table.to_csv(out_dir / f"{stem}_slices.csv", index=False)
     return {"outputs": [f"{stem}_mask.tif", f"{stem}_mask.ome.zarr", f"{stem}_slices.csv"],
-            "shape": "x".join(map(str, info.shape)), "foreground_fraction": round(float(np.mean(fractions)), 6)}
+            "shape": "x".join(map(str, info.shape)), "foreground_fraction": round(float(np.mean(fractions)), 6),
+            **verdict.as_dict()}

@@ -12,8 +12,9 @@ import torch
 from scipy import ndimage
 
 from cellops.io import encode_image
+from cellops.maskrcnn.files import segment_image_to_files
 from cellops.maskrcnn.predict import (Instance, crop_instance, instances_back, predict_image, predict_with_uncertainty,
-                                      segment_image_to_files, tta_uncertainty)
+                                      tta_uncertainty)
 from cellops.maskrcnn.specs import MaskRCNNServing
 from cellops.uncertainty import DIHEDRAL
 
