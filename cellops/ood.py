@@ -421,7 +421,8 @@ class OODReference:
             bad = [n for n, v in zip(self.feature_names, features) if not np.isfinite(v)]
             return Verdict(float("inf"), self.threshold, False, f"features not finite: {', '.join(bad)}")
         value = self.score(features)
-        inside = value <= self.threshold
+        # A relative tolerance: the image that set the threshold must not land an ulp above it on another call.
+        inside = value <= self.threshold * (1 + 1e-9)
         return Verdict(value, self.threshold, bool(inside),
                        f"{self.score_name} distance {value:.3f} {'<=' if inside else '>'} threshold "
                        f"{self.threshold:.3f} ({self.false_alarm_rate:.0%} false alarms on held-out training images)")

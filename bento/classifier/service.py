@@ -12,6 +12,12 @@ probability in headers. ``/classify`` and ``/classify_batch`` take the optional 
 predictive entropy of the served probabilities, as :func:`cellops.classifier.predict.uncertainties`; no extra pass,
 and it holds on every runtime the registry may serve, which MC dropout would not); ``POST /metadata``: which
 model answers, its lineage, metrics and input settings.
+
+Every answer says whether the image is like the model's training images (:mod:`bento.ood`), from the model input
+and the probabilities of the one pass: ``ood`` in each JSON answer (per image of a batch), ``X-OOD-Score``,
+``X-OOD-Threshold`` and ``X-In-Distribution`` headers of ``/explain``; under the ``refuse`` policy an
+out-of-distribution image is answered 422 naming its score and the threshold (in a batch: the first such image,
+named).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 from bentoml.exceptions import InvalidArgument
 
 from bento.common import KEEP_CONNECTION, PayloadTooLarge, Upload, guard, max_pixels, read_upload, upload_errors
+from bento.ood import OODMonitor, verdict_and_features, verdict_json
 from bento.runtime import load_serving_runtime, served_model_metadata
 from cellops.telemetry import disable_telemetry
 
@@ -82,6 +89,7 @@ class Classifier:
     network = bentoml.depends(ClassifierModel)
 
     def __init__(self) -> None:
+        from cellops.classifier.ood import FEATURE_NAMES
         from cellops.classifier.specs import ClassifierServing
 
         self.info = served_model_metadata(self.bento_model)
@@ -90,6 +98,8 @@ class Classifier:
         self.max_pixels = max_pixels(limits)
         self.max_batch_files = int(limits["max_batch_files"])
         self.max_batch_pixels = int(limits["max_batch_pixels"])
+        self.ood = OODMonitor(self.bento_model, "cellops-classifier", "classifier", FEATURE_NAMES)
+        self.info["ood"] = self.ood.describe()
 
     def _prepare(self, data: bytes, name: str) -> np.ndarray:
         return self._to_input(self._picture(data, name), name)
@@ -104,6 +114,20 @@ class Classifier:
         with upload_errors(name):
             return to_model_input(picture, channels=self.settings.channels, size=self.settings.size,
                                   normalization=self.settings.normalization, source=name)
+
+    def _verdicts(self, inputs: np.ndarray, probabilities: np.ndarray, uploads: list[bytes], endpoint: str,
+                  names: list[str] | None = None) -> list:
+        """In a worker thread: the OOD verdict of each model input (C, H, W) from its probabilities, observed;
+        under ``refuse``, 422 for the first out-of-distribution image (named by ``names`` in a batch)."""
+        from cellops.classifier.ood import grey_input, image_features
+
+        verdicts = []
+        for x, p, data in zip(inputs, probabilities, uploads):
+            verdict, features = verdict_and_features(self.ood.reference, grey_input(x), lambda: image_features(x, p))
+            verdicts.append(self.ood.observe(verdict, features, endpoint, data))
+        for i, verdict in enumerate(verdicts):
+            self.ood.enforce(verdict, names[i] if names else "")
+        return verdicts
 
     def _answer(self, probabilities: np.ndarray, uncertainty: bool = False) -> dict:
         best = int(self.settings.predicted_classes(np.asarray(probabilities)[None])[0])
@@ -122,10 +146,13 @@ class Classifier:
     @bentoml.api
     async def classify(self, image: Path, uncertainty: bool = False) -> dict:
         """Label and class probabilities of one uploaded image (PNG, TIFF or JPEG; grey or RGB; 8/16-bit); with
-        ``uncertainty`` also how sure the model is."""
+        ``uncertainty`` also how sure the model is; ``ood``: the OOD verdict."""
         # Decoding runs in a worker thread: a large upload must not stall the other requests.
-        x = await asyncio.to_thread(self._prepare, Path(image).read_bytes(), "image")
-        return self._answer(np.asarray(await self.network.to_async.predict(x[None]))[0], uncertainty)
+        data = Path(image).read_bytes()
+        x = await asyncio.to_thread(self._prepare, data, "image")
+        probabilities = np.asarray(await self.network.to_async.predict(x[None]))
+        [verdict] = await asyncio.to_thread(self._verdicts, x[None], probabilities, [data], "classify")
+        return {**self._answer(probabilities[0], uncertainty), "ood": verdict_json(verdict)}
 
     @bentoml.api
     async def classify_batch(self, images: list[Path], uncertainty: bool = False) -> list[dict]:
@@ -134,30 +161,38 @@ class Classifier:
             raise InvalidArgument("no images: send one or more files in the 'images' field")
         if len(images) > self.max_batch_files:
             raise InvalidArgument(f"{len(images)} images in one request; the limit is {self.max_batch_files}")
-        batch = await asyncio.to_thread(self._prepare_batch, [Path(p) for p in images])
+        paths = [Path(p) for p in images]
+        batch, uploads = await asyncio.to_thread(self._prepare_batch, paths)
         probabilities = np.asarray(await self.network.to_async.predict(batch))
-        return [self._answer(p, uncertainty) for p in probabilities]
+        names = [f"images[{i}] ({path.name})" for i, path in enumerate(paths)]
+        verdicts = await asyncio.to_thread(self._verdicts, batch, probabilities, uploads, "classify_batch", names)
+        return [{**self._answer(p, uncertainty), "ood": verdict_json(v)} for p, v in zip(probabilities, verdicts)]
 
-    def _prepare_batch(self, paths: list[Path]) -> np.ndarray:
-        pictures, total = [], 0
+    def _prepare_batch(self, paths: list[Path]) -> tuple[np.ndarray, list[bytes]]:
+        """The model inputs of the uploaded files, stacked, and the uploads as sent."""
+        pictures, uploads, total = [], [], 0
         for i, path in enumerate(paths):
             name = f"images[{i}] ({path.name})"
-            picture = self._picture(path.read_bytes(), name)
+            uploads.append(path.read_bytes())
+            picture = self._picture(uploads[-1], name)
             total += int(np.prod(picture.shape[:2]))
             if total > self.max_batch_pixels:
                 raise PayloadTooLarge(f"the images up to {name} hold {total} pixels; a request may hold "
                                       f"{self.max_batch_pixels}")
             pictures.append(self._to_input(picture, name))
-        return np.stack(pictures)
+        return np.stack(pictures), uploads
 
     @bentoml.api
     async def explain(self, image: Path, ctx: bentoml.Context) -> Path:
         """The CAM overlay PNG of the predicted class; label and probability in X-Label / X-Probability."""
         from cellops.classifier.predict import cam_overlay
 
-        x = await asyncio.to_thread(self._prepare, Path(image).read_bytes(), "image")
+        data = Path(image).read_bytes()
+        x = await asyncio.to_thread(self._prepare, data, "image")
         result = await self.network.to_async.explain(x[None])
         probabilities = np.asarray(result["probabilities"][0])
+        [verdict] = await asyncio.to_thread(self._verdicts, x[None], probabilities[None], [data], "explain")
+        ctx.response.headers.update(verdict.headers())
         answer = self._answer(probabilities)
         ctx.response.headers["X-Label"] = quote(answer["label"])  # class names are folder names: any characters
         ctx.response.headers["X-Probability"] = f"{float(answer['probabilities'][answer['label']]):.6f}"

@@ -7,6 +7,11 @@ its agreement under eight flips and quarter turns (:func:`cellops.maskrcnn.predi
 eight predictions instead of one); ``POST /overlay`` (``image``): the
 image with each instance's outline, box and score drawn, as a PNG (instance count in ``X-Instances``);
 ``POST /metadata``: which model answers, its lineage, metrics and prediction settings.
+
+Every answer says whether the image is like the model's training images (:mod:`bento.ood`), from the picture the
+network saw and what it detected: ``ood`` in ``/segment``'s JSON, ``X-OOD-Score``, ``X-OOD-Threshold`` and
+``X-In-Distribution`` headers of ``/overlay``; under the ``refuse`` policy an out-of-distribution image is answered
+422 naming its score and the threshold.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import bentoml
 import numpy as np
 
 from bento.common import Upload, guard, max_pixels, read_upload, upload_errors
+from bento.ood import OODMonitor, verdict_and_features, verdict_json
 from bento.runtime import load_serving_runtime, served_model_metadata
 from cellops.telemetry import disable_telemetry
 
@@ -35,6 +41,7 @@ class MaskRCNN:
         import mlflow.pytorch
         import torch
 
+        from cellops.maskrcnn.ood import FEATURE_NAMES
         from cellops.maskrcnn.runtime import with_runtime
         from cellops.maskrcnn.specs import MaskRCNNServing
 
@@ -46,13 +53,29 @@ class MaskRCNN:
         self.settings = MaskRCNNServing.from_dict(self.info["inference_settings"])
         self.max_pixels = max_pixels(self.info["service_limits"])
         self.lock = threading.Lock()  # one forward pass at a time: the model uses every core already
+        self.ood = OODMonitor(self.bento_model, "cellops-maskrcnn", "maskrcnn", FEATURE_NAMES)
+        self.info["ood"] = self.ood.describe()
 
-    def _segment(self, data: bytes) -> tuple[np.ndarray, list]:
-        from cellops.maskrcnn.predict import predict_image
+    def _segment(self, data: bytes, endpoint: str, uncertainty: bool = False) -> tuple:
+        """In a worker thread: the upload as a picture, its instances (and, when asked, their uncertainty) and
+        its OOD verdict (observed), from the network picture the prediction used."""
+        from cellops.maskrcnn.data import network_picture
+        from cellops.maskrcnn.ood import grey_picture, image_features
+        from cellops.maskrcnn.predict import predict_picture, predict_with_uncertainty
 
-        picture = self._picture(data)
+        image = self._picture(data)
+        with upload_errors("image"):
+            picture = network_picture(image, self.settings.normalization, source="image")
+        measured = None
         with self.lock:
-            return picture, predict_image(self.model, picture, self.settings)
+            if uncertainty:
+                instances, measured = predict_with_uncertainty(self.model, image, self.settings)
+            else:
+                instances = predict_picture(self.model, picture, self.settings)
+        verdict, features = verdict_and_features(self.ood.reference, grey_picture(picture),
+                                                 lambda: image_features(picture, instances))
+        self.ood.observe(verdict, features, endpoint, data)
+        return image, instances, measured, verdict
 
     def _picture(self, data: bytes) -> np.ndarray:
         from cellops.maskrcnn.predict import as_picture
@@ -62,25 +85,16 @@ class MaskRCNN:
         with upload_errors("image"):
             return as_picture(picture, source="image")
 
-    def _segment_measured(self, data: bytes) -> tuple[np.ndarray, list, object]:
-        from cellops.maskrcnn.predict import predict_with_uncertainty
-
-        picture = self._picture(data)
-        with self.lock:
-            return (picture, *predict_with_uncertainty(self.model, picture, self.settings))
-
     @bentoml.api
     async def segment(self, image: Path, uncertainty: bool = False) -> dict:
         """Instances of one uploaded image (PNG, TIFF or JPEG; grey or RGB; 8/16-bit), highest score first; with
-        ``uncertainty`` each instance's and the image's uncertainty (0 sure to 1 unsure)."""
+        ``uncertainty`` each instance's and the image's uncertainty (0 sure to 1 unsure); ``ood``: the OOD verdict."""
         from cellops.maskrcnn.predict import instance_rle
 
         # Decoding and the forward pass run in a worker thread: other requests (metadata) stay answered.
-        data = Path(image).read_bytes()
-        if uncertainty:
-            picture, instances, measured = await asyncio.to_thread(self._segment_measured, data)
-        else:
-            (picture, instances), measured = await asyncio.to_thread(self._segment, data), None
+        picture, instances, measured, verdict = await asyncio.to_thread(self._segment, Path(image).read_bytes(),
+                                                                        "segment", uncertainty)
+        self.ood.enforce(verdict)
         shape = picture.shape[:2]
         answer = []
         for label, instance in enumerate(instances, start=1):
@@ -94,7 +108,7 @@ class MaskRCNN:
         return {"height": int(shape[0]), "width": int(shape[1]), "count": len(answer), "instances": answer,
                 "score_threshold": self.settings.score_threshold,
                 "normalization": self.settings.normalization.describe(),
-                "model_version": self.info.get("model_version"), **extra}
+                "model_version": self.info.get("model_version"), "ood": verdict_json(verdict), **extra}
 
     @bentoml.api
     async def overlay(self, image: Path, ctx: bentoml.Context) -> Path:
@@ -102,7 +116,9 @@ class MaskRCNN:
         from cellops.maskrcnn.predict import overlay
         from cellops.plots import save_png
 
-        picture, instances = await asyncio.to_thread(self._segment, Path(image).read_bytes())
+        picture, instances, _, verdict = await asyncio.to_thread(self._segment, Path(image).read_bytes(), "overlay")
+        self.ood.enforce(verdict)
+        ctx.response.headers.update(verdict.headers())
         ctx.response.headers["X-Instances"] = str(len(instances))
         ctx.response.headers["X-Model-Version"] = str(self.info.get("model_version", "unknown"))
         ctx.response.headers["X-Normalization"] = self.settings.normalization.describe()

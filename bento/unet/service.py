@@ -13,6 +13,11 @@ sure the model is of it from its agreement under eight flips and quarter turns
 (:func:`cellops.unet.predict.segment_with_uncertainty`; eight times the tiles): in the ``X-Uncertainty`` header, or
 as ``uncertainty`` (image score, method) in the JSON; ``POST /metadata`` tells which model answers, where it
 came from and the inference settings it applies (those its registered test metrics were measured with). Bad requests get a 4xx naming the problem.
+
+Every answer says whether the upload is like the model's training images (:mod:`bento.ood`), from the
+probabilities it was segmented from: ``X-OOD-Score``, ``X-OOD-Threshold`` and ``X-In-Distribution`` headers of
+``/segment``, ``ood`` in ``/segment_stats``' JSON; under the ``refuse`` policy an out-of-distribution upload is
+answered 422 naming its score and the threshold.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 import torch
 
 from bento.common import KEEP_CONNECTION, PayloadTooLarge, Upload, guard, max_pixels, read_upload
+from bento.ood import OODMonitor, verdict_and_features, verdict_json
 from bento.runtime import load_serving_runtime, served_model_metadata
 from cellops.io import encode_image
 from cellops.telemetry import disable_telemetry
@@ -89,6 +95,7 @@ class UNetSegmenter:
     network = bentoml.depends(UNetModel)
 
     def __init__(self) -> None:
+        from cellops.unet.ood import FEATURE_NAMES
         from cellops.unet.specs import UNetServing
 
         self.info = served_model_metadata(self.bento_model)
@@ -96,6 +103,8 @@ class UNetSegmenter:
         limits = self.info["service_limits"]
         self.max_pixels = max_pixels(limits)
         self.max_tiles = int(limits.get("max_tiles", 4096))
+        self.ood = OODMonitor(self.bento_model, "cellops-unet", "unet", FEATURE_NAMES)
+        self.info["ood"] = self.ood.describe()
 
     def _decode(self, data: bytes, uncertainty: bool = False):
         from cellops.inference import tile_count
@@ -109,29 +118,46 @@ class UNetSegmenter:
                                   f"{self.settings.tile_size} px; the limit is {self.max_tiles}")
         return decoded
 
-    async def _segment(self, data: bytes, uncertainty: bool = False) -> tuple[np.ndarray, str, object]:
-        from cellops.unet.predict import segment, segment_with_uncertainty
-
+    async def _segment(self, data: bytes, endpoint: str, uncertainty: bool = False):
+        """The 0/255 mask of an upload, its format, its uncertainty (when asked) and its OOD verdict (observed;
+        under ``refuse``, 422 for an out-of-distribution upload)."""
         decoded = await asyncio.to_thread(self._decode, data, uncertainty)
         cancelled = threading.Event()
         remote = _RemoteNetwork(self.network, asyncio.get_running_loop(), cancelled)
-        measured = None
         try:
-            if uncertainty:
-                mask, measured = await asyncio.to_thread(segment_with_uncertainty, remote, decoded.array,
-                                                         self.settings)
-            else:
-                mask = await asyncio.to_thread(segment, remote, decoded.array, self.settings)
+            mask, measured, verdict = await asyncio.to_thread(self._predict, remote, decoded.array, uncertainty,
+                                                              data, endpoint)
         except asyncio.CancelledError:
             cancelled.set()  # the worker thread stops before its next tile batch
             raise
-        return mask.astype(np.uint8) * 255, decoded.format, measured
+        self.ood.enforce(verdict)
+        return mask.astype(np.uint8) * 255, decoded.format, measured, verdict
+
+    def _predict(self, remote, image: np.ndarray, uncertainty: bool, data: bytes, endpoint: str):
+        """In a worker thread: the mask (what :func:`cellops.unet.predict.segment` returns, or
+        :func:`~cellops.unet.predict.segment_with_uncertainty`'s with its uncertainty) and the verdict of the
+        probabilities it was thresholded from."""
+        from cellops.unet.ood import image_features
+        from cellops.unet.predict import predict_probabilities, probabilities_with_uncertainty
+
+        measured = None
+        bounds = self.settings.normalization.bounds(image)  # once, for the prediction and the verdict
+        if uncertainty:
+            probabilities, measured = probabilities_with_uncertainty(remote, image, self.settings, bounds=bounds)
+        else:
+            probabilities = predict_probabilities(remote, image, self.settings, bounds=bounds)
+        unit = self.settings.normalization.apply(image, bounds=bounds)
+        verdict, features = verdict_and_features(
+            self.ood.reference, unit, lambda: image_features(unit, probabilities, self.settings.threshold))
+        self.ood.observe(verdict, features, endpoint, data)
+        return probabilities >= self.settings.threshold, measured, verdict
 
     @bentoml.api
     async def segment(self, image: Path, ctx: bentoml.Context, uncertainty: bool = False) -> Path:
         """Mask of an uploaded 2-D image or 3-D stack, in the format sent; fraction (and, when asked, the
         uncertainty) in headers."""
-        mask, fmt, measured = await self._segment(Path(image).read_bytes(), uncertainty)
+        mask, fmt, measured, verdict = await self._segment(Path(image).read_bytes(), "segment", uncertainty)
+        ctx.response.headers.update(verdict.headers())
         if measured is not None:
             ctx.response.headers["X-Uncertainty"] = f"{measured.image:.6f}"
             ctx.response.headers["X-Uncertainty-Method"] = measured.method
@@ -145,8 +171,8 @@ class UNetSegmenter:
     @bentoml.api
     async def segment_stats(self, image: Path, uncertainty: bool = False) -> dict:
         """Foreground fraction (whole upload and per slice) without sending the mask back; with ``uncertainty``
-        also how sure the model is (``uncertainty``: image score and method)."""
-        mask, _, measured = await self._segment(Path(image).read_bytes(), uncertainty)
+        also how sure the model is (``uncertainty``: image score and method); ``ood``: the OOD verdict."""
+        mask, _, measured, verdict = await self._segment(Path(image).read_bytes(), "segment_stats", uncertainty)
         per_slice = (mask > 0).reshape(-1, *mask.shape[-2:]).mean(axis=(1, 2))
         extra = {} if measured is None else {"uncertainty": measured.as_dict()}
         return {
@@ -155,6 +181,7 @@ class UNetSegmenter:
             "slice_foreground_fraction": [round(float(v), 6) for v in per_slice],
             "model_version": self.info.get("model_version"),
             "normalization": self.settings.normalization.describe(),
+            "ood": verdict_json(verdict),
             **extra,
         }
 

@@ -340,12 +340,31 @@ def segment_with_uncertainty(model: nn.Module, image: np.ndarray, settings: UNet
     >>> mask.shape, uncertainty.pixels.shape, 0.0 <= uncertainty.image <= 1.0
     ((40, 48), (40, 48), True)
     """
+    probabilities, uncertainty = probabilities_with_uncertainty(model, image, settings, device, bounds=bounds)
+    return probabilities >= settings.threshold, uncertainty
+
+
+def probabilities_with_uncertainty(model: nn.Module, image: np.ndarray, settings: UNetServing,
+                                   device: str | torch.device = "cpu", *,
+                                   bounds: tuple[float, float] | None = None) -> tuple[np.ndarray, Uncertainty]:
+    """:func:`segment_with_uncertainty` before the threshold: the served probabilities (those the mask is
+    thresholded from, which the OOD verdict describes) and the uncertainty of the eight views.
+
+    Examples
+    --------
+    >>> from models.unet import UNet
+    >>> model = prepare_for_inference(UNet(base_channels=4, depth=2))
+    >>> settings = UNetServing(tile_size=32, tile_overlap=8, batch_size=4, threshold=0.5)
+    >>> probabilities, _ = probabilities_with_uncertainty(model, np.zeros((40, 48), np.uint8), settings)
+    >>> probabilities.shape, probabilities.dtype
+    ((40, 48), dtype('float32'))
+    """
     views = tta_probabilities(model, image, settings, device, bounds=bounds)
-    mask = served_probabilities(views, settings) >= settings.threshold
+    probabilities = served_probabilities(views, settings)
     if settings.z_smoothing > 1 and views.ndim == 4:
         views = np.stack([_z_smoothed(view, settings) for view in views])
     statistics = TTAStatistics(settings.threshold)
-    return mask, statistics.uncertainty(statistics.add(views))
+    return probabilities, statistics.uncertainty(statistics.add(views))
 
 
 def stack_uncertainty(model: nn.Module, slabs: Iterable[tuple[np.ndarray, slice]], settings: UNetServing,

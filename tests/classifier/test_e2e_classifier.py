@@ -23,6 +23,7 @@ import tifffile
 import yaml
 from PIL import Image
 
+from cellops.classifier.ood import FEATURE_NAMES
 from cellops.classifier.specs import ClassifierServing
 from cellops.classifier.runtime import runtime_classifier
 from cellops.inference import prepare_for_inference
@@ -32,6 +33,8 @@ from helpers import run_command as _run
 from helpers import (assert_runtimes_recorded, bad_uploads, built_bento, check_bento_environment, png_bytes,
                      served_bento, served_runtime)
 from hostile_corpus import probe
+from serving.ood_checks import (checkerboard, header_verdict, json_verdict, ood_metrics, refused_score,
+                                request_log)
 from tracking import tags
 
 pytestmark = [pytest.mark.e2e, pytest.mark.minutes(6)]
@@ -160,7 +163,9 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
 
     # The server's TMPDIR, where nothing may stay: short, since BentoML puts its services' Unix sockets there.
     temp = Path(tempfile.mkdtemp(prefix="srv-", dir="/tmp"))
-    server_env = {**env, "CELLOPS_MAX_PIXELS": "20000", "CELLOPS_MAX_REQUEST_BYTES": "3000000", "TMPDIR": str(temp)}
+    monitor = Path(tempfile.mkdtemp(prefix="mon-", dir="/tmp"))  # the request logs (CELLOPS_MONITOR_DIR)
+    server_env = {**env, "CELLOPS_MAX_PIXELS": "20000", "CELLOPS_MAX_REQUEST_BYTES": "3000000", "TMPDIR": str(temp),
+                  "CELLOPS_MONITOR_DIR": str(monitor)}
     with served_bento("cellops-classifier:latest", root, server_env) as base:
         def post(route, name, data, field="image"):
             return httpx.post(f"{base}/{route}", files=[(field, (name, data, "application/octet-stream"))], timeout=60)
@@ -173,12 +178,16 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
         assert answer["label"] == settings.classes[int(settings.predicted_classes(expected[:1])[0])]
         assert answer["decision_threshold"] == settings.decision_threshold
         assert answer["model_version"] == str(champion.version)
+        # Whether the picture is like the training images: its OOD verdict, from the input and the probabilities.
+        in_one = json_verdict(answer["ood"])
 
         batch = httpx.post(f"{base}/classify_batch", timeout=60,
                            files=[("images", (p.name, p.read_bytes(), "image/png")) for p in files])
         assert batch.status_code == 200, batch.text
         served = np.array([[a["probabilities"][c] for c in settings.classes] for a in batch.json()])
         assert np.allclose(served, expected, atol=1e-4)
+        in_batch = [json_verdict(a["ood"]) for a in batch.json()]  # a verdict per image
+        assert in_batch[0]["ood_score"] == pytest.approx(in_one["ood_score"], rel=1e-3)
 
         # Concurrent single requests (adaptive batching may merge them) get each its own answer.
         async def concurrent():
@@ -200,11 +209,48 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
         assert cam.status_code == 200 and cam.headers["content-type"] == "image/png"
         overlay = np.asarray(Image.open(io.BytesIO(cam.content)))
         assert overlay.shape == (settings.size, settings.size, 3) and cam.headers["x-label"] == answer["label"]
+        assert header_verdict(cam.headers)["ood_score"] == pytest.approx(in_one["ood_score"], rel=1e-3)
 
         meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
         assert meta["model_version"] == str(champion.version) and meta["mlflow_run_id"] == champion.run_id
         assert meta["inference_settings"] == settings.as_dict()
         assert meta["runtime"] == runtime and meta["serving"]["runtime"] == runtime
+        assert meta["ood"]["reference"] and meta["ood"]["policy"] == "flag" and meta["ood"]["family"] == "classifier"
+        assert meta["ood"]["threshold"] == pytest.approx(in_one["ood_threshold"], abs=1e-6)
+
+        # Pictures unlike the training ones are answered and flagged (the flag policy); the flag means something: the
+        # test pictures (in distribution, up to the 5 % false alarms) are mostly not flagged, checkerboards are.
+        print(f"classifier OOD scores (threshold {in_one['ood_threshold']:.3f}): pictures",
+              [round(v["ood_score"], 2) for v in in_batch])
+        assert sum(v["in_distribution"] for v in in_batch) >= len(in_batch) // 2  # tiny data: few calibration images
+        before = ood_metrics(base, "cellops-classifier")
+        boards = [png_bytes(checkerboard(128, 4 + seed % 3, seed=seed)) for seed in range(10)]
+        mixed_in = httpx.post(f"{base}/classify_batch", timeout=60, files=[
+            ("images", (files[0].name, files[0].read_bytes())), ("images", ("board.png", boards[0]))]).json()
+        assert json_verdict(mixed_in[0]["ood"])["ood_score"] == pytest.approx(in_one["ood_score"], rel=1e-3)
+        assert json_verdict(mixed_in[1]["ood"])["in_distribution"] is False
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=60) as client:
+                return await asyncio.gather(*[client.post(f"{base}/classify", files={"image": (f"b{i}.png", board)})
+                                              for i, board in enumerate(boards)])
+        shifted = [json_verdict(r.json()["ood"]) for r in asyncio.run(burst())]
+        print("classifier OOD scores of checkerboards:", [round(v["ood_score"], 2) for v in shifted])
+        assert not any(v["in_distribution"] for v in shifted)
+        assert min(v["ood_score"] for v in shifted) > max(v["ood_score"] for v in in_batch)
+        after = ood_metrics(base, "cellops-classifier")
+        counted = (after["out"] - before["out"], after["in"] - before["in"])
+        assert counted == ((11, 1) if mixed_in[0]["ood"]["in_distribution"] else (12, 0))
+        assert after["window"] == after["scored"] == after["in"] + after["out"]  # under the 200 of the window
+        assert after["rate"] == pytest.approx(after["out"] / after["scored"]) and after["rate"] > before["rate"]
+        assert after["drift"] > before["drift"]
+        lines = request_log(monitor, "cellops-classifier")  # one line per picture answered, never pixels
+        assert len(lines) == after["in"] + after["out"] + after["unscored"]
+        assert [line["endpoint"] for line in lines[-12:]] == ["classify_batch"] * 2 + ["classify"] * 10
+        assert sorted(line["ood_score"] for line in lines[-10:]) == pytest.approx(
+            sorted(v["ood_score"] for v in shifted), abs=1e-5)
+        assert lines[-1]["model_version"] == str(champion.version)
+        assert sorted(lines[-1]["features"]) == sorted(FEATURE_NAMES)
 
         for name, data, status, message in bad_uploads(200):
             response = post("classify", name, data)
@@ -216,6 +262,26 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
         assert post("explain", "notes.txt", b"nope").status_code == 400
         probe(base, "classify", "image", files[0].read_bytes(), kind="picture model",
               over_byte_limit=3_000_001, temp_dir=temp)
+
+    # The refuse policy (set by the operator): a picture out of distribution is answered 422 naming its score and the
+    # threshold (in a batch, naming the picture); a picture in distribution gets the same answer as before.
+    with served_bento("cellops-classifier:latest", root, {**server_env, "CELLOPS_OOD_POLICY": "refuse"}) as base:
+        refused = httpx.post(f"{base}/classify", files={"image": ("board.png", boards[0])}, timeout=60)
+        assert refused.status_code == 422, refused.text
+        assert refused_score(refused.json()["error"], in_one["ood_threshold"]) == pytest.approx(
+            mixed_in[1]["ood"]["ood_score"], abs=2e-3)
+        in_batch_refused = httpx.post(f"{base}/classify_batch", timeout=60, files=[
+            ("images", (files[0].name, files[0].read_bytes())), ("images", ("board.png", boards[0]))])
+        assert in_batch_refused.status_code == 422
+        named = in_batch_refused.json()["error"]  # BentoML's temporary copy of an upload ends with its name
+        assert named.startswith("images[1] (") and "board.png): the image is out of distribution" in named
+        again = httpx.post(f"{base}/classify", files={"image": (files[0].name, files[0].read_bytes())}, timeout=60)
+        if in_one["in_distribution"]:
+            assert again.status_code == 200, again.text
+            assert again.json()["label"] == answer["label"] and again.json()["probabilities"] == pytest.approx(
+                answer["probabilities"], abs=1e-4)
+        else:
+            assert again.status_code == 422
 
 
 def test_the_same_picture_under_two_classes_stops_the_pipeline_naming_it(trained):

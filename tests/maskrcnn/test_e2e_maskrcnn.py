@@ -24,6 +24,9 @@ from helpers import run_command as _run
 from helpers import (assert_runtimes_recorded, bad_uploads, built_bento, check_bento_environment, png_bytes,
                      served_bento, served_runtime)
 from hostile_corpus import probe
+from serving.ood_checks import (checkerboard, header_verdict, json_verdict, ood_metrics, refused_score,
+                                request_log)
+from cellops.maskrcnn.ood import FEATURE_NAMES
 from cellops.maskrcnn.predict import predict_image
 from cellops.maskrcnn.specs import MaskRCNNServing
 from cellops.maskrcnn.runtime import with_runtime
@@ -140,7 +143,9 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
     # The server's TMPDIR, where nothing may stay: short, since BentoML puts its services' Unix sockets there.
     temp = Path(tempfile.mkdtemp(prefix="srv-", dir="/tmp"))
     # 600000: the 384x384 colony picture as RGBA (4 values a pixel) fits; bad_uploads(800) does not.
-    server_env = {**env, "CELLOPS_MAX_PIXELS": "600000", "CELLOPS_MAX_REQUEST_BYTES": "3000000", "TMPDIR": str(temp)}
+    monitor = Path(tempfile.mkdtemp(prefix="mon-", dir="/tmp"))  # the request logs (CELLOPS_MONITOR_DIR)
+    server_env = {**env, "CELLOPS_MAX_PIXELS": "600000", "CELLOPS_MAX_REQUEST_BYTES": "3000000", "TMPDIR": str(temp),
+                  "CELLOPS_MONITOR_DIR": str(monitor)}
     with served_bento("cellops-maskrcnn:latest", root, server_env) as base:
         def post(route, name, data):
             return httpx.post(f"{base}/{route}", files=[("image", (name, data, "application/octet-stream"))], timeout=120)
@@ -150,6 +155,8 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
         body = answer.json()
         assert (body["height"], body["width"]) == (384, 384) and body["count"] == len(body["instances"])
         assert body["model_version"] == str(champion.version)
+        # Whether the picture is like the training images: its OOD verdict, from the network's picture and detections.
+        in_colony = json_verdict(body["ood"])
         # The champion's own answer: the same instances with the same boxes and scores (same runtime and settings;
         # the server's thread count may take another kernel path, so boxes are matched, not compared byte for byte).
         assert body["count"] > 0 and abs(body["count"] - len(expected)) <= max(1, len(expected) // 10)
@@ -163,14 +170,49 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
             assert instance["mask"]["size"] == [384, 384] and isinstance(instance["mask"]["counts"], str)
         plane = io.BytesIO()  # a one-plane TIFF stack (1, H, W) is one picture
         tifffile.imwrite(plane, np.asarray(Image.open(image))[None])
-        assert post("segment", "plane.tif", plane.getvalue()).json()["count"] == body["count"]
+        as_plane = post("segment", "plane.tif", plane.getvalue()).json()
+        assert as_plane["count"] == body["count"]
+        assert json_verdict(as_plane["ood"])["ood_score"] == pytest.approx(in_colony["ood_score"], rel=1e-3)
         drawn = post("overlay", image.name, image.read_bytes())
         assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/png"
+        assert header_verdict(drawn.headers)["ood_score"] == pytest.approx(in_colony["ood_score"], rel=1e-3)
         assert int(drawn.headers["x-instances"]) == body["count"]
         assert np.asarray(Image.open(io.BytesIO(drawn.content))).shape == (384, 384, 3)
         meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
         assert meta["model_version"] == str(champion.version) and meta["inference_settings"]["categories"] == {"1": "colony"}
         assert meta["serving"]["runtime"] == champion.tags["runtime"] == meta["runtime"]
+        assert meta["ood"]["reference"] and meta["ood"]["policy"] == "flag" and meta["ood"]["family"] == "maskrcnn"
+        assert meta["ood"]["threshold"] == pytest.approx(in_colony["ood_threshold"], abs=1e-6)
+
+        # Pictures unlike the training ones are answered and flagged (the flag policy); the flag means something: the
+        # colony pictures (in distribution, up to the 5 % false alarms) are mostly not flagged, checkerboards are.
+        colonies = [json_verdict(post("segment", p.name, p.read_bytes()).json()["ood"])
+                    for p in sorted((root / "data/colonies/images").glob("*.png"))[1:4]]
+        print(f"Mask R-CNN OOD scores (threshold {in_colony['ood_threshold']:.3f}): colonies",
+              [round(v["ood_score"], 2) for v in [in_colony, *colonies]])
+        assert sum(v["in_distribution"] for v in [in_colony, *colonies]) >= 3
+        before = ood_metrics(base, "cellops-maskrcnn")
+        boards = [png_bytes(checkerboard(256, 4 + seed % 3, seed=seed)) for seed in range(6)]
+        shifted = [json_verdict(post("segment", f"board{i}.png", board).json()["ood"])
+                   for i, board in enumerate(boards)]
+        print("Mask R-CNN OOD scores of checkerboards:", [round(v["ood_score"], 2) for v in shifted])
+        assert not any(v["in_distribution"] for v in shifted)
+        assert min(v["ood_score"] for v in shifted) > max(v["ood_score"] for v in [in_colony, *colonies])
+        # Too small to score (under 32 pixels a side): answered, the verdict unknown and why.
+        small = post("segment", "small.png", png_bytes(np.asarray(Image.open(image))[:20, :20]))
+        assert small.status_code == 200 and "too small" in json_verdict(small.json()["ood"], scored=False)["ood_reason"]
+        after = ood_metrics(base, "cellops-maskrcnn")
+        assert (after["out"] - before["out"], after["unscored"] - before["unscored"]) == (6, 1)
+        assert after["window"] == after["scored"] == after["in"] + after["out"]  # under the 200 of the window
+        assert after["rate"] == pytest.approx(after["out"] / after["scored"]) and after["rate"] > before["rate"]
+        assert after["drift"] > before["drift"]
+        lines = request_log(monitor, "cellops-maskrcnn")  # one line per picture answered, never pixels
+        assert len(lines) == after["in"] + after["out"] + after["unscored"]
+        assert [line["ood_score"] for line in lines[-7:-1]] == pytest.approx([v["ood_score"] for v in shifted],
+                                                                             abs=1e-5)
+        assert lines[-1]["in_distribution"] is None and lines[-2]["model_version"] == str(champion.version)
+        assert [line["endpoint"] for line in lines[-7:]] == ["segment"] * 7
+        assert sorted(lines[-2]["features"]) == sorted(FEATURE_NAMES)
         for name, data, status, message in bad_uploads(800) + [
             ("strip.png", png_bytes(np.zeros((1, 600), np.uint8)), 400, "too small"),
         ]:
@@ -180,6 +222,19 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
         assert post("overlay", "notes.txt", b"nope").status_code == 400
         probe(base, "segment", "image", image.read_bytes(), kind="picture model",
               over_byte_limit=3_000_001, temp_dir=temp)
+
+    # The refuse policy (set by the operator): a picture out of distribution is answered 422 naming its score and the
+    # threshold; a picture in distribution gets the same answer as before.
+    with served_bento("cellops-maskrcnn:latest", root, {**server_env, "CELLOPS_OOD_POLICY": "refuse"}) as base:
+        refused = post("overlay", "board0.png", boards[0])
+        assert refused.status_code == 422, refused.text
+        assert refused_score(refused.json()["error"], in_colony["ood_threshold"]) == pytest.approx(
+            shifted[0]["ood_score"], abs=2e-3)
+        again = post("segment", image.name, image.read_bytes())
+        if in_colony["in_distribution"]:
+            assert again.status_code == 200 and again.json()["count"] == body["count"]
+        else:
+            assert again.status_code == 422
 
 
 def _best_box_match(box: list[int], boxes: list[tuple[int, int, int, int]]) -> tuple[float, int]:

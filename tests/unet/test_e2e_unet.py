@@ -25,12 +25,16 @@ from PIL import Image
 
 from cellops.metrics import binary_segmentation_scores
 from cellops.runtimes import cpu_info, load_runtime
+from cellops.unet.ood import FEATURE_NAMES
 from cellops.unet.predict import load_for_inference, segment
 from cellops.unet.specs import UNetServing
 from tracking import tags
 from helpers import assert_runtimes_recorded, built_bento, check_bento_environment, served_bento, served_runtime
+from helpers import png_bytes
 from helpers import run_command as _run
 from hostile_corpus import probe
+from serving.ood_checks import (checkerboard, header_verdict, json_verdict, ood_metrics, refused_score,
+                                 request_log)
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK_FILE = ROOT / "requirements.lock"
@@ -149,8 +153,9 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
     assert binary_segmentation_scores(whole, test_mask > 0).foreground_iou > 0.3
     # The server's TMPDIR, where nothing may stay: short, since BentoML puts its services' Unix sockets there.
     temp = Path(tempfile.mkdtemp(prefix="srv-", dir="/tmp"))
+    monitor = Path(tempfile.mkdtemp(prefix="mon-", dir="/tmp"))  # the request logs (CELLOPS_MONITOR_DIR)
     server_env = {**env, "CELLOPS_MAX_PIXELS": str(test_image.size), "CELLOPS_MAX_REQUEST_BYTES": "3000000",
-                  "TMPDIR": str(temp)}
+                  "TMPDIR": str(temp), "CELLOPS_MONITOR_DIR": str(monitor)}
     server = served_bento("cellops-unet:latest", root, server_env)
     with server as base:
         def post(route: str, name: str, data: bytes) -> httpx.Response:
@@ -169,12 +174,15 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
         # tile batches (merged across requests) take another kernel path than the test's.
         assert ((served > 0) == expected).mean() >= 0.999
         assert float(response.headers["x-foreground-fraction"]) == pytest.approx(expected.mean(), abs=1e-5)
+        # Whether the slice is like the training images: its OOD verdict, from the probabilities it was segmented from.
+        in_slice = header_verdict(response.headers)
         # Asked for, the same mask comes with its uncertainty (test-time augmentation), in [0, 1].
         uncertain = httpx.post(f"{base}/segment", files={"image": ("slice.png", png.getvalue(), "image/png")},
                                data={"uncertainty": "true"}, timeout=120)
         assert uncertain.status_code == 200, uncertain.text
         assert (np.asarray(Image.open(io.BytesIO(uncertain.content))) == served).mean() >= 0.999
         assert 0.0 <= float(uncertain.headers["x-uncertainty"]) <= 1.0 and "x-uncertainty" not in response.headers
+        assert header_verdict(uncertain.headers)["ood_score"] == pytest.approx(in_slice["ood_score"], rel=1e-3)
 
         # A 3-D TIFF stack comes back as a TIFF stack; the mask overlaps the ground truth.
         stack = io.BytesIO()
@@ -185,9 +193,11 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
         assert mask.shape == test_image.shape
         assert ((mask > 0) == whole).mean() >= 0.999  # the champion's own stack mask (tile batches may differ)
         assert response.headers["x-normalization"].startswith("percentile")
+        in_stack = header_verdict(response.headers)
 
         stats = post("segment_stats", "stack.tif", stack.getvalue()).json()
         assert stats["foreground_fraction"] == pytest.approx((mask > 0).mean(), abs=1e-6)
+        assert json_verdict(stats["ood"])["ood_score"] == pytest.approx(in_stack["ood_score"], rel=1e-3)
 
         meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
         assert meta["model_version"] == str(champion.version)
@@ -199,6 +209,41 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
         # What ran it, on which kernels: this CPU's ISA as oneDNN and OpenVINO see it.
         assert meta["serving"]["cpu"] and meta["serving"]["onednn"] in ("DEFAULT", "AVX2", "AVX512", "AVX512_BF16")
         assert set(meta["serving"]["isa"]) <= set(cpu_info()["isa_flags"]) and meta["serving"]["openvino_device"]
+        # The OOD settings: the reference registered with the version, the default policy.
+        assert meta["ood"]["reference"] and meta["ood"]["policy"] == "flag" and meta["ood"]["family"] == "unet"
+        assert meta["ood"]["threshold"] == pytest.approx(in_slice["ood_threshold"], abs=1e-6)
+        assert meta["ood"]["false_alarm_rate"] == 0.05 and not meta["ood"]["images_kept"]
+
+        # Images unlike the training ones are answered and flagged (the flag policy); the flag means something: the
+        # test slices (in distribution, up to the 5 % false alarms) are not all flagged, a checkerboard is.
+        print(f"U-Net OOD scores (threshold {in_slice['ood_threshold']:.3f}): test slice {in_slice['ood_score']:.3f}, "
+              f"test stack {in_stack['ood_score']:.3f}")
+        assert in_slice["in_distribution"] or in_stack["in_distribution"]
+        before = ood_metrics(base, "cellops-unet")
+        shifted = [post("segment", f"board{seed}.png", png_bytes(checkerboard(128, 4 + seed % 3, seed=seed)))
+                   for seed in range(10)]
+        verdicts = [header_verdict(r.headers) for r in shifted]
+        print("U-Net OOD scores of checkerboards:", [round(v["ood_score"], 2) for v in verdicts])
+        assert all(r.status_code == 200 for r in shifted) and not any(v["in_distribution"] for v in verdicts)
+        assert min(v["ood_score"] for v in verdicts) > max(in_slice["ood_score"], in_stack["ood_score"])
+        # Too small to score (under 32 pixels a side): answered, the verdict unknown and why.
+        small = post("segment_stats", "small.png", png_bytes(test_image[4][:20, :20]))
+        assert small.status_code == 200 and "too small" in json_verdict(small.json()["ood"], scored=False)["ood_reason"]
+        # The burst on /metrics: counted, the window's OOD rate and drift statistic up.
+        after = ood_metrics(base, "cellops-unet")
+        assert (after["out"] - before["out"], after["unscored"] - before["unscored"]) == (10, 1)
+        assert after["window"] == after["scored"] == after["in"] + after["out"]  # under the 200 of the window
+        assert after["rate"] == pytest.approx(after["out"] / after["scored"]) and after["rate"] > before["rate"]
+        assert after["drift"] > before["drift"]
+        # One log line per answered image, in order, never pixels: the burst's scores as answered.
+        lines = request_log(monitor, "cellops-unet")
+        assert len(lines) == after["in"] + after["out"] + after["unscored"]
+        assert [line["endpoint"] for line in lines[-11:]] == ["segment"] * 10 + ["segment_stats"]
+        assert [line["ood_score"] for line in lines[-11:-1]] == pytest.approx([v["ood_score"] for v in verdicts],
+                                                                              abs=1e-5)
+        assert lines[-1]["in_distribution"] is None and lines[-1]["model_version"] == str(champion.version)
+        assert lines[-2]["registered_model"] == "cellops-unet"
+        assert sorted(lines[-2]["features"]) == sorted(FEATURE_NAMES)
 
         # Bad uploads: a 4xx naming the problem, never a 500.
         rgb = io.BytesIO()
@@ -224,6 +269,23 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
         probe(base, "segment", "image", png.getvalue(), kind="grey model",
               over_byte_limit=3_000_001, temp_dir=temp)
         assert server.alive()  # bad input never took the server down
+
+    # The refuse policy (set by the operator): an image out of distribution is answered 422 naming its score and the
+    # threshold; an image in distribution gets the same answer as before.
+    with served_bento("cellops-unet:latest", root, {**server_env, "CELLOPS_OOD_POLICY": "refuse"}) as base:
+        board = httpx.post(f"{base}/segment", files={"image": ("board0.png", png_bytes(checkerboard(128, 4)))},
+                           timeout=120)
+        assert board.status_code == 422, board.text
+        assert refused_score(board.json()["error"], in_slice["ood_threshold"]) == pytest.approx(
+            verdicts[0]["ood_score"], abs=2e-3)
+        again = httpx.post(f"{base}/segment", files={"image": ("slice.png", png.getvalue())}, timeout=120)
+        if in_slice["in_distribution"]:
+            assert again.status_code == 200, again.text
+            assert (np.asarray(Image.open(io.BytesIO(again.content))) == served).mean() >= 0.999
+        else:
+            assert again.status_code == 422
+        assert httpx.post(f"{base}/metadata", json={}, timeout=30).json()["ood"]["policy"] == "refuse"
+    assert request_log(monitor, "cellops-unet")[-2]["in_distribution"] is False  # refused, and logged
 
 
 def test_broken_dataset_stops_the_pipeline_naming_the_expectation(trained):
