@@ -33,19 +33,17 @@ from pathlib import Path
 import numpy as np
 from bentoml.exceptions import BentoMLException, UnprocessableEntity
 
-from cellops.ood import (DEFAULT_POLICY, OOD_ARTIFACTS, POLICIES, REFERENCE_FILE, DriftWindow, OODReference,
-                         OutOfDistribution, Verdict, enforce, unscorable_reason, verdict_of)
+from cellops.ood import (DEFAULT_POLICY, MONITOR_DIR_ENV, OOD_ARTIFACTS, POLICIES, REFERENCE_FILE, REQUEST_LOG,
+                         DriftWindow, OODReference, OutOfDistribution, Verdict, enforce, monitor_dir,
+                         unscorable_reason, verdict_of)
 
 logger = logging.getLogger("bentoml.cellops")
 
 POLICY_ENV = "CELLOPS_OOD_POLICY"
 WINDOW_ENV = "CELLOPS_DRIFT_WINDOW"
-MONITOR_DIR_ENV = "CELLOPS_MONITOR_DIR"
 MONITOR_IMAGES_ENV = "CELLOPS_MONITOR_IMAGES"
 #: Scored images in a service's drift window when ``CELLOPS_DRIFT_WINDOW`` is unset.
 DEFAULT_WINDOW = 200
-#: A service's request log, in ``<monitor dir>/<service name>/``.
-REQUEST_LOG = "requests.jsonl"
 #: Buckets of the ``cellops_ood_score`` histogram (Mahalanobis distances; thresholds are a few units).
 SCORE_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 50.0, 100.0, 1000.0)
 
@@ -164,15 +162,6 @@ def drift_window_size() -> int:
     if not value.isdigit() or int(value) < 1:
         raise BentoMLException(f"{WINDOW_ENV}={os.environ[WINDOW_ENV]!r} is not a positive whole number of requests")
     return int(value)
-
-
-def monitor_dir() -> Path:
-    """Where services write their request logs: ``CELLOPS_MONITOR_DIR``, else ``$BENTOML_HOME/monitoring``
-    (``BENTOML_HOME`` defaulting to ``~/bentoml``)."""
-    configured = os.environ.get(MONITOR_DIR_ENV, "").strip()
-    if configured:
-        return Path(configured).expanduser()
-    return Path(os.environ.get("BENTOML_HOME", "").strip() or "~/bentoml").expanduser() / "monitoring"
 
 
 def verdict_and_features(reference: OODReference | None, unit: np.ndarray,

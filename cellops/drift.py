@@ -38,7 +38,6 @@ import html
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +47,6 @@ import pandas as pd
 
 from cellops.ood import OODReference
 
-#: The environment variable naming the folder of the services' request logs (:func:`monitor_dir`).
-MONITOR_DIR_ENV = "CELLOPS_MONITOR_DIR"
-#: The request log's file name in each service's folder of the monitoring directory.
-LOG_FILE = "requests.jsonl"
 #: The fields of one logged request, besides its ``features``.
 LOG_FIELDS = ("time", "service", "registered_model", "model_version", "endpoint", "ood_score", "ood_threshold",
               "in_distribution", "ood_reason")
@@ -63,17 +58,6 @@ DEFAULT_WINDOW = 200
 DEFAULT_ALPHA = 0.05
 #: The share of drifted features from which the requests as a whole count as drifted (as Evidently's default).
 DEFAULT_DRIFT_SHARE = 0.5
-
-
-def monitor_dir() -> Path:
-    """Where the model services write their request logs: ``CELLOPS_MONITOR_DIR``, else
-    ``$BENTOML_HOME/monitoring`` (``BENTOML_HOME`` defaulting to ``~/bentoml``); each service writes
-    ``<folder>/<service>/requests.jsonl``.
-    """
-    configured = os.environ.get(MONITOR_DIR_ENV, "").strip()
-    if configured:
-        return Path(configured).expanduser()
-    return Path(os.environ.get("BENTOML_HOME", "").strip() or "~/bentoml").expanduser() / "monitoring"
 
 
 def log_files(paths: Sequence[str | Path]) -> list[Path]:

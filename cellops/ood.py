@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,10 @@ MIN_SIDE = 32
 #: The central square of larger images that the input statistics are taken from: it bounds their cost, and it is
 #: cropped, never resampled, so that the pixel scale (the magnification) stays what the network sees.
 MAX_SIDE = 192
+#: The environment variable naming the folder of the services' request logs (:func:`monitor_dir`).
+MONITOR_DIR_ENV = "CELLOPS_MONITOR_DIR"
+#: A service's request log, in ``<monitor dir>/<service name>/``.
+REQUEST_LOG = "requests.jsonl"
 #: The fewest training images a reference is fitted on.
 MIN_REFERENCE = 10
 #: Calibration rows kept in the reference, for drift reports.
@@ -59,6 +64,16 @@ INTENSITY_FEATURES = (
     *(f"{name}_{scale}px" for scale in HESSIAN_SCALES
       for name in ("bright_ridge_share", "log_blob_to_line", "strong_ridge_polarity", "blob_share")),
 )
+
+
+def monitor_dir() -> Path:
+    """Where the model services write their request logs (and ``cellops monitor`` looks for them):
+    ``CELLOPS_MONITOR_DIR``, else ``$BENTOML_HOME/monitoring`` (``BENTOML_HOME`` defaulting to ``~/bentoml``); each
+    service writes ``<folder>/<service>/requests.jsonl``."""
+    configured = os.environ.get(MONITOR_DIR_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("BENTOML_HOME", "").strip() or "~/bentoml").expanduser() / "monitoring"
 
 
 class OutOfDistribution(ValueError):

@@ -12,7 +12,8 @@ from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 from zenml.types import HTMLString
 
-from cellops.drift import monitor_dir, read_request_logs
+from cellops.drift import read_request_logs
+from cellops.ood import monitor_dir
 from tracking.monitor import build_report, summary_line
 from tracking.runs import stack_tracking_uri
 
@@ -22,7 +23,7 @@ logger = get_logger(__name__)
 @step(enable_cache=False)
 def load_request_logs(log_dir: str | None) -> Annotated[pd.DataFrame, "request_log"]:
     """Every request logged under ``log_dir`` (a folder of ``<service>/requests.jsonl``, or one log file; None: the
-    services' folder, :func:`cellops.drift.monitor_dir`) as one table, oldest first; fails naming the folder when it
+    services' folder, :func:`cellops.ood.monitor_dir`) as one table, oldest first; fails naming the folder when it
     holds no request."""
     folder = Path(log_dir).expanduser() if log_dir else monitor_dir()
     table = read_request_logs([folder])

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellops.drift import (FEATURE_PREFIX, benjamini_hochberg, drift_report, feature_drift, log_files, monitor_dir,
+from cellops.drift import (FEATURE_PREFIX, benjamini_hochberg, drift_report, feature_drift, log_files,
                            read_request_logs, select_requests)
-from cellops.ood import fit_reference
+from cellops.ood import fit_reference, monitor_dir
 
 NAMES = ("intensity_mean", "intensity_std", "log_noise", "foreground_fraction")
 START = datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc)
