@@ -5,7 +5,7 @@ and an append-only JSON-lines log of every image's verdict and features (never i
 a folder for them).
 
 A service builds one :class:`OODMonitor` when it starts, turns each image it predicted into a verdict and its
-features with :func:`verdict_and_features`, and hands both to :meth:`OODMonitor.observe`; under the ``refuse``
+features with :func:`cellops.ood.verdict_and_features`, and hands both to :meth:`OODMonitor.observe`; under the ``refuse``
 policy :meth:`OODMonitor.enforce` then answers 422 naming the score and the threshold.
 
 Environment (read when the service starts):
@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,8 +34,7 @@ import numpy as np
 from bentoml.exceptions import BentoMLException, UnprocessableEntity
 
 from cellops.ood import (DEFAULT_POLICY, MONITOR_DIR_ENV, OOD_ARTIFACTS, POLICIES, REFERENCE_FILE, REQUEST_LOG,
-                         DriftWindow, OODReference, OutOfDistribution, Verdict, enforce, monitor_dir,
-                         unscorable_reason, verdict_of)
+                         DriftWindow, OODReference, OutOfDistribution, Verdict, enforce, monitor_dir)
 
 logger = logging.getLogger("bentoml.cellops")
 
@@ -162,39 +161,6 @@ def drift_window_size() -> int:
     if not value.isdigit() or int(value) < 1:
         raise BentoMLException(f"{WINDOW_ENV}={os.environ[WINDOW_ENV]!r} is not a positive whole number of requests")
     return int(value)
-
-
-def verdict_and_features(reference: OODReference | None, unit: np.ndarray,
-                         features: Callable[[], np.ndarray]) -> tuple[Verdict, np.ndarray | None]:
-    """An image's verdict, as the family's ``verdict_for`` gives it, and the features it rests on (for the log).
-
-    Parameters
-    ----------
-    reference : OODReference or None
-        The served model's reference.
-    unit : np.ndarray
-        The grey image the family scores (U-Net: the normalised image or stack; classifier: ``grey_input`` of the
-        model input; Mask R-CNN: ``grey_picture`` of the network picture).
-    features : callable
-        Computes the family's features (``cellops.<family>.ood.image_features``); called only when the image can
-        be scored.
-
-    Returns
-    -------
-    verdict : Verdict
-    features : np.ndarray or None
-        None when the image was not scored (no reference, too small or uniform).
-
-    Examples
-    --------
-    >>> verdict, values = verdict_and_features(None, np.zeros((64, 64)), lambda: np.zeros(3))
-    >>> verdict.in_distribution, values
-    (None, None)
-    """
-    if reference is None or unscorable_reason(unit) is not None:
-        return verdict_of(reference, unit, None), None
-    values = np.asarray(features(), dtype=np.float64)
-    return verdict_of(reference, unit, values), values
 
 
 def verdict_json(verdict: Verdict) -> dict:

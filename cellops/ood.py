@@ -21,7 +21,7 @@ import json
 import math
 import os
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -639,6 +639,42 @@ def verdict_of(reference: OODReference | None, unit: np.ndarray, features: np.nd
     if reason is not None or features is None:
         return Verdict(None, reference.threshold, None, reason or "features could not be computed")
     return reference.verdict(features)
+
+
+def verdict_and_features(reference: OODReference | None, unit: np.ndarray,
+                         features: Callable[[], np.ndarray]) -> tuple[Verdict, np.ndarray | None]:
+    """An image's verdict and the features it rests on; the features are computed only when the image can be
+    scored (there is a reference, and the image is neither too small nor uniform). Every family's ``verdict_for``
+    and the services (which also log the features) go through it.
+
+    Parameters
+    ----------
+    reference : OODReference or None
+        The model version's reference.
+    unit : np.ndarray
+        The grey image (Y, X) or stack (Z, Y, X) the family scores, as the network saw it.
+    features : callable
+        Computes the family's features (``cellops.<family>.ood.image_features``).
+
+    Returns
+    -------
+    verdict : Verdict
+    features : np.ndarray or None
+        None when the image was not scored.
+
+    Examples
+    --------
+    >>> verdict, values = verdict_and_features(None, np.zeros((64, 64)), lambda: np.zeros(3))
+    >>> verdict.in_distribution, values
+    (None, None)
+    """
+    if reference is None:
+        return no_reference_verdict(), None
+    reason = unscorable_reason(unit)
+    if reason is not None:
+        return Verdict(None, reference.threshold, None, reason), None
+    values = np.asarray(features(), dtype=np.float64)
+    return reference.verdict(values), values
 
 
 class DriftWindow:

@@ -24,8 +24,9 @@ import bentoml
 import numpy as np
 
 from bento.common import Upload, guard, max_pixels, read_upload, upload_errors
-from bento.ood import OODMonitor, verdict_and_features, verdict_json
+from bento.ood import OODMonitor, verdict_json
 from bento.runtime import load_serving_runtime, served_model_metadata
+from cellops.ood import verdict_and_features
 from cellops.telemetry import disable_telemetry
 
 disable_telemetry()

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from bento.common import KEEP_CONNECTION, PayloadTooLarge, Upload, guard, max_pixels, read_upload
-from bento.ood import OODMonitor, verdict_and_features, verdict_json
+from bento.ood import OODMonitor, verdict_json
 from bento.runtime import load_serving_runtime, served_model_metadata
 from cellops.io import encode_image
+from cellops.ood import verdict_and_features
 from cellops.telemetry import disable_telemetry
 
 disable_telemetry()

@@ -7,7 +7,7 @@ import numpy as np
 from torch import nn
 
 from cellops.classifier.specs import ClassifierServing
-from cellops.ood import INTENSITY_FEATURES, OODReference, Verdict, intensity_features, unscorable_reason, verdict_of
+from cellops.ood import INTENSITY_FEATURES, OODReference, Verdict, intensity_features, verdict_and_features
 from cellops.uncertainty import normalised_entropy
 
 #: The classifier's features, in order.
@@ -47,10 +47,7 @@ def image_features(inputs: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
 
 def verdict_for(reference: OODReference | None, inputs: np.ndarray, probabilities: np.ndarray) -> Verdict:
     """The verdict of one classified image from its model input (C, H, W) and served probabilities."""
-    unit = grey_input(inputs)
-    if reference is None or unscorable_reason(unit) is not None:
-        return verdict_of(reference, unit, None)
-    return verdict_of(reference, unit, image_features(inputs, probabilities))
+    return verdict_and_features(reference, grey_input(inputs), lambda: image_features(inputs, probabilities))[0]
 
 
 def reference_rows(model: nn.Module, inputs: np.ndarray, settings: ClassifierServing) -> np.ndarray:

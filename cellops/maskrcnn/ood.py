@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cellops.maskrcnn.specs import MaskRCNNServing
-from cellops.ood import INTENSITY_FEATURES, OODReference, Verdict, intensity_features, unscorable_reason, verdict_of
+from cellops.ood import INTENSITY_FEATURES, OODReference, Verdict, intensity_features, verdict_and_features
 
 #: Mask R-CNN's features, in order.
 FEATURE_NAMES = (*INTENSITY_FEATURES, "log_instances", "top_score", "mean_score", "covered_fraction")
@@ -66,10 +66,7 @@ def image_features(picture: np.ndarray, instances: Sequence) -> np.ndarray:
 
 def verdict_for(reference: OODReference | None, picture: np.ndarray, instances: Sequence) -> Verdict:
     """The verdict of one segmented picture (as the network saw it) from its detections."""
-    grey = grey_picture(picture)
-    if reference is None or unscorable_reason(grey) is not None:
-        return verdict_of(reference, grey, None)
-    return verdict_of(reference, grey, image_features(picture, instances))
+    return verdict_and_features(reference, grey_picture(picture), lambda: image_features(picture, instances))[0]
 
 
 def reference_rows(model: torch.nn.Module, images: Sequence[np.ndarray], settings: MaskRCNNServing, *,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from cellops.ood import INTENSITY_FEATURES, OODReference, Verdict, intensity_features, unscorable_reason, verdict_of
+from cellops.ood import INTENSITY_FEATURES, OODReference, Verdict, intensity_features, verdict_and_features
 from cellops.unet.specs import UNetServing
 
 #: The U-Net's features, in order: the input statistics, then the probability map's.
@@ -77,9 +77,7 @@ def verdict_for(reference: OODReference | None, image: np.ndarray, probabilities
     Verdict
     """
     unit = settings.normalization.apply(image, bounds=bounds)
-    if reference is None or unscorable_reason(unit) is not None:
-        return verdict_of(reference, unit, None)
-    return verdict_of(reference, unit, image_features(unit, probabilities, settings.threshold))
+    return verdict_and_features(reference, unit, lambda: image_features(unit, probabilities, settings.threshold))[0]
 
 
 def reference_crops(volume: np.ndarray, sizes: tuple[int, ...], count: int, *, seed: int = 0) -> list[np.ndarray]:

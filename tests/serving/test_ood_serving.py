@@ -20,8 +20,8 @@ import pytest
 from bentoml.exceptions import BentoMLException
 
 from bento.ood import (MONITOR_DIR_ENV, MONITOR_IMAGES_ENV, POLICY_ENV, REQUEST_LOG, WINDOW_ENV, OODMonitor,
-                       OutOfDistributionRefused, verdict_and_features, verdict_json)
-from cellops.ood import OOD_ARTIFACTS, Verdict, fit_reference, no_reference_verdict
+                       OutOfDistributionRefused, verdict_json)
+from cellops.ood import OOD_ARTIFACTS, Verdict, fit_reference, no_reference_verdict, verdict_and_features
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("a", "b", "c")
@@ -243,7 +243,7 @@ def _reference_of(family: str, names, rows: list[np.ndarray]):
 
 
 def test_the_services_verdict_is_the_familys_verdict_for(tmp_path):
-    """The services compute features once, for the verdict and the log (:func:`bento.ood.verdict_and_features`):
+    """The services compute features once, for the verdict and the log (:func:`cellops.ood.verdict_and_features`):
     the verdict is the one the family's ``verdict_for`` gives, scored, unscored (too small) or without reference."""
     from cellops.classifier import ood as classifier_ood
     from cellops.maskrcnn import ood as maskrcnn_ood
