@@ -5,8 +5,8 @@ and an append-only JSON-lines log of every image's verdict and features (never i
 a folder for them).
 
 A service builds one :class:`OODMonitor` when it starts, turns each image it predicted into a verdict and its
-features with :func:`cellops.ood.verdict_and_features`, and hands both to :meth:`OODMonitor.observe`; under the ``refuse``
-policy :meth:`OODMonitor.enforce` then answers 422 naming the score and the threshold.
+features with :func:`cellops.ood.verdict_and_features`, and hands both to :meth:`OODMonitor.observe`; under the
+``refuse`` policy :meth:`OODMonitor.enforce` then answers 422 naming the score and the threshold.
 
 Environment (read when the service starts):
 

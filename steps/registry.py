@@ -165,3 +165,14 @@ def record_reference(name: str, version: str, reference: OODReference, *, label:
                 reference.n_calibration, reference.score_name, reference.threshold, 100 * reference.false_alarm_rate,
                 100 * flagged)
     return summary
+
+
+def log_ood_references(summaries: list[dict]) -> dict:
+    """The OOD step's output: the references :func:`record_reference` kept (best version first), logged as the
+    step's metadata and, for the first, as the run's ZenML model version's (it stands for the run, as in
+    :func:`register_ranked`)."""
+    summary = {"versions": summaries}
+    log_metadata(metadata={"ood": summary})
+    if summaries and current_zenml_model() is not None:
+        log_metadata(metadata={"ood": summaries[0]}, infer_model=True)
+    return summary

@@ -8,8 +8,9 @@ as ZenML's e2e template does, and both of its numbers are returned for the run's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -328,24 +329,62 @@ def record_runtimes(client: MlflowClient, name: str, version: str, runtime: str,
     """
     import json
     import shutil
-    import tempfile
-    from pathlib import Path
 
-    model_version = client.get_model_version(name, version)
-    with tempfile.TemporaryDirectory() as tmp:
+    def write(folder: Path) -> None:
         for file in files:
-            shutil.copy(file, tmp)
-        (Path(tmp) / "checks.json").write_text(json.dumps({"runtime": runtime, "checks": checks}, indent=1))
-        client.log_artifacts(model_version.run_id, tmp, names.RUNTIME_ARTIFACTS)
-    for key, value in names.runtime_to_tags(runtime, checks).items():
-        client.set_model_version_tag(name, version, key, value)
+            shutil.copy(file, folder)
+        (folder / "checks.json").write_text(json.dumps({"runtime": runtime, "checks": checks}, indent=1))
+
+    keep_with_version(client, name, version, names.RUNTIME_ARTIFACTS, write,
+                      names.runtime_to_tags(runtime, checks), what="exported graphs")
+
+
+def keep_with_version(client: MlflowClient, name: str, version: str, artifact_path: str,
+                      write: Callable[[Path], None], tags: Mapping[str, str], *, what: str) -> None:
+    """Keep files and tags with a registered version: what ``write`` puts in a folder goes to ``artifact_path`` in
+    the artifacts of the version's run, then ``tags`` are set on the version.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        The registry's client.
+    name : str
+        The registered model.
+    version : str
+        The version.
+    artifact_path : str
+        The artifact folder of the run.
+    write : callable
+        Writes the files into the folder it is given.
+    tags : mapping of str to str
+        The version's tags.
+    what : str
+        What is kept, for the error message.
+
+    Raises
+    ------
+    ValueError
+        For a version registered from no run (nowhere to keep the files).
+    """
+    import tempfile
+
+    model_version = client.get_model_version(name, str(version))
+    if not model_version.run_id:
+        raise ValueError(f"{name} v{version} was registered from no MLflow run: there is no run to keep its "
+                         f"{what} in")
+    with tempfile.TemporaryDirectory() as tmp:
+        write(Path(tmp))
+        client.log_artifacts(model_version.run_id, tmp, artifact_path)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
 
 
 def record_ood(client: MlflowClient, name: str, version: str, reference: OODReference) -> dict[str, str]:
     """Keep a version's out-of-distribution reference with it: ``ood/reference.json`` in the artifacts of the
     version's run (:data:`cellops.ood.OOD_ARTIFACTS`, :data:`cellops.ood.REFERENCE_FILE`), and its threshold,
-    false-alarm rate, score and the features the score uses as version tags (:func:`tracking.tags.ood_to_tags`). The deployment copies
-    the folder into the BentoML model; :func:`load_ood_reference` reads it back.
+    false-alarm rate, score and the features the score uses as version tags (:func:`tracking.tags.ood_to_tags`),
+    by :func:`keep_with_version`. The deployment copies the folder into the BentoML model;
+    :func:`load_ood_reference` reads it back.
 
     Parameters
     ----------
@@ -368,20 +407,10 @@ def record_ood(client: MlflowClient, name: str, version: str, reference: OODRefe
     ValueError
         For a version registered from no run (nowhere to keep the artifact).
     """
-    import tempfile
-    from pathlib import Path
-
-    model_version = client.get_model_version(name, str(version))
-    if not model_version.run_id:
-        raise ValueError(f"{name} v{version} was registered from no MLflow run: there is no run to keep its "
-                         "out-of-distribution reference in")
-    with tempfile.TemporaryDirectory() as tmp:
-        reference.save(Path(tmp) / REFERENCE_FILE)
-        client.log_artifacts(model_version.run_id, tmp, OOD_ARTIFACTS)
     tags = names.ood_to_tags(reference.threshold, reference.false_alarm_rate, reference.score_name,
                              reference.scored_features or reference.feature_names)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, value)
+    keep_with_version(client, name, version, OOD_ARTIFACTS, lambda folder: reference.save(folder / REFERENCE_FILE),
+                      tags, what="out-of-distribution reference")
     return tags
 
 

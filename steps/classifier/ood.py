@@ -10,13 +10,12 @@ from typing import Annotated
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
-from zenml import log_metadata, step
+from zenml import step
 from zenml.logger import get_logger
 
 from cellops.classifier.specs import ClassifierServing
-from steps.registry import record_reference, registered_versions
+from steps.registry import log_ood_references, record_reference, registered_versions
 from tracking import tags
-from tracking.runs import current_zenml_model
 
 logger = get_logger(__name__)
 
@@ -110,8 +109,4 @@ def record_classifier_ood(
             notes={"reference": f"{len(train)} pictures of the training split",
                    "calibration": f"{len(val)} pictures of the validation split", "min_crop": min_crop})
         summaries.append(record_reference(name, version, reference, label=decision.get("model_name", "")))
-    summary = {"versions": summaries}
-    log_metadata(metadata={"ood": summary})
-    if current_zenml_model() is not None:  # the run's best model stands for the run (steps.registry.register_ranked)
-        log_metadata(metadata={"ood": summaries[0]}, infer_model=True)
-    return summary
+    return log_ood_references(summaries)

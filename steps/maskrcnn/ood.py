@@ -8,12 +8,11 @@ from typing import Annotated
 
 import mlflow
 from mlflow import MlflowClient
-from zenml import log_metadata, step
+from zenml import step
 from zenml.logger import get_logger
 
-from steps.registry import record_reference, registered_versions
+from steps.registry import log_ood_references, record_reference, registered_versions
 from tracking import tags
-from tracking.runs import current_zenml_model
 
 logger = get_logger(__name__)
 
@@ -64,8 +63,4 @@ def record_maskrcnn_ood(
                    "calibration": f"{calibration_crops} crops of {len(pictures['val'])} validation images",
                    "crop_sizes": list(sizes)})
         summaries.append(record_reference(name, version, reference, label=decision.get("model_name", "")))
-    summary = {"versions": summaries}
-    log_metadata(metadata={"ood": summary})
-    if current_zenml_model() is not None:  # the run's best model stands for the run (steps.registry.register_ranked)
-        log_metadata(metadata={"ood": summaries[0]}, infer_model=True)
-    return summary
+    return log_ood_references(summaries)

@@ -7,11 +7,10 @@ from typing import Annotated
 
 import numpy as np
 import torch
-from zenml import log_metadata, step
+from zenml import step
 from zenml.logger import get_logger
 
-from steps.registry import record_reference, registered_versions
-from tracking.runs import current_zenml_model
+from steps.registry import log_ood_references, record_reference, registered_versions
 
 logger = get_logger(__name__)
 
@@ -52,8 +51,4 @@ def record_unet_ood(
         notes={"reference": f"{reference_crops} crops of the training block {list(fit_image.shape)}",
                "calibration": f"{calibration_crops} crops of the validation block {list(val_image.shape)}",
                "crop_sizes": list(sizes)})
-    summary = {"versions": [record_reference(v["registered_model"], v["version"], reference) for v in versions]}
-    log_metadata(metadata={"ood": summary})
-    if current_zenml_model() is not None:
-        log_metadata(metadata={"ood": summary["versions"][0]}, infer_model=True)
-    return summary
+    return log_ood_references([record_reference(v["registered_model"], v["version"], reference) for v in versions])
