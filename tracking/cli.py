@@ -30,8 +30,12 @@ from cellops import cli as core
 from cellops.batch import BATCH_EXIT_CODES, EXIT_NOT_RUN, SUMMARY
 from cellops.ood import DEFAULT_POLICY, POLICIES
 from cellops.telemetry import disable_telemetry
-from tracking import monitor, review
+from tracking import bioimageio, cards, monitor, reproduce, review
 from tracking import tags as names
+
+#: Modules adding their own sub-commands: each has ``COMMANDS``, ``add_commands(commands)`` and
+#: ``run_command(args, parser, tracking_uri)``.
+EXTRA_COMMANDS = (bioimageio, cards, reproduce)
 
 #: The alias ``cellops lineage MODEL`` and ``predict`` look for first.
 CHAMPION = "champion"
@@ -404,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(commands)
     review.add_commands(commands)
     monitor.add_monitor_parser(commands)
+    for module in EXTRA_COMMANDS:
+        module.add_commands(commands)
     return parser
 
 
@@ -430,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
                                   else default_tracking_uri())
     if args.command in monitor.COMMANDS:
         return monitor.run_command(args, parser, args.tracking_uri or default_tracking_uri())
+    for module in EXTRA_COMMANDS:
+        if args.command in module.COMMANDS:
+            return module.run_command(args, parser, getattr(args, "tracking_uri", None) or default_tracking_uri())
     return run_command(args, parser)
 
 
