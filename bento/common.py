@@ -550,7 +550,8 @@ class RequestGuard:
         self.app, self.uploads, self.max_bytes = app, uploads, max_request_bytes(limits)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.OPEN_ROUTES or scope["path"].startswith("/docs"):
+        if scope["type"] != "http" or scope["path"] in (*self.OPEN_ROUTES, CARD_ROUTE) \
+                or scope["path"].startswith("/docs"):
             return await self.app(scope, receive, send)
         try:
             body = await self._checked_body(scope, receive)
@@ -660,3 +661,92 @@ def guard(service, uploads: dict[str, Upload], limits: dict | bentoml.models.Ben
         The service limits, or the served bento model whose metadata holds them (see :class:`RequestGuard`).
     """
     service.add_asgi_middleware(RequestGuard, uploads=uploads, limits=limits)
+
+
+#: The route of the model card (:class:`CardRoute`), and the folder of the BentoML model that holds it (the
+#: deployment copies the version's ``card/`` there: :func:`steps.deployment.copy_card`).
+CARD_ROUTE = "/card"
+CARD_FOLDER = "card"
+#: The card's files and media types, by ``?format=``.
+CARD_FORMATS = {"html": ("model_card.html", "text/html; charset=utf-8"),
+                "md": ("model_card.md", "text/markdown; charset=utf-8")}
+
+
+def card_format(query_string: bytes, accept: str) -> str:
+    """The card format a request asks for: ``?format=html|md``, else markdown when ``Accept`` prefers
+    ``text/markdown`` (or ``text/plain``) to ``text/html``, else HTML.
+
+    Raises
+    ------
+    RequestProblem
+        400 for another format or another query parameter.
+
+    Examples
+    --------
+    >>> card_format(b"", "text/html,*/*"), card_format(b"format=md", ""), card_format(b"", "text/markdown")
+    ('html', 'md', 'md')
+    """
+    from urllib.parse import parse_qs
+
+    query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
+    unknown = sorted(set(query) - {"format"})
+    if unknown:
+        raise RequestProblem(400, f"unexpected query parameters {unknown}: /card takes format=html or format=md")
+    if "format" in query:
+        wanted = query["format"][-1]
+        if wanted not in CARD_FORMATS:
+            raise RequestProblem(400, f"format={wanted[:40]!r}: /card answers format=html or format=md")
+        return wanted
+    accept = accept.lower()
+    markdown = min((accept.find(t) for t in ("text/markdown", "text/plain") if t in accept), default=-1)
+    return "md" if markdown >= 0 and ("text/html" not in accept or markdown < accept.find("text/html")) else "html"
+
+
+class CardRoute:
+    """ASGI middleware answering ``GET /card`` with the model card of the served version (HTML, or markdown with
+    ``?format=md`` or ``Accept: text/markdown``), from the ``card/`` folder of the BentoML model; 404 naming why
+    when the model holds none (a bento built before cards existed: redeploy it).
+
+    Parameters
+    ----------
+    app : ASGI application
+        The service's app (BentoML passes it).
+    bento_model : bentoml.models.BentoModel
+        The served model.
+    """
+
+    def __init__(self, app, bento_model) -> None:
+        self.app, self.bento_model = app, bento_model
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != CARD_ROUTE:
+            return await self.app(scope, receive, send)
+        if scope["method"] not in ("GET", "HEAD"):
+            return await _reply(send, 405, f"{scope['method']} {CARD_ROUTE}: use GET")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            name, media_type = CARD_FORMATS[card_format(scope.get("query_string", b""), headers.get("accept", ""))]
+        except RequestProblem as problem:
+            return await _reply(send, problem.status, str(problem))
+        stored = getattr(self.bento_model, "stored", self.bento_model)
+        path = Path(stored.path_of(CARD_FOLDER)) / name
+        if not path.is_file():
+            return await _reply(send, 404, f"the served model {stored.tag} holds no model card (deployed before "
+                                           "cards existed): run the deployment pipeline again")
+        body = path.read_bytes()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+def serve_card(service, bento_model) -> None:
+    """Answer ``GET /card`` on a model service (:class:`CardRoute`), in front of its :class:`RequestGuard`.
+
+    Parameters
+    ----------
+    service : bentoml.Service
+        The service clients talk to.
+    bento_model : bentoml.models.BentoModel
+        The served model, whose ``card/`` folder holds the card.
+    """
+    service.add_asgi_middleware(CardRoute, bento_model=bento_model)

@@ -15,6 +15,7 @@ from steps.classifier.register import register_classifiers
 from steps.classifier.runtime import optimise_classifier_runtime
 from steps.classifier.train import compare_classifiers, pretrain_source_backbone, train_and_evaluate_classifier
 from steps.classifier.validation import validate_classification_data
+from steps.cards import record_model_card
 from steps.deployment import build_bento, import_champion
 from steps.lineage import record_corrections, record_lineage
 from steps.validation import require_valid_dataset
@@ -51,8 +52,9 @@ def training_pipeline(input: dict, positive_class: str, models: dict, training: 
         evaluations.append(evaluation)
     compare_classifiers(evaluations)
     registration = register_classifiers(evaluations, dataset_index, lineage)
-    optimise_classifier_runtime(registration, images, labels, dataset_index)
-    record_classifier_ood(registration, dataset_index)
+    runtime = optimise_classifier_runtime(registration, images, labels, dataset_index)
+    ood = record_classifier_ood(registration, dataset_index)
+    record_model_card(registration, after=[runtime, ood])
 
 
 @pipeline

@@ -10,6 +10,7 @@ from typing import Optional
 from zenml import pipeline
 
 from cellops.maskrcnn.specs import parse_models
+from steps.cards import record_model_card
 from steps.deployment import build_bento, import_champion
 from steps.lineage import record_corrections, record_lineage
 from steps.maskrcnn.data import load_instance_annotations
@@ -49,8 +50,9 @@ def training_pipeline(models: dict, model: dict, training: dict, augmentation: d
         evaluations.append(evaluation)
     compare_maskrcnn(evaluations)
     registration = register_maskrcnn(evaluations, annotations, dataset_index, lineage)
-    optimise_maskrcnn_runtime(registration, annotations, dataset_index)
-    record_maskrcnn_ood(registration, dataset_index)
+    runtime = optimise_maskrcnn_runtime(registration, annotations, dataset_index)
+    ood = record_maskrcnn_ood(registration, dataset_index)
+    record_model_card(registration, after=[runtime, ood])
 
 
 @pipeline

@@ -8,6 +8,7 @@ from typing import Optional
 
 from zenml import pipeline
 
+from steps.cards import record_model_card
 from steps.deployment import build_bento, import_champion
 from steps.lineage import record_corrections, record_lineage
 from steps.unet.data import load_em_dataset, sample_augmented_patches, split_em_volume
@@ -42,8 +43,9 @@ def training_pipeline(inference: dict, architecture: dict, after: Optional[str] 
     served = choose_unet_threshold(model, val_image, val_mask, inference=inference)
     test_metrics, _ = evaluate_unet(model, test_image, test_mask, inference=served)
     registration = register_unet(model, test_metrics, lineage, test_image, test_mask, inference=served)
-    optimise_unet_runtime(model, registration, fit_image, test_image, test_mask, inference=served)
-    record_unet_ood(model, registration, fit_image, val_image, inference=served)
+    runtime = optimise_unet_runtime(model, registration, fit_image, test_image, test_mask, inference=served)
+    ood = record_unet_ood(model, registration, fit_image, val_image, inference=served)
+    record_model_card(registration, after=[runtime, ood])
 
 
 @pipeline

@@ -16,6 +16,7 @@ from zenml.logger import get_logger
 from cellops.lineage import git_commit
 from cellops.ood import OOD_ARTIFACTS, REFERENCE_FILE, OODReference, check_policy
 from tracking import tags
+from tracking.cards import CARD_ARTIFACTS, load_card, version_card
 from tracking.registry import resolve_version
 from tracking.runs import require_own_store
 
@@ -69,7 +70,8 @@ def import_with_runtime(bento_model_name: str, registered_model_name: str, recor
     """A BentoML model laid out as ``bentoml.mlflow.import_model`` lays it out (the MLflow model in
     ``mlflow_model/``), plus the exported graphs of the version's chosen runtime in ``runtimes/`` (from the
     ``runtimes/`` artifacts of the version's run) when that runtime is not torch, and its out-of-distribution
-    reference in ``ood/`` (``bento_model.path_of("ood/reference.json")``, from the ``ood/`` artifacts of its run).
+    reference in ``ood/`` (``bento_model.path_of("ood/reference.json")``, from the ``ood/`` artifacts of its run),
+    and its model card in ``card/`` (:func:`copy_card`).
     A version registered without a reference is imported all the same, with a warning: its service answers
     ``in_distribution`` unknown, saying why (:func:`cellops.ood.no_reference_verdict`)."""
     import shutil
@@ -101,7 +103,20 @@ def import_with_runtime(bento_model_name: str, registered_model_name: str, recor
             folder = download_artifacts(run_id=run_id, artifact_path=OOD_ARTIFACTS, dst_path=str(Path(tmp) / "ood"))
             shutil.copytree(folder, bento_model.path_of(OOD_ARTIFACTS))
             OODReference.load(bento_model.path_of(f"{OOD_ARTIFACTS}/{REFERENCE_FILE}"))  # fails here, not at serve time
+        copy_card(registered_model_name, version, Path(bento_model.path_of(CARD_ARTIFACTS)))
     return bento_model
+
+
+def copy_card(registered_model_name: str, version: str, folder: Path) -> None:
+    """The version's model card into ``folder`` (the BentoML model's ``card/``, which its service answers at
+    ``GET /card``): the card kept with the version (:func:`tracking.cards.load_card`), or, for a version registered
+    before cards existed, one generated now from the registry (:func:`tracking.cards.version_card`)."""
+    card = load_card(MlflowClient(), registered_model_name, version)
+    if card is None:
+        logger.warning("%s v%s has no model card kept with it (registered before cards existed): generating it from "
+                       "the registry now", registered_model_name, version)
+        card = version_card(MlflowClient(), registered_model_name, version)
+    card.write(folder)
 
 
 def write_build_info(build_ctx: str) -> dict:

@@ -2,7 +2,8 @@
 first and promote one only when it beats the champion (:func:`tracking.registry.register_and_maybe_promote`), let
 ZenML's Model Control Plane follow the same decision, and log the comparison table of the run's models; and what
 every family's OOD step (``steps/<family>/ood.py``) shares: keep a registered version's out-of-distribution
-reference with it (:func:`record_reference`)."""
+reference with it (:func:`record_reference`). Each registered version also keeps the run config that trained it
+(:func:`record_training_run`, for ``cellops reproduce``) and its robustness sweep (:func:`record_sweep`)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from zenml import get_step_context, log_metadata
 from zenml.enums import ModelStages
 from zenml.logger import get_logger
 
+from cellops.model_robustness import Perturbation, parse_perturbations, robustness_sweep
 from cellops.ood import OODReference
 from cellops.promotion import check_promotion_metrics, ranking_key
 from tracking import tags
 from tracking.registry import record_ood, register_and_maybe_promote
+from tracking.reproduce import record_training_config, run_config_from_zenml
+from tracking.robustness import record_robustness
 from tracking.runs import current_zenml_model
 
 logger = get_logger(__name__)
@@ -176,3 +182,63 @@ def log_ood_references(summaries: list[dict]) -> dict:
     if summaries and current_zenml_model() is not None:
         log_metadata(metadata={"ood": summaries[0]}, infer_model=True)
     return summary
+
+
+def record_training_run(name: str, versions: Sequence[str]) -> dict | None:
+    """Keep the pipeline and run config of this run (:func:`tracking.reproduce.run_config_from_zenml`) with each
+    registered version (:func:`tracking.reproduce.record_training_config`), so that ``cellops reproduce`` re-runs
+    it. The registration stands when that fails (a warning says why; the version can still be rebuilt from its
+    ZenML run). Returns the pipeline and the tags set, or None."""
+    import torch
+
+    if not versions:
+        return None
+    try:
+        pipeline, config = run_config_from_zenml(get_step_context().pipeline_run)
+        for version in versions:
+            # This process trained the model: torch's thread count now is the one training used.
+            recorded = record_training_config(MlflowClient(), name, str(version), pipeline, config,
+                                              threads=torch.get_num_threads())
+    except (LookupError, ValueError, MlflowException) as error:
+        logger.warning("%s v%s: the training configuration was not recorded (%s); `cellops reproduce` rebuilds it "
+                       "from the ZenML run while the ZenML store has it", name, ", ".join(map(str, versions)), error)
+        return None
+    logger.info("%s v%s: training configuration recorded (%s)", name, ", ".join(map(str, versions)), pipeline)
+    return {"pipeline": pipeline, "tags": recorded}
+
+
+def record_sweep(name: str, version: str, score: Callable[[Perturbation, np.random.Generator], dict],
+                 clean: dict, robustness: dict, *, label: str = "") -> list[dict]:
+    """Run the robustness sweep ``robustness`` configures (``perturbations``: kind and strength of each,
+    ``metrics``, ``seed``; :func:`cellops.model_robustness.robustness_sweep`) with ``score``, the family's score
+    on its perturbed test data, against ``clean`` (the registered metrics), and keep it with the version
+    (:func:`tracking.robustness.record_robustness`). Returns the rows (also logged as the step's metadata)."""
+    perturbations = parse_perturbations(robustness.get("perturbations") or [])
+    if not perturbations:
+        return []
+    rows = [row.as_dict() for row in robustness_sweep(score, perturbations, clean, list(robustness["metrics"]),
+                                                     seed=int(robustness.get("seed", 0)))]
+    record_robustness(MlflowClient(), name, str(version), rows)
+    key = f"robustness_{label}" if label else "robustness"
+    log_metadata(metadata={key: {"version": str(version), "rows": rows}})
+    for row in rows:
+        logger.info("%s v%s %s: %s %.4f (clean %.4f, %+.4f)", name, version, row["condition"], row["metric"],
+                    row["value"], row["clean_value"], row["difference"])
+    return rows
+
+
+def record_ranked_extras(registration: dict, evaluations: list[dict],
+                         score_of: Callable[[dict], Callable[[Perturbation, np.random.Generator], dict]],
+                         robustness: dict) -> None:
+    """For the families that register several models per run: keep the run config with every registered version
+    and each one's robustness sweep (``score_of(evaluation)`` gives its score under a perturbation)."""
+    versions = registered_versions(registration)
+    if not versions:
+        return
+    name = versions[0]["registered_model"]
+    record_training_run(name, [d["version"] for d in versions])
+    by_name = {e["name"]: e for e in evaluations}
+    for decision in versions:
+        evaluation = by_name[decision["model_name"]]
+        record_sweep(name, decision["version"], score_of(evaluation), evaluation["scores"], robustness,
+                     label=evaluation["name"])

@@ -8,6 +8,10 @@ it, without a server or a dashboard.
     cellops predict unet|classifier|maskrcnn FILE... --out DIR [--model models:/NAME@ALIAS] [--uncertainty]
                                                   [--ood-policy flag|refuse]
     cellops monitor LOG... --model models:/NAME@ALIAS --out report.html  (drift report of a service's requests)
+    cellops card MODEL[:VERSION|@ALIAS] [--out DIR] [--html]  (a version's model card, generated from the registry)
+    cellops export bioimageio MODEL[:VERSION|@ALIAS] --out DIR   (a BioImage Model Zoo package; tracking.bioimageio)
+    cellops import bioimageio PACKAGE             (a zoo package as a candidate version, through the promotion gate)
+    cellops reproduce MODEL:VERSION               (re-run its training at its commit and data version; compare)
     cellops export-run EXPERIMENT --out DIR       (a run's metrics and curves, for the DVC training stages)
 
 ZenML's open-source dashboard has no Models page, so `models` lists every registered model family, its versions,

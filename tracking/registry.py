@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import mlflow
 from mlflow import MlflowClient
@@ -21,6 +22,8 @@ from cellops.families import record_family
 from cellops.ood import OOD_ARTIFACTS, REFERENCE_FILE, OODReference
 from cellops.promotion import check_promotion_metrics, should_promote
 from tracking import tags as names
+
+T = TypeVar("T")
 
 
 def _identifies_data(version: str | None) -> bool:
@@ -379,6 +382,53 @@ def keep_with_version(client: MlflowClient, name: str, version: str, artifact_pa
         client.set_model_version_tag(name, str(version), key, value)
 
 
+def read_kept(tracking: str | MlflowClient, name: str, version: str, tag: str, artifact_path: str,
+              read: Callable[[Path], T], *, what: str) -> T | None:
+    """The inverse of :func:`keep_with_version`: ``read(path)`` of the file or folder ``artifact_path`` in the
+    artifacts of the version's run, or None for a version without the ``tag`` that says it was kept.
+
+    Parameters
+    ----------
+    tracking : str or MlflowClient
+        The MLflow store's tracking URI, or a client of it.
+    name : str
+        The registered model.
+    version : str
+        The version.
+    tag : str
+        The version tag set when the files were kept.
+    artifact_path : str
+        The file or folder, relative to the run's artifact root.
+    read : callable
+        Reads the downloaded path (it is removed afterwards).
+    what : str
+        What is read, for the error message.
+
+    Returns
+    -------
+    object or None
+        What ``read`` returned.
+
+    Raises
+    ------
+    LookupError
+        When the version is tagged but its run's artifacts do not hold ``artifact_path``.
+    """
+    import tempfile
+
+    client = tracking if isinstance(tracking, MlflowClient) else MlflowClient(tracking)
+    model_version = client.get_model_version(name, str(version))
+    if tag not in (model_version.tags or {}):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(model_version.run_id, artifact_path, tmp)
+        except (MlflowException, OSError) as error:
+            raise LookupError(f"{name} v{version} is tagged with {what}, but its run {model_version.run_id} holds "
+                              f"no {artifact_path}: {error}") from error
+        return read(Path(path))
+
+
 def record_ood(client: MlflowClient, name: str, version: str, reference: OODReference) -> dict[str, str]:
     """Keep a version's out-of-distribution reference with it: ``ood/reference.json`` in the artifacts of the
     version's run (:data:`cellops.ood.OOD_ARTIFACTS`, :data:`cellops.ood.REFERENCE_FILE`), and its threshold,
@@ -437,20 +487,8 @@ def load_ood_reference(tracking: str | MlflowClient, name: str, version: str) ->
     LookupError
         When the version is tagged with a reference that its run's artifacts do not hold.
     """
-    import tempfile
-
-    client = tracking if isinstance(tracking, MlflowClient) else MlflowClient(tracking)
-    model_version = client.get_model_version(name, str(version))
-    if names.OOD_THRESHOLD not in (model_version.tags or {}):
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(model_version.run_id, f"{OOD_ARTIFACTS}/{REFERENCE_FILE}", tmp)
-        except (MlflowException, OSError) as error:
-            raise LookupError(f"{name} v{version} is tagged with an out-of-distribution reference, but its run "
-                              f"{model_version.run_id} holds no {OOD_ARTIFACTS}/{REFERENCE_FILE}: {error}") from error
-        return OODReference.load(path)
-
+    return read_kept(tracking, name, version, names.OOD_THRESHOLD, f"{OOD_ARTIFACTS}/{REFERENCE_FILE}",
+                     OODReference.load, what="an out-of-distribution reference")
 
 def parse_model_uri(uri: str) -> tuple[str, str | None]:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, ref for :func:`resolve_version`).

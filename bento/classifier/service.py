@@ -11,7 +11,8 @@ probability in headers. ``/classify`` and ``/classify_batch`` take the optional 
 (``true``; default ``false``): each answer then holds ``uncertainty`` (0 sure to 1 unsure: the normalised
 predictive entropy of the served probabilities, as :func:`cellops.classifier.predict.uncertainties`; no extra pass,
 and it holds on every runtime the registry may serve, which MC dropout would not); ``POST /metadata``: which
-model answers, its lineage, metrics and input settings.
+model answers, its lineage, metrics and input settings; ``GET /card``: the served version's model card (HTML;
+markdown with ``?format=md``).
 
 Every answer says whether the image is like the model's training images (:mod:`bento.ood`), from the model input
 and the probabilities of the one pass: ``ood`` in each JSON answer (per image of a batch), ``X-OOD-Score``,
@@ -30,7 +31,8 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import InvalidArgument
 
-from bento.common import KEEP_CONNECTION, PayloadTooLarge, Upload, guard, max_pixels, read_upload, upload_errors
+from bento.common import (KEEP_CONNECTION, PayloadTooLarge, Upload, guard, max_pixels, read_upload, serve_card,
+                          upload_errors)
 from bento.ood import OODMonitor, verdict_json
 from bento.runtime import load_serving_runtime, served_model_metadata
 from cellops.ood import verdict_and_features
@@ -211,6 +213,7 @@ class Classifier:
         return self.info
 
 
+serve_card(Classifier, Classifier.inner.bento_model)  # GET /card: the served version's model card
 guard(Classifier, {"/classify": Upload("image", options=("uncertainty",)),
                    "/classify_batch": Upload("images", many=True, options=("uncertainty",)),
                    "/explain": Upload("image")}, Classifier.inner.bento_model)

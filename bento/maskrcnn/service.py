@@ -6,7 +6,8 @@ centroid, category), tiled when the image is larger than the training images; wi
 its agreement under eight flips and quarter turns (:func:`cellops.maskrcnn.predict.predict_with_uncertainty`;
 eight predictions instead of one); ``POST /overlay`` (``image``): the
 image with each instance's outline, box and score drawn, as a PNG (instance count in ``X-Instances``);
-``POST /metadata``: which model answers, its lineage, metrics and prediction settings.
+``POST /metadata``: which model answers, its lineage, metrics and prediction settings. ``GET /card``: the
+served version's model card (HTML; markdown with ``?format=md``).
 
 Every answer says whether the image is like the model's training images (:mod:`bento.ood`), from the picture the
 network saw and what it detected: ``ood`` in ``/segment``'s JSON, ``X-OOD-Score``, ``X-OOD-Threshold`` and
@@ -23,7 +24,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from bento.common import Upload, guard, max_pixels, read_upload, upload_errors
+from bento.common import Upload, guard, max_pixels, read_upload, serve_card, upload_errors
 from bento.ood import OODMonitor, verdict_json
 from bento.runtime import load_serving_runtime, served_model_metadata
 from cellops.ood import verdict_and_features
@@ -131,5 +132,6 @@ class MaskRCNN:
         return self.info
 
 
+serve_card(MaskRCNN, MaskRCNN.inner.bento_model)  # GET /card: the served version's model card
 guard(MaskRCNN, {"/segment": Upload("image", options=("uncertainty",)), "/overlay": Upload("image")},
       MaskRCNN.inner.bento_model)

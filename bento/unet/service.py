@@ -12,7 +12,8 @@ JSON only. Both take the optional form field ``uncertainty`` (``true``; default 
 sure the model is of it from its agreement under eight flips and quarter turns
 (:func:`cellops.unet.predict.segment_with_uncertainty`; eight times the tiles): in the ``X-Uncertainty`` header, or
 as ``uncertainty`` (image score, method) in the JSON; ``POST /metadata`` tells which model answers, where it
-came from and the inference settings it applies (those its registered test metrics were measured with). Bad requests get a 4xx naming the problem.
+came from and the inference settings it applies (those its registered test metrics were measured with). ``GET /card``: the
+served version's model card (HTML; markdown with ``?format=md``). Bad requests get a 4xx naming the problem.
 
 Every answer says whether the upload is like the model's training images (:mod:`bento.ood`), from the
 probabilities it was segmented from: ``X-OOD-Score``, ``X-OOD-Threshold`` and ``X-In-Distribution`` headers of
@@ -30,7 +31,7 @@ import bentoml
 import numpy as np
 import torch
 
-from bento.common import KEEP_CONNECTION, PayloadTooLarge, Upload, guard, max_pixels, read_upload
+from bento.common import KEEP_CONNECTION, PayloadTooLarge, Upload, guard, max_pixels, read_upload, serve_card
 from bento.ood import OODMonitor, verdict_json
 from bento.runtime import load_serving_runtime, served_model_metadata
 from cellops.io import encode_image
@@ -192,6 +193,7 @@ class UNetSegmenter:
         return self.info
 
 
+serve_card(UNetSegmenter, UNetSegmenter.inner.bento_model)  # GET /card: the served version's model card
 guard(UNetSegmenter, {"/segment": Upload("image", options=("uncertainty",)),
                       "/segment_stats": Upload("image", options=("uncertainty",))},
       UNetSegmenter.inner.bento_model)

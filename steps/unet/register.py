@@ -15,7 +15,8 @@ from zenml.logger import get_logger
 from cellops.distributed import weights_digest
 from cellops.unet.predict import load_for_inference, score
 from cellops.unet.specs import UNetServing
-from steps.registry import follow_in_model_control_plane
+from cellops.model_robustness import perturb
+from steps.registry import follow_in_model_control_plane, record_sweep, record_training_run
 from tracking import tags
 from tracking.registry import register_and_maybe_promote
 from tracking.runs import active_run_id, log_pytorch_model
@@ -36,9 +37,12 @@ def register_unet(
     alias: str,
     min_improvement: float,
     code_paths: list[str],
+    robustness: dict,
 ) -> Annotated[dict, "registration"]:
     """Log the model to the step's MLflow run, register it with its metrics, lineage and inference settings,
-    and move ``alias`` to it if it beats the champion on the same test data."""
+    and move ``alias`` to it if it beats the champion on the same test data. A registered version keeps the run
+    config that trained it and its robustness sweep (``robustness``: the test volume perturbed each way it lists,
+    before the served normalisation)."""
     run_id = active_run_id()
     zenml_run_id = str(get_step_context().pipeline_run.id)
 
@@ -66,6 +70,12 @@ def register_unet(
         if decision[key] is not None:
             mlflow.log_metric(f"{key.removesuffix('_score')}_{promotion_metric}", decision[key])
     follow_in_model_control_plane(decision)
+    if decision["version"] is not None:
+        record_training_run(registered_model_name, [decision["version"]])
+        served = load_for_inference(model)
+        record_sweep(registered_model_name, decision["version"],
+                     lambda perturbation, rng: score(served, perturb(test_image, perturbation, rng), test_mask,
+                                                     settings)[0].as_dict(), test_metrics, robustness)
     log_metadata(metadata={"registration": {k: v for k, v in decision.items() if v is not None}})
     logger.info("registration: %s", decision)
     return decision

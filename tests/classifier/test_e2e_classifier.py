@@ -217,6 +217,9 @@ def test_deployed_service_classifies_explains_and_refuses_bad_uploads(trained):
         assert meta["runtime"] == runtime and meta["serving"]["runtime"] == runtime
         assert meta["ood"]["reference"] and meta["ood"]["policy"] == "flag" and meta["ood"]["family"] == "classifier"
         assert meta["ood"]["threshold"] == pytest.approx(in_one["ood_threshold"], abs=1e-6)
+        card = httpx.get(f"{base}/card", headers={"accept": "text/markdown"}, timeout=30)  # the version's model card
+        assert card.headers["content-type"].startswith("text/markdown")
+        assert card.text.startswith(f"# Model card: cellops-classifier version {champion.version}")
 
         # Pictures unlike the training ones are answered and flagged (the flag policy); the flag means something: the
         # test pictures (in distribution, up to the 5 % false alarms) are mostly not flagged, checkerboards are.
@@ -343,3 +346,26 @@ def test_sigterm_closes_the_run_killed_and_the_rerun_resumes_to_the_same_model(t
     assert not any(checkpoints.glob("*/last.pt"))
     new_versions = {v.run_id for v in client.search_model_versions("name='cellops-classifier'")} - versions_before
     assert terminated.info.run_id not in new_versions
+
+
+def test_champion_exports_to_bioimageio_passes_its_test_and_imports_back_through_the_gate(trained, tmp_path):
+    """`cellops export bioimageio` of the champion (bioimageio.core's test passes), `cellops import bioimageio` of
+    the package: a new version scored on the test split and judged by the gate (in a copy of the registry)."""
+    from cellops import bioimageio
+
+    root, env = trained
+    shutil.copy(root / "mlruns" / "mlflow.db", tmp_path / "mlflow.db")
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("cellops-classifier", "champion")
+    _run(["cellops", "export", "bioimageio", "cellops-classifier", "--out", str(tmp_path), "--config", CONFIG], root, env)
+    package = tmp_path / f"cellops-classifier-v{champion.version}.bioimageio.zip"
+    result = bioimageio.check_package(package)
+    assert result["status"] == "passed", result["errors"]
+    out = _run(["cellops", "import", "bioimageio", str(package), "--config", CONFIG], root, env).stdout
+    new = max(client.search_model_versions("name='cellops-classifier'"), key=lambda v: int(v.version))
+    assert f"cellops-classifier v{new.version}: does not beat the champion" in out
+    for metric in ("sensitivity", "specificity", "accuracy"):
+        assert float(new.tags[f"metric.{metric}"]) == pytest.approx(float(champion.tags[f"metric.{metric}"]), abs=1e-6)
+    assert new.tags["bioimageio.source"] == f"cellops-classifier:{champion.version}"
+    assert client.get_model_version_by_alias("cellops-classifier", "champion").version == champion.version

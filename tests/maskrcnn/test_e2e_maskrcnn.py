@@ -183,6 +183,9 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
         assert meta["serving"]["runtime"] == champion.tags["runtime"] == meta["runtime"]
         assert meta["ood"]["reference"] and meta["ood"]["policy"] == "flag" and meta["ood"]["family"] == "maskrcnn"
         assert meta["ood"]["threshold"] == pytest.approx(in_colony["ood_threshold"], abs=1e-6)
+        card = httpx.get(f"{base}/card", headers={"accept": "text/markdown"}, timeout=30)  # the version's model card
+        assert card.headers["content-type"].startswith("text/markdown")
+        assert card.text.startswith(f"# Model card: cellops-maskrcnn version {champion.version}")
 
         # Pictures unlike the training ones are answered and flagged (the flag policy); the flag means something: the
         # colony pictures (in distribution, up to the 5 % false alarms) are mostly not flagged, checkerboards are.

@@ -213,6 +213,13 @@ def test_deployed_service_segments_and_refuses_bad_uploads(trained):
         assert meta["ood"]["reference"] and meta["ood"]["policy"] == "flag" and meta["ood"]["family"] == "unet"
         assert meta["ood"]["threshold"] == pytest.approx(in_slice["ood_threshold"], abs=1e-6)
         assert meta["ood"]["false_alarm_rate"] == 0.05 and not meta["ood"]["images_kept"]
+        # The model card kept with the version, copied into the bento by the deployment (tracking.cards).
+        card = httpx.get(f"{base}/card", timeout=30)
+        assert card.status_code == 200 and card.headers["content-type"].startswith("text/html")
+        assert f"Model card: cellops-unet version {champion.version}" in card.text
+        as_md = httpx.get(f"{base}/card", params={"format": "md"}, timeout=30)
+        assert as_md.headers["content-type"].startswith("text/markdown") and "synthetic images only" in as_md.text
+        assert httpx.get(f"{base}/card", params={"format": "pdf"}, timeout=30).status_code == 400
 
         # Images unlike the training ones are answered and flagged (the flag policy); the flag means something: the
         # test slices (in distribution, up to the 5 % false alarms) are not all flagged, a checkerboard is.
