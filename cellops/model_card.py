@@ -336,8 +336,9 @@ def _robustness(rows: list[dict] | None) -> Section:
         return Section("Robustness", ("Not measured for this version.",))
     if not rows:
         return Section("Robustness", ("The sweep was recorded with no condition.",))
-    table = Table(("condition", "strength", "metric", "value", "clean", "difference"),
-                  tuple((r.get("condition"), _number(r.get("strength")), r.get("metric"), _number(r.get("value")),
+    # The condition names its strength ("gaussian_noise 0.25"): no column repeats it.
+    table = Table(("condition", "metric", "value", "clean", "difference"),
+                  tuple((r.get("condition"), r.get("metric"), _number(r.get("value")),
                          _number(r.get("clean_value")),
                          _number(r.get("difference", _difference(r)))) for r in rows))
     return Section("Robustness", (table, "The test images perturbed (each condition at its strength), scored as "

@@ -24,7 +24,7 @@ RECORD = {
 }
 USE = IntendedUse.from_block({"description": "Segments mitochondria.", "audience": "EM labs",
                               "limitations": "Synthetic by default."}, "configs/unet.yaml (its model: block)")
-ROWS = [{"condition": "noise", "strength": 0.1, "metric": "foreground_iou", "value": 0.7, "clean_value": 0.81,
+ROWS = [{"condition": "noise 0.1", "strength": 0.1, "metric": "foreground_iou", "value": 0.7, "clean_value": 0.81,
          "difference": -0.11}]
 
 
@@ -42,7 +42,7 @@ def test_a_full_card_has_every_section_with_its_facts():
     md = card.markdown
     assert "| foreground_iou (promotion) | 0.81 | [0.78, 0.84] |" in md
     assert "| dice | 0.9 | no interval recorded |" in md
-    assert "| noise | 0.1 | foreground_iou | 0.7 | 0.81 | -0.11 |" in md
+    assert "| noise 0.1 | foreground_iou | 0.7 | 0.81 | -0.11 |" in md
     assert "| onnxruntime | 1.8x | -0.0001 | passed |" in md
     assert "| threshold | 4.5 |" in md and "| false-alarm rate | 5% |" in md
     assert "pre-annotated by cellops-unet:3, corrected by ana" in md
