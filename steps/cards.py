@@ -13,7 +13,7 @@ from zenml.types import HTMLString
 
 from cellops.model_card import no_card_html
 from steps.registry import registered_versions
-from tracking.cards import CARD_ARTIFACTS, record_card
+from tracking.cards import card_artifacts, record_card
 from tracking.runs import require_own_store
 
 logger = get_logger(__name__)
@@ -38,7 +38,7 @@ def record_model_card(registration: dict) -> Annotated[HTMLString, "model_card"]
         cards.append(record_card(client, name, version))
         run_id = client.get_model_version(name, version).run_id
         locations.append({"registered_model": name, "version": version,
-                          "artifacts": f"runs:/{run_id}/{CARD_ARTIFACTS}"})
-        logger.info("%s v%s: model card kept in runs:/%s/%s", name, version, run_id, CARD_ARTIFACTS)
+                          "artifacts": f"runs:/{run_id}/{card_artifacts(name, version)}"})
+        logger.info("%s v%s: model card kept in runs:/%s/%s", name, version, run_id, card_artifacts(name, version))
     log_metadata(metadata={"model_card": {"recorded": True, "versions": locations}})
     return HTMLString(cards[0].html)

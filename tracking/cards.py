@@ -4,7 +4,7 @@ version, printed by ``cellops card``.
     cellops card MODEL[@ALIAS|:VERSION] [--out DIR] [--html]
 
 :func:`version_card` builds the card of any registered version, also one registered before cards existed;
-:func:`record_card` keeps it with the version (``card/model_card.md`` and ``card/model_card.html`` in the artifacts
+:func:`record_card` keeps it with the version (``card/<name>-v<version>/model_card.md`` and ``.html`` in the artifacts
 of its run, and the :data:`CARD_TAG` tag), as the training pipelines do after registration; :func:`load_card` reads
 it back. The deployment copies ``card/`` into the BentoML model, whose service answers it at ``GET /card``.
 """
@@ -22,10 +22,21 @@ from cellops.model_card import CardFacts, IntendedUse, ModelCard, build_card, bu
 
 #: The sub-commands this module adds to ``cellops``.
 COMMANDS = ("card",)
-#: The artifact folder of the version's run that holds the card (the BentoML model holds the same folder).
+#: The artifact folder of the version's run that holds the cards, one sub-folder per version
+#: (:func:`card_artifacts`); the BentoML model holds one card, in a folder of this name.
 CARD_ARTIFACTS = "card"
 #: The version tag that says the version has a recorded card: the path of its markdown in the run's artifacts.
 CARD_TAG = "cellops.card"
+
+
+def card_artifacts(name: str, version: str) -> str:
+    """The folder of a version's card in its run's artifacts: one per version, since one run can hold the model of
+    several registered versions (the same model registered under two names).
+
+    >>> card_artifacts("cellops-unet", "3")
+    'card/cellops-unet-v3'
+    """
+    return f"{CARD_ARTIFACTS}/{name}-v{version}"
 
 
 def _client(tracking):
@@ -141,8 +152,8 @@ def version_card(tracking, name: str, version: str | None, *, repo_root: str | P
 
 
 def record_card(client, name: str, version: str, *, repo_root: str | Path = ".") -> ModelCard:
-    """Generate the version's card and keep it with the version: ``card/model_card.md`` and
-    ``card/model_card.html`` in the artifacts of its run, and the :data:`CARD_TAG` tag
+    """Generate the version's card and keep it with the version: ``card/<name>-v<version>/model_card.md`` and
+    ``model_card.html`` in the artifacts of its run (:func:`card_artifacts`), and the :data:`CARD_TAG` tag
     (:func:`tracking.registry.keep_with_version`).
 
     Parameters
@@ -170,8 +181,9 @@ def record_card(client, name: str, version: str, *, repo_root: str | Path = ".")
     from tracking.registry import keep_with_version
 
     card = version_card(client, name, version, repo_root=repo_root)
-    keep_with_version(client, name, card.version, CARD_ARTIFACTS, card.write,
-                      {CARD_TAG: f"{CARD_ARTIFACTS}/{MARKDOWN_FILE}"}, what="model card")
+    folder = card_artifacts(name, card.version)
+    keep_with_version(client, name, card.version, folder, card.write, {CARD_TAG: f"{folder}/{MARKDOWN_FILE}"},
+                      what="model card")
     return card
 
 
@@ -186,7 +198,7 @@ def load_card(tracking, name: str, version: str) -> ModelCard | None:
     from tracking.registry import read_kept
 
     client = _client(tracking)
-    return read_kept(client, name, version, CARD_TAG, CARD_ARTIFACTS,
+    return read_kept(client, name, version, CARD_TAG, card_artifacts(name, str(version)),
                      lambda folder: ModelCard.read(folder, name, str(version)), what="a model card")
 
 

@@ -13,7 +13,7 @@ import pytest
 from helpers import run_command
 
 from tracking import tags
-from tracking.cards import CARD_ARTIFACTS, CARD_TAG, load_card
+from tracking.cards import CARD_TAG, card_artifacts, load_card
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("unet_trained"), pytest.mark.minutes(2)]
 
@@ -37,7 +37,7 @@ def cellops(root, env, *args, check=True):
 def test_the_training_pipeline_keeps_the_card_with_the_version_and_shows_it_in_zenml(trained):
     root, env, client = trained
     champion = client.get_model_version_by_alias("cellops-unet", "champion")
-    assert champion.tags[CARD_TAG] == f"{CARD_ARTIFACTS}/model_card.md"
+    assert champion.tags[CARD_TAG] == f"{card_artifacts('cellops-unet', champion.version)}/model_card.md"
     card = load_card(client, "cellops-unet", champion.version)
     md = card.markdown
     assert md.startswith(f"# Model card: cellops-unet version {champion.version}\n")
@@ -60,7 +60,7 @@ def test_the_training_pipeline_keeps_the_card_with_the_version_and_shows_it_in_z
     found = json.loads(shown.strip().splitlines()[-1])
     assert found["type"] == "HTMLString" and found["html"].startswith("<!DOCTYPE html>")
     assert found["metadata"]["recorded"] and found["metadata"]["versions"][0]["artifacts"] == \
-        f"runs:/{champion.run_id}/{CARD_ARTIFACTS}"
+        f"runs:/{champion.run_id}/{card_artifacts('cellops-unet', champion.version)}"
 
 
 def test_cellops_card_prints_writes_and_names_what_exists(trained, tmp_path):
@@ -94,3 +94,6 @@ def test_a_version_registered_before_cards_gets_one_from_its_config(trained):
                  f"record_card(MlflowClient(), {LEGACY!r}, {legacy.version!r})"], root, env)
     kept = load_card(client, LEGACY, legacy.version)
     assert kept is not None and kept.markdown.startswith(f"# Model card: {LEGACY} version {legacy.version}")
+    # The two versions share a run: each keeps its own card there.
+    assert load_card(client, "cellops-unet", champion.version).markdown.startswith(
+        f"# Model card: cellops-unet version {champion.version}")
