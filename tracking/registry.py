@@ -263,7 +263,7 @@ def _registered_model(client: MlflowClient, name: str):
                           f"{', '.join(known) or 'none'}") from error
 
 
-def resolve_version(client: MlflowClient, name: str, ref: str | None) -> dict:
+def resolve_version(client: MlflowClient, name: str, ref: str | int | None) -> dict:
     """One version by number, by ``@alias``, ``latest`` (the newest), or the champion when ``ref`` is None.
 
     Raises a ``LookupError`` naming what was asked for and what exists: the registered models when ``name`` is
@@ -275,8 +275,8 @@ def resolve_version(client: MlflowClient, name: str, ref: str | None) -> dict:
         The registry's client.
     name : str
         The registered model.
-    ref : str or None
-        A version number, ``@alias``, ``latest``, or None for ``@champion``.
+    ref : str, int or None
+        A version number (MLflow gives them as int or str), ``@alias``, ``latest``, or None for ``@champion``.
 
     Returns
     -------
@@ -290,6 +290,7 @@ def resolve_version(client: MlflowClient, name: str, ref: str | None) -> dict:
     """
     model = _registered_model(client, name)
     numbers = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    ref = None if ref is None else str(ref)
     if ref == "latest":
         if not numbers:
             raise LookupError(f"{name} has no versions")
