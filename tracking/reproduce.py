@@ -345,7 +345,8 @@ def _bring_data(root: Path, worktree: Path, env: Mapping[str, str], record: dict
         link.parent.mkdir(exist_ok=True)
         link.symlink_to(shared, target_is_directory=True)
     recorded = str(dvc_file_output(worktree / "data.dvc").get("md5", ""))  # checked: check_reproducible
-    checkout = _dvc(worktree, env, "checkout", "-q")
+    # Only the data: the stages' outputs of dvc.yaml (reports/) need not be in the cache.
+    checkout = _dvc(worktree, env, "checkout", "data.dvc")
     if checkout.returncode != 0:
         raise _fail(f"dvc checkout of data version {recorded} from the cache {shared} (run `dvc pull` in {root})",
                     checkout)
