@@ -213,19 +213,16 @@ def _classifier_test_set(config: dict, data_dir: Path) -> tuple[list[Path], dict
 
 def _unet_scorer(config: dict, data_dir: Path):
     """``score(model, settings) -> metrics`` of a U-Net on the test volume, and what the data needs of a package."""
-    from cellops.metrics import bootstrap_interval, per_slice_overlap, pooled_foreground_iou
     from cellops.unet.data import load_lucchi
-    from cellops.unet.predict import load_for_inference, score
+    from cellops.unet.predict import load_for_inference, score_with_interval
     from cellops.unet.specs import UNetServing
 
     base = UNetServing.from_dict(config["parameters"]["inference"])
     data = load_lucchi(data_dir)
 
     def scores(model, settings) -> dict[str, float]:
-        found, prediction = score(load_for_inference(model), data.test_image, data.test_mask, settings)
         # With the bootstrap 95 % interval over test slices, as the training pipeline's evaluation records it.
-        interval = bootstrap_interval(pooled_foreground_iou, *per_slice_overlap(prediction, data.test_mask > 0))
-        return {**found.as_dict(), "foreground_iou_ci_low": interval.low, "foreground_iou_ci_high": interval.high}
+        return score_with_interval(load_for_inference(model), data.test_image, data.test_mask, settings)[0]
 
     fits = {"channels": int(config["parameters"]["architecture"]["in_channels"]), "tile_size": base.tile_size}
     return scores, base, fits, {}

@@ -15,7 +15,13 @@ from scipy import ndimage
 from torch import nn
 
 from cellops.inference import prepare_for_inference, sliding_window_predict
-from cellops.metrics import BinarySegmentationScores, binary_segmentation_scores
+from cellops.metrics import (
+    BinarySegmentationScores,
+    binary_segmentation_scores,
+    bootstrap_interval,
+    per_slice_overlap,
+    pooled_foreground_iou,
+)
 from cellops.uncertainty import DIHEDRAL, FLIPS, Uncertainty
 from cellops.unet.specs import UNetServing
 
@@ -113,6 +119,37 @@ def score(model: nn.Module, image: np.ndarray, mask: np.ndarray, settings: UNetS
     """
     prediction = segment(model, image, settings, device)
     return binary_segmentation_scores(prediction, mask > 0), prediction
+
+
+def score_with_interval(model: nn.Module, image: np.ndarray, mask: np.ndarray, settings: UNetServing,
+                        device: str | torch.device = "cpu") -> tuple[dict[str, float], np.ndarray]:
+    """The metrics a U-Net version is registered with: :func:`score` of the test volume, and the promotion
+    metric's bootstrap 95 % interval over its slices (``foreground_iou_ci_low``, ``foreground_iou_ci_high``).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The U-Net, prepared for inference (:func:`load_for_inference`).
+    image : np.ndarray
+        The test stack (Z, Y, X).
+    mask : np.ndarray
+        Its ground truth, same shape (non-zero = foreground).
+    settings : UNetServing
+        How the model is applied, as served.
+    device : str or torch.device, optional
+        Where the model is.
+
+    Returns
+    -------
+    metrics : dict of str to float
+        The scores and the interval.
+    prediction : np.ndarray
+        The predicted boolean mask.
+    """
+    scores, prediction = score(model, image, mask, settings, device)
+    interval = bootstrap_interval(pooled_foreground_iou, *per_slice_overlap(prediction, mask > 0))
+    return ({**scores.as_dict(), "foreground_iou_ci_low": interval.low, "foreground_iou_ci_high": interval.high},
+            prediction)
 
 
 def load_for_inference(model: nn.Module) -> nn.Module:

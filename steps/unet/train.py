@@ -15,12 +15,11 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 
 from cellops.distributed import DistributedSettings
-from cellops.metrics import bootstrap_interval, per_slice_overlap, pooled_foreground_iou
 from cellops.plots import segmentation_overlay, training_curves
 from cellops.registered_init import load_parent_state, registered_init
 from cellops.thresholds import choose_probability_threshold
 from cellops.unet.distributed_train import fit_distributed
-from cellops.unet.predict import load_for_inference, predict_probabilities, score
+from cellops.unet.predict import load_for_inference, predict_probabilities, score_with_interval
 from cellops.unet.specs import Architecture, check_parent_architecture, check_unet_init, UNetServing, UNetTraining
 from cellops.unet.train import build_model, fit
 from tracking import tags
@@ -151,11 +150,9 @@ def evaluate_unet(
     """Sliding-window segmentation of the whole test volume with the run's inference settings; IoU and Dice
     over all its voxels. The middle slice's overlay (green hit, red false positive, blue missed) is an artifact the
     dashboard shows; ``overlay_slices`` evenly spaced ones go to MLflow."""
-    scores, prediction = score(load_for_inference(model), test_image, test_mask, UNetServing.from_dict(inference),
-                               device)
     # The promotion metric with its bootstrap 95 % interval over test slices (their intersections and unions).
-    interval = bootstrap_interval(pooled_foreground_iou, *per_slice_overlap(prediction, test_mask > 0))
-    metrics = {**scores.as_dict(), "foreground_iou_ci_low": interval.low, "foreground_iou_ci_high": interval.high}
+    metrics, prediction = score_with_interval(load_for_inference(model), test_image, test_mask,
+                                              UNetServing.from_dict(inference), device)
     mlflow.log_metrics({f"test_{name}": value for name, value in metrics.items()})
     for z in np.linspace(0, len(test_image) - 1, overlay_slices).round().astype(int):
         log_png(segmentation_overlay(test_image[z], test_mask[z] > 0, prediction[z]), "test_overlays", f"slice_{z:03d}.png")
