@@ -80,6 +80,18 @@ def runtime_rows(checks: dict, work: float, unit: str, comparison: str, describe
     return rows
 
 
+def host_choice(tracking_uri: str | None, model_uri: str) -> dict:
+    """The runtime the registered ``model_uri`` runs on on this CPU, as ``cellops predict`` and its service run it
+    (:func:`tracking.batch.version_on_host`: cached, else timed now; ``CELLOPS_RUNTIME`` overrides)."""
+    from tracking.batch import resolve_batch_model, version_on_host
+    from tracking.cli import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    _, choice = version_on_host(uri, resolve_batch_model(uri, model_uri))
+    print(choice.summary())
+    return choice.as_dict()
+
+
 def print_summary(summary: list[dict]) -> None:
     """The summary rows, one line each, as the run ends."""
     for r in summary:

@@ -1,5 +1,6 @@
 """CPU inference of the efficient custom classifier against DenseNet121, both trained by the classifier pipeline,
-in one run: test accuracy on the same split and images per second on the same CPU threads.
+in one run: test accuracy on the same split and images per second on the same CPU threads, each version on the
+runtime chosen for this CPU (`cellops.host_runtime`; CELLOPS_RUNTIME overrides), as `cellops predict` runs it.
 
     python benchmarks/classifier.py [--config configs/classifier.yaml] [--threads 2] [--repeats 5]
                                     [--smoke] [--out PATH]
@@ -91,6 +92,8 @@ def registered_results(args: argparse.Namespace, config: dict) -> tuple[dict, in
     from cellops.classifier.specs import ClassifierServing
     from cellops.classifier.train import predict_probabilities
     from cellops.classifier.data import load_class_images
+    from tracking.batch import resolve_batch_model, version_on_host
+    from tracking.registry import load_registered
     from tracking.runs import project_tracking_uri
 
     registered = config["steps"]["register_classifiers"]["parameters"]["registered_model_name"]
@@ -106,12 +109,17 @@ def registered_results(args: argparse.Namespace, config: dict) -> tuple[dict, in
         images, failures = load_class_images(files, channels=settings.channels, size=settings.size,
                                              normalization=settings.normalization)
         assert not failures, failures
-        model = mlflow.pytorch.load_model(f"models:/{registered}/{version.version}", map_location="cpu").eval()
+        # Each version on the runtime chosen for this CPU (CELLOPS_RUNTIME overrides), as `cellops predict` runs it.
+        record = resolve_batch_model(mlflow.get_tracking_uri(), f"models:/{registered}/{version.version}")
+        model, choice = version_on_host(mlflow.get_tracking_uri(), record)
+        print(choice.summary())
         scores = classification_scores(predict_probabilities(model, images, 64), labels, settings.positive)
+        parameters = sum(p.numel() for p in load_registered(mlflow.get_tracking_uri(), registered, record).parameters())
         results[role] = {
             "model_name": model_name, "model_version": version.version,
+            "runtime": choice.runtime, "runtime_precision": choice.precision, "runtime_reason": choice.reason,
             "test_accuracy": scores.accuracy, "test_sensitivity": scores.sensitivity,
-            **timings(model, torch.from_numpy(images), args.repeats),
+            **timings(model, torch.from_numpy(images), args.repeats), "parameters": int(parameters),
         }
     return results, len(files)
 
@@ -170,7 +178,8 @@ def main() -> None:
     summary = [row(f"classifier CPU inference, batch {batch}", custom["model_name"],
                    custom[f"images_per_second_batch{batch}"], reference["model_name"],
                    reference[f"images_per_second_batch{batch}"], "images/s", target=3.0,
-                   note=f"{args.threads} threads; {accuracy_note}")
+                   note=f"{args.threads} threads; {accuracy_note}; runtimes chosen on this CPU: "
+                        f"{custom.get('runtime', 'torch')} vs {reference.get('runtime', 'torch')}")
                for batch in (1, 32)]
     print(json.dumps(report, indent=2))
     write_result("classifier", report, summary, args.out, smoke=args.smoke)

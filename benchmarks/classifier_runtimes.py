@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from benchlib import print_summary, row, runtime_rows, write_result
+from benchlib import host_choice, print_summary, row, runtime_rows, write_result
 
 from cellops.classifier.metrics import classification_scores
 from cellops.classifier.predict import explain
@@ -219,6 +219,8 @@ def main() -> None:
                    "accuracy": accuracy, "checks": {k: c.as_dict() for k, c in checks.items()},
                    "fastest_passing_runtime": choose_runtime(list(checks.values()))})
     print_summary(summary)
+    if not args.smoke:  # what `cellops predict` and the service run the champion on here
+        result["host_choice"] = host_choice(args.tracking_uri, args.model)
     write_result("classifier_runtimes", result, summary, args.out, smoke=args.smoke)
 
 

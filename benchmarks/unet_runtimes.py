@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from benchlib import print_summary, row, runtime_rows, write_result
+from benchlib import host_choice, print_summary, row, runtime_rows, write_result
 
 from cellops.inference import gaussian_weight_map, sliding_window_predict
 from cellops.runtimes import RUNTIMES, best_time, check_runtime, choose_runtime, interleaved_best, load_runtime
@@ -163,7 +163,7 @@ def main() -> None:
     ious = {runtime: score(module, test, mask, settings)[0].foreground_iou for runtime, module in modules.items()}
     checks = {runtime: check_runtime(runtime, seconds[runtime], seconds["torch"], ious[runtime], ious["torch"],
                                      IOU_TOLERANCE) for runtime in modules}
-    best = choose_runtime(list(checks.values()))  # what the registry would choose
+    best = choose_runtime(list(checks.values()))  # the fastest accurate runtime on this CPU, for this task
     require_agreement(agreement[best], f"cellops {best}", "MONAI (trained model)")
     require_agreement(folded_agreement[best], f"cellops {best}", "MONAI (folded model)")
     voxels = unit.size
@@ -187,6 +187,8 @@ def main() -> None:
         "foreground_iou": {k: round(v, 6) for k, v in ious.items()},
         "checks": {k: c.as_dict() for k, c in checks.items()}, "fastest_passing_runtime": best,
     }
+    if not args.smoke:  # what `cellops predict` and the service run this version on here
+        result["host_choice"] = host_choice(args.tracking_uri, args.model)
     print_summary(summary)
     write_result("unet_runtimes", result, summary, args.out, smoke=args.smoke)
 

@@ -1,10 +1,11 @@
-"""The runtime that runs a served network (``cellops.runtimes``): the one the registry chose for the model version
-unless the operator overrides it, and the metadata that says so. Only the model services bundle this module."""
+"""The runtime that runs a served network on this host (:mod:`cellops.host_runtime`): the fastest of the runtimes
+the registry found accurate, timed on this CPU at the service's first start and cached per CPU model and ISA, unless
+the operator overrides it (``CELLOPS_RUNTIME``); and the metadata that says so. Only the model services bundle this
+module."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import bentoml
@@ -13,6 +14,9 @@ from bentoml.exceptions import BentoMLException
 from bento.common import model_metadata
 
 logger = logging.getLogger("bentoml.cellops")
+
+#: Environment variable with which an operator overrides the runtime timed here (``torch`` always works).
+RUNTIME_ENV = "CELLOPS_RUNTIME"
 
 
 def served_model_metadata(bento_model: bentoml.Model) -> dict:
@@ -31,41 +35,84 @@ def served_model_metadata(bento_model: bentoml.Model) -> dict:
     return {**model_metadata(bento_model), "serving": serving_runtime(bento_model)}
 
 
-#: Environment variable with which an operator overrides the runtime the deployment chose (``torch`` always works).
-RUNTIME_ENV = "CELLOPS_RUNTIME"
+def _graphs(bento_model: bentoml.Model) -> Path | None:
+    folder = Path(bento_model.path_of("runtimes"))
+    return folder if folder.is_dir() else None
 
 
-def serving_runtime(bento_model: bentoml.Model) -> dict:
-    """Which runtime runs the network and on what.
+def host_choice(bento_model: bentoml.Model):
+    """The runtime chosen for the bento's model on this host (:func:`cellops.host_runtime.resolve_host_runtime`):
+    read from the cache, or timed now on the family's unit of work, the torch model loaded only then.
 
     Parameters
     ----------
     bento_model : bentoml.Model
-        The served BentoML model (its metadata names the runtime the registry chose).
+        The served BentoML model.
 
     Returns
     -------
-    dict
-        ``runtime``: the one the registry chose (the fastest that passed its accuracy check, see
-        ``cellops.runtimes``) unless ``CELLOPS_RUNTIME`` overrides it; its ``precision``; ``graphs``: the folder
-        of its exported graph; and the kernels this CPU offers (oneDNN's ISA level, OpenVINO's device).
+    cellops.host_runtime.HostChoice
+        The choice and its evidence.
 
     Raises
     ------
     bentoml.exceptions.BentoMLException
         For a ``CELLOPS_RUNTIME`` that names no runtime.
     """
-    from cellops.runtimes import RUNTIME_PRECISION, RUNTIMES, cpu_info, native_bf16
+    from cellops.families import read_serving, record_family
+    from cellops.family_runtimes import family_module, prepared_model, timing_run
+    from cellops.host_runtime import model_key, resolve_host_runtime
 
-    chosen = dict(bento_model.info.metadata).get("runtime") or "torch"
-    requested = os.environ.get(RUNTIME_ENV, "").strip() or chosen
-    if requested not in RUNTIMES:
-        raise BentoMLException(f"{RUNTIME_ENV}={requested!r} is not a runtime; choose one of {list(RUNTIMES)}")
-    folder = Path(bento_model.path_of("runtimes"))
+    metadata = dict(bento_model.info.metadata)
+    family = record_family(metadata["inference_settings"])
+    settings = read_serving(metadata["inference_settings"])
+    folder = _graphs(bento_model)
+    prepared: list = []
+
+    def module_for(runtime: str):
+        if not prepared:  # the torch model is loaded only when something is timed
+            import mlflow.pytorch
+
+            model = mlflow.pytorch.load_model(bento_model.path_of("mlflow_model"), map_location="cpu")
+            prepared.append(prepared_model(family, model))
+        return family_module(family, runtime, folder, prepared[0])
+
+    name = model_key(metadata.get("registered_model", bento_model.tag.name), metadata.get("model_version", "?"),
+                     metadata.get("mlflow_run_id"))
+    try:
+        return resolve_host_runtime(name, metadata.get("runtime_checks") or [], folder, module_for,
+                                    timing_run(family, settings), registry_runtime=metadata.get("runtime") or "torch")
+    except ValueError as error:
+        raise BentoMLException(str(error)) from error
+
+
+def serving_runtime(bento_model: bentoml.Model) -> dict:
+    """Which runtime runs the network, why, and on what.
+
+    Parameters
+    ----------
+    bento_model : bentoml.Model
+        The served BentoML model.
+
+    Returns
+    -------
+    dict
+        ``runtime`` and its ``precision``; ``reason`` (fastest here, no faster runtime, override); ``overridden``;
+        ``chosen_by_registry``: the registering host's choice; ``registry_verdicts``: each runtime's accuracy
+        verdict; ``host_timings``: seconds and speed-ups of the runtimes timed on this CPU, with those skipped and
+        why; ``host``: the CPU identity the choice is cached under, and whether it came from the cache; ``graphs``:
+        the folder of the exported graphs; this CPU's kernels.
+    """
+    from cellops.runtimes import cpu_info, native_bf16
+
+    choice = host_choice(bento_model)
     machine = cpu_info()
-    return {"runtime": requested, "precision": RUNTIME_PRECISION[requested], "chosen_by_registry": chosen,
-            "overridden": requested != chosen,
-            "graphs": str(folder) if folder.is_dir() else None,
+    return {"runtime": choice.runtime, "precision": choice.precision, "reason": choice.reason,
+            "overridden": choice.reason == "override", "chosen_by_registry": choice.registry_runtime,
+            "registry_verdicts": choice.verdicts,
+            "host_timings": {"seconds": choice.seconds, "speedups": choice.speedups, "skipped": choice.skipped,
+                             "measured_at": choice.measured_at, "cached": choice.cached},
+            "host": choice.host, "graphs": str(_graphs(bento_model)) if _graphs(bento_model) else None,
             "cpu": machine["cpu_model"], "isa": machine["isa_flags"], "threads": machine["torch_threads"],
             "onednn": machine["torch_cpu_capability"], "native_bf16": native_bf16(),
             "openvino_device": machine.get("openvino_device"),
@@ -73,7 +120,7 @@ def serving_runtime(bento_model: bentoml.Model) -> dict:
 
 
 def load_serving_runtime(bento_model: bentoml.Model, load) -> object:
-    """The network in the runtime :func:`serving_runtime` names.
+    """The network in the runtime chosen for this host (:func:`host_choice`).
 
     Parameters
     ----------
@@ -94,14 +141,11 @@ def load_serving_runtime(bento_model: bentoml.Model, load) -> object:
         For a runtime that cannot load, naming it and the way out (``CELLOPS_RUNTIME=torch``): never a silent
         fall back.
     """
-    serving = serving_runtime(bento_model)
-    runtime, folder = serving["runtime"], serving["graphs"]
+    choice = host_choice(bento_model)
     try:
-        module = load(runtime, Path(folder) if folder else None)
+        module = load(choice.runtime, _graphs(bento_model))
     except Exception as error:
-        raise BentoMLException(f"cannot load the {runtime!r} runtime of {bento_model.tag}: {error}; "
+        raise BentoMLException(f"cannot load the {choice.runtime!r} runtime of {bento_model.tag}: {error}; "
                                f"set {RUNTIME_ENV}=torch to serve the torch model") from error
-    logger.info("%s runs on %s (%s, %s)", bento_model.tag, runtime, serving["cpu"], serving["onednn"])
+    logger.info("%s", choice.summary())
     return module
-
-

@@ -623,6 +623,10 @@ class RuntimeCheck:
         Whether the metric stayed within ``tolerance`` and a time was measured.
     note : str, optional
         Why it failed or was skipped.
+    accurate : bool or None, optional
+        Whether the metric stayed within ``tolerance``, timed or not: the verdict a serving host relies on
+        (:mod:`cellops.host_runtime`), since accuracy does not depend on the CPU and speed does. None where no
+        metric was measured.
     """
 
     runtime: str
@@ -633,6 +637,7 @@ class RuntimeCheck:
     tolerance: float
     passed: bool
     note: str = ""
+    accurate: bool | None = None
 
     @property
     def precision(self) -> str:
@@ -688,14 +693,17 @@ def check_runtime(runtime: str, seconds: float | None, baseline_seconds: float, 
     >>> check_runtime("openvino-int8", 0.5, 2.0, 0.85, 0.9, 0.002).note
     'metric changed by -0.05 (tolerance 0.002)'
     """
-    if seconds is None or metric is None:
+    if metric is None:
         return RuntimeCheck(runtime, seconds, None, metric, None, tolerance, False, note or "not measured")
     change = metric - baseline_metric
-    passed = abs(change) <= tolerance + 1e-12
-    if not passed and not note:
-        note = f"metric changed by {change:+.4g} (tolerance {tolerance:g})"
+    accurate = abs(change) <= tolerance + 1e-12
+    if not accurate:
+        note = f"metric changed by {change:+.4g} (tolerance {tolerance:g})" + (f"; {note}" if note else "")
+    if seconds is None:  # accuracy measured, speed not (e.g. bf16 emulated here): a serving host may still time it
+        return RuntimeCheck(runtime, None, None, round(metric, 6), round(change, 6), tolerance, False,
+                            note or "not timed", accurate)
     return RuntimeCheck(runtime, round(seconds, 4), round(baseline_seconds / seconds, 2), round(metric, 6),
-                        round(change, 6), tolerance, passed, note)
+                        round(change, 6), tolerance, accurate, note, accurate)
 
 
 def choose_runtime(checks: Sequence[RuntimeCheck], min_speedup: float = 1.05) -> str:
@@ -757,7 +765,8 @@ def interleaved_best(runs: dict[str, Callable[[], object]], repeats: int = 3) ->
 
 def measure_runtimes(module_for: Callable[[str], nn.Module], evaluate: Callable[[nn.Module], float],
                      runtimes: Sequence[str], tolerance: float, *, repeats: int = 2,
-                     skip: dict[str, str] | None = None) -> list[RuntimeCheck]:
+                     skip: dict[str, str] | None = None,
+                     untimed: dict[str, str] | None = None) -> list[RuntimeCheck]:
     """Measure torch fp32 and each of ``runtimes`` on the task: ``evaluate(module)`` once for its metric (also the
     warm-up), then timed in ``repeats`` interleaved rounds (:func:`interleaved_best`). ``skip`` maps runtimes not to
     run to the reason, which is recorded; a runtime that fails to load or run is recorded as failed, not raised.
@@ -776,6 +785,9 @@ def measure_runtimes(module_for: Callable[[str], nn.Module], evaluate: Callable[
         Timed rounds.
     skip : dict of str to str or None, optional
         Runtimes not to run, with the reason.
+    untimed : dict of str to str or None, optional
+        Runtimes whose accuracy is measured but not their time, with the reason (bf16 where this CPU emulates it:
+        its verdict serves the hosts that have bf16, :mod:`cellops.host_runtime`).
 
     Returns
     -------
@@ -788,6 +800,10 @@ def measure_runtimes(module_for: Callable[[str], nn.Module], evaluate: Callable[
     ...                           repeats=1, skip={"torch-bf16": "not here"})
     >>> [(c.runtime, c.passed, c.note) for c in checks]
     [('torch', True, ''), ('torch-bf16', False, 'not here')]
+    >>> checks = measure_runtimes(lambda runtime: nn.Identity(), lambda module: 0.5, ["torch-bf16"], 0.01,
+    ...                           repeats=1, untimed={"torch-bf16": "emulated here"})
+    >>> [(c.runtime, c.passed, c.accurate, c.note) for c in checks]
+    [('torch', True, True, ''), ('torch-bf16', False, True, 'emulated here')]
     """
     skip = skip or {}
     pin_fp32_precision()
@@ -803,7 +819,9 @@ def measure_runtimes(module_for: Callable[[str], nn.Module], evaluate: Callable[
         except Exception as error:  # noqa: BLE001 - one runtime failing must not stop the others
             modules.pop(runtime, None)
             failed[runtime] = f"failed: {type(error).__name__}: {error}"[:300]
-    seconds = interleaved_best({name: (lambda m=module: evaluate(m)) for name, module in modules.items()}, repeats)
+    untimed = {name: reason for name, reason in (untimed or {}).items() if name in modules}
+    seconds = interleaved_best({name: (lambda m=module: evaluate(m)) for name, module in modules.items()
+                                if name not in untimed}, repeats)
     base = seconds[BASELINE]
     checks = [check_runtime(BASELINE, base, base, metrics[BASELINE], metrics[BASELINE], tolerance)]
     for runtime in runtimes:
@@ -811,6 +829,9 @@ def measure_runtimes(module_for: Callable[[str], nn.Module], evaluate: Callable[
             continue
         if runtime in failed:
             checks.append(check_runtime(runtime, None, base, None, metrics[BASELINE], tolerance, failed[runtime]))
+        elif runtime in untimed:
+            checks.append(check_runtime(runtime, None, base, metrics[runtime], metrics[BASELINE], tolerance,
+                                        untimed[runtime]))
         else:
             checks.append(check_runtime(runtime, seconds[runtime], base, metrics[runtime], metrics[BASELINE],
                                         tolerance))
@@ -818,7 +839,8 @@ def measure_runtimes(module_for: Callable[[str], nn.Module], evaluate: Callable[
 
 
 def default_skips(runtimes: Sequence[str], flags: set[str] | None = None) -> dict[str, str]:
-    """Runtimes not worth measuring on this CPU, with the reason (bf16 without AVX512-BF16 or AMX).
+    """Runtimes not worth timing on this CPU, with the reason (bf16 without AVX512-BF16 or AMX): their accuracy is
+    still measured (``measure_runtimes(untimed=...)``), for the serving hosts that have bf16.
 
     Parameters
     ----------

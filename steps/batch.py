@@ -73,7 +73,10 @@ def predict_folder(model_record: dict, input_dir: str, output_dir: str, patterns
         "model.name": model_record["registered_model"], "model.version": model_record["model_version"],
         "model.family": model_record["family"], "model.mlflow_run_id": model_record["mlflow_run_id"],
         "model.data_version": model_record.get("data_version") or "", "model.uri": model_record["model_uri"],
-        "input.version": result.input_version, **input_lineage(input_dir)})
+        "input.version": result.input_version, **input_lineage(input_dir),
+        # the runtime(s) this host chose for the files predicted now (cellops.host_runtime)
+        "model.runtime": ",".join(sorted({str(r["runtime"]) for r in result.rows
+                                          if r.get("status") == "done" and r.get("runtime")})) or "none"})
     mlflow.log_metrics({f"inputs_{status}": float(count) for status, count in {**counts, **verdicts}.items()})
     mlflow.log_artifact(str(Path(output_dir) / SUMMARY))
     log_metadata({"inputs": counts, "ood": verdicts, "input_version": result.input_version, "model": model_key})

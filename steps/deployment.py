@@ -68,8 +68,9 @@ def without_none(value):
 def import_with_runtime(bento_model_name: str, registered_model_name: str, record: dict,
                         metadata: dict) -> bentoml.Model:
     """A BentoML model laid out as ``bentoml.mlflow.import_model`` lays it out (the MLflow model in
-    ``mlflow_model/``), plus the exported graphs of the version's chosen runtime in ``runtimes/`` (from the
-    ``runtimes/`` artifacts of the version's run) when that runtime is not torch, and its out-of-distribution
+    ``mlflow_model/``), plus every exported graph of the version in ``runtimes/`` (from the ``runtimes/`` artifacts
+    of its run: the service times those the registry found accurate on its own CPU, :mod:`bento.runtime`), and its
+    out-of-distribution
     reference in ``ood/`` (``bento_model.path_of("ood/reference.json")``, from the ``ood/`` artifacts of its run),
     and its model card in ``card/`` (:func:`copy_card`).
     A version registered without a reference is imported all the same, with a warning: its service answers
@@ -89,10 +90,8 @@ def import_with_runtime(bento_model_name: str, registered_model_name: str, recor
         shutil.copytree(local, bento_model.path_of("mlflow_model"))
         if not (Path(bento_model.path_of("mlflow_model")) / "MLmodel").is_file():
             raise RuntimeError(f"{registered_model_name} v{version} has no MLmodel: not an MLflow model")
-        if record[tags.RUNTIME] != "torch":
-            run_id = MlflowClient().get_model_version(registered_model_name, version).run_id
-            graphs = download_artifacts(run_id=run_id, artifact_path=tags.RUNTIME_ARTIFACTS,
-                                        dst_path=str(Path(tmp) / "graphs"))
+        graphs = version_graphs(registered_model_name, version, Path(tmp) / "graphs")
+        if graphs is not None:
             shutil.copytree(graphs, bento_model.path_of("runtimes"))
         if record.get("ood") is None:
             logger.warning("%s v%s has no out-of-distribution reference (registered before references existed): "
@@ -105,6 +104,22 @@ def import_with_runtime(bento_model_name: str, registered_model_name: str, recor
             OODReference.load(bento_model.path_of(f"{OOD_ARTIFACTS}/{REFERENCE_FILE}"))  # fails here, not at serve time
         copy_card(registered_model_name, version, Path(bento_model.path_of(CARD_ARTIFACTS)))
     return bento_model
+
+
+def version_graphs(registered_model_name: str, version: str, dst: Path) -> Path | None:
+    """The version's exported runtime graphs downloaded into ``dst`` (None for a version registered without
+    them: it is served with torch)."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    run_id = MlflowClient().get_model_version(registered_model_name, version).run_id
+    listed = MlflowClient().list_artifacts(run_id, tags.RUNTIME_ARTIFACTS)
+    if not listed:
+        return None
+    try:
+        return Path(download_artifacts(run_id=run_id, artifact_path=tags.RUNTIME_ARTIFACTS, dst_path=str(dst)))
+    except (MlflowException, OSError) as error:
+        raise RuntimeError(f"{registered_model_name} v{version}'s runtime graphs could not be read: {error}") from error
 
 
 def copy_card(registered_model_name: str, version: str, folder: Path) -> None:

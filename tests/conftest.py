@@ -9,6 +9,7 @@ import tempfile
 _STATE = tempfile.mkdtemp(prefix="cellops-tests-")
 os.environ["ZENML_CONFIG_PATH"] = os.path.join(_STATE, "zenml")
 os.environ["BENTOML_HOME"] = os.path.join(_STATE, "bentoml")
+os.environ["CELLOPS_RUNTIME_CACHE"] = os.path.join(_STATE, "runtime-choices")  # runtimes timed on this host
 from cellops.telemetry import TELEMETRY_OFF  # noqa: E402
 
 os.environ.update(TELEMETRY_OFF)

@@ -137,14 +137,30 @@ def built_bento(bentoml_home: Path, name: str) -> Path:
 
 
 def served_runtime(champion) -> tuple[str, Path | None]:
-    """The runtime a registered version is served with and the folder of its exported graphs (downloaded from the
-    version's run; None for torch)."""
+    """The runtime a registered version is served with on this host (timed now among those the registry found
+    accurate and cached, as its service will find it: :func:`tracking.batch.version_on_host`) and the folder of
+    its exported graphs (downloaded from the version's run; None for torch)."""
     import mlflow
 
-    runtime = champion.tags.get("runtime", "torch")
-    if runtime == "torch":
-        return runtime, None
-    return runtime, Path(mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="runtimes"))
+    from tracking.batch import resolve_batch_model, version_on_host
+
+    uri = mlflow.get_tracking_uri()
+    _, choice = version_on_host(uri, resolve_batch_model(uri, f"models:/{champion.name}/{champion.version}"))
+    if choice.runtime == "torch":
+        return choice.runtime, None
+    return choice.runtime, Path(mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="runtimes"))
+
+
+def assert_host_choice(serving: dict) -> None:
+    """A service's ``/metadata`` ``serving``: the runtime timed fastest on this CPU among torch and those the registry
+    found accurate (each runtime's verdict shown), or torch where none beat it by 5 %; not overridden."""
+    verdicts, timings = serving["registry_verdicts"], serving["host_timings"]
+    assert not serving["overridden"] and serving["reason"] in ("fastest here", "no faster runtime"), serving
+    assert "torch" in timings["seconds"] and set(timings["seconds"]) <= {r for r, v in verdicts.items() if v["accurate"]}
+    fastest = min(timings["seconds"], key=timings["seconds"].get)
+    expected = fastest if timings["speedups"][fastest] >= 1.05 else "torch"
+    assert serving["runtime"] == expected, serving
+    assert serving["host"]["key"] and serving["cpu"] and serving["precision"]
 
 
 def assert_runtimes_recorded(client, version, configured: list[str]) -> list[dict]:

@@ -103,13 +103,17 @@ def test_a_runtime_that_fails_is_recorded_not_raised(small_net):
         return small_net
 
     x = torch.rand(2, 1, 8, 8)
-    checks = measure_runtimes(module_for, lambda m: float(m(x).mean()), ["onnxruntime", "openvino", "torch-bf16"],
-                              0.01, repeats=1, skip={"torch-bf16": "emulated"})
+    checks = measure_runtimes(module_for, lambda m: float(m(x).mean()),
+                              ["onnxruntime", "openvino", "torch-bf16", "openvino-bf16"], 0.01, repeats=1,
+                              skip={"openvino-bf16": "not installed"}, untimed={"torch-bf16": "emulated"})
     by = {c.runtime: c for c in checks}
-    assert list(by) == ["torch", "onnxruntime", "openvino", "torch-bf16"]
+    assert list(by) == ["torch", "onnxruntime", "openvino", "torch-bf16", "openvino-bf16"]
     assert by["torch"].passed and by["onnxruntime"].passed and by["onnxruntime"].change == 0
-    assert not by["openvino"].passed and "no CPU plugin" in by["openvino"].note
+    assert not by["openvino"].passed and "no CPU plugin" in by["openvino"].note and by["openvino"].accurate is None
+    # Untimed: not chosen here, but its accuracy verdict is kept for the hosts that compute bf16 natively.
     assert not by["torch-bf16"].passed and by["torch-bf16"].note == "emulated" and by["torch-bf16"].seconds is None
+    assert by["torch-bf16"].accurate is True and by["torch-bf16"].change == 0
+    assert by["openvino-bf16"].accurate is None and by["openvino-bf16"].note == "not installed"
     assert isinstance(checks[0], RuntimeCheck)
 
 
@@ -187,26 +191,45 @@ def test_maskrcnn_backbone_runtime_detects_what_torch_detects(tmp_path):
     assert with_runtime(model, "torch", tmp_path) is model and model.backbone.__class__.__name__ != "RuntimeBackbone"
 
 
-def test_the_service_runs_the_registry_choice_unless_the_operator_overrides_it(small_net, exported, monkeypatch):
+def test_the_service_times_the_accurate_runtimes_on_its_cpu_unless_the_operator_overrides_it(
+        small_net, exported, monkeypatch, tmp_path):
     import shutil
 
     import bentoml
+    import mlflow.pytorch
     from bentoml.exceptions import BentoMLException
 
     from bento.runtime import RUNTIME_ENV, load_serving_runtime, serving_runtime
+    from cellops.host_runtime import CACHE_ENV
 
-    with bentoml.models.create("cellops-runtime-test", metadata={"runtime": "onnxruntime"}) as created:
+    settings = {"family": "unet", "tile_size": 16, "tile_overlap": 4, "batch_size": 2, "threshold": 0.5}
+    checks = [{"runtime": "torch", "passed": True, "accurate": True},
+              {"runtime": "onnxruntime", "passed": True, "accurate": True, "speedup": 1.3},
+              {"runtime": "onnxruntime-int8", "passed": False, "accurate": False, "note": "metric changed by -0.2"}]
+    with bentoml.models.create("cellops-runtime-test", metadata={
+            "runtime": "onnxruntime", "runtime_checks": checks, "inference_settings": settings,
+            "registered_model": "cellops-runtime-test", "model_version": "1", "mlflow_run_id": "r" * 32}) as created:
         shutil.copytree(exported, created.path_of("runtimes"), ignore=shutil.ignore_patterns("*.int8.onnx"))
+        mlflow.pytorch.save_model(small_net, created.path_of("mlflow_model"), serialization_format="pickle",
+                                  pip_requirements=[])
     model = bentoml.models.get(created.tag)
 
     def load(runtime, folder):
         return load_runtime(runtime, folder, small_net)
 
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "choices"))
     monkeypatch.delenv(RUNTIME_ENV, raising=False)
     serving = serving_runtime(model)
-    assert serving["runtime"] == "onnxruntime" and not serving["overridden"] and serving["cpu"]
-    assert serving["versions"]["onnxruntime"] and isinstance(serving["isa"], list)
-    assert load_serving_runtime(model, load).__class__.__name__ == "OnnxRuntimeModule"
+    # Timed here: torch and the accurate runtime whose graph travelled; the inaccurate one is not a candidate.
+    assert set(serving["host_timings"]["seconds"]) == {"torch", "onnxruntime"} and not serving["overridden"]
+    assert "inaccurate at registration" in serving["host_timings"]["skipped"]["onnxruntime-int8"]
+    assert serving["runtime"] in ("torch", "onnxruntime") and serving["chosen_by_registry"] == "onnxruntime"
+    assert serving["registry_verdicts"]["onnxruntime-int8"]["accurate"] is False and serving["cpu"]
+    assert serving["versions"]["onnxruntime"] and isinstance(serving["isa"], list) and serving["host"]["key"]
+    assert serving_runtime(model)["host_timings"]["cached"]  # timed once per host
+    assert len(list((tmp_path / "choices").glob("*.json"))) == 1
+    loaded = load_serving_runtime(model, load)
+    assert loaded is small_net or loaded.__class__.__name__ == "OnnxRuntimeModule"
     monkeypatch.setenv(RUNTIME_ENV, "torch")
     assert serving_runtime(model)["overridden"] and load_serving_runtime(model, load) is small_net
     monkeypatch.setenv(RUNTIME_ENV, "tensorrt")

@@ -4,6 +4,7 @@ resolved from the MLflow registry, then the family's own ``*_to_files`` function
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -168,31 +169,95 @@ def batch_predictor(tracking_uri: str, record: dict, *, slab: int = 8, cams: boo
     """
     check_policy(policy)
     settings = read_serving(record[names.INFERENCE_SETTINGS])  # the family's <Family>Serving, parsed once
-    model = load_registered(tracking_uri, record["registered_model"], record)
+    model, choice = version_on_host(tracking_uri, record)
+    logging.getLogger("cellops").info(choice.summary())
+    ran_on = {"runtime": choice.runtime, "runtime_precision": choice.precision}
     ood = {"reference": batch_reference(tracking_uri, record), "policy": policy}
     if record["family"] == "unet":
-        from cellops.unet.predict import load_for_inference
         from cellops.unet.streaming import segment_volume_to_files
 
-        model = load_for_inference(model)
-        if not uncertainty:
-            return lambda path, out, stem: segment_volume_to_files(model, path, out, stem, settings, slab=slab, **ood)
-
-        def segment_measured(path, out, stem) -> dict:
+        def segment(path, out, stem) -> dict:
             results = segment_volume_to_files(model, path, out, stem, settings, slab=slab, **ood)
-            measured = volume_uncertainty(model, path, settings, slab=slab)
-            return {**results, "uncertainty": round(measured.image, 6), "uncertainty_method": measured.method}
+            if uncertainty:
+                measured = volume_uncertainty(model, path, settings, slab=slab)
+                results = {**results, "uncertainty": round(measured.image, 6), "uncertainty_method": measured.method}
+            return {**results, **ran_on}
 
-        return segment_measured
+        return segment
     if record["family"] == "maskrcnn":
         from cellops.maskrcnn.files import segment_image_to_files
 
-        return lambda path, out, stem: segment_image_to_files(model, path, out, stem, settings, reading=reading,
-                                                              uncertainty=uncertainty, **ood)
+        return lambda path, out, stem: {**segment_image_to_files(model, path, out, stem, settings, reading=reading,
+                                                                 uncertainty=uncertainty, **ood), **ran_on}
     from cellops.classifier.predict import classify_image_to_files
 
-    return lambda path, out, stem: classify_image_to_files(model, Path(path), out, stem, settings, cams=cams,
-                                                           reading=reading, uncertainty=uncertainty, **ood)
+    return lambda path, out, stem: {**classify_image_to_files(model, Path(path), out, stem, settings, cams=cams,
+                                                              reading=reading, uncertainty=uncertainty, **ood),
+                                    **ran_on}
+
+
+def version_on_host(tracking_uri: str, record: dict, *, override: str | None = None,
+                    cache_dir: str | Path | None = None):
+    """The registered version of ``record`` in the runtime chosen for this CPU (:mod:`cellops.host_runtime`):
+    ``CELLOPS_RUNTIME`` (or ``override``) if set, else the cached choice for this host, else the fastest of the
+    runtimes the registry found accurate, timed now. Its exported graphs are downloaded once, beside the cached
+    choices.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        The MLflow store.
+    record : dict
+        :func:`resolve_batch_model`.
+    override : str or None, optional
+        A runtime to use untimed.
+    cache_dir : str or Path or None, optional
+        Where choices are cached (:func:`cellops.host_runtime.default_cache_dir`); the graphs go to its
+        ``graphs/`` folder.
+
+    Returns
+    -------
+    module : torch.nn.Module
+        The network, prepared for inference, in the chosen runtime.
+    choice : cellops.host_runtime.HostChoice
+        The choice and its evidence (:meth:`~cellops.host_runtime.HostChoice.summary`).
+    """
+    from cellops.family_runtimes import run_on_host
+    from cellops.host_runtime import default_cache_dir, model_key
+
+    name, version, run_id = record["registered_model"], record["model_version"], record.get(names.MLFLOW_RUN_ID)
+    key = model_key(name, version, run_id)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = version_graphs_cached(tracking_uri, run_id, cache_dir / "graphs" / key.replace(" ", "_").replace(
+        ":", "-").replace("(", "").replace(")", ""))
+    model = load_registered(tracking_uri, name, record)
+    return run_on_host(record["family"], model, read_serving(record[names.INFERENCE_SETTINGS]), folder,
+                       model_name=key, checks=record.get(names.RUNTIME_CHECKS) or [],
+                       registry_runtime=record.get(names.RUNTIME) or "torch", override=override, cache_dir=cache_dir)
+
+
+def version_graphs_cached(tracking_uri: str, run_id: str | None, folder: Path) -> Path | None:
+    """The ``runtimes/`` artifacts of ``run_id`` in ``folder``, downloaded the first time (None: it has none)."""
+    import shutil
+    import tempfile
+
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    if folder.is_dir():
+        return folder
+    if run_id is None or not MlflowClient(tracking_uri).list_artifacts(run_id, names.RUNTIME_ARTIFACTS):
+        return None
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:  # complete or absent: renamed into place
+        downloaded = download_artifacts(run_id=run_id, artifact_path=names.RUNTIME_ARTIFACTS, dst_path=tmp,
+                                        tracking_uri=tracking_uri)
+        try:
+            shutil.move(downloaded, folder)
+        except OSError:
+            if not folder.is_dir():  # another process moved its copy first: use that one
+                raise
+    return folder
 
 
 def volume_uncertainty(model, source: str | Path, settings, *, slab: int = 8):

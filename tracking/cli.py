@@ -261,7 +261,24 @@ def predict(tracking_uri: str, family: str, model_uri: str, files: list[Path], o
     print(f"{family}: {core.done_line(result, 'predicted')}{measured} with {name} v{version} "
           f"({describe_settings(record)}) -> {out} (each file: {out / SUMMARY})")
     print(f"{family}: {ood_line(result.rows)}")
+    print(f"{family}: {runtime_line(result.rows)}")
     return core.finish_batch(f"cellops predict {family}", result, "predicted")
+
+
+def runtime_line(rows: list[dict]) -> str:
+    """The runtime(s) the batch's files were predicted on (:func:`tracking.batch.version_on_host`).
+
+    >>> runtime_line([{"status": "done", "runtime": "openvino-int8", "runtime_precision": "int8"},
+    ...               {"status": "skipped", "runtime": "torch", "runtime_precision": "fp32"}])
+    'runtime: openvino-int8 (int8), chosen on this CPU (CELLOPS_RUNTIME overrides); files kept from before: torch (fp32)'
+    """
+    def named(status: tuple[str, ...]) -> str:
+        return ", ".join(sorted({f"{r['runtime']} ({r.get('runtime_precision')})" for r in rows
+                                 if r.get("status") in status and r.get("runtime")}))
+
+    now, before = named(("done",)), named(("skipped",))
+    line = f"runtime: {now or 'none (no file predicted)'}, chosen on this CPU (CELLOPS_RUNTIME overrides)"
+    return line + (f"; files kept from before: {before}" if before and before != now else "")
 
 
 def ood_line(rows: list[dict]) -> str:

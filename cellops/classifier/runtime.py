@@ -175,4 +175,4 @@ def runtime_checks(model: nn.Module, calibration_images: np.ndarray, test_images
         return classification_scores(probabilities, np.asarray(test_labels), positive, threshold=threshold).accuracy
 
     return measure_runtimes(lambda runtime: runtime_classifier(runtime, folder, fast), evaluate, runtimes,
-                            tolerance, repeats=repeats, skip=default_skips(runtimes))
+                            tolerance, repeats=repeats, untimed=default_skips(runtimes))

@@ -128,4 +128,4 @@ def runtime_checks(model: nn.Module, calibration_volume: np.ndarray, test_image:
         return score(module, test_image, test_mask, settings)[0].foreground_iou
 
     return measure_runtimes(lambda runtime: load_runtime(runtime, folder, fast), evaluate, runtimes, tolerance,
-                            repeats=repeats, skip=default_skips(runtimes))
+                            repeats=repeats, untimed=default_skips(runtimes))

@@ -14,11 +14,11 @@ import tifffile
 import yaml
 import zarr
 
-from cellops.unet.predict import load_for_inference, segment
+from cellops.unet.predict import segment
 from cellops.unet.specs import UNetServing
 from helpers import run_command
 from tracking import tags
-from tracking.batch import resolve_batch_model
+from tracking.batch import resolve_batch_model, version_on_host
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("unet_trained"), pytest.mark.minutes(4)]
 PIPELINE = ["zenml", "pipeline", "run", "pipelines.batch_inference.batch_inference_pipeline", "-c"]
@@ -46,12 +46,11 @@ def test_the_champion_predicts_a_folder_with_lineage_and_a_rerun_only_predicts_n
 
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     champion = client.get_model_version_by_alias("cellops-unet", "champion")
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-    try:
-        model = load_for_inference(mlflow.pytorch.load_model(f"models:/cellops-unet/{champion.version}",
-                                                             map_location="cpu"))
-    finally:
-        mlflow.set_tracking_uri(None)
+    # The champion on the runtime this host chose for it (timed when the pipeline first loaded it, then cached).
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    model, choice = version_on_host(uri, resolve_batch_model(uri, f"models:/cellops-unet/{champion.version}"))
+    assert choice.cached and choice.reason in ("fastest here", "no faster runtime")
+    assert set(pd.read_csv(out / "batch_summary.csv")["runtime"]) == {choice.runtime}
     expected = segment(model, volume, UNetServing.from_dict(tags.inference_from_tags(champion.tags)))
     assert np.array_equal(tifffile.imread(out / "a_mask.tif") > 0, expected)
     assert 0 < expected.mean() < 0.5  # the champion segments something: an empty mask would pass every comparison
@@ -69,7 +68,7 @@ def test_the_champion_predicts_a_folder_with_lineage_and_a_rerun_only_predicts_n
     experiment = client.get_experiment_by_name("cellops-batch-inference")
     run = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"], max_results=1)[0]
     assert run.data.tags["model.version"] == str(champion.version) and run.data.tags["model.name"] == "cellops-unet"
-    assert run.data.tags["model.mlflow_run_id"] == champion.run_id
+    assert run.data.tags["model.mlflow_run_id"] == champion.run_id and run.data.tags["model.runtime"] == choice.runtime
     assert len(run.data.tags["input.version"]) == 64 and run.data.metrics["inputs_done"] == 2
     assert run.data.metrics["inputs_in_distribution"] + run.data.metrics["inputs_out_of_distribution"] == 2
 

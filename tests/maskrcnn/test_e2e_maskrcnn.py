@@ -21,8 +21,8 @@ import yaml
 from PIL import Image
 
 from helpers import run_command as _run
-from helpers import (assert_runtimes_recorded, bad_uploads, built_bento, check_bento_environment, png_bytes,
-                     served_bento, served_runtime)
+from helpers import (assert_host_choice, assert_runtimes_recorded, bad_uploads, built_bento, check_bento_environment,
+                     png_bytes, served_bento, served_runtime)
 from hostile_corpus import probe
 from serving.ood_checks import (checkerboard, header_verdict, json_verdict, ood_metrics, refused_score,
                                 request_log)
@@ -180,7 +180,9 @@ def test_deployed_service_segments_draws_and_refuses_bad_uploads(trained):
         assert np.asarray(Image.open(io.BytesIO(drawn.content))).shape == (384, 384, 3)
         meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
         assert meta["model_version"] == str(champion.version) and meta["inference_settings"]["categories"] == {"1": "colony"}
-        assert meta["serving"]["runtime"] == champion.tags["runtime"] == meta["runtime"]
+        assert meta["serving"]["chosen_by_registry"] == champion.tags["runtime"] == meta["runtime"]
+        assert meta["serving"]["runtime"] == runtime and meta["serving"]["host_timings"]["cached"]
+        assert_host_choice(meta["serving"])
         assert meta["ood"]["reference"] and meta["ood"]["policy"] == "flag" and meta["ood"]["family"] == "maskrcnn"
         assert meta["ood"]["threshold"] == pytest.approx(in_colony["ood_threshold"], abs=1e-6)
         card = httpx.get(f"{base}/card", headers={"accept": "text/markdown"}, timeout=30)  # the version's model card

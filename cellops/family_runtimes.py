@@ -1,0 +1,169 @@
+"""Each family's network in any runtime, and the unit of work a host times it on: what a service's first start,
+``cellops predict``, batch inference and the benchmarks share to run a version on the runtime chosen for this CPU
+(:func:`run_on_host`, :mod:`cellops.host_runtime`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cellops.config import ServingRecord
+from cellops.host_runtime import HostChoice, resolve_host_runtime
+
+
+def prepared_model(family: str, model: nn.Module) -> nn.Module:
+    """The torch model as every runtime of ``family`` starts from it: eval mode, and for the U-Net and the
+    classifier BatchNorm folded and channels-last (torch fp32, the baseline, runs this).
+
+    Parameters
+    ----------
+    family : str
+        ``unet``, ``classifier`` or ``maskrcnn``.
+    model : nn.Module
+        The registered model.
+
+    Returns
+    -------
+    nn.Module
+        The prepared model (a copy for the U-Net and the classifier).
+    """
+    if family in ("unet", "classifier"):
+        from cellops.inference import prepare_for_inference
+
+        return prepare_for_inference(model)
+    return model.eval()
+
+
+def family_module(family: str, runtime: str, folder: str | Path | None, prepared: nn.Module) -> nn.Module:
+    """``prepared`` (:func:`prepared_model`) running in ``runtime``, called as the family's code calls its model.
+
+    Parameters
+    ----------
+    family : str
+        ``unet``, ``classifier`` or ``maskrcnn``.
+    runtime : str
+        One of :data:`cellops.runtimes.RUNTIMES`.
+    folder : str or Path or None
+        The version's exported graphs.
+    prepared : nn.Module
+        The prepared torch model.
+
+    Returns
+    -------
+    nn.Module
+        The U-Net's whole network, the classifier's trunk behind its linear layer, or a Mask R-CNN whose exported
+        parts run in ``runtime``.
+    """
+    if family == "unet":
+        from cellops.runtimes import load_runtime
+
+        return load_runtime(runtime, folder, prepared)
+    if family == "classifier":
+        from cellops.classifier.runtime import runtime_classifier
+
+        return runtime_classifier(runtime, folder, prepared)
+    if family == "maskrcnn":
+        from cellops.maskrcnn.runtime import with_runtime
+
+        return with_runtime(prepared, runtime, folder)
+    raise LookupError(f"unknown model family {family!r}")
+
+
+def timing_run(family: str, settings: ServingRecord, seed: int = 0) -> Callable[[nn.Module], object]:
+    """One representative unit of the family's served work, for timing runtimes on a host: a batch of the
+    U-Net's tiles, a batch of classifier images, one Mask R-CNN tile of a synthetic colony field (its heads'
+    cost depends on how many objects it finds, so a blank image would time the backbone only).
+
+    Parameters
+    ----------
+    family : str
+        ``unet``, ``classifier`` or ``maskrcnn``.
+    settings : ServingRecord
+        The version's serving settings (tile, batch and image sizes).
+    seed : int, optional
+        Seed of the synthetic input.
+
+    Returns
+    -------
+    callable
+        ``run(module)``.
+    """
+    rng = np.random.default_rng(seed)
+    if family == "unet":
+        tiles = torch.from_numpy(rng.random((settings.batch_size, 1, settings.tile_size, settings.tile_size),
+                                            dtype=np.float32)).contiguous(memory_format=torch.channels_last)
+        return lambda module: module(tiles)
+    if family == "classifier":
+        from cellops.classifier.train import predict_probabilities
+
+        images = rng.random((settings.batch_size, settings.channels, settings.size, settings.size), dtype=np.float32)
+        return lambda module: predict_probabilities(module, images, batch_size=settings.batch_size)
+    if family == "maskrcnn":
+        from cellops.maskrcnn.predict import predict_image
+
+        image = _blob_field(settings.tile_size, rng)
+        return lambda module: predict_image(module, image, settings)
+    raise LookupError(f"unknown model family {family!r}")
+
+
+def _blob_field(size: int, rng: np.random.Generator, blobs: int = 12) -> np.ndarray:
+    """A uint8 field of textured bright discs on a noisy background, of a size and contrast that a colony or nucleus
+    detector proposes objects on (what its heads then work through)."""
+    import cv2
+
+    field = rng.normal(90, 12, (size, size)).astype(np.float32)
+    discs = np.zeros((size, size), np.uint8)
+    for _ in range(blobs):
+        centre = tuple(int(v) for v in rng.integers(0, size, 2))
+        cv2.circle(discs, centre, int(rng.integers(size // 40 + 4, size // 10 + 8)), 255, -1)
+    field += cv2.GaussianBlur(discs.astype(np.float32), (0, 0), 2) * 0.35 * rng.uniform(0.8, 1.2, (size, size))
+    return np.clip(field, 0, 255).astype(np.uint8)
+
+
+def run_on_host(family: str, model: nn.Module, settings: ServingRecord, folder: str | Path | None, *,
+                model_name: str, checks: Sequence[Mapping], registry_runtime: str = "torch",
+                override: str | None = None, cache_dir: str | Path | None = None,
+                repeats: int = 3) -> tuple[nn.Module, HostChoice]:
+    """The version's network in the runtime chosen for this host (:func:`cellops.host_runtime.resolve_host_runtime`:
+    the override, the cached choice, or the fastest accurate runtime timed now on :func:`timing_run`).
+
+    Parameters
+    ----------
+    family : str
+        ``unet``, ``classifier`` or ``maskrcnn``.
+    model : nn.Module
+        The registered torch model.
+    settings : ServingRecord
+        Its serving settings.
+    folder : str or Path or None
+        Its exported graphs.
+    model_name : str
+        :func:`cellops.host_runtime.model_key` of the version.
+    checks : sequence of Mapping
+        Its stored runtime checks.
+    registry_runtime : str, optional
+        The registering host's choice.
+    override : str or None, optional
+        A runtime to use untimed (default: ``CELLOPS_RUNTIME``).
+    cache_dir : str or Path or None, optional
+        Where choices are cached.
+    repeats : int, optional
+        Timed rounds.
+
+    Returns
+    -------
+    module : nn.Module
+        The network in the chosen runtime.
+    choice : HostChoice
+        The choice and its evidence.
+    """
+    prepared = prepared_model(family, model)
+    choice = resolve_host_runtime(model_name, checks, folder,
+                                  lambda runtime: family_module(family, runtime, folder, prepared),
+                                  timing_run(family, settings), registry_runtime=registry_runtime,
+                                  override=override, cache_dir=cache_dir, repeats=repeats)
+    return family_module(family, choice.runtime, folder, prepared), choice
