@@ -81,6 +81,7 @@ def host_identity(info: Mapping | None = None) -> dict:
     versions = info.get("versions") or {}
     identity = {"cpu_model": info.get("cpu_model"), "isa_flags": list(info.get("isa_flags") or []),
                 "usable_cpus": info.get("usable_cpus"), "onednn": info.get("torch_cpu_capability"),
+                "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or None,  # a cap set to measure an older CPU
                 "versions": {name: versions.get(name) for name in ("torch", "onnxruntime", "openvino")}}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return {**identity, "key": digest}

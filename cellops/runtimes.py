@@ -94,8 +94,20 @@ def native_bf16(flags: set[str] | None = None) -> bool:
     --------
     >>> native_bf16({"avx2", "fma"}), native_bf16({"avx512f", "avx512_bf16"})
     (False, True)
+
+    ``ONEDNN_MAX_CPU_ISA`` below ``AVX512_CORE_BF16`` (e.g. ``AVX2``, to measure what an AVX2 CPU would do) caps it:
+
+    >>> import os; os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    >>> native_bf16({"avx512f", "avx512_bf16"})
+    False
+    >>> del os.environ["ONEDNN_MAX_CPU_ISA"]
     """
     flags = cpu_flags() if flags is None else flags
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if limit and limit not in ("ALL", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10_1_512",
+                               "AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512",
+                               "AVX10_2_512_AMX_2", "DEFAULT"):
+        return False  # oneDNN told to stay below bf16 instructions: bf16 would be emulated
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
