@@ -43,7 +43,7 @@ def test_a_full_card_has_every_section_with_its_facts():
     assert "| foreground_iou (promotion) | 0.81 | [0.78, 0.84] |" in md
     assert "| dice | 0.9 | no interval recorded |" in md
     assert "| noise 0.1 | foreground_iou | 0.7 | 0.81 | -0.11 |" in md
-    assert "| onnxruntime | 1.8x | -0.0001 | passed |" in md
+    assert "| onnxruntime | 1.8x | -0.0001 | accurate |" in md
     assert "| threshold | 4.5 |" in md and "| false-alarm rate | 5% |" in md
     assert "pre-annotated by cellops-unet:3, corrected by ana" in md
     assert "| DVC data version | ab12.dir |" in md and "| git commit | c0ffee |" in md

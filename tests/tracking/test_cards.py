@@ -47,7 +47,7 @@ def test_the_training_pipeline_keeps_the_card_with_the_version_and_shows_it_in_z
     assert "Trained and tested on synthetic images only" in md
     low, high = (float(champion.tags[f"metric.foreground_iou_ci_{end}"]) for end in ("low", "high"))
     assert f"| [{low:.4g}, {high:.4g}] |" in md.split("## Robustness")[0]
-    assert "## Out-of-distribution reference\n\n|" in md and "## Runtime checks\n\nServed with" in md
+    assert "## Out-of-distribution reference\n\n|" in md and "## Runtime checks\n\nEach runtime's test metric" in md
     assert f"cellops reproduce cellops-unet:{champion.version}" in md
     assert "From the ZenML model cellops-unet" in md and "FIB-SEM" in md
     assert "<script" not in card.html and card.html.startswith("<!DOCTYPE html>")
