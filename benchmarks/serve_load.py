@@ -3,32 +3,37 @@ memory, with BentoML's adaptive batching as deployed ("batched") and switched of
 
     python benchmarks/serve_load.py [--services unet classifier maskrcnn] [--modes batched unbatched]
                                     [--duration 60] [--clients 16] [--warmup 10] [--out PATH.json] [--smoke]
+                                    [--source]
 
 For each service and mode, ``bentoml serve <bento>:latest`` runs in its own process group on a free local port;
 once ``/readyz`` answers 200, ``--clients`` concurrent clients (asyncio, one ``httpx.AsyncClient`` each) post the
 same 256x256 PNG (seeded random pixels) to the service's endpoint back to back, ``--warmup`` seconds unmeasured
 (the batching dispatcher trains its latency model on the first requests), then ``--duration`` seconds measured:
 
-- throughput: requests answered with a 2xx per second of the measured phase; p50 / p99 of their latencies;
+- throughput: requests answered with a 2xx per second of the measured phase; mean, p50 and p99 of their latencies;
+  the runtime that served (``serving.runtime`` of the service's ``/metadata``);
 - errors: any non-2xx answer or client exception (timeout, refused or broken connection), counted by kind;
-- observed batch sizes: how many requests each call of a batchable API received, from the histogram
-  ``bentoml_service_adaptive_batch_size`` (labels ``runner_name`` = service, ``method_name`` = API) that BentoML
-  records and the server's Prometheus ``/metrics`` exposes for all its services; its growth over the measured
-  phase gives the number of batches, their mean size and their distribution. A service without batchable API
-  records none ("no batchable API") and is run in the batched mode only;
+- observed batch sizes: how many calls each forward pass merged, from the histograms
+  ``bentoml_service_adaptive_batch_size`` (BentoML's batchable APIs: the classifier's model service) and
+  ``cellops_adaptive_batch_size`` (the in-process batching of the U-Net service, :mod:`bento.batching`), both
+  labelled ``runner_name`` = service, ``method_name`` = API, on the server's Prometheus ``/metrics``; their growth
+  over the measured phase gives the number of batches, their mean size and their distribution. A service that
+  records none ("no batchable API") is run in the batched mode only;
 - CPU share: how much of the machine's CPU capacity the server, the clients (this process) and all other
   processes took over the measured phase; a large "other" share means that the figures are not representative;
 - server memory: RSS of the ``bentoml serve`` process and all its descendants (every worker of every service),
   summed (pages shared between processes count once per process), when ready, after warm-up ("start") and at
   the end; growth = end / start - 1, so one-off allocations of the first requests are not taken for a leak.
 
-The unbatched mode serves the same bento with every API made non-batchable: BentoML calls it once per request,
-as it does for a legacy runner configured with ``batching: {enabled: false}``. BentoML 1.4 takes the batching
-settings of its new-style services from the ``@bentoml.api`` decorator only: the ``services.<name>.batching``
-keys its configuration accepts (``BENTOML_CONFIG`` file, ``BENTOML_CONFIG_OVERRIDES``) are read by legacy runners
-alone and change nothing here, and a ``max_batch_size`` must exceed 1. So the switch is a startup hook given to
-the server's processes (:func:`unbatched_hook`). In that mode no batch may be recorded: if one is, the switch
-failed, the run says so and the comparison is void.
+The unbatched mode serves the same bento, with the same runtime, with batching switched off: ``CELLOPS_BATCHING=off``
+for the in-process batching (:mod:`bento.batching`: each call runs alone, through the same thread and code), and
+every BentoML API made non-batchable: BentoML calls it once per request, as it does for a legacy runner configured
+with ``batching: {enabled: false}``. BentoML 1.4 takes the batching settings of its new-style services from the
+``@bentoml.api`` decorator only: the ``services.<name>.batching`` keys its configuration accepts (``BENTOML_CONFIG``
+file, ``BENTOML_CONFIG_OVERRIDES``) are read by legacy runners alone and change nothing here, and a
+``max_batch_size`` must exceed 1. So that switch is a startup hook given to the server's processes
+(:func:`unbatched_hook`). In that mode no batch may be recorded: if one is, the switch failed, the run says so and
+the comparison is void.
 
 Targets (printed as PASS/MISS lines): no errors; memory growth under 10 %; for the classifier and the U-Net (256x256
 inputs), batched throughput at least twice the unbatched one with a mean batch above 1, and a batched p99 under 1 s.
@@ -36,6 +41,10 @@ The clients run on the same CPUs as the server and take their share of them. Res
 outputs/benchmarks/serve_load.json (or --out), each server's log beside it (outputs/benchmarks/serve_load/<service>-
 <mode>.log), with one summary row per service: batched against unbatched throughput (target 2x for the classifier
 and the U-Net; no peer figure where the unbatched mode was not run).
+
+``--source``: the U-Net, classifier and Mask R-CNN services of this checkout (``module:Class``, the source tree on
+PYTHONPATH) are served instead of the built bentos, with the models of the BentoML store (``BENTOML_HOME``): the
+working tree's serving code is measured without building a bento.
 
 ``--smoke``: no bento and no trained model: the classical service (``bento.classical.service:ClassicalAnalyses``,
 which needs neither) is served from the source tree and loaded by 2 clients posting a generated 256x256 colony
@@ -69,9 +78,12 @@ from benchlib import OUT_DIR, ROOT, row, write_result
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from bento.batching import BATCH_METRIC as CELLOPS_BATCH_METRIC
+from bento.batching import BATCHING_ENV
 from cellops.telemetry import TELEMETRY_OFF
 
-BATCH_METRIC = "bentoml_service_adaptive_batch_size"
+#: The batch-size histograms read: BentoML's (its batchable APIs) and the cellops services' in-process batching's.
+BATCH_METRICS = ("bentoml_service_adaptive_batch_size", CELLOPS_BATCH_METRIC)
 MODES = ("batched", "unbatched")
 #: As long as the longest traffic timeout of the services: a slow answer is measured, not cut short.
 REQUEST_TIMEOUT_S = 600.0
@@ -96,6 +108,13 @@ SERVICES = {
     "unet": ServiceCase("cellops-unet:latest", "/segment_stats", "image"),
     "classifier": ServiceCase("cellops-classifier:latest", "/classify", "image"),
     "maskrcnn": ServiceCase("cellops-maskrcnn:latest", "/segment", "image"),
+}
+#: --source: the services of this checkout (ROOT on PYTHONPATH), with the models of the BentoML store: the code
+#: measured is the working tree's, without building a bento.
+SOURCE_SERVICES = {
+    "unet": ServiceCase("bento.unet.service:UNetSegmenter", "/segment_stats", "image"),
+    "classifier": ServiceCase("bento.classifier.service:Classifier", "/classify", "image"),
+    "maskrcnn": ServiceCase("bento.maskrcnn.service:MaskRCNN", "/segment", "image"),
 }
 #: --smoke: the service that needs no bento and no model, served from the source tree (ROOT on PYTHONPATH).
 SMOKE_SERVICES = {"classical": ServiceCase("bento.classical.service:ClassicalAnalyses", "/colonies", "image")}
@@ -227,6 +246,14 @@ class ServedBento:
         self.process.wait()
 
 
+def served_runtime(base_url: str) -> str | None:
+    """The runtime that runs the served network, as its ``/metadata`` says (None for a service without one)."""
+    try:
+        return httpx.post(f"{base_url}/metadata", json={}, timeout=30).json().get("serving", {}).get("runtime")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+
+
 # --- observed batch sizes ---------------------------------------------------------------------------------------
 
 @dataclass
@@ -262,16 +289,16 @@ def batch_histograms(base_url: str) -> dict[str, BatchHistogram]:
     service's workers."""
     histograms: dict[str, BatchHistogram] = {}
     for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics", timeout=30).text):
-        if family.name != BATCH_METRIC:
+        if family.name not in BATCH_METRICS:
             continue
         for sample in family.samples:
             histogram = histograms.setdefault(f"{sample.labels['runner_name']}.{sample.labels['method_name']}",
                                               BatchHistogram())
-            if sample.name == f"{BATCH_METRIC}_count":
+            if sample.name == f"{family.name}_count":
                 histogram.count += sample.value
-            elif sample.name == f"{BATCH_METRIC}_sum":
+            elif sample.name == f"{family.name}_sum":
                 histogram.total += sample.value
-            elif sample.name == f"{BATCH_METRIC}_bucket" and sample.labels["le"] != "+Inf":
+            elif sample.name == f"{family.name}_bucket" and sample.labels["le"] != "+Inf":
                 le = float(sample.labels["le"])
                 histogram.buckets[le] = histogram.buckets.get(le, 0.0) + sample.value
     return histograms
@@ -317,23 +344,26 @@ async def drive(url: str, files: dict[str, tuple[str, bytes, str]], clients: int
 def measure(name: str, case: ServiceCase, mode: str, args: argparse.Namespace, log: Path,
             source_tree: bool = False) -> dict:
     """Serve ``case`` in ``mode``, load it (warm-up, then measured phase) and return the figures. ``source_tree``
-    (--smoke): ``case.bento`` is a service of this checkout (``module:Class``), served with ROOT on PYTHONPATH."""
-    files = {case.form_field: ("image.png", smoke_png() if source_tree else sample_png(), "image/png")}
+    (--smoke, --source): ``case.bento`` is a service of this checkout (``module:Class``), served with ROOT on
+    PYTHONPATH (--source: with the models of the user's BentoML store)."""
+    files = {case.form_field: ("image.png", smoke_png() if args.smoke else sample_png(), "image/png")}
     this_process = psutil.Process()
     with tempfile.TemporaryDirectory() as scratch:
         home = Path(scratch, "bentoml_home")
-        if source_tree:  # a service of this checkout: no bento or model store to share, an empty home of its own
+        if args.smoke:  # the classical service: no bento or model store to share, an empty home of its own
             home.mkdir()
             extra_env = {"BENTOML_HOME": str(home)}
         else:
             extra_env = own_bentoml_home(home)
         if mode == "unbatched":
             extra_env.update(unbatched_hook(Path(scratch, "hook")))
+            extra_env[BATCHING_ENV] = "off"  # the in-process batching of the U-Net and classifier services
         if source_tree:
             extra_env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [extra_env.get("PYTHONPATH", os.environ.get("PYTHONPATH")), str(ROOT)]))
         with ServedBento(case.bento, log, extra_env) as server:
             url = f"{server.base_url}{case.route}"
+            runtime = served_runtime(server.base_url)
             rss_ready, _ = server.usage()
             warmup = asyncio.run(drive(url, files, args.clients, args.warmup))
             histograms_before = batch_histograms(server.base_url)
@@ -356,7 +386,8 @@ def measure(name: str, case: ServiceCase, mode: str, args: argparse.Namespace, l
     return {
         "service": name, "mode": mode, "bento": case.bento, "endpoint": f"POST {case.route}",
         "clients": args.clients, "seconds": round(phase.seconds, 2), "requests_ok": len(latencies),
-        "throughput_rps": round(len(latencies) / phase.seconds, 2),
+        "throughput_rps": round(len(latencies) / phase.seconds, 2), "runtime": runtime,
+        "latency_mean_s": round(float(latencies.mean()), 4) if latencies.size else None,
         "latency_p50_s": round(float(np.percentile(latencies, 50)), 4) if latencies.size else None,
         "latency_p99_s": round(float(np.percentile(latencies, 99)), 4) if latencies.size else None,
         "errors": sum(phase.errors.values()), "errors_by_kind": dict(phase.errors),
@@ -417,8 +448,9 @@ def batch_line(result: dict) -> str:
 
 def print_run(result: dict) -> None:
     share = result["cpu_share"]
-    print(f"  {result['throughput_rps']:.2f} req/s, p50 {result['latency_p50_s']} s, p99 {result['latency_p99_s']} s, "
-          f"{result['errors']} errors {result['errors_by_kind'] or ''}\n"
+    print(f"  {result['throughput_rps']:.2f} req/s, mean {result['latency_mean_s']} s, "
+          f"p50 {result['latency_p50_s']} s, p99 {result['latency_p99_s']} s, "
+          f"{result['errors']} errors {result['errors_by_kind'] or ''} (runtime {result['runtime']})\n"
           f"  batches: {batch_line(result)}\n"
           f"  server RSS {result['rss_start_mib']:.0f} -> {result['rss_end_mib']:.0f} MiB "
           f"({result['memory_growth_pct']:+.1f} %; {result['rss_ready_mib']:.0f} MiB when ready)\n"
@@ -445,8 +477,8 @@ def summary_rows(results: list[dict]) -> list[dict]:
             note, peer = "the unbatched run still batched: not comparable", None
         else:
             note, peer = f"mean batch {batched['mean_batch_size']}", unbatched["throughput_rps"]
-        note += (f"; batched p99 {batched['latency_p99_s']} s, {batched['errors']} errors, "
-                 f"{batched['clients']} clients")
+        note += (f"; batched mean latency {batched['latency_mean_s']} s, p99 {batched['latency_p99_s']} s, "
+                 f"{batched['errors']} errors, {batched['clients']} clients, runtime {batched['runtime']}")
         rows.append(row(f"{service}: serving throughput", "batched", batched["throughput_rps"], "unbatched", peer,
                         "req/s", target=MIN_BATCHING_SPEEDUP if service in LATENCY_TARGET_SERVICES else None,
                         note=note))
@@ -464,8 +496,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="the classical service from the source tree, 2 clients, 0.5 s + 1.5 s: checks that "
                              "the script runs")
+    parser.add_argument("--source", action="store_true",
+                        help="serve the services of this checkout (module:Class) with the models of the BentoML "
+                             "store, instead of the built bentos")
     args = parser.parse_args()
-    services = SERVICES
+    services = SOURCE_SERVICES if args.source else SERVICES
     if args.smoke:
         services, args.services, args.modes = SMOKE_SERVICES, list(SMOKE_SERVICES), list(MODES)
         args.clients, args.warmup, args.duration = 2, 0.5, 1.5
@@ -481,7 +516,7 @@ def main() -> None:
             log = out.with_suffix("") / f"{name}-{mode}.log"
             print(f"{name} {mode}: serving {services[name].bento}, {args.clients} clients, "
                   f"{args.warmup:g} s warm-up + {args.duration:g} s ...", flush=True)
-            result = measure(name, services[name], mode, args, log, source_tree=args.smoke)
+            result = measure(name, services[name], mode, args, log, source_tree=args.smoke or args.source)
             results.append(result)
             print_run(result)
 

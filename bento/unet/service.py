@@ -1,10 +1,11 @@
 """BentoML services: mitochondria segmentation of an uploaded EM image (PNG/TIFF) or TIFF stack.
 
-Two services, as BentoML recommends for adaptive batching: ``UNetModel`` holds the network and runs tiles,
-merging the tiles of concurrent requests into one batch (``predict_tiles`` is batchable); ``UNetSegmenter``,
-the one clients talk to, checks and decodes uploads, cuts them into tiles and blends the answers with the same
-:func:`cellops.unet.predict.segment` the metrics were measured with, so a bad file is answered with a 4xx
-naming it and never fails other clients' batch.
+One service process: ``UNetSegmenter`` checks and decodes uploads, cuts them into tiles and blends the answers
+with the same :func:`cellops.unet.predict.segment` the metrics were measured with, so a bad file is answered with a
+4xx naming it and never fails other clients' batch; the network (:class:`UNetNetwork`) runs on one thread of the
+same process, which merges the tile chunks of concurrent requests into one forward pass up to the registered batch
+size (:class:`bento.batching.Batcher`; ``CELLOPS_BATCHING=off``: one chunk per pass). A separate model service cost
+an HTTP hop and the pickling of every tile batch both ways, on the same two cores as the forward pass.
 
 ``POST /segment`` (multipart field ``image``) answers with the mask in the format sent (PNG or TIFF, 0/255
 uint8) and the foreground fraction in the ``X-Foreground-Fraction`` header; ``POST /segment_stats`` answers
@@ -31,7 +32,8 @@ import bentoml
 import numpy as np
 import torch
 
-from bento.common import KEEP_CONNECTION, PayloadTooLarge, Upload, guard, max_pixels, read_upload, serve_card
+from bento.batching import Batcher
+from bento.common import PayloadTooLarge, Upload, guard, max_pixels, read_upload, serve_card
 from bento.ood import OODMonitor, verdict_json
 from bento.runtime import load_serving_runtime, served_model_metadata
 from cellops.io import encode_image
@@ -43,29 +45,21 @@ disable_telemetry()
 BENTO_MODEL = "cellops-unet:latest"
 
 
-@bentoml.service(name="cellops-unet-model", traffic={"timeout": 600},
-                  runner_connection=KEEP_CONNECTION)
-class UNetModel:
-    """The network: foreground logits of tiles (N, 1, T, T), batched across requests."""
+class UNetNetwork:
+    """The network: foreground logits of tiles (N, 1, T, T), float32 in [0, 1], whatever runtime runs it."""
 
-    bento_model = bentoml.models.BentoModel(BENTO_MODEL)
-
-    def __init__(self) -> None:
+    def __init__(self, bento_model) -> None:
         import mlflow.pytorch
 
         from cellops.runtimes import load_runtime
         from cellops.unet.predict import load_for_inference
 
         torch.set_grad_enabled(False)
-        fast = load_for_inference(mlflow.pytorch.load_model(self.bento_model.path_of("mlflow_model"), map_location="cpu"))
+        fast = load_for_inference(mlflow.pytorch.load_model(bento_model.path_of("mlflow_model"), map_location="cpu"))
         # The runtime the registry chose (the fastest that kept the test IoU), or CELLOPS_RUNTIME's.
-        self.model = load_serving_runtime(self.bento_model, lambda runtime, folder: load_runtime(runtime, folder, fast))
+        self.model = load_serving_runtime(bento_model, lambda runtime, folder: load_runtime(runtime, folder, fast))
 
-    # A request's tiles come in chunks of the registered batch size (8 by default); up to 64 tiles from
-    # concurrent requests run in one forward pass. max_latency_ms bounds the wait, forward pass included.
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=20000)
-    def predict_tiles(self, tiles: np.ndarray) -> np.ndarray:
-        """Logits (N, 1, T, T) of float32 tiles (N, 1, T, T) in [0, 1]."""
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             batch = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))
             return self.model(batch.contiguous(memory_format=torch.channels_last)).float().numpy()
@@ -75,26 +69,23 @@ class RequestCancelled(RuntimeError):
     """Raised in the worker thread of a request whose client has gone."""
 
 
-class _RemoteNetwork(torch.nn.Module):
-    """Stands in for the U-Net inside :func:`cellops.unet.predict.segment`, which runs in a worker thread:
-    each forward pass goes to the model service on the event loop, where concurrent requests' tiles meet."""
+class _BatchedNetwork(torch.nn.Module):
+    """Stands in for the U-Net inside :func:`cellops.unet.predict.segment`, which runs in a worker thread: each
+    forward pass goes to the batcher, where concurrent requests' tiles meet."""
 
-    def __init__(self, network, loop: asyncio.AbstractEventLoop, cancelled: threading.Event) -> None:
+    def __init__(self, batcher: Batcher, cancelled: threading.Event) -> None:
         super().__init__()
-        self.network, self.loop, self.cancelled = network, loop, cancelled
+        self.batcher, self.cancelled = batcher, cancelled
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.cancelled.is_set():  # the request was cancelled (its client left): stop at the next tile batch
             raise RequestCancelled("request cancelled")
-        tiles = np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
-        call = self.network.to_async.predict_tiles(tiles)
-        return torch.from_numpy(np.asarray(asyncio.run_coroutine_threadsafe(call, self.loop).result()))
+        return torch.from_numpy(self.batcher(np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)))
 
 
 @bentoml.service(name="cellops-unet", traffic={"timeout": 600, "max_concurrency": 64})
 class UNetSegmenter:
     bento_model = bentoml.models.BentoModel(BENTO_MODEL)
-    network = bentoml.depends(UNetModel)
 
     def __init__(self) -> None:
         from cellops.unet.ood import FEATURE_NAMES
@@ -102,6 +93,14 @@ class UNetSegmenter:
 
         self.info = served_model_metadata(self.bento_model)
         self.settings = UNetServing.from_dict(self.info["inference_settings"])
+        # One thread runs the network. A request's tiles come in chunks of the registered batch size (8) and a
+        # remainder; a pass merges concurrent requests' chunks up to that size, not beyond: a tile costs no less in
+        # a larger batch (OpenVINO bf16 on 2 cores: 1.35 ms a tile at 8, 1.4-1.9 ms at 16-64), and a runtime
+        # compiled per input shape (OpenVINO, static shapes) keeps 8 shapes, which sizes 1-8 fit.
+        # CELLOPS_BATCHING=off: one chunk per pass.
+        self.tiles = Batcher(UNetNetwork(self.bento_model), max_batch_size=self.settings.batch_size,
+                             service="cellops-unet", api="predict_tiles")
+        self.info["batching"] = {"enabled": self.tiles.enabled, "max_batch_tiles": self.settings.batch_size}
         limits = self.info["service_limits"]
         self.max_pixels = max_pixels(limits)
         self.max_tiles = int(limits.get("max_tiles", 4096))
@@ -125,7 +124,7 @@ class UNetSegmenter:
         under ``refuse``, 422 for an out-of-distribution upload)."""
         decoded = await asyncio.to_thread(self._decode, data, uncertainty)
         cancelled = threading.Event()
-        remote = _RemoteNetwork(self.network, asyncio.get_running_loop(), cancelled)
+        remote = _BatchedNetwork(self.tiles, cancelled)
         try:
             mask, measured, verdict = await asyncio.to_thread(self._predict, remote, decoded.array, uncertainty,
                                                               data, endpoint)
