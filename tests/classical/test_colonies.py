@@ -5,8 +5,9 @@ import cv2
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
-from cellops.classical.colonies import (ColonyParams, _edge_regions, bright_seams, colony_overlay, colony_properties,
-                                        colony_settings, measure_colonies)
+from cellops.classical.colonies import (ColonyParams, _canny_thresholds, _edge_regions, any_in_blocks, bright_seams,
+                                        colony_overlay, colony_properties, colony_settings, euclidean_distance,
+                                        flood_within, h_maxima, measure_colonies, otsu_of_integers)
 from cellops.classical.common import to_uint8_gray
 from cellops.config import from_mapping
 from cellops.metrics import match_instances
@@ -137,3 +138,58 @@ def test_sixteen_bit_and_rgb_inputs_are_handled(samples):
 def test_unknown_parameter_is_named():
     with pytest.raises(ValueError, match=r"ColonyParams: unknown keys \['canny_hi'\]"):
         from_mapping(ColonyParams, {"canny_hi": 10})
+
+
+# The fast primitives give what the scipy / scikit-image functions they replace give, bit for bit.
+
+
+def _blobs(seed: int, shape=(120, 97)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return ndimage.binary_opening(rng.random(shape) > 0.35, iterations=2)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_euclidean_distance_and_h_maxima_equal_scipy_and_skimage(seed):
+    from skimage import morphology
+
+    mask = _blobs(seed)
+    mask[:, :2] = seed % 2 == 0  # objects on the image's border too
+    distance = ndimage.distance_transform_edt(mask)
+    assert np.array_equal(euclidean_distance(mask), distance)
+    smooth = ndimage.gaussian_filter(distance, 0.7) - 0.5 * seed  # negative values too
+    for h in (0.5, 2.0):
+        assert np.array_equal(h_maxima(smooth, h), morphology.h_maxima(smooth, h))
+    assert not h_maxima(smooth, 1e3).any()
+
+
+@pytest.mark.parametrize("factor", [1, 3, 4])
+def test_any_in_blocks_is_a_block_or(factor):
+    mask = _blobs(7, (50, 43)) & (np.random.default_rng(1).random((50, 43)) > 0.9)
+    rows, cols = -(-50 // factor), -(-43 // factor)
+    padded = np.zeros((rows * factor, cols * factor), bool)
+    padded[:50, :43] = mask
+    assert np.array_equal(any_in_blocks(mask, factor), padded.reshape(rows, factor, cols, factor).any(axis=(1, 3)))
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (129, 70), (2, 9)])
+def test_canny_thresholds_equal_otsu_of_the_float_magnitude(shape):
+    from skimage import filters
+
+    gray = to_uint8_gray(generate_colony_image((256, 256), seed=3).image)[:shape[0], :shape[1]].copy()
+    blurred = cv2.GaussianBlur(gray, (0, 0), 1.5)
+    magnitude = np.abs(cv2.Sobel(blurred, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(blurred, cv2.CV_32F, 0, 1))
+    expected = float(filters.threshold_otsu(magnitude[::2, ::2]))
+    assert _canny_thresholds(blurred) == (0.5 * expected, expected)
+    assert otsu_of_integers(magnitude[::2, ::2].astype(np.int32)) == expected
+
+
+def test_flood_within_equals_one_watershed_over_the_whole_region():
+    from skimage.segmentation import watershed
+
+    rng = np.random.default_rng(4)
+    landscape = rng.integers(0, 50, (80, 90))
+    markers = np.zeros((80, 90), np.int64)
+    markers[rng.integers(0, 80, 12), rng.integers(0, 90, 12)] = np.arange(1, 13)
+    region = (_blobs(5, (80, 90)) | (markers > 0)).astype(np.uint8)
+    whole = np.where(region > 0, watershed(landscape, markers, mask=region > 0), markers)
+    assert np.array_equal(flood_within(landscape, markers, region), whole)

@@ -107,3 +107,62 @@ def test_confluent_clusters_are_split_and_a_blotchy_background_is_not_taken_for_
                                     vignetting=0.5)
     match = match_instances(blotchy.labels, segment_nuclei(blotchy.image))
     assert match.f1 >= 0.9 and match.false_positives == 0
+
+
+def _blobs_field(side: int = 192, seed: int = 0) -> np.ndarray:
+    """Blurred random blobs: a smoothed distance transform that is zero between its objects, like the cores'."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    mask = cv2.GaussianBlur(rng.random((side, side)).astype(np.float32), (0, 0), 4) > 0.52
+    distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE).astype(np.float64)
+    return cv2.GaussianBlur(distance, (0, 0), 1.2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_object_by_object_operations_equal_the_whole_image_ones(seed):
+    from scipy import ndimage
+    from skimage import morphology
+
+    from cellops.classical.objects import fill_holes, h_maxima_by_object, remove_small_objects
+
+    field = _blobs_field(seed=seed)
+    for h in (0.5, 1.5, 3.0):
+        assert (h_maxima_by_object(field, h) == morphology.h_maxima(field, h).astype(bool)).all(), h
+    mask = ndimage.binary_opening(np.random.default_rng(seed).random((120, 150)) > 0.45)
+    assert (fill_holes(mask) == ndimage.binary_fill_holes(mask)).all()
+    assert (remove_small_objects(mask, 12) == morphology.remove_small_objects(mask, max_size=12)).all()
+
+
+def test_table_equals_scikit_image_regionprops():
+    from skimage.measure import regionprops
+
+    sample = generate_nuclei_image("Film", (256, 256), seed=7, n_nuclei=14, touching_fraction=0.5)
+    labels = segment_nuclei(sample.image)
+    table = nucleus_table(labels, sample.image).set_index("label")
+    for region in regionprops(labels, intensity_image=sample.image):
+        row = table.loc[region.label]
+        assert row.area == region.area and row.perimeter == pytest.approx(region.perimeter, abs=1e-9)
+        assert row.solidity == pytest.approx(region.solidity, abs=1e-12)
+        assert row.feret_max == pytest.approx(region.feret_diameter_max, abs=1e-9)
+        assert row.major_axis == pytest.approx(region.axis_major_length, rel=1e-9)
+        assert row.minor_axis == pytest.approx(region.axis_minor_length, rel=1e-9)
+        assert row.orientation_rad == pytest.approx(region.orientation, abs=1e-9)
+        assert (row.centroid_y, row.centroid_x) == pytest.approx(region.centroid, abs=1e-9)
+        assert row.mean_intensity == pytest.approx(region.intensity_mean, rel=1e-12)
+
+
+def test_same_nuclei_with_one_thread_or_two():
+    import cv2
+
+    # 1600 x 1600: large enough that the diameter is measured on tiles, in threads.
+    image = np.tile(generate_nuclei_image("Control", (400, 400), seed=11, n_nuclei=28).image, (4, 4))
+    threads = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)
+        one = segment_nuclei(image)
+        cv2.setNumThreads(2)
+        two = segment_nuclei(image)
+    finally:
+        cv2.setNumThreads(threads)
+    assert one.max() >= 300 and (one == two).all()
