@@ -1,14 +1,17 @@
 """The runtime that runs a served network on this host (:mod:`cellops.host_runtime`): the fastest of the runtimes
 the registry found accurate, timed on this CPU at the service's first start and cached per CPU model and ISA, unless
 the operator overrides it (``CELLOPS_RUNTIME``); and the metadata that says so. Only the model services bundle this
-module."""
+module; it knows no family: each service passes how its network is built and one unit of its work."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import bentoml
+import numpy as np
+import torch
 from bentoml.exceptions import BentoMLException
 
 from bento.common import model_metadata
@@ -17,6 +20,8 @@ logger = logging.getLogger("bentoml.cellops")
 
 #: Environment variable with which an operator overrides the runtime timed here (``torch`` always works).
 RUNTIME_ENV = "CELLOPS_RUNTIME"
+#: How long a process without the network (an entry service) waits for its model process's timing, in seconds.
+WAIT_FOR_CHOICE_S = 120.0
 
 
 def served_model_metadata(bento_model: bentoml.Model) -> dict:
@@ -40,14 +45,66 @@ def _graphs(bento_model: bentoml.Model) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def host_choice(bento_model: bentoml.Model):
+def _model_key(metadata: dict, bento_model: bentoml.Model) -> str:
+    from cellops.host_runtime import model_key
+
+    return model_key(metadata.get("registered_model", bento_model.tag.name), metadata.get("model_version", "?"),
+                     metadata.get("mlflow_run_id"))
+
+
+def unit_of_work(settings: dict, seed: int = 0) -> Callable[[torch.nn.Module], object]:
+    """One served forward pass, from the stored serving settings: a batch of U-Net tiles (``tile_size``) or of
+    classifier images (``size``, ``channels``), random, float32; Mask R-CNN's service passes its own.
+
+    Parameters
+    ----------
+    settings : dict
+        The version's ``inference_settings``.
+    seed : int, optional
+        Seed of the random input.
+
+    Returns
+    -------
+    callable
+        ``run(module)``.
+
+    Examples
+    --------
+    >>> run = unit_of_work({"tile_size": 16, "batch_size": 2})
+    >>> tuple(run(torch.nn.Identity()).shape)
+    (2, 1, 16, 16)
+    """
+    rng = np.random.default_rng(seed)
+    batch = int(settings.get("batch_size", 8))
+    if "tile_size" in settings and "categories" not in settings:
+        side, channels = int(settings["tile_size"]), 1
+    elif "size" in settings:
+        side, channels = int(settings["size"]), int(settings.get("channels", 1))
+    else:
+        raise BentoMLException("no unit of work for these serving settings: the service must pass one")
+    x = torch.from_numpy(rng.random((batch, channels, side, side), dtype=np.float32))
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def run(module: torch.nn.Module):
+        with torch.inference_mode():
+            return module(x)
+
+    return run
+
+
+def host_choice(bento_model: bentoml.Model, load: Callable | None = None, run: Callable | None = None):
     """The runtime chosen for the bento's model on this host (:func:`cellops.host_runtime.resolve_host_runtime`):
-    read from the cache, or timed now on the family's unit of work, the torch model loaded only then.
+    read from the cache, or, in a process that has the network (``load``), timed now on ``run``
+    (:func:`unit_of_work` by default). A process without it reads what its model process chose, waiting for it.
 
     Parameters
     ----------
     bento_model : bentoml.Model
         The served BentoML model.
+    load : callable or None, optional
+        ``load(runtime, folder)``: the network in ``runtime``.
+    run : callable or None, optional
+        ``run(module)``: one unit of the served work.
 
     Returns
     -------
@@ -59,40 +116,31 @@ def host_choice(bento_model: bentoml.Model):
     bentoml.exceptions.BentoMLException
         For a ``CELLOPS_RUNTIME`` that names no runtime.
     """
-    from cellops.families import read_serving, record_family
-    from cellops.family_runtimes import family_module, prepared_model, timing_run
-    from cellops.host_runtime import model_key, resolve_host_runtime
+    from cellops.host_runtime import read_host_choice, resolve_host_runtime
 
     metadata = dict(bento_model.info.metadata)
-    family = record_family(metadata["inference_settings"])
-    settings = read_serving(metadata["inference_settings"])
     folder = _graphs(bento_model)
-    prepared: list = []
-
-    def module_for(runtime: str):
-        if not prepared:  # the torch model is loaded only when something is timed
-            import mlflow.pytorch
-
-            model = mlflow.pytorch.load_model(bento_model.path_of("mlflow_model"), map_location="cpu")
-            prepared.append(prepared_model(family, model))
-        return family_module(family, runtime, folder, prepared[0])
-
-    name = model_key(metadata.get("registered_model", bento_model.tag.name), metadata.get("model_version", "?"),
-                     metadata.get("mlflow_run_id"))
+    name, checks = _model_key(metadata, bento_model), metadata.get("runtime_checks") or []
+    registry_runtime = metadata.get("runtime") or "torch"
     try:
-        return resolve_host_runtime(name, metadata.get("runtime_checks") or [], folder, module_for,
-                                    timing_run(family, settings), registry_runtime=metadata.get("runtime") or "torch")
+        if load is None:
+            return read_host_choice(name, checks, registry_runtime=registry_runtime, wait_seconds=WAIT_FOR_CHOICE_S)
+        return resolve_host_runtime(name, checks, folder, lambda runtime: load(runtime, folder),
+                                    run or unit_of_work(metadata.get("inference_settings") or {}),
+                                    registry_runtime=registry_runtime)
     except ValueError as error:
         raise BentoMLException(str(error)) from error
 
 
-def serving_runtime(bento_model: bentoml.Model) -> dict:
+def serving_runtime(bento_model: bentoml.Model, choice=None) -> dict:
     """Which runtime runs the network, why, and on what.
 
     Parameters
     ----------
     bento_model : bentoml.Model
         The served BentoML model.
+    choice : cellops.host_runtime.HostChoice or None, optional
+        The choice (by default :func:`host_choice` without a network: what this host's model process chose).
 
     Returns
     -------
@@ -100,12 +148,12 @@ def serving_runtime(bento_model: bentoml.Model) -> dict:
         ``runtime`` and its ``precision``; ``reason`` (fastest here, no faster runtime, override); ``overridden``;
         ``chosen_by_registry``: the registering host's choice; ``registry_verdicts``: each runtime's accuracy
         verdict; ``host_timings``: seconds and speed-ups of the runtimes timed on this CPU, with those skipped and
-        why; ``host``: the CPU identity the choice is cached under, and whether it came from the cache; ``graphs``:
-        the folder of the exported graphs; this CPU's kernels.
+        why; ``host``: the CPU identity the choice is cached under; ``graphs``: the folder of the exported graphs;
+        this CPU's kernels.
     """
     from cellops.runtimes import cpu_info, native_bf16
 
-    choice = host_choice(bento_model)
+    choice = choice if choice is not None else host_choice(bento_model)
     machine = cpu_info()
     return {"runtime": choice.runtime, "precision": choice.precision, "reason": choice.reason,
             "overridden": choice.reason == "override", "chosen_by_registry": choice.registry_runtime,
@@ -119,8 +167,8 @@ def serving_runtime(bento_model: bentoml.Model) -> dict:
             "versions": {k: machine["versions"].get(k) for k in ("torch", "onnxruntime", "openvino")}}
 
 
-def load_serving_runtime(bento_model: bentoml.Model, load) -> object:
-    """The network in the runtime chosen for this host (:func:`host_choice`).
+def load_serving_runtime(bento_model: bentoml.Model, load, run: Callable | None = None) -> object:
+    """The network in the runtime chosen for this host (:func:`host_choice`, timing it here if no process has).
 
     Parameters
     ----------
@@ -129,6 +177,8 @@ def load_serving_runtime(bento_model: bentoml.Model, load) -> object:
     load : callable
         ``load(runtime, folder)`` builds the network in ``runtime`` from the exported graph in ``folder`` (None
         when the bento holds none).
+    run : callable or None, optional
+        ``run(module)``: one unit of the served work (:func:`unit_of_work` by default).
 
     Returns
     -------
@@ -141,7 +191,7 @@ def load_serving_runtime(bento_model: bentoml.Model, load) -> object:
         For a runtime that cannot load, naming it and the way out (``CELLOPS_RUNTIME=torch``): never a silent
         fall back.
     """
-    choice = host_choice(bento_model)
+    choice = host_choice(bento_model, load, run)
     try:
         module = load(choice.runtime, _graphs(bento_model))
     except Exception as error:

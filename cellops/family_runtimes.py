@@ -1,6 +1,6 @@
-"""Each family's network in any runtime, and the unit of work a host times it on: what a service's first start,
-``cellops predict``, batch inference and the benchmarks share to run a version on the runtime chosen for this CPU
-(:func:`run_on_host`, :mod:`cellops.host_runtime`)."""
+"""Each family's network in any runtime, and the unit of work a host times it on: what ``cellops predict``, batch
+inference and the benchmarks share to run a version on the runtime chosen for this CPU (:func:`run_on_host`,
+:mod:`cellops.host_runtime`). Services, which carry one family each, pass theirs to :mod:`bento.runtime`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from cellops.classifier.runtime import runtime_classifier
+from cellops.classifier.train import predict_probabilities
 from cellops.config import ServingRecord
 from cellops.host_runtime import HostChoice, resolve_host_runtime
+from cellops.maskrcnn.predict import predict_image, timing_picture
+from cellops.maskrcnn.runtime import with_runtime
+from cellops.runtimes import load_runtime
 
 
 def prepared_model(family: str, model: nn.Module) -> nn.Module:
@@ -59,16 +64,10 @@ def family_module(family: str, runtime: str, folder: str | Path | None, prepared
         parts run in ``runtime``.
     """
     if family == "unet":
-        from cellops.runtimes import load_runtime
-
         return load_runtime(runtime, folder, prepared)
     if family == "classifier":
-        from cellops.classifier.runtime import runtime_classifier
-
         return runtime_classifier(runtime, folder, prepared)
     if family == "maskrcnn":
-        from cellops.maskrcnn.runtime import with_runtime
-
         return with_runtime(prepared, runtime, folder)
     raise LookupError(f"unknown model family {family!r}")
 
@@ -98,30 +97,12 @@ def timing_run(family: str, settings: ServingRecord, seed: int = 0) -> Callable[
                                             dtype=np.float32)).contiguous(memory_format=torch.channels_last)
         return lambda module: module(tiles)
     if family == "classifier":
-        from cellops.classifier.train import predict_probabilities
-
         images = rng.random((settings.batch_size, settings.channels, settings.size, settings.size), dtype=np.float32)
         return lambda module: predict_probabilities(module, images, batch_size=settings.batch_size)
     if family == "maskrcnn":
-        from cellops.maskrcnn.predict import predict_image
-
-        image = _blob_field(settings.tile_size, rng)
+        image = timing_picture(settings.tile_size, seed)
         return lambda module: predict_image(module, image, settings)
     raise LookupError(f"unknown model family {family!r}")
-
-
-def _blob_field(size: int, rng: np.random.Generator, blobs: int = 12) -> np.ndarray:
-    """A uint8 field of textured bright discs on a noisy background, of a size and contrast that a colony or nucleus
-    detector proposes objects on (what its heads then work through)."""
-    import cv2
-
-    field = rng.normal(90, 12, (size, size)).astype(np.float32)
-    discs = np.zeros((size, size), np.uint8)
-    for _ in range(blobs):
-        centre = tuple(int(v) for v in rng.integers(0, size, 2))
-        cv2.circle(discs, centre, int(rng.integers(size // 40 + 4, size // 10 + 8)), 255, -1)
-    field += cv2.GaussianBlur(discs.astype(np.float32), (0, 0), 2) * 0.35 * rng.uniform(0.8, 1.2, (size, size))
-    return np.clip(field, 0, 255).astype(np.uint8)
 
 
 def run_on_host(family: str, model: nn.Module, settings: ServingRecord, folder: str | Path | None, *,

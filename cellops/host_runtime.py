@@ -415,6 +415,55 @@ def resolve_host_runtime(model: str, checks: Sequence[Mapping], folder: str | Pa
     return choice
 
 
+def read_host_choice(model: str, checks: Sequence[Mapping], *, registry_runtime: str = BASELINE,
+                     cache_dir: str | Path | None = None, wait_seconds: float = 0.0,
+                     info: Mapping | None = None) -> HostChoice:
+    """The choice another process on this host made for ``model`` (a service's entry process, which has no network
+    to time, reports what its model process chose): the override if set, the cached choice (waiting up to
+    ``wait_seconds`` for it to appear), else the registering machine's choice, marked ``not timed here yet``.
+
+    Parameters
+    ----------
+    model : str
+        :func:`model_key` of the version.
+    checks : sequence of Mapping
+        The version's stored runtime checks.
+    registry_runtime : str, optional
+        The registering machine's choice.
+    cache_dir : str or Path or None, optional
+        Where choices are cached.
+    wait_seconds : float, optional
+        How long to wait for the choice to be cached.
+    info : Mapping or None, optional
+        :func:`cellops.runtimes.cpu_info` (measured when None).
+
+    Returns
+    -------
+    HostChoice
+        What is known of the choice.
+    """
+    import time
+
+    verdicts = registry_verdicts(checks)
+    host = host_identity(info)
+    override = os.environ.get(RUNTIME_ENV, "").strip() or None
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if override is not None:
+        if override not in RUNTIMES:
+            raise ValueError(f"{RUNTIME_ENV}={override!r} is not a runtime; choose one of {list(RUNTIMES)}")
+        return HostChoice(override, "override", model, host, verdicts=verdicts, registry_runtime=registry_runtime,
+                          measured_at=now)
+    path = _cache_file(Path(cache_dir) if cache_dir is not None else default_cache_dir(), model, host["key"])
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        cached = _read_cached(path, verdicts)
+        if cached is not None or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    return cached or HostChoice(registry_runtime, "not timed here yet", model, host, verdicts=verdicts,
+                                registry_runtime=registry_runtime, measured_at=now)
+
+
 def _read_cached(path: Path, verdicts: Mapping) -> HostChoice | None:
     """The cached choice at ``path`` if it is readable and was made from the same verdicts."""
     try:

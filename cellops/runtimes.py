@@ -392,8 +392,9 @@ class OpenVinoModule(nn.Module):
         """
         data = np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)
         compiled, request = self._request(tuple(data.shape))
-        result = request.infer({0: data})
-        tensors = tuple(torch.from_numpy(np.array(result[output])) for output in compiled.outputs)
+        # The request reads the batch where it lies (synchronous call) and answers arrays of its own: no copy either way.
+        result = request.infer({0: data}, share_inputs=True)
+        tensors = tuple(torch.from_numpy(result[output]) for output in compiled.outputs)
         return tensors[0] if len(tensors) == 1 else tensors
 
 

@@ -161,11 +161,31 @@ def test_classifier_runtimes_give_the_same_probabilities_and_maps(tmp_path):
     fast = export_classifier(build_classifier("efficientcellnet", num_classes=2, in_channels=1).eval(), images, tmp_path,
                              batch_size=3)
     reference = explain(fast, images, 4)
+    other_class = explain(fast, images, 4, decide=lambda p: 1 - p.argmax(axis=1))[1]
     for runtime in ("onnxruntime", "openvino"):
-        probabilities, maps = explain(runtime_classifier(runtime, tmp_path, fast), images, 4)
-        assert np.abs(probabilities - reference[0]).max() < 1e-4 and maps.shape == reference[1].shape
+        module = runtime_classifier(runtime, tmp_path, fast)
+        probabilities, maps = explain(module, images, 4)
+        assert np.abs(probabilities - reference[0]).max() < 1e-4 and np.abs(maps - reference[1]).max() < 1e-4
+        # Another class than the most probable one: its map, from the graph's maps of every class.
+        assert np.abs(explain(module, images, 4, decide=lambda p: 1 - p.argmax(axis=1))[1] - other_class).max() < 1e-4
     with pytest.raises(FileNotFoundError):
         runtime_classifier("onnxruntime", tmp_path / "missing", fast)
+
+
+def test_a_classifier_graph_of_the_trunk_alone_still_explains(tmp_path):
+    """Graphs registered before the CAM path was exported hold the trunk alone; the rest then runs in torch."""
+    from cellops.classifier.predict import explain
+    from cellops.classifier.runtime import _Trunk, runtime_classifier
+    from cellops.inference import prepare_for_inference
+    from cellops.runtimes import export_onnx
+    from models.classifier import build_classifier
+
+    images = np.random.default_rng(1).random((5, 1, 48, 48), dtype=np.float32)
+    fast = prepare_for_inference(build_classifier("efficientcellnet", num_classes=2, in_channels=1).eval())
+    export_onnx(_Trunk(fast), torch.from_numpy(images[:2]), tmp_path / "model.onnx")
+    probabilities, maps = explain(runtime_classifier("onnxruntime", tmp_path, fast), images, 2)
+    reference = explain(fast, images, 2)
+    assert np.abs(probabilities - reference[0]).max() < 1e-4 and np.abs(maps - reference[1]).max() < 1e-4
 
 
 def test_maskrcnn_backbone_runtime_detects_what_torch_detects(tmp_path):
@@ -196,9 +216,9 @@ def test_the_service_times_the_accurate_runtimes_on_its_cpu_unless_the_operator_
     import shutil
 
     import bentoml
-    import mlflow.pytorch
     from bentoml.exceptions import BentoMLException
 
+    from bento import runtime as served
     from bento.runtime import RUNTIME_ENV, load_serving_runtime, serving_runtime
     from cellops.host_runtime import CACHE_ENV
 
@@ -210,8 +230,6 @@ def test_the_service_times_the_accurate_runtimes_on_its_cpu_unless_the_operator_
             "runtime": "onnxruntime", "runtime_checks": checks, "inference_settings": settings,
             "registered_model": "cellops-runtime-test", "model_version": "1", "mlflow_run_id": "r" * 32}) as created:
         shutil.copytree(exported, created.path_of("runtimes"), ignore=shutil.ignore_patterns("*.int8.onnx"))
-        mlflow.pytorch.save_model(small_net, created.path_of("mlflow_model"), serialization_format="pickle",
-                                  pip_requirements=[])
     model = bentoml.models.get(created.tag)
 
     def load(runtime, folder):
@@ -219,17 +237,21 @@ def test_the_service_times_the_accurate_runtimes_on_its_cpu_unless_the_operator_
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "choices"))
     monkeypatch.delenv(RUNTIME_ENV, raising=False)
-    serving = serving_runtime(model)
-    # Timed here: torch and the accurate runtime whose graph travelled; the inaccurate one is not a candidate.
+    # An entry process (no network) before the model process has timed anything: the registry's choice, so marked.
+    monkeypatch.setattr(served, "WAIT_FOR_CHOICE_S", 0.0)
+    early = serving_runtime(model)
+    assert early["reason"] == "not timed here yet" and early["runtime"] == "onnxruntime"
+    # The model process times torch and the accurate runtime whose graph travelled; the inaccurate one is no candidate.
+    loaded = load_serving_runtime(model, load)
+    serving = serving_runtime(model)  # then read back by any process of this host
     assert set(serving["host_timings"]["seconds"]) == {"torch", "onnxruntime"} and not serving["overridden"]
+    assert serving["host_timings"]["cached"] and serving["reason"] in ("fastest here", "no faster runtime")
     assert "inaccurate at registration" in serving["host_timings"]["skipped"]["onnxruntime-int8"]
     assert serving["runtime"] in ("torch", "onnxruntime") and serving["chosen_by_registry"] == "onnxruntime"
     assert serving["registry_verdicts"]["onnxruntime-int8"]["accurate"] is False and serving["cpu"]
     assert serving["versions"]["onnxruntime"] and isinstance(serving["isa"], list) and serving["host"]["key"]
-    assert serving_runtime(model)["host_timings"]["cached"]  # timed once per host
     assert len(list((tmp_path / "choices").glob("*.json"))) == 1
-    loaded = load_serving_runtime(model, load)
-    assert loaded is small_net or loaded.__class__.__name__ == "OnnxRuntimeModule"
+    assert (loaded is small_net) == (serving["runtime"] == "torch")
     monkeypatch.setenv(RUNTIME_ENV, "torch")
     assert serving_runtime(model)["overridden"] and load_serving_runtime(model, load) is small_net
     monkeypatch.setenv(RUNTIME_ENV, "tensorrt")

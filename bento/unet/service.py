@@ -91,8 +91,7 @@ class UNetSegmenter:
         from cellops.unet.ood import FEATURE_NAMES
         from cellops.unet.specs import UNetServing
 
-        self.info = served_model_metadata(self.bento_model)
-        self.settings = UNetServing.from_dict(self.info["inference_settings"])
+        self.settings = UNetServing.from_dict(dict(self.bento_model.info.metadata)["inference_settings"])
         # One thread runs the network. A request's tiles come in chunks of the registered batch size (8) and a
         # remainder; a pass merges concurrent requests' chunks up to that size, not beyond: a tile costs no less in
         # a larger batch (OpenVINO bf16 on 2 cores: 1.35 ms a tile at 8, 1.4-1.9 ms at 16-64), and a runtime
@@ -100,6 +99,7 @@ class UNetSegmenter:
         # CELLOPS_BATCHING=off: one chunk per pass.
         self.tiles = Batcher(UNetNetwork(self.bento_model), max_batch_size=self.settings.batch_size,
                              service="cellops-unet", api="predict_tiles")
+        self.info = served_model_metadata(self.bento_model)  # after the network: its runtime is chosen by now
         self.info["batching"] = {"enabled": self.tiles.enabled, "max_batch_tiles": self.settings.batch_size}
         limits = self.info["service_limits"]
         self.max_pixels = max_pixels(limits)

@@ -91,7 +91,11 @@ def explain(model: nn.Module, images: np.ndarray, batch_size: int,
             differs = chosen != logits.argmax(dim=1).cpu()
             if bool(differs.any()):
                 batch_maps = batch_maps.copy()
-                redrawn = class_activation_maps(model, batch[differs], chosen[differs])[0]
+                if hasattr(model, "class_activation_maps"):
+                    # A graph in a runtime: the whole batch again, as a subset's new shape would compile a new graph.
+                    redrawn = class_activation_maps(model, batch, chosen)[0][differs]
+                else:
+                    redrawn = class_activation_maps(model, batch[differs], chosen[differs])[0]
                 batch_maps[differs.numpy()] = redrawn.cpu().numpy()
         maps.append(batch_maps)
         probabilities.append(batch_probabilities)
