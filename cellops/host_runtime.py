@@ -29,7 +29,7 @@ from pathlib import Path
 from torch import nn
 
 from cellops.runtimes import (BASELINE, BF16_RUNTIMES, RUNTIME_FILES, RUNTIME_PRECISION, RUNTIMES, cpu_flags,
-                              cpu_info, interleaved_best, native_bf16, pin_fp32_precision)
+                              cpu_info, int8_kernels, interleaved_best, native_bf16, pin_fp32_precision)
 
 #: Environment variable with which an operator forces a runtime (``torch`` always works).
 RUNTIME_ENV = "CELLOPS_RUNTIME"
@@ -118,7 +118,8 @@ def registry_verdicts(checks: Sequence[Mapping]) -> dict[str, dict]:
         accurate = check.get("accurate")
         verdicts[runtime] = {"accurate": bool(check.get("passed")) if accurate is None else bool(accurate),
                              "change": check.get("change"), "tolerance": check.get("tolerance"),
-                             "speedup": check.get("speedup"), "note": check.get("note") or ""}
+                             "speedup": check.get("speedup"), "note": check.get("note") or "",
+                             **({"int8_kernels": check["int8_kernels"]} if check.get("int8_kernels") else {})}
     verdicts.setdefault(BASELINE, {"accurate": True, "change": 0.0, "tolerance": None, "speedup": 1.0, "note": ""})
     return verdicts
 
@@ -126,7 +127,9 @@ def registry_verdicts(checks: Sequence[Mapping]) -> dict[str, dict]:
 def host_candidates(verdicts: Mapping[str, Mapping], folder: str | Path | None,
                     flags: set[str] | None = None) -> tuple[list[str], dict[str, str]]:
     """The runtimes worth timing here: torch fp32, and each runtime the registry found accurate whose graph is in
-    ``folder`` (the torch runtimes need none), bf16 ones only with native bf16; the others with the reason.
+    ``folder`` (the torch runtimes need none), bf16 ones only with native bf16, int8 ones only where the CPU has the
+    int8 kernels their accuracy was checked with (:func:`cellops.runtimes.int8_kernels`; a verdict that does not
+    say is trusted); the others with the reason.
 
     Parameters
     ----------
@@ -164,6 +167,9 @@ def host_candidates(verdicts: Mapping[str, Mapping], folder: str | Path | None,
             skipped[runtime] = f"inaccurate at registration: {verdict.get('note') or 'no accuracy measured'}"
         elif runtime in BF16_RUNTIMES and not native_bf16(flags):
             skipped[runtime] = "no AVX512-BF16/AMX on this CPU: bf16 would be emulated"
+        elif verdict.get("int8_kernels") and verdict["int8_kernels"] != int8_kernels(flags):
+            skipped[runtime] = (f"its accuracy was checked with {verdict['int8_kernels']} int8 kernels, this CPU has "
+                                f"{int8_kernels(flags)}: int8 rounds differently there")
         elif runtime in RUNTIME_FILES and (folder is None or not (Path(folder) / RUNTIME_FILES[runtime]).is_file()):
             skipped[runtime] = f"its graph {RUNTIME_FILES[runtime]} did not travel with the model"
         else:

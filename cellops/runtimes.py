@@ -111,6 +111,35 @@ def native_bf16(flags: set[str] | None = None) -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
+def int8_kernels(flags: set[str] | None = None) -> str:
+    """Which int8 kernels this CPU runs: ``vnni`` (AVX512-VNNI, AVX-VNNI or AMX: int8 products accumulated in int32)
+    or ``no-vnni`` (AVX2's ``vpmaddubsw``, which saturates pairs of products in int16). The two can round an int8
+    graph differently enough to move a metric (a classifier's accuracy by 0.8 point here), so an int8 runtime's
+    accuracy verdict holds only on CPUs of the kind it was checked on (:mod:`cellops.host_runtime`).
+    ``ONEDNN_MAX_CPU_ISA`` at ``AVX2`` or below, or at ``AVX512_CORE`` (no VNNI), caps it.
+
+    Parameters
+    ----------
+    flags : set of str or None, optional
+        CPU flags; by default this CPU's.
+
+    Returns
+    -------
+    str
+        ``vnni`` or ``no-vnni``.
+
+    Examples
+    --------
+    >>> int8_kernels({"avx2", "avx512_vnni"}), int8_kernels({"avx2", "fma"})
+    ('vnni', 'no-vnni')
+    """
+    flags = cpu_flags() if flags is None else flags
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if limit in ("SSE41", "AVX", "AVX2", "AVX512_CORE"):
+        return "no-vnni"
+    return "vnni" if {"avx512_vnni", "avx_vnni", "amx_int8"} & flags else "no-vnni"
+
+
 def cpu_info() -> dict:
     """What ran a measurement: CPU model, the ISA flags that matter, cores and threads, the kernels torch's oneDNN
     and OpenVINO's CPU plugin pick, and the library versions.

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from zenml import log_metadata
 from zenml.logger import get_logger
 
-from cellops.runtimes import RuntimeCheck, choose_runtime, cpu_info, runtime_files
+from cellops.runtimes import RuntimeCheck, choose_runtime, cpu_info, int8_kernels, runtime_files
 from tracking.registry import record_runtimes
 
 logger = get_logger(__name__)
@@ -32,7 +32,9 @@ def measure_and_record(registered_model_name: str, version: str | None,
     with tempfile.TemporaryDirectory() as folder:
         checks = measure(folder)
         runtime = choose_runtime(checks)
-        rows = [check.as_dict() for check in checks]
+        # An int8 verdict holds on CPUs with the int8 kernels it was checked with (cellops.runtimes.int8_kernels).
+        rows = [{**check.as_dict(), **({"int8_kernels": int8_kernels()} if check.precision == "int8" else {})}
+                for check in checks]
         record_runtimes(MlflowClient(), registered_model_name, version, runtime, rows,
                         [str(path) for path in runtime_files(folder)])
     machine = cpu_info()

@@ -122,3 +122,17 @@ def test_processes_starting_together_time_it_once(graphs, tmp_path):
     assert loads.count("torch") == 1 and sum(c.cached for c in choices) == 2
     assert len({c.runtime for c in choices}) == 1
     assert isinstance(choices[0], HostChoice) and "runs on" in choices[0].summary()
+
+
+def test_an_int8_verdict_holds_only_on_cpus_with_the_int8_kernels_it_was_checked_with(graphs):
+    # Measured here: an int8 classifier graph kept its accuracy with VNNI kernels and lost 0.8 point with oneDNN
+    # capped at AVX2 (int16-saturating products): its verdict does not travel to the other kind of CPU.
+    verdicts = registry_verdicts([{"runtime": "torch", "passed": True},
+                                  {"runtime": "openvino-int8", "passed": True, "accurate": True,
+                                   "int8_kernels": "vnni"},
+                                  {"runtime": "onnxruntime-int8", "passed": True, "accurate": True}])  # older: no say
+    candidates, skipped = host_candidates(verdicts, graphs, {"avx2", "fma"})
+    assert candidates == ["torch", "onnxruntime-int8"]
+    assert "checked with vnni int8 kernels, this CPU has no-vnni" in skipped["openvino-int8"]
+    assert host_candidates(verdicts, graphs, {"avx2", "avx512_vnni"})[0] == ["torch", "onnxruntime-int8",
+                                                                              "openvino-int8"]
