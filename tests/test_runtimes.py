@@ -278,3 +278,18 @@ def test_a_graph_openvino_cannot_compile_with_static_shapes_runs_dynamic(small_n
         assert float((module(x) - small_net(x)).abs().max()) < 1e-4
     (tmp_path / OPENVINO_SHAPES).write_text(json.dumps({"model.onnx": False}))
     assert not load_runtime("openvino", tmp_path, small_net).static_shapes
+
+
+def test_openvino_with_static_shapes_pads_batches_to_powers_of_two(small_net, exported):
+    # A served batch of any size compiles at most one shape per power of two (each new shape costs a compile).
+    from cellops.runtimes import OpenVinoModule
+
+    module = OpenVinoModule(exported / "model.onnx", static_shapes=True)
+    x = torch.from_numpy(np.random.default_rng(2).random((5, 1, 16, 16), dtype=np.float32))
+    with torch.no_grad():
+        expected = small_net(x)
+    for rows in (5, 3, 7, 8, 6):
+        out = module(x[:rows] if rows <= 5 else torch.cat([x, x])[:rows])
+        assert out.shape[0] == rows
+    assert float((module(x) - expected).abs().max()) < 1e-4
+    assert sorted(shape[0] for shape in module._compiled) == [4, 8]
