@@ -113,7 +113,11 @@ def test_cellops_predict_unet_streams_a_volume_into_the_champions_mask(trained, 
     shown = _run(["cellops", "predict", "unet", "data/em/testing.tif", "--out", str(out), "--slab", "3"], root, env)
     champion = mlflow.MlflowClient().get_model_version_by_alias("cellops-unet", "champion")
     assert f"cellops-unet v{champion.version}" in shown.stdout
-    model = load_for_inference(mlflow.pytorch.load_model(f"models:/cellops-unet/{champion.version}", map_location="cpu"))
+    # The champion on the runtime this host chose for it (timed by the command, cached), which the command names.
+    runtime, graphs = served_runtime(champion)
+    assert f"unet: runtime: {runtime} (" in shown.stdout
+    model = load_runtime(runtime, graphs, load_for_inference(
+        mlflow.pytorch.load_model(f"models:/cellops-unet/{champion.version}", map_location="cpu")))
     volume = tifffile.imread(root / "data" / "em" / "testing.tif")
     expected = segment(model, volume, UNetServing.from_dict(tags.inference_from_tags(champion.tags)))
     assert np.array_equal(tifffile.imread(out / "testing_mask.tif") > 0, expected)  # slab by slab = the volume at once
