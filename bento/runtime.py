@@ -10,8 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bentoml
-import numpy as np
-import torch
 from bentoml.exceptions import BentoMLException
 
 from bento.common import model_metadata
@@ -52,50 +50,11 @@ def _model_key(metadata: dict, bento_model: bentoml.Model) -> str:
                      metadata.get("mlflow_run_id"))
 
 
-def unit_of_work(settings: dict, seed: int = 0) -> Callable[[torch.nn.Module], object]:
-    """One served forward pass, from the stored serving settings: a batch of U-Net tiles (``tile_size``) or of
-    classifier images (``size``, ``channels``), random, float32; Mask R-CNN's service passes its own.
-
-    Parameters
-    ----------
-    settings : dict
-        The version's ``inference_settings``.
-    seed : int, optional
-        Seed of the random input.
-
-    Returns
-    -------
-    callable
-        ``run(module)``.
-
-    Examples
-    --------
-    >>> run = unit_of_work({"tile_size": 16, "batch_size": 2})
-    >>> tuple(run(torch.nn.Identity()).shape)
-    (2, 1, 16, 16)
-    """
-    rng = np.random.default_rng(seed)
-    batch = int(settings.get("batch_size", 8))
-    if "tile_size" in settings and "categories" not in settings:
-        side, channels = int(settings["tile_size"]), 1
-    elif "size" in settings:
-        side, channels = int(settings["size"]), int(settings.get("channels", 1))
-    else:
-        raise BentoMLException("no unit of work for these serving settings: the service must pass one")
-    x = torch.from_numpy(rng.random((batch, channels, side, side), dtype=np.float32))
-    x = x.contiguous(memory_format=torch.channels_last)
-
-    def run(module: torch.nn.Module):
-        with torch.inference_mode():
-            return module(x)
-
-    return run
-
-
 def host_choice(bento_model: bentoml.Model, load: Callable | None = None, run: Callable | None = None):
     """The runtime chosen for the bento's model on this host (:func:`cellops.host_runtime.resolve_host_runtime`):
     read from the cache, or, in a process that has the network (``load``), timed now on ``run``
-    (:func:`unit_of_work` by default). A process without it reads what its model process chose, waiting for it.
+    (:func:`cellops.host_runtime.unit_of_work` by default). A process without it reads what its model process
+    chose, waiting for it.
 
     Parameters
     ----------
@@ -116,7 +75,7 @@ def host_choice(bento_model: bentoml.Model, load: Callable | None = None, run: C
     bentoml.exceptions.BentoMLException
         For a ``CELLOPS_RUNTIME`` that names no runtime.
     """
-    from cellops.host_runtime import read_host_choice, resolve_host_runtime
+    from cellops.host_runtime import read_host_choice, resolve_host_runtime, unit_of_work
 
     metadata = dict(bento_model.info.metadata)
     folder = _graphs(bento_model)
@@ -178,7 +137,7 @@ def load_serving_runtime(bento_model: bentoml.Model, load, run: Callable | None 
         ``load(runtime, folder)`` builds the network in ``runtime`` from the exported graph in ``folder`` (None
         when the bento holds none).
     run : callable or None, optional
-        ``run(module)``: one unit of the served work (:func:`unit_of_work` by default).
+        ``run(module)``: one unit of the served work (:func:`cellops.host_runtime.unit_of_work` by default).
 
     Returns
     -------

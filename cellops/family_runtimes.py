@@ -7,15 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
 from torch import nn
 
 from cellops.classifier.runtime import runtime_classifier
-from cellops.classifier.train import predict_probabilities
 from cellops.config import ServingRecord
-from cellops.host_runtime import HostChoice, resolve_host_runtime
-from cellops.maskrcnn.predict import predict_image, timing_picture
+from cellops.host_runtime import HostChoice, resolve_host_runtime, unit_of_work
+from cellops.maskrcnn.predict import timing_unit
 from cellops.maskrcnn.runtime import with_runtime
 from cellops.runtimes import load_runtime
 
@@ -73,9 +70,11 @@ def family_module(family: str, runtime: str, folder: str | Path | None, prepared
 
 
 def timing_run(family: str, settings: ServingRecord, seed: int = 0) -> Callable[[nn.Module], object]:
-    """One representative unit of the family's served work, for timing runtimes on a host: a batch of the
-    U-Net's tiles, a batch of classifier images, one Mask R-CNN tile of a synthetic colony field (its heads'
-    cost depends on how many objects it finds, so a blank image would time the backbone only).
+    """One representative unit of the family's served work, for timing runtimes on a host, the same a service of
+    the family times (they share one cache): a forward pass of a batch of U-Net tiles or classifier images
+    (:func:`cellops.host_runtime.unit_of_work`), or one Mask R-CNN tile of a synthetic field through the heads
+    (:func:`cellops.maskrcnn.predict.timing_unit`: their cost depends on how many objects are found, so a blank
+    image would time the backbone only).
 
     Parameters
     ----------
@@ -91,17 +90,10 @@ def timing_run(family: str, settings: ServingRecord, seed: int = 0) -> Callable[
     callable
         ``run(module)``.
     """
-    rng = np.random.default_rng(seed)
-    if family == "unet":
-        tiles = torch.from_numpy(rng.random((settings.batch_size, 1, settings.tile_size, settings.tile_size),
-                                            dtype=np.float32)).contiguous(memory_format=torch.channels_last)
-        return lambda module: module(tiles)
-    if family == "classifier":
-        images = rng.random((settings.batch_size, settings.channels, settings.size, settings.size), dtype=np.float32)
-        return lambda module: predict_probabilities(module, images, batch_size=settings.batch_size)
     if family == "maskrcnn":
-        image = timing_picture(settings.tile_size, seed)
-        return lambda module: predict_image(module, image, settings)
+        return timing_unit(settings, seed)
+    if family in ("unet", "classifier"):
+        return unit_of_work(settings.as_dict(), seed)
     raise LookupError(f"unknown model family {family!r}")
 
 

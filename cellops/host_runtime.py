@@ -249,6 +249,55 @@ class HostChoice:
         return f"{self.model} runs on {self.runtime} ({self.precision}; {self.reason}{speed}{where}{cached})"
 
 
+def unit_of_work(settings: Mapping, seed: int = 0) -> Callable[[nn.Module], object]:
+    """One served forward pass of a U-Net or a classifier, from its stored serving settings: a batch of
+    ``batch_size`` random float32 tiles (``tile_size``, one channel) or images (``size``, ``channels``),
+    channels-last, as the services feed their networks (Mask R-CNN's unit is a whole tile through its heads:
+    :func:`cellops.maskrcnn.predict.timing_unit`).
+
+    Parameters
+    ----------
+    settings : Mapping
+        The version's serving settings (``inference_settings``).
+    seed : int, optional
+        Seed of the random input.
+
+    Returns
+    -------
+    callable
+        ``run(module)``.
+
+    Raises
+    ------
+    ValueError
+        For settings of neither family.
+
+    Examples
+    --------
+    >>> run = unit_of_work({"tile_size": 16, "batch_size": 2})
+    >>> tuple(run(nn.Identity()).shape)
+    (2, 1, 16, 16)
+    """
+    import numpy as np
+    import torch
+
+    batch = int(settings.get("batch_size", 8))
+    if "tile_size" in settings and "categories" not in settings:
+        side, channels = int(settings["tile_size"]), 1
+    elif "size" in settings:
+        side, channels = int(settings["size"]), int(settings.get("channels", 1))
+    else:
+        raise ValueError("no unit of work for these serving settings: pass one")
+    x = torch.from_numpy(np.random.default_rng(seed).random((batch, channels, side, side), dtype=np.float32))
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def run(module: nn.Module):
+        with torch.inference_mode():
+            return module(x)
+
+    return run
+
+
 def time_on_host(module_for: Callable[[str], nn.Module], run: Callable[[nn.Module], object],
                  candidates: Sequence[str], repeats: int = 3,
                  min_seconds: float = 0.2) -> tuple[dict[str, float], dict[str, str]]:
@@ -349,9 +398,32 @@ def model_key(name: str, version: str | int, run_id: str | None) -> str:
     return f"{name}:{version}" + (f" (run {run_id[:12]})" if run_id else "")
 
 
-def _cache_file(cache_dir: Path, model: str, host_key: str) -> Path:
-    safe = "".join(char if char.isalnum() or char in "-_." else "_" for char in model)
-    return cache_dir / f"{safe}--{host_key}.json"
+def file_name(model: str) -> str:
+    """:func:`model_key` as a file or folder name.
+
+    Examples
+    --------
+    >>> file_name("cellops-unet:3 (run 0123456789ab)")
+    'cellops-unet_3__run_0123456789ab_'
+    """
+    return "".join(char if char.isalnum() or char in "-_." else "_" for char in model)
+
+
+def _cache_file(cache_dir: str | Path | None, model: str, host_key: str) -> Path:
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return folder / f"{file_name(model)}--{host_key}.json"
+
+
+def _overridden(override: str | None, model: str, host: dict, verdicts: dict, registry_runtime: str,
+                now: str) -> HostChoice | None:
+    """The choice ``override`` (default ``CELLOPS_RUNTIME``) forces, untimed; None without one."""
+    override = (override if override is not None else os.environ.get(RUNTIME_ENV, "")).strip() or None
+    if override is None:
+        return None
+    if override not in RUNTIMES:
+        raise ValueError(f"{RUNTIME_ENV}={override!r} is not a runtime; choose one of {list(RUNTIMES)}")
+    return HostChoice(override, "override", model, host, verdicts=verdicts, registry_runtime=registry_runtime,
+                      measured_at=now)
 
 
 def resolve_host_runtime(model: str, checks: Sequence[Mapping], folder: str | Path | None,
@@ -397,16 +469,12 @@ def resolve_host_runtime(model: str, checks: Sequence[Mapping], folder: str | Pa
     """
     verdicts = registry_verdicts(checks)
     host = host_identity(info)
-    override = (override if override is not None else os.environ.get(RUNTIME_ENV, "")).strip() or None
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if override is not None:
-        if override not in RUNTIMES:
-            raise ValueError(f"{RUNTIME_ENV}={override!r} is not a runtime; choose one of {list(RUNTIMES)}")
-        return HostChoice(override, "override", model, host, verdicts=verdicts, registry_runtime=registry_runtime,
-                          measured_at=now)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    forced = _overridden(override, model, host, verdicts, registry_runtime, now)
+    if forced is not None:
+        return forced
     path = _cache_file(cache_dir, model, host["key"])
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the first process times, the others then read its answer
         cached = _read_cached(path, verdicts)
@@ -452,14 +520,11 @@ def read_host_choice(model: str, checks: Sequence[Mapping], *, registry_runtime:
 
     verdicts = registry_verdicts(checks)
     host = host_identity(info)
-    override = os.environ.get(RUNTIME_ENV, "").strip() or None
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if override is not None:
-        if override not in RUNTIMES:
-            raise ValueError(f"{RUNTIME_ENV}={override!r} is not a runtime; choose one of {list(RUNTIMES)}")
-        return HostChoice(override, "override", model, host, verdicts=verdicts, registry_runtime=registry_runtime,
-                          measured_at=now)
-    path = _cache_file(Path(cache_dir) if cache_dir is not None else default_cache_dir(), model, host["key"])
+    forced = _overridden(None, model, host, verdicts, registry_runtime, now)
+    if forced is not None:
+        return forced
+    path = _cache_file(cache_dir, model, host["key"])
     deadline = time.monotonic() + wait_seconds
     while True:
         cached = _read_cached(path, verdicts)

@@ -109,15 +109,13 @@ def import_with_runtime(bento_model_name: str, registered_model_name: str, recor
 def version_graphs(registered_model_name: str, version: str, dst: Path) -> Path | None:
     """The version's exported runtime graphs downloaded into ``dst`` (None for a version registered without
     them: it is served with torch)."""
-    from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
+    from tracking.batch import version_graphs_cached
+
     run_id = MlflowClient().get_model_version(registered_model_name, version).run_id
-    listed = MlflowClient().list_artifacts(run_id, tags.RUNTIME_ARTIFACTS)
-    if not listed:
-        return None
     try:
-        return Path(download_artifacts(run_id=run_id, artifact_path=tags.RUNTIME_ARTIFACTS, dst_path=str(dst)))
+        return version_graphs_cached(mlflow.get_tracking_uri(), run_id, dst)
     except (MlflowException, OSError) as error:
         raise RuntimeError(f"{registered_model_name} v{version}'s runtime graphs could not be read: {error}") from error
 

@@ -223,13 +223,12 @@ def version_on_host(tracking_uri: str, record: dict, *, override: str | None = N
         The choice and its evidence (:meth:`~cellops.host_runtime.HostChoice.summary`).
     """
     from cellops.family_runtimes import run_on_host
-    from cellops.host_runtime import default_cache_dir, model_key
+    from cellops.host_runtime import default_cache_dir, file_name, model_key
 
     name, version, run_id = record["registered_model"], record["model_version"], record.get(names.MLFLOW_RUN_ID)
     key = model_key(name, version, run_id)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = version_graphs_cached(tracking_uri, run_id, cache_dir / "graphs" / key.replace(" ", "_").replace(
-        ":", "-").replace("(", "").replace(")", ""))
+    folder = version_graphs_cached(tracking_uri, run_id, cache_dir / "graphs" / file_name(key))
     model = load_registered(tracking_uri, name, record)
     return run_on_host(record["family"], model, read_serving(record[names.INFERENCE_SETTINGS]), folder,
                        model_name=key, checks=record.get(names.RUNTIME_CHECKS) or [],

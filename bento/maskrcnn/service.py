@@ -44,7 +44,7 @@ class MaskRCNN:
         import torch
 
         from cellops.maskrcnn.ood import FEATURE_NAMES
-        from cellops.maskrcnn.predict import predict_image, timing_picture
+        from cellops.maskrcnn.predict import timing_unit
         from cellops.maskrcnn.runtime import with_runtime
         from cellops.maskrcnn.specs import MaskRCNNServing
 
@@ -52,9 +52,9 @@ class MaskRCNN:
         model = mlflow.pytorch.load_model(self.bento_model.path_of("mlflow_model"), map_location="cpu").eval()
         # The backbone in the runtime the registry chose (the fastest that kept the test AP50), or CELLOPS_RUNTIME's.
         self.settings = MaskRCNNServing.from_dict(dict(self.bento_model.info.metadata)["inference_settings"])
-        picture = timing_picture(self.settings.tile_size)  # one served tile, to time the runtimes on this CPU
+        # One served tile times the runtimes on this CPU.
         self.model = load_serving_runtime(self.bento_model, lambda runtime, folder: with_runtime(model, runtime, folder),
-                                          lambda module: predict_image(module, picture, self.settings))
+                                          timing_unit(self.settings))
         self.info = served_model_metadata(self.bento_model)
         self.max_pixels = max_pixels(self.info["service_limits"])
         self.lock = threading.Lock()  # one forward pass at a time: the model uses every core already

@@ -752,3 +752,16 @@ def timing_picture(size: int, seed: int = 0, blobs: int = 12) -> np.ndarray:
         cv2.circle(discs, centre, int(rng.integers(size // 40 + 4, size // 10 + 8)), 255, -1)
     field += cv2.GaussianBlur(discs.astype(np.float32), (0, 0), 2) * 0.35 * rng.uniform(0.8, 1.2, (size, size))
     return np.clip(field, 0, 255).astype(np.uint8)
+
+
+def timing_unit(settings: MaskRCNNServing, seed: int = 0) -> Callable[[torch.nn.Module], list[Instance]]:
+    """One unit of served work to time runtimes on (:mod:`cellops.host_runtime`): :func:`predict_image` of a
+    :func:`timing_picture` of one tile.
+
+    Examples
+    --------
+    >>> callable(timing_unit(MaskRCNNServing(tile_size=64, tile_overlap=16)))
+    True
+    """
+    picture = timing_picture(settings.tile_size, seed)
+    return lambda module: predict_image(module, picture, settings)
